@@ -1,0 +1,45 @@
+"""The one-call entry points: :func:`prune` and (re-exported) :func:`evaluate`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from prunelab.apply import apply_masks
+from prunelab.criteria import compute_scores
+from prunelab.masks import Masks, check_sparsity, select_masks
+from prunelab.structure import Channels, Structure, Unstructured
+from prunelab.targets import select_targets
+
+
+def prune(
+    model: nn.Module,
+    method: str = "magnitude",
+    sparsity: float = 0.5,
+    scope: str = "global",
+    structure: Structure = Unstructured(),
+    calibration: Iterable[tuple[Tensor, Tensor]] | None = None,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    prune_last: bool = True,
+    generator: torch.Generator | None = None,
+) -> Masks:
+    """Prune ``model`` in place to ``sparsity`` and return the masks applied.
+
+    ``scope`` names a per-layer allocation ("global", "uniform", ...); ``method`` a criterion.
+
+    >>> m = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    >>> masks = prune(m, "magnitude", sparsity=0.75, scope="global")
+    >>> round(float((m[0].weight == 0).float().mean() + (m[2].weight == 0).float().mean()) > 0, 1)
+    1.0
+    """
+    check_sparsity(sparsity)
+    if isinstance(structure, Channels):
+        prune_last = False  # the classifier's outputs are the classes: never removed
+    targets = select_targets(model, include, exclude, prune_last)
+    scores = compute_scores(model, targets, method, generator, calibration)
+    masks = select_masks(scores, sparsity, scope, structure)
+    apply_masks(model, masks)
+    return masks

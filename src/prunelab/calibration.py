@@ -1,0 +1,98 @@
+"""Statistics criteria need, collected once from forward/backward hooks on calibration data.
+
+A criterion declares ``needs`` (a subset of :data:`STATS`); :func:`collect` gathers exactly
+those for every target layer, so a sweep pays for calibration once per (method, seed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from prunelab.errors import PrunelabError
+
+STATS = frozenset({"grad", "input_norm"})
+
+
+@dataclass
+class LayerContext:
+    """What a criterion may look at beyond the weight itself."""
+
+    generator: torch.Generator
+    grad: Tensor | None = None  # mean loss gradient w.r.t. the weight, weight-shaped
+    input_norm: Tensor | None = None  # L2 norm of each input feature/channel over all tokens
+    extra: dict[str, Tensor] = field(default_factory=dict)
+
+
+def _input_sqsum(module: nn.Module, x: Tensor) -> Tensor:
+    """Per-input-feature sum of squares: (in_features,) for Linear, (in_channels,) for Conv."""
+    if isinstance(module, nn.Linear):
+        return x.reshape(-1, x.shape[-1]).pow(2).sum(0)  # (tokens, in) -> (in,)
+    return x.transpose(0, 1).reshape(x.shape[1], -1).pow(2).sum(1)  # (B, C, *) -> (C,)
+
+
+def collect(
+    model: nn.Module,
+    targets: dict[str, nn.Module],
+    batches: Iterable[tuple[Tensor, Tensor]],
+    needs: frozenset[str],
+    loss_fn=nn.functional.cross_entropy,
+) -> dict[str, dict[str, Tensor]]:
+    """Run calibration batches through ``model`` and return ``{layer: {stat: tensor}}``.
+
+    The model's weights are not changed; gradients it held before are restored.
+    """
+    unknown = needs - STATS
+    if unknown:
+        raise PrunelabError(f"unknown calibration statistics {sorted(unknown)}; valid: {sorted(STATS)}")
+    stats: dict[str, dict[str, Tensor]] = {n: {} for n in targets}
+    if not needs:
+        return stats
+    handles = []
+    if "input_norm" in needs:
+        for name, module in targets.items():
+            def hook(mod: nn.Module, inputs: tuple[Tensor, ...], _out: Tensor, name: str = name) -> None:
+                sq = _input_sqsum(mod, inputs[0].detach())
+                stats[name]["input_norm"] = stats[name].get("input_norm", 0) + sq
+            handles.append(module.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    saved_grads = {n: p.grad for n, p in model.named_parameters()}
+    n_batches = 0
+    try:
+        for xb, yb in batches:
+            n_batches += 1
+            if "grad" in needs:
+                model.zero_grad(set_to_none=True)
+                loss_fn(model(xb), yb).backward()
+                for name, module in targets.items():
+                    g = module.weight.grad if module.weight.grad is not None else _param_grad(module)
+                    stats[name]["grad"] = stats[name].get("grad", 0) + g.detach().clone()
+            else:
+                with torch.no_grad():
+                    model(xb)
+    finally:
+        for h in handles:
+            h.remove()
+        for n, p in model.named_parameters():
+            p.grad = saved_grads[n]
+        model.train(was_training)
+    if n_batches == 0:
+        raise PrunelabError("calibration needs at least one batch of data")
+    for name in targets:
+        if "input_norm" in stats[name]:
+            stats[name]["input_norm"] = stats[name]["input_norm"].sqrt()
+        if "grad" in stats[name]:
+            stats[name]["grad"] = stats[name]["grad"] / n_batches
+    return stats
+
+
+def _param_grad(module: nn.Module) -> Tensor:
+    """Gradient of the effective weight when the weight is parametrized (masked)."""
+    orig = module.parametrizations.weight.original  # type: ignore[union-attr]
+    if orig.grad is None:
+        raise PrunelabError("no gradient reached a target layer during calibration")
+    return orig.grad

@@ -1,0 +1,7 @@
+"""Metrics (registry): each reads one :class:`Evaluation` and returns a float."""
+
+from prunelab.metrics.base import METRICS, Evaluation, Metric, evaluate, predict
+from prunelab.metrics import task as _task  # noqa: F401  (accuracy, macro_f1, loss, agreement, kl)
+from prunelab.metrics import size as _size  # noqa: F401  (sparsity, nonzeros, params)
+
+__all__ = ["METRICS", "Evaluation", "Metric", "evaluate", "predict"]

@@ -1,0 +1,64 @@
+"""One small generic registry: explicit registration, loud failures, "did you mean"."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+from prunelab.errors import PrunelabError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A named collection of plug-ins of one kind.
+
+    >>> r = Registry[int]("number")
+    >>> r.add("one", 1)
+    >>> r.get("one")
+    1
+    >>> r.get("onw")
+    Traceback (most recent call last):
+    ...
+    prunelab.errors.PrunelabError: unknown number 'onw' (did you mean 'one'?); valid: one
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def add(self, name: str, item: T) -> None:
+        if name in self._items:
+            raise PrunelabError(f"{self.kind} '{name}' is already registered")
+        self._items[name] = item
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator form of :meth:`add`."""
+
+        def deco(item: T) -> T:
+            self.add(name, item)
+            return item
+
+        return deco
+
+    def get(self, name: str) -> T:
+        if name not in self._items:
+            close = difflib.get_close_matches(name, self._items, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise PrunelabError(
+                f"unknown {self.kind} '{name}'{hint}; valid: {', '.join(self.names())}"
+            )
+        return self._items[name]
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._items)
