@@ -1,6 +1,6 @@
 """Reference models and dense training with a safetensors cache."""
 
 from prunelab.models.zoo import MODELS, build_model
-from prunelab.models.cache import load_or_train, load_weights, save_weights
+from prunelab.models.cache import default_cache_dir, load_or_train, load_weights, save_weights
 
-__all__ = ["MODELS", "build_model", "load_or_train", "load_weights", "save_weights"]
+__all__ = ["MODELS", "default_cache_dir", "build_model", "load_or_train", "load_weights", "save_weights"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import logging
 from pathlib import Path
 
@@ -18,6 +19,11 @@ from prunelab.finetune import TrainConfig, train
 from prunelab.models.zoo import build_model
 
 log = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> Path:
+    """``$PRUNELAB_CACHE`` or ``~/.cache/prunelab``: where dense checkpoints are kept."""
+    return Path(os.environ.get("PRUNELAB_CACHE", Path.home() / ".cache" / "prunelab"))
 
 
 def save_weights(model: nn.Module, path: Path) -> None:
@@ -62,7 +68,7 @@ def load_or_train(
     model_name: str,
     data: DataBundle,
     cfg: TrainConfig,
-    cache_dir: Path,
+    cache_dir: Path | None = None,
     seed: int = 0,
 ) -> nn.Module:
     """The dense reference model: loaded from ``cache_dir`` when trained before, else trained.
@@ -73,7 +79,8 @@ def load_or_train(
     ...                   Path(tempfile.mkdtemp()))
     """
     model = build_model(model_name, data.input_shape, data.num_classes, seed=seed)
-    path = Path(cache_dir) / f"dense-{model_name}-{cache_key(model_name, data, cfg, seed)}.safetensors"
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = cache_dir / f"dense-{model_name}-{cache_key(model_name, data, cfg, seed)}.safetensors"
     if path.exists():
         log.info("loading cached dense model %s", path)
         return load_weights(model, path)
