@@ -1,0 +1,160 @@
+"""One sweep cell: (method, allocation, structure, schedule, level, seed) -> a result row.
+
+:func:`run_cell` is pure given its inputs (a :class:`Cell` and the shared :class:`Context`),
+so any executor — sequential, process pool, Ray — can run cells in any order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from prunelab.api import prune
+from prunelab.apply import layer_sparsity
+from prunelab.data import DataBundle, load_dataset
+from prunelab.finetune import TrainConfig, train
+from prunelab.metrics import evaluate, predict
+from prunelab.metrics.base import DEFAULT_METRICS
+from prunelab.models import build_model, load_or_train
+from prunelab.structure import NM, parse_structure
+from prunelab.sweep.spec import DataSpec, SweepSpec
+
+Progress = Callable[[str, int, int], None]  # (phase, done, total)
+TRAIN_EVAL_SIZE = 5000  # train rows evaluated for the overfitting gap
+VAL_METRICS = ("accuracy", "loss", "agreement", "kl")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Everything needed to reproduce one result row."""
+
+    model: str
+    data: DataSpec
+    dense: TrainConfig
+    method: str  # criterion name, or "dense" for the unpruned control
+    allocation: str
+    structure: str
+    schedule: str
+    level: float
+    seed: int
+    finetune: TrainConfig
+    metrics: tuple[str, ...] = ()
+    calibration_batches: int = 8
+    prune_last: bool = True
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    @property
+    def cell_id(self) -> str:
+        blob = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+    @property
+    def label(self) -> str:
+        if self.method == "dense":
+            return f"dense seed={self.seed}"
+        return (f"{self.method}/{self.allocation}/{self.structure}/{self.schedule} "
+                f"@{self.level:g} seed={self.seed}")
+
+    def context_key(self) -> tuple:
+        return (self.model, self.data, self.dense)
+
+
+def expand_cells(spec: SweepSpec) -> list[Cell]:
+    """All cells of a sweep, dense controls first; N:M structures get their one fixed level."""
+    common = dict(model=spec.model, data=spec.data, dense=spec.dense, finetune=spec.finetune,
+                  metrics=spec.metrics, calibration_batches=spec.calibration_batches,
+                  prune_last=spec.prune_last, include=spec.include, exclude=spec.exclude)
+    cells = [Cell(method="dense", allocation="-", structure="-", schedule="-", level=0.0,
+                  seed=seed, **common) for seed in spec.seeds]
+    for structure in spec.structures:
+        st = parse_structure(structure)
+        levels = (round(st.sparsity, 10),) if isinstance(st, NM) else spec.levels
+        for schedule in spec.schedules:
+            for method in spec.methods:
+                for allocation in spec.allocations:
+                    if isinstance(st, NM) and allocation != spec.allocations[0]:
+                        continue  # N:M ignores the allocation: one cell, not one per allocation
+                    for level in levels:
+                        for seed in spec.seeds:
+                            cells.append(Cell(method=method, allocation=allocation,
+                                              structure=structure, schedule=schedule,
+                                              level=level, seed=seed, **common))
+    return cells
+
+
+@dataclass
+class Context:
+    """What all cells of a sweep share: data, the dense weights and the dense outputs."""
+
+    data: DataBundle
+    dense_state: dict[str, torch.Tensor]
+    reference: dict[str, torch.Tensor]  # split -> dense logits
+    train_eval: Any = None
+    dense_metrics: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, cell: Cell, cache_dir: Any = None) -> Context:
+        data = load_dataset(cell.data.name, **cell.data.loader_kwargs())
+        dense = load_or_train(cell.model, data, cell.dense, cache_dir, seed=cell.data.seed)
+        train_eval = data.train.subset(TRAIN_EVAL_SIZE)
+        reference = {"test": predict(dense, data.test.x), "val": predict(dense, data.val.x),
+                     "train": predict(dense, train_eval.x)}
+        state = {k: v.clone() for k, v in dense.state_dict().items()}
+        metrics = evaluate(dense, data.test, reference=reference["test"])
+        return cls(data, state, reference, train_eval, metrics)
+
+    def dense_model(self, cell: Cell) -> nn.Module:
+        model = build_model(cell.model, self.data.input_shape, self.data.num_classes)
+        model.load_state_dict(self.dense_state)
+        return model
+
+
+@dataclass(frozen=True)
+class CellResult:
+    row: dict[str, Any]
+    artifacts: dict[str, np.ndarray]
+    duration_s: float
+
+
+def run_cell(cell: Cell, ctx: Context, progress: Progress | None = None) -> CellResult:
+    """Prune (per the cell's schedule), fine-tune, and measure one cell."""
+    start = time.perf_counter()
+    torch.manual_seed(cell.seed)
+    gen = torch.Generator().manual_seed(cell.seed)
+    model = ctx.dense_model(cell)
+    test_metrics = tuple(dict.fromkeys(DEFAULT_METRICS + ("params",) + cell.metrics))
+    row: dict[str, Any] = {k: v for k, v in dataclasses.asdict(cell).items()
+                           if k in ("model", "method", "allocation", "structure", "schedule",
+                                    "level", "seed")}
+    row.update(dataset=cell.data.name, ft_epochs=cell.finetune.epochs)
+    if cell.method != "dense":
+        calib = islice(ctx.data.train.batches(128, shuffle=True, generator=gen),
+                       cell.calibration_batches)
+        prune(model, cell.method, cell.level, cell.allocation, parse_structure(cell.structure),
+              calibration=calib, include=cell.include or None,
+              exclude=cell.exclude or None, prune_last=cell.prune_last, generator=gen)
+        if cell.finetune.epochs > 0:
+            pre = evaluate(model, ctx.data.test, ctx.reference["test"], test_metrics)
+            row.update({f"oneshot_{k}": v for k, v in pre.items()})
+    if cell.finetune.epochs > 0:
+        on_step = (lambda s, t: progress("fine-tune", s, t)) if progress else None
+        train(model, ctx.data.train, cell.finetune, gen, on_step=on_step)
+    row.update(evaluate(model, ctx.data.test, ctx.reference["test"], test_metrics))
+    val = evaluate(model, ctx.data.val, ctx.reference["val"], VAL_METRICS)
+    row.update({f"val_{k}": v for k, v in val.items()})
+    tr = evaluate(model, ctx.train_eval, ctx.reference["train"], ("accuracy", "loss"))
+    row.update({f"train_{k}": v for k, v in tr.items()})
+    row["layer_sparsity"] = json.dumps(layer_sparsity(model))
+    preds = predict(model, ctx.data.test.x).argmax(1).to(torch.int16).numpy()
+    return CellResult(row, {"test_preds": preds}, time.perf_counter() - start)

@@ -1,0 +1,99 @@
+"""Executors map cells to results. Local (sequential or a process pool) by default; Ray later.
+
+An executor yields ``(cell, result)`` pairs as cells finish, in any order; the driver writes
+each to the store the moment it arrives.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from prunelab.sweep.cell import Cell, CellResult, Context, Progress, run_cell
+
+
+class Executor(Protocol):
+    def map(self, cells: Sequence[Cell], progress: Progress | None = None
+            ) -> Iterator[tuple[Cell, CellResult]]: ...
+
+
+class ContextCache:
+    """Contexts built at most once per process and sweep (data, dense model, dense outputs)."""
+
+    def __init__(self, cache_dir: Path | None) -> None:
+        self.cache_dir = cache_dir
+        self._items: dict[tuple, Context] = {}
+
+    def get(self, cell: Cell) -> Context:
+        key = cell.context_key()
+        if key not in self._items:
+            self._items[key] = Context.build(cell, self.cache_dir)
+        return self._items[key]
+
+
+class SequentialExecutor:
+    """Runs cells one after another in this process (the default)."""
+
+    def __init__(self, cache_dir: Path | None = None, contexts: ContextCache | None = None) -> None:
+        self.contexts = contexts or ContextCache(cache_dir)
+
+    def map(self, cells: Sequence[Cell], progress: Progress | None = None
+            ) -> Iterator[tuple[Cell, CellResult]]:
+        for cell in cells:
+            yield cell, run_cell(cell, self.contexts.get(cell), progress)
+
+
+_WORKER_CONTEXTS: ContextCache | None = None  # one per worker process, set by its initializer
+
+
+def _init_worker(cache_dir: Path | None, threads: int) -> None:
+    global _WORKER_CONTEXTS
+    torch.set_num_threads(threads)
+    _WORKER_CONTEXTS = ContextCache(cache_dir)
+
+
+def _run_in_worker(cell: Cell) -> CellResult:
+    assert _WORKER_CONTEXTS is not None
+    return run_cell(cell, _WORKER_CONTEXTS.get(cell))
+
+
+class ProcessPoolCellExecutor:
+    """Runs cells in ``workers`` spawned processes, each with cores/workers torch threads."""
+
+    def __init__(self, workers: int, cache_dir: Path | None = None) -> None:
+        self.workers = workers
+        self.cache_dir = cache_dir
+
+    def map(self, cells: Sequence[Cell], progress: Progress | None = None
+            ) -> Iterator[tuple[Cell, CellResult]]:
+        if not cells:
+            return
+        # The driver has trained (or loaded) the dense model, so workers only load the cache.
+        threads = max(1, (os.cpu_count() or 1) // self.workers)
+        with ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
+                                 initializer=_init_worker,
+                                 initargs=(self.cache_dir, threads)) as pool:
+            pending: dict[Future, Cell] = {pool.submit(_run_in_worker, c): c for c in cells}
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    yield pending.pop(fut), fut.result()
+
+
+def make_executor(name: str, workers: int = 1, cache_dir: Path | None = None,
+                  address: str | None = None, contexts: ContextCache | None = None) -> Executor:
+    """``local`` (sequential when workers == 1, else a process pool) or ``ray``."""
+    from prunelab.errors import PrunelabError
+
+    if workers < 1:
+        raise PrunelabError(f"workers must be >= 1, got {workers}")
+    if name == "local":
+        return SequentialExecutor(cache_dir, contexts) if workers == 1 else ProcessPoolCellExecutor(
+            workers, cache_dir)
+    raise PrunelabError(f"unknown executor '{name}'; valid: local")

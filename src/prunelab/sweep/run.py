@@ -1,0 +1,101 @@
+"""The sweep driver: expand cells, skip finished ones, run the rest, store each as it lands."""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from prunelab.errors import PrunelabError
+from prunelab.store import RUN_ID, Store
+from prunelab.sweep.cell import Cell, CellResult, Progress, expand_cells
+from prunelab.sweep.executors import ContextCache, Executor, SequentialExecutor
+from prunelab.sweep.spec import SweepSpec
+
+log = logging.getLogger(__name__)
+OnCell = Callable[[Cell, CellResult], None]
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    run_dir: Path
+    total: int
+    skipped: int
+    ran: int
+
+
+def environment() -> dict[str, str]:
+    """Library versions and threads, recorded with every run."""
+    env = {"python": sys.version.split()[0], "platform": platform.platform(),
+           "torch_threads": str(torch.get_num_threads())}
+    for pkg in ("prunelab", "torch", "numpy", "scipy", "scikit-learn", "safetensors"):
+        try:
+            env[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            env[pkg] = "not installed"
+    return env
+
+
+def _claim_run_dir(store: Store, spec: SweepSpec) -> None:
+    """Record the spec in a new run dir, or check it matches when resuming (never overwrite)."""
+    spec_json = json.loads(json.dumps(spec.to_dict()))
+    previous = store.get_meta("spec")
+    if previous is None:
+        store.set_meta("spec", spec_json)
+    elif previous != spec_json:
+        raise PrunelabError(
+            f"run directory {store.run_dir} holds a different sweep; use another --out "
+            "directory (results are never overwritten)"
+        )
+
+
+def run_sweep(
+    spec: SweepSpec,
+    run_dir: Path,
+    executor: Executor | None = None,
+    on_cell: OnCell | None = None,
+    progress: Progress | None = None,
+    cache_dir: Path | None = None,
+    contexts: ContextCache | None = None,
+) -> SweepOutcome:
+    """Run every unfinished cell of ``spec`` and persist results in ``run_dir``.
+
+    Re-running the same spec on the same directory resumes: finished cells are skipped.
+    """
+    run_dir = Path(run_dir)
+    contexts = contexts or ContextCache(cache_dir)
+    executor = executor or SequentialExecutor(cache_dir, contexts)
+    with Store(run_dir) as store:
+        _claim_run_dir(store, spec)
+        cells = expand_cells(spec)
+        done = store.finished_ids()
+        pending = [c for c in cells if c.cell_id not in done]
+        log.info("%d cells, %d already finished", len(cells), len(cells) - len(pending))
+        if store.get_meta("dense_metrics") is None:
+            ctx = contexts.get(cells[0])
+            store.set_meta("env", environment())
+            store.set_meta("data_hash", ctx.data.fingerprint())
+            store.set_meta("dense_metrics", ctx.dense_metrics)
+            store.put_artifact(RUN_ID, "test_labels", ctx.data.test.y.numpy().astype(np.int16))
+        for cell, result in executor.map(pending, progress):
+            store.put_cell(cell.cell_id, {**json.loads(json.dumps(cell.__dict__, default=_plain))},
+                           result.row, result.duration_s, result.artifacts)
+            if on_cell is not None:
+                on_cell(cell, result)
+    return SweepOutcome(run_dir, len(cells), len(cells) - len(pending), len(pending))
+
+
+def _plain(obj: object) -> object:
+    import dataclasses
+
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.asdict(obj)  # type: ignore[arg-type]
+    raise TypeError(f"cannot serialise {type(obj)}")

@@ -1,0 +1,160 @@
+"""The sweep specification: frozen, typed, validated at the boundary (TOML file and/or flags)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prunelab.errors import PrunelabError
+from prunelab.finetune import TrainConfig
+
+
+def parse_levels(text: str) -> tuple[float, ...]:
+    """``"0.5,0.8,0.9"`` or ``"0.1:0.9:0.1"`` (start:stop:step, stop included) -> levels.
+
+    >>> parse_levels("0.5, 0.9"), parse_levels("0.2:0.6:0.2")
+    ((0.5, 0.9), (0.2, 0.4, 0.6))
+    """
+    text = text.strip()
+    try:
+        if ":" in text:
+            start, stop, step = (float(p) for p in text.split(":"))
+            if step <= 0:
+                raise PrunelabError(f"level step must be > 0 in '{text}'")
+            n = int(math.floor((stop - start) / step + 1e-9)) + 1
+            return tuple(round(start + i * step, 10) for i in range(max(n, 0)))
+        return tuple(float(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise PrunelabError(
+            f"cannot parse levels '{text}': use '0.5,0.8,0.9' or 'start:stop:step'"
+        ) from None
+
+
+def check_levels(levels: tuple[float, ...]) -> tuple[float, ...]:
+    if not levels:
+        raise PrunelabError("at least one sparsity level is needed")
+    for lv in levels:
+        if not 0.0 < lv < 1.0:
+            raise PrunelabError(f"sparsity level {lv} is outside (0, 1)")
+    if list(levels) != sorted(set(levels)):
+        raise PrunelabError(f"sparsity levels must be strictly increasing, got {list(levels)}")
+    return levels
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which dataset, where from, and how much of it."""
+
+    name: str = "fashion-mnist"
+    data_dir: str | None = None
+    train_limit: int | None = None
+    test_limit: int | None = None
+    seed: int = 0
+
+    def loader_kwargs(self) -> dict[str, Any]:
+        kw: dict[str, Any] = {"seed": self.seed}
+        if self.name == "fashion-mnist":
+            kw.update(data_dir=self.data_dir, train_limit=self.train_limit,
+                      test_limit=self.test_limit)
+        return kw
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A whole sweep: model × methods × allocations × structures × schedules × levels × seeds."""
+
+    model: str = "lenet300"
+    data: DataSpec = field(default_factory=DataSpec)
+    methods: tuple[str, ...] = ("magnitude", "random")
+    allocations: tuple[str, ...] = ("global", "uniform")
+    structures: tuple[str, ...] = ("unstructured",)
+    schedules: tuple[str, ...] = ("oneshot",)
+    levels: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95, 0.98)
+    seeds: tuple[int, ...] = (0,)
+    dense: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5))
+    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1))
+    metrics: tuple[str, ...] = ()
+    calibration_batches: int = 8
+    prune_last: bool = True
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_levels(self.levels)
+        for name in ("methods", "allocations", "structures", "schedules", "seeds"):
+            if not getattr(self, name):
+                raise PrunelabError(f"sweep needs at least one of '{name}'")
+        if self.calibration_batches < 1:
+            raise PrunelabError("calibration_batches must be >= 1")
+        self.validate_names()
+
+    def validate_names(self) -> None:
+        """Fail fast on unknown plug-in names, before any cell runs."""
+        from prunelab.allocation import ALLOCATIONS
+        from prunelab.criteria import CRITERIA
+        from prunelab.data import DATASETS
+        from prunelab.metrics import METRICS
+        from prunelab.models import MODELS
+        from prunelab.structure import parse_structure
+        from prunelab.sweep.schedule import parse_schedule
+
+        MODELS.get(self.model)
+        DATASETS.get(self.data.name)
+        for m in self.methods:
+            CRITERIA.get(m)
+        for a in self.allocations:
+            ALLOCATIONS.get(a)
+        for s in self.structures:
+            parse_structure(s)
+        for s in self.schedules:
+            parse_schedule(s)
+        for m in self.metrics:
+            METRICS.get(m)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_LIST_FIELDS = {"methods", "allocations", "structures", "schedules", "metrics", "include", "exclude"}
+
+
+def spec_from_dict(raw: dict[str, Any]) -> SweepSpec:
+    """Build a spec from plain data (a parsed TOML file), rejecting unknown keys."""
+    raw = dict(raw)
+    known = {f.name for f in dataclasses.fields(SweepSpec)}
+    unknown = set(raw) - known
+    if unknown:
+        raise PrunelabError(f"unknown sweep option(s) {sorted(unknown)}; valid: {sorted(known)}")
+    kw: dict[str, Any] = {}
+    try:
+        for key, value in raw.items():
+            if key == "data":
+                kw[key] = DataSpec(**value)
+            elif key in ("dense", "finetune"):
+                kw[key] = TrainConfig(**value)
+            elif key == "levels":
+                kw[key] = parse_levels(value) if isinstance(value, str) else tuple(map(float, value))
+            elif key == "seeds":
+                kw[key] = tuple(int(s) for s in value)
+            elif key in _LIST_FIELDS:
+                kw[key] = (value,) if isinstance(value, str) else tuple(value)
+            else:
+                kw[key] = value
+    except TypeError as e:
+        raise PrunelabError(f"bad sweep option: {e}") from None
+    return SweepSpec(**kw)
+
+
+def load_spec(path: Path) -> dict[str, Any]:
+    """Parse a TOML sweep file (safe parser, no code execution) into plain data."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise PrunelabError(f"config file {path} not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise PrunelabError(f"malformed TOML in {path}: {e}") from None
