@@ -38,11 +38,16 @@ def _curve_plots(df: pd.DataFrame, plot_dir: Path, extras: ReportExtras) -> dict
     from prunelab.report.plots import plot_metric_curves
 
     tolerances = extras.tolerances or {}
+    labels = set(curve_labels(df))
+    knees = {k: v for k, v in (extras.knees or {}).items() if k in labels}
+    if len(knees) < len(extras.knees or {}):
+        log.warning("tipping points for unknown curves ignored: %s",
+                    ", ".join(sorted(set(extras.knees) - labels)))
     out = {}
     for m in metric_columns(df):
         if df.loc[df["method"] != "dense", m].notna().any():
             out[f"curve_{m}"] = plot_metric_curves(df, m, plot_dir / f"curve_{m}.png",
-                                                   extras.knees, tolerances.get(m))
+                                                   knees, tolerances.get(m))
     return out
 
 

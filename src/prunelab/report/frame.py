@@ -97,7 +97,7 @@ def aggregate(df: pd.DataFrame, metric: str) -> pd.DataFrame:
     """
     require_columns(df, ("method", "level", metric))
     rows = with_labels(df)
-    rows = rows[rows["method"] != DENSE]
+    rows = rows[(rows["method"] != DENSE) & rows[metric].notna()]
     g = rows.groupby(["curve", "level"])[metric]
     out = g.agg(["mean", "std", "min", "max", "count"]).reset_index()
     out["std"] = out["std"].fillna(0.0)

@@ -36,7 +36,7 @@ section,header{background:#fff;border:1px solid #d8dbe0;border-radius:8px;paddin
  margin:0 0 18px}
 .sub{color:#57606a;margin:2px 0}.note{color:#57606a;font-style:italic}
 nav a{margin-right:12px;color:#0a58ca;text-decoration:none;font-size:13px}
-.rec{border:2px solid #2e7d32;background:#f1f8f2}
+.rec{border:2px solid #2e7d32;background:#f1f8f2}.rec.none{border-color:#b26a00;background:#fff8ec}
 .headline{font-size:18px;margin:4px 0 10px}
 .grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:12px}
 figure{margin:0;text-align:center}
@@ -137,23 +137,30 @@ def _evidence(ev: object) -> str:
     return "<h3>Evidence</h3><div class='scroll'>" + html_table(ev) + "</div>"
 
 
+def _headline(method: object, level: object, interval: object) -> str:
+    if method is None and level is None:
+        return "No sparsity level met the recommendation criteria."
+    head = f"Ship <b>{escape(str(method))}</b>" if method is not None else "Recommended:"
+    if level is not None:
+        head += f" at <b>{escape(format_level(float(level)))}</b> sparsity"
+    if interval is not None:
+        lo, hi = (escape(format_level(float(v))) for v in interval)
+        head += f" <span class='sub'>(interval {lo} – {hi})</span>"
+    return head
+
+
 def _recommendation(rec: object | None) -> str:
     if rec is None:
         return section("recommendation", note("No recommendation was computed for this run."))
     d = _as_dict(rec)
     level, method, interval = d.pop("level", None), d.pop("method", None), d.pop("interval", None)
     evidence = d.pop("evidence", None)
-    head = f"Ship <b>{escape(str(method))}</b>" if method is not None else "Recommended"
-    if level is not None:
-        head += f" at <b>{escape(format_level(float(level)))}</b> sparsity"
-    if interval is not None:
-        lo, hi = interval
-        head += f" <span class='sub'>(interval {escape(format_level(float(lo)))} – " \
-                f"{escape(format_level(float(hi)))})</span>"
     extra = "".join(f"<dt>{escape(str(k))}</dt><dd>{escape(fmt(v))}</dd>" for k, v in d.items()
                     if isinstance(v, str | int | float | np.number | bool))
-    body = f"<p class='headline'>{head}</p>" + (f"<dl>{extra}</dl>" if extra else "")
-    return section("recommendation", body + _evidence(evidence), cls="rec")
+    body = f"<p class='headline'>{_headline(method, level, interval)}</p>"
+    body += f"<dl>{extra}</dl>" if extra else ""
+    cls = "rec" if level is not None else "rec none"
+    return section("recommendation", body + _evidence(evidence), cls=cls)
 
 
 def _curves(df: pd.DataFrame, plots: Mapping[str, Path], extras: ReportExtras) -> str:
@@ -161,10 +168,11 @@ def _curves(df: pd.DataFrame, plots: Mapping[str, Path], extras: ReportExtras) -
             if f"curve_{m}" in plots]
     if not figs:
         return section("curves", note("No pruned rows with metrics to plot."))
-    knees = "stars mark each method's tipping point; " if extras.knees else \
-        "no tipping points were computed; "
-    tol = "grey band = tolerance around dense." if extras.tolerances else ""
-    intro = note(f"Lines: mean over seeds; shaded: min–max; dashed: dense model; {knees}{tol}")
+    parts = ["Lines: mean over seeds", "shaded: min–max over seeds", "dashed: dense model",
+             "stars: each method's tipping point" if extras.knees else "no tipping points given"]
+    if extras.tolerances:
+        parts.append("grey band: tolerance from dense")
+    intro = note("; ".join(parts) + ".")
     return section("curves", intro + f"<div class='grid'>{''.join(figs)}</div>")
 
 

@@ -20,6 +20,7 @@ from prunelab.errors import PrunelabError
 from prunelab.report.frame import (
     DENSE,
     aggregate,
+    curve_labels,
     dense_value,
     higher_is_better,
     pareto_cost_column,
@@ -65,11 +66,22 @@ def _save(fig: Figure, out: Path | str) -> Path:
     return out
 
 
-def _colors(labels: Sequence[str]) -> dict[str, tuple]:
+def _colors(df: pd.DataFrame) -> dict[str, tuple]:
+    """One colour per pruned curve of the whole table, so a method keeps its colour across
+    figures even where some metric is missing for it."""
     from matplotlib import colormaps
 
+    labels = sorted(set(curve_labels(df)) - {DENSE})
     cmap = colormaps["tab10" if len(labels) <= 10 else "tab20"]
-    return {lab: cmap(i % cmap.N) for i, lab in enumerate(sorted(labels))}
+    return {lab: cmap(i % cmap.N) for i, lab in enumerate(labels)}
+
+
+def _legend(fig: Figure, ax: Axes) -> None:
+    """Legend under the axes, so it never hides a curve."""
+    handles, labels = ax.get_legend_handles_labels()
+    ncols = 3 if max(map(len, labels), default=0) <= 24 else 2
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(ncols, len(labels)),
+               fontsize=8, frameon=False)
 
 
 def _sparsity_axis(ax: Axes, levels: np.ndarray) -> None:
@@ -115,7 +127,7 @@ def plot_metric_curves(df: pd.DataFrame, metric: str, out: Path | str,
         raise PrunelabError(f"no pruned rows with metric '{metric}' to plot")
     fig = _figure()
     ax = fig.add_subplot()
-    colors = _colors(list(agg["curve"].unique()))
+    colors = _colors(df)
     unknown = set(knees or {}) - set(colors)
     if unknown:
         log.warning("tipping points for unknown curves ignored: %s", ", ".join(sorted(unknown)))
@@ -132,7 +144,7 @@ def plot_metric_curves(df: pd.DataFrame, metric: str, out: Path | str,
     arrow = "higher is better" if higher_is_better(metric) else "lower is better"
     ax.set_ylabel(f"{metric} ({arrow})")
     ax.set_title(f"{metric} vs sparsity — mean over seeds, band = min–max", fontsize=10)
-    ax.legend(fontsize=8, loc="best")
+    _legend(fig, ax)
     return _save(fig, out)
 
 
@@ -149,7 +161,7 @@ def plot_pareto(df: pd.DataFrame, out: Path | str, metric: str = "accuracy") -> 
         raise PrunelabError(f"pareto plot expects a higher-is-better metric, got '{metric}'")
     fig = _figure()
     ax = fig.add_subplot()
-    colors = _colors([c for c in rows["curve"].unique() if c != DENSE])
+    colors = _colors(df)
     for curve, g in rows.groupby("curve", sort=True):
         color = "black" if curve == DENSE else colors[curve]
         ax.scatter(g[cost_col], g[metric], s=22, color=color, alpha=0.75, label=curve)
@@ -164,7 +176,7 @@ def plot_pareto(df: pd.DataFrame, out: Path | str, metric: str = "accuracy") -> 
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} vs {cost_col} — every cell; Pareto-optimal cells circled", fontsize=10)
     ax.grid(True, alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="lower right")
+    _legend(fig, ax)
     return _save(fig, out)
 
 
