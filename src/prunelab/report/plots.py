@@ -197,7 +197,7 @@ def plot_sensitivity(sens: pd.DataFrame, out: Path | str, value_name: str = "val
         for (i, j), v in np.ndenumerate(grid.to_numpy()):
             ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=7,
                     color="white" if v < mid else "black")
-    ax.set_xlabel("sparsity of this layer alone")
+    ax.set_xlabel("layer sparsity")
     ax.set_title(f"layer sensitivity — {value_name}", fontsize=10)
     fig.colorbar(im, ax=ax, label=value_name)
     return _save(fig, out)
@@ -220,6 +220,7 @@ def plot_weight_histograms(weights: Mapping[str, np.ndarray], out: Path | str,
         zero = 1 - len(nz) / max(len(w), 1)
         ax.set_title(f"{name}  ({zero:.1%} zero)", fontsize=9)
         ax.tick_params(labelsize=7)
+        ax.locator_params(axis="x", nbins=5)
     fig.suptitle("non-zero weight values per layer", fontsize=10)
     return _save(fig, out)
 
