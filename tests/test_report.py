@@ -97,6 +97,7 @@ def test_html_sections_images_escaping_and_no_external_urls(report):
     assert "<script" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     srcs = re.findall(r"""(?:src|href)=["']([^"']*)""", page)
     assert srcs and not any(s.lower().startswith(("http", "//")) for s in srcs)
+    assert "<link" not in page and "url(" not in page and "@import" not in page
     assert "Ship <b>magnitude</b> at <b>90%</b>" in page
 
 
