@@ -1,0 +1,92 @@
+"""Report: figures, a Markdown summary and one self-contained HTML page from a results table.
+
+Reads the results table only (``prunelab.store.load_results(run_dir)``), never a model::
+
+    from prunelab.report import build_report
+    paths = build_report(run_dir, load_results(run_dir))   # run_dir/report.html, summary.md, plots/
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from prunelab.errors import PrunelabError
+from prunelab.report.extras import ReportExtras, ReportPaths
+from prunelab.report.frame import (
+    curve_labels,
+    higher_is_better,
+    metric_columns,
+    pareto_cost_column,
+    pareto_mask,
+    require_columns,
+)
+from prunelab.report.html import render_html
+from prunelab.report.summary import render_summary, write_summary
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ReportExtras", "ReportPaths", "build_report", "curve_labels", "higher_is_better",
+    "make_plots", "metric_columns", "pareto_mask", "render_html", "render_summary",
+]
+
+
+def _curve_plots(df: pd.DataFrame, plot_dir: Path, extras: ReportExtras) -> dict[str, Path]:
+    from prunelab.report.plots import plot_metric_curves
+
+    tolerances = extras.tolerances or {}
+    labels = set(curve_labels(df))
+    knees = {k: v for k, v in (extras.knees or {}).items() if k in labels}
+    if len(knees) < len(extras.knees or {}):
+        log.warning("tipping points for unknown curves ignored: %s",
+                    ", ".join(sorted(set(extras.knees) - labels)))
+    out = {}
+    for m in metric_columns(df):
+        if df.loc[df["method"] != "dense", m].notna().any():
+            out[f"curve_{m}"] = plot_metric_curves(df, m, plot_dir / f"curve_{m}.png",
+                                                   knees, tolerances.get(m))
+    return out
+
+
+def make_plots(df: pd.DataFrame, plot_dir: Path, extras: ReportExtras) -> dict[str, Path]:
+    """Write every figure the data and extras allow; returns {figure name: PNG path}."""
+    from prunelab.report import plots
+
+    out = _curve_plots(df, plot_dir, extras)
+    if pareto_cost_column(df) and "accuracy" in df.columns:
+        out["pareto"] = plots.plot_pareto(df, plot_dir / "pareto.png")
+    if extras.sensitivity is not None and len(extras.sensitivity):
+        out["sensitivity"] = plots.plot_sensitivity(
+            extras.sensitivity, plot_dir / "sensitivity.png", extras.sensitivity_label)
+    if extras.weights:
+        out["weights"] = plots.plot_weight_histograms(extras.weights, plot_dir / "weights.png")
+    if extras.forgotten_images is not None and extras.forgotten_labels is not None:
+        out["forgotten"] = plots.plot_example_grid(
+            extras.forgotten_images, extras.forgotten_labels, plot_dir / "forgotten.png",
+            extras.forgotten_preds, extras.class_names)
+    return out
+
+
+def build_report(run_dir: Path | str, df: pd.DataFrame,
+                 extras: ReportExtras | None = None) -> ReportPaths:
+    """Write ``plots/*.png``, ``summary.md`` and ``report.html`` into ``run_dir``.
+
+    ``df`` is the results table (one row per finished cell); ``extras`` carries the optional
+    pieces computed elsewhere (tipping points, recommendation, sensitivity, ...).
+    """
+    require_columns(df, ("method", "level"))
+    if df.empty:
+        raise PrunelabError("the results table is empty: no finished cells to report")
+    if (df["method"] != "dense").sum() == 0:
+        raise PrunelabError("the results table has only dense rows: nothing was pruned")
+    extras = extras or ReportExtras()
+    run_dir = Path(run_dir)
+    plots = make_plots(df, run_dir / "plots", extras)
+    summary = write_summary(df, run_dir / "summary.md", title=extras.title or "prunelab summary")
+    html = run_dir / "report.html"
+    html.write_text(render_html(df, plots, extras), encoding="utf-8")
+    log.info("report written to %s (%d figures)", html, len(plots))
+    return ReportPaths(html=html, summary=summary, plots=plots)

@@ -1,0 +1,47 @@
+"""Typed inputs and outputs of :func:`prunelab.report.build_report`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass(frozen=True, eq=False)
+class ReportExtras:
+    """Optional pieces computed elsewhere; every field may be left out.
+
+    - ``knees``: {curve label: tipping-point level} (labels from ``frame.curve_labels``).
+    - ``recommendation``: a mapping or object with ``level``, ``method``, ``interval`` (lo, hi),
+      ``evidence`` (DataFrame, list of dicts, mapping or text) and any other scalar fields.
+    - ``tolerances``: {metric: allowed drop from dense}, shaded on that metric's curve.
+    - ``sensitivity``: tidy DataFrame with columns layer, level, value.
+    - ``weights``: {layer: 1D array} for histograms (e.g. the shipped model's weights).
+    - ``forgotten_images`` (N, 1, H, W), ``forgotten_labels`` (N,), ``forgotten_preds`` (N,).
+    - ``spec``: the sweep spec (JSON-able mapping) shown at the top; ``title``: page title.
+    """
+
+    knees: Mapping[str, float] | None = None
+    recommendation: object | None = None
+    tolerances: Mapping[str, float] | None = None
+    sensitivity: pd.DataFrame | None = None
+    sensitivity_label: str = "metric drop"
+    weights: Mapping[str, np.ndarray] | None = None
+    forgotten_images: np.ndarray | None = None
+    forgotten_labels: np.ndarray | None = None
+    forgotten_preds: np.ndarray | None = None
+    class_names: Sequence[str] | None = None
+    spec: Mapping[str, object] | None = None
+    title: str | None = None
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    """Where :func:`build_report` wrote things; ``plots`` maps a figure name to its PNG."""
+
+    html: Path
+    summary: Path
+    plots: Mapping[str, Path] = field(default_factory=dict)

@@ -1,0 +1,81 @@
+"""A Markdown summary of a sweep: dense baseline, level x method table, best method per level."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from prunelab.report.frame import DENSE, dense_value
+from prunelab.report.tables import SUMMARY_METRICS, best_per_level, summary_table
+
+_DENSE_METRICS = ("accuracy", "agreement", "kl", "macro_f1", "loss")
+
+
+def mean_std(mean: float, std: float) -> str:
+    """``'0.9123 ± 0.0031'`` (4 decimals)."""
+    return f"{mean:.4f} ± {std:.4f}"
+
+
+def _cell(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |",
+             "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(_cell(v) for v in r) + " |" for r in rows]
+
+
+def _dense_lines(df: pd.DataFrame) -> list[str]:
+    dense = df[df["method"] == DENSE]
+    if dense.empty:
+        return ["_No dense control rows in this run._"]
+    rows = [[m, mean_std(dense[m].mean(), dense[m].std(ddof=1) if len(dense) > 1 else 0.0)]
+            for m in _DENSE_METRICS if m in dense.columns]
+    return [f"Dense control over {len(dense)} seed(s):", ""] + _md_table(["metric", "value"], rows)
+
+
+def _level_lines(df: pd.DataFrame) -> list[str]:
+    table = summary_table(df)
+    metrics = [m for m in SUMMARY_METRICS if f"{m}_mean" in table.columns]
+    header = ["level", "method"] + metrics + ["seeds"]
+    rows = [[f"{r.level:g}", r.curve]
+            + [mean_std(getattr(r, f"{m}_mean"), getattr(r, f"{m}_std")) for m in metrics]
+            + [str(r.seeds)] for r in table.itertuples(index=False)]
+    return _md_table(header, rows)
+
+
+def _best_lines(df: pd.DataFrame, metric: str) -> list[str]:
+    if metric not in df.columns or (df["method"] != DENSE).sum() == 0:
+        return [f"_No pruned rows with '{metric}'._"]
+    best = best_per_level(df, metric)
+    dense = dense_value(df, metric)
+    header = ["level", "best method", f"{metric} (mean)"] + ([] if dense is None else ["vs dense"])
+    rows = [[f"{r.level:g}", r.curve, f"{r.mean:.4f}"]
+            + ([] if dense is None else [f"{r.mean - dense:+.4f}"])
+            for r in best.itertuples(index=False)]
+    return _md_table(header, rows)
+
+
+def render_summary(df: pd.DataFrame, title: str = "prunelab sweep summary",
+                   metric: str = "accuracy") -> str:
+    """The Markdown text: dense baseline, results by level (mean ± std over seeds), best method.
+
+    >>> df = pd.DataFrame({"method": ["dense", "magnitude"], "level": [0.0, 0.5],
+    ...                    "seed": [0, 0], "accuracy": [0.9, 0.8]})
+    >>> "| 0.5 | magnitude | 0.8000 ± 0.0000 | 1 |" in render_summary(df)
+    True
+    """
+    lines = [f"# {title}", "", "## Dense baseline", ""] + _dense_lines(df)
+    lines += ["", "## Results by level (mean ± std over seeds)", ""] + _level_lines(df)
+    lines += ["", f"## Best method per level (by {metric})", ""] + _best_lines(df, metric)
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(df: pd.DataFrame, path: Path | str, **kwargs: str) -> Path:
+    """Write :func:`render_summary` to ``path`` and return it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_summary(df, **kwargs), encoding="utf-8")
+    return path
