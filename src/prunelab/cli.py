@@ -1,0 +1,148 @@
+"""The command-line shell: parse into typed values, call the library, print. Exit 2 on bad input."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+from prunelab.errors import PrunelabError
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="prunelab: how sparse can this model go before it loses its intelligence?",
+)
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", err=True, fg="red")
+    raise typer.Exit(2)
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn PrunelabError into one line on stderr and exit code 2 (no traceback)."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except PrunelabError as e:
+            _fail(str(e))
+        except KeyboardInterrupt:
+            typer.secho("interrupted: finished cells are saved; rerun the same command to resume",
+                        err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _csv(text: str | None) -> tuple[str, ...] | None:
+    return None if text is None else tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+@app.command()
+@user_errors
+def sweep(
+    config: Annotated[Optional[Path], typer.Option(help="TOML sweep spec; flags override it")] = None,
+    out: Annotated[Path, typer.Option(help="run directory (resumed if it holds this sweep)")] = Path("runs/default"),
+    model: Annotated[Optional[str], typer.Option(help="model name (see `prunelab list`)")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="dataset name")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="directory of Fashion-MNIST IDX files")] = None,
+    train_limit: Annotated[Optional[int], typer.Option(help="use only the first N training rows")] = None,
+    methods: Annotated[Optional[str], typer.Option(help="criteria, comma-separated")] = None,
+    scopes: Annotated[Optional[str], typer.Option(help="allocations, e.g. global,uniform")] = None,
+    structures: Annotated[Optional[str], typer.Option(help="unstructured, 2:4, channels, ...")] = None,
+    schedules: Annotated[Optional[str], typer.Option(help="oneshot, ...")] = None,
+    levels: Annotated[Optional[str], typer.Option(help="'0.5,0.8,0.9' or '0.1:0.9:0.1'")] = None,
+    seeds: Annotated[Optional[str], typer.Option(help="comma-separated seeds")] = None,
+    ft_epochs: Annotated[Optional[float], typer.Option(help="fine-tune epochs per cell")] = None,
+    dense_epochs: Annotated[Optional[float], typer.Option(help="dense training epochs")] = None,
+    metrics: Annotated[Optional[str], typer.Option(help="extra metrics, comma-separated")] = None,
+    workers: Annotated[int, typer.Option(help="parallel worker processes")] = 1,
+    executor: Annotated[str, typer.Option(help="local or ray")] = "local",
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address")] = None,
+    report: Annotated[bool, typer.Option(help="write the report when done")] = True,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+) -> None:
+    """Prune a model at a ladder of sparsity levels with each method, fine-tune, measure, store."""
+    from prunelab.sweep import load_spec, spec_from_dict
+    from prunelab.sweep.spec import parse_levels
+
+    raw: dict[str, Any] = load_spec(config) if config else {}
+    data = dict(raw.get("data", {}))
+    for key, value in (("name", dataset), ("data_dir", data_dir), ("train_limit", train_limit)):
+        if value is not None:
+            data[key] = str(value) if isinstance(value, Path) else value
+    if data_dir is not None and not data_dir.is_dir():
+        raise PrunelabError(f"data directory {data_dir} does not exist")
+    raw["data"] = data
+    flags: dict[str, Any] = {"model": model, "methods": _csv(methods), "allocations": _csv(scopes),
+                             "structures": _csv(structures), "schedules": _csv(schedules),
+                             "metrics": _csv(metrics)}
+    if levels is not None:
+        flags["levels"] = parse_levels(levels)
+    if seeds is not None:
+        try:
+            flags["seeds"] = tuple(int(s) for s in _csv(seeds) or ())
+        except ValueError:
+            raise PrunelabError(f"seeds must be integers, got '{seeds}'") from None
+    raw.update({k: v for k, v in flags.items() if v is not None})
+    for key, epochs in (("finetune", ft_epochs), ("dense", dense_epochs)):
+        if epochs is not None:
+            raw[key] = {**raw.get(key, {}), "epochs": epochs}
+    spec = spec_from_dict(raw)
+    from prunelab.cli_run import run_sweep_with_progress
+
+    run_sweep_with_progress(spec, out, executor, workers, address, quiet)
+    if report:
+        _write_report(out)
+
+
+def _write_report(run_dir: Path) -> Path:
+    import json
+
+    from prunelab.report import ReportExtras, build_report
+    from prunelab.store import Store, load_results
+
+    df = load_results(run_dir)
+    with Store(run_dir, create=False) as store:
+        spec = store.get_meta("spec")
+    paths = build_report(run_dir, df, ReportExtras(spec=json.loads(json.dumps(spec))))
+    typer.echo(f"report: {paths.html}")
+    return paths.html
+
+
+@app.command()
+@user_errors
+def report(run_dir: Annotated[Path, typer.Argument(help="a sweep's run directory")]) -> None:
+    """Write plots, summary.md and report.html for a finished (or partial) sweep."""
+    if not run_dir.is_dir():
+        raise PrunelabError(f"run directory {run_dir} does not exist")
+    _write_report(run_dir)
+
+
+@app.command("list")
+@user_errors
+def list_(what: Annotated[Optional[str], typer.Argument(help="one kind only")] = None) -> None:
+    """List the registered methods, allocations, structures, schedules, metrics, data, models."""
+    from prunelab.cli_run import registries
+
+    regs = registries()
+    if what is not None and what not in regs:
+        raise PrunelabError(f"unknown kind '{what}'; valid: {', '.join(regs)}")
+    for kind, names in regs.items():
+        if what is None or what == kind:
+            typer.echo(f"{kind}: {', '.join(names)}")
+
+
+def main() -> None:  # pragma: no cover
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
