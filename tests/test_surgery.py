@@ -199,6 +199,30 @@ def test_save_rebuild_round_trip(resnet: nn.Module, tmp_path) -> None:
         rebuild(tmp_path / "plain.safetensors")
 
 
+class Reshaping(nn.Module):
+    """Flatten written as ``view``: with the batch size (supported) or a literal width."""
+
+    def __init__(self, literal: bool) -> None:
+        super().__init__()
+        self.literal = literal
+        self.conv, self.fc = nn.Conv2d(1, 4, 3, padding=1), nn.Linear(4 * 2 * 2, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.conv(x)  # (B, 4, 2, 2)
+        y = y.view(-1, 16) if self.literal else y.view(y.size(0), -1)  # (B, 16)
+        return self.fc(y)
+
+
+def test_view_flatten_supported_and_hardcoded_shapes_kept() -> None:
+    x = torch.randn(3, 1, 2, 2, generator=torch.Generator().manual_seed(6))
+    small, plan = prune_channels(Reshaping(literal=False), x[:1], sparsity=0.5)
+    assert small.conv.out_channels == 2 and small.fc.in_features == 8
+    # a literal width in the forward would break after removal: the conv is left whole
+    small, plan = prune_channels(Reshaping(literal=True), x[:1], sparsity=0.5)
+    assert small.conv.out_channels == 4 and plan.kept("conv") == (0, 1, 2, 3)
+    assert small(x).shape == (3, 3)
+
+
 def test_untraceable_model_is_refused() -> None:
     class Branchy(nn.Module):
         def __init__(self) -> None:

@@ -45,6 +45,7 @@ ELEMENTWISE = {operator.add, operator.sub, operator.mul, operator.truediv, opera
                torch.add, torch.sub, torch.mul, torch.div, "add", "sub", "mul", "div", "add_"}
 FLATTENS = {torch.flatten, "flatten", "view", "reshape"}
 REDUCES = {torch.mean, torch.sum, torch.amax, "mean", "sum", "amax"}
+SHAPE_QUERIES = {"size", "dim", "numel", getattr}  # read shapes only: no channel dependency
 
 
 @dataclass
@@ -189,7 +190,7 @@ class _Tracer:
     def visit_function(self, node: fx.Node) -> Labels | None:
         target, args = node.target, node.args
         src = args[0] if args and isinstance(args[0], fx.Node) else None
-        if _meta_shape(node) is None and not self.tensor_args(node):
+        if _meta_shape(node) is None and (target in SHAPE_QUERIES or not self.tensor_args(node)):
             return None  # shape arithmetic (x.size(0)) and other non-tensor values
         if target in ELEMENTWISE:
             return self.elementwise(node)
