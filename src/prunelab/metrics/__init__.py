@@ -5,3 +5,4 @@ from prunelab.metrics import task as _task  # noqa: F401  (accuracy, macro_f1, l
 from prunelab.metrics import size as _size  # noqa: F401  (sparsity, nonzeros, params)
 
 __all__ = ["METRICS", "Evaluation", "Metric", "evaluate", "predict"]
+from prunelab.metrics import efficiency as _efficiency  # noqa: F401  (macs, disk_bytes, ...)
