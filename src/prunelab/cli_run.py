@@ -57,12 +57,12 @@ def run_sweep_with_progress(spec: SweepSpec, out: Path, executor_name: str, work
 
 def print_summary(run_dir: Path, console: Console) -> None:
     """Level × method table: accuracy, agreement and achieved sparsity, mean over seeds."""
+    from prunelab.report import curve_labels
     from prunelab.store import load_results
 
     df = load_results(run_dir)
-    pruned = df[df["method"] != "dense"].copy()
-    pruned["curve"] = (pruned["method"] + "/" + pruned["allocation"] + "/" + pruned["structure"]
-                       + "/" + pruned["schedule"])
+    df["curve"] = curve_labels(df)
+    pruned = df[df["method"] != "dense"]
     table = Table(title=f"{run_dir}: test metrics (mean over seeds)")
     for col in ("level", "method", "accuracy", "agreement", "sparsity"):
         table.add_column(col, justify="left" if col == "method" else "right")

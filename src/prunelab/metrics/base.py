@@ -101,5 +101,6 @@ def evaluate(
     ]
     chosen = [METRICS.get(n) for n in names]
     ref = predict(reference, data.x) if isinstance(reference, nn.Module) else reference
-    ev = Evaluation(predict(model, data.x), data.y, model, ref)
+    ev = Evaluation(predict(model, data.x), data.y, model, ref,
+                    cache={"example_input": data.x[:1]})
     return {m.name: m(ev) for m in chosen}
