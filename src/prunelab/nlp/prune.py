@@ -36,7 +36,7 @@ def prune_encoder(
     encoder: TextEncoder,
     method: str = "magnitude",
     sparsity: float = 0.5,
-    structure: Structure = Unstructured(),
+    structure: Structure | None = None,
     calibration_sentences: Sequence[str] | None = None,
     scope: str = "uniform",
     attention: bool = True,
@@ -46,7 +46,7 @@ def prune_encoder(
     """Mask the encoder's block Linear layers in place; returns the masks.
 
     ``method`` is any registered criterion; ``wanda`` needs ``calibration_sentences`` (a few
-    hundred is enough). ``scope`` is the allocation ("uniform" = same sparsity per layer).
+    hundred is enough). ``structure`` defaults to unstructured; ``scope`` is the allocation ("uniform" = same sparsity per layer).
     """
     crit = CRITERIA.get(method)
     if crit.needs and not calibration_sentences:
@@ -57,6 +57,6 @@ def prune_encoder(
     targets = encoder_targets(encoder, attention=attention, ffn=ffn)
     calib = token_batches(encoder, calibration_sentences) if crit.needs else None
     scores = compute_scores(encoder, targets, method, generator, calib)
-    masks = select_masks(scores, sparsity, scope, structure)
+    masks = select_masks(scores, sparsity, scope, structure or Unstructured())
     apply_masks(encoder, masks)
     return masks

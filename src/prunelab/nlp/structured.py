@@ -113,7 +113,7 @@ def fraction_for_speedup(encoder: TextEncoder, mac_reduction: float, seq_len: in
     if mac_reduction < 1:
         raise PrunelabError(f"MAC reduction must be >= 1, got {mac_reduction}")
     h = encoder_layers(encoder)[0].attention.self.num_attention_heads
-    for k in range(0, 4 * h):
+    for k in range(4 * h):
         f = k / (4 * h)
         if planned_mac_ratio(encoder, f, seq_len) <= 1 / mac_reduction + 1e-9:
             return f

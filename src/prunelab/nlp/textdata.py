@@ -7,6 +7,7 @@ absent; nothing here touches the network.
 from __future__ import annotations
 
 import io
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,4 +107,4 @@ def split_indices(n: int, sizes: tuple[int, ...], generator: torch.Generator) ->
         raise PrunelabError(f"asked for {sum(sizes)} examples, only {n} available")
     order = torch.randperm(n, generator=generator).numpy()
     cuts = np.cumsum((0,) + sizes)
-    return [order[a:b] for a, b in zip(cuts[:-1], cuts[1:])] + [order[cuts[-1]:]]
+    return [order[a:b] for a, b in itertools.pairwise(cuts)] + [order[cuts[-1]:]]
