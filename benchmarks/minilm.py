@@ -32,9 +32,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="small sizes, only the 50%% level")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--probe-n", type=int, default=2000)
+    ap.add_argument("--distill-n", type=int, default=3000)
+    ap.add_argument("--distill-epochs", type=float, default=2.0)
+    ap.add_argument("--throughput-n", type=int, default=1000)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = BenchConfig(cache_dir=default_cache_dir())
+    cfg = BenchConfig(cache_dir=default_cache_dir(), probe_n=args.probe_n,
+                      distill_n=args.distill_n, throughput_n=args.throughput_n,
+                      distill=DistillConfig(epochs=args.distill_epochs, lr=1e-4, batch_size=32))
     if args.quick:
         cfg = BenchConfig(cache_dir=cfg.cache_dir, probe_n=600, distill_n=800, levels=(0.5,),
                           distill=DistillConfig(epochs=1, lr=1e-4, batch_size=32))

@@ -130,8 +130,9 @@ def configurations(cfg: BenchConfig, fraction: float) -> list[tuple[str, str, Ca
 def run_bench(cfg: BenchConfig, on_row: Callable[[dict], None] | None = None) -> list[dict]:
     """Run the whole study; returns one dict per configuration (dense first)."""
     ctx = build_context(cfg)
-    ids = token_batches(ctx.dense, ctx.probe[: cfg.throughput_n], batch_size=64)
-    seq = int(sum(int((b[0] != 0).sum(1).float().mean()) for b in ids) / len(ids))
+    ids = [b for b, _ in token_batches(ctx.dense, ctx.probe[: cfg.throughput_n], 64)]
+    seq = round(float(sum(int((b != ctx.dense.pad_id).sum()) for b in ids))
+                / sum(b.shape[0] for b in ids))  # mean tokens per sentence
     teacher = ctx.dense.encode(ctx.distill_text) if cfg.distill.epochs > 0 else None
     dense_macs = encoder_macs(ctx.dense.bert, seq)
     fraction = fraction_for_speedup(ctx.dense, cfg.mac_reduction, seq)
