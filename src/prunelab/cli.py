@@ -139,6 +139,19 @@ def list_(what: Annotated[Optional[str], typer.Argument(help="one kind only")] =
             typer.echo(f"{kind}: {', '.join(names)}")
 
 
+@app.command("fetch-text-data")
+@user_errors
+def fetch_text_data(
+    cache: Annotated[Optional[Path], typer.Option(help="cache dir (default $PRUNELAB_CACHE)")] = None,
+) -> None:
+    """Download the offline text data (movie-review sentiment, Lee similarity) into the cache."""
+    from prunelab.models import default_cache_dir
+    from prunelab.nlp.fetch import fetch_text_data as fetch
+
+    where = fetch(cache or default_cache_dir())
+    typer.echo(f"text data ready in {where}")
+
+
 def main() -> None:  # pragma: no cover
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     app()
