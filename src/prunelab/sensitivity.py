@@ -5,12 +5,15 @@ the model dense, no fine-tuning) and records the validation metric and the KL to
 model: a tidy table ``layer, level, params, metric_name, metric, drop, kl`` (a heatmap layer x
 level for the report).
 
-:func:`sensitivity_allocation` turns that table into per-layer sparsities for a global target:
-every layer is pruned up to a *common damage threshold* ``tau`` (by default in KL to dense,
-which is smooth even where accuracy does not move yet), ``s_l(tau) = max{s : damage_l(s) <= tau}``
-on the piecewise-linear, monotonised damage curve; ``tau`` is bisected so that
-``sum_l s_l * n_l = sparsity * N``. Fragile layers reach ``tau`` early and keep more weights.
-Larger targets only raise ``tau``, so the plans (and the masks) nest across a ladder.
+:func:`sensitivity_plan` turns that table into per-layer sparsities for a global target.
+Treating each layer's damage ``D_l(s)`` (by default KL to dense, which is smooth even where
+accuracy does not move yet) as additive, it minimises ``sum_l D_l(s_l)`` subject to
+``sum_l s_l n_l = sparsity * N``: on the lower convex hull of each measured curve, a layer is
+pruned further while its marginal damage *per pruned weight* ``D_l'(s) / n_l`` is below a common
+price ``lam``, and ``lam`` is bisected to meet the budget (rule ``"marginal"``, the default).
+Rule ``"threshold"`` (Distiller-style) instead prunes every layer up to a common damage level
+``tau``, ignoring layer size. Fragile layers reach the price (or ``tau``) early and keep more
+weights; a larger target only raises it, so plans (and masks) nest across a ladder.
 """
 
 from __future__ import annotations
@@ -106,6 +109,26 @@ def _damage_curves(sens: pd.DataFrame, by: str) -> dict[str, tuple[np.ndarray, n
     return curves
 
 
+def _lower_hull(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Vertices of the lower convex hull of a curve sorted by x (monotone chain)."""
+    hull: list[int] = []
+    for i in range(len(x)):
+        while len(hull) >= 2:
+            a, b = hull[-2], hull[-1]
+            if (y[b] - y[a]) * (x[i] - x[a]) >= (y[i] - y[a]) * (x[b] - x[a]):
+                hull.pop()  # b lies on or above the chord a-i
+            else:
+                break
+        hull.append(i)
+    return x[hull], y[hull]
+
+
+def _level_at_price(x: np.ndarray, y: np.ndarray, size: int, lam: float) -> float:
+    """Furthest hull vertex reached while every segment's damage per weight is <= lam."""
+    slopes = np.diff(y) / (np.diff(x) * size)  # non-decreasing on a convex hull
+    return float(x[int(np.searchsorted(slopes, lam, side="right"))])
+
+
 def _level_at(x: np.ndarray, y: np.ndarray, tau: float) -> float:
     """Largest sparsity whose (linearly interpolated) damage is <= tau, within the ladder."""
     if tau >= y[-1]:
@@ -115,7 +138,11 @@ def _level_at(x: np.ndarray, y: np.ndarray, tau: float) -> float:
 
 
 def sensitivity_plan(
-    sens: pd.DataFrame, sparsity: float, sizes: dict[str, int] | None = None, by: str = "kl"
+    sens: pd.DataFrame,
+    sparsity: float,
+    sizes: dict[str, int] | None = None,
+    by: str = "kl",
+    rule: str = "marginal",
 ) -> Plan:
     """Per-layer sparsities reaching overall ``sparsity``, fragile layers pruned less.
 
@@ -124,7 +151,9 @@ def sensitivity_plan(
 
     >>> t = pd.DataFrame({"layer": ["a", "a", "b", "b"], "level": [0.5, 1.0] * 2,
     ...                   "params": [10] * 4, "kl": [0.1, 1.0, 0.01, 0.1]})
-    >>> {k: round(v, 3) for k, v in sensitivity_plan(t, 0.5).items()}
+    >>> {k: round(v, 3) for k, v in sensitivity_plan(t, 0.3).items()}
+    {'a': 0.0, 'b': 0.6}
+    >>> {k: round(v, 3) for k, v in sensitivity_plan(t, 0.5, rule="threshold").items()}
     {'a': 0.263, 'b': 0.737}
     """
     curves = _damage_curves(sens, by)
@@ -142,11 +171,24 @@ def sensitivity_plan(
             f"({(cap * n).sum() / n.sum():.4f}); measure sensitivity up to higher levels"
         )
 
-    def levels(tau: float) -> np.ndarray:
-        return np.array([_level_at(*curves[k], tau) for k in sizes])
+    if rule == "marginal":
+        hulls = {k: _lower_hull(*curves[k]) for k in sizes}
+        steep = max(float(np.max(np.diff(h[1]) / (np.diff(h[0]) * sizes[k]), initial=0.0))
+                    for k, h in hulls.items())
 
-    lo, hi = 0.0, max(float(curves[k][1][-1]) for k in sizes)
-    for _ in range(200):  # bisection on the common damage threshold
+        def levels(lam: float) -> np.ndarray:
+            return np.array([_level_at_price(*hulls[k], sizes[k], lam) for k in sizes])
+
+        lo, hi = 0.0, steep * 2 + 1e-12
+    elif rule == "threshold":
+
+        def levels(lam: float) -> np.ndarray:
+            return np.array([_level_at(*curves[k], lam) for k in sizes])
+
+        lo, hi = 0.0, max(float(curves[k][1][-1]) for k in sizes)
+    else:
+        raise PrunelabError(f"sensitivity rule must be 'marginal' or 'threshold', got '{rule}'")
+    for _ in range(200):  # bisection on the common price / damage threshold
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if (levels(mid) * n).sum() < target else (lo, mid)
     s_lo, s_hi = levels(lo), levels(hi)
@@ -156,20 +198,22 @@ def sensitivity_plan(
     return {k: float(v) for k, v in zip(sizes, plan)}
 
 
-def sensitivity_allocation(sens: pd.DataFrame, by: str = "kl") -> Allocation:
+def sensitivity_allocation(
+    sens: pd.DataFrame, by: str = "kl", rule: str = "marginal"
+) -> Allocation:
     """An allocation ``fn(scores, sparsity) -> counts`` driven by one sensitivity table.
 
     Compute the table once per (model, method, seed), then reuse this for every level.
 
     >>> t = pd.DataFrame({"layer": ["a", "a", "b", "b"], "level": [0.5, 1.0] * 2,
     ...                   "params": [10] * 4, "kl": [0.1, 1.0, 0.01, 0.1]})
-    >>> sensitivity_allocation(t)({"a": torch.zeros(10), "b": torch.zeros(10)}, 0.5)
-    {'a': 3, 'b': 7}
+    >>> sensitivity_allocation(t)({"a": torch.zeros(10), "b": torch.zeros(10)}, 0.3)
+    {'a': 0, 'b': 6}
     """
 
     def allocate(scores: dict[str, Tensor], sparsity: float) -> dict[str, int]:
         sizes = sizes_of(scores)
-        plan = sensitivity_plan(sens, sparsity, sizes, by)
+        plan = sensitivity_plan(sens, sparsity, sizes, by, rule)
         log.debug("sensitivity plan %s (overall %.4f)", plan, plan_sparsity(plan, sizes))
         return counts_from_plan(plan, sizes, sparsity)
 
