@@ -18,6 +18,7 @@ indistinguishable from dense. No onset -> no knee (the curve never falls in the 
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ import torch
 from prunelab.errors import PrunelabError
 from prunelab.metrics import METRICS
 
+log = logging.getLogger(__name__)
 CONFIG_COLUMNS = ("method", "allocation", "structure", "schedule", "ft_epochs")
 FRACTION_METRICS = frozenset({"accuracy", "macro_f1", "agreement"})
 
@@ -143,7 +145,7 @@ def bootstrap_ci(
     >>> bootstrap_ci([1.0, 1.0, 1.0])
     (1.0, 1.0)
     """
-    v = torch.as_tensor(np.asarray(values, float))
+    v = torch.tensor(np.asarray(values, float))
     if v.numel() == 0:
         raise PrunelabError("bootstrap needs at least one value")
     if not 0.5 <= confidence < 1.0:
@@ -225,6 +227,9 @@ def _check_tolerance(metric: str, max_drop: float | None, min_value: float | Non
         if metric in FRACTION_METRICS and max_drop >= 1:
             raise PrunelabError(f"max_drop is in {metric} units (a fraction), got {max_drop}; "
                                 f"for percentage points use points({max_drop:g})")
+        if metric in FRACTION_METRICS and max_drop > 0.1:
+            log.warning("max_drop %g is %g percentage points of %s; is that intended?",
+                        max_drop, 100 * max_drop, metric)
         return f"max drop {max_drop:g} in {metric}"
     if not METRICS.get(metric).higher_is_better:
         raise PrunelabError(f"min_value needs a higher-is-better metric; {metric} is lower-is-"

@@ -146,7 +146,7 @@ def critical_weights(
         li = int(np.searchsorted(offsets, pos, side="right")) - 1
         name, w = names[li], modules[names[li]].weight
         index = np.unravel_index(pos - offsets[li], tuple(w.shape))
-        saved = float(w[index])
+        saved = float(w[index].detach())
         with torch.no_grad():
             w[index] = 0.0
         cost = _loss(work, data) - base
