@@ -70,15 +70,15 @@ def results(spec: dict[str, list[float]], seeds: int = 3, noise: float = 0.001,
     rows = []
     for s in range(seeds):
         d = dense + rng.normal(0, noise)
-        rows.append(dict(method="dense", allocation="global", structure="unstructured",
-                         schedule="oneshot", level=0.0, seed=s, ft_epochs=1.0,
-                         val_accuracy=d, accuracy=d - 0.002))
+        common = {"allocation": "global", "structure": "unstructured", "schedule": "oneshot",
+                  "seed": s, "ft_epochs": 1.0}
+        rows.append({**common, "method": "dense", "level": 0.0, "val_accuracy": d,
+                     "accuracy": d - 0.002})
         for method, drops in spec.items():
             for lv, drop in zip(LADDER[1:], drops):
                 v = d - drop + rng.normal(0, noise)
-                rows.append(dict(method=method, allocation="global", structure="unstructured",
-                                 schedule="oneshot", level=lv, seed=s, ft_epochs=1.0,
-                                 val_accuracy=v, accuracy=v - 0.002 - test_shift))
+                rows.append({**common, "method": method, "level": lv, "val_accuracy": v,
+                             "accuracy": v - 0.002 - test_shift})
     return pd.DataFrame(rows)
 
 

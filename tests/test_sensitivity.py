@@ -17,7 +17,13 @@ from prunelab.masks import masks_from_counts
 from prunelab.models import build_model
 from prunelab.plan import counts_from_plan, fixed_per_layer, plan_per_level, plan_sparsity
 from prunelab.sensitivity import sensitivity_allocation, sensitivity_analysis, sensitivity_plan
-from prunelab.weightstats import critical_neurons, critical_weights, describe, histograms, weight_stats
+from prunelab.weightstats import (
+    critical_neurons,
+    critical_weights,
+    describe,
+    histograms,
+    weight_stats,
+)
 
 LEVELS = (0.2, 0.4, 0.6, 0.8, 0.9, 0.95)
 

@@ -130,7 +130,10 @@ def tipping_points(
     dense = df[df["method"] == "dense"]
     rows = []
     for key, g in df[df["method"] != "dense"].groupby(config, dropna=False):
-        k = knee(np.r_[np.zeros(len(dense)), g["level"]], np.r_[dense[column], g[column]],
+        ref = dense
+        if "ft_epochs" in config and (dense["ft_epochs"] == g["ft_epochs"].iloc[0]).any():
+            ref = dense[dense["ft_epochs"] == g["ft_epochs"].iloc[0]]  # same fine-tune budget
+        k = knee(np.r_[np.zeros(len(ref)), g["level"]], np.r_[ref[column], g[column]],
                  hib, **knee_kw)
         rows.append(dict(zip(config, key if isinstance(key, tuple) else (key,)),
                          knee=k.level, onset=k.onset, band=k.band, noise=k.noise))

@@ -47,7 +47,7 @@ def describe(x: Tensor, near_zero: float = 0.1) -> dict[str, float]:
     out = {"n": float(v.numel()), "mean": mean, "std": std, "abs_mean": float(v.abs().mean()),
            "kurtosis": kurt, "frac_zero": float((v == 0).double().mean()),
            "frac_near_zero": float((v.abs() < near_zero * std).double().mean())}
-    out.update({f"q{int(round(p * 100)):02d}": val for p, val in zip(QUANTILES, q)})
+    out.update({f"q{round(p * 100):02d}": val for p, val in zip(QUANTILES, q)})
     return out
 
 
