@@ -160,3 +160,16 @@ def test_bootstrap_ci_literal() -> None:
     lo, hi = bootstrap_ci([0.0, 0.0, 0.0, 1.0], confidence=0.5, n_boot=4000)
     assert lo == 0.0 and hi == 0.5  # means k/4 with k ~ Binomial(4, 1/4): P(0)=.32, P(<=1)=.74
     assert bootstrap_ci([0.3]) == (0.3, 0.3)
+
+
+def test_recommend_on_full_schema_columns() -> None:
+    df = results({"magnitude": [0, 0, 0, 0.02, 0.05, 0.1, 0.2]})
+    df = df.assign(model="cnn", dataset="fashion-mnist", cell_id=[f"c{i}" for i in range(len(df))],
+                   layer_sparsity='{"0": 0.5}', oneshot_accuracy=np.nan, val_kl=0.01, kl=0.02)
+    rec = recommend(df, max_drop=0.005)
+    assert rec.level == 0.8 and rec.config["allocation"] == "global"
+    kl = recommend(df, metric="kl", max_drop=0.05)  # lower is better: drop = kl - dense kl
+    assert kl.level == 0.99
+    two = pd.concat([df, df.assign(model="lenet300")])
+    with pytest.raises(PrunelabError, match="several models"):
+        recommend(two, max_drop=0.005)
