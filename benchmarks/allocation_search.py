@@ -109,7 +109,8 @@ def main() -> None:
 
     print(f"\nMachine: {platform.processor() or platform.machine()}, torch "
           f"{torch.__version__}, threads {torch.get_num_threads()}; dense CNN test acc "
-          f"{dense_acc:.4f}; sensitivity on {args.sens_val} val rows {t_sens:.0f}s; trials {args.trials} x "
+          f"{dense_acc:.4f}; sensitivity on {args.sens_val} val rows {t_sens:.0f}s; "
+          f"trials {args.trials} x "
           f"{args.trial_epochs} epoch on {args.trial_train} train rows, val {args.trial_val}; "
           f"final fine-tune {args.ft_epochs} epoch(s), seed {args.seed}; storage {out}\n")
     print("| level | allocation | achieved | one-shot test | trial proxy (val) | val acc "

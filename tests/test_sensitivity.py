@@ -58,7 +58,8 @@ def sens(fragile, digits) -> pd.DataFrame:
 
 
 def test_sensitivity_table_is_tidy_and_real(sens, fragile, digits) -> None:
-    assert list(sens.columns) == ["layer", "level", "params", "metric_name", "metric", "drop", "kl"]
+    assert list(sens.columns) == [
+        "layer", "level", "params", "metric_name", "metric", "drop", "kl"]
     assert set(sens["layer"]) == {"1", "3", "4", "6"}
     assert len(sens) == 4 * (len(LEVELS) + 1)
     dense = sens[sens.level == 0.0]
@@ -166,7 +167,8 @@ def test_critical_neurons_and_weights_are_measured(fragile, digits) -> None:
     assert list(top["loss_increase"]) == sorted(top["loss_increase"], reverse=True)
     layer, i = top.loc[0, "layer"], int(top.loc[0, "neuron"])
     module = dict(fragile.named_modules())[layer]
-    w, b = module.weight.detach().clone(), None if module.bias is None else module.bias.detach().clone()
+    w = module.weight.detach().clone()
+    b = None if module.bias is None else module.bias.detach().clone()
     base = _loss(fragile, digits.val)
     with torch.no_grad():
         module.weight[i] = 0

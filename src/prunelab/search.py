@@ -87,7 +87,8 @@ def plan_from_z(z: Mapping[str, float], sizes: Mapping[str, int], sparsity: floa
 
 def z_from_plan(plan: Mapping[str, float], z_low: float, z_high: float) -> dict[str, float]:
     """Inverse of :func:`plan_from_z` up to scale (for enqueuing known plans)."""
-    return {k: float(np.clip(math.log(max(1.0 - s, 1e-12)), z_low, z_high)) for k, s in plan.items()}
+    return {k: float(np.clip(math.log(max(1.0 - s, 1e-12)), z_low, z_high))
+            for k, s in plan.items()}
 
 
 def _storage_url(storage: str | Path | None) -> str | None:

@@ -158,7 +158,8 @@ def sensitivity_plan(
     """
     curves = _damage_curves(sens, by)
     if sizes is None:
-        sizes = {str(k): int(v) for k, v in sens.groupby("layer", sort=False)["params"].first().items()}
+        first = sens.groupby("layer", sort=False)["params"].first()
+        sizes = {str(k): int(v) for k, v in first.items()}
     missing = set(sizes) - set(curves)
     if missing:
         raise PrunelabError(f"no sensitivity measured for layers {sorted(missing)}")
