@@ -13,7 +13,7 @@ from prunelab.sweep.executors import ContextCache
 
 
 def registries() -> dict[str, list[str]]:
-    from prunelab.allocation import ALLOCATIONS
+    from prunelab.sweep.allocations import allocation_names
     from prunelab.criteria import CRITERIA
     from prunelab.data import DATASETS
     from prunelab.metrics import METRICS
@@ -21,7 +21,7 @@ def registries() -> dict[str, list[str]]:
     from prunelab.sweep.schedule import BUILTIN
 
     return {
-        "methods": CRITERIA.names(), "allocations": ALLOCATIONS.names(),
+        "methods": CRITERIA.names(), "allocations": allocation_names(),
         "structures": ["unstructured", "N:M (e.g. 2:4)", "channels"],
         "schedules": list(BUILTIN), "metrics": METRICS.names(),
         "datasets": DATASETS.names(), "models": MODELS.names(),

@@ -19,14 +19,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunelab.api import prune
+from prunelab.apply import apply_masks
+from prunelab.criteria import compute_scores
+from prunelab.masks import select_masks
+from prunelab.targets import select_targets
+from prunelab.sweep.allocations import resolve_allocation
 from prunelab.apply import layer_sparsity
 from prunelab.data import DataBundle, load_dataset
 from prunelab.finetune import TrainConfig, train
 from prunelab.metrics import evaluate, predict
 from prunelab.metrics.base import DEFAULT_METRICS
 from prunelab.models import build_model, load_or_train
-from prunelab.structure import NM, parse_structure
+from prunelab.structure import NM, Channels, parse_structure
 from prunelab.sweep.spec import DataSpec, SweepSpec
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
@@ -53,6 +57,7 @@ class Cell:
     prune_last: bool = True
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    search_trials: int = 20
 
     @property
     def cell_id(self) -> str:
@@ -74,7 +79,8 @@ def expand_cells(spec: SweepSpec) -> list[Cell]:
     """All cells of a sweep, dense controls first; N:M structures get their one fixed level."""
     common = dict(model=spec.model, data=spec.data, dense=spec.dense, finetune=spec.finetune,
                   metrics=spec.metrics, calibration_batches=spec.calibration_batches,
-                  prune_last=spec.prune_last, include=spec.include, exclude=spec.exclude)
+                  prune_last=spec.prune_last, include=spec.include, exclude=spec.exclude,
+                  search_trials=spec.search_trials)
     cells = [Cell(method="dense", allocation="-", structure="-", schedule="-", level=0.0,
                   seed=seed, **common) for seed in spec.seeds]
     for structure in spec.structures:
@@ -102,6 +108,7 @@ class Context:
     reference: dict[str, torch.Tensor]  # split -> dense logits
     train_eval: Any = None
     dense_metrics: dict[str, float] = field(default_factory=dict)
+    memo: dict[tuple, Any] = field(default_factory=dict)  # per-process, e.g. sensitivity tables
 
     @classmethod
     def build(cls, cell: Cell, cache_dir: Any = None) -> Context:
@@ -125,6 +132,7 @@ class CellResult:
     row: dict[str, Any]
     artifacts: dict[str, np.ndarray]
     duration_s: float
+    records: dict[str, Any] = field(default_factory=dict)  # run-level JSON (store meta)
 
 
 def run_cell(cell: Cell, ctx: Context, progress: Progress | None = None) -> CellResult:
@@ -138,12 +146,9 @@ def run_cell(cell: Cell, ctx: Context, progress: Progress | None = None) -> Cell
                            if k in ("model", "method", "allocation", "structure", "schedule",
                                     "level", "seed")}
     row.update(dataset=cell.data.name, ft_epochs=cell.finetune.epochs)
+    records: dict[str, Any] = {}
     if cell.method != "dense":
-        calib = islice(ctx.data.train.batches(128, shuffle=True, generator=gen),
-                       cell.calibration_batches)
-        prune(model, cell.method, cell.level, cell.allocation, parse_structure(cell.structure),
-              calibration=calib, include=cell.include or None,
-              exclude=cell.exclude or None, prune_last=cell.prune_last, generator=gen)
+        records = _prune(cell, ctx, model, gen)
         if cell.finetune.epochs > 0:
             pre = evaluate(model, ctx.data.test, ctx.reference["test"], test_metrics)
             row.update({f"oneshot_{k}": v for k, v in pre.items()})
@@ -157,4 +162,17 @@ def run_cell(cell: Cell, ctx: Context, progress: Progress | None = None) -> Cell
     row.update({f"train_{k}": v for k, v in tr.items()})
     row["layer_sparsity"] = json.dumps(layer_sparsity(model))
     preds = predict(model, ctx.data.test.x).argmax(1).to(torch.int16).numpy()
-    return CellResult(row, {"test_preds": preds}, time.perf_counter() - start)
+    return CellResult(row, {"test_preds": preds}, time.perf_counter() - start, records)
+
+
+def _prune(cell: Cell, ctx: Context, model: nn.Module, gen: torch.Generator) -> dict[str, Any]:
+    """Score, allocate and mask ``model`` in place; returns run-level records (if any)."""
+    structure = parse_structure(cell.structure)
+    prune_last = cell.prune_last and not isinstance(structure, Channels)
+    targets = select_targets(model, cell.include or None, cell.exclude or None, prune_last)
+    calib = list(islice(ctx.data.train.batches(128, shuffle=True, generator=gen),
+                        cell.calibration_batches))
+    scores = compute_scores(model, targets, cell.method, gen, calib)
+    allocation, records = resolve_allocation(cell, ctx, model, targets, scores, calib, gen)
+    apply_masks(model, select_masks(scores, cell.level, allocation, structure))
+    return records

@@ -85,6 +85,7 @@ class SweepSpec:
     prune_last: bool = True
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    search_trials: int = 20
 
     def __post_init__(self) -> None:
         check_levels(self.levels)
@@ -97,7 +98,7 @@ class SweepSpec:
 
     def validate_names(self) -> None:
         """Fail fast on unknown plug-in names, before any cell runs."""
-        from prunelab.allocation import ALLOCATIONS
+        from prunelab.sweep.allocations import check_allocation
         from prunelab.criteria import CRITERIA
         from prunelab.data import DATASETS
         from prunelab.metrics import METRICS
@@ -110,7 +111,7 @@ class SweepSpec:
         for m in self.methods:
             CRITERIA.get(m)
         for a in self.allocations:
-            ALLOCATIONS.get(a)
+            check_allocation(a)
         for s in self.structures:
             parse_structure(s)
         for s in self.schedules:
