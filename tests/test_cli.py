@@ -133,3 +133,37 @@ def test_report_on_missing_or_corrupt_store(tmp_path):
 def test_store_is_sqlite_wal(run_dir):
     with sqlite3.connect(run_dir / "results.sqlite") as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_recommend_prints_level_and_evidence(run_dir):
+    result = invoke("recommend", str(run_dir), "--max-drop", "60")
+    assert result.exit_code == 0, result.output
+    assert "Ship sparsity 0.9" in result.output  # every level holds a 60-point tolerance
+    assert "holds" in result.output and "magnitude" in result.output
+
+
+def test_recommend_reports_when_no_level_holds(run_dir):
+    result = invoke("recommend", str(run_dir), "--min-value", "0.999")
+    assert result.exit_code == 1
+    assert "No level meets the tolerance" in result.output
+
+
+def test_recommend_needs_exactly_one_tolerance(run_dir):
+    result = invoke("recommend", str(run_dir))
+    assert result.exit_code == 2 and "exactly one of --max-drop" in result.output
+
+
+def test_sensitivity_allocation_in_a_sweep_stores_its_table(tmp_path, cache_dir):
+    from prunelab.store import Store
+
+    out = tmp_path / "r"
+    result = invoke("sweep", "--out", str(out), "--levels", "0.5,0.8", "--methods", "magnitude",
+                    "--scopes", "global,sensitivity", *TINY)
+    assert result.exit_code == 0, result.output
+    df = load_results(out)
+    sens = df[df.allocation == "sensitivity"]
+    assert (sens.sparsity - sens.level).abs().max() < 1e-3
+    with Store(out) as store:
+        table = store.get_meta("sensitivity/magnitude/seed0")
+    assert {r["layer"] for r in table} == {"1", "3", "5"}
+    assert "Layer sensitivity" in (out / "report.html").read_text()
