@@ -27,10 +27,13 @@ def lamp_scores(scores: Tensor) -> Tensor:
 
     With ``w`` the layer's scores sorted ascending, ``lamp[u] = w[u]^2 / sum_{v >= u} w[v]^2``.
     The result is non-decreasing and its last entry is 1 (the layer's largest weight).
+    Scores must be non-negative (criteria return them so; for magnitude they are ``|W|``).
 
     >>> lamp_scores(torch.tensor([3., 1., 2.])).tolist()  # sorted: 1, 2, 3
     [0.07142857142857142, 0.3076923076923077, 1.0]
     """
+    if (scores < 0).any():
+        raise PrunelabError("LAMP needs non-negative scores (e.g. |W|); got negative values")
     sq = torch.sort(scores.flatten().double()).values.pow(2)  # (n,) ascending
     tail = sq.flip(0).cumsum(0).flip(0)  # (n,) tail[u] = sum_{v >= u} sq[v]
     out = torch.where(tail > 0, sq / tail.clamp(min=torch.finfo(torch.float64).tiny), 0.0)
