@@ -54,9 +54,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="2 levels, 5k train / 2k test subset")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--levels", help="comma-separated Table 1 levels (default 0.5,...,0.98)")
+    ap.add_argument("--rows", help="Table 1 rows as method/allocation,... (default all three)")
+    ap.add_argument("--no-table2", action="store_true", help="skip Table 2")
+    ap.add_argument("--ft-limit", type=int, help="fine-tune on the first N train images only")
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     data = load_dataset("fashion-mnist")  # full bundle: the dense cache key is the full data
     dense = load_or_train("cnn", data, TrainConfig(epochs=5), seed=args.seed)
@@ -65,6 +72,11 @@ def main() -> None:
     if args.quick:
         train, test = train.subset(5000), test.subset(2000)
         levels1, levels2 = (0.9, 0.98), (0.98,)
+    if args.levels:
+        levels1 = tuple(float(v) for v in args.levels.split(","))
+    if args.no_table2:
+        levels2 = ()
+    ft_train = train.subset(args.ft_limit)
     ref = predict(dense, test.x)
     g = torch.Generator().manual_seed(args.seed)
     calib = [b for _, b in zip(range(8), train.batches(128, shuffle=True, generator=g))]
@@ -82,13 +94,15 @@ def main() -> None:
         key = (method, allocation, level)
         if key not in results:
             t = time.time()
-            results[key] = run_row(dense, scores[method], allocation, level, train, test, ref,
+            results[key] = run_row(dense, scores[method], allocation, level, ft_train, test, ref,
                                    ft_epochs, args.seed)
             log.info("%s/%s@%g: %.3f -> %.3f (%.0fs)", method, allocation, level,
                      results[key][0]["accuracy"], results[key][1]["accuracy"], time.time() - t)
         return results[key]
 
     table1 = [("magnitude", "global"), ("magnitude", "uniform"), ("random", "global")]
+    if args.rows:
+        table1 = [tuple(r.split("/")) for r in args.rows.split(",")]  # type: ignore[misc]
     table2 = [("magnitude", a) for a in ("lamp", "erk", "global", "uniform")]
     table2 += [("random", "global"), ("taylor", "global"), ("snip", "global"), ("wanda", "global")]
     for level in levels1:
@@ -104,7 +118,7 @@ def main() -> None:
     print(f"\n## Fashion-MNIST CNN sparsity ladder{' (--quick: 5k train / 2k test)' if args.quick else ''}")
     print(f"machine: {platform.machine()} {os.cpu_count()} CPUs ({platform.processor() or 'cpu'}), "
           f"torch {torch.__version__}, threads {torch.get_num_threads()}, seed {args.seed}; "
-          f"fine-tune: {ft_epochs:g} epoch Adam lr 1e-3 batch 128 on {len(train)} images; "
+          f"fine-tune: {ft_epochs:g} epoch Adam lr 1e-3 batch 128 on {len(ft_train)} images; "
           f"test on {len(test)} images; calibration 8x128 train images")
     print(f"\ndense: {fmt(dense_row)}\n")
     for title, rows, levels in (("Table 1", table1, levels1), ("Table 2", table2, levels2)):
@@ -117,10 +131,11 @@ def main() -> None:
         print()
     print("### vs ANCHORS.md (torch global_unstructured L1, accuracy % one-shot -> +1 epoch)\n")
     print("| level | anchor | prunelab magnitude/global |\n|---|---|---|")
-    for level in levels1:
+    for level in [lv for lv in levels1 if ("magnitude", "global", lv) in results]:
         one, ft = results[("magnitude", "global", level)]
-        a = ANCHOR[level]
-        print(f"| {level:g} | {a[0]:.2f} -> {a[1]:.2f} | "
+        a = ANCHOR.get(level)
+        anchor = f"{a[0]:.2f} -> {a[1]:.2f}" if a else "n/a"
+        print(f"| {level:g} | {anchor} | "
               f"{100 * one['accuracy']:.2f} -> {100 * ft['accuracy']:.2f} |")
     level, goal = TARGET
     if ("magnitude", "global", level) in results:
