@@ -136,7 +136,7 @@ def bounded(allocation: Allocation, bounds: Bounds) -> Allocation:
 
     The wrapped allocation is run at an effective sparsity ``s'`` (bisection), its counts are
     clipped to the bounds, and ``s'`` is the smallest value whose clipped total reaches the
-    target, so weight the bounds forbid in one layer is taken from the others, in the
+    target: what the bounds forbid one layer to lose is taken from the others, in the
     allocation's own order. Counts stay monotone in sparsity (masks nest). The total equals
     the target exactly for pooled allocations (global, lamp, erk); for ``uniform`` it may
     exceed it by up to one weight per layer (its own rounding). Infeasible targets raise.
