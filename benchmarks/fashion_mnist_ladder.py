@@ -45,6 +45,14 @@ def run_row(dense, scores, allocation, level, train, test, ref, ft_epochs, seed)
     return one_shot, evaluate(model, test, reference=ref, metrics=COLUMNS)
 
 
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"
+
+
 def fmt(row: dict[str, float]) -> str:
     return (f"{100 * row['accuracy']:.2f} | {100 * row['macro_f1']:.2f} | "
             f"{100 * row['agreement']:.2f} | {row['kl']:.4f} | {100 * row['sparsity']:.2f}")
@@ -116,12 +124,14 @@ def main() -> None:
             "achieved sparsity % |")
     sep = "|" + "---|" * 9
     print(f"\n## Fashion-MNIST CNN sparsity ladder{' (--quick: 5k train / 2k test)' if args.quick else ''}")
-    print(f"machine: {platform.machine()} {os.cpu_count()} CPUs ({platform.processor() or 'cpu'}), "
+    print(f"machine: {platform.machine()} {os.cpu_count()} CPUs ({cpu_model()}), "
           f"torch {torch.__version__}, threads {torch.get_num_threads()}, seed {args.seed}; "
           f"fine-tune: {ft_epochs:g} epoch Adam lr 1e-3 batch 128 on {len(ft_train)} images; "
           f"test on {len(test)} images; calibration 8x128 train images")
     print(f"\ndense: {fmt(dense_row)}\n")
     for title, rows, levels in (("Table 1", table1, levels1), ("Table 2", table2, levels2)):
+        if not levels:
+            continue
         print(f"### {title}\n\n{head}\n{sep}")
         for level in levels:
             for method, alloc in rows:
