@@ -13,12 +13,12 @@ from torch import Tensor, nn
 
 from prunelab.data.base import DataBundle
 from prunelab.finetune import TrainConfig
-from prunelab.schedules.base import SCHEDULES, PruneJob, Schedule, ScheduleResult
-from prunelab.schedules.oneshot import Iterative, OneShot, round_sparsities
-from prunelab.schedules.gradual import Gradual, polynomial_sparsity
-from prunelab.schedules.regrow import Regrow, drop_and_grow
 from prunelab.schedules.adaptive import Adaptive, Tolerance
+from prunelab.schedules.base import SCHEDULES, PruneJob, Schedule, ScheduleResult
+from prunelab.schedules.gradual import Gradual, polynomial_sparsity
+from prunelab.schedules.oneshot import Iterative, OneShot, round_sparsities
 from prunelab.schedules.parse import parse_schedule
+from prunelab.schedules.regrow import Regrow, drop_and_grow
 from prunelab.structure import Structure, Unstructured
 
 
@@ -29,10 +29,10 @@ def run_schedule(
     target_sparsity: float,
     method: str = "magnitude",
     allocation: str = "global",
-    train_cfg: TrainConfig = TrainConfig(),
+    train_cfg: TrainConfig | None = None,
     generator: torch.Generator | None = None,
     reference_logits: Tensor | None = None,
-    structure: Structure = Unstructured(),
+    structure: Structure | None = None,
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
     prune_last: bool = True,
@@ -40,7 +40,7 @@ def run_schedule(
     """Prune ``model`` in place to ``target_sparsity`` following ``schedule``.
 
     ``train_cfg.epochs`` is the *total* training budget, shared by the schedule's rounds or
-    phases, so schedules compare at equal cost. ``reference_logits`` are the dense model's
+    phases, so schedules compare at equal cost (default ``TrainConfig()``: one epoch). ``reference_logits`` are the dense model's
     logits on ``data.val`` (used by :class:`Adaptive`; computed when omitted).
 
     >>> from prunelab.data import load_dataset
@@ -52,9 +52,9 @@ def run_schedule(
     (0.75, [0.5, 0.75])
     """
     job = PruneJob(
-        data=data, target_sparsity=target_sparsity, train_cfg=train_cfg,
+        data=data, target_sparsity=target_sparsity, train_cfg=train_cfg or TrainConfig(),
         generator=generator if generator is not None else torch.Generator().manual_seed(0),
-        method=method, allocation=allocation, structure=structure,
+        method=method, allocation=allocation, structure=structure or Unstructured(),
         reference_logits=reference_logits, include=include, exclude=exclude,
         prune_last=prune_last,
     )

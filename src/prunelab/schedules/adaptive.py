@@ -17,8 +17,16 @@ from torch import Tensor, nn
 from prunelab.errors import PrunelabError
 from prunelab.metrics.base import METRICS, Evaluation
 from prunelab.schedules.base import (
-    SCHEDULES, PruneJob, Pruner, ScheduleResult, check_job, finetune, record,
-    restore, snapshot, val_logits,
+    SCHEDULES,
+    PruneJob,
+    Pruner,
+    ScheduleResult,
+    check_job,
+    finetune,
+    record,
+    restore,
+    snapshot,
+    val_logits,
 )
 
 
@@ -112,7 +120,11 @@ class Adaptive:
         restore(model, accepted)
         leftover = max(job.train_cfg.epochs - used, 0.0)  # the rest of the budget recovers
         finetune(model, job, leftover)
-        record(traj, phase="final", trial=len(traj), sparsity=level, value=score(model),
+        value = score(model)
+        if not self.tolerance.holds(value, dense):  # never return a model that breaks it
+            restore(model, accepted)
+            value = score(model)
+        record(traj, phase="final", trial=len(traj), sparsity=level, value=value,
                accepted=True, backoff=False, epochs=leftover)
         return ScheduleResult(model, pruner.masks(), traj)
 

@@ -40,7 +40,7 @@ class PruneJob:
     generator: torch.Generator
     method: str = "magnitude"
     allocation: str = "global"
-    structure: Structure = Unstructured()
+    structure: Structure = field(default_factory=Unstructured)
     reference_logits: Tensor | None = None  # dense logits on ``data.val`` (computed if None)
     include: Sequence[str] | None = None
     exclude: Sequence[str] | None = None
@@ -107,7 +107,7 @@ class Pruner:
     def prune_to(self, sparsity: float) -> Masks:
         """Apply :meth:`masks_at` to the model and return the masks."""
         masks = self.masks_at(sparsity)
-        apply_masks(self.model, masks)
+        apply_masks(self.model, {n: m.clone() for n, m in masks.items()})  # no aliasing
         return masks
 
     def attach_dense(self) -> None:

@@ -8,8 +8,15 @@ from typing import ClassVar
 from torch import nn
 
 from prunelab.errors import PrunelabError
+from prunelab.masks import mask_sparsity
 from prunelab.schedules.base import (
-    SCHEDULES, PruneJob, Pruner, ScheduleResult, check_job, finetune, record,
+    SCHEDULES,
+    PruneJob,
+    Pruner,
+    ScheduleResult,
+    check_job,
+    finetune,
+    record,
 )
 
 EXPONENTS = {"cubic": 3, "linear": 1}
@@ -99,8 +106,9 @@ class Gradual:
             level = polynomial_sparsity(step, self.initial, job.target_sparsity, t0, n, dt,
                                         EXPONENTS[self.kind])
             stale = pruner.masked_nonzeros()  # must be 0: masks held since the last update
-            pruner.prune_to(level)
-            record(traj, phase="prune", step=step, sparsity=level, masked_nonzeros=stale)
+            achieved = mask_sparsity(pruner.prune_to(level))
+            record(traj, phase="prune", step=step, sparsity=level, achieved=achieved,
+                   masked_nonzeros=stale)
 
         update(0)  # t0 == 0: the initial level applies before the first step
         finetune(model, job, job.train_cfg.epochs, on_step=update)

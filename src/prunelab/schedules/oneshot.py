@@ -11,7 +11,15 @@ from torch import nn
 from prunelab.apply import apply_masks, get_masks
 from prunelab.errors import PrunelabError
 from prunelab.schedules.base import (
-    SCHEDULES, PruneJob, Pruner, ScheduleResult, check_job, finetune, record, restore, snapshot,
+    SCHEDULES,
+    PruneJob,
+    Pruner,
+    ScheduleResult,
+    check_job,
+    finetune,
+    record,
+    restore,
+    snapshot,
 )
 from prunelab.structure import NM, Channels, Unstructured
 

@@ -20,7 +20,13 @@ from prunelab.apply import apply_masks
 from prunelab.errors import PrunelabError
 from prunelab.masks import mask_sparsity
 from prunelab.schedules.base import (
-    SCHEDULES, PruneJob, Pruner, ScheduleResult, check_job, finetune, record,
+    SCHEDULES,
+    PruneJob,
+    Pruner,
+    ScheduleResult,
+    check_job,
+    finetune,
+    record,
 )
 from prunelab.structure import Unstructured
 
