@@ -25,6 +25,7 @@ from prunelab.schedules import (
     Regrow,
     Tolerance,
     drop_and_grow,
+    format_schedule,
     parse_schedule,
     polynomial_sparsity,
     round_sparsities,
@@ -303,3 +304,26 @@ def test_channels_structure_through_iterative(dense, digits):
     for mask in result.masks.values():
         rows = mask.reshape(mask.shape[0], -1)  # (out, in)
         assert torch.all(rows.all(1) | ~rows.any(1))  # whole rows kept or removed
+
+
+@pytest.mark.parametrize("text", ["oneshot", "iterative:4:rewind=0.25", "gradual:linear:every_steps=7",
+                                  "regrow:0.2", "adaptive:agreement:max_drop=none:min_value=0.98"])
+def test_format_schedule_round_trips(text):
+    schedule = parse_schedule(text)
+    assert parse_schedule(format_schedule(schedule)) == schedule
+    assert format_schedule(parse_schedule("iterative:3")) == format_schedule(Iterative())
+
+
+@pytest.mark.parametrize("method", ["taylor", "wanda"])
+def test_calibrated_criteria_rescore_during_gradual(method, dense, digits):
+    model, result = run(Gradual(every_steps=3), dense, digits, 0.7, method=method)
+    assert sum(int((m.weight == 0).sum()) for m in select_targets(model).values()) == round(
+        0.7 * n_weights(model))
+    levels = [r["achieved"] for r in result.trajectory]
+    assert levels == sorted(levels) and len(set(levels)) > 3
+
+
+def test_progress_observer_sees_every_step(dense, digits):
+    seen = []
+    run(Iterative(2), dense, digits, 0.5, epochs=1.0, on_step=lambda s, t: seen.append((s, t)))
+    assert seen == [(s, 5) for s in range(1, 6)] * 2  # 10 steps/epoch, 2 rounds of 0.5 epoch

@@ -12,12 +12,12 @@ import torch
 from torch import Tensor, nn
 
 from prunelab.data.base import DataBundle
-from prunelab.finetune import TrainConfig
+from prunelab.finetune import StepCallback, TrainConfig
 from prunelab.schedules.adaptive import Adaptive, Tolerance
 from prunelab.schedules.base import SCHEDULES, PruneJob, Schedule, ScheduleResult
 from prunelab.schedules.gradual import Gradual, polynomial_sparsity
 from prunelab.schedules.oneshot import Iterative, OneShot, round_sparsities
-from prunelab.schedules.parse import parse_schedule
+from prunelab.schedules.parse import format_schedule, parse_schedule
 from prunelab.schedules.regrow import Regrow, drop_and_grow
 from prunelab.structure import Structure, Unstructured
 
@@ -36,12 +36,17 @@ def run_schedule(
     include: Sequence[str] | None = None,
     exclude: Sequence[str] | None = None,
     prune_last: bool = True,
+    calibration_batches: int = 4,
+    on_step: StepCallback | None = None,
 ) -> ScheduleResult:
     """Prune ``model`` in place to ``target_sparsity`` following ``schedule``.
 
     ``train_cfg.epochs`` is the *total* training budget, shared by the schedule's rounds or
     phases, so schedules compare at equal cost (default ``TrainConfig()``: one epoch). ``reference_logits`` are the dense model's
-    logits on ``data.val`` (used by :class:`Adaptive`; computed when omitted).
+    logits on ``data.val`` (used by :class:`Adaptive`; computed when omitted). Criteria that
+    need calibration (taylor, snip, wanda) re-score on ``calibration_batches`` training
+    batches at every mask update. ``on_step(step, total)`` observes every training step of
+    every phase (progress bars); the step count restarts with each phase.
 
     >>> from prunelab.data import load_dataset
     >>> from prunelab.models import build_model
@@ -56,7 +61,7 @@ def run_schedule(
         generator=generator if generator is not None else torch.Generator().manual_seed(0),
         method=method, allocation=allocation, structure=structure or Unstructured(),
         reference_logits=reference_logits, include=include, exclude=exclude,
-        prune_last=prune_last,
+        prune_last=prune_last, calibration_batches=calibration_batches, on_step=on_step,
     )
     SCHEDULES.get(getattr(schedule, "name", type(schedule).__name__))  # registered kinds only
     return schedule.run(model, job)
@@ -64,6 +69,6 @@ def run_schedule(
 
 __all__ = [
     "SCHEDULES", "Adaptive", "Gradual", "Iterative", "OneShot", "PruneJob", "Regrow", "Schedule",
-    "ScheduleResult", "Tolerance", "drop_and_grow", "parse_schedule", "polynomial_sparsity",
-    "round_sparsities", "run_schedule",
+    "ScheduleResult", "Tolerance", "drop_and_grow", "format_schedule", "parse_schedule",
+    "polynomial_sparsity", "round_sparsities", "run_schedule",
 ]

@@ -8,6 +8,7 @@ data, training budget), so a sweep varies them separately (STYLE rule 5).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -46,10 +47,11 @@ class PruneJob:
     exclude: Sequence[str] | None = None
     prune_last: bool = True
     calibration_batches: int = 4
+    on_step: StepCallback | None = None  # progress observer, called after the schedule's hook
 
     def with_epochs(self, epochs: float) -> TrainConfig:
         """The job's training config with another epoch count (a share of the budget)."""
-        return TrainConfig(**{**self.train_cfg.__dict__, "epochs": max(epochs, 0.0)})
+        return dataclasses.replace(self.train_cfg, epochs=max(epochs, 0.0))
 
     def steps_per_epoch(self) -> int:
         return math.ceil(len(self.data.train) / self.train_cfg.batch_size)
@@ -138,8 +140,14 @@ def finetune(model: nn.Module, job: PruneJob, epochs: float,
              on_step: StepCallback | None = None) -> int:
     """Train ``epochs`` (a share of the budget) with masks fixed; returns the steps taken."""
     cfg = job.with_epochs(epochs)
+    hooks = [h for h in (on_step, job.on_step) if h is not None]
+
+    def both(step: int, total: int) -> None:
+        for hook in hooks:
+            hook(step, total)
+
     if cfg.epochs > 0:
-        train(model, job.data.train, cfg, job.generator, on_step=on_step)
+        train(model, job.data.train, cfg, job.generator, on_step=both if hooks else None)
     return cfg.total_steps(len(job.data.train))
 
 

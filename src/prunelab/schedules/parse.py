@@ -61,3 +61,21 @@ def parse_schedule(text: str) -> Any:
             positional.remove(key)
         values[key] = _convert(cls, key, raw)
     return cls(**values)
+
+
+def format_schedule(schedule: Any) -> str:
+    """The canonical spelling of a schedule (non-default fields only); parses back equal.
+
+    Use it to normalise spellings before hashing sweep cells ("iterative" == "iterative:3").
+
+    >>> format_schedule(parse_schedule("iterative:3:rewind"))
+    'iterative:rewind=0.0'
+    >>> format_schedule(parse_schedule("gradual:cubic"))
+    'gradual'
+    """
+    parts = [type(schedule).name]
+    for f in dataclasses.fields(schedule):
+        value = getattr(schedule, f.name)
+        if value != f.default:
+            parts.append(f"{f.name}={value}")
+    return ":".join(parts)
