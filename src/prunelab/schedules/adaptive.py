@@ -119,14 +119,20 @@ class Adaptive:
                 step /= 2
         restore(model, accepted)
         leftover = max(job.train_cfg.epochs - used, 0.0)  # the rest of the budget recovers
-        finetune(model, job, leftover)
+        value = self._recover(model, job, leftover, score, dense, accepted)
+        record(traj, phase="final", trial=len(traj), sparsity=level, value=value,
+               accepted=True, backoff=False, epochs=leftover)
+        return ScheduleResult(model, pruner.masks(), traj)
+
+    def _recover(self, model: nn.Module, job: PruneJob, epochs: float, score, dense: float,
+                 accepted: dict) -> float:
+        """Spend the leftover budget; keep it only if the tolerance still holds."""
+        finetune(model, job, epochs)
         value = score(model)
         if not self.tolerance.holds(value, dense):  # never return a model that breaks it
             restore(model, accepted)
             value = score(model)
-        record(traj, phase="final", trial=len(traj), sparsity=level, value=value,
-               accepted=True, backoff=False, epochs=leftover)
-        return ScheduleResult(model, pruner.masks(), traj)
+        return value
 
 
 def _scorer(metric: str, job: PruneJob, dense_logits: Tensor):
