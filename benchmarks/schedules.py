@@ -18,6 +18,7 @@ import logging
 import platform
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -91,23 +92,41 @@ def main() -> None:
     p.add_argument("--levels", default="0.9,0.95,0.98")
     p.add_argument("--schedules", default="oneshot,iterative:3,iterative:3:rewind,gradual,"
                    "regrow,adaptive")
-    p.add_argument("--epochs", default="lenet300=3,cnn=2", help="fine-tune budget per model")
+    p.add_argument("--epochs", default="lenet300=3,cnn=1", help="fine-tune budget per model")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write rows as JSON lines here")
+    p.add_argument("--render", default=None,
+                   help="comma-separated JSON-lines files from earlier --out runs: print their "
+                   "combined table instead of running")
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(a.threads)
-    budget = {k: float(v) for k, v in (kv.split("=") for kv in a.epochs.split(","))}
     data = load_dataset("fashion-mnist")
-    rows, dense_acc = [], {}
+    rows = run_all(a, data) if a.render is None else [
+        json.loads(line) for path in a.render.split(",")
+        for line in Path(path).read_text().splitlines() if line.strip()]
+    dense_acc = {}
+    for name in dict.fromkeys(r["model"] for r in rows):
+        dense = load_or_train(name, data, TrainConfig(epochs=5))
+        dense_acc[name] = evaluate(dense, data.test, metrics=["accuracy"])["accuracy"]
+    print(f"Machine: {platform.processor() or platform.machine()} (2 shared cores), torch "
+          f"{torch.__version__}, {a.threads} thread(s); seed {a.seed}; magnitude criterion, "
+          "global allocation\n")
+    print("Dense test accuracy: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in dense_acc.items()))
+    print()
+    print(table(rows, dense_acc))
+    print()
+    print(verdicts(rows, dense_acc))
+
+
+def run_all(a: argparse.Namespace, data) -> list[dict]:
+    """Run every (model, level, schedule) cell; rows are also appended to ``a.out``."""
+    budget = {k: float(v) for k, v in (kv.split("=") for kv in a.epochs.split(","))}
+    rows = []
     for name in a.models.split(","):
         dense = load_or_train(name, data, TrainConfig(epochs=5))
-        ref_val = evaluate(dense, data.val, metrics=["accuracy"])
         ref_val_logits, ref_test = predict(dense, data.val.x), predict(dense, data.test.x)
-        dense_acc[name] = evaluate(dense, data.test, metrics=["accuracy"])["accuracy"]
-        print(f"dense {name}: test {100 * dense_acc[name]:.2f}%, val "
-              f"{100 * ref_val['accuracy']:.2f}%", file=sys.stderr, flush=True)
         for level in (float(x) for x in a.levels.split(",")):
             for sched in a.schedules.split(","):
                 r = run_cell(dense, data, name, level, sched, budget[name], ref_val_logits,
@@ -117,13 +136,7 @@ def main() -> None:
                 if a.out:
                     with open(a.out, "a") as f:
                         f.write(json.dumps(r) + "\n")
-    print(f"Machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{a.threads} thread(s); seed {a.seed}; magnitude criterion, global allocation\n")
-    print("Dense test accuracy: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in dense_acc.items()))
-    print()
-    print(table(rows, dense_acc))
-    print()
-    print(verdicts(rows, dense_acc))
+    return rows
 
 
 if __name__ == "__main__":
