@@ -202,6 +202,8 @@ def test_iterative_levels_and_rewinding(dense, digits):
         [0.5, 0.75, 0.875])
     _, rewound = run(Iterative(2, rewind=0.0), dense, digits, 0.75)
     assert all(r["rewound"] for r in rewound.trajectory if r["phase"] == "prune")
+    _, late = run(Iterative(2, rewind=0.5), dense, digits, 0.75, epochs=2.0)
+    assert [r["rewound"] for r in late.trajectory if r["phase"] == "prune"] == [False, True]
     with pytest.raises(PrunelabError, match="rewind epoch"):
         run(Iterative(2, rewind=1.5), dense, digits, 0.75, epochs=2.0)
 
