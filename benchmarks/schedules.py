@@ -74,7 +74,7 @@ def verdicts(rows, dense_acc):
         drop = 100 * (dense_acc[model] - best["accuracy"])
         ok = "PASS" if drop <= tol else "MISS"
         lines.append(f"- {ok}: {model} at {level:.0%} within {tol} pt of dense "
-                     f"(best {best['schedule']}: {drop:.2f} pt drop, {best['epochs']:g} FT ep)")
+                     f"(best {best['schedule']}: {-drop:+.2f} pt vs dense, {best['epochs']:g} FT ep)")
     cand = [r for r in rows if r["model"] == "lenet300" and 1 - r["sparsity"] <= LENET_MAX_KEPT]
     if cand:
         best = max(cand, key=lambda r: r["accuracy"])
@@ -82,7 +82,7 @@ def verdicts(rows, dense_acc):
         ok = "PASS" if drop <= LENET_MAX_DROP else "MISS"
         lines.append(f"- {ok}: lenet300 >= 12x compression within {LENET_MAX_DROP} pt "
                      f"(best {best['schedule']} at {1 - best['sparsity']:.1%} kept: "
-                     f"{drop:.2f} pt drop)")
+                     f"{-drop:+.2f} pt vs dense)")
     return "\n".join(lines)
 
 
