@@ -18,12 +18,12 @@ def registries() -> dict[str, list[str]]:
     from prunelab.data import DATASETS
     from prunelab.metrics import METRICS
     from prunelab.models import MODELS
-    from prunelab.sweep.schedule import BUILTIN
+    from prunelab.schedules import SCHEDULES
 
     return {
         "methods": CRITERIA.names(), "allocations": allocation_names(),
         "structures": ["unstructured", "N:M (e.g. 2:4)", "channels"],
-        "schedules": list(BUILTIN), "metrics": METRICS.names(),
+        "schedules": SCHEDULES.names(), "metrics": METRICS.names(),
         "datasets": DATASETS.names(), "models": MODELS.names(),
     }
 

@@ -23,7 +23,8 @@ from prunelab.apply import apply_masks
 from prunelab.criteria import compute_scores
 from prunelab.masks import select_masks
 from prunelab.targets import select_targets
-from prunelab.sweep.allocations import resolve_allocation
+from prunelab.sweep.allocations import MODEL_AWARE, resolve_allocation
+from prunelab.sweep.schedule import parse_schedule
 from prunelab.apply import layer_sparsity
 from prunelab.data import DataBundle, load_dataset
 from prunelab.finetune import TrainConfig, train
@@ -86,7 +87,7 @@ def expand_cells(spec: SweepSpec) -> list[Cell]:
     for structure in spec.structures:
         st = parse_structure(structure)
         levels = (round(st.sparsity, 10),) if isinstance(st, NM) else spec.levels
-        for schedule in spec.schedules:
+        for schedule in dict.fromkeys(parse_schedule(s) for s in spec.schedules):
             for method in spec.methods:
                 for allocation in spec.allocations:
                     if isinstance(st, NM) and allocation != spec.allocations[0]:
@@ -147,14 +148,18 @@ def run_cell(cell: Cell, ctx: Context, progress: Progress | None = None) -> Cell
                                     "level", "seed")}
     row.update(dataset=cell.data.name, ft_epochs=cell.finetune.epochs)
     records: dict[str, Any] = {}
-    if cell.method != "dense":
-        records = _prune(cell, ctx, model, gen)
+    on_step = (lambda s, t: progress("fine-tune", s, t)) if progress else None
+    if cell.method != "dense" and cell.schedule != "oneshot":
+        records, trajectory = _scheduled(cell, ctx, model, gen, on_step)
+        row["trajectory"] = json.dumps(trajectory)
+    else:
+        if cell.method != "dense":
+            records = _prune(cell, ctx, model, gen)
+            if cell.finetune.epochs > 0:
+                pre = evaluate(model, ctx.data.test, ctx.reference["test"], test_metrics)
+                row.update({f"oneshot_{k}": v for k, v in pre.items()})
         if cell.finetune.epochs > 0:
-            pre = evaluate(model, ctx.data.test, ctx.reference["test"], test_metrics)
-            row.update({f"oneshot_{k}": v for k, v in pre.items()})
-    if cell.finetune.epochs > 0:
-        on_step = (lambda s, t: progress("fine-tune", s, t)) if progress else None
-        train(model, ctx.data.train, cell.finetune, gen, on_step=on_step)
+            train(model, ctx.data.train, cell.finetune, gen, on_step=on_step)
     row.update(evaluate(model, ctx.data.test, ctx.reference["test"], test_metrics))
     val = evaluate(model, ctx.data.val, ctx.reference["val"], VAL_METRICS)
     row.update({f"val_{k}": v for k, v in val.items()})
@@ -165,8 +170,8 @@ def run_cell(cell: Cell, ctx: Context, progress: Progress | None = None) -> Cell
     return CellResult(row, {"test_preds": preds}, time.perf_counter() - start, records)
 
 
-def _prune(cell: Cell, ctx: Context, model: nn.Module, gen: torch.Generator) -> dict[str, Any]:
-    """Score, allocate and mask ``model`` in place; returns run-level records (if any)."""
+def _allocation(cell: Cell, ctx: Context, model: nn.Module, gen: torch.Generator):
+    """Targets, scores of the (dense) model, and the cell's resolved allocation."""
     structure = parse_structure(cell.structure)
     prune_last = cell.prune_last and not isinstance(structure, Channels)
     targets = select_targets(model, cell.include or None, cell.exclude or None, prune_last)
@@ -174,5 +179,30 @@ def _prune(cell: Cell, ctx: Context, model: nn.Module, gen: torch.Generator) -> 
                         cell.calibration_batches))
     scores = compute_scores(model, targets, cell.method, gen, calib)
     allocation, records = resolve_allocation(cell, ctx, model, targets, scores, calib, gen)
+    return structure, scores, allocation, records
+
+
+def _prune(cell: Cell, ctx: Context, model: nn.Module, gen: torch.Generator) -> dict[str, Any]:
+    """One-shot: score, allocate and mask ``model`` in place; returns run-level records."""
+    structure, scores, allocation, records = _allocation(cell, ctx, model, gen)
     apply_masks(model, select_masks(scores, cell.level, allocation, structure))
     return records
+
+
+def _scheduled(cell: Cell, ctx: Context, model: nn.Module, gen: torch.Generator, on_step
+               ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Iterative, gradual, regrow or adaptive pruning within the cell's fine-tune budget."""
+    from prunelab.schedules import parse_schedule as parse
+    from prunelab.schedules import run_schedule
+
+    allocation: Any = cell.allocation
+    records: dict[str, Any] = {}
+    if cell.allocation in MODEL_AWARE:  # resolved once, from the dense model's scores
+        _, _, allocation, records = _allocation(cell, ctx, model, gen)
+    res = run_schedule(parse(cell.schedule), model, ctx.data, cell.level, method=cell.method,
+                       allocation=allocation, train_cfg=cell.finetune, generator=gen,
+                       reference_logits=ctx.reference["val"],
+                       structure=parse_structure(cell.structure), include=cell.include or None,
+                       exclude=cell.exclude or None, prune_last=cell.prune_last,
+                       calibration_batches=cell.calibration_batches, on_step=on_step)
+    return records, res.trajectory

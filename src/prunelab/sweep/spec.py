@@ -96,7 +96,7 @@ class SweepSpec:
             raise PrunelabError("calibration_batches must be >= 1")
         self.validate_names()
 
-    def validate_names(self) -> None:
+    def validate_names(self) -> None:  # noqa: C901
         """Fail fast on unknown plug-in names, before any cell runs."""
         from prunelab.sweep.allocations import check_allocation
         from prunelab.criteria import CRITERIA
