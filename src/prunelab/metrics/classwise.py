@@ -90,7 +90,7 @@ def welch_t_test(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
         t = diff / np.sqrt(se2)
         df = se2**2 / (va**2 / (a.shape[0] - 1) + vb**2 / (b.shape[0] - 1))
     degenerate = se2 == 0
-    t = np.where(degenerate, np.where(diff == 0, 0.0, np.sign(diff) * np.inf), t)
+    t = np.where(degenerate, np.where(diff == 0, 0.0, np.copysign(np.inf, diff)), t)
     df = np.where(degenerate, np.nan, df)
     p = np.where(degenerate, np.where(diff == 0, 1.0, 0.0), 2 * stdtr(df, -np.abs(t)))
     return t, df, p
