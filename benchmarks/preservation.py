@@ -27,7 +27,7 @@ import torch
 
 from prunelab import TrainConfig, load_dataset, load_or_train, prune, train
 from prunelab.metrics import evaluate, predict
-from prunelab.metrics.robustness import reference_context
+from prunelab.metrics.robustness import RobustnessSuite, reference_context
 from prunelab.preservation import LevelRecords, retained_summary
 
 log = logging.getLogger("preservation")
@@ -38,13 +38,14 @@ ANCHOR_FT = {0.5: 91.35, 0.9: 91.12, 0.95: 90.74, 0.98: 88.95}  # ANCHORS.md, to
 ANCHOR_ONESHOT = {0.5: 90.86, 0.9: 83.82, 0.95: 66.23, 0.98: 48.37}
 
 
-def run_cell(dense, data, level, seed, ref_logits, ctx, splits):
+def run_cell(dense, data, level, seed, ref_logits, ctx, splits, ft_limit=None):
     model = copy.deepcopy(dense)
     oneshot = float("nan")
     if level > 0:
         prune(model, "magnitude", sparsity=level, scope="global")
         oneshot = float((predict(model, data.test.x).argmax(1) == data.test.y).double().mean())
-    train(model, data.train, TrainConfig(epochs=1), torch.Generator().manual_seed(seed))
+    train(model, data.train.subset(ft_limit), TrainConfig(epochs=1),
+          torch.Generator().manual_seed(seed))
     row = evaluate(model, data.test, reference=ref_logits, metrics=METRICS, splits=splits,
                    context=ctx)
     preds = predict(model, data.test.x).argmax(1).to(torch.uint8)
@@ -56,6 +57,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--levels", default="0.5,0.9,0.95,0.98")
     ap.add_argument("--out", default="runs/preservation")
+    ap.add_argument("--ft-limit", type=int, default=None,
+                    help="fine-tune on the first N training rows (reduced configuration)")
+    ap.add_argument("--robust-examples", type=int, default=2000)
     ap.add_argument("--report-only", action="store_true", help="re-print from stored results")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -74,22 +78,29 @@ def main() -> None:
         return
     dense = load_or_train("cnn", data, TrainConfig(epochs=5))
     ref_logits = predict(dense, data.test.x)
-    ctx = reference_context(dense, data.test)
+    ctx = reference_context(dense, data.test, RobustnessSuite(max_examples=args.robust_examples))
     splits = {"train": data.train.subset(len(data.val)), "val": data.val}
     rows, preds = [], {}
-    for level in [0.0, *levels]:
-        for seed in range(args.seeds):
+    for seed in range(args.seeds):  # seed-major: an interrupted run still covers every level
+        for level in [0.0, *levels]:
             t = time.time()
-            row, p = run_cell(dense, data, level, seed, ref_logits, ctx, splits)
+            row, p = run_cell(dense, data, level, seed, ref_logits, ctx, splits, args.ft_limit)
             rows.append(row)
             preds[(level, seed)] = p
             log.info("level %.2f seed %d: acc %.4f (%.0f s)", level, seed, row["accuracy"],
                      time.time() - t)
+            meta = save(out, rows, preds, ctx, time.time() - t0, args)
+    report(rows, preds, data, levels, args.seeds, out, meta, meta["elapsed"])
+
+
+def save(out, rows, preds, ctx, elapsed, args) -> dict:
+    """Write everything so far (per-cell rows, uint8 predictions, reference profile)."""
     np.savez_compressed(out / "preds.npz", **{f"{lv}_{s}": p.numpy() for (lv, s), p in preds.items()})
     (out / "rows.json").write_text(json.dumps(rows, indent=1))
-    meta = {"reference_robustness": ctx["reference_robustness"], "elapsed": time.time() - t0}
+    meta = {"reference_robustness": ctx["reference_robustness"], "elapsed": elapsed,
+            "ft_limit": args.ft_limit, "robust_examples": args.robust_examples}
     (out / "meta.json").write_text(json.dumps(meta))
-    report(rows, preds, data, levels, args.seeds, out, meta, meta["elapsed"])
+    return meta
 
 
 def records(rows, preds, level, seeds):
@@ -97,14 +108,16 @@ def records(rows, preds, level, seeds):
     return LevelRecords(ps, [r for r in rows if r["level"] == level])
 
 
-def report(rows, preds, data, levels, seeds, out, ctx, elapsed) -> None:
+def report(rows, preds, data, levels, seeds, out, meta, elapsed) -> None:
     dense = records(rows, preds, 0.0, seeds)
     labels = data.test.y
     print(f"\n## Preservation: Fashion-MNIST CNN, global magnitude + 1 FT epoch, {seeds} seeds\n")
     print(f"Machine: {platform.machine()} {platform.processor() or ''} CPU, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; {elapsed / 60:.1f} min. "
-          f"Dense 5-epoch model: clean acc (first 2000) {ctx['reference_robustness']['clean']:.4f}, "
-          f"corruption drop {ctx['reference_robustness']['drop']:.4f}. "
+          f"Fine-tuning rows: {meta.get('ft_limit') or 'all'}; robustness on the first "
+          f"{meta.get('robust_examples', 2000)} test images. "
+          f"Dense 5-epoch model: clean acc {meta['reference_robustness']['clean']:.4f}, "
+          f"corruption drop {meta['reference_robustness']['drop']:.4f}. "
           f"Dense controls (1 FT epoch, no pruning): acc {100 * dense.mean('accuracy'):.2f} %, "
           f"ECE {dense.mean('ece'):.4f}, train-val gap {100 * dense.mean('train_val_gap'):.2f} pts.\n")
     print("| level | one-shot acc % (anchor) | acc % after FT (anchor) | acc retained % | agreement % "

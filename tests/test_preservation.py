@@ -283,3 +283,31 @@ def test_retained_summary_by_hand():
     assert shifts is not None and shifts.significant.tolist() == [False, False]
     with pytest.raises(PrunelabError, match="one metrics row per seed"):
         LevelRecords(torch.zeros(2, 4, dtype=torch.long), [{}])
+
+
+def test_summarize_results_pairs_levels_with_dense_controls():
+    import pandas as pd
+
+    from prunelab.preservation import summarize_results
+
+    preds = {"d0": [0, 0, 1, 1], "d1": [0, 0, 1, 1], "p0": [0, 0, 1, 0], "p1": [0, 0, 0, 0]}
+    base = {"model": "m", "dataset": "x", "allocation": "global", "structure": "unstructured",
+            "schedule": "oneshot", "ft_epochs": 1.0, "ece": 0.1, "corruption_drop": 0.2,
+            "train_accuracy": 0.9, "val_accuracy": 0.85}
+    frame = pd.DataFrame([
+        {**base, "cell_id": "d0", "method": "dense", "level": 0.0, "seed": 0, "accuracy": 1.0},
+        {**base, "cell_id": "d1", "method": "dense", "level": 0.0, "seed": 1, "accuracy": 1.0},
+        {**base, "cell_id": "p1", "method": "magnitude", "level": 0.9, "seed": 1,
+         "accuracy": 0.5},
+        {**base, "cell_id": "p0", "method": "magnitude", "level": 0.9, "seed": 0,
+         "accuracy": 0.75},
+    ])
+    out = summarize_results(frame, lambda c: np.array(preds[c]), np.array([0, 0, 1, 1]), 2)
+    assert len(out) == 1
+    row = out.iloc[0]
+    assert row["pie_indices"] == [3] and row["pie_pct"] == 25.0
+    assert row["accuracy_retained_pct"] == pytest.approx(62.5)
+    assert row["train_val_gap"] == pytest.approx(0.05) and row["n_dense"] == 2
+    with pytest.raises(PrunelabError, match="no dense control"):
+        summarize_results(frame[frame["method"] != "dense"], lambda c: np.array(preds[c]),
+                          np.array([0, 0, 1, 1]), 2)

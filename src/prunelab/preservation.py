@@ -10,8 +10,9 @@ pruning from that of extra training and seed noise). Definitions: ``docs/metrics
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,6 +21,9 @@ from torch import Tensor
 from prunelab.errors import PrunelabError
 from prunelab.metrics.classwise import ClassShifts, class_shifts, per_class_recall
 from prunelab.metrics.forgetting import PieResult, pies
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -92,3 +96,58 @@ def retained_summary(
         dense_train_val_gap=dense.mean("train_val_gap"),
     )
     return summary, pie, shifts
+
+
+GROUP_KEYS = ("model", "dataset", "method", "allocation", "structure", "schedule", "ft_epochs",
+              "level")
+CONTROL_KEYS = ("model", "dataset", "ft_epochs")  # a dense control matches on these
+
+
+def _with_gap(row: Mapping[str, object]) -> dict[str, float]:
+    """A stored row as metric floats, deriving ``train_val_gap`` from train/val accuracy."""
+    out = {k: float(v) for k, v in row.items() if isinstance(v, int | float) and not
+           isinstance(v, bool)}
+    if "train_val_gap" not in out and {"train_accuracy", "val_accuracy"} <= out.keys():
+        out["train_val_gap"] = out["train_accuracy"] - out["val_accuracy"]
+    return out
+
+
+def summarize_results(
+    frame: pd.DataFrame,
+    load_preds: Callable[[str], np.ndarray],
+    labels: np.ndarray,
+    num_classes: int,
+) -> pd.DataFrame:
+    """One :class:`RetainedSummary` row per (configuration, level) of a sweep's results.
+
+    ``frame`` is ``store.load_results(run_dir)`` (dense controls: ``method == "dense"``);
+    ``load_preds(cell_id)`` returns a cell's stored ``test_preds`` (N,). Each group of seeds
+    is compared with the dense controls of the same model, dataset and fine-tune budget.
+    Columns: the group keys, the summary fields, ``n_seeds``, ``n_dense`` and ``pie_indices``.
+    """
+    import pandas as pd
+
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+
+    def level_records(rows: pd.DataFrame) -> LevelRecords:
+        rows = rows.sort_values("seed")
+        preds = torch.stack([torch.as_tensor(np.asarray(load_preds(c)), dtype=torch.long)
+                             for c in rows["cell_id"]])  # (S, N)
+        return LevelRecords(preds, [_with_gap(r) for r in rows.to_dict("records")])
+
+    keys = [k for k in GROUP_KEYS if k in frame.columns]
+    ctrl_keys = [k for k in CONTROL_KEYS if k in frame.columns]
+    dense_rows = frame[frame["method"] == "dense"]
+    out = []
+    for key, rows in frame[frame["method"] != "dense"].groupby(keys, sort=True, dropna=False):
+        ident = dict(zip(keys, key, strict=True))
+        match = np.ones(len(dense_rows), dtype=bool)
+        for k in ctrl_keys:
+            match &= (dense_rows[k] == ident[k]).to_numpy()
+        if not match.any():
+            raise PrunelabError(f"no dense control rows (method 'dense') for {ident}")
+        dense = level_records(dense_rows[match])
+        summary, pie, _ = retained_summary(dense, level_records(rows), y, num_classes)
+        out.append({**ident, **summary.as_row(), "n_seeds": len(rows),
+                    "n_dense": int(match.sum()), "pie_indices": pie.indices.tolist()})
+    return pd.DataFrame(out)
