@@ -311,3 +311,18 @@ def test_summarize_results_pairs_levels_with_dense_controls():
     with pytest.raises(PrunelabError, match="no dense control"):
         summarize_results(frame[frame["method"] != "dense"], lambda c: np.array(preds[c]),
                           np.array([0, 0, 1, 1]), 2)
+
+
+def test_preservation_plots_write_pngs(tmp_path):
+    from prunelab.preservation_plots import plot_class_recall, plot_pie_grid, plot_reliability
+
+    imgs = np.random.default_rng(0).random((5, 1, 8, 8))
+    p = plot_pie_grid(imgs, [0, 1, 2, 3, 4], [0, 1, 2, 3, 4], [1, 2, 3, 4, 0],
+                      tmp_path / "pies.png", columns=3)
+    bins = reliability_bins(PROBS, LABELS, n_bins=5)
+    r = plot_reliability({"dense": [b.numpy() for b in bins]}, tmp_path / "rel.png")
+    c = plot_class_recall({"0.9": np.array([[0.9, 0.5], [0.8, 0.6]])}, tmp_path / "cls.png")
+    for f in (p, r, c):
+        assert f.stat().st_size > 1000 and f.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(PrunelabError, match="no forgotten"):
+        plot_pie_grid(imgs[:0], [], [], [], tmp_path / "none.png")
