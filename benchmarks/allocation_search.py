@@ -83,7 +83,7 @@ def main() -> None:
     rows = []
     for level in args.levels:
         plans = {
-            "uniform": {n: level for n in sizes},
+            "uniform": dict.fromkeys(sizes, level),
             "global": plan_from_counts(global_counts(scores, level), sizes),
             "sensitivity": sensitivity_plan(sens, level, sizes, by="kl"),
         }

@@ -46,7 +46,7 @@ def test_allocation_contract(name, scores):
         if previous is not None:
             assert all(counts[n] >= previous[n] for n in counts), "counts must grow with sparsity"
         previous = counts
-    assert alloc(scores, 0.0) == {n: 0 for n in scores}
+    assert alloc(scores, 0.0) == dict.fromkeys(scores, 0)
 
 
 def test_lamp_scores_literal():

@@ -12,15 +12,19 @@ from prunelab import METRICS, evaluate, prune
 
 @pytest.mark.parametrize("name", METRICS.names())
 def test_metric_contract(name, trained_tiny, digits):
-    dense = evaluate(trained_tiny, digits.val, reference=trained_tiny, metrics=[name])
-    again = evaluate(trained_tiny, digits.val, reference=trained_tiny, metrics=[name])
+    splits = {"train": digits.train, "val": digits.val}  # for train/val-gap metrics
+    dense = evaluate(trained_tiny, digits.val, reference=trained_tiny, metrics=[name],
+                     splits=splits)
+    again = evaluate(trained_tiny, digits.val, reference=trained_tiny, metrics=[name],
+                     splits=splits)
     assert list(dense) == [name]
     assert isinstance(dense[name], float) and math.isfinite(dense[name])
     assert dense == again, "metrics must be deterministic"
 
     pruned = copy.deepcopy(trained_tiny)
     prune(pruned, "magnitude", 0.9)
-    value = evaluate(pruned, digits.val, reference=trained_tiny, metrics=[name])[name]
+    value = evaluate(pruned, digits.val, reference=trained_tiny, metrics=[name],
+                     splits=splits)[name]
     assert isinstance(value, float) and math.isfinite(value)
 
 

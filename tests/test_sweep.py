@@ -21,8 +21,8 @@ DIGITS = DataSpec(name="digits")
 
 
 def tiny_spec(**kw) -> SweepSpec:
-    base = dict(model="mlp-tiny", data=DIGITS, dense=TrainConfig(epochs=3),
-                finetune=TrainConfig(epochs=0.5), levels=(0.5, 0.9))
+    base = {"model": "mlp-tiny", "data": DIGITS, "dense": TrainConfig(epochs=3),
+                "finetune": TrainConfig(epochs=0.5), "levels": (0.5, 0.9)}
     return SweepSpec(**{**base, **kw})
 
 

@@ -72,10 +72,25 @@ def get_masks(model: nn.Module) -> Masks:
 
 
 def make_permanent(model: nn.Module) -> nn.Module:
-    """Remove mask parametrizations, leaving plain weights with exact zeros."""
-    for _name, module in model.named_modules():
-        if _mask_param(module) is not None:
+    """Remove mask parametrizations, leaving plain weights with exact zeros.
+
+    Safe on a ``copy.deepcopy`` of a masked model: deep copies share PyTorch's dynamically
+    created ``Parametrized*`` class, and ``parametrize.remove_parametrizations`` deletes the
+    property from that shared class (breaking the original). Here only the instance changes.
+    """
+    for module in model.modules():
+        if _mask_param(module) is None:
+            continue
+        plist = module.parametrizations  # type: ignore[union-attr]
+        if set(plist.keys()) != {"weight"} or len(plist.weight) != 1:
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+            continue
+        with torch.no_grad():
+            weight = module.weight.detach().clone()
+        original = plist.weight.original
+        del module._modules["parametrizations"]
+        module.__class__ = module.__class__.__bases__[0]  # the plain class, for this instance
+        module.weight = nn.Parameter(weight, requires_grad=original.requires_grad)
     return model
 
 

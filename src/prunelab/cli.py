@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -47,24 +48,24 @@ def _csv(text: str | None) -> tuple[str, ...] | None:
 @app.command()
 @user_errors
 def sweep(
-    config: Annotated[Optional[Path], typer.Option(help="TOML sweep spec; flags override it")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML sweep spec; flags override it")] = None,
     out: Annotated[Path, typer.Option(help="run directory (resumed if it holds this sweep)")] = Path("runs/default"),
-    model: Annotated[Optional[str], typer.Option(help="model name (see `prunelab list`)")] = None,
-    dataset: Annotated[Optional[str], typer.Option(help="dataset name")] = None,
-    data_dir: Annotated[Optional[Path], typer.Option(help="directory of Fashion-MNIST IDX files")] = None,
-    train_limit: Annotated[Optional[int], typer.Option(help="use only the first N training rows")] = None,
-    methods: Annotated[Optional[str], typer.Option(help="criteria, comma-separated")] = None,
-    scopes: Annotated[Optional[str], typer.Option(help="allocations, e.g. global,uniform")] = None,
-    structures: Annotated[Optional[str], typer.Option(help="unstructured, 2:4, channels, ...")] = None,
-    schedules: Annotated[Optional[str], typer.Option(help="oneshot, ...")] = None,
-    levels: Annotated[Optional[str], typer.Option(help="'0.5,0.8,0.9' or '0.1:0.9:0.1'")] = None,
-    seeds: Annotated[Optional[str], typer.Option(help="comma-separated seeds")] = None,
-    ft_epochs: Annotated[Optional[float], typer.Option(help="fine-tune epochs per cell")] = None,
-    dense_epochs: Annotated[Optional[float], typer.Option(help="dense training epochs")] = None,
-    metrics: Annotated[Optional[str], typer.Option(help="extra metrics, comma-separated")] = None,
+    model: Annotated[str | None, typer.Option(help="model name (see `prunelab list`)")] = None,
+    dataset: Annotated[str | None, typer.Option(help="dataset name")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="directory of Fashion-MNIST IDX files")] = None,
+    train_limit: Annotated[int | None, typer.Option(help="use only the first N training rows")] = None,
+    methods: Annotated[str | None, typer.Option(help="criteria, comma-separated")] = None,
+    scopes: Annotated[str | None, typer.Option(help="allocations, e.g. global,uniform")] = None,
+    structures: Annotated[str | None, typer.Option(help="unstructured, 2:4, channels, ...")] = None,
+    schedules: Annotated[str | None, typer.Option(help="oneshot, ...")] = None,
+    levels: Annotated[str | None, typer.Option(help="'0.5,0.8,0.9' or '0.1:0.9:0.1'")] = None,
+    seeds: Annotated[str | None, typer.Option(help="comma-separated seeds")] = None,
+    ft_epochs: Annotated[float | None, typer.Option(help="fine-tune epochs per cell")] = None,
+    dense_epochs: Annotated[float | None, typer.Option(help="dense training epochs")] = None,
+    metrics: Annotated[str | None, typer.Option(help="extra metrics, comma-separated")] = None,
     workers: Annotated[int, typer.Option(help="parallel worker processes")] = 1,
     executor: Annotated[str, typer.Option(help="local or ray")] = "local",
-    address: Annotated[Optional[str], typer.Option(help="Ray cluster address")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address")] = None,
     report: Annotated[bool, typer.Option(help="write the report when done")] = True,
     max_drop: Annotated[float, typer.Option(help="report tolerance, in points")] = 0.5,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
@@ -129,8 +130,8 @@ def report(
 @user_errors
 def recommend(
     run_dir: Annotated[Path, typer.Argument(help="a sweep's run directory")],
-    max_drop: Annotated[Optional[float], typer.Option(help="tolerated drop vs dense, in points")] = None,
-    min_value: Annotated[Optional[float], typer.Option(help="or: minimum metric value (0-1)")] = None,
+    max_drop: Annotated[float | None, typer.Option(help="tolerated drop vs dense, in points")] = None,
+    min_value: Annotated[float | None, typer.Option(help="or: minimum metric value (0-1)")] = None,
     metric: Annotated[str, typer.Option(help="accuracy, agreement, macro_f1, ...")] = "accuracy",
 ) -> None:
     """The highest sparsity whose validation metric holds with confidence, and the evidence."""
@@ -152,7 +153,7 @@ def recommend(
 
 @app.command("list")
 @user_errors
-def list_(what: Annotated[Optional[str], typer.Argument(help="one kind only")] = None) -> None:
+def list_(what: Annotated[str | None, typer.Argument(help="one kind only")] = None) -> None:
     """List the registered methods, allocations, structures, schedules, metrics, data, models."""
     from prunelab.cli_run import registries
 
@@ -167,7 +168,7 @@ def list_(what: Annotated[Optional[str], typer.Argument(help="one kind only")] =
 @app.command("fetch-text-data")
 @user_errors
 def fetch_text_data(
-    cache: Annotated[Optional[Path], typer.Option(help="cache dir (default $PRUNELAB_CACHE)")] = None,
+    cache: Annotated[Path | None, typer.Option(help="cache dir (default $PRUNELAB_CACHE)")] = None,
 ) -> None:
     """Download the offline text data (movie-review sentiment, Lee similarity) into the cache."""
     from prunelab.models import default_cache_dir

@@ -13,12 +13,12 @@ from prunelab.sweep.executors import ContextCache
 
 
 def registries() -> dict[str, list[str]]:
-    from prunelab.sweep.allocations import allocation_names
     from prunelab.criteria import CRITERIA
     from prunelab.data import DATASETS
     from prunelab.metrics import METRICS
     from prunelab.models import MODELS
     from prunelab.schedules import SCHEDULES
+    from prunelab.sweep.allocations import allocation_names
 
     return {
         "methods": CRITERIA.names(), "allocations": allocation_names(),

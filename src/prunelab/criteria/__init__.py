@@ -3,9 +3,9 @@
 Each module registers its criteria where they are defined; importing this package loads them.
 """
 
-from prunelab.criteria.base import CRITERIA, Criterion, compute_scores
-from prunelab.criteria import magnitude as _magnitude  # noqa: F401  (magnitude, random)
 from prunelab.criteria import gradient as _gradient  # noqa: F401  (taylor, snip)
+from prunelab.criteria import magnitude as _magnitude  # noqa: F401  (magnitude, random)
 from prunelab.criteria import wanda as _wanda  # noqa: F401  (wanda)
+from prunelab.criteria.base import CRITERIA, Criterion, compute_scores
 
 __all__ = ["CRITERIA", "Criterion", "compute_scores"]

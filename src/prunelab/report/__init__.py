@@ -84,6 +84,8 @@ def build_report(run_dir: Path | str, df: pd.DataFrame,
         raise PrunelabError("the results table has only dense rows: nothing was pruned")
     extras = extras or ReportExtras()
     run_dir = Path(run_dir)
+    for stale in (run_dir / "plots").glob("*.png"):  # figures of an earlier report
+        stale.unlink()
     plots = make_plots(df, run_dir / "plots", extras)
     summary = write_summary(df, run_dir / "summary.md", title=extras.title or "prunelab summary")
     html = run_dir / "report.html"

@@ -20,8 +20,8 @@ NOT_METRICS = frozenset({
     "seed", "ft_epochs", "layer_sparsity", "duration_s",
 })
 #: Size/cost columns: shown in the efficiency table and Pareto plot, not as curves.
-EFFICIENCY = ("sparsity", "nonzeros", "params", "macs", "latency_b1_ms", "latency_b256_ms",
-              "disk_bytes")
+EFFICIENCY = ("sparsity", "nonzeros", "params", "macs", "sparse_macs", "latency_b1_ms",
+              "latency_b256_ms", "disk_bytes", "compressed_bytes")
 #: Curves are drawn first for these, then for any other metric column alphabetically.
 PREFERRED = ("accuracy", "agreement", "kl", "macro_f1", "loss")
 _PREFIXES = ("val_", "oneshot_", "train_")

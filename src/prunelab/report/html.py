@@ -22,7 +22,8 @@ from prunelab.report.tables import efficiency_table, results_table, summary_tabl
 
 SECTIONS = {
     "recommendation": "Recommendation", "curves": "Metrics vs sparsity",
-    "summary": "Results by level", "sensitivity": "Layer sensitivity", "pareto": "Pareto front",
+    "summary": "Results by level",
+    "retained": "Retained intelligence (vs the dense controls)", "sensitivity": "Layer sensitivity", "pareto": "Pareto front",
     "efficiency": "Efficiency", "weights": "Weight histograms",
     "forgotten": "Forgotten examples", "results": "All results",
 }
@@ -208,12 +209,22 @@ def _results(df: pd.DataFrame) -> str:
                    "</div>")
 
 
+def _retained(table: pd.DataFrame | None) -> str:
+    if table is None or table.empty:
+        return section("retained", "<p class='note'>Needs dense control rows and stored "
+                                   "predictions (see docs/metrics.md).</p>")
+    note = ("<p class='sub'>PIE: pruning-identified exemplars (modal prediction of the pruned "
+            "seeds differs from the dense controls'); worst-class drop in recall; robustness "
+            "gap = extra accuracy lost under corruption. Definitions: docs/metrics.md.</p>")
+    return section("retained", note + f"<div class='scroll'>{html_table(table)}</div>")
+
+
 def render_html(df: pd.DataFrame, plots: Mapping[str, Path], extras: ReportExtras) -> str:
     """The whole page as a string; ``plots`` maps figure names (``curve_<metric>``, ``pareto``,
     ``sensitivity``, ``weights``, ``forgotten``) to PNGs already written."""
     parts = [
         _header(df, extras), _recommendation(extras.recommendation),
-        _curves(df, plots, extras), _summary(df),
+        _curves(df, plots, extras), _summary(df), _retained(extras.retained),
         _figure_section("sensitivity", plots, "No layer-sensitivity scan in this run."),
         _figure_section("pareto", plots, "Needs nonzeros or macs and accuracy columns."),
         _efficiency(df),

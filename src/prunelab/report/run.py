@@ -52,6 +52,69 @@ def sensitivity_frame(store: Store) -> pd.DataFrame | None:
     return table.rename(columns={"drop": "value"})[["layer", "level", "value"]]
 
 
+RETAINED_COLUMNS = ("accuracy_retained_pct", "agreement", "delta_ece", "pie_pct",
+                    "dense_accuracy_on_pies", "worst_class_drop", "worst_class",
+                    "robustness_gap", "train_val_gap", "n_seeds")
+
+
+def retained_table(df: pd.DataFrame, store: Store) -> pd.DataFrame | None:
+    """The retained-intelligence summary per (configuration, level), from stored predictions."""
+    from prunelab.preservation import summarize_results
+
+    if not (df["method"] == "dense").any() or "ece" not in df.columns:
+        return None
+    labels = store.artifact("__run__", "test_labels")
+    table = summarize_results(df, lambda c: store.artifact(c, "test_preds"), labels,
+                              int(labels.max()) + 1)
+    return table
+
+
+def _display_retained(table: pd.DataFrame) -> pd.DataFrame:
+    keys = [c for c in ("method", "allocation", "structure", "schedule", "level")
+            if c in table.columns and (c == "level" or table[c].nunique() > 1)]
+    cols = keys + [c for c in RETAINED_COLUMNS if c in table.columns]
+    return table[cols].sort_values(keys).reset_index(drop=True)
+
+
+def forgotten_examples(table: pd.DataFrame, store: Store, spec: dict, limit: int = 40
+                       ) -> dict[str, np.ndarray] | None:
+    """Images, labels and modal pruned predictions of the PIEs at the sparsest level.
+
+    Images come from reloading the run's dataset; skipped when it is unavailable or differs
+    from the one the run used (data hash).
+    """
+    from prunelab.data import load_dataset
+    from prunelab.sweep.spec import DataSpec
+
+    best = table[table["pie_indices"].map(len) > 0]
+    if best.empty:
+        return None
+    row = best.sort_values(["level", "pie_pct"]).iloc[-1]
+    try:
+        data_spec = DataSpec(**spec["data"])
+        data = load_dataset(data_spec.name, **data_spec.loader_kwargs())
+    except (PrunelabError, KeyError, TypeError) as e:
+        log.warning("forgotten-example grid skipped: %s", e)
+        return None
+    if data.fingerprint() != store.get_meta("data_hash"):
+        log.warning("forgotten-example grid skipped: the dataset changed since the run")
+        return None
+    idx = np.asarray(row["pie_indices"][:limit], dtype=np.int64)
+    group = _group_rows(store, row)
+    preds = np.stack([store.artifact(c, "test_preds") for c in group])[:, idx]  # (S, n)
+    modal = np.array([np.bincount(col).argmax() for col in preds.T])
+    return {"images": data.test.x[idx].numpy(), "labels": data.test.y[idx].numpy(),
+            "preds": modal}
+
+
+def _group_rows(store: Store, row: pd.Series) -> list[str]:
+    df = pd.DataFrame(store.rows())
+    keys = [c for c in ("method", "allocation", "structure", "schedule", "level")
+            if c in row.index]
+    match = np.logical_and.reduce([df[k] == row[k] for k in keys])
+    return list(df.loc[match, "cell_id"])
+
+
 def report_run(run_dir: Path | str, metric: str = "accuracy",
                max_drop_points: float | None = 0.5) -> tuple[ReportPaths, Recommendation | None]:
     """Write plots, summary.md and report.html for ``run_dir``; return them and the advice."""
@@ -62,6 +125,14 @@ def report_run(run_dir: Path | str, metric: str = "accuracy",
     with Store(run_dir, create=False) as store:
         spec = json.loads(json.dumps(store.get_meta("spec")))
         sens = sensitivity_frame(store)
+        retained, pies = None, None
+        try:
+            table = retained_table(df, store)
+            if table is not None:
+                retained = _display_retained(table)
+                pies = forgotten_examples(table, store, spec)
+        except PrunelabError as e:
+            log.warning("no retained-intelligence summary: %s", e)
     rec, knees = None, {}
     try:
         knees = knees_by_label(df, metric)
@@ -70,7 +141,10 @@ def report_run(run_dir: Path | str, metric: str = "accuracy",
         log.warning("no recommendation: %s", e)
     tolerance = {metric: points(max_drop_points)} if max_drop_points is not None else None
     extras = ReportExtras(knees=knees, recommendation=rec, tolerances=tolerance,
-                          sensitivity=sens, spec=spec,
+                          sensitivity=sens, spec=spec, retained=retained,
+                          forgotten_images=pies["images"] if pies else None,
+                          forgotten_labels=pies["labels"] if pies else None,
+                          forgotten_preds=pies["preds"] if pies else None,
                           title=f"prunelab report: {spec.get('model')} on "
                                 f"{spec.get('data', {}).get('name')}")
     return build_report(run_dir, df, extras), rec

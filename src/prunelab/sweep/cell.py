@@ -19,24 +19,27 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunelab.apply import apply_masks
+from prunelab.apply import apply_masks, layer_sparsity
 from prunelab.criteria import compute_scores
-from prunelab.masks import select_masks
-from prunelab.targets import select_targets
-from prunelab.sweep.allocations import MODEL_AWARE, resolve_allocation
-from prunelab.sweep.schedule import parse_schedule
-from prunelab.apply import layer_sparsity
 from prunelab.data import DataBundle, load_dataset
 from prunelab.finetune import TrainConfig, train
+from prunelab.masks import select_masks
 from prunelab.metrics import evaluate, predict
 from prunelab.metrics.base import DEFAULT_METRICS
+from prunelab.metrics.robustness import RobustnessSuite, reference_context
 from prunelab.models import build_model, load_or_train
 from prunelab.structure import NM, Channels, parse_structure
+from prunelab.sweep.allocations import MODEL_AWARE, resolve_allocation
+from prunelab.sweep.schedule import parse_schedule
 from prunelab.sweep.spec import DataSpec, SweepSpec
+from prunelab.targets import select_targets
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 TRAIN_EVAL_SIZE = 5000  # train rows evaluated for the overfitting gap
 VAL_METRICS = ("accuracy", "loss", "agreement", "kl")
+PRESERVATION = ("ece", "brier", "worst_class_drop", "robustness_gap")
+EFFICIENCY = ("sparse_macs", "compressed_bytes")
+ROBUSTNESS_EXAMPLES = 1000
 
 
 @dataclass(frozen=True)
@@ -78,10 +81,10 @@ class Cell:
 
 def expand_cells(spec: SweepSpec) -> list[Cell]:
     """All cells of a sweep, dense controls first; N:M structures get their one fixed level."""
-    common = dict(model=spec.model, data=spec.data, dense=spec.dense, finetune=spec.finetune,
-                  metrics=spec.metrics, calibration_batches=spec.calibration_batches,
-                  prune_last=spec.prune_last, include=spec.include, exclude=spec.exclude,
-                  search_trials=spec.search_trials)
+    common = {"model": spec.model, "data": spec.data, "dense": spec.dense, "finetune": spec.finetune,
+                  "metrics": spec.metrics, "calibration_batches": spec.calibration_batches,
+                  "prune_last": spec.prune_last, "include": spec.include, "exclude": spec.exclude,
+                  "search_trials": spec.search_trials}
     cells = [Cell(method="dense", allocation="-", structure="-", schedule="-", level=0.0,
                   seed=seed, **common) for seed in spec.seeds]
     for structure in spec.structures:
@@ -109,6 +112,7 @@ class Context:
     reference: dict[str, torch.Tensor]  # split -> dense logits
     train_eval: Any = None
     dense_metrics: dict[str, float] = field(default_factory=dict)
+    robustness: dict[str, Any] = field(default_factory=dict)  # the dense model's profile
     memo: dict[tuple, Any] = field(default_factory=dict)  # per-process, e.g. sensitivity tables
 
     @classmethod
@@ -119,8 +123,10 @@ class Context:
         reference = {"test": predict(dense, data.test.x), "val": predict(dense, data.val.x),
                      "train": predict(dense, train_eval.x)}
         state = {k: v.clone() for k, v in dense.state_dict().items()}
+        robust = reference_context(dense, data.test, RobustnessSuite(
+            max_examples=ROBUSTNESS_EXAMPLES)) if data.test.x.dim() == 4 else {}
         metrics = evaluate(dense, data.test, reference=reference["test"])
-        return cls(data, state, reference, train_eval, metrics)
+        return cls(data, state, reference, train_eval, metrics, robust)
 
     def dense_model(self, cell: Cell) -> nn.Module:
         model = build_model(cell.model, self.data.input_shape, self.data.num_classes)
@@ -142,7 +148,9 @@ def run_cell(cell: Cell, ctx: Context, progress: Progress | None = None) -> Cell
     torch.manual_seed(cell.seed)
     gen = torch.Generator().manual_seed(cell.seed)
     model = ctx.dense_model(cell)
-    test_metrics = tuple(dict.fromkeys(DEFAULT_METRICS + ("params",) + cell.metrics))
+    preservation = PRESERVATION if ctx.robustness else PRESERVATION[:-1]
+    test_metrics = tuple(dict.fromkeys(DEFAULT_METRICS + ("params",) + preservation
+                                       + EFFICIENCY + cell.metrics))
     row: dict[str, Any] = {k: v for k, v in dataclasses.asdict(cell).items()
                            if k in ("model", "method", "allocation", "structure", "schedule",
                                     "level", "seed")}
@@ -156,11 +164,13 @@ def run_cell(cell: Cell, ctx: Context, progress: Progress | None = None) -> Cell
         if cell.method != "dense":
             records = _prune(cell, ctx, model, gen)
             if cell.finetune.epochs > 0:
-                pre = evaluate(model, ctx.data.test, ctx.reference["test"], test_metrics)
+                pre = evaluate(model, ctx.data.test, ctx.reference["test"], test_metrics,
+                               context=ctx.robustness)
                 row.update({f"oneshot_{k}": v for k, v in pre.items()})
         if cell.finetune.epochs > 0:
             train(model, ctx.data.train, cell.finetune, gen, on_step=on_step)
-    row.update(evaluate(model, ctx.data.test, ctx.reference["test"], test_metrics))
+    row.update(evaluate(model, ctx.data.test, ctx.reference["test"], test_metrics,
+                        context=ctx.robustness))
     val = evaluate(model, ctx.data.val, ctx.reference["val"], VAL_METRICS)
     row.update({f"val_{k}": v for k, v in val.items()})
     tr = evaluate(model, ctx.train_eval, ctx.reference["train"], ("accuracy", "loss"))

@@ -85,6 +85,8 @@ def run_sweep(
             store.set_meta("data_hash", ctx.data.fingerprint())
             store.set_meta("dense_metrics", ctx.dense_metrics)
             store.put_artifact(RUN_ID, "test_labels", ctx.data.test.y.numpy().astype(np.int16))
+            if spec.sensitivity_scan:
+                store.set_meta("sensitivity/magnitude/dense", _sensitivity_scan(cells[0], ctx))
         for cell, result in executor.map(pending, progress):
             store.put_cell(cell.cell_id, {**json.loads(json.dumps(cell.__dict__, default=_plain))},
                            result.row, result.duration_s, result.artifacts)
@@ -93,6 +95,19 @@ def run_sweep(
             if on_cell is not None:
                 on_cell(cell, result)
     return SweepOutcome(run_dir, len(cells), len(cells) - len(pending), len(pending))
+
+
+def _sensitivity_scan(cell: Cell, ctx) -> list[dict]:
+    """Magnitude sensitivity of each prunable layer of the dense model (Li et al. 2017)."""
+    from prunelab.criteria import compute_scores
+    from prunelab.sweep.allocations import sensitivity_table
+    from prunelab.targets import select_targets
+
+    dense = ctx.dense_model(cell)
+    targets = select_targets(dense, cell.include or None, cell.exclude or None, cell.prune_last)
+    scores = compute_scores(dense, targets, "magnitude")
+    table = sensitivity_table(ctx, dense, scores, ("sensitivity", "magnitude", "dense"))
+    return table.to_dict("records")
 
 
 def _plain(obj: object) -> object:

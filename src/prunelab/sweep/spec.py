@@ -86,6 +86,7 @@ class SweepSpec:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     search_trials: int = 20
+    sensitivity_scan: bool = True  # one-layer-at-a-time scan of the dense model, for the report
 
     def __post_init__(self) -> None:
         check_levels(self.levels)
@@ -98,12 +99,12 @@ class SweepSpec:
 
     def validate_names(self) -> None:  # noqa: C901
         """Fail fast on unknown plug-in names, before any cell runs."""
-        from prunelab.sweep.allocations import check_allocation
         from prunelab.criteria import CRITERIA
         from prunelab.data import DATASETS
         from prunelab.metrics import METRICS
         from prunelab.models import MODELS
         from prunelab.structure import parse_structure
+        from prunelab.sweep.allocations import check_allocation
         from prunelab.sweep.schedule import parse_schedule
 
         MODELS.get(self.model)
