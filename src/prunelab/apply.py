@@ -72,9 +72,16 @@ def get_masks(model: nn.Module) -> Masks:
 
 
 def make_permanent(model: nn.Module) -> nn.Module:
-    """Remove mask parametrizations, leaving plain weights with exact zeros."""
+    """Remove mask parametrizations, leaving plain weights with exact zeros.
+
+    Safe on a ``copy.deepcopy`` of a masked model: a deep copy shares torch's generated
+    ``Parametrized*`` class, whose ``weight`` property removal would otherwise strip the
+    original model's weight too, so the module first gets a class of its own.
+    """
     for _name, module in model.named_modules():
         if _mask_param(module) is not None:
+            cls = type(module)
+            module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
     return model
 
