@@ -172,7 +172,7 @@ def read_sparse(path: Path | str) -> dict[str, Tensor]:
     try:
         with safe_open(str(path), framework="pt") as f:
             raw_meta = (f.metadata() or {}).get(META_KEY)
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
     except (SafetensorError, OSError, ValueError) as e:
         raise PrunelabError(f"corrupt or unreadable sparse checkpoint {path}: {e}") from None
     if raw_meta is None:

@@ -12,14 +12,12 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import islice
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from prunelab.api import prune
 from prunelab.apply import layer_sparsity
 from prunelab.data import DataBundle, load_dataset
 from prunelab.finetune import TrainConfig, train
@@ -27,6 +25,7 @@ from prunelab.metrics import evaluate, predict
 from prunelab.metrics.base import DEFAULT_METRICS
 from prunelab.models import build_model, load_or_train
 from prunelab.structure import NM, parse_structure
+from prunelab.sweep.ladder import ScoreCache, prune_cell
 from prunelab.sweep.spec import DataSpec, SweepSpec
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
@@ -102,6 +101,7 @@ class Context:
     reference: dict[str, torch.Tensor]  # split -> dense logits
     train_eval: Any = None
     dense_metrics: dict[str, float] = field(default_factory=dict)
+    scores: ScoreCache | None = field(default_factory=ScoreCache)  # None: no ladder fast path
 
     @classmethod
     def build(cls, cell: Cell, cache_dir: Any = None) -> Context:
@@ -125,10 +125,16 @@ class CellResult:
     row: dict[str, Any]
     artifacts: dict[str, np.ndarray]
     duration_s: float
+    model: nn.Module | None = None  # the pruned (and fine-tuned) model, when asked for
 
 
-def run_cell(cell: Cell, ctx: Context, progress: Progress | None = None) -> CellResult:
-    """Prune (per the cell's schedule), fine-tune, and measure one cell."""
+def run_cell(cell: Cell, ctx: Context, progress: Progress | None = None,
+             keep_model: bool = False) -> CellResult:
+    """Prune (per the cell's schedule), fine-tune, and measure one cell.
+
+    ``keep_model=True`` also returns the model (for export); scores are memoised per
+    (method, seed) in ``ctx.scores``, which changes no result.
+    """
     start = time.perf_counter()
     torch.manual_seed(cell.seed)
     gen = torch.Generator().manual_seed(cell.seed)
@@ -139,11 +145,7 @@ def run_cell(cell: Cell, ctx: Context, progress: Progress | None = None) -> Cell
                                     "level", "seed")}
     row.update(dataset=cell.data.name, ft_epochs=cell.finetune.epochs)
     if cell.method != "dense":
-        calib = islice(ctx.data.train.batches(128, shuffle=True, generator=gen),
-                       cell.calibration_batches)
-        prune(model, cell.method, cell.level, cell.allocation, parse_structure(cell.structure),
-              calibration=calib, include=cell.include or None,
-              exclude=cell.exclude or None, prune_last=cell.prune_last, generator=gen)
+        prune_cell(model, cell, ctx.data.train, gen, ctx.scores)
         if cell.finetune.epochs > 0:
             pre = evaluate(model, ctx.data.test, ctx.reference["test"], test_metrics)
             row.update({f"oneshot_{k}": v for k, v in pre.items()})
@@ -157,4 +159,5 @@ def run_cell(cell: Cell, ctx: Context, progress: Progress | None = None) -> Cell
     row.update({f"train_{k}": v for k, v in tr.items()})
     row["layer_sparsity"] = json.dumps(layer_sparsity(model))
     preds = predict(model, ctx.data.test.x).argmax(1).to(torch.int16).numpy()
-    return CellResult(row, {"test_preds": preds}, time.perf_counter() - start)
+    return CellResult(row, {"test_preds": preds}, time.perf_counter() - start,
+                      model if keep_model else None)
