@@ -28,6 +28,7 @@ import copy
 import errno
 import json
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,9 +141,12 @@ def _check_written(path: Path, write) -> None:
     try:
         write(tmp)
         tmp.replace(path)
-    except OSError as e:
+    except (OSError, SafetensorError) as e:
         tmp.unlink(missing_ok=True)
-        why = "disk full" if e.errno == errno.ENOSPC else e.strerror or str(e)
+        errno_ = getattr(e, "errno", None)
+        full = errno_ in (errno.ENOSPC, errno.EFBIG) or "too large" in str(e).lower()
+        why = "disk full or file size limit reached" if full else (
+            getattr(e, "strerror", None) or str(e))
         raise PrunelabError(f"cannot write {path}: {why}") from None
 
 
@@ -218,6 +222,11 @@ def save_onnx(model: nn.Module, example: Tensor, path: Path | str, atol: float =
     work.eval()
 
     def write(tmp: Path) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript exporter on purpose
+            _onnx_export(tmp)
+
+    def _onnx_export(tmp: Path) -> None:
         torch.onnx.export(work, (example,), str(tmp), dynamo=False, input_names=["input"],
                           output_names=["logits"], dynamic_axes={"input": {0: "batch"},
                                                                  "logits": {0: "batch"}})
