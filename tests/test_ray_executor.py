@@ -49,8 +49,8 @@ def local_run(tmp_path_factory, cache_dir) -> Path:
 
 
 def _rows(run_dir: Path):
-    df = load_results(run_dir).drop(columns="duration_s")
-    return df.sort_values("cell_id").reset_index(drop=True)
+    df = load_results(run_dir).drop(columns="duration_s")  # column order follows finish order
+    return df[sorted(df.columns)].sort_values("cell_id").reset_index(drop=True)
 
 
 def test_ray_sweep_equals_local_rows(ray_session, local_run, cache_dir, tmp_path):

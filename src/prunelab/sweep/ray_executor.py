@@ -79,7 +79,7 @@ def _ray_task(cell: Cell, ctx_box: list, threads: int) -> CellResult:
 class RayExecutor:
     """Run cells as Ray tasks with ``cpus_per_cell``/``gpus_per_cell`` resources each.
 
-    >>> RayExecutor(workers=2).workers
+    >>> RayExecutor(workers=2).workers  # doctest: +SKIP (needs ray)
     2
     """
 
@@ -97,6 +97,9 @@ class RayExecutor:
         self.cpus_per_cell = cpus_per_cell
         self.gpus_per_cell = gpus_per_cell
         self.max_retries = max_retries
+        import_ray()  # fail before any work when ray is missing or the address is unreachable
+        if address is not None:
+            check_reachable(address)
 
     def _connect(self, ray: Any) -> bool:
         """Connect (or start a local Ray); True when this call started it."""
