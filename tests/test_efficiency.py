@@ -100,8 +100,11 @@ def test_efficiency_metrics_registered() -> None:
     model = build_model("mlp-tiny", data.input_shape, 10)
     out = evaluate(model, data.val, metrics=["disk_bytes", "compressed_bytes", "params"])
     assert out["disk_bytes"] > 4 * out["params"] and out["compressed_bytes"] > 0
+    # evaluate() passes one example of the split, so MAC metrics work through it too
+    assert evaluate(model, data.val, metrics=["macs"])["macs"] == 64 * 64 + 64 * 32 + 32 * 10
     with pytest.raises(PrunelabError, match="example input"):
-        evaluate(model, data.val, metrics=["macs"])
+        METRICS.get("macs")(Evaluation(torch.zeros(1, 10), torch.zeros(1, dtype=torch.long),
+                                       model))
     ev = Evaluation(torch.zeros(1, 10), torch.zeros(1, dtype=torch.long), model,
                     cache={"example_input": data.val.x[:3]})
     assert METRICS.get("macs")(ev) == 64 * 64 + 64 * 32 + 32 * 10

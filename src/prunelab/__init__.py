@@ -26,3 +26,7 @@ __all__ = [
     "layer_sparsity", "load_dataset", "load_or_train", "make_permanent", "parse_structure",
     "prune", "select_masks", "select_targets", "train",
 ]
+
+from prunelab.schedules import SCHEDULES, parse_schedule, run_schedule
+
+__all__ += ["SCHEDULES", "parse_schedule", "run_schedule"]

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
+from prunelab.allocation import Allocation
 from prunelab.apply import apply_masks
 from prunelab.criteria import compute_scores
 from prunelab.masks import Masks, check_sparsity, select_masks
@@ -18,7 +19,7 @@ def prune(
     model: nn.Module,
     method: str = "magnitude",
     sparsity: float = 0.5,
-    scope: str = "global",
+    scope: str | Allocation = "global",
     structure: Structure = Unstructured(),
     calibration: Iterable[tuple[Tensor, Tensor]] | None = None,
     include: Sequence[str] | None = None,

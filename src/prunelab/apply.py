@@ -19,7 +19,7 @@ class FixedMask(nn.Module):
 
     def __init__(self, mask: Tensor) -> None:
         super().__init__()
-        self.register_buffer("mask", mask.to(torch.bool))
+        self.register_buffer("mask", mask.to(torch.bool).clone())  # never alias the caller's
 
     def forward(self, weight: Tensor) -> Tensor:
         return weight * self.mask

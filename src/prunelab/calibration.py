@@ -6,11 +6,12 @@ those for every target layer, so a sweep pays for calibration once per (method, 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from prunelab.errors import PrunelabError
 
@@ -39,11 +40,11 @@ def collect(
     targets: dict[str, nn.Module],
     batches: Iterable[tuple[Tensor, Tensor]],
     needs: frozenset[str],
-    loss_fn=nn.functional.cross_entropy,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = nn.functional.cross_entropy,
 ) -> dict[str, dict[str, Tensor]]:
     """Run calibration batches through ``model`` and return ``{layer: {stat: tensor}}``.
 
-    The model's weights are not changed; gradients it held before are restored.
+    The model's weights and its parameters' ``.grad`` fields are not changed.
     """
     unknown = needs - STATS
     if unknown:
@@ -60,25 +61,19 @@ def collect(
             handles.append(module.register_forward_hook(hook))
     was_training = model.training
     model.eval()
-    saved_grads = {n: p.grad for n, p in model.named_parameters()}
     n_batches = 0
     try:
         for xb, yb in batches:
             n_batches += 1
             if "grad" in needs:
-                model.zero_grad(set_to_none=True)
-                loss_fn(model(xb), yb).backward()
-                for name, module in targets.items():
-                    g = module.weight.grad if module.weight.grad is not None else _param_grad(module)
-                    stats[name]["grad"] = stats[name].get("grad", 0) + g.detach().clone()
+                for name, g in _effective_grads(model, targets, xb, yb, loss_fn).items():
+                    stats[name]["grad"] = stats[name].get("grad", 0) + g
             else:
                 with torch.no_grad():
                     model(xb)
     finally:
         for h in handles:
             h.remove()
-        for n, p in model.named_parameters():
-            p.grad = saved_grads[n]
         model.train(was_training)
     if n_batches == 0:
         raise PrunelabError("calibration needs at least one batch of data")
@@ -90,9 +85,16 @@ def collect(
     return stats
 
 
-def _param_grad(module: nn.Module) -> Tensor:
-    """Gradient of the effective weight when the weight is parametrized (masked)."""
-    orig = module.parametrizations.weight.original  # type: ignore[union-attr]
-    if orig.grad is None:
-        raise PrunelabError("no gradient reached a target layer during calibration")
-    return orig.grad
+def _effective_grads(
+    model: nn.Module, targets: dict[str, nn.Module], x: Tensor, y: Tensor,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+) -> dict[str, Tensor]:
+    """dL/dW for each target's *effective* weight, also where a mask zeroes it.
+
+    Under ``parametrize.cached()`` a masked weight is computed once and reused by the forward
+    pass, so autograd differentiates w.r.t. that tensor; ``.grad`` fields are not touched.
+    """
+    with parametrize.cached():
+        weights = [m.weight for m in targets.values()]
+        grads = torch.autograd.grad(loss_fn(model(x), y), weights)
+    return {name: g.detach() for name, g in zip(targets, grads)}

@@ -66,6 +66,7 @@ def sweep(
     executor: Annotated[str, typer.Option(help="local or ray")] = "local",
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address")] = None,
     report: Annotated[bool, typer.Option(help="write the report when done")] = True,
+    max_drop: Annotated[float, typer.Option(help="report tolerance, in points")] = 0.5,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
     """Prune a model at a ladder of sparsity levels with each method, fine-tune, measure, store."""
@@ -99,30 +100,54 @@ def sweep(
 
     run_sweep_with_progress(spec, out, executor, workers, address, quiet)
     if report:
-        _write_report(out)
+        _write_report(out, max_drop=max_drop)
 
 
-def _write_report(run_dir: Path) -> Path:
-    import json
+def _write_report(run_dir: Path, metric: str = "accuracy", max_drop: float | None = 0.5) -> None:
+    from prunelab.report.run import report_run
 
-    from prunelab.report import ReportExtras, build_report
-    from prunelab.store import Store, load_results
-
-    df = load_results(run_dir)
-    with Store(run_dir, create=False) as store:
-        spec = store.get_meta("spec")
-    paths = build_report(run_dir, df, ReportExtras(spec=json.loads(json.dumps(spec))))
+    paths, rec = report_run(run_dir, metric, max_drop)
+    if rec is not None:
+        typer.echo(rec.summary())
     typer.echo(f"report: {paths.html}")
-    return paths.html
 
 
 @app.command()
 @user_errors
-def report(run_dir: Annotated[Path, typer.Argument(help="a sweep's run directory")]) -> None:
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="a sweep's run directory")],
+    metric: Annotated[str, typer.Option(help="metric for tipping points and advice")] = "accuracy",
+    max_drop: Annotated[float, typer.Option(help="tolerated drop, in points (0.5 = 0.5 pt)")] = 0.5,
+) -> None:
     """Write plots, summary.md and report.html for a finished (or partial) sweep."""
     if not run_dir.is_dir():
         raise PrunelabError(f"run directory {run_dir} does not exist")
-    _write_report(run_dir)
+    _write_report(run_dir, metric, max_drop)
+
+
+@app.command()
+@user_errors
+def recommend(
+    run_dir: Annotated[Path, typer.Argument(help="a sweep's run directory")],
+    max_drop: Annotated[Optional[float], typer.Option(help="tolerated drop vs dense, in points")] = None,
+    min_value: Annotated[Optional[float], typer.Option(help="or: minimum metric value (0-1)")] = None,
+    metric: Annotated[str, typer.Option(help="accuracy, agreement, macro_f1, ...")] = "accuracy",
+) -> None:
+    """The highest sparsity whose validation metric holds with confidence, and the evidence."""
+    from prunelab.report.run import run_recommendation
+    from prunelab.store import load_results
+
+    if not run_dir.is_dir():
+        raise PrunelabError(f"run directory {run_dir} does not exist")
+    if (max_drop is None) == (min_value is None):
+        raise PrunelabError("give exactly one of --max-drop (points) or --min-value")
+    rec = run_recommendation(load_results(run_dir), metric, max_drop, min_value)
+    typer.echo(rec.summary())
+    if len(rec.evidence):
+        cols = [c for c in rec.evidence.columns if c not in ("structure", "schedule")]
+        typer.echo(rec.evidence[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if rec.level is None:
+        raise typer.Exit(1)
 
 
 @app.command("list")
@@ -139,13 +164,17 @@ def list_(what: Annotated[Optional[str], typer.Argument(help="one kind only")] =
             typer.echo(f"{kind}: {', '.join(names)}")
 
 
-def main() -> None:  # pragma: no cover
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    app()
+@app.command("fetch-text-data")
+@user_errors
+def fetch_text_data(
+    cache: Annotated[Optional[Path], typer.Option(help="cache dir (default $PRUNELAB_CACHE)")] = None,
+) -> None:
+    """Download the offline text data (movie-review sentiment, Lee similarity) into the cache."""
+    from prunelab.models import default_cache_dir
+    from prunelab.nlp.fetch import fetch_text_data as fetch
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    where = fetch(cache or default_cache_dir())
+    typer.echo(f"text data ready in {where}")
 
 
 @app.command()
@@ -167,3 +196,12 @@ def export(
     done = export_cell(run_dir, out, fmt, cell, level, method, allocation)
     typer.echo(f"{fmt}: {done.path} {done.bytes:,} bytes ({100 * done.ratio:.1f}% of the dense "
                f"safetensors, {done.dense_bytes:,} bytes){' ' + done.detail if done.detail else ''}")
+
+
+def main() -> None:  # pragma: no cover
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

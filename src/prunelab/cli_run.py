@@ -13,17 +13,17 @@ from prunelab.sweep.executors import ContextCache
 
 
 def registries() -> dict[str, list[str]]:
-    from prunelab.allocation import ALLOCATIONS
+    from prunelab.sweep.allocations import allocation_names
     from prunelab.criteria import CRITERIA
     from prunelab.data import DATASETS
     from prunelab.metrics import METRICS
     from prunelab.models import MODELS
-    from prunelab.sweep.schedule import BUILTIN
+    from prunelab.schedules import SCHEDULES
 
     return {
-        "methods": CRITERIA.names(), "allocations": ALLOCATIONS.names(),
+        "methods": CRITERIA.names(), "allocations": allocation_names(),
         "structures": ["unstructured", "N:M (e.g. 2:4)", "channels"],
-        "schedules": list(BUILTIN), "metrics": METRICS.names(),
+        "schedules": SCHEDULES.names(), "metrics": METRICS.names(),
         "datasets": DATASETS.names(), "models": MODELS.names(),
     }
 
@@ -57,12 +57,12 @@ def run_sweep_with_progress(spec: SweepSpec, out: Path, executor_name: str, work
 
 def print_summary(run_dir: Path, console: Console) -> None:
     """Level × method table: accuracy, agreement and achieved sparsity, mean over seeds."""
+    from prunelab.report import curve_labels
     from prunelab.store import load_results
 
     df = load_results(run_dir)
-    pruned = df[df["method"] != "dense"].copy()
-    pruned["curve"] = (pruned["method"] + "/" + pruned["allocation"] + "/" + pruned["structure"]
-                       + "/" + pruned["schedule"])
+    df["curve"] = curve_labels(df)
+    pruned = df[df["method"] != "dense"]
     table = Table(title=f"{run_dir}: test metrics (mean over seeds)")
     for col in ("level", "method", "accuracy", "agreement", "sparsity"):
         table.add_column(col, justify="left" if col == "method" else "right")

@@ -7,7 +7,7 @@ import logging
 import torch
 from torch import Tensor
 
-from prunelab.allocation import ALLOCATIONS
+from prunelab.allocation import ALLOCATIONS, Allocation
 from prunelab.errors import PrunelabError
 from prunelab.structure import NM, Channels, Structure, Unstructured
 
@@ -62,10 +62,12 @@ def nm_masks(scores: dict[str, Tensor], nm: NM) -> Masks:
     return masks
 
 
-def channel_masks(scores: dict[str, Tensor], sparsity: float, allocation: str) -> Masks:
+def channel_masks(
+    scores: dict[str, Tensor], sparsity: float, allocation: str | Allocation
+) -> Masks:
     """Remove whole output channels (rows), ranked by the sum of their weights' scores."""
     rows = {n: s.reshape(s.shape[0], -1).sum(1) for n, s in scores.items()}  # (out,)
-    counts = ALLOCATIONS.get(allocation)(rows, sparsity)
+    counts = resolve(allocation)(rows, sparsity)
     keep_rows = masks_from_counts(rows, counts)
     shape = {n: (-1,) + (1,) * (s.dim() - 1) for n, s in scores.items()}
     return {n: keep_rows[n].view(shape[n]).expand_as(s).clone() for n, s in scores.items()}
@@ -74,10 +76,13 @@ def channel_masks(scores: dict[str, Tensor], sparsity: float, allocation: str) -
 def select_masks(
     scores: dict[str, Tensor],
     sparsity: float,
-    allocation: str = "global",
+    allocation: str | Allocation = "global",
     structure: Structure = Unstructured(),
 ) -> Masks:
     """Threshold scores into masks for one sparsity level.
+
+    ``allocation`` is a registered name or an :data:`~prunelab.allocation.Allocation` callable
+    (e.g. one built from a sensitivity table or a searched plan).
 
     For N:M the sparsity is fixed by the pattern (``1 - n/m``) and must match.
 
@@ -96,8 +101,11 @@ def select_masks(
         return channel_masks(scores, sparsity, allocation)
     if not isinstance(structure, Unstructured):
         raise PrunelabError(f"structure '{structure}' needs a model-specific pruner (heads)")
-    counts = ALLOCATIONS.get(allocation)(scores, sparsity)
-    return masks_from_counts(scores, counts)
+    return masks_from_counts(scores, resolve(allocation)(scores, sparsity))
+
+
+def resolve(allocation: str | Allocation) -> Allocation:
+    return allocation if callable(allocation) else ALLOCATIONS.get(allocation)
 
 
 def mask_sparsity(masks: Masks) -> float:

@@ -71,6 +71,10 @@ class Store:
         row = self._read("SELECT value FROM meta WHERE key = ?", (key,))
         return json.loads(row[0][0]) if row else default
 
+    def meta_keys(self, prefix: str = "") -> list[str]:
+        rows = self._read("SELECT key FROM meta WHERE key LIKE ? ORDER BY key", (prefix + "%",))
+        return [r[0] for r in rows]
+
     # --- cells ----------------------------------------------------------------------------
     def put_cell(
         self,

@@ -17,7 +17,12 @@ def taylor(weight: Tensor, ctx: LayerContext) -> Tensor:
 
 @criterion("snip", needs=("grad",))
 def snip(weight: Tensor, ctx: LayerContext) -> Tensor:
-    """|g · w| / Σ|g · w| (Lee et al. 2019): connection sensitivity, normalised per layer."""
+    """|g · w| (Lee et al. 2019): connection sensitivity ∂L/∂c at mask c = 1.
+
+    The paper normalises by Σ|g · w| over *all* connections of the network, one positive
+    constant, so the global ranking is that of |g · w| itself; normalising per layer instead
+    would rescale layers against each other and change which weights a global threshold keeps.
+    Differs from ``taylor`` only in intent (pruning at/near initialisation vs. after training).
+    """
     assert ctx.grad is not None
-    s = (ctx.grad * weight).abs()
-    return s / s.sum().clamp(min=1e-12)
+    return (ctx.grad * weight).abs()

@@ -4,11 +4,17 @@ Design note: STYLE.md sketches ``metric(model, data, reference)``. Here a metric
 :class:`Evaluation` instead: the model's logits on the split are computed once and shared by
 every metric, and the dense reference logits are computed once per sweep and passed in, so
 ten metrics cost one forward pass, not ten.
+
+Metrics that need more than the split's logits (robustness: forwards on corrupted inputs;
+overfitting: the train and validation splits) read optional, additive fields: ``inputs``
+(the split's x), ``splits`` (extra named splits) and ``cache``, which :func:`evaluate` seeds
+from ``context`` so that reference-level work (the dense model's corruption profile) is done
+once per sweep, not once per cell.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -21,13 +27,20 @@ from prunelab.registry import Registry
 
 @dataclass
 class Evaluation:
-    """Everything a metric may read: logits (N, K), labels (N,), dense logits, the model."""
+    """Everything a metric may read: logits (N, K), labels (N,), dense logits, the model.
+
+    Optional: ``inputs`` (N, ...) of the split, named extra ``splits`` (e.g. "train", "val"),
+    the dense ``reference_model`` and a ``cache`` shared by the metrics of one evaluation.
+    """
 
     logits: Tensor
     labels: Tensor
     model: nn.Module
     reference: Tensor | None = None
     cache: dict[str, object] = field(default_factory=dict)
+    inputs: Tensor | None = None
+    splits: Mapping[str, Split] = field(default_factory=dict)
+    reference_model: nn.Module | None = None
 
     @property
     def preds(self) -> Tensor:
@@ -37,6 +50,19 @@ class Evaluation:
         if self.reference is None:
             raise PrunelabError(f"metric '{metric}' needs the dense model as reference")
         return self.reference
+
+    def need_inputs(self, metric: str) -> Tensor:
+        if self.inputs is None:
+            raise PrunelabError(f"metric '{metric}' needs the split's inputs (Evaluation.inputs)")
+        return self.inputs
+
+    def need_split(self, name: str, metric: str) -> Split:
+        if name not in self.splits:
+            raise PrunelabError(
+                f"metric '{metric}' needs the '{name}' split; pass splits={{'{name}': ...}} "
+                "to evaluate()"
+            )
+        return self.splits[name]
 
 
 @dataclass(frozen=True)
@@ -87,6 +113,8 @@ def evaluate(
     data: Split,
     reference: nn.Module | Tensor | None = None,
     metrics: Sequence[str] | None = None,
+    splits: Mapping[str, Split] | None = None,
+    context: Mapping[str, object] | None = None,
 ) -> dict[str, float]:
     """Compute metrics of ``model`` on ``data``; ``reference`` is the dense model or its logits.
 
@@ -95,11 +123,20 @@ def evaluate(
     >>> d = load_dataset("digits"); m = build_model("mlp-tiny", d.input_shape, 10)
     >>> evaluate(m, d.val, reference=m, metrics=["agreement", "kl"])
     {'agreement': 1.0, 'kl': 0.0}
+
+    ``splits`` names extra splits (e.g. ``{"train": d.train, "val": d.val}`` for
+    ``train_val_gap``); ``context`` seeds :attr:`Evaluation.cache` with precomputed,
+    reference-level values (see :func:`prunelab.metrics.robustness.reference_context`).
     """
     names = list(metrics) if metrics is not None else [
         n for n in DEFAULT_METRICS if reference is not None or not METRICS.get(n).needs_reference
     ]
     chosen = [METRICS.get(n) for n in names]
     ref = predict(reference, data.x) if isinstance(reference, nn.Module) else reference
-    ev = Evaluation(predict(model, data.x), data.y, model, ref)
+    ev = Evaluation(
+        predict(model, data.x), data.y, model, ref, cache={"example_input": data.x[:1], **(context or {})},
+        inputs=data.x,
+        splits=dict(splits or {}),
+        reference_model=reference if isinstance(reference, nn.Module) else None,
+    )
     return {m.name: m(ev) for m in chosen}

@@ -18,14 +18,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from prunelab.apply import apply_masks
+from prunelab.masks import select_masks
+from prunelab.targets import select_targets
+from prunelab.sweep.allocations import MODEL_AWARE, resolve_allocation
+from prunelab.sweep.schedule import parse_schedule
 from prunelab.apply import layer_sparsity
 from prunelab.data import DataBundle, load_dataset
 from prunelab.finetune import TrainConfig, train
 from prunelab.metrics import evaluate, predict
 from prunelab.metrics.base import DEFAULT_METRICS
 from prunelab.models import build_model, load_or_train
-from prunelab.structure import NM, parse_structure
-from prunelab.sweep.ladder import ScoreCache, prune_cell
+from prunelab.structure import NM, Channels, parse_structure
+from prunelab.sweep.ladder import cached_scores
 from prunelab.sweep.spec import DataSpec, SweepSpec
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
@@ -52,6 +57,7 @@ class Cell:
     prune_last: bool = True
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    search_trials: int = 20
 
     @property
     def cell_id(self) -> str:
@@ -73,13 +79,14 @@ def expand_cells(spec: SweepSpec) -> list[Cell]:
     """All cells of a sweep, dense controls first; N:M structures get their one fixed level."""
     common = dict(model=spec.model, data=spec.data, dense=spec.dense, finetune=spec.finetune,
                   metrics=spec.metrics, calibration_batches=spec.calibration_batches,
-                  prune_last=spec.prune_last, include=spec.include, exclude=spec.exclude)
+                  prune_last=spec.prune_last, include=spec.include, exclude=spec.exclude,
+                  search_trials=spec.search_trials)
     cells = [Cell(method="dense", allocation="-", structure="-", schedule="-", level=0.0,
                   seed=seed, **common) for seed in spec.seeds]
     for structure in spec.structures:
         st = parse_structure(structure)
         levels = (round(st.sparsity, 10),) if isinstance(st, NM) else spec.levels
-        for schedule in spec.schedules:
+        for schedule in dict.fromkeys(parse_schedule(s) for s in spec.schedules):
             for method in spec.methods:
                 for allocation in spec.allocations:
                     if isinstance(st, NM) and allocation != spec.allocations[0]:
@@ -101,7 +108,7 @@ class Context:
     reference: dict[str, torch.Tensor]  # split -> dense logits
     train_eval: Any = None
     dense_metrics: dict[str, float] = field(default_factory=dict)
-    scores: ScoreCache | None = field(default_factory=ScoreCache)  # None: no ladder fast path
+    memo: dict[tuple, Any] = field(default_factory=dict)  # per-process, e.g. sensitivity tables
 
     @classmethod
     def build(cls, cell: Cell, cache_dir: Any = None) -> Context:
@@ -125,6 +132,7 @@ class CellResult:
     row: dict[str, Any]
     artifacts: dict[str, np.ndarray]
     duration_s: float
+    records: dict[str, Any] = field(default_factory=dict)  # run-level JSON (store meta)
     model: nn.Module | None = None  # the pruned (and fine-tuned) model, when asked for
 
 
@@ -132,8 +140,9 @@ def run_cell(cell: Cell, ctx: Context, progress: Progress | None = None,
              keep_model: bool = False) -> CellResult:
     """Prune (per the cell's schedule), fine-tune, and measure one cell.
 
-    ``keep_model=True`` also returns the model (for export); scores are memoised per
-    (method, seed) in ``ctx.scores``, which changes no result.
+    ``keep_model=True`` also returns the model (for export). Scores of the dense model are
+    memoised per (method, seed) in ``ctx.memo`` (see :mod:`prunelab.sweep.ladder`), which
+    changes no result.
     """
     start = time.perf_counter()
     torch.manual_seed(cell.seed)
@@ -144,14 +153,19 @@ def run_cell(cell: Cell, ctx: Context, progress: Progress | None = None,
                            if k in ("model", "method", "allocation", "structure", "schedule",
                                     "level", "seed")}
     row.update(dataset=cell.data.name, ft_epochs=cell.finetune.epochs)
-    if cell.method != "dense":
-        prune_cell(model, cell, ctx.data.train, gen, ctx.scores)
+    records: dict[str, Any] = {}
+    on_step = (lambda s, t: progress("fine-tune", s, t)) if progress else None
+    if cell.method != "dense" and cell.schedule != "oneshot":
+        records, trajectory = _scheduled(cell, ctx, model, gen, on_step)
+        row["trajectory"] = json.dumps(trajectory)
+    else:
+        if cell.method != "dense":
+            records = _prune(cell, ctx, model, gen)
+            if cell.finetune.epochs > 0:
+                pre = evaluate(model, ctx.data.test, ctx.reference["test"], test_metrics)
+                row.update({f"oneshot_{k}": v for k, v in pre.items()})
         if cell.finetune.epochs > 0:
-            pre = evaluate(model, ctx.data.test, ctx.reference["test"], test_metrics)
-            row.update({f"oneshot_{k}": v for k, v in pre.items()})
-    if cell.finetune.epochs > 0:
-        on_step = (lambda s, t: progress("fine-tune", s, t)) if progress else None
-        train(model, ctx.data.train, cell.finetune, gen, on_step=on_step)
+            train(model, ctx.data.train, cell.finetune, gen, on_step=on_step)
     row.update(evaluate(model, ctx.data.test, ctx.reference["test"], test_metrics))
     val = evaluate(model, ctx.data.val, ctx.reference["val"], VAL_METRICS)
     row.update({f"val_{k}": v for k, v in val.items()})
@@ -159,5 +173,41 @@ def run_cell(cell: Cell, ctx: Context, progress: Progress | None = None,
     row.update({f"train_{k}": v for k, v in tr.items()})
     row["layer_sparsity"] = json.dumps(layer_sparsity(model))
     preds = predict(model, ctx.data.test.x).argmax(1).to(torch.int16).numpy()
-    return CellResult(row, {"test_preds": preds}, time.perf_counter() - start,
+    return CellResult(row, {"test_preds": preds}, time.perf_counter() - start, records,
                       model if keep_model else None)
+
+
+def _allocation(cell: Cell, ctx: Context, model: nn.Module, gen: torch.Generator):
+    """Targets, scores of the (dense) model, and the cell's resolved allocation."""
+    structure = parse_structure(cell.structure)
+    prune_last = cell.prune_last and not isinstance(structure, Channels)
+    targets = select_targets(model, cell.include or None, cell.exclude or None, prune_last)
+    calib, scores = cached_scores(cell, ctx.memo, model, targets, ctx.data.train, gen)
+    allocation, records = resolve_allocation(cell, ctx, model, targets, scores, calib, gen)
+    return structure, scores, allocation, records
+
+
+def _prune(cell: Cell, ctx: Context, model: nn.Module, gen: torch.Generator) -> dict[str, Any]:
+    """One-shot: score, allocate and mask ``model`` in place; returns run-level records."""
+    structure, scores, allocation, records = _allocation(cell, ctx, model, gen)
+    apply_masks(model, select_masks(scores, cell.level, allocation, structure))
+    return records
+
+
+def _scheduled(cell: Cell, ctx: Context, model: nn.Module, gen: torch.Generator, on_step
+               ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Iterative, gradual, regrow or adaptive pruning within the cell's fine-tune budget."""
+    from prunelab.schedules import parse_schedule as parse
+    from prunelab.schedules import run_schedule
+
+    allocation: Any = cell.allocation
+    records: dict[str, Any] = {}
+    if cell.allocation in MODEL_AWARE:  # resolved once, from the dense model's scores
+        _, _, allocation, records = _allocation(cell, ctx, model, gen)
+    res = run_schedule(parse(cell.schedule), model, ctx.data, cell.level, method=cell.method,
+                       allocation=allocation, train_cfg=cell.finetune, generator=gen,
+                       reference_logits=ctx.reference["val"],
+                       structure=parse_structure(cell.structure), include=cell.include or None,
+                       exclude=cell.exclude or None, prune_last=cell.prune_last,
+                       calibration_batches=cell.calibration_batches, on_step=on_step)
+    return records, res.trajectory

@@ -1,66 +1,59 @@
 """Ladder fast path: a cell's scores do not depend on its level, so compute them once.
 
 One-shot cells of the same (method, seed, structure family, targets) share the dense model,
-the calibration batches and hence the scores; only the threshold differs per level (and masks
-nest). :class:`ScoreCache` memoises ``compute_scores`` together with the generator state it
-leaves behind, so a cell that hits the cache continues with exactly the random stream it
-would have had: results are bit-identical with and without the cache.
+the calibration batches and hence the scores; only the threshold differs per level (so masks
+nest). :func:`cached_scores` memoises the calibration batches and ``compute_scores`` in the
+context's per-process ``memo``, together with the generator state scoring leaves behind, so a
+cell that hits the memo continues with exactly the random stream it would have had: results
+are bit-identical with and without it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from itertools import islice
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
-from prunelab.apply import apply_masks
 from prunelab.criteria import compute_scores
-from prunelab.masks import Masks, check_sparsity, select_masks
 from prunelab.structure import Channels, parse_structure
-from prunelab.targets import select_targets
 
 if TYPE_CHECKING:
     from prunelab.data import Split
     from prunelab.sweep.cell import Cell
 
-
-@dataclass
-class ScoreCache:
-    """``{key: (scores, generator state after scoring)}``; lives in a sweep's Context."""
-
-    items: dict[tuple, tuple[dict[str, Tensor], Tensor]] = field(default_factory=dict)
-    hits: int = 0
-    misses: int = 0
+Batches = list[tuple[Tensor, Tensor]]
 
 
 def score_key(cell: Cell) -> tuple:
-    """What the scores depend on: everything but the level and the allocation."""
+    """What the dense model's scores depend on: everything but the level and allocation."""
     channels = isinstance(parse_structure(cell.structure), Channels)
-    return (cell.method, cell.seed, channels, cell.calibration_batches, cell.include,
+    return ("scores", cell.method, cell.seed, channels, cell.calibration_batches, cell.include,
             cell.exclude, cell.prune_last)
 
 
-def prune_cell(model: nn.Module, cell: Cell, train: Split, gen: torch.Generator,
-               cache: ScoreCache | None) -> Masks:
-    """Same as :func:`prunelab.api.prune` for the cell, with scores memoised in ``cache``."""
-    check_sparsity(cell.level)
-    structure = parse_structure(cell.structure)
-    prune_last = cell.prune_last and not isinstance(structure, Channels)
-    targets = select_targets(model, cell.include or None, cell.exclude or None, prune_last)
+def cached_scores(cell: Cell, memo: dict[tuple, Any] | None, model: nn.Module,
+                  targets: dict[str, nn.Module], train: Split, gen: torch.Generator
+                  ) -> tuple[Batches, dict[str, Tensor]]:
+    """(calibration batches, scores) of the dense ``model`` for ``cell``, memoised in ``memo``.
+
+    ``memo=None`` disables the cache. On a hit, ``gen`` is set to the state it had after
+    scoring, as if the scores had just been computed.
+    """
     key = score_key(cell)
-    if cache is not None and key in cache.items:
-        scores, state = cache.items[key]
+    if memo is not None and key in memo:
+        calib, scores, state = memo[key]
         gen.set_state(state.clone())
-        cache.hits += 1
-    else:
-        calib = islice(train.batches(128, shuffle=True, generator=gen), cell.calibration_batches)
-        scores = compute_scores(model, targets, cell.method, gen, calib)
-        if cache is not None:
-            cache.items[key] = (scores, gen.get_state().clone())
-            cache.misses += 1
-    masks = select_masks(scores, cell.level, cell.allocation, structure)
-    apply_masks(model, masks)
-    return masks
+        return calib, scores
+    calib = list(islice(train.batches(128, shuffle=True, generator=gen),
+                        cell.calibration_batches))
+    scores = compute_scores(model, targets, cell.method, gen, calib)
+    if memo is not None:
+        memo[key] = (calib, scores, gen.get_state().clone())
+    return calib, scores
+
+
+def score_entries(memo: dict[tuple, Any]) -> int:
+    """How many (method, seed, ...) score sets a context holds."""
+    return sum(1 for k in memo if k and k[0] == "scores")

@@ -88,6 +88,8 @@ def run_sweep(
         for cell, result in executor.map(pending, progress):
             store.put_cell(cell.cell_id, {**json.loads(json.dumps(cell.__dict__, default=_plain))},
                            result.row, result.duration_s, result.artifacts)
+            for key, value in result.records.items():
+                store.set_meta(key, value)
             if on_cell is not None:
                 on_cell(cell, result)
     return SweepOutcome(run_dir, len(cells), len(cells) - len(pending), len(pending))

@@ -1,15 +1,15 @@
-"""Schedule names accepted by the sweep (the schedules module registers the full set)."""
+"""Schedule spellings at the sweep boundary: validated and normalised (see prunelab.schedules)."""
 
 from __future__ import annotations
 
-from prunelab.errors import PrunelabError
-
-BUILTIN = ("oneshot",)
-
 
 def parse_schedule(text: str) -> str:
-    """Validate a schedule spelling; returns it normalised."""
-    t = text.strip().lower()
-    if t in BUILTIN:
-        return t
-    raise PrunelabError(f"unknown schedule '{text}'; valid: {', '.join(BUILTIN)}")
+    """Validate a schedule spelling and return its canonical form.
+
+    >>> parse_schedule("iterative") == parse_schedule("iterative:3")
+    True
+    """
+    from prunelab.schedules import format_schedule
+    from prunelab.schedules import parse_schedule as parse
+
+    return format_schedule(parse(text))

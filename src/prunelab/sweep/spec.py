@@ -21,17 +21,20 @@ def parse_levels(text: str) -> tuple[float, ...]:
     """
     text = text.strip()
     try:
-        if ":" in text:
-            start, stop, step = (float(p) for p in text.split(":"))
-            if step <= 0:
-                raise PrunelabError(f"level step must be > 0 in '{text}'")
-            n = int(math.floor((stop - start) / step + 1e-9)) + 1
-            return tuple(round(start + i * step, 10) for i in range(max(n, 0)))
-        return tuple(float(p) for p in text.split(",") if p.strip())
+        parts = [float(p) for p in text.replace(":", ",").split(",") if p.strip()]
     except ValueError:
         raise PrunelabError(
             f"cannot parse levels '{text}': use '0.5,0.8,0.9' or 'start:stop:step'"
         ) from None
+    if ":" not in text:
+        return tuple(parts)
+    if len(parts) != 3:
+        raise PrunelabError(f"level range '{text}' needs exactly start:stop:step")
+    start, stop, step = parts
+    if step <= 0:
+        raise PrunelabError(f"level step must be > 0 in '{text}'")
+    n = int(math.floor((stop - start) / step + 1e-9)) + 1
+    return tuple(round(start + i * step, 10) for i in range(max(n, 0)))
 
 
 def check_levels(levels: tuple[float, ...]) -> tuple[float, ...]:
@@ -82,6 +85,7 @@ class SweepSpec:
     prune_last: bool = True
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    search_trials: int = 20
 
     def __post_init__(self) -> None:
         check_levels(self.levels)
@@ -92,9 +96,9 @@ class SweepSpec:
             raise PrunelabError("calibration_batches must be >= 1")
         self.validate_names()
 
-    def validate_names(self) -> None:
+    def validate_names(self) -> None:  # noqa: C901
         """Fail fast on unknown plug-in names, before any cell runs."""
-        from prunelab.allocation import ALLOCATIONS
+        from prunelab.sweep.allocations import check_allocation
         from prunelab.criteria import CRITERIA
         from prunelab.data import DATASETS
         from prunelab.metrics import METRICS
@@ -107,7 +111,7 @@ class SweepSpec:
         for m in self.methods:
             CRITERIA.get(m)
         for a in self.allocations:
-            ALLOCATIONS.get(a)
+            check_allocation(a)
         for s in self.structures:
             parse_structure(s)
         for s in self.schedules:

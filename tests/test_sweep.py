@@ -1,0 +1,108 @@
+"""Sweeps end to end: cell expansion, the store, resume after SIGKILL, parallel = sequential."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from prunelab import TrainConfig
+from prunelab.errors import PrunelabError
+from prunelab.store import Store, load_results
+from prunelab.sweep import DataSpec, SweepSpec, expand_cells, make_executor, run_sweep
+from prunelab.sweep.spec import parse_levels
+
+DIGITS = DataSpec(name="digits")
+
+
+def tiny_spec(**kw) -> SweepSpec:
+    base = dict(model="mlp-tiny", data=DIGITS, dense=TrainConfig(epochs=3),
+                finetune=TrainConfig(epochs=0.5), levels=(0.5, 0.9))
+    return SweepSpec(**{**base, **kw})
+
+
+def test_parse_levels_forms():
+    assert parse_levels("0.1:0.5:0.1") == (0.1, 0.2, 0.3, 0.4, 0.5)
+    assert parse_levels("0.5,0.8") == (0.5, 0.8)
+    with pytest.raises(PrunelabError, match="step must be > 0"):
+        parse_levels("0.1:0.5:0")
+
+
+def test_expand_cells_counts_and_nm_has_one_level():
+    spec = tiny_spec(structures=("unstructured", "2:4"), seeds=(0, 1))
+    cells = expand_cells(spec)
+    nm = [c for c in cells if c.structure == "2:4"]
+    assert {c.level for c in nm} == {0.5} and len(nm) == 2 * 2  # 2 methods x 2 seeds
+    unstructured = [c for c in cells if c.structure == "unstructured"]
+    assert len(unstructured) == 2 * 2 * 2 * 2  # methods x allocations x levels x seeds
+    assert len({c.cell_id for c in cells}) == len(cells)
+
+
+def test_cell_id_changes_with_any_field():
+    a, b = expand_cells(tiny_spec())[1], expand_cells(tiny_spec(finetune=TrainConfig(epochs=1)))[1]
+    assert a.level == b.level and a.cell_id != b.cell_id
+
+
+def test_process_pool_gives_the_same_rows_as_sequential(tmp_path, cache_dir):
+    spec = tiny_spec(methods=("magnitude",), allocations=("global",))
+    run_sweep(spec, tmp_path / "seq")
+    run_sweep(spec, tmp_path / "pool", make_executor("local", workers=2))
+    cols = ["cell_id", "accuracy", "agreement", "kl", "sparsity", "val_accuracy"]
+    seq = load_results(tmp_path / "seq")[cols].sort_values("cell_id").reset_index(drop=True)
+    pool = load_results(tmp_path / "pool")[cols].sort_values("cell_id").reset_index(drop=True)
+    # Worker processes run with fewer torch threads, which may reorder float reductions.
+    assert (seq.cell_id == pool.cell_id).all()
+    numeric = cols[1:]
+    assert ((seq[numeric] - pool[numeric]).abs() < 1e-5).all().all(), (seq, pool)
+
+
+def test_store_keeps_artefacts(tmp_path, cache_dir):
+    run_sweep(tiny_spec(methods=("magnitude",), allocations=("global",)), tmp_path)
+    df = load_results(tmp_path)
+    with Store(tmp_path) as store:
+        preds = store.artifact(df.cell_id[1], "test_preds")
+        labels = store.artifact("__run__", "test_labels")
+        assert store.get_meta("data_hash") and "torch" in store.get_meta("env")
+    assert preds.shape == labels.shape
+    assert abs((preds == labels).mean() - df.accuracy[1]) < 1e-6
+
+
+def test_sigkill_midway_then_rerun_loses_and_duplicates_nothing(tmp_path, cache_dir):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "prunelab.cli", "sweep", "--out", str(out), "--dataset",
+           "digits", "--model", "mlp-tiny", "--dense-epochs", "2", "--ft-epochs", "1",
+           "--levels", "0.1:0.9:0.1", "--quiet", "--no-report"]
+    env = {**os.environ, "PRUNELAB_CACHE": str(cache_dir)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    finished = 0
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        if (out / "results.sqlite").exists():
+            with sqlite3.connect(out / "results.sqlite") as db:
+                try:
+                    finished = db.execute("SELECT COUNT(*) FROM cells").fetchone()[0]
+                except sqlite3.OperationalError:
+                    finished = 0
+            if finished >= 3:
+                break
+    assert proc.poll() is None, "sweep ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    survivors = load_results(out).set_index("cell_id")
+    assert 3 <= len(survivors) < 37
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{37 - len(survivors)} cells ran, {len(survivors)} resumed" in rerun.stderr
+    final = load_results(out).set_index("cell_id")
+    assert len(final) == 37 and final.index.is_unique
+    with sqlite3.connect(out / "results.sqlite") as db:
+        times = dict(db.execute("SELECT cell_id, finished_at FROM cells"))
+        kept = {cid: t for cid, t in times.items() if cid in survivors.index}
+    assert len(kept) == len(survivors)  # the rows written before the kill were not redone
+    assert (final.loc[survivors.index, "accuracy"] == survivors["accuracy"]).all()
