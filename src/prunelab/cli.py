@@ -178,6 +178,27 @@ def fetch_text_data(
     typer.echo(f"text data ready in {where}")
 
 
+@app.command()
+@user_errors
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="a sweep's run directory")],
+    out: Annotated[Path, typer.Option(help="output file (never overwritten)")],
+    fmt: Annotated[str, typer.Option("--format", help="sparse, slim or onnx")] = "sparse",
+    cell: Annotated[str | None, typer.Option(help="cell id (see results)")] = None,
+    level: Annotated[float | None, typer.Option(help="sparsity level of the cell")] = None,
+    method: Annotated[str | None, typer.Option(help="method of the cell")] = None,
+    allocation: Annotated[str | None, typer.Option(help="allocation of the cell")] = None,
+) -> None:
+    """Re-run one cell, check it reproduces its stored metrics, and export its model."""
+    from prunelab.export_run import export_cell
+
+    if not run_dir.is_dir():
+        raise PrunelabError(f"run directory {run_dir} does not exist")
+    done = export_cell(run_dir, out, fmt, cell, level, method, allocation)
+    typer.echo(f"{fmt}: {done.path} {done.bytes:,} bytes ({100 * done.ratio:.1f}% of the dense "
+               f"safetensors, {done.dense_bytes:,} bytes){' ' + done.detail if done.detail else ''}")
+
+
 def main() -> None:  # pragma: no cover
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     app()

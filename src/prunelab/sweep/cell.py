@@ -12,7 +12,6 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -20,7 +19,6 @@ import torch
 from torch import nn
 
 from prunelab.apply import apply_masks, layer_sparsity
-from prunelab.criteria import compute_scores
 from prunelab.data import DataBundle, load_dataset
 from prunelab.finetune import TrainConfig, train
 from prunelab.masks import select_masks
@@ -30,6 +28,7 @@ from prunelab.metrics.robustness import RobustnessSuite, reference_context
 from prunelab.models import build_model, load_or_train
 from prunelab.structure import NM, Channels, parse_structure
 from prunelab.sweep.allocations import MODEL_AWARE, resolve_allocation
+from prunelab.sweep.ladder import cached_scores
 from prunelab.sweep.schedule import parse_schedule
 from prunelab.sweep.spec import DataSpec, SweepSpec
 from prunelab.targets import select_targets
@@ -140,10 +139,17 @@ class CellResult:
     artifacts: dict[str, np.ndarray]
     duration_s: float
     records: dict[str, Any] = field(default_factory=dict)  # run-level JSON (store meta)
+    model: nn.Module | None = None  # the pruned (and fine-tuned) model, when asked for
 
 
-def run_cell(cell: Cell, ctx: Context, progress: Progress | None = None) -> CellResult:
-    """Prune (per the cell's schedule), fine-tune, and measure one cell."""
+def run_cell(cell: Cell, ctx: Context, progress: Progress | None = None,
+             keep_model: bool = False) -> CellResult:
+    """Prune (per the cell's schedule), fine-tune, and measure one cell.
+
+    ``keep_model=True`` also returns the model (for export). Scores of the dense model are
+    memoised per (method, seed) in ``ctx.memo`` (see :mod:`prunelab.sweep.ladder`), which
+    changes no result.
+    """
     start = time.perf_counter()
     torch.manual_seed(cell.seed)
     gen = torch.Generator().manual_seed(cell.seed)
@@ -177,7 +183,8 @@ def run_cell(cell: Cell, ctx: Context, progress: Progress | None = None) -> Cell
     row.update({f"train_{k}": v for k, v in tr.items()})
     row["layer_sparsity"] = json.dumps(layer_sparsity(model))
     preds = predict(model, ctx.data.test.x).argmax(1).to(torch.int16).numpy()
-    return CellResult(row, {"test_preds": preds}, time.perf_counter() - start, records)
+    return CellResult(row, {"test_preds": preds}, time.perf_counter() - start, records,
+                      model if keep_model else None)
 
 
 def _allocation(cell: Cell, ctx: Context, model: nn.Module, gen: torch.Generator):
@@ -185,9 +192,7 @@ def _allocation(cell: Cell, ctx: Context, model: nn.Module, gen: torch.Generator
     structure = parse_structure(cell.structure)
     prune_last = cell.prune_last and not isinstance(structure, Channels)
     targets = select_targets(model, cell.include or None, cell.exclude or None, prune_last)
-    calib = list(islice(ctx.data.train.batches(128, shuffle=True, generator=gen),
-                        cell.calibration_batches))
-    scores = compute_scores(model, targets, cell.method, gen, calib)
+    calib, scores = cached_scores(cell, ctx.memo, model, targets, ctx.data.train, gen)
     allocation, records = resolve_allocation(cell, ctx, model, targets, scores, calib, gen)
     return structure, scores, allocation, records
 

@@ -96,4 +96,8 @@ def make_executor(name: str, workers: int = 1, cache_dir: Path | None = None,
     if name == "local":
         return SequentialExecutor(cache_dir, contexts) if workers == 1 else ProcessPoolCellExecutor(
             workers, cache_dir)
-    raise PrunelabError(f"unknown executor '{name}'; valid: local")
+    if name == "ray":
+        from prunelab.sweep.ray_executor import RayExecutor
+
+        return RayExecutor(address, workers, cache_dir, contexts)
+    raise PrunelabError(f"unknown executor '{name}'; valid: local, ray")

@@ -36,7 +36,8 @@ def environment() -> dict[str, str]:
     """Library versions and threads, recorded with every run."""
     env = {"python": sys.version.split()[0], "platform": platform.platform(),
            "torch_threads": str(torch.get_num_threads())}
-    for pkg in ("prunelab", "torch", "numpy", "scipy", "scikit-learn", "safetensors"):
+    for pkg in ("prunelab", "torch", "numpy", "scipy", "scikit-learn", "safetensors", "ray",
+                "optuna", "onnx", "onnxruntime", "transformers"):
         try:
             env[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:

@@ -1,0 +1,59 @@
+"""Ladder fast path: a cell's scores do not depend on its level, so compute them once.
+
+One-shot cells of the same (method, seed, structure family, targets) share the dense model,
+the calibration batches and hence the scores; only the threshold differs per level (so masks
+nest). :func:`cached_scores` memoises the calibration batches and ``compute_scores`` in the
+context's per-process ``memo``, together with the generator state scoring leaves behind, so a
+cell that hits the memo continues with exactly the random stream it would have had: results
+are bit-identical with and without it.
+"""
+
+from __future__ import annotations
+
+from itertools import islice
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from prunelab.criteria import compute_scores
+from prunelab.structure import Channels, parse_structure
+
+if TYPE_CHECKING:
+    from prunelab.data import Split
+    from prunelab.sweep.cell import Cell
+
+Batches = list[tuple[Tensor, Tensor]]
+
+
+def score_key(cell: Cell) -> tuple:
+    """What the dense model's scores depend on: everything but the level and allocation."""
+    channels = isinstance(parse_structure(cell.structure), Channels)
+    return ("scores", cell.method, cell.seed, channels, cell.calibration_batches, cell.include,
+            cell.exclude, cell.prune_last)
+
+
+def cached_scores(cell: Cell, memo: dict[tuple, Any] | None, model: nn.Module,
+                  targets: dict[str, nn.Module], train: Split, gen: torch.Generator
+                  ) -> tuple[Batches, dict[str, Tensor]]:
+    """(calibration batches, scores) of the dense ``model`` for ``cell``, memoised in ``memo``.
+
+    ``memo=None`` disables the cache. On a hit, ``gen`` is set to the state it had after
+    scoring, as if the scores had just been computed.
+    """
+    key = score_key(cell)
+    if memo is not None and key in memo:
+        calib, scores, state = memo[key]
+        gen.set_state(state.clone())
+        return calib, scores
+    calib = list(islice(train.batches(128, shuffle=True, generator=gen),
+                        cell.calibration_batches))
+    scores = compute_scores(model, targets, cell.method, gen, calib)
+    if memo is not None:
+        memo[key] = (calib, scores, gen.get_state().clone())
+    return calib, scores
+
+
+def score_entries(memo: dict[tuple, Any]) -> int:
+    """How many (method, seed, ...) score sets a context holds."""
+    return sum(1 for k in memo if k and k[0] == "scores")
