@@ -77,8 +77,11 @@ def main() -> None:
     sens = sensitivity_analysis(dense, scores, data.val.subset(args.sens_val), LADDER, "accuracy")
     t_sens = time.time() - t0
     sens.to_csv(out / "sensitivity.csv", index=False)
-    log.info("sensitivity done in %.0fs\n%s", t_sens,
-             sens.pivot(index="layer", columns="level", values="kl").round(3))
+    log.info(
+        "sensitivity done in %.0fs\n%s",
+        t_sens,
+        sens.pivot(index="layer", columns="level", values="kl").round(3),
+    )
 
     rows = []
     for level in args.levels:
@@ -88,46 +91,83 @@ def main() -> None:
             "sensitivity": sensitivity_plan(sens, level, sizes, by="kl"),
         }
         t0 = time.time()
-        cfg = SearchConfig(n_trials=args.trials, train=TrainConfig(epochs=args.trial_epochs),
-                           train_subset=args.trial_train, val_subset=args.trial_val,
-                           seed=args.seed)
-        res = search_allocation(dense, data, targets, "magnitude", level, cfg,
-                                storage=out / "search.sqlite", seed_plans=plans)
+        cfg = SearchConfig(
+            n_trials=args.trials,
+            train=TrainConfig(epochs=args.trial_epochs),
+            train_subset=args.trial_train,
+            val_subset=args.trial_val,
+            seed=args.seed,
+        )
+        res = search_allocation(
+            dense,
+            data,
+            targets,
+            "magnitude",
+            level,
+            cfg,
+            storage=out / "search.sqlite",
+            seed_plans=plans,
+        )
         t_search = time.time() - t0
         best_seed = res.trials.dropna(subset=["seed_plan"]).set_index("seed_plan")["value"]
-        log.info("search %.2f done in %.0fs: best %.4f; seed plans %s", level, t_search,
-                 res.value, best_seed.round(4).to_dict())
+        log.info(
+            "search %.2f done in %.0fs: best %.4f; seed plans %s",
+            level,
+            t_search,
+            res.value,
+            best_seed.round(4).to_dict(),
+        )
         plans["searched"] = res.plan
         for name, plan in plans.items():
             t0 = time.time()
-            oneshot, val, test, achieved = finetuned(dense, data, scores, plan, level,
-                                                     args.ft_epochs, args.seed)
+            oneshot, val, test, achieved = finetuned(
+                dense, data, scores, plan, level, args.ft_epochs, args.seed
+            )
             proxy = best_seed.get(name, res.value if name == "searched" else float("nan"))
-            rows.append((level, name, achieved, oneshot, proxy, val, test,
-                         "/".join(f"{plan[n]:.3f}" for n in sizes), time.time() - t0))
+            rows.append(
+                (
+                    level,
+                    name,
+                    achieved,
+                    oneshot,
+                    proxy,
+                    val,
+                    test,
+                    "/".join(f"{plan[n]:.3f}" for n in sizes),
+                    time.time() - t0,
+                )
+            )
             log.info("%s", rows[-1])
 
-    print(f"\nMachine: {platform.processor() or platform.machine()}, torch "
-          f"{torch.__version__}, threads {torch.get_num_threads()}; dense CNN test acc "
-          f"{dense_acc:.4f}; sensitivity on {args.sens_val} val rows {t_sens:.0f}s; "
-          f"trials {args.trials} x "
-          f"{args.trial_epochs} epoch on {args.trial_train} train rows, val {args.trial_val}; "
-          f"final fine-tune {args.ft_epochs} epoch(s), seed {args.seed}; storage {out}\n")
-    print("| level | allocation | achieved | one-shot test | trial proxy (val) | val acc "
-          "| test acc | layer sparsity conv1/conv2/fc1/fc2 | s |")
+    print(
+        f"\nMachine: {platform.processor() or platform.machine()}, torch "
+        f"{torch.__version__}, threads {torch.get_num_threads()}; dense CNN test acc "
+        f"{dense_acc:.4f}; sensitivity on {args.sens_val} val rows {t_sens:.0f}s; "
+        f"trials {args.trials} x "
+        f"{args.trial_epochs} epoch on {args.trial_train} train rows, val {args.trial_val}; "
+        f"final fine-tune {args.ft_epochs} epoch(s), seed {args.seed}; storage {out}\n"
+    )
+    print(
+        "| level | allocation | achieved | one-shot test | trial proxy (val) | val acc "
+        "| test acc | layer sparsity conv1/conv2/fc1/fc2 | s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r[0]:g} | {r[1]} | {r[2]:.4f} | {100 * r[3]:.2f} | {100 * r[4]:.2f} | "
-              f"{100 * r[5]:.2f} | {100 * r[6]:.2f} | {r[7]} | {r[8]:.0f} |")
+        print(
+            f"| {r[0]:g} | {r[1]} | {r[2]:.4f} | {100 * r[3]:.2f} | {100 * r[4]:.2f} | "
+            f"{100 * r[5]:.2f} | {100 * r[6]:.2f} | {r[7]} | {r[8]:.0f} |"
+        )
     print()
     for level in args.levels:
         got = {r[1]: r for r in rows if r[0] == level}
         others = max(got[k][6] for k in ("uniform", "global", "sensitivity"))
         others_val = max(got[k][5] for k in ("uniform", "global", "sensitivity"))
         verdict = "PASS" if got["searched"][6] >= others else "MISS"
-        print(f"{level:g}: searched test {100 * got['searched'][6]:.2f} vs best other "
-              f"{100 * others:.2f} -> {verdict} (val {100 * got['searched'][5]:.2f} vs "
-              f"{100 * others_val:.2f}); anchor torch global L1 {ANCHOR.get(level, ('-', '-'))}")
+        print(
+            f"{level:g}: searched test {100 * got['searched'][6]:.2f} vs best other "
+            f"{100 * others:.2f} -> {verdict} (val {100 * got['searched'][5]:.2f} vs "
+            f"{100 * others_val:.2f}); anchor torch global L1 {ANCHOR.get(level, ('-', '-'))}"
+        )
 
 
 if __name__ == "__main__":

@@ -30,8 +30,13 @@ from prunelab.targets import select_targets
 log = logging.getLogger("ladder")
 COLUMNS = ("accuracy", "macro_f1", "agreement", "kl", "sparsity")
 # ANCHORS.md: torch.nn.utils.prune.global_unstructured (L1), accuracy % one-shot -> +1 epoch.
-ANCHOR = {0.5: (90.86, 91.35), 0.8: (89.25, 90.80), 0.9: (83.82, 91.12),
-          0.95: (66.23, 90.74), 0.98: (48.37, 88.95)}
+ANCHOR = {
+    0.5: (90.86, 91.35),
+    0.8: (89.25, 90.80),
+    0.9: (83.82, 91.12),
+    0.95: (66.23, 90.74),
+    0.98: (48.37, 88.95),
+}
 TARGET = (0.9, 90.5)  # global magnitude after 1 epoch at 90 % sparsity: >= 90.5 % accuracy
 
 
@@ -54,8 +59,10 @@ def cpu_model() -> str:
 
 
 def fmt(row: dict[str, float]) -> str:
-    return (f"{100 * row['accuracy']:.2f} | {100 * row['macro_f1']:.2f} | "
-            f"{100 * row['agreement']:.2f} | {row['kl']:.4f} | {100 * row['sparsity']:.2f}")
+    return (
+        f"{100 * row['accuracy']:.2f} | {100 * row['macro_f1']:.2f} | "
+        f"{100 * row['agreement']:.2f} | {row['kl']:.4f} | {100 * row['sparsity']:.2f}"
+    )
 
 
 def main() -> None:
@@ -102,10 +109,18 @@ def main() -> None:
         key = (method, allocation, level)
         if key not in results:
             t = time.time()
-            results[key] = run_row(dense, scores[method], allocation, level, ft_train, test, ref,
-                                   ft_epochs, args.seed)
-            log.info("%s/%s@%g: %.3f -> %.3f (%.0fs)", method, allocation, level,
-                     results[key][0]["accuracy"], results[key][1]["accuracy"], time.time() - t)
+            results[key] = run_row(
+                dense, scores[method], allocation, level, ft_train, test, ref, ft_epochs, args.seed
+            )
+            log.info(
+                "%s/%s@%g: %.3f -> %.3f (%.0fs)",
+                method,
+                allocation,
+                level,
+                results[key][0]["accuracy"],
+                results[key][1]["accuracy"],
+                time.time() - t,
+            )
         return results[key]
 
     table1 = [("magnitude", "global"), ("magnitude", "uniform"), ("random", "global")]
@@ -120,14 +135,20 @@ def main() -> None:
         for method, alloc in table2:
             get(method, alloc, level)
 
-    head = ("| level | method | allocation | stage | acc % | macro-F1 % | agreement % | KL | "
-            "achieved sparsity % |")
+    head = (
+        "| level | method | allocation | stage | acc % | macro-F1 % | agreement % | KL | "
+        "achieved sparsity % |"
+    )
     sep = "|" + "---|" * 9
-    print(f"\n## Fashion-MNIST CNN sparsity ladder{' (--quick: 5k train / 2k test)' if args.quick else ''}")
-    print(f"machine: {platform.machine()} {os.cpu_count()} CPUs ({cpu_model()}), "
-          f"torch {torch.__version__}, threads {torch.get_num_threads()}, seed {args.seed}; "
-          f"fine-tune: {ft_epochs:g} epoch Adam lr 1e-3 batch 128 on {len(ft_train)} images; "
-          f"test on {len(test)} images; calibration 8x128 train images")
+    print(
+        f"\n## Fashion-MNIST CNN sparsity ladder{' (--quick: 5k train / 2k test)' if args.quick else ''}"
+    )
+    print(
+        f"machine: {platform.machine()} {os.cpu_count()} CPUs ({cpu_model()}), "
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, seed {args.seed}; "
+        f"fine-tune: {ft_epochs:g} epoch Adam lr 1e-3 batch 128 on {len(ft_train)} images; "
+        f"test on {len(test)} images; calibration 8x128 train images"
+    )
     print(f"\ndense: {fmt(dense_row)}\n")
     for title, rows, levels in (("Table 1", table1, levels1), ("Table 2", table2, levels2)):
         if not levels:
@@ -145,8 +166,9 @@ def main() -> None:
         one, ft = results[("magnitude", "global", level)]
         a = ANCHOR.get(level)
         anchor = f"{a[0]:.2f} -> {a[1]:.2f}" if a else "n/a"
-        print(f"| {level:g} | {anchor} | "
-              f"{100 * one['accuracy']:.2f} -> {100 * ft['accuracy']:.2f} |")
+        print(
+            f"| {level:g} | {anchor} | {100 * one['accuracy']:.2f} -> {100 * ft['accuracy']:.2f} |"
+        )
     level, goal = TARGET
     if ("magnitude", "global", level) in results:
         acc = 100 * results[("magnitude", "global", level)][1]["accuracy"]

@@ -45,9 +45,16 @@ METHODS = ("magnitude", "random", "taylor", "wanda")
 
 def make_spec(n_levels: int, methods: tuple[str, ...]) -> SweepSpec:
     levels = tuple(round(0.05 + i * (0.93 / max(n_levels - 1, 1)), 4) for i in range(n_levels))
-    return SweepSpec(model="cnn", data=DataSpec(name="fashion-mnist"), methods=methods,
-                     allocations=("global",), levels=levels, seeds=(0,),
-                     dense=TrainConfig(epochs=5), finetune=TrainConfig(epochs=0))
+    return SweepSpec(
+        model="cnn",
+        data=DataSpec(name="fashion-mnist"),
+        methods=methods,
+        allocations=("global",),
+        levels=levels,
+        seeds=(0,),
+        dense=TrainConfig(epochs=5),
+        finetune=TrainConfig(epochs=0),
+    )
 
 
 def naive_scores(model, method: str, batches, gen) -> dict:
@@ -57,14 +64,19 @@ def naive_scores(model, method: str, batches, gen) -> dict:
         return {m: m.weight.detach().abs() for m in layers}
     if method == "random":
         return {m: torch.rand(m.weight.shape, generator=gen) for m in layers}
-    norms: dict = {m: 0 for m in layers}
+    norms: dict = dict.fromkeys(layers, 0)
     hooks = []
     if method == "wanda":
+
         def hook(mod, inp, _out):
             x = inp[0].detach()
-            sq = (x.reshape(-1, x.shape[-1]).pow(2).sum(0) if isinstance(mod, torch.nn.Linear)
-                  else x.transpose(0, 1).reshape(x.shape[1], -1).pow(2).sum(1))
+            sq = (
+                x.reshape(-1, x.shape[-1]).pow(2).sum(0)
+                if isinstance(mod, torch.nn.Linear)
+                else x.transpose(0, 1).reshape(x.shape[1], -1).pow(2).sum(1)
+            )
             norms[mod] = norms[mod] + sq
+
         hooks = [m.register_forward_hook(hook) for m in layers]
     model.zero_grad()
     for xb, yb in batches:
@@ -97,16 +109,25 @@ def naive_ladder(spec: SweepSpec, ctx) -> float:
             calib = islice(data.train.batches(128, shuffle=True, generator=gen), 8)
             scores = naive_scores(model, method, calib, gen)
             params = [(m, "weight") for m in scores]
-            tprune.global_unstructured(params, pruning_method=tprune.L1Unstructured,
-                                       amount=level, importance_scores={
-                                           (m, "weight"): s for m, s in scores.items()})
+            tprune.global_unstructured(
+                params,
+                pruning_method=tprune.L1Unstructured,
+                amount=level,
+                importance_scores={(m, "weight"): s for m, s in scores.items()},
+            )
             for split in (data.test, data.val, ctx.train_eval):
                 logits, ref = predict(model, split.x), predict(dense, split.x)
-                _ = ((logits.argmax(1) == split.y).float().mean(),
-                     F.cross_entropy(logits, split.y),
-                     (logits.argmax(1) == ref.argmax(1)).float().mean(),
-                     F.kl_div(F.log_softmax(logits, 1), F.log_softmax(ref, 1),
-                              log_target=True, reduction="batchmean"))
+                _ = (
+                    (logits.argmax(1) == split.y).float().mean(),
+                    F.cross_entropy(logits, split.y),
+                    (logits.argmax(1) == ref.argmax(1)).float().mean(),
+                    F.kl_div(
+                        F.log_softmax(logits, 1),
+                        F.log_softmax(ref, 1),
+                        log_target=True,
+                        reduction="batchmean",
+                    ),
+                )
             _ = predict(model, data.test.x).argmax(1).to(torch.int16).numpy()
     return time.perf_counter() - start
 
@@ -139,8 +160,9 @@ def ray_sweep(spec, contexts, out: Path, workers: int) -> tuple[float, float]:
     ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
     started = time.perf_counter() - t0
     try:
-        return timed_sweep(spec, make_executor("ray", workers, contexts=contexts), contexts,
-                           out), started
+        return timed_sweep(
+            spec, make_executor("ray", workers, contexts=contexts), contexts, out
+        ), started
     finally:
         ray.shutdown()
 
@@ -151,8 +173,12 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--skip", default="", help="variants to skip: naive,ray1,ray2,sequential")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in the driver")
-    ap.add_argument("--eval-limit", type=int, default=0,
-                    help="evaluate every cell on the first N test/val/train rows (0: all)")
+    ap.add_argument(
+        "--eval-limit",
+        type=int,
+        default=0,
+        help="evaluate every cell on the first N test/val/train rows (0: all)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     spec = make_spec(args.levels, tuple(args.methods.split(",")))
@@ -170,8 +196,9 @@ def main() -> None:
     notes: dict[str, str] = {}
     if "sequential" not in skip:
         ctx.memo.clear()
-        times["sequential"] = timed_sweep(spec, SequentialExecutor(None, contexts), contexts,
-                                          tmp / "seq")
+        times["sequential"] = timed_sweep(
+            spec, SequentialExecutor(None, contexts), contexts, tmp / "seq"
+        )
         notes["sequential"] = f"scores computed {score_entries(ctx.memo)} times for {n} cells"
     for w in (1, 2):
         if f"ray{w}" not in skip:
@@ -189,14 +216,18 @@ def main() -> None:
         diff = float(np.abs(a[num].to_numpy() - b[num].to_numpy()).max())
         same = f"ray x2 vs sequential rows: accuracy identical={exact_acc}, max |diff| {diff:.1e}"
     shutil.rmtree(tmp, ignore_errors=True)
-    print(f"## One-shot ladder: cnn on Fashion-MNIST, {len(spec.levels)} levels x "
-          f"{len(spec.methods)} methods = {n} cells (+1 dense control)\n")
-    print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads in the driver, 1 per "
-          f"Ray task. Shared setup (data, dense model, dense outputs): {setup:.1f} s, "
-          "not included. Evaluation rows per split: "
-          f"{args.eval_limit or 'all'} (test {len(ctx.data.test)}, val {len(ctx.data.val)}, "
-          f"train {len(ctx.train_eval)}).\n")
+    print(
+        f"## One-shot ladder: cnn on Fashion-MNIST, {len(spec.levels)} levels x "
+        f"{len(spec.methods)} methods = {n} cells (+1 dense control)\n"
+    )
+    print(
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads in the driver, 1 per "
+        f"Ray task. Shared setup (data, dense model, dense outputs): {setup:.1f} s, "
+        "not included. Evaluation rows per split: "
+        f"{args.eval_limit or 'all'} (test {len(ctx.data.test)}, val {len(ctx.data.val)}, "
+        f"train {len(ctx.train_eval)}).\n"
+    )
     print("| variant | wall s | s / cell | notes |\n|---|---:|---:|---|")
     for k, v in times.items():
         print(f"| {k} | {v:.1f} | {v / n:.2f} | {notes.get(k, '')} |")

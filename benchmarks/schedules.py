@@ -38,51 +38,79 @@ LENET_MAX_KEPT, LENET_MAX_DROP = 1 / 12, 0.5  # >= 12x compression within 0.5 pt
 def run_cell(dense, data, name, level, schedule, epochs, ref_val, ref_test, seed):
     model = copy.deepcopy(dense)
     t = time.time()
-    res = run_schedule(parse_schedule(schedule), model, data, level, train_cfg=TrainConfig(
-        epochs=epochs), generator=torch.Generator().manual_seed(seed), reference_logits=ref_val)
+    res = run_schedule(
+        parse_schedule(schedule),
+        model,
+        data,
+        level,
+        train_cfg=TrainConfig(epochs=epochs),
+        generator=torch.Generator().manual_seed(seed),
+        reference_logits=ref_val,
+    )
     ev = evaluate(model, data.test, reference=ref_test, metrics=["accuracy", "agreement"])
-    return {"model": name, "schedule": schedule, "level": level, "sparsity": res.sparsity,
-            "accuracy": ev["accuracy"], "agreement": ev["agreement"], "epochs": epochs,
-            "seconds": time.time() - t,
-            "backoffs": sum(bool(r.get("backoff")) for r in res.trajectory)}
+    return {
+        "model": name,
+        "schedule": schedule,
+        "level": level,
+        "sparsity": res.sparsity,
+        "accuracy": ev["accuracy"],
+        "agreement": ev["agreement"],
+        "epochs": epochs,
+        "seconds": time.time() - t,
+        "backoffs": sum(bool(r.get("backoff")) for r in res.trajectory),
+    }
 
 
 def table(rows, dense_acc):
-    out = [("| model | schedule | level | sparsity | kept | acc % | Δ pt | agreement | FT ep "
-            "| s | anchor |"),
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        (
+            "| model | schedule | level | sparsity | kept | acc % | Δ pt | agreement | FT ep "
+            "| s | anchor |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         d = 100 * (r["accuracy"] - dense_acc[r["model"]])
-        anchor = (f"{ANCHOR_CNN_1EP[r['level']]:.2f} (1 ep)"
-                  if r["model"] == "cnn" and r["schedule"] == "oneshot"
-                  and r["level"] in ANCHOR_CNN_1EP else "")
+        anchor = (
+            f"{ANCHOR_CNN_1EP[r['level']]:.2f} (1 ep)"
+            if r["model"] == "cnn" and r["schedule"] == "oneshot" and r["level"] in ANCHOR_CNN_1EP
+            else ""
+        )
         out.append(
             f"| {r['model']} | {r['schedule']} | {r['level']:.2f} | {r['sparsity']:.4f} | "
             f"{100 * (1 - r['sparsity']):.1f}% | {100 * r['accuracy']:.2f} | {d:+.2f} | "
-            f"{r['agreement']:.4f} | {r['epochs']:g} | {r['seconds']:.0f} | {anchor} |")
+            f"{r['agreement']:.4f} | {r['epochs']:g} | {r['seconds']:.0f} | {anchor} |"
+        )
     return "\n".join(out)
 
 
 def verdicts(rows, dense_acc):
     lines = []
     for (model, level), tol in TARGETS.items():
-        cand = [r for r in rows if r["model"] == model and r["level"] == level
-                and r["sparsity"] >= level - 1e-3]
+        cand = [
+            r
+            for r in rows
+            if r["model"] == model and r["level"] == level and r["sparsity"] >= level - 1e-3
+        ]
         if not cand:
             continue
         best = max(cand, key=lambda r: r["accuracy"])
         drop = 100 * (dense_acc[model] - best["accuracy"])
         ok = "PASS" if drop <= tol else "MISS"
-        lines.append(f"- {ok}: {model} at {level:.0%} within {tol} pt of dense "
-                     f"(best {best['schedule']}: {-drop:+.2f} pt vs dense, {best['epochs']:g} FT ep)")
+        lines.append(
+            f"- {ok}: {model} at {level:.0%} within {tol} pt of dense "
+            f"(best {best['schedule']}: {-drop:+.2f} pt vs dense, {best['epochs']:g} FT ep)"
+        )
     cand = [r for r in rows if r["model"] == "lenet300" and 1 - r["sparsity"] <= LENET_MAX_KEPT]
     if cand:
         best = max(cand, key=lambda r: r["accuracy"])
         drop = 100 * (dense_acc["lenet300"] - best["accuracy"])
         ok = "PASS" if drop <= LENET_MAX_DROP else "MISS"
-        lines.append(f"- {ok}: lenet300 >= 12x compression within {LENET_MAX_DROP} pt "
-                     f"(best {best['schedule']} at {1 - best['sparsity']:.1%} kept: "
-                     f"{-drop:+.2f} pt vs dense)")
+        lines.append(
+            f"- {ok}: lenet300 >= 12x compression within {LENET_MAX_DROP} pt "
+            f"(best {best['schedule']} at {1 - best['sparsity']:.1%} kept: "
+            f"{-drop:+.2f} pt vs dense)"
+        )
     return "\n".join(lines)
 
 
@@ -90,29 +118,42 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="lenet300,cnn")
     p.add_argument("--levels", default="0.9,0.95,0.98")
-    p.add_argument("--schedules", default="oneshot,iterative:3,iterative:3:rewind,gradual,"
-                   "regrow,adaptive")
+    p.add_argument(
+        "--schedules", default="oneshot,iterative:3,iterative:3:rewind,gradual,regrow,adaptive"
+    )
     p.add_argument("--epochs", default="lenet300=3,cnn=1", help="fine-tune budget per model")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write rows as JSON lines here")
-    p.add_argument("--render", default=None,
-                   help="comma-separated JSON-lines files from earlier --out runs: print their "
-                   "combined table instead of running")
+    p.add_argument(
+        "--render",
+        default=None,
+        help="comma-separated JSON-lines files from earlier --out runs: print their "
+        "combined table instead of running",
+    )
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(a.threads)
     data = load_dataset("fashion-mnist")
-    rows = run_all(a, data) if a.render is None else [
-        json.loads(line) for path in a.render.split(",")
-        for line in Path(path).read_text().splitlines() if line.strip()]
+    rows = (
+        run_all(a, data)
+        if a.render is None
+        else [
+            json.loads(line)
+            for path in a.render.split(",")
+            for line in Path(path).read_text().splitlines()
+            if line.strip()
+        ]
+    )
     dense_acc = {}
     for name in dict.fromkeys(r["model"] for r in rows):
         dense = load_or_train(name, data, TrainConfig(epochs=5))
         dense_acc[name] = evaluate(dense, data.test, metrics=["accuracy"])["accuracy"]
-    print(f"Machine: {platform.processor() or platform.machine()} (2 shared cores), torch "
-          f"{torch.__version__}, {a.threads} thread(s); seed {a.seed}; magnitude criterion, "
-          "global allocation\n")
+    print(
+        f"Machine: {platform.processor() or platform.machine()} (2 shared cores), torch "
+        f"{torch.__version__}, {a.threads} thread(s); seed {a.seed}; magnitude criterion, "
+        "global allocation\n"
+    )
     print("Dense test accuracy: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in dense_acc.items()))
     print()
     print(table(rows, dense_acc))
@@ -129,8 +170,9 @@ def run_all(a: argparse.Namespace, data) -> list[dict]:
         ref_val_logits, ref_test = predict(dense, data.val.x), predict(dense, data.test.x)
         for level in (float(x) for x in a.levels.split(",")):
             for sched in a.schedules.split(","):
-                r = run_cell(dense, data, name, level, sched, budget[name], ref_val_logits,
-                             ref_test, a.seed)
+                r = run_cell(
+                    dense, data, name, level, sched, budget[name], ref_val_logits, ref_test, a.seed
+                )
                 rows.append(r)
                 print(json.dumps(r), file=sys.stderr, flush=True)
                 if a.out:

@@ -28,8 +28,10 @@ from prunelab import TrainConfig, evaluate, load_dataset, load_or_train, train
 from prunelab.metrics.efficiency import compare_latency, count_macs, count_params, disk_size
 from prunelab.surgery import prune_channels
 
-ANCHOR = "Torch-Pruning 1.6.1 (ANCHORS.md): params 421k -> 106k, MACs 4.28M -> 1.14M, 91.04 % " \
-         "after 1 epoch, latency 0.49 -> 0.28 ms (batch 1), 65 -> 21 ms (batch 256), 2 threads"
+ANCHOR = (
+    "Torch-Pruning 1.6.1 (ANCHORS.md): params 421k -> 106k, MACs 4.28M -> 1.14M, 91.04 % "
+    "after 1 epoch, latency 0.49 -> 0.28 ms (batch 1), 65 -> 21 ms (batch 256), 2 threads"
+)
 
 
 def accuracy(model: nn.Module, split) -> float:
@@ -48,7 +50,10 @@ def torch_pruning_slim(dense: nn.Module, x: torch.Tensor, sparsity: float) -> nn
     model = copy.deepcopy(dense)
     classifier = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
     pruner = tp.pruner.MagnitudePruner(
-        model, x, importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=sparsity,
+        model,
+        x,
+        importance=tp.importance.MagnitudeImportance(p=1),
+        pruning_ratio=sparsity,
         ignored_layers=[classifier],
     )
     pruner.step()
@@ -89,7 +94,9 @@ def main() -> None:
     lat = {}
     for th in (int(t) for t in args.latency_threads.split(",")):
         for bs, reps in ((1, args.repeats_b1), (256, args.repeats_b256)):
-            res = compare_latency(models, x, (bs,), warmup=max(reps // 10, 3), repeats=reps, threads=th)
+            res = compare_latency(
+                models, x, (bs,), warmup=max(reps // 10, 3), repeats=reps, threads=th
+            )
             for n in models:
                 lat[(n, th, bs)] = res[n][bs]
 
@@ -102,14 +109,21 @@ def report(models, acc, lat, plan, x, args) -> None:
     disk = {n: disk_size(m).raw for n, m in models.items()}
     tp_macs = {n: tp_count(m, x) for n, m in models.items()}
     threads = sorted({k[1] for k in lat})
-    print(f"\n## Structured pruning, Fashion-MNIST CNN, {args.sparsity:.0%} channels (L1 filter norm)\n")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores shared "
-          f"with other jobs (load avg {os.getloadavg()[0]:.1f}); torch {torch.__version__}, "
-          f"torch-pruning {importlib.metadata.version('torch-pruning')}; training threads "
-          f"{args.train_threads}; latency threads {threads}; repeats b1={args.repeats_b1}, "
-          f"b256={args.repeats_b256}\n")
-    print("prunelab kept channels: " + ", ".join(f"{n} {len(k)}/{s}" for (n, k), (_, s)
-                                                   in zip(plan.keep, plan.sizes)) + "\n")
+    print(
+        f"\n## Structured pruning, Fashion-MNIST CNN, {args.sparsity:.0%} channels (L1 filter norm)\n"
+    )
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores shared "
+        f"with other jobs (load avg {os.getloadavg()[0]:.1f}); torch {torch.__version__}, "
+        f"torch-pruning {importlib.metadata.version('torch-pruning')}; training threads "
+        f"{args.train_threads}; latency threads {threads}; repeats b1={args.repeats_b1}, "
+        f"b256={args.repeats_b256}\n"
+    )
+    print(
+        "prunelab kept channels: "
+        + ", ".join(f"{n} {len(k)}/{s}" for (n, k), (_, s) in zip(plan.keep, plan.sizes))
+        + "\n"
+    )
     head = "| model | params | MACs | MACs (tp counter) | file KB | acc one-shot | acc +1 ep |"
     cols = [(th, bs) for th in threads for bs in (1, 256)]
     head += "".join(f" ms b{bs} t{th} |" for th, bs in cols)
@@ -128,16 +142,26 @@ def report(models, acc, lat, plan, x, args) -> None:
             print(f"| {n} | {th} | {bs} | {macs['dense'] / macs[n]:.2f}x | {meas:.2f}x |")
     print("\n### Targets (prunelab)\n")
     targets = [
-        ("MACs reduced >= 2x", macs["dense"] / macs["prunelab"] >= 2,
-         f"{macs['dense'] / macs['prunelab']:.2f}x"),
-        ("accuracy after 1 fine-tune epoch within 0.5 pt of dense",
-         acc["prunelab"][-1] >= acc["dense"][0] - 0.5,
-         f"{acc['prunelab'][-1]:.2f} vs {acc['dense'][0]:.2f}"),
+        (
+            "MACs reduced >= 2x",
+            macs["dense"] / macs["prunelab"] >= 2,
+            f"{macs['dense'] / macs['prunelab']:.2f}x",
+        ),
+        (
+            "accuracy after 1 fine-tune epoch within 0.5 pt of dense",
+            acc["prunelab"][-1] >= acc["dense"][0] - 0.5,
+            f"{acc['prunelab'][-1]:.2f} vs {acc['dense'][0]:.2f}",
+        ),
     ]
     for th, bs in cols:
         s = lat[("dense", th, bs)].median_ms / lat[("prunelab", th, bs)].median_ms
-        targets.append((f"measured latency speedup >= 1.8x at batch {bs}, {th} thread(s)", s >= 1.8,
-                        f"{s:.2f}x"))
+        targets.append(
+            (
+                f"measured latency speedup >= 1.8x at batch {bs}, {th} thread(s)",
+                s >= 1.8,
+                f"{s:.2f}x",
+            )
+        )
     for text, ok, val in targets:
         print(f"- {'PASS' if ok else 'MISS'}: {text} ({val})")
     print(f"\nAnchor: {ANCHOR}")

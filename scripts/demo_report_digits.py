@@ -35,12 +35,27 @@ def _batches(split, n: int = 256):
 def _row(model, dense, data, method: str, level: float, seed: int) -> dict:
     m = copy.deepcopy(dense)
     if method != "dense":
-        prune(m, method, level, "global", calibration=_batches(data.train),
-              generator=torch.Generator().manual_seed(seed))
+        prune(
+            m,
+            method,
+            level,
+            "global",
+            calibration=_batches(data.train),
+            generator=torch.Generator().manual_seed(seed),
+        )
     metrics = evaluate(m, data.test, reference=dense)
-    return {"model": MODEL, "dataset": data.name, "method": method, "allocation": "global",
-            "structure": "unstructured", "schedule": "oneshot", "level": level, "seed": seed,
-            "ft_epochs": 0.0, **metrics}, m
+    return {
+        "model": MODEL,
+        "dataset": data.name,
+        "method": method,
+        "allocation": "global",
+        "structure": "unstructured",
+        "schedule": "oneshot",
+        "level": level,
+        "seed": seed,
+        "ft_epochs": 0.0,
+        **metrics,
+    }, m
 
 
 def _sensitivity(dense, data) -> pd.DataFrame:
@@ -74,16 +89,29 @@ def main(out: Path) -> None:
         dense_ok = shipped["dense"](x).argmax(1) == y
         pred = shipped["pruned"](x).argmax(1)
     forgot = (dense_ok & (pred != y)).nonzero().flatten()[:30]
-    weights = {f"layer {n}": mod.weight.detach().numpy().ravel()  # masked weights
-               for n, mod in shipped["pruned"].named_modules() if isinstance(mod, nn.Linear)}
+    weights = {
+        f"layer {n}": mod.weight.detach().numpy().ravel()  # masked weights
+        for n, mod in shipped["pruned"].named_modules()
+        if isinstance(mod, nn.Linear)
+    }
     extras = ReportExtras(
-        sensitivity=_sensitivity(shipped["dense"], data), sensitivity_label="accuracy drop",
+        sensitivity=_sensitivity(shipped["dense"], data),
+        sensitivity_label="accuracy drop",
         weights=weights,
-        forgotten_images=x[forgot].numpy(), forgotten_labels=y[forgot].numpy(),
-        forgotten_preds=pred[forgot].numpy(), tolerances={"accuracy": 0.01},
-        spec={"model": MODEL, "dataset": "digits", "methods": METHODS, "levels": LEVELS,
-              "seeds": SEEDS, "finetune": "none"},
-        title=f"prunelab demo — {MODEL} on digits (figures below: magnitude at 75%)")
+        forgotten_images=x[forgot].numpy(),
+        forgotten_labels=y[forgot].numpy(),
+        forgotten_preds=pred[forgot].numpy(),
+        tolerances={"accuracy": 0.01},
+        spec={
+            "model": MODEL,
+            "dataset": "digits",
+            "methods": METHODS,
+            "levels": LEVELS,
+            "seeds": SEEDS,
+            "finetune": "none",
+        },
+        title=f"prunelab demo — {MODEL} on digits (figures below: magnitude at 75%)",
+    )
     paths = build_report(out, df, extras)
     print(paths.html, np.round(df.groupby(["method", "level"])["accuracy"].mean(), 3).to_dict())
 

@@ -25,8 +25,12 @@ def digits() -> DataBundle:
 @pytest.fixture(scope="session")
 def _trained_tiny(digits: DataBundle) -> nn.Module:
     model = build_model("mlp-tiny", digits.input_shape, digits.num_classes, seed=0)
-    train(model, digits.train, TrainConfig(epochs=15, lr=3e-3, batch_size=64),
-          torch.Generator().manual_seed(0))
+    train(
+        model,
+        digits.train,
+        TrainConfig(epochs=15, lr=3e-3, batch_size=64),
+        torch.Generator().manual_seed(0),
+    )
     return model
 
 

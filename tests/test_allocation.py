@@ -20,8 +20,12 @@ TOLERANCE = {"uniform": lambda layers: layers / 2}
 def _tiny_cnn() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(),  # (B, 4, 6, 6) -> (B, 144)
-        nn.Linear(144, 16), nn.ReLU(), nn.Linear(16, 10),
+        nn.Conv2d(1, 4, 3),
+        nn.ReLU(),
+        nn.Flatten(),  # (B, 4, 6, 6) -> (B, 144)
+        nn.Linear(144, 16),
+        nn.ReLU(),
+        nn.Linear(16, 10),
     )
 
 
@@ -53,7 +57,8 @@ def test_lamp_scores_literal():
     # |w| sorted: 0.5, 1, 2, 3 -> squares 0.25, 1, 4, 9; suffix sums 14.25, 14, 13, 9
     got = lamp_scores(torch.tensor([[-3.0, 1.0], [2.0, 0.5]]).abs())
     torch.testing.assert_close(
-        got, torch.tensor([0.25 / 14.25, 1 / 14, 4 / 13, 1.0], dtype=torch.float64))
+        got, torch.tensor([0.25 / 14.25, 1 / 14, 4 / 13, 1.0], dtype=torch.float64)
+    )
 
 
 def test_lamp_refuses_negative_scores():
@@ -73,13 +78,17 @@ def test_lamp_differs_from_global_as_in_the_paper():
 
 def test_erk_densities_formula_uncapped(scores):
     # raw = (n_in + n_out + k_h + k_w) / (n_in n_out k_h k_w), Linear without the kernel terms
-    raw = {"0": (1 + 4 + 3 + 3) / (1 * 4 * 3 * 3), "3": (144 + 16) / (144 * 16),
-           "5": (16 + 10) / (16 * 10)}
+    raw = {
+        "0": (1 + 4 + 3 + 3) / (1 * 4 * 3 * 3),
+        "3": (144 + 16) / (144 * 16),
+        "5": (16 + 10) / (16 * 10),
+    }
     numel = {"0": 36, "3": 2304, "5": 160}
     eps = 0.1 * 2500 / sum(raw[n] * numel[n] for n in raw)
     expected = {n: eps * raw[n] for n in raw}
     assert erk_densities({n: tuple(s.shape) for n, s in scores.items()}, 0.9) == pytest.approx(
-        expected)
+        expected
+    )
     counts = ALLOCATIONS.get("erk")(scores, 0.9)
     for n in raw:
         assert abs((numel[n] - counts[n]) - expected[n] * numel[n]) <= 1, n
@@ -136,4 +145,5 @@ def test_emptying_a_layer_warns(caplog):
         assert not caplog.records
         select_masks(s, 0.5, "global")
     assert [r.getMessage() for r in caplog.records] == [
-        "layer small is pruned completely (sparsity 1.0)"]
+        "layer small is pruned completely (sparsity 1.0)"
+    ]

@@ -12,8 +12,9 @@ from prunelab.errors import PrunelabError
 LADDER = [0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99]
 
 
-def curve(knee_level: float, seeds: int = 3, noise: float = 0.002, dense: float = 0.91,
-          rng_seed: int = 0) -> tuple[list[float], list[float]]:
+def curve(
+    knee_level: float, seeds: int = 3, noise: float = 0.002, dense: float = 0.91, rng_seed: int = 0
+) -> tuple[list[float], list[float]]:
     """Plateau at ``dense`` up to ``knee_level``, then a steep convex fall; seeds add noise."""
     rng = np.random.default_rng(rng_seed)
     levels, values = [], []
@@ -63,33 +64,56 @@ def test_knee_needs_three_levels() -> None:
         knee([0, 0.5], [0.9, 0.8])
 
 
-def results(spec: dict[str, list[float]], seeds: int = 3, noise: float = 0.001,
-            dense: float = 0.90, test_shift: float = 0.0) -> pd.DataFrame:
+def results(
+    spec: dict[str, list[float]],
+    seeds: int = 3,
+    noise: float = 0.001,
+    dense: float = 0.90,
+    test_shift: float = 0.0,
+) -> pd.DataFrame:
     """Synthetic sweep table: ``spec`` maps method -> mean val drop per level (LADDER[1:])."""
     rng = np.random.default_rng(0)
     rows = []
     for s in range(seeds):
         d = dense + rng.normal(0, noise)
-        common = {"allocation": "global", "structure": "unstructured", "schedule": "oneshot",
-                  "seed": s, "ft_epochs": 1.0}
-        rows.append({**common, "method": "dense", "level": 0.0, "val_accuracy": d,
-                     "accuracy": d - 0.002})
+        common = {
+            "allocation": "global",
+            "structure": "unstructured",
+            "schedule": "oneshot",
+            "seed": s,
+            "ft_epochs": 1.0,
+        }
+        rows.append(
+            {**common, "method": "dense", "level": 0.0, "val_accuracy": d, "accuracy": d - 0.002}
+        )
         for method, drops in spec.items():
             for lv, drop in zip(LADDER[1:], drops):
                 v = d - drop + rng.normal(0, noise)
-                rows.append({**common, "method": method, "level": lv, "val_accuracy": v,
-                             "accuracy": v - 0.002 - test_shift})
+                rows.append(
+                    {
+                        **common,
+                        "method": method,
+                        "level": lv,
+                        "val_accuracy": v,
+                        "accuracy": v - 0.002 - test_shift,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
 def test_recommend_picks_highest_level_and_method() -> None:
-    df = results({"magnitude": [0, 0, 0.001, 0.02, 0.05, 0.1, 0.2],
-                  "wanda": [0, 0, 0, 0.001, 0.002, 0.03, 0.1]})
+    df = results(
+        {
+            "magnitude": [0, 0, 0.001, 0.02, 0.05, 0.1, 0.2],
+            "wanda": [0, 0, 0, 0.001, 0.002, 0.03, 0.1],
+        }
+    )
     rec = recommend(df, "accuracy", max_drop=points(0.5))
     assert rec.level == 0.95 and rec.method == "wanda"
     assert rec.interval[1] <= 0.005 and rec.interval[0] <= rec.interval[1]
     assert rec.test_value == pytest.approx(
-        df[(df.method == "wanda") & (df.level == 0.95)]["accuracy"].mean())
+        df[(df.method == "wanda") & (df.level == 0.95)]["accuracy"].mean()
+    )
     assert rec.n_seeds == 3
     assert "0.95" in rec.summary()
     ev = rec.evidence
@@ -148,8 +172,9 @@ def test_recommend_bad_input() -> None:
 
 
 def test_tipping_points_per_method() -> None:
-    df = results({"magnitude": [0, 0, 0, 0.02, 0.05, 0.1, 0.2],
-                  "wanda": [0, 0, 0, 0, 0, 0.03, 0.1]})
+    df = results(
+        {"magnitude": [0, 0, 0, 0.02, 0.05, 0.1, 0.2], "wanda": [0, 0, 0, 0, 0, 0.03, 0.1]}
+    )
     tp = tipping_points(df).set_index("method")
     assert tp.loc["magnitude", "knee"] == 0.8 and tp.loc["wanda", "knee"] == 0.95
 
@@ -164,8 +189,15 @@ def test_bootstrap_ci_literal() -> None:
 
 def test_recommend_on_full_schema_columns() -> None:
     df = results({"magnitude": [0, 0, 0, 0.02, 0.05, 0.1, 0.2]})
-    df = df.assign(model="cnn", dataset="fashion-mnist", cell_id=[f"c{i}" for i in range(len(df))],
-                   layer_sparsity='{"0": 0.5}', oneshot_accuracy=np.nan, val_kl=0.01, kl=0.02)
+    df = df.assign(
+        model="cnn",
+        dataset="fashion-mnist",
+        cell_id=[f"c{i}" for i in range(len(df))],
+        layer_sparsity='{"0": 0.5}',
+        oneshot_accuracy=np.nan,
+        val_kl=0.01,
+        kl=0.02,
+    )
     rec = recommend(df, max_drop=0.005)
     assert rec.level == 0.8 and rec.config["allocation"] == "global"
     kl = recommend(df, metric="kl", max_drop=0.05)  # lower is better: drop = kl - dense kl

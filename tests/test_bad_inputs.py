@@ -35,9 +35,26 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
-BASE = ["--model", "mlp-tiny", "--dataset", "digits", "--methods", "magnitude", "--scopes",
-        "global", "--levels", "0.5", "--ft-epochs", "0", "--dense-epochs", "1", "--no-report",
-        "-q"]
+
+
+BASE = [
+    "--model",
+    "mlp-tiny",
+    "--dataset",
+    "digits",
+    "--methods",
+    "magnitude",
+    "--scopes",
+    "global",
+    "--levels",
+    "0.5",
+    "--ft-epochs",
+    "0",
+    "--dense-epochs",
+    "1",
+    "--no-report",
+    "-q",
+]
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +85,11 @@ def _with(args: list[str], **over: str) -> list[str]:
 
 
 CLI_CASES = [
-    ("unknown-method", {"methods": "magnitud"},
-     r"unknown method 'magnitud' \(did you mean 'magnitude'\?\)"),
+    (
+        "unknown-method",
+        {"methods": "magnitud"},
+        r"unknown method 'magnitud' \(did you mean 'magnitude'\?\)",
+    ),
     ("unknown-dataset", {"dataset": "imagenet"}, r"unknown dataset 'imagenet'"),
     ("unknown-allocation", {"scopes": "globl"}, r"unknown allocation 'globl'"),
     ("level-out-of-range", {"levels": "0.5,1.2"}, r"sparsity level 1.2 is outside \(0, 1\)"),
@@ -94,8 +114,11 @@ def test_cli_bad_sweep_options(good, name, over, message):
 EXTRA_CASES = [
     ("unknown-metric", ["--metrics", "acuracy"], r"unknown metric 'acuracy'"),
     ("unknown-executor", ["--executor", "dask"], r"unknown executor 'dask'; valid: local, ray"),
-    ("ray-unreachable", ["--executor", "ray", "--address", "127.0.0.1:1"],
-     r"cannot reach Ray cluster at 127.0.0.1:1"),
+    (
+        "ray-unreachable",
+        ["--executor", "ray", "--address", "127.0.0.1:1"],
+        r"cannot reach Ray cluster at 127.0.0.1:1",
+    ),
     ("workers-zero", ["--workers", "0"], r"workers must be >= 1"),
     ("seeds-not-int", ["--seeds", "a,b"], r"seeds must be integers"),
     ("missing-data-dir", ["--data-dir", "/nonexistent/fmnist"], r"does not exist"),
@@ -123,21 +146,37 @@ def test_cli_malformed_and_unsafe_config(good, tmp_path):
     assert res.exit_code == 2 and "unknown sweep option(s) ['__import__']" in res.output
 
 
-@pytest.mark.parametrize("name,over,toml,message,finished", [
-    ("nm-m-not-dividing", {"levels": "0.5"}, 'structures = ["3:7"]',
-     r"N:M 3:7 needs M=7 to divide the input dimension of layer '1' \(64\)", ["dense"]),
-    # found by the run's first step (the dense sensitivity scan), before any cell runs
-    ("no-prunable-layer", {"levels": "0.5"}, 'include = ["decoder.*"]',
-     r"model has no prunable parameters", []),
-], ids=["nm-m-not-dividing", "no-prunable-layer"])
-def test_cli_cell_level_errors_keep_finished_cells(good, tmp_path, name, over, toml, message,
-                                                   finished):
+@pytest.mark.parametrize(
+    "name,over,toml,message,finished",
+    [
+        (
+            "nm-m-not-dividing",
+            {"levels": "0.5"},
+            'structures = ["3:7"]',
+            r"N:M 3:7 needs M=7 to divide the input dimension of layer '1' \(64\)",
+            ["dense"],
+        ),
+        # found by the run's first step (the dense sensitivity scan), before any cell runs
+        (
+            "no-prunable-layer",
+            {"levels": "0.5"},
+            'include = ["decoder.*"]',
+            r"model has no prunable parameters",
+            [],
+        ),
+    ],
+    ids=["nm-m-not-dividing", "no-prunable-layer"],
+)
+def test_cli_cell_level_errors_keep_finished_cells(
+    good, tmp_path, name, over, toml, message, finished
+):
     _, env = good
     cfg = tmp_path / "spec.toml"
     cfg.write_text(toml + "\n")
     out = tmp_path / "run"
-    res = runner.invoke(app, _with(["sweep", "--config", str(cfg), "--out", str(out)], **over),
-                        env=env)
+    res = runner.invoke(
+        app, _with(["sweep", "--config", str(cfg), "--out", str(out)], **over), env=env
+    )
     assert res.exit_code == 2, res.output
     assert re.search(message, res.output), res.output
     rows = load_results(out)  # the store opens and holds exactly the cells that finished
@@ -157,11 +196,15 @@ def test_cli_corrupt_sqlite_store(tmp_path):
 def test_cli_export_bad_format_and_missing_cell(good, tmp_path):
     out, env = good
     before = _snapshot(out)
-    res = runner.invoke(app, ["export", str(out), "--cell", "x", "--format", "tiff", "--out",
-                              str(tmp_path / "m")], env=env)
+    res = runner.invoke(
+        app,
+        ["export", str(out), "--cell", "x", "--format", "tiff", "--out", str(tmp_path / "m")],
+        env=env,
+    )
     assert res.exit_code == 2 and "unknown export format 'tiff'" in res.output
-    res = runner.invoke(app, ["export", str(out), "--cell", "nope", "--out",
-                              str(tmp_path / "m")], env=env)
+    res = runner.invoke(
+        app, ["export", str(out), "--cell", "nope", "--out", str(tmp_path / "m")], env=env
+    )
     assert res.exit_code == 2 and "no finished cell" in res.output
     assert _snapshot(out) == before
 
@@ -191,8 +234,11 @@ def test_empty_data_mismatched_shapes_and_labels_out_of_range():
 def test_no_prunable_layer_and_nm_not_dividing():
     with pytest.raises(PrunelabError, match="no prunable parameters"):
         select_targets(nn.Sequential(nn.ReLU(), nn.Flatten()))
-    with pytest.raises(PrunelabError, match="M=4 to divide the input dimension of layer 'a' "
-                                            r"\(6\)"):
+    with pytest.raises(
+        PrunelabError,
+        match="M=4 to divide the input dimension of layer 'a' "
+        r"\(6\)",
+    ):
         nm_masks({"a": torch.ones(2, 6)}, NM(2, 4))
 
 
@@ -239,8 +285,17 @@ def test_pickled_checkpoints_are_refused_without_running_code(tmp_path):
 def test_source_has_no_unsafe_loaders():
     """Every load path is safetensors, json or tomllib: no pickle, torch.load, yaml, eval."""
     src = Path(__file__).resolve().parents[1] / "src" / "prunelab"
-    banned = ("torch.load(", "pickle.load", "yaml.load(", "yaml.unsafe_load", "exec(",
-              "eval(", "marshal.load", "shelve.open", "dill.")
+    banned = (
+        "torch.load(",
+        "pickle.load",
+        "yaml.load(",
+        "yaml.unsafe_load",
+        "exec(",
+        "eval(",
+        "marshal.load",
+        "shelve.open",
+        "dill.",
+    )
     for f in src.rglob("*.py"):
         text = f.read_text().replace(".eval()", "")
         for b in banned:
@@ -265,15 +320,20 @@ def test_disk_full_on_store_write_keeps_store_intact(tmp_path):
         store.put_cell("a", {"x": 1}, {"accuracy": 0.5}, 1.0)
     before = _snapshot(tmp_path)
     big = {"blob": np.zeros(1 << 20, dtype="float32")}
-    with (Store(tmp_path) as store, file_size_limit(64 * 1024),
-          pytest.raises(PrunelabError, match=r"cannot write results to .*full")):
+    with (
+        Store(tmp_path) as store,
+        file_size_limit(64 * 1024),
+        pytest.raises(PrunelabError, match=r"cannot write results to .*full"),
+    ):
         store.put_cell("b", {"x": 2}, {"accuracy": 0.7}, 1.0, big)
     assert _snapshot(tmp_path) == before  # the half-written cell was rolled back
 
 
 def test_disk_full_on_export_leaves_no_partial_file(tmp_path):
     model = build_model("cnn", (1, 28, 28), 10)
-    with (file_size_limit(64 * 1024),
-          pytest.raises(PrunelabError, match="disk full or file size limit reached")):
+    with (
+        file_size_limit(64 * 1024),
+        pytest.raises(PrunelabError, match="disk full or file size limit reached"),
+    ):
         save_sparse(model, tmp_path / "m.safetensors")  # EFBIG here; ENOSPC maps the same way
     assert list(tmp_path.iterdir()) == []

@@ -11,8 +11,17 @@ from prunelab.cli import app
 from prunelab.store import load_results
 
 runner = CliRunner()
-TINY = ["--dataset", "digits", "--model", "mlp-tiny", "--dense-epochs", "3", "--ft-epochs",
-        "0.5", "--quiet"]
+TINY = [
+    "--dataset",
+    "digits",
+    "--model",
+    "mlp-tiny",
+    "--dense-epochs",
+    "3",
+    "--ft-epochs",
+    "0.5",
+    "--quiet",
+]
 
 
 def invoke(*args: str):
@@ -67,17 +76,20 @@ def test_list_shows_every_registry():
     assert "magnitude" in result.output and "fashion-mnist" in result.output
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--methods", "magnitud"], "unknown method 'magnitud' (did you mean 'magnitude'?)"),
-    (["--levels", "0.5,1.5"], "sparsity level 1.5 is outside (0, 1)"),
-    (["--levels", "0.9,0.5"], "strictly increasing"),
-    (["--levels", "a,b"], "cannot parse levels"),
-    (["--data-dir", "/nonexistent/dir"], "does not exist"),
-    (["--ft-epochs", "-1"], "fine-tune epochs must be >= 0"),
-    (["--scopes", "globl"], "unknown allocation 'globl'"),
-    (["--model", "vgg"], "unknown model 'vgg'"),
-    (["--dataset", "cifar"], "unknown dataset 'cifar'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--methods", "magnitud"], "unknown method 'magnitud' (did you mean 'magnitude'?)"),
+        (["--levels", "0.5,1.5"], "sparsity level 1.5 is outside (0, 1)"),
+        (["--levels", "0.9,0.5"], "strictly increasing"),
+        (["--levels", "a,b"], "cannot parse levels"),
+        (["--data-dir", "/nonexistent/dir"], "does not exist"),
+        (["--ft-epochs", "-1"], "fine-tune epochs must be >= 0"),
+        (["--scopes", "globl"], "unknown allocation 'globl'"),
+        (["--model", "vgg"], "unknown model 'vgg'"),
+        (["--dataset", "cifar"], "unknown dataset 'cifar'"),
+    ],
+)
 def test_bad_sweep_input_is_one_line_exit_2(tmp_path, args, message):
     result = invoke("sweep", "--out", str(tmp_path / "r"), *args)
     assert result.exit_code == 2
@@ -108,8 +120,9 @@ def test_toml_spec_runs(tmp_path, cache_dir):
         'levels = "0.3:0.6:0.3"\nseeds = [0, 1]\n[data]\nname = "digits"\n'
         "[dense]\nepochs = 2\n[finetune]\nepochs = 0\n"
     )
-    result = invoke("sweep", "--config", str(cfg), "--out", str(tmp_path / "r"), "--quiet",
-                    "--no-report")
+    result = invoke(
+        "sweep", "--config", str(cfg), "--out", str(tmp_path / "r"), "--quiet", "--no-report"
+    )
     assert result.exit_code == 0, result.output
     df = load_results(tmp_path / "r")
     assert sorted(df[df.method != "dense"].level.unique()) == [0.3, 0.6]
@@ -157,8 +170,18 @@ def test_sensitivity_allocation_in_a_sweep_stores_its_table(tmp_path, cache_dir)
     from prunelab.store import Store
 
     out = tmp_path / "r"
-    result = invoke("sweep", "--out", str(out), "--levels", "0.5,0.8", "--methods", "magnitude",
-                    "--scopes", "global,sensitivity", *TINY)
+    result = invoke(
+        "sweep",
+        "--out",
+        str(out),
+        "--levels",
+        "0.5,0.8",
+        "--methods",
+        "magnitude",
+        "--scopes",
+        "global,sensitivity",
+        *TINY,
+    )
     assert result.exit_code == 0, result.output
     df = load_results(out)
     sens = df[df.allocation == "sensitivity"]

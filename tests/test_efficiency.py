@@ -67,20 +67,28 @@ def test_disk_size_shrinks_with_removal_and_compresses_with_sparsity() -> None:
     assert size.compressed > 0.8 * size.raw  # random float weights barely compress
     masked = build_model("lenet300", (1, 8, 8), 10, seed=0)
     g = torch.Generator().manual_seed(0)
-    apply_masks(masked, {n: torch.rand(masked[int(n)].weight.shape, generator=g) > 0.9
-                         for n in ("1", "3", "5")})  # 90 % of the weights zeroed
+    apply_masks(
+        masked,
+        {n: torch.rand(masked[int(n)].weight.shape, generator=g) > 0.9 for n in ("1", "3", "5")},
+    )  # 90 % of the weights zeroed
     sparse = disk_size(masked)
     assert sparse.raw == size.raw  # zeros are still stored ...
     assert sparse.compressed < 0.35 * size.compressed  # ... but compress away
-    small = slim(dense, torch.zeros(1, 1, 8, 8), ChannelPlan.from_dict({"1": range(30)}, {"1": 300}))
+    small = slim(
+        dense, torch.zeros(1, 1, 8, 8), ChannelPlan.from_dict({"1": range(30)}, {"1": 300})
+    )
     assert disk_size(small).raw < 0.2 * size.raw
 
 
 def test_latency_is_measured_and_speedups_side_by_side() -> None:
     x = torch.zeros(1, 1, 8, 8)
     dense = build_model("cnn", (1, 8, 8), 10, seed=0)
-    small = slim(dense, x, ChannelPlan.from_dict({"0": range(8), "3": range(16)}, {"0": 32, "3": 64}))
-    lat = compare_latency({"dense": dense, "slim": small}, x, batch_sizes=(1, 16), warmup=2, repeats=5)
+    small = slim(
+        dense, x, ChannelPlan.from_dict({"0": range(8), "3": range(16)}, {"0": 32, "3": 64})
+    )
+    lat = compare_latency(
+        {"dense": dense, "slim": small}, x, batch_sizes=(1, 16), warmup=2, repeats=5
+    )
     for per_bs in lat.values():
         for bs, r in per_bs.items():
             assert r.batch_size == bs and r.median_ms > 0 and r.p10_ms <= r.median_ms <= r.p90_ms
@@ -103,9 +111,12 @@ def test_efficiency_metrics_registered() -> None:
     # evaluate() passes one example of the split, so MAC metrics work through it too
     assert evaluate(model, data.val, metrics=["macs"])["macs"] == 64 * 64 + 64 * 32 + 32 * 10
     with pytest.raises(PrunelabError, match="example input"):
-        METRICS.get("macs")(Evaluation(torch.zeros(1, 10), torch.zeros(1, dtype=torch.long),
-                                       model))
-    ev = Evaluation(torch.zeros(1, 10), torch.zeros(1, dtype=torch.long), model,
-                    cache={"example_input": data.val.x[:3]})
+        METRICS.get("macs")(Evaluation(torch.zeros(1, 10), torch.zeros(1, dtype=torch.long), model))
+    ev = Evaluation(
+        torch.zeros(1, 10),
+        torch.zeros(1, dtype=torch.long),
+        model,
+        cache={"example_input": data.val.x[:3]},
+    )
     assert METRICS.get("macs")(ev) == 64 * 64 + 64 * 32 + 32 * 10
     assert not METRICS.get("macs").higher_is_better

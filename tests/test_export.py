@@ -69,8 +69,7 @@ def test_sparse_literal_small_tensor(tmp_path):
     # keep pattern 0101 0011 -> 0b01010011 = 83 (the -0.0 is stored as +0.0)
     assert bits.tolist() == [0b01010011]
     assert torch.equal(values, torch.tensor([1.5, 1e-45, -2.0, 3.0]))
-    assert meta["tensors"]["weight"] == {"shape": [2, 4], "dtype": "float32",
-                                         "encoding": "bitmask"}
+    assert meta["tensors"]["weight"] == {"shape": [2, 4], "dtype": "float32", "encoding": "bitmask"}
     back = read_sparse(tmp_path / "w.safetensors")["weight"]
     assert torch.equal(_bits(back), _bits(w + 0.0))  # bit-exact; -0.0 + 0.0 is +0.0
 
@@ -78,9 +77,12 @@ def test_sparse_literal_small_tensor(tmp_path):
 def test_sparse_dense_fallback_and_wrong_architecture(tmp_path):
     model = build_model("mlp-tiny", (1, 8, 8), 10)  # nothing pruned: stored dense
     path = save_sparse(model, tmp_path / "d.safetensors").path
-    meta_enc = {v["encoding"] for v in json.loads(
-        __import__("safetensors").safe_open(str(path), "pt").metadata()["prunelab.sparse"]
-    )["tensors"].values()}
+    meta_enc = {
+        v["encoding"]
+        for v in json.loads(
+            __import__("safetensors").safe_open(str(path), "pt").metadata()["prunelab.sparse"]
+        )["tensors"].values()
+    }
     assert meta_enc == {"dense"}
     with pytest.raises(PrunelabError, match="does not fit the model"):
         load_sparse(build_model("lenet300", (1, 8, 8), 10), path)
@@ -102,11 +104,33 @@ def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("export-run")
     env = {"PRUNELAB_CACHE": str(root / "cache")}
     out = root / "run"
-    res = runner.invoke(app, ["sweep", "--out", str(out), "--model", "mlp-tiny", "--dataset",
-                              "digits", "--methods", "magnitude", "--scopes", "global",
-                              "--structures", "unstructured,channels", "--levels", "0.5,0.9",
-                              "--ft-epochs", "0.5", "--dense-epochs", "2", "--no-report", "-q"],
-                        env=env)
+    res = runner.invoke(
+        app,
+        [
+            "sweep",
+            "--out",
+            str(out),
+            "--model",
+            "mlp-tiny",
+            "--dataset",
+            "digits",
+            "--methods",
+            "magnitude",
+            "--scopes",
+            "global",
+            "--structures",
+            "unstructured,channels",
+            "--levels",
+            "0.5,0.9",
+            "--ft-epochs",
+            "0.5",
+            "--dense-epochs",
+            "2",
+            "--no-report",
+            "-q",
+        ],
+        env=env,
+    )
     assert res.exit_code == 0, res.output
     return out, env
 
@@ -122,8 +146,11 @@ def test_cli_export_sparse_reloads_to_stored_predictions(run_dir, tmp_path):
     out, env = run_dir
     target = tmp_path / "m.safetensors"
     cid = _cell_id(out, "unstructured", 0.9)
-    res = runner.invoke(app, ["export", str(out), "--cell", cid, "--format", "sparse",
-                              "--out", str(target)], env=env)
+    res = runner.invoke(
+        app,
+        ["export", str(out), "--cell", cid, "--format", "sparse", "--out", str(target)],
+        env=env,
+    )
     assert res.exit_code == 0, res.output
     assert "% of the dense" in res.output
     data = load_dataset("digits")
@@ -138,20 +165,42 @@ def test_cli_export_sparse_reloads_to_stored_predictions(run_dir, tmp_path):
 def test_cli_export_slim_and_onnx(run_dir, tmp_path):
     out, env = run_dir
     slim_path = tmp_path / "slim.safetensors"
-    res = runner.invoke(app, ["export", str(out), "--level", "0.5", "--method", "magnitude",
-                              "--allocation", "global", "--format", "slim", "--out",
-                              str(slim_path)], env=env)
+    res = runner.invoke(
+        app,
+        [
+            "export",
+            str(out),
+            "--level",
+            "0.5",
+            "--method",
+            "magnitude",
+            "--allocation",
+            "global",
+            "--format",
+            "slim",
+            "--out",
+            str(slim_path),
+        ],
+        env=env,
+    )
     assert res.exit_code == 2 and "2 cells match" in res.output  # unstructured + channels
     cid = _cell_id(out, "channels", 0.5)
-    res = runner.invoke(app, ["export", str(out), "--cell", cid, "--format", "slim", "--out",
-                              str(slim_path)], env=env)
+    res = runner.invoke(
+        app,
+        ["export", str(out), "--cell", cid, "--format", "slim", "--out", str(slim_path)],
+        env=env,
+    )
     assert res.exit_code == 0, res.output
     small = rebuild(slim_path)
     assert sum(p.numel() for p in small.parameters()) < 0.7 * sum(
-        p.numel() for p in build_model("mlp-tiny", (1, 8, 8), 10).parameters())
+        p.numel() for p in build_model("mlp-tiny", (1, 8, 8), 10).parameters()
+    )
     onnx_path = tmp_path / "m.onnx"
-    res = runner.invoke(app, ["export", str(out), "--cell", cid, "--format", "onnx", "--out",
-                              str(onnx_path)], env=env)
+    res = runner.invoke(
+        app,
+        ["export", str(out), "--cell", cid, "--format", "onnx", "--out", str(onnx_path)],
+        env=env,
+    )
     assert res.exit_code == 0 and "max |diff|" in res.output, res.output
 
 
@@ -164,8 +213,11 @@ def test_cli_export_refuses_a_cell_that_does_not_reproduce(run_dir, tmp_path):
     db.execute("UPDATE cells SET row = ? WHERE cell_id = ?", (json.dumps(tampered), cid))
     db.commit()
     try:
-        res = runner.invoke(app, ["export", str(out), "--cell", cid, "--out",
-                                  str(tmp_path / "x.safetensors")], env=env)
+        res = runner.invoke(
+            app,
+            ["export", str(out), "--cell", cid, "--out", str(tmp_path / "x.safetensors")],
+            env=env,
+        )
         assert res.exit_code == 2 and "does not reproduce" in res.output
         assert "accuracy: stored 0.123" in res.output
         assert not (tmp_path / "x.safetensors").exists()
@@ -182,7 +234,9 @@ def test_slim_export_needs_channel_cell():
     m = build_model("mlp-tiny", (1, 8, 8), 10)
     prune(m, "magnitude", 0.5)
     with pytest.raises(PrunelabError, match="channel-pruned"):
-        save_slimmed(m, torch.zeros(1, 1, 8, 8), "x.safetensors", BaseModel("mlp-tiny", (1, 8, 8), 10))
+        save_slimmed(
+            m, torch.zeros(1, 1, 8, 8), "x.safetensors", BaseModel("mlp-tiny", (1, 8, 8), 10)
+        )
     m2 = build_model("mlp-tiny", (1, 8, 8), 10)
     prune(m2, "magnitude", 0.5, "uniform", Channels())
     assert m2 is not None

@@ -60,17 +60,24 @@ def test_tiny_encoder_shapes_and_padding_invariance(enc):
     assert torch.allclose(alone[0], emb[6], atol=1e-5)
     other = tiny_bert(seed=0).state_dict()  # seeded init, global RNG untouched
     assert all(torch.equal(v, other[k]) for k, v in enc.state_dict().items())
-    assert not torch.equal(tiny_bert(seed=1).bert.embeddings.word_embeddings.weight,
-                           enc.bert.embeddings.word_embeddings.weight)
+    assert not torch.equal(
+        tiny_bert(seed=1).bert.embeddings.word_embeddings.weight,
+        enc.bert.embeddings.word_embeddings.weight,
+    )
 
 
 def test_targets_exclude_embeddings_and_norms(enc):
     names = list(encoder_targets(enc))
-    assert len(names) == 2 * 6 and all("embeddings" not in n and "LayerNorm" not in n
-                                       for n in names)
+    assert len(names) == 2 * 6 and all(
+        "embeddings" not in n and "LayerNorm" not in n for n in names
+    )
     ffn = encoder_targets(enc, attention=False)
-    assert sorted(n.rsplit(".", 2)[-2] for n in ffn) == ["intermediate", "intermediate",
-                                                         "output", "output"]
+    assert sorted(n.rsplit(".", 2)[-2] for n in ffn) == [
+        "intermediate",
+        "intermediate",
+        "output",
+        "output",
+    ]
 
 
 @pytest.mark.parametrize("method", ["magnitude", "wanda"])
@@ -144,8 +151,11 @@ def test_group_scores_rank_heads_by_weight():
     enc = tiny_bert(seed=1)
     layer = encoder_layers(enc)[0]
     with torch.no_grad():  # make head 3 the strongest by far in every projection
-        for lin in (layer.attention.self.query, layer.attention.self.key,
-                    layer.attention.self.value):
+        for lin in (
+            layer.attention.self.query,
+            layer.attention.self.key,
+            layer.attention.self.value,
+        ):
             lin.weight[24:32] *= 10
         layer.attention.output.dense.weight[:, 24:32] *= 10
     plan = plan_uniform(group_scores(enc), 0.75, 0.5)
@@ -157,8 +167,13 @@ def test_distillation_recovers_fidelity(enc):
     prune_encoder(enc, "magnitude", 0.6)
     before = fidelity(enc.encode(SENTENCES), dense, k=3)["cos_mean"]
     masks = get_masks(enc)
-    distill(enc, SENTENCES, dense, DistillConfig(epochs=10, lr=3e-3, batch_size=8),
-            torch.Generator().manual_seed(0))
+    distill(
+        enc,
+        SENTENCES,
+        dense,
+        DistillConfig(epochs=10, lr=3e-3, batch_size=8),
+        torch.Generator().manual_seed(0),
+    )
     after = fidelity(enc.encode(SENTENCES), dense, k=3)["cos_mean"]
     assert after > before + 0.01
     for name, m in get_masks(enc).items():  # masks unchanged, pruned weights still zero
@@ -172,10 +187,12 @@ def test_metrics_literal_values():
     assert neighbour_overlap(ref, ref, k=2) == 1.0
     f = fidelity(ref * 3, ref, k=1)
     assert f["cos_mean"] == pytest.approx(1.0) and f["knn@1"] == 1.0
-    human = np.triu(np.array([[1, .9, .1, .0], [0, 1, .2, .1], [0, 0, 1, .5], [0, 0, 0, 1]]))
+    human = np.triu(np.array([[1, 0.9, 0.1, 0.0], [0, 1, 0.2, 0.1], [0, 0, 1, 0.5], [0, 0, 0, 1]]))
     assert similarity_spearman(ref, human) == pytest.approx(
-        __import__("scipy.stats").stats.spearmanr([.8, 0, -1, .6, -.8, 0],
-                                                  [.9, .1, 0, .2, .1, .5]).statistic)
+        __import__("scipy.stats")
+        .stats.spearmanr([0.8, 0, -1, 0.6, -0.8, 0], [0.9, 0.1, 0, 0.2, 0.1, 0.5])
+        .statistic
+    )
     with pytest.raises(PrunelabError):
         neighbour_overlap(ref, ref[:3], k=1)
 
@@ -227,8 +244,10 @@ CACHE = default_cache_dir()
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(bool(fetch.missing_files(CACHE)),
-                    reason=f"text data not fetched into {CACHE}/text (run fetch_text_data)")
+@pytest.mark.skipif(
+    bool(fetch.missing_files(CACHE)),
+    reason=f"text data not fetched into {CACHE}/text (run fetch_text_data)",
+)
 def test_real_data_sizes():
     s = textdata.load_sentiment(CACHE)
     assert len(s.sentences) == 10568 and 0.45 < s.labels.mean() < 0.55

@@ -12,9 +12,7 @@ from prunelab import NM, PrunelabError, compute_scores, select_masks, select_tar
 from prunelab.calibration import collect
 from prunelab.masks import nm_masks
 
-W = [[1.0, -2.0, 0.5, 3.0],
-     [-0.25, 1.0, -4.0, 0.0],
-     [2.0, 0.5, 1.0, -1.0]]
+W = [[1.0, -2.0, 0.5, 3.0], [-0.25, 1.0, -4.0, 0.0], [2.0, 0.5, 1.0, -1.0]]
 BATCH_1 = [[1.0, 2.0, 0.0, 0.0], [3.0, 0.0, 1.0, 0.0]]
 BATCH_2 = [[0.0, 0.0, 0.0, 2.0]]
 # ‖X_j‖₂ over all three rows, by hand: sqrt(1+9), sqrt(4), sqrt(1), sqrt(4)
@@ -30,7 +28,10 @@ def _linear() -> nn.Sequential:
 
 
 def _batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(torch.tensor(BATCH_1), torch.tensor([0, 1])), (torch.tensor(BATCH_2), torch.tensor([2]))]
+    return [
+        (torch.tensor(BATCH_1), torch.tensor([0, 1])),
+        (torch.tensor(BATCH_2), torch.tensor([2])),
+    ]
 
 
 def test_collect_input_norm_matches_hand_computation():
@@ -75,13 +76,17 @@ def test_nm_exact_pattern_in_every_group(n, m):
 def test_nm_literal_example():
     scores = {"a": torch.tensor([[0.1, 0.9, 0.5, 0.3, 4.0, 3.0, 2.0, 1.0]])}
     assert nm_masks(scores, NM(2, 4))["a"].tolist() == [
-        [False, True, True, False, True, True, False, False]]
+        [False, True, True, False, True, True, False, False]
+    ]
     assert nm_masks(scores, NM(1, 4))["a"].tolist() == [
-        [False, True, False, False, True, False, False, False]]
+        [False, True, False, False, True, False, False, False]
+    ]
 
 
 def test_nm_m_not_dividing_input_dim_fails():
-    with pytest.raises(PrunelabError, match=r"M=4 to divide the input dimension of layer 'a' \(10\)"):
+    with pytest.raises(
+        PrunelabError, match=r"M=4 to divide the input dimension of layer 'a' \(10\)"
+    ):
         nm_masks({"a": torch.rand(3, 10)}, NM(2, 4))
     with pytest.raises(PrunelabError, match="M=8.*'c' \\(36\\)"):
         nm_masks({"c": torch.rand(2, 4, 3, 3)}, NM(4, 8))  # in * kh * kw = 36

@@ -27,13 +27,15 @@ from prunelab.preservation import LevelRecords, retained_summary
 #   conf .45 hit           -> bin 2: |1 - .45| = .55, weight 1/5
 #   conf .35 miss          -> bin 1: |0 - .35| = .35, weight 1/5
 # ECE = (2 * .40 + .30 + .55 + .35) / 5 = 0.40
-PROBS = torch.tensor([
-    [0.90, 0.05, 0.05, 0.00],
-    [0.90, 0.10, 0.00, 0.00],
-    [0.70, 0.30, 0.00, 0.00],
-    [0.30, 0.25, 0.45, 0.00],
-    [0.35, 0.33, 0.32, 0.00],
-])
+PROBS = torch.tensor(
+    [
+        [0.90, 0.05, 0.05, 0.00],
+        [0.90, 0.10, 0.00, 0.00],
+        [0.70, 0.30, 0.00, 0.00],
+        [0.30, 0.25, 0.45, 0.00],
+        [0.35, 0.33, 0.32, 0.00],
+    ]
+)
 LABELS = torch.tensor([0, 1, 0, 2, 1])
 
 
@@ -51,7 +53,9 @@ def test_ece_bins_are_right_closed_and_one_bin_is_accuracy_minus_confidence():
     assert count.tolist() == [1, 1]
     # a single bin: |mean accuracy - mean confidence| = |3/5 - mean conf|
     mean_conf = float(PROBS.max(1).values.double().mean())
-    assert expected_calibration_error(PROBS, LABELS, n_bins=1) == pytest.approx(abs(0.6 - mean_conf))
+    assert expected_calibration_error(PROBS, LABELS, n_bins=1) == pytest.approx(
+        abs(0.6 - mean_conf)
+    )
 
 
 def test_ece_metric_through_evaluate_uses_fifteen_bins():
@@ -118,8 +122,7 @@ def test_pies_without_any_forgotten_example_and_bad_input():
 
 def test_per_class_recall_and_worst_class_drop():
     labels = torch.tensor([0, 0, 1, 1, 2, 2])
-    assert per_class_recall(torch.tensor([0, 1, 1, 1, 2, 0]), labels, 3).tolist() == [
-        0.5, 1.0, 0.5]
+    assert per_class_recall(torch.tensor([0, 1, 1, 1, 2, 0]), labels, 3).tolist() == [0.5, 1.0, 0.5]
     dense = torch.nn.functional.one_hot(torch.tensor([0, 0, 1, 0, 2, 2]), 3).float()
     pruned = torch.nn.functional.one_hot(torch.tensor([0, 1, 1, 1, 2, 0]), 3).float()
     # dense recall [1, .5, 1], pruned [.5, 1, .5]: drops [.5, -.5, .5] -> worst .5
@@ -225,22 +228,32 @@ def test_robustness_gap_with_and_without_precomputed_reference(trained):
     pruned = build_model("cnn", (1, 8, 8), 10)
     pruned.load_state_dict(dense.state_dict())
     prune(pruned, "magnitude", sparsity=0.9)
-    with_ctx = evaluate(pruned, data.test, reference=predict(dense, data.test.x),
-                        metrics=["robustness_gap", "corruption_drop"], context=ctx)
-    live = evaluate(pruned, data.test, reference=dense, metrics=["robustness_gap"],
-                    context={"robustness_suite": suite})
+    with_ctx = evaluate(
+        pruned,
+        data.test,
+        reference=predict(dense, data.test.x),
+        metrics=["robustness_gap", "corruption_drop"],
+        context=ctx,
+    )
+    live = evaluate(
+        pruned,
+        data.test,
+        reference=dense,
+        metrics=["robustness_gap"],
+        context={"robustness_suite": suite},
+    )
     assert with_ctx["robustness_gap"] == pytest.approx(live["robustness_gap"])
     assert with_ctx["robustness_gap"] == pytest.approx(with_ctx["corruption_drop"] - prof["drop"])
     with pytest.raises(PrunelabError, match="reference_context"):
-        evaluate(pruned, data.test, reference=predict(dense, data.test.x),
-                 metrics=["robustness_gap"])
+        evaluate(
+            pruned, data.test, reference=predict(dense, data.test.x), metrics=["robustness_gap"]
+        )
 
 
 def test_train_val_gap_matches_separate_evaluations(trained):
     data, model = trained
     splits = {"train": data.train, "val": data.val}
-    got = evaluate(model, data.test, metrics=["train_val_gap", "train_val_loss_gap"],
-                   splits=splits)
+    got = evaluate(model, data.test, metrics=["train_val_gap", "train_val_loss_gap"], splits=splits)
     tr = evaluate(model, data.train, metrics=["accuracy", "loss"])
     va = evaluate(model, data.val, metrics=["accuracy", "loss"])
     assert got["train_val_gap"] == pytest.approx(tr["accuracy"] - va["accuracy"], abs=1e-6)
@@ -251,12 +264,27 @@ def test_train_val_gap_matches_separate_evaluations(trained):
 
 def test_every_preservation_metric_runs_through_evaluate(trained):
     data, model = trained
-    names = ["ece", "delta_ece", "nll", "brier", "worst_class_drop", "corrupt_accuracy",
-             "corruption_drop", "robustness_gap", "relative_corruption_drop",
-             "train_val_gap", "train_val_loss_gap"]
-    out = evaluate(model, data.test, reference=model, metrics=names,
-                   splits={"train": data.train, "val": data.val},
-                   context={"robustness_suite": RobustnessSuite(max_examples=100)})
+    names = [
+        "ece",
+        "delta_ece",
+        "nll",
+        "brier",
+        "worst_class_drop",
+        "corrupt_accuracy",
+        "corruption_drop",
+        "robustness_gap",
+        "relative_corruption_drop",
+        "train_val_gap",
+        "train_val_loss_gap",
+    ]
+    out = evaluate(
+        model,
+        data.test,
+        reference=model,
+        metrics=names,
+        splits={"train": data.train, "val": data.val},
+        context={"robustness_suite": RobustnessSuite(max_examples=100)},
+    )
     assert all(math.isfinite(v) for v in out.values())
     assert out["delta_ece"] == 0.0 and out["worst_class_drop"] == 0.0
     assert out["relative_corruption_drop"] == pytest.approx(1.0)
@@ -265,14 +293,38 @@ def test_every_preservation_metric_runs_through_evaluate(trained):
 
 def test_retained_summary_by_hand():
     labels = torch.tensor([0, 0, 1, 1])
-    dense = LevelRecords(torch.tensor([[0, 0, 1, 1], [0, 0, 1, 1]]),
-                         [{"accuracy": 1.0, "ece": 0.1, "corruption_drop": 0.2,
-                           "train_val_gap": 0.0, "agreement": 1.0}] * 2)
-    pruned = LevelRecords(torch.tensor([[0, 0, 1, 0], [0, 0, 0, 0]]),
-                          [{"accuracy": 0.75, "ece": 0.15, "corruption_drop": 0.3,
-                            "train_val_gap": 0.05, "agreement": 0.75},
-                           {"accuracy": 0.5, "ece": 0.25, "corruption_drop": 0.3,
-                            "train_val_gap": 0.05, "agreement": 0.5}])
+    dense = LevelRecords(
+        torch.tensor([[0, 0, 1, 1], [0, 0, 1, 1]]),
+        [
+            {
+                "accuracy": 1.0,
+                "ece": 0.1,
+                "corruption_drop": 0.2,
+                "train_val_gap": 0.0,
+                "agreement": 1.0,
+            }
+        ]
+        * 2,
+    )
+    pruned = LevelRecords(
+        torch.tensor([[0, 0, 1, 0], [0, 0, 0, 0]]),
+        [
+            {
+                "accuracy": 0.75,
+                "ece": 0.15,
+                "corruption_drop": 0.3,
+                "train_val_gap": 0.05,
+                "agreement": 0.75,
+            },
+            {
+                "accuracy": 0.5,
+                "ece": 0.25,
+                "corruption_drop": 0.3,
+                "train_val_gap": 0.05,
+                "agreement": 0.5,
+            },
+        ],
+    )
     s, pie, shifts = retained_summary(dense, pruned, labels, 2)
     # column 2: pruned votes {1, 0} tie vs dense {1} -> kept; column 3: {0} vs {1} -> PIE
     assert pie.indices.tolist() == [3] and s.pie_pct == 25.0
@@ -291,17 +343,40 @@ def test_summarize_results_pairs_levels_with_dense_controls():
     from prunelab.preservation import summarize_results
 
     preds = {"d0": [0, 0, 1, 1], "d1": [0, 0, 1, 1], "p0": [0, 0, 1, 0], "p1": [0, 0, 0, 0]}
-    base = {"model": "m", "dataset": "x", "allocation": "global", "structure": "unstructured",
-            "schedule": "oneshot", "ft_epochs": 1.0, "ece": 0.1, "corruption_drop": 0.2,
-            "train_accuracy": 0.9, "val_accuracy": 0.85}
-    frame = pd.DataFrame([
-        {**base, "cell_id": "d0", "method": "dense", "level": 0.0, "seed": 0, "accuracy": 1.0},
-        {**base, "cell_id": "d1", "method": "dense", "level": 0.0, "seed": 1, "accuracy": 1.0},
-        {**base, "cell_id": "p1", "method": "magnitude", "level": 0.9, "seed": 1,
-         "accuracy": 0.5},
-        {**base, "cell_id": "p0", "method": "magnitude", "level": 0.9, "seed": 0,
-         "accuracy": 0.75},
-    ])
+    base = {
+        "model": "m",
+        "dataset": "x",
+        "allocation": "global",
+        "structure": "unstructured",
+        "schedule": "oneshot",
+        "ft_epochs": 1.0,
+        "ece": 0.1,
+        "corruption_drop": 0.2,
+        "train_accuracy": 0.9,
+        "val_accuracy": 0.85,
+    }
+    frame = pd.DataFrame(
+        [
+            {**base, "cell_id": "d0", "method": "dense", "level": 0.0, "seed": 0, "accuracy": 1.0},
+            {**base, "cell_id": "d1", "method": "dense", "level": 0.0, "seed": 1, "accuracy": 1.0},
+            {
+                **base,
+                "cell_id": "p1",
+                "method": "magnitude",
+                "level": 0.9,
+                "seed": 1,
+                "accuracy": 0.5,
+            },
+            {
+                **base,
+                "cell_id": "p0",
+                "method": "magnitude",
+                "level": 0.9,
+                "seed": 0,
+                "accuracy": 0.75,
+            },
+        ]
+    )
     out = summarize_results(frame, lambda c: np.array(preds[c]), np.array([0, 0, 1, 1]), 2)
     assert len(out) == 1
     row = out.iloc[0]
@@ -309,16 +384,21 @@ def test_summarize_results_pairs_levels_with_dense_controls():
     assert row["accuracy_retained_pct"] == pytest.approx(62.5)
     assert row["train_val_gap"] == pytest.approx(0.05) and row["n_dense"] == 2
     with pytest.raises(PrunelabError, match="no dense control"):
-        summarize_results(frame[frame["method"] != "dense"], lambda c: np.array(preds[c]),
-                          np.array([0, 0, 1, 1]), 2)
+        summarize_results(
+            frame[frame["method"] != "dense"],
+            lambda c: np.array(preds[c]),
+            np.array([0, 0, 1, 1]),
+            2,
+        )
 
 
 def test_preservation_plots_write_pngs(tmp_path):
     from prunelab.preservation_plots import plot_class_recall, plot_pie_grid, plot_reliability
 
     imgs = np.random.default_rng(0).random((5, 1, 8, 8))
-    p = plot_pie_grid(imgs, [0, 1, 2, 3, 4], [0, 1, 2, 3, 4], [1, 2, 3, 4, 0],
-                      tmp_path / "pies.png", columns=3)
+    p = plot_pie_grid(
+        imgs, [0, 1, 2, 3, 4], [0, 1, 2, 3, 4], [1, 2, 3, 4, 0], tmp_path / "pies.png", columns=3
+    )
     bins = reliability_bins(PROBS, LABELS, n_bins=5)
     r = plot_reliability({"dense": [b.numpy() for b in bins]}, tmp_path / "rel.png")
     c = plot_class_recall({"0.9": np.array([[0.9, 0.5], [0.8, 0.6]])}, tmp_path / "cls.png")

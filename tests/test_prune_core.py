@@ -70,14 +70,19 @@ def test_achieved_sparsity_on_the_model(trained_tiny, digits):
     for name, keep in masks.items():
         assert achieved[name] == pytest.approx(round(0.8 * keep.numel()) / keep.numel())
     assert evaluate(trained_tiny, digits.val, metrics=["sparsity"])["sparsity"] == pytest.approx(
-        mask_sparsity(masks))
+        mask_sparsity(masks)
+    )
 
 
 def test_pruned_weights_stay_zero_through_finetune_and_permanent(trained_tiny, digits):
     masks = prune(trained_tiny, "magnitude", 0.8)
     before = {n: m.weight.detach().clone() for n, m in select_targets(trained_tiny).items()}
-    train(trained_tiny, digits.train, TrainConfig(epochs=1, lr=1e-2, batch_size=64),
-          torch.Generator().manual_seed(0))
+    train(
+        trained_tiny,
+        digits.train,
+        TrainConfig(epochs=1, lr=1e-2, batch_size=64),
+        torch.Generator().manual_seed(0),
+    )
     modules = dict(trained_tiny.named_modules())
     for name, keep in masks.items():
         w = modules[name].weight.detach()

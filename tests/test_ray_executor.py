@@ -17,9 +17,15 @@ from prunelab.sweep import DataSpec, SweepSpec, expand_cells, make_executor, run
 from prunelab.sweep.executors import SequentialExecutor
 from prunelab.sweep.ray_executor import check_reachable, import_ray
 
-SPEC = SweepSpec(model="mlp-tiny", data=DataSpec(name="digits"), methods=("magnitude", "taylor"),
-                 allocations=("global", "uniform"), levels=(0.5, 0.9),
-                 dense=TrainConfig(epochs=2), finetune=TrainConfig(epochs=0.5))
+SPEC = SweepSpec(
+    model="mlp-tiny",
+    data=DataSpec(name="digits"),
+    methods=("magnitude", "taylor"),
+    allocations=("global", "uniform"),
+    levels=(0.5, 0.9),
+    dense=TrainConfig(epochs=2),
+    finetune=TrainConfig(epochs=0.5),
+)
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +65,9 @@ def test_ray_sweep_equals_local_rows(ray_session, local_run, cache_dir, tmp_path
     assert len(remote) == len(expand_cells(SPEC)) == 9
     assert remote.equals(local), remote.compare(local)
     for cid in local["cell_id"]:
-        assert np.array_equal(load_artifact(tmp_path, cid, "test_preds"),
-                              load_artifact(local_run, cid, "test_preds"))
+        assert np.array_equal(
+            load_artifact(tmp_path, cid, "test_preds"), load_artifact(local_run, cid, "test_preds")
+        )
 
 
 def test_interrupted_ray_sweep_resumes(ray_session, local_run, cache_dir, tmp_path):
@@ -72,8 +79,13 @@ def test_interrupted_ray_sweep_resumes(ray_session, local_run, cache_dir, tmp_pa
             raise KeyboardInterrupt  # Ctrl-C in the driver while cells are still running
 
     with pytest.raises(KeyboardInterrupt):
-        run_sweep(SPEC, tmp_path, make_executor("ray", 2, cache_dir), on_cell=stop_after_three,
-                  cache_dir=cache_dir)
+        run_sweep(
+            SPEC,
+            tmp_path,
+            make_executor("ray", 2, cache_dir),
+            on_cell=stop_after_three,
+            cache_dir=cache_dir,
+        )
     with Store(tmp_path) as store:
         assert store.finished_ids() == set(seen)  # written as they arrived, nothing half-done
     outcome = run_sweep(SPEC, tmp_path, make_executor("ray", 2, cache_dir), cache_dir=cache_dir)
@@ -84,8 +96,12 @@ def test_interrupted_ray_sweep_resumes(ray_session, local_run, cache_dir, tmp_pa
 def test_unreachable_address_fails_fast(tmp_path, cache_dir):
     start = time.perf_counter()
     with pytest.raises(PrunelabError, match="cannot reach Ray cluster at 127.0.0.1:1"):
-        run_sweep(SPEC, tmp_path, make_executor("ray", 1, cache_dir, address="127.0.0.1:1"),
-                  cache_dir=cache_dir)
+        run_sweep(
+            SPEC,
+            tmp_path,
+            make_executor("ray", 1, cache_dir, address="127.0.0.1:1"),
+            cache_dir=cache_dir,
+        )
     assert time.perf_counter() - start < 30
     with Store(tmp_path) as store:
         assert store.finished_ids() == set()  # store created, intact, resumable

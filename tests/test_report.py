@@ -34,16 +34,34 @@ def _row(method: str, level: float, seed: int, rng: np.random.Generator, fragili
     acc = float(np.clip(0.95 - drop + rng.normal(0, 0.004), 0.1, 1))
     params = 266_200
     return {
-        "cell_id": f"{method}-{level}-{seed}", "model": "lenet300", "dataset": "fashion-mnist",
-        "method": method, "allocation": "global", "structure": "unstructured",
-        "schedule": "oneshot", "level": level, "seed": seed, "ft_epochs": 1.0,
-        "accuracy": acc, "macro_f1": acc - 0.01, "loss": 1.2 - acc,
-        "agreement": min(1.0, acc + 0.04), "kl": (0.96 - acc) * 2, "ece": 0.02 + drop / 4,
-        "sparsity": level, "nonzeros": round(params * (1 - level)), "params": params,
-        "macs": params * (1 - level), "latency_b1_ms": 0.2 * (1 - level / 2),
-        "disk_bytes": 4 * params * (1 - level) + 1000, "val_accuracy": acc,
-        "oneshot_accuracy": acc - 0.05, "train_accuracy": acc + 0.02, "train_loss": 1.1 - acc,
-        "layer_sparsity": json.dumps({"fc1": level}), "duration_s": 1.5,
+        "cell_id": f"{method}-{level}-{seed}",
+        "model": "lenet300",
+        "dataset": "fashion-mnist",
+        "method": method,
+        "allocation": "global",
+        "structure": "unstructured",
+        "schedule": "oneshot",
+        "level": level,
+        "seed": seed,
+        "ft_epochs": 1.0,
+        "accuracy": acc,
+        "macro_f1": acc - 0.01,
+        "loss": 1.2 - acc,
+        "agreement": min(1.0, acc + 0.04),
+        "kl": (0.96 - acc) * 2,
+        "ece": 0.02 + drop / 4,
+        "sparsity": level,
+        "nonzeros": round(params * (1 - level)),
+        "params": params,
+        "macs": params * (1 - level),
+        "latency_b1_ms": 0.2 * (1 - level / 2),
+        "disk_bytes": 4 * params * (1 - level) + 1000,
+        "val_accuracy": acc,
+        "oneshot_accuracy": acc - 0.05,
+        "train_accuracy": acc + 0.02,
+        "train_loss": 1.1 - acc,
+        "layer_sparsity": json.dumps({"fc1": level}),
+        "duration_s": 1.5,
     }
 
 
@@ -52,8 +70,9 @@ def synthetic_results(methods=("magnitude", "random"), seed: int = 0) -> pd.Data
     rng = np.random.default_rng(seed)
     fragility = {"magnitude": 0.5, "random": 3.0}
     rows = [_row("dense", 0.0, s, rng, 0.0) for s in (0, 1)]
-    rows += [_row(m, lv, s, rng, fragility.get(m, 1.0))
-             for m in methods for lv in LEVELS for s in (0, 1)]
+    rows += [
+        _row(m, lv, s, rng, fragility.get(m, 1.0)) for m in methods for lv in LEVELS for s in (0, 1)
+    ]
     return pd.DataFrame(rows)
 
 
@@ -63,15 +82,28 @@ def report(tmp_path_factory):
     rng = np.random.default_rng(1)
     extras = ReportExtras(
         knees={"magnitude": 0.95, EVIL: 0.9},
-        recommendation={"level": 0.9, "method": "magnitude", "interval": (0.85, 0.95),
-                        "metric": "accuracy", "evidence": [{"level": 0.9, "drop": 0.004}]},
+        recommendation={
+            "level": 0.9,
+            "method": "magnitude",
+            "interval": (0.85, 0.95),
+            "metric": "accuracy",
+            "evidence": [{"level": 0.9, "drop": 0.004}],
+        },
         tolerances={"accuracy": 0.01},
-        sensitivity=pd.DataFrame({"layer": ["fc1", "fc1", "fc2", "fc2"],
-                                  "level": [0.5, 0.9] * 2, "value": [0.0, 0.02, 0.01, 0.2]}),
+        sensitivity=pd.DataFrame(
+            {
+                "layer": ["fc1", "fc1", "fc2", "fc2"],
+                "level": [0.5, 0.9] * 2,
+                "value": [0.0, 0.02, 0.01, 0.2],
+            }
+        ),
         weights={"fc1": rng.normal(size=500) * (rng.random(500) > 0.9)},
-        forgotten_images=rng.random((6, 1, 8, 8)), forgotten_labels=np.arange(6),
-        forgotten_preds=np.arange(6)[::-1], spec={"model": "lenet300", "note": EVIL},
-        title=f"demo {EVIL}")
+        forgotten_images=rng.random((6, 1, 8, 8)),
+        forgotten_labels=np.arange(6),
+        forgotten_preds=np.arange(6)[::-1],
+        spec={"model": "lenet300", "note": EVIL},
+        title=f"demo {EVIL}",
+    )
     run_dir = tmp_path_factory.mktemp("run")
     return df, build_report(run_dir, df, extras)
 
@@ -89,9 +121,17 @@ def test_writes_valid_distinct_pngs(report):
 def test_html_sections_images_escaping_and_no_external_urls(report):
     _, paths = report
     page = paths.html.read_text()
-    for heading in ("Recommendation", "Metrics vs sparsity", "Results by level",
-                    "Layer sensitivity", "Pareto front", "Efficiency", "Weight histograms",
-                    "Forgotten examples", "All results"):
+    for heading in (
+        "Recommendation",
+        "Metrics vs sparsity",
+        "Results by level",
+        "Layer sensitivity",
+        "Pareto front",
+        "Efficiency",
+        "Weight histograms",
+        "Forgotten examples",
+        "All results",
+    ):
         assert f"<h2>{heading}</h2>" in page
     assert page.count('src="data:image/png;base64,') == len(paths.plots)
     assert "<script" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
@@ -124,8 +164,10 @@ def test_summary_numbers_equal_dataframe_means(report):
     text = paths.summary.read_text()
     for (method, level), g in df[df.method != "dense"].groupby(["method", "level"]):
         acc, agr = g["accuracy"], g["agreement"]
-        want = f"| {level:g} | {method} | {acc.mean():.4f} ± {acc.std():.4f} | " \
-               f"{agr.mean():.4f} ± {agr.std():.4f} |"
+        want = (
+            f"| {level:g} | {method} | {acc.mean():.4f} ± {acc.std():.4f} | "
+            f"{agr.mean():.4f} ± {agr.std():.4f} |"
+        )
         assert want in text
     dense = df[df.method == "dense"]["accuracy"]
     assert f"| accuracy | {dense.mean():.4f} ± {dense.std():.4f} |" in text
@@ -186,6 +228,14 @@ def test_bad_input_raises_clear_errors(tmp_path):
 def test_report_renders_in_headless_chromium(report, tmp_path):
     _, paths = report
     shot = tmp_path / "shot.png"
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "screenshot_report.py"),
-                    str(paths.html), str(shot)], check=True, timeout=120)
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "screenshot_report.py"),
+            str(paths.html),
+            str(shot),
+        ],
+        check=True,
+        timeout=120,
+    )
     assert shot.read_bytes().startswith(PNG_MAGIC) and shot.stat().st_size > 20_000

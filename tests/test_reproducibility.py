@@ -27,9 +27,28 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
-ARGS = ["--model", "mlp-tiny", "--dataset", "digits", "--methods", "magnitude,random,taylor",
-        "--scopes", "global", "--levels", "0.5,0.9", "--seeds", "0,1", "--ft-epochs", "0.25",
-        "--dense-epochs", "1", "--no-report", "-q"]
+
+
+ARGS = [
+    "--model",
+    "mlp-tiny",
+    "--dataset",
+    "digits",
+    "--methods",
+    "magnitude,random,taylor",
+    "--scopes",
+    "global",
+    "--levels",
+    "0.5,0.9",
+    "--seeds",
+    "0,1",
+    "--ft-epochs",
+    "0.25",
+    "--dense-epochs",
+    "1",
+    "--no-report",
+    "-q",
+]
 
 
 def test_same_command_twice_gives_identical_metrics(tmp_path):
@@ -52,10 +71,15 @@ def test_same_command_twice_gives_identical_metrics(tmp_path):
 
 @pytest.fixture(scope="module")
 def ladder_cells(tmp_path_factory):
-    spec = SweepSpec(model="mlp-tiny", data=DataSpec(name="digits"),
-                     methods=("random", "taylor", "wanda"), allocations=("global", "uniform"),
-                     levels=(0.3, 0.6, 0.9), dense=TrainConfig(epochs=1),
-                     finetune=TrainConfig(epochs=0.25))
+    spec = SweepSpec(
+        model="mlp-tiny",
+        data=DataSpec(name="digits"),
+        methods=("random", "taylor", "wanda"),
+        allocations=("global", "uniform"),
+        levels=(0.3, 0.6, 0.9),
+        dense=TrainConfig(epochs=1),
+        finetune=TrainConfig(epochs=0.25),
+    )
     cells = [c for c in expand_cells(spec) if c.method != "dense"]
     ctx = Context.build(cells[0], tmp_path_factory.mktemp("cache"))
     return cells, ctx

@@ -69,8 +69,15 @@ def dense(digits):
 
 def run(schedule, dense, digits, sparsity=0.8, epochs=2.0, **kw):
     model = copy.deepcopy(dense)
-    result = run_schedule(schedule, model, digits, sparsity, train_cfg=TrainConfig(epochs=epochs),
-                          generator=torch.Generator().manual_seed(1), **kw)
+    result = run_schedule(
+        schedule,
+        model,
+        digits,
+        sparsity,
+        train_cfg=TrainConfig(epochs=epochs),
+        generator=torch.Generator().manual_seed(1),
+        **kw,
+    )
     return model, result
 
 
@@ -111,8 +118,15 @@ def test_masked_weights_stay_zero_between_mask_updates(case, dense, digits):
 
 def test_polynomial_sparsity_matches_literal_values():
     # s_f + (s_i - s_f)(1 - (t - t0)/(n dt))^3 with s_i=0.1, s_f=0.9, t0=10, n=4, dt=5
-    expected = {0: 0.1, 10: 0.1, 15: 0.9 - 0.8 * 0.75**3, 20: 0.9 - 0.8 * 0.5**3,
-                25: 0.9 - 0.8 * 0.25**3, 30: 0.9, 99: 0.9}
+    expected = {
+        0: 0.1,
+        10: 0.1,
+        15: 0.9 - 0.8 * 0.75**3,
+        20: 0.9 - 0.8 * 0.5**3,
+        25: 0.9 - 0.8 * 0.25**3,
+        30: 0.9,
+        99: 0.9,
+    }
     for t, want in expected.items():
         assert polynomial_sparsity(t, 0.1, 0.9, 10, 4, 5) == pytest.approx(want, abs=1e-12)
     assert polynomial_sparsity(20, 0.1, 0.9, 10, 4, 5, power=1) == pytest.approx(0.5)
@@ -137,8 +151,9 @@ def test_gradual_masks_follow_the_formula_at_every_step(kind, power, dense, digi
 
 
 def test_regrow_keeps_sparsity_and_changes_the_mask(dense, digits):
-    pruned = run_schedule(OneShot(), copy.deepcopy(dense), digits, 0.8,
-                          train_cfg=TrainConfig(epochs=0))
+    pruned = run_schedule(
+        OneShot(), copy.deepcopy(dense), digits, 0.8, train_cfg=TrainConfig(epochs=0)
+    )
     _, result = run(Regrow(0.3, every_steps=2), dense, digits, 0.8)
     regrows = [r for r in result.trajectory if r["phase"] == "regrow"]
     assert {r["sparsity"] for r in regrows} == {mask_sparsity(pruned.masks)}
@@ -159,8 +174,10 @@ def test_drop_and_grow_literal():
 def test_effective_grads_reach_masked_positions(dense, digits):
     model = copy.deepcopy(dense)
     targets = select_targets(model)
-    masks = {n: torch.rand(m.weight.shape, generator=torch.Generator().manual_seed(3)) > 0.5
-             for n, m in targets.items()}
+    masks = {
+        n: torch.rand(m.weight.shape, generator=torch.Generator().manual_seed(3)) > 0.5
+        for n, m in targets.items()
+    }
     apply_masks(model, masks)
     x, y = digits.train.x[:64], digits.train.y[:64]
     got = effective_grads(model, select_targets(model), x, y)
@@ -199,7 +216,8 @@ def test_iterative_levels_and_rewinding(dense, digits):
     assert round_sparsities(0.875, 3) == pytest.approx([0.5, 0.75, 0.875])
     _, result = run(Iterative(3), dense, digits, 0.875)
     assert [r["sparsity"] for r in result.trajectory if r["phase"] == "prune"] == pytest.approx(
-        [0.5, 0.75, 0.875])
+        [0.5, 0.75, 0.875]
+    )
     _, rewound = run(Iterative(2, rewind=0.0), dense, digits, 0.75)
     assert all(r["rewound"] for r in rewound.trajectory if r["phase"] == "prune")
     _, late = run(Iterative(2, rewind=0.5), dense, digits, 0.75, epochs=2.0)
@@ -248,41 +266,53 @@ def test_adaptive_stops_where_the_metric_holds(dense, digits):
 
 
 def test_adaptive_agreement_tolerance(dense, digits):
-    model, result = run(Adaptive("agreement", max_drop=None, min_value=0.97), dense, digits,
-                        0.9, epochs=1.0)
+    model, result = run(
+        Adaptive("agreement", max_drop=None, min_value=0.97), dense, digits, 0.9, epochs=1.0
+    )
     agree = evaluate(model, digits.val, reference=dense, metrics=["agreement"])["agreement"]
     assert agree >= 0.97 and result.trajectory[-1]["value"] == pytest.approx(agree)
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("oneshot", OneShot()),
-    ("iterative", Iterative(3)),
-    ("iterative:5", Iterative(5)),
-    ("iterative:3:rewind", Iterative(3, rewind=0.0)),
-    ("iterative:4:rewind=0.25", Iterative(4, rewind=0.25)),
-    ("gradual", Gradual()),
-    ("gradual:linear", Gradual("linear")),
-    ("gradual:cubic:every_steps=50:end_frac=0.5", Gradual("cubic", every_steps=50, end_frac=0.5)),
-    ("regrow", Regrow()),
-    ("regrow:0.2", Regrow(0.2)),
-    ("adaptive", Adaptive()),
-    ("adaptive:agreement:max_drop=none:min_value=0.98",
-     Adaptive("agreement", max_drop=None, min_value=0.98)),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("oneshot", OneShot()),
+        ("iterative", Iterative(3)),
+        ("iterative:5", Iterative(5)),
+        ("iterative:3:rewind", Iterative(3, rewind=0.0)),
+        ("iterative:4:rewind=0.25", Iterative(4, rewind=0.25)),
+        ("gradual", Gradual()),
+        ("gradual:linear", Gradual("linear")),
+        (
+            "gradual:cubic:every_steps=50:end_frac=0.5",
+            Gradual("cubic", every_steps=50, end_frac=0.5),
+        ),
+        ("regrow", Regrow()),
+        ("regrow:0.2", Regrow(0.2)),
+        ("adaptive", Adaptive()),
+        (
+            "adaptive:agreement:max_drop=none:min_value=0.98",
+            Adaptive("agreement", max_drop=None, min_value=0.98),
+        ),
+    ],
+)
 def test_parse_schedule(text, expected):
     assert parse_schedule(text) == expected
 
 
-@pytest.mark.parametrize("text,message", [
-    ("onesht", "did you mean 'oneshot'.*valid: adaptive, gradual, iterative, oneshot, regrow"),
-    ("iterative:three", "rounds must be an integer"),
-    ("iterative:0", "rounds must be an integer >= 1"),
-    ("gradual:quadratic", "valid: cubic, linear"),
-    ("gradual:every=3", "unknown option 'every'"),
-    ("oneshot:3", "unexpected argument"),
-    ("adaptive:accurcy", "unknown metric"),
-    ("regrow:1.5", "drop_fraction"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("onesht", "did you mean 'oneshot'.*valid: adaptive, gradual, iterative, oneshot, regrow"),
+        ("iterative:three", "rounds must be an integer"),
+        ("iterative:0", "rounds must be an integer >= 1"),
+        ("gradual:quadratic", "valid: cubic, linear"),
+        ("gradual:every=3", "unknown option 'every'"),
+        ("oneshot:3", "unexpected argument"),
+        ("adaptive:accurcy", "unknown metric"),
+        ("regrow:1.5", "drop_fraction"),
+    ],
+)
 def test_parse_schedule_rejects_bad_input(text, message):
     with pytest.raises(PrunelabError, match=message):
         parse_schedule(text)
@@ -308,8 +338,16 @@ def test_channels_structure_through_iterative(dense, digits):
         assert torch.all(rows.all(1) | ~rows.any(1))  # whole rows kept or removed
 
 
-@pytest.mark.parametrize("text", ["oneshot", "iterative:4:rewind=0.25", "gradual:linear:every_steps=7",
-                                  "regrow:0.2", "adaptive:agreement:max_drop=none:min_value=0.98"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "oneshot",
+        "iterative:4:rewind=0.25",
+        "gradual:linear:every_steps=7",
+        "regrow:0.2",
+        "adaptive:agreement:max_drop=none:min_value=0.98",
+    ],
+)
 def test_format_schedule_round_trips(text):
     schedule = parse_schedule(text)
     assert parse_schedule(format_schedule(schedule)) == schedule
@@ -320,7 +358,8 @@ def test_format_schedule_round_trips(text):
 def test_calibrated_criteria_rescore_during_gradual(method, dense, digits):
     model, result = run(Gradual(every_steps=3), dense, digits, 0.7, method=method)
     assert sum(int((m.weight == 0).sum()) for m in select_targets(model).values()) == round(
-        0.7 * n_weights(model))
+        0.7 * n_weights(model)
+    )
     levels = [r["achieved"] for r in result.trajectory]
     assert levels == sorted(levels) and len(set(levels)) > 3
 

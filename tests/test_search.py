@@ -41,8 +41,16 @@ def test_search_respects_budget_exactly_and_resumes(tmp_path) -> None:
     cfg = SearchConfig(n_trials=4, train=TrainConfig(epochs=0.5), train_subset=300)
     seed_plan = {"1": 0.8, "3": 0.8, "5": 0.8}
     store = tmp_path / "search.sqlite"
-    res = search_allocation(model, data, targets, "magnitude", 0.8, cfg, storage=store,
-                            seed_plans={"uniform": seed_plan})
+    res = search_allocation(
+        model,
+        data,
+        targets,
+        "magnitude",
+        0.8,
+        cfg,
+        storage=store,
+        seed_plans={"uniform": seed_plan},
+    )
     assert store.exists() and len(res.trials) == 4
     for plan in res.trials["plan"]:  # every trial's plan prunes exactly round(0.8 * N) weights
         counts = {k: round(plan[k] * sizes[k]) for k in sizes}
@@ -54,9 +62,15 @@ def test_search_respects_budget_exactly_and_resumes(tmp_path) -> None:
     assert res.value == max(res.trials["value"])
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     # resume: the same study gains only the missing trials
-    more = search_allocation(model, data, targets, "magnitude", 0.8,
-                             SearchConfig(n_trials=5, train=cfg.train, train_subset=300),
-                             storage=store)
+    more = search_allocation(
+        model,
+        data,
+        targets,
+        "magnitude",
+        0.8,
+        SearchConfig(n_trials=5, train=cfg.train, train_subset=300),
+        storage=store,
+    )
     assert len(more.trials) == 5
     assert list(more.trials["number"][:4]) == list(res.trials["number"])
 

@@ -58,8 +58,7 @@ def sens(fragile, digits) -> pd.DataFrame:
 
 
 def test_sensitivity_table_is_tidy_and_real(sens, fragile, digits) -> None:
-    assert list(sens.columns) == [
-        "layer", "level", "params", "metric_name", "metric", "drop", "kl"]
+    assert list(sens.columns) == ["layer", "level", "params", "metric_name", "metric", "drop", "kl"]
     assert set(sens["layer"]) == {"1", "3", "4", "6"}
     assert len(sens) == 4 * (len(LEVELS) + 1)
     dense = sens[sens.level == 0.0]
@@ -87,7 +86,9 @@ def test_fragile_layer_is_most_sensitive_and_gets_least_sparsity(sens) -> None:
             assert plan["3"] < plan["1"] - 0.2
             assert plan["4"] > target  # trained hidden layers absorb the budget
     # threshold ignores layer size: the fragile layer is the least pruned of all
-    assert min(sensitivity_plan(sens, 0.5, rule="threshold").items(), key=lambda kv: kv[1])[0] == "3"
+    assert (
+        min(sensitivity_plan(sens, 0.5, rule="threshold").items(), key=lambda kv: kv[1])[0] == "3"
+    )
 
 
 def test_sensitivity_allocation_exact_budget_and_nested(sens, fragile) -> None:
@@ -153,8 +154,9 @@ def test_weight_stats_histograms(fragile) -> None:
     had = st[(st.layer == "3") & (st.kind == "weight")].iloc[0]
     assert had["kurtosis"] == pytest.approx(-2.0, abs=0.01)  # two values +-1/8: minimal
     hist = histograms(fragile, bins=10)
-    assert (hist.groupby("layer")["count"].sum() == st[st.kind == "weight"]
-            .set_index("layer")["n"]).all()
+    assert (
+        hist.groupby("layer")["count"].sum() == st[st.kind == "weight"].set_index("layer")["n"]
+    ).all()
 
 
 def _loss(model: nn.Module, data) -> float:

@@ -24,8 +24,11 @@ from prunelab.targets import select_targets
 
 # Where each producer's channels leave their conv(-BN) pair in resnet-tiny.
 RESNET_EXITS = {
-    "stem.0": "stem.1", "layer1.conv1": "layer1.bn1", "layer1.conv2": "layer1.bn2",
-    "layer2.conv1": "layer2.bn1", "layer2.conv2": "layer2.bn2",
+    "stem.0": "stem.1",
+    "layer1.conv1": "layer1.bn1",
+    "layer1.conv2": "layer1.bn2",
+    "layer2.conv1": "layer2.bn1",
+    "layer2.conv2": "layer2.bn2",
     "layer2.shortcut.0": "layer2.shortcut.1",
 }
 
@@ -43,7 +46,9 @@ def _randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-def _zeroed_outputs(model: nn.Module, plan: ChannelPlan, exits: dict[str, str], x: Tensor) -> Tensor:
+def _zeroed_outputs(
+    model: nn.Module, plan: ChannelPlan, exits: dict[str, str], x: Tensor
+) -> Tensor:
     """The original network with the removed channels' outputs forced to zero.
 
     Zeroing a conv's *filter* (a weight mask) is not equivalent to removing the channel when
@@ -117,7 +122,11 @@ class CatNet(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.a, self.b, self.c = nn.Conv2d(2, 4, 3, padding=1), nn.Conv2d(2, 3, 1), nn.Conv2d(2, 3, 1)
+        self.a, self.b, self.c = (
+            nn.Conv2d(2, 4, 3, padding=1),
+            nn.Conv2d(2, 3, 1),
+            nn.Conv2d(2, 3, 1),
+        )
         self.head = nn.Conv2d(7, 5, 1)
         self.fc = nn.Linear(5, 2)
 
@@ -182,7 +191,9 @@ def test_params_and_macs_shrink_literally() -> None:
     assert sum(p.numel() for p in small.parameters()) == (2 * 9 + 2) + (2 * 18 + 2)  # 58
     assert count_macs(model, x).dense == 9 * 36 + 72  # 3x3 positions x 36 weights + linear
     assert count_macs(small, x).dense == 9 * 18 + 36
-    torch.testing.assert_close(small[3].weight, model[3].weight[:, list(range(9, 18)) + list(range(27, 36))])
+    torch.testing.assert_close(
+        small[3].weight, model[3].weight[:, list(range(9, 18)) + list(range(27, 36))]
+    )
 
 
 def test_save_rebuild_round_trip(resnet: nn.Module, tmp_path) -> None:

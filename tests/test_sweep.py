@@ -21,8 +21,13 @@ DIGITS = DataSpec(name="digits")
 
 
 def tiny_spec(**kw) -> SweepSpec:
-    base = {"model": "mlp-tiny", "data": DIGITS, "dense": TrainConfig(epochs=3),
-                "finetune": TrainConfig(epochs=0.5), "levels": (0.5, 0.9)}
+    base = {
+        "model": "mlp-tiny",
+        "data": DIGITS,
+        "dense": TrainConfig(epochs=3),
+        "finetune": TrainConfig(epochs=0.5),
+        "levels": (0.5, 0.9),
+    }
     return SweepSpec(**{**base, **kw})
 
 
@@ -74,9 +79,26 @@ def test_store_keeps_artefacts(tmp_path, cache_dir):
 
 def test_sigkill_midway_then_rerun_loses_and_duplicates_nothing(tmp_path, cache_dir):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "prunelab.cli", "sweep", "--out", str(out), "--dataset",
-           "digits", "--model", "mlp-tiny", "--dense-epochs", "2", "--ft-epochs", "1",
-           "--levels", "0.1:0.9:0.1", "--quiet", "--no-report"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "prunelab.cli",
+        "sweep",
+        "--out",
+        str(out),
+        "--dataset",
+        "digits",
+        "--model",
+        "mlp-tiny",
+        "--dense-epochs",
+        "2",
+        "--ft-epochs",
+        "1",
+        "--levels",
+        "0.1:0.9:0.1",
+        "--quiet",
+        "--no-report",
+    ]
     env = {**os.environ, "PRUNELAB_CACHE": str(cache_dir)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120

@@ -20,11 +20,33 @@ from prunelab.targets import select_targets
 
 __version__ = "0.1.0"
 __all__ = [
-    "ALLOCATIONS", "CRITERIA", "DATASETS", "METRICS", "MODELS",
-    "Channels", "DataBundle", "Heads", "NM", "PrunelabError", "Split", "TrainConfig",
-    "Unstructured", "apply_masks", "build_model", "compute_scores", "evaluate", "get_masks",
-    "layer_sparsity", "load_dataset", "load_or_train", "make_permanent", "parse_structure",
-    "prune", "select_masks", "select_targets", "train",
+    "ALLOCATIONS",
+    "CRITERIA",
+    "DATASETS",
+    "METRICS",
+    "MODELS",
+    "Channels",
+    "DataBundle",
+    "Heads",
+    "NM",
+    "PrunelabError",
+    "Split",
+    "TrainConfig",
+    "Unstructured",
+    "apply_masks",
+    "build_model",
+    "compute_scores",
+    "evaluate",
+    "get_masks",
+    "layer_sparsity",
+    "load_dataset",
+    "load_or_train",
+    "make_permanent",
+    "parse_structure",
+    "prune",
+    "select_masks",
+    "select_targets",
+    "train",
 ]
 
 from prunelab.schedules import SCHEDULES, parse_schedule, run_schedule

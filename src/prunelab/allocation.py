@@ -45,4 +45,4 @@ def global_counts(scores: dict[str, Tensor], sparsity: float) -> dict[str, int]:
 
 
 ALLOCATIONS.add("global", global_counts)
-from prunelab import allocators as _allocators  # noqa: F401  (lamp, erk; bounds)
+from prunelab import allocators as _allocators  # noqa: E402, F401  (lamp, erk; bounds)

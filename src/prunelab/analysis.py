@@ -83,8 +83,11 @@ def knee(
     k = int(g["count"].min())
     if noise is None:
         multi = g[g["count"] > 1]
-        noise = float(np.sqrt(np.average(multi["std"] ** 2, weights=multi["count"] - 1))) \
-            if len(multi) else 0.0
+        noise = (
+            float(np.sqrt(np.average(multi["std"] ** 2, weights=multi["count"] - 1)))
+            if len(multi)
+            else 0.0
+        )
     tau = max(z * noise * math.sqrt(2.0 / k), min_fall)
     above = drop > tau + 1e-12  # float-safe: a drop of exactly tau is inside the band
     sustained = np.flip(np.cumprod(np.flip(above))).astype(bool)  # above here and at all higher
@@ -92,8 +95,13 @@ def knee(
         return Knee(None, None, tau, noise, f"drop never leaves the noise band {tau:.4g}")
     j = int(np.argmax(sustained[1:])) + 1
     lv = g["level"].to_numpy()
-    return Knee(float(lv[j - 1]), float(lv[j]), tau, noise,
-                f"drop exceeds {tau:.4g} from level {lv[j]:g} on")
+    return Knee(
+        float(lv[j - 1]),
+        float(lv[j]),
+        tau,
+        noise,
+        f"drop exceeds {tau:.4g} from level {lv[j]:g} on",
+    )
 
 
 def _column(metric: str, split: str) -> str:
@@ -110,8 +118,9 @@ def _check_results(df: pd.DataFrame, column: str) -> list[str]:
         raise PrunelabError(f"results lack columns {sorted(missing)}; have {sorted(df.columns)}")
     for col in ("model", "dataset"):
         if col in df.columns and df[col].nunique() > 1:
-            raise PrunelabError(f"results hold several {col}s ({sorted(df[col].unique())}); "
-                                "filter to one first")
+            raise PrunelabError(
+                f"results hold several {col}s ({sorted(df[col].unique())}); filter to one first"
+            )
     if not (df["method"] == "dense").any():
         raise PrunelabError("results have no dense control rows (method 'dense')")
     return [c for c in CONFIG_COLUMNS if c in df.columns]
@@ -133,10 +142,18 @@ def tipping_points(
         ref = dense
         if "ft_epochs" in config and (dense["ft_epochs"] == g["ft_epochs"].iloc[0]).any():
             ref = dense[dense["ft_epochs"] == g["ft_epochs"].iloc[0]]  # same fine-tune budget
-        k = knee(np.r_[np.zeros(len(ref)), g["level"]], np.r_[ref[column], g[column]],
-                 hib, **knee_kw)
-        rows.append(dict(zip(config, key if isinstance(key, tuple) else (key,)),
-                         knee=k.level, onset=k.onset, band=k.band, noise=k.noise))
+        k = knee(
+            np.r_[np.zeros(len(ref)), g["level"]], np.r_[ref[column], g[column]], hib, **knee_kw
+        )
+        rows.append(
+            dict(
+                zip(config, key if isinstance(key, tuple) else (key,)),
+                knee=k.level,
+                onset=k.onset,
+                band=k.band,
+                noise=k.noise,
+            )
+        )
     return pd.DataFrame(rows)
 
 
@@ -196,9 +213,11 @@ class Recommendation:
             return f"No level meets the tolerance ({self.tolerance}): {self.reason}"
         cfg = ", ".join(f"{k}={v}" for k, v in (self.config or {}).items())
         lo, hi = self.interval or (math.nan, math.nan)
-        text = (f"Ship sparsity {self.level:g} ({cfg}): {self.split} {self.metric} "
-                f"{self.value:.4f}, {self.confidence:.0%} interval [{lo:.4f}, {hi:.4f}] "
-                f"({self.tolerance}; {self.n_seeds} seed(s)).")
+        text = (
+            f"Ship sparsity {self.level:g} ({cfg}): {self.split} {self.metric} "
+            f"{self.value:.4f}, {self.confidence:.0%} interval [{lo:.4f}, {hi:.4f}] "
+            f"({self.tolerance}; {self.n_seeds} seed(s))."
+        )
         if self.test_value is not None:
             text += f" Test {self.metric}: {self.test_value:.4f}."
         return text + (f" {self.reason}" if self.reason else "")
@@ -228,20 +247,28 @@ def _check_tolerance(metric: str, max_drop: float | None, min_value: float | Non
         if not max_drop >= 0:
             raise PrunelabError(f"max_drop must be >= 0, got {max_drop}")
         if metric in FRACTION_METRICS and max_drop >= 1:
-            raise PrunelabError(f"max_drop is in {metric} units (a fraction), got {max_drop}; "
-                                f"for percentage points use points({max_drop:g})")
+            raise PrunelabError(
+                f"max_drop is in {metric} units (a fraction), got {max_drop}; "
+                f"for percentage points use points({max_drop:g})"
+            )
         if metric in FRACTION_METRICS and max_drop > 0.1:
-            log.warning("max_drop %g is %g percentage points of %s; is that intended?",
-                        max_drop, 100 * max_drop, metric)
+            log.warning(
+                "max_drop %g is %g percentage points of %s; is that intended?",
+                max_drop,
+                100 * max_drop,
+                metric,
+            )
         return f"max drop {max_drop:g} in {metric}"
     if not METRICS.get(metric).higher_is_better:
-        raise PrunelabError(f"min_value needs a higher-is-better metric; {metric} is lower-is-"
-                            "better: use max_drop")
+        raise PrunelabError(
+            f"min_value needs a higher-is-better metric; {metric} is lower-is-better: use max_drop"
+        )
     return f"{metric} >= {min_value:g}"
 
 
-def _evidence(df: pd.DataFrame, config: list[str], metric: str, column: str,
-              confidence: float, seed: int) -> pd.DataFrame:
+def _evidence(
+    df: pd.DataFrame, config: list[str], metric: str, column: str, confidence: float, seed: int
+) -> pd.DataFrame:
     sign = 1.0 if METRICS.get(metric).higher_is_better else -1.0
     df = df.assign(_drop=_paired(df, column, sign))
     has_test = metric in df.columns and column != metric
@@ -252,12 +279,23 @@ def _evidence(df: pd.DataFrame, config: list[str], metric: str, column: str,
         row = dict(zip(config + ["level"], key))
         lo, hi = bootstrap_ci(g["_drop"], confidence, seed=seed)
         mlo, mhi = bootstrap_ci(g[column], confidence, seed=seed)
-        row.update(n_seeds=len(g), value=g[column].mean(), drop=g["_drop"].mean(),
-                   drop_lo=lo, drop_hi=hi, value_lo=mlo, value_hi=mhi)
+        row.update(
+            n_seeds=len(g),
+            value=g[column].mean(),
+            drop=g["_drop"].mean(),
+            drop_lo=lo,
+            drop_hi=hi,
+            value_lo=mlo,
+            value_hi=mhi,
+        )
         if has_test:
             tlo, thi = bootstrap_ci(g["_test_drop"], confidence, seed=seed)
-            row.update(test_value=g[metric].mean(), test_drop=g["_test_drop"].mean(),
-                       test_drop_lo=tlo, test_drop_hi=thi)
+            row.update(
+                test_value=g[metric].mean(),
+                test_drop=g["_test_drop"].mean(),
+                test_drop_lo=tlo,
+                test_drop_hi=thi,
+            )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -288,29 +326,58 @@ def recommend(
     if ev.empty:
         raise PrunelabError("results have no pruned rows (only dense controls)")
     sign = 1.0 if METRICS.get(metric).higher_is_better else -1.0
-    ev["holds"] = ev["drop_hi"] <= max_drop + 1e-12 if max_drop is not None \
+    ev["holds"] = (
+        ev["drop_hi"] <= max_drop + 1e-12
+        if max_drop is not None
         else ev["value_lo"] >= min_value - 1e-12
+    )
     ev = ev.sort_values(config + ["level"]).reset_index(drop=True)
     ev["usable"] = ev.groupby(config, dropna=False)["holds"].cummin()
     ok = ev[ev["usable"]]
     note = "" if split == "val" else "Chosen on the test split: the estimate is optimistic."
     if ok.empty:
         best = ev.loc[(ev["drop"] * 1.0).idxmin()]
-        reason = (f"even the best pruned cell (level {best['level']:g}) drops "
-                  f"{best['drop']:.4g} (interval up to {best['drop_hi']:.4g})")
-        return Recommendation(None, None, metric, split, tolerance, confidence, None, None, None,
-                              None, int(ev["n_seeds"].max()), ev, reason)
+        reason = (
+            f"even the best pruned cell (level {best['level']:g}) drops "
+            f"{best['drop']:.4g} (interval up to {best['drop_hi']:.4g})"
+        )
+        return Recommendation(
+            None,
+            None,
+            metric,
+            split,
+            tolerance,
+            confidence,
+            None,
+            None,
+            None,
+            None,
+            int(ev["n_seeds"].max()),
+            ev,
+            reason,
+        )
     top = ok[ok["level"] == ok["level"].max()]
     best = top.loc[(sign * top["value"]).idxmax()]
-    interval = (best["drop_lo"], best["drop_hi"]) if max_drop is not None \
+    interval = (
+        (best["drop_lo"], best["drop_hi"])
+        if max_drop is not None
         else (best["value_lo"], best["value_hi"])
+    )
     test_iv = (best["test_drop_lo"], best["test_drop_hi"]) if "test_value" in best else None
     if int(best["n_seeds"]) < 2:
         note = (note + " Single seed: the interval is a point, not a confidence statement.").strip()
     return Recommendation(
-        float(best["level"]), {c: best[c] for c in config}, metric, split, tolerance, confidence,
-        (float(interval[0]), float(interval[1])), float(best["value"]),
+        float(best["level"]),
+        {c: best[c] for c in config},
+        metric,
+        split,
+        tolerance,
+        confidence,
+        (float(interval[0]), float(interval[1])),
+        float(best["value"]),
         float(best["test_value"]) if "test_value" in best else None,
         tuple(float(x) for x in test_iv) if test_iv else None,  # type: ignore[arg-type]
-        int(best["n_seeds"]), ev, note,
+        int(best["n_seeds"]),
+        ev,
+        note,
     )

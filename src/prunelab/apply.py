@@ -47,7 +47,8 @@ def apply_masks(model: nn.Module, masks: Masks) -> nn.Module:
         module = modules[name]
         if tuple(mask.shape) != tuple(module.weight.shape):
             raise PrunelabError(
-                f"mask shape {tuple(mask.shape)} does not fit layer '{name}' {tuple(module.weight.shape)}"
+                f"mask shape {tuple(mask.shape)} does not fit layer '{name}' "
+                f"{tuple(module.weight.shape)}"
             )
         existing = _mask_param(module)
         if existing is not None:
@@ -94,7 +95,9 @@ def make_permanent(model: nn.Module) -> nn.Module:
     return model
 
 
-def layer_sparsity(model: nn.Module, targets: dict[str, nn.Module] | None = None) -> dict[str, float]:
+def layer_sparsity(
+    model: nn.Module, targets: dict[str, nn.Module] | None = None
+) -> dict[str, float]:
     """Fraction of exact zeros in each target weight (all Linear/Conv weights by default)."""
     from prunelab.targets import PRUNABLE_TYPES
 

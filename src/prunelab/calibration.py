@@ -48,16 +48,22 @@ def collect(
     """
     unknown = needs - STATS
     if unknown:
-        raise PrunelabError(f"unknown calibration statistics {sorted(unknown)}; valid: {sorted(STATS)}")
+        raise PrunelabError(
+            f"unknown calibration statistics {sorted(unknown)}; valid: {sorted(STATS)}"
+        )
     stats: dict[str, dict[str, Tensor]] = {n: {} for n in targets}
     if not needs:
         return stats
     handles = []
     if "input_norm" in needs:
         for name, module in targets.items():
-            def hook(mod: nn.Module, inputs: tuple[Tensor, ...], _out: Tensor, name: str = name) -> None:
+
+            def hook(
+                mod: nn.Module, inputs: tuple[Tensor, ...], _out: Tensor, name: str = name
+            ) -> None:
                 sq = _input_sqsum(mod, inputs[0].detach())
                 stats[name]["input_norm"] = stats[name].get("input_norm", 0) + sq
+
             handles.append(module.register_forward_hook(hook))
     was_training = model.training
     model.eval()
@@ -86,7 +92,10 @@ def collect(
 
 
 def _effective_grads(
-    model: nn.Module, targets: dict[str, nn.Module], x: Tensor, y: Tensor,
+    model: nn.Module,
+    targets: dict[str, nn.Module],
+    x: Tensor,
+    y: Tensor,
     loss_fn: Callable[[Tensor, Tensor], Tensor],
 ) -> dict[str, Tensor]:
     """dL/dW for each target's *effective* weight, also where a mask zeroes it.

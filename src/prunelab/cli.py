@@ -14,7 +14,9 @@ import typer
 from prunelab.errors import PrunelabError
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
     help="prunelab: how sparse can this model go before it loses its intelligence?",
 )
 
@@ -34,8 +36,9 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except PrunelabError as e:
             _fail(str(e))
         except KeyboardInterrupt:
-            typer.secho("interrupted: finished cells are saved; rerun the same command to resume",
-                        err=True)
+            typer.secho(
+                "interrupted: finished cells are saved; rerun the same command to resume", err=True
+            )
             raise typer.Exit(130) from None
 
     return wrapper
@@ -49,11 +52,17 @@ def _csv(text: str | None) -> tuple[str, ...] | None:
 @user_errors
 def sweep(
     config: Annotated[Path | None, typer.Option(help="TOML sweep spec; flags override it")] = None,
-    out: Annotated[Path, typer.Option(help="run directory (resumed if it holds this sweep)")] = Path("runs/default"),
+    out: Annotated[
+        Path, typer.Option(help="run directory (resumed if it holds this sweep)")
+    ] = Path("runs/default"),
     model: Annotated[str | None, typer.Option(help="model name (see `prunelab list`)")] = None,
     dataset: Annotated[str | None, typer.Option(help="dataset name")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="directory of Fashion-MNIST IDX files")] = None,
-    train_limit: Annotated[int | None, typer.Option(help="use only the first N training rows")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="directory of Fashion-MNIST IDX files")
+    ] = None,
+    train_limit: Annotated[
+        int | None, typer.Option(help="use only the first N training rows")
+    ] = None,
     methods: Annotated[str | None, typer.Option(help="criteria, comma-separated")] = None,
     scopes: Annotated[str | None, typer.Option(help="allocations, e.g. global,uniform")] = None,
     structures: Annotated[str | None, typer.Option(help="unstructured, 2:4, channels, ...")] = None,
@@ -82,9 +91,14 @@ def sweep(
     if data_dir is not None and not data_dir.is_dir():
         raise PrunelabError(f"data directory {data_dir} does not exist")
     raw["data"] = data
-    flags: dict[str, Any] = {"model": model, "methods": _csv(methods), "allocations": _csv(scopes),
-                             "structures": _csv(structures), "schedules": _csv(schedules),
-                             "metrics": _csv(metrics)}
+    flags: dict[str, Any] = {
+        "model": model,
+        "methods": _csv(methods),
+        "allocations": _csv(scopes),
+        "structures": _csv(structures),
+        "schedules": _csv(schedules),
+        "metrics": _csv(metrics),
+    }
     if levels is not None:
         flags["levels"] = parse_levels(levels)
     if seeds is not None:
@@ -130,7 +144,9 @@ def report(
 @user_errors
 def recommend(
     run_dir: Annotated[Path, typer.Argument(help="a sweep's run directory")],
-    max_drop: Annotated[float | None, typer.Option(help="tolerated drop vs dense, in points")] = None,
+    max_drop: Annotated[
+        float | None, typer.Option(help="tolerated drop vs dense, in points")
+    ] = None,
     min_value: Annotated[float | None, typer.Option(help="or: minimum metric value (0-1)")] = None,
     metric: Annotated[str, typer.Option(help="accuracy, agreement, macro_f1, ...")] = "accuracy",
 ) -> None:
@@ -195,8 +211,10 @@ def export(
     if not run_dir.is_dir():
         raise PrunelabError(f"run directory {run_dir} does not exist")
     done = export_cell(run_dir, out, fmt, cell, level, method, allocation)
-    typer.echo(f"{fmt}: {done.path} {done.bytes:,} bytes ({100 * done.ratio:.1f}% of the dense "
-               f"safetensors, {done.dense_bytes:,} bytes){' ' + done.detail if done.detail else ''}")
+    typer.echo(
+        f"{fmt}: {done.path} {done.bytes:,} bytes ({100 * done.ratio:.1f}% of the dense "
+        f"safetensors, {done.dense_bytes:,} bytes){' ' + done.detail if done.detail else ''}"
+    )
 
 
 def main() -> None:  # pragma: no cover

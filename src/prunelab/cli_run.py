@@ -21,23 +21,33 @@ def registries() -> dict[str, list[str]]:
     from prunelab.sweep.allocations import allocation_names
 
     return {
-        "methods": CRITERIA.names(), "allocations": allocation_names(),
+        "methods": CRITERIA.names(),
+        "allocations": allocation_names(),
         "structures": ["unstructured", "N:M (e.g. 2:4)", "channels"],
-        "schedules": SCHEDULES.names(), "metrics": METRICS.names(),
-        "datasets": DATASETS.names(), "models": MODELS.names(),
+        "schedules": SCHEDULES.names(),
+        "metrics": METRICS.names(),
+        "datasets": DATASETS.names(),
+        "models": MODELS.names(),
     }
 
 
-def run_sweep_with_progress(spec: SweepSpec, out: Path, executor_name: str, workers: int,
-                            address: str | None, quiet: bool) -> None:
+def run_sweep_with_progress(
+    spec: SweepSpec, out: Path, executor_name: str, workers: int, address: str | None, quiet: bool
+) -> None:
     console = Console(stderr=True)
     contexts = ContextCache(None)
     executor = make_executor(executor_name, workers, address=address, contexts=contexts)
     from prunelab.sweep import expand_cells
 
     total = len(expand_cells(spec))
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, disable=quiet) as bars:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
+    ) as bars:
         overall = bars.add_task("cells", total=total)
         current = bars.add_task("preparing (dense model, data)", total=None)
 
@@ -48,8 +58,9 @@ def run_sweep_with_progress(spec: SweepSpec, out: Path, executor_name: str, work
         def on_step(phase: str, done: int, steps: int) -> None:
             bars.update(current, description=phase, completed=done, total=steps)
 
-        outcome = run_sweep(spec, out, executor, on_cell=on_cell, progress=on_step,
-                            contexts=contexts)
+        outcome = run_sweep(
+            spec, out, executor, on_cell=on_cell, progress=on_step, contexts=contexts
+        )
         bars.update(overall, completed=total)
     console.print(f"{outcome.ran} cells ran, {outcome.skipped} resumed from {out}")
     print_summary(out, console)
@@ -68,10 +79,16 @@ def print_summary(run_dir: Path, console: Console) -> None:
         table.add_column(col, justify="left" if col == "method" else "right")
     dense = df[df["method"] == "dense"]
     if len(dense):
-        table.add_row("0", "dense (+fine-tune)", f"{dense['accuracy'].mean():.4f}",
-                      f"{dense['agreement'].mean():.4f}", f"{dense['sparsity'].mean():.4f}")
+        table.add_row(
+            "0",
+            "dense (+fine-tune)",
+            f"{dense['accuracy'].mean():.4f}",
+            f"{dense['agreement'].mean():.4f}",
+            f"{dense['sparsity'].mean():.4f}",
+        )
     means = pruned.groupby(["level", "curve"])[["accuracy", "agreement", "sparsity"]].mean()
     for (level, curve), r in means.iterrows():
-        table.add_row(f"{level:g}", curve, f"{r.accuracy:.4f}", f"{r.agreement:.4f}",
-                      f"{r.sparsity:.4f}")
+        table.add_row(
+            f"{level:g}", curve, f"{r.accuracy:.4f}", f"{r.agreement:.4f}", f"{r.sparsity:.4f}"
+        )
     Console().print(table)

@@ -73,8 +73,10 @@ def occlusion(x: Tensor, severity: int, generator: torch.Generator) -> Tensor:
     rows = torch.arange(h).view(1, h, 1)
     cols = torch.arange(w).view(1, 1, w)
     inside = (
-        (rows >= top.view(n, 1, 1)) & (rows < (top + side_h).view(n, 1, 1))
-        & (cols >= left.view(n, 1, 1)) & (cols < (left + side_w).view(n, 1, 1))
+        (rows >= top.view(n, 1, 1))
+        & (rows < (top + side_h).view(n, 1, 1))
+        & (cols >= left.view(n, 1, 1))
+        & (cols < (left + side_w).view(n, 1, 1))
     ).unsqueeze(1)  # (N, 1, H, W)
     return torch.where(inside, torch.full_like(x, 0.5), x)
 
@@ -95,7 +97,8 @@ def corrupt(
     """Corrupt normalised images ``x`` (N, C, H, W); deterministic in ``seed``.
 
     >>> x = torch.rand(4, 1, 8, 8)
-    >>> torch.equal(corrupt(x, "gaussian_noise", 2, seed=1), corrupt(x, "gaussian_noise", 2, seed=1))
+    >>> a = corrupt(x, "gaussian_noise", 2, seed=1)
+    >>> torch.equal(a, corrupt(x, "gaussian_noise", 2, seed=1))
     True
     """
     if x.ndim != 4:

@@ -145,8 +145,11 @@ def _check_written(path: Path, write) -> None:
         tmp.unlink(missing_ok=True)
         errno_ = getattr(e, "errno", None)
         full = errno_ in (errno.ENOSPC, errno.EFBIG) or "too large" in str(e).lower()
-        why = "disk full or file size limit reached" if full else (
-            getattr(e, "strerror", None) or str(e))
+        why = (
+            "disk full or file size limit reached"
+            if full
+            else (getattr(e, "strerror", None) or str(e))
+        )
         raise PrunelabError(f"cannot write {path}: {why}") from None
 
 
@@ -165,8 +168,9 @@ def save_sparse(model: nn.Module, path: Path | str) -> Exported:
     path = Path(path)
     state = plain_state(model)
     tensors, meta = encode_sparse(state)
-    _check_written(path, lambda tmp: save_file(tensors, str(tmp),
-                                               metadata={META_KEY: json.dumps(meta)}))
+    _check_written(
+        path, lambda tmp: save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)})
+    )
     size = path.stat().st_size
     return Exported(path, size, dense_bytes(state))
 
@@ -206,8 +210,7 @@ def load_sparse(model: nn.Module, path: Path | str) -> nn.Module:
     return model
 
 
-def save_onnx(model: nn.Module, example: Tensor, path: Path | str, atol: float = 1e-5
-              ) -> Exported:
+def save_onnx(model: nn.Module, example: Tensor, path: Path | str, atol: float = 1e-5) -> Exported:
     """Export to ONNX (TorchScript exporter) and check onnxruntime matches torch within ``atol``.
 
     The batch dimension is dynamic. Raises PrunelabError if the outputs differ.
@@ -227,9 +230,15 @@ def save_onnx(model: nn.Module, example: Tensor, path: Path | str, atol: float =
             _onnx_export(tmp)
 
     def _onnx_export(tmp: Path) -> None:
-        torch.onnx.export(work, (example,), str(tmp), dynamo=False, input_names=["input"],
-                          output_names=["logits"], dynamic_axes={"input": {0: "batch"},
-                                                                 "logits": {0: "batch"}})
+        torch.onnx.export(
+            work,
+            (example,),
+            str(tmp),
+            dynamo=False,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
 
     _check_written(path, write)
     diff = onnx_max_diff(work, path, example)
@@ -260,10 +269,16 @@ def save_slimmed(model: nn.Module, example: Tensor, path: Path | str, base: obje
 
     masks = get_masks(model)
     if not masks or not any((~m).reshape(m.shape[0], -1).all(1).any() for m in masks.values()):
-        raise PrunelabError("slim export needs a channel-pruned model (structure 'channels'); "
-                            "use --format sparse for unstructured or N:M sparsity")
+        raise PrunelabError(
+            "slim export needs a channel-pruned model (structure 'channels'); "
+            "use --format sparse for unstructured or N:M sparsity"
+        )
     small = slim(model, example, masks)
     path = Path(path)
     _check_written(path, lambda tmp: save_slim(small, tmp, base))  # type: ignore[arg-type]
-    return Exported(path, path.stat().st_size, dense_bytes(plain_state(model)),
-                    f"params {sum(p.numel() for p in small.parameters()):,}")
+    return Exported(
+        path,
+        path.stat().st_size,
+        dense_bytes(plain_state(model)),
+        f"params {sum(p.numel() for p in small.parameters()):,}",
+    )

@@ -37,8 +37,13 @@ def cell_from_json(raw: Mapping[str, Any]) -> Cell:
         raise PrunelabError(f"stored cell is not readable by this prunelab version: {e}") from None
 
 
-def find_cell(store: Store, cell_id: str | None, level: float | None, method: str | None,
-              allocation: str | None) -> tuple[str, Cell, dict[str, Any]]:
+def find_cell(
+    store: Store,
+    cell_id: str | None,
+    level: float | None,
+    method: str | None,
+    allocation: str | None,
+) -> tuple[str, Cell, dict[str, Any]]:
     """The one stored cell matching ``cell_id`` or (level, method[, allocation])."""
     rows = store._read("SELECT cell_id, cell, row FROM cells")
     if cell_id is None and (level is None or method is None):
@@ -49,16 +54,20 @@ def find_cell(store: Store, cell_id: str | None, level: float | None, method: st
         if cell_id is not None:
             ok = cid == cell_id
         else:
-            ok = (math.isclose(row["level"], level, abs_tol=1e-9) and row["method"] == method
-                  and (allocation is None or row["allocation"] == allocation))
+            ok = (
+                math.isclose(row["level"], level, abs_tol=1e-9)
+                and row["method"] == method
+                and (allocation is None or row["allocation"] == allocation)
+            )
         if ok:
             hits.append((cid, cell_from_json(json.loads(cell_json)), row))
     if not hits:
         raise PrunelabError(f"no finished cell in {store.run_dir} matches the selection")
     if len(hits) > 1:
         labels = "; ".join(f"{cid} ({c.label})" for cid, c, _ in hits[:6])
-        raise PrunelabError(f"{len(hits)} cells match; pick one with --cell or --allocation: "
-                            f"{labels}")
+        raise PrunelabError(
+            f"{len(hits)} cells match; pick one with --cell or --allocation: {labels}"
+        )
     cid, cell, row = hits[0]
     if cell.cell_id != cid:
         raise PrunelabError(f"cell {cid} hashes to {cell.cell_id} in this prunelab version")
@@ -72,7 +81,8 @@ def compare_rows(stored: Mapping[str, Any], fresh: Mapping[str, Any]) -> list[st
         new = fresh.get(key)
         if isinstance(old, float) and isinstance(new, (int, float)):
             same = (math.isnan(old) and math.isnan(new)) or math.isclose(
-                old, new, rel_tol=REL_TOL, abs_tol=1e-9)
+                old, new, rel_tol=REL_TOL, abs_tol=1e-9
+            )
         else:
             same = old == new
         if not same:
@@ -80,10 +90,17 @@ def compare_rows(stored: Mapping[str, Any], fresh: Mapping[str, Any]) -> list[st
     return bad
 
 
-def export_cell(run_dir: Path, out: Path, fmt: str, cell_id: str | None = None,
-                level: float | None = None, method: str | None = None,
-                allocation: str | None = None, cache_dir: Path | None = None,
-                overwrite: bool = False) -> Exported:
+def export_cell(
+    run_dir: Path,
+    out: Path,
+    fmt: str,
+    cell_id: str | None = None,
+    level: float | None = None,
+    method: str | None = None,
+    allocation: str | None = None,
+    cache_dir: Path | None = None,
+    overwrite: bool = False,
+) -> Exported:
     """Re-run a stored cell, verify its metrics, and export its model in ``fmt``."""
     if fmt not in FORMATS:
         raise PrunelabError(f"unknown export format '{fmt}'; valid: {', '.join(FORMATS)}")
@@ -97,8 +114,7 @@ def export_cell(run_dir: Path, out: Path, fmt: str, cell_id: str | None = None,
     result = run_cell(cell, ctx, keep_model=True)
     diff = compare_rows(stored, result.row)
     if diff:
-        raise PrunelabError(f"cell {cid} does not reproduce ({'; '.join(diff[:3])}); "
-                            "not exporting")
+        raise PrunelabError(f"cell {cid} does not reproduce ({'; '.join(diff[:3])}); not exporting")
     model, test_x = result.model, ctx.data.test.x
     assert model is not None
     if fmt == "sparse":

@@ -98,15 +98,26 @@ def retained_summary(
     return summary, pie, shifts
 
 
-GROUP_KEYS = ("model", "dataset", "method", "allocation", "structure", "schedule", "ft_epochs",
-              "level")
+GROUP_KEYS = (
+    "model",
+    "dataset",
+    "method",
+    "allocation",
+    "structure",
+    "schedule",
+    "ft_epochs",
+    "level",
+)
 CONTROL_KEYS = ("model", "dataset", "ft_epochs")  # a dense control matches on these
 
 
 def _with_gap(row: Mapping[str, object]) -> dict[str, float]:
     """A stored row as metric floats, deriving ``train_val_gap`` from train/val accuracy."""
-    out = {k: float(v) for k, v in row.items() if isinstance(v, int | float) and not
-           isinstance(v, bool)}
+    out = {
+        k: float(v)
+        for k, v in row.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
     if "train_val_gap" not in out and {"train_accuracy", "val_accuracy"} <= out.keys():
         out["train_val_gap"] = out["train_accuracy"] - out["val_accuracy"]
     return out
@@ -131,8 +142,9 @@ def summarize_results(
 
     def level_records(rows: pd.DataFrame) -> LevelRecords:
         rows = rows.sort_values("seed")
-        preds = torch.stack([torch.as_tensor(np.asarray(load_preds(c)), dtype=torch.long)
-                             for c in rows["cell_id"]])  # (S, N)
+        preds = torch.stack(
+            [torch.as_tensor(np.asarray(load_preds(c)), dtype=torch.long) for c in rows["cell_id"]]
+        )  # (S, N)
         return LevelRecords(preds, [_with_gap(r) for r in rows.to_dict("records")])
 
     keys = [k for k in GROUP_KEYS if k in frame.columns]
@@ -148,6 +160,13 @@ def summarize_results(
             raise PrunelabError(f"no dense control rows (method 'dense') for {ident}")
         dense = level_records(dense_rows[match])
         summary, pie, _ = retained_summary(dense, level_records(rows), y, num_classes)
-        out.append({**ident, **summary.as_row(), "n_seeds": len(rows),
-                    "n_dense": int(match.sum()), "pie_indices": pie.indices.tolist()})
+        out.append(
+            {
+                **ident,
+                **summary.as_row(),
+                "n_seeds": len(rows),
+                "n_dense": int(match.sum()),
+                "pie_indices": pie.indices.tolist(),
+            }
+        )
     return pd.DataFrame(out)

@@ -50,18 +50,21 @@ def plot_pie_grid(
             continue
         im = imgs[i]
         ax.imshow((im - im.min()) / max(im.max() - im.min(), 1e-12), cmap="gray")
-        ax.set_title(f"y {name(labels[i])}\nd {name(dense_pred[i])} p {name(pruned_pred[i])}",
-                     fontsize=6)
-    fig.suptitle("Pruning-identified exemplars (y: label, d: dense modal, p: pruned modal)",
-                 fontsize=8)
+        ax.set_title(
+            f"y {name(labels[i])}\nd {name(dense_pred[i])} p {name(pruned_pred[i])}", fontsize=6
+        )
+    fig.suptitle(
+        "Pruning-identified exemplars (y: label, d: dense modal, p: pruned modal)", fontsize=8
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)
 
 
-def plot_reliability(bins: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
-                     path: Path) -> Path:
+def plot_reliability(
+    bins: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]], path: Path
+) -> Path:
     """Reliability diagram: accuracy vs confidence per bin, one line per named model.
 
     ``bins[name] = (count, confidence, accuracy)`` as from
@@ -81,8 +84,9 @@ def plot_reliability(bins: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray
     return Path(path)
 
 
-def plot_class_recall(recalls: Mapping[str, np.ndarray], path: Path,
-                      class_names: Sequence[str] | None = None) -> Path:
+def plot_class_recall(
+    recalls: Mapping[str, np.ndarray], path: Path, class_names: Sequence[str] | None = None
+) -> Path:
     """Per-class recall (mean over seeds, with min-max whiskers) for each named level.
 
     ``recalls[name]`` is (S, K): per-seed per-class recall.
@@ -96,10 +100,13 @@ def plot_class_recall(recalls: Mapping[str, np.ndarray], path: Path,
         r = np.asarray(recalls[name])  # (S, K)
         x = np.arange(k) + j * width
         m = r.mean(0)
-        ax.bar(x, m, width, label=name,
-               yerr=[m - r.min(0), r.max(0) - m], error_kw={"lw": 0.6})
-    ax.set_xticks(np.arange(k) + 0.4 - width / 2, class_names or [str(i) for i in range(k)],
-                  rotation=45, fontsize=7)
+        ax.bar(x, m, width, label=name, yerr=[m - r.min(0), r.max(0) - m], error_kw={"lw": 0.6})
+    ax.set_xticks(
+        np.arange(k) + 0.4 - width / 2,
+        class_names or [str(i) for i in range(k)],
+        rotation=45,
+        fontsize=7,
+    )
     ax.set(ylabel="recall", ylim=(0, 1))
     ax.legend(fontsize=7)
     fig.tight_layout()

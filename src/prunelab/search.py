@@ -87,8 +87,9 @@ def plan_from_z(z: Mapping[str, float], sizes: Mapping[str, int], sparsity: floa
 
 def z_from_plan(plan: Mapping[str, float], z_low: float, z_high: float) -> dict[str, float]:
     """Inverse of :func:`plan_from_z` up to scale (for enqueuing known plans)."""
-    return {k: float(np.clip(math.log(max(1.0 - s, 1e-12)), z_low, z_high))
-            for k, s in plan.items()}
+    return {
+        k: float(np.clip(math.log(max(1.0 - s, 1e-12)), z_low, z_high)) for k, s in plan.items()
+    }
 
 
 def _storage_url(storage: str | Path | None) -> str | None:
@@ -98,12 +99,21 @@ def _storage_url(storage: str | Path | None) -> str | None:
     return s if "://" in s else f"sqlite:///{Path(s).resolve()}"
 
 
-def _trial_value(model: nn.Module, data: DataBundle, scores: dict[str, Tensor],
-                 counts: dict[str, int], cfg: SearchConfig) -> float:
+def _trial_value(
+    model: nn.Module,
+    data: DataBundle,
+    scores: dict[str, Tensor],
+    counts: dict[str, int],
+    cfg: SearchConfig,
+) -> float:
     pruned = copy.deepcopy(model)
     apply_masks(pruned, masks_from_counts(scores, counts))
-    train(pruned, data.train.subset(cfg.train_subset), cfg.train,
-          torch.Generator().manual_seed(cfg.seed))
+    train(
+        pruned,
+        data.train.subset(cfg.train_subset),
+        cfg.train,
+        torch.Generator().manual_seed(cfg.seed),
+    )
     return evaluate(pruned, data.val.subset(cfg.val_subset), metrics=[cfg.metric])[cfg.metric]
 
 
@@ -136,18 +146,23 @@ def search_allocation(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            sampler = optuna.samplers.TPESampler(seed=cfg.seed, multivariate=True,
-                                                 n_startup_trials=max(5, cfg.n_trials // 4))
+            sampler = optuna.samplers.TPESampler(
+                seed=cfg.seed, multivariate=True, n_startup_trials=max(5, cfg.n_trials // 4)
+            )
             study = optuna.create_study(
-                storage=_storage_url(storage), study_name=name, sampler=sampler,
+                storage=_storage_url(storage),
+                study_name=name,
+                sampler=sampler,
                 direction="maximize" if spec.higher_is_better else "minimize",
-                load_if_exists=True)
+                load_if_exists=True,
+            )
         done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         if not done:
             for label, plan in (seed_plans or {}).items():
                 study.enqueue_trial(
                     {f"z:{k}": v for k, v in z_from_plan(plan, cfg.z_low, cfg.z_high).items()},
-                    user_attrs={"seed_plan": label})
+                    user_attrs={"seed_plan": label},
+                )
 
         def objective(trial: optuna.Trial) -> float:
             z = {k: trial.suggest_float(f"z:{k}", cfg.z_low, cfg.z_high) for k in sizes}
@@ -164,7 +179,14 @@ def search_allocation(
     finally:
         optuna.logging.set_verbosity(verbosity)
     best = study.best_trial
-    rows = [{"number": t.number, "value": t.value, "state": t.state.name,
-             "seed_plan": t.user_attrs.get("seed_plan"), "plan": t.user_attrs.get("plan")}
-            for t in study.trials]
+    rows = [
+        {
+            "number": t.number,
+            "value": t.value,
+            "state": t.state.name,
+            "seed_plan": t.user_attrs.get("seed_plan"),
+            "plan": t.user_attrs.get("plan"),
+        }
+        for t in study.trials
+    ]
     return SearchResult(dict(best.user_attrs["plan"]), float(best.value), pd.DataFrame(rows))

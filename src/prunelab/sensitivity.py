@@ -84,8 +84,17 @@ def sensitivity_analysis(
             got = evaluate(work, data, reference, [metric, "kl"])
             with torch.no_grad():
                 weight.copy_(saved)
-            rows.append([name, level, s.numel(), metric, got[metric],
-                         sign * (dense - got[metric]), got["kl"]])
+            rows.append(
+                [
+                    name,
+                    level,
+                    s.numel(),
+                    metric,
+                    got[metric],
+                    sign * (dense - got[metric]),
+                    got["kl"],
+                ]
+            )
         log.debug("sensitivity of %s done", name)
     return pd.DataFrame(rows, columns=COLUMNS)
 
@@ -174,8 +183,10 @@ def sensitivity_plan(
 
     if rule == "marginal":
         hulls = {k: _lower_hull(*curves[k]) for k in sizes}
-        steep = max(float(np.max(np.diff(h[1]) / (np.diff(h[0]) * sizes[k]), initial=0.0))
-                    for k, h in hulls.items())
+        steep = max(
+            float(np.max(np.diff(h[1]) / (np.diff(h[0]) * sizes[k]), initial=0.0))
+            for k, h in hulls.items()
+        )
 
         def levels(lam: float) -> np.ndarray:
             return np.array([_level_at_price(*hulls[k], sizes[k], lam) for k in sizes])

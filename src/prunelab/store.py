@@ -95,8 +95,13 @@ class Store:
                 for name, arr in (artifacts or {}).items():
                     self._db.execute(
                         "INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?, ?, ?)",
-                        (cell_id, name, str(arr.dtype), json.dumps(list(arr.shape)),
-                         np.ascontiguousarray(arr).tobytes()),
+                        (
+                            cell_id,
+                            name,
+                            str(arr.dtype),
+                            json.dumps(list(arr.shape)),
+                            np.ascontiguousarray(arr).tobytes(),
+                        ),
                     )
         except sqlite3.OperationalError as e:
             raise PrunelabError(f"cannot write results to {self.path}: {e}") from None
@@ -104,8 +109,13 @@ class Store:
     def put_artifact(self, cell_id: str, name: str, arr: np.ndarray) -> None:
         self._write(
             "INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?, ?, ?)",
-            (cell_id, name, str(arr.dtype), json.dumps(list(arr.shape)),
-             np.ascontiguousarray(arr).tobytes()),
+            (
+                cell_id,
+                name,
+                str(arr.dtype),
+                json.dumps(list(arr.shape)),
+                np.ascontiguousarray(arr).tobytes(),
+            ),
         )
 
     def finished_ids(self) -> set[str]:

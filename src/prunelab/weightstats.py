@@ -44,9 +44,15 @@ def describe(x: Tensor, near_zero: float = 0.1) -> dict[str, float]:
     m2 = float(centred.pow(2).mean())
     kurt = float(centred.pow(4).mean()) / m2**2 - 3.0 if m2 > 0 else 0.0
     q = torch.quantile(v, torch.tensor(QUANTILES, dtype=v.dtype)).tolist()
-    out = {"n": float(v.numel()), "mean": mean, "std": std, "abs_mean": float(v.abs().mean()),
-           "kurtosis": kurt, "frac_zero": float((v == 0).double().mean()),
-           "frac_near_zero": float((v.abs() < near_zero * std).double().mean())}
+    out = {
+        "n": float(v.numel()),
+        "mean": mean,
+        "std": std,
+        "abs_mean": float(v.abs().mean()),
+        "kurtosis": kurt,
+        "frac_zero": float((v == 0).double().mean()),
+        "frac_near_zero": float((v.abs() < near_zero * std).double().mean()),
+    }
     out.update({f"q{round(p * 100):02d}": val for p, val in zip(QUANTILES, q)})
     return out
 
@@ -72,8 +78,17 @@ def histograms(
     items += [(n, "score", s) for n, s in (scores or {}).items()]
     for name, kind, x in items:
         counts, edges = np.histogram(x.detach().double().flatten().numpy(), bins=bins)
-        frames.append(pd.DataFrame({"layer": name, "kind": kind, "bin_left": edges[:-1],
-                                    "bin_right": edges[1:], "count": counts}))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "layer": name,
+                    "kind": kind,
+                    "bin_left": edges[:-1],
+                    "bin_right": edges[1:],
+                    "count": counts,
+                }
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -120,8 +135,12 @@ def _saliency(model: nn.Module, data: Split, batch_size: int) -> dict[str, Tenso
             fisher[n] += m.weight.grad.pow(2)
         batches += 1
     model.zero_grad(set_to_none=True)
-    return {n: ((grad[n] / batches * m.weight).abs() + 0.5 * fisher[n] / batches
-                * m.weight.pow(2)).detach() for n, m in targets.items()}
+    return {
+        n: (
+            (grad[n] / batches * m.weight).abs() + 0.5 * fisher[n] / batches * m.weight.pow(2)
+        ).detach()
+        for n, m in targets.items()
+    }
 
 
 def critical_weights(

@@ -57,7 +57,9 @@ def compute_scores(
     crit = CRITERIA.get(method)
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     if crit.needs and calibration is None:
-        raise PrunelabError(f"method '{method}' needs calibration data ({', '.join(sorted(crit.needs))})")
+        raise PrunelabError(
+            f"method '{method}' needs calibration data ({', '.join(sorted(crit.needs))})"
+        )
     stats = collect(model, targets, calibration or [], crit.needs) if crit.needs else {}
     scores = {}
     for name, module in targets.items():
@@ -66,6 +68,8 @@ def compute_scores(
             w = module.weight.detach()
             s = crit.fn(w, ctx).to(torch.float64)
         if s.shape != w.shape:
-            raise PrunelabError(f"criterion '{method}' returned shape {tuple(s.shape)} for {tuple(w.shape)}")
+            raise PrunelabError(
+                f"criterion '{method}' returned shape {tuple(s.shape)} for {tuple(w.shape)}"
+            )
         scores[name] = s
     return scores

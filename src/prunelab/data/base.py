@@ -79,9 +79,7 @@ class DataBundle:
         return h.hexdigest()[:16]
 
 
-def split_train_val(
-    x: Tensor, y: Tensor, val_size: int, seed: int
-) -> tuple[Split, Split]:
+def split_train_val(x: Tensor, y: Tensor, val_size: int, seed: int) -> tuple[Split, Split]:
     """Carve a seeded validation split of ``val_size`` rows out of the training rows."""
     if not 0 < val_size < x.shape[0]:
         raise PrunelabError(f"val_size must be in (0, {x.shape[0]}), got {val_size}")

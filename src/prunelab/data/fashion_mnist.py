@@ -21,8 +21,18 @@ FILES = {
     "test_y": "t10k-labels-idx1-ubyte",
 }
 MEAN, STD = 0.2860, 0.3530  # of the Fashion-MNIST training images
-CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-           "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 
 
 def read_idx(path: Path) -> np.ndarray:

@@ -85,7 +85,9 @@ def metric(name: str, higher_is_better: bool, needs_reference: bool = False):
 
     def deco(fn: Callable[[Evaluation], float]) -> Callable[[Evaluation], float]:
         doc = (fn.__doc__ or "").strip().splitlines()
-        METRICS.add(name, Metric(name, fn, higher_is_better, needs_reference, doc[0] if doc else ""))
+        METRICS.add(
+            name, Metric(name, fn, higher_is_better, needs_reference, doc[0] if doc else "")
+        )
         return fn
 
     return deco
@@ -99,7 +101,9 @@ def predict(model: nn.Module, x: Tensor, batch_size: int = 256) -> Tensor:
     try:
         out = torch.cat([model(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
     except RuntimeError as e:
-        raise PrunelabError(f"model cannot run on data of shape {tuple(x.shape)}: {str(e).splitlines()[0]}") from None
+        raise PrunelabError(
+            f"model cannot run on data of shape {tuple(x.shape)}: {str(e).splitlines()[0]}"
+        ) from None
     finally:
         model.train(was_training)
     return out
@@ -128,13 +132,23 @@ def evaluate(
     ``train_val_gap``); ``context`` seeds :attr:`Evaluation.cache` with precomputed,
     reference-level values (see :func:`prunelab.metrics.robustness.reference_context`).
     """
-    names = list(metrics) if metrics is not None else [
-        n for n in DEFAULT_METRICS if reference is not None or not METRICS.get(n).needs_reference
-    ]
+    names = (
+        list(metrics)
+        if metrics is not None
+        else [
+            n
+            for n in DEFAULT_METRICS
+            if reference is not None or not METRICS.get(n).needs_reference
+        ]
+    )
     chosen = [METRICS.get(n) for n in names]
     ref = predict(reference, data.x) if isinstance(reference, nn.Module) else reference
     ev = Evaluation(
-        predict(model, data.x), data.y, model, ref, cache={"example_input": data.x[:1], **(context or {})},
+        predict(model, data.x),
+        data.y,
+        model,
+        ref,
+        cache={"example_input": data.x[:1], **(context or {})},
         inputs=data.x,
         splits=dict(splits or {}),
         reference_model=reference if isinstance(reference, nn.Module) else None,

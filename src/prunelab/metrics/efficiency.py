@@ -62,7 +62,8 @@ def count_macs(model: nn.Module, example_input: Tensor) -> MacCount:
         return fn
 
     handles = [
-        m.register_forward_hook(hook(n)) for n, m in model.named_modules()
+        m.register_forward_hook(hook(n))
+        for n, m in model.named_modules()
         if isinstance(m, PRUNABLE_TYPES)
     ]
     was_training = model.training
@@ -192,8 +193,9 @@ def measure_efficiency(
 ) -> Efficiency:
     """Parameters, MACs and bytes of ``model``; ``latency`` from :func:`compare_latency`."""
     params, nonzero = count_params(model)
-    return Efficiency(params, nonzero, count_macs(model, example_input[:1]), disk_size(model),
-                      latency or {})
+    return Efficiency(
+        params, nonzero, count_macs(model, example_input[:1]), disk_size(model), latency or {}
+    )
 
 
 @dataclass(frozen=True)
@@ -210,7 +212,9 @@ def speedups(base: Efficiency, new: Efficiency) -> list[Speedup]:
     """Side-by-side speedups of ``new`` over ``base`` at every batch size both measured."""
     return [
         Speedup(
-            bs, base.macs.dense / new.macs.dense, base.macs.dense / max(new.macs.sparse, 1),
+            bs,
+            base.macs.dense / new.macs.dense,
+            base.macs.dense / max(new.macs.sparse, 1),
             base.latency[bs].median_ms / new.latency[bs].median_ms,
         )
         for bs in sorted(set(base.latency) & set(new.latency))

@@ -89,7 +89,9 @@ def _suite(ev: Evaluation) -> RobustnessSuite:
 
 def _own(ev: Evaluation, name: str) -> dict[str, float]:
     if _OWN_KEY not in ev.cache:
-        ev.cache[_OWN_KEY] = robustness_profile(ev.model, ev.need_inputs(name), ev.labels, _suite(ev))
+        ev.cache[_OWN_KEY] = robustness_profile(
+            ev.model, ev.need_inputs(name), ev.labels, _suite(ev)
+        )
     return ev.cache[_OWN_KEY]  # type: ignore[return-value]
 
 

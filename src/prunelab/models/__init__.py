@@ -3,5 +3,12 @@
 from prunelab.models.cache import default_cache_dir, load_or_train, load_weights, save_weights
 from prunelab.models.zoo import MODELS, build_model
 
-__all__ = ["MODELS", "default_cache_dir", "build_model", "load_or_train", "load_weights", "save_weights"]
+__all__ = [
+    "MODELS",
+    "default_cache_dir",
+    "build_model",
+    "load_or_train",
+    "load_weights",
+    "save_weights",
+]
 from prunelab.models import resnet as _resnet  # noqa: F401  (registers resnet-tiny)

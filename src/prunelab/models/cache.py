@@ -45,7 +45,9 @@ def load_weights(model: nn.Module, path: Path) -> nn.Module:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         first = str(e).strip().splitlines()
-        raise PrunelabError(f"checkpoint {path} does not fit the model: {first[-1].strip()}") from None
+        raise PrunelabError(
+            f"checkpoint {path} does not fit the model: {first[-1].strip()}"
+        ) from None
     check_finite(model)
     return model
 

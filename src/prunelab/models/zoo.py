@@ -20,8 +20,10 @@ def lenet300(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     n_in = math.prod(input_shape)
     return nn.Sequential(
         nn.Flatten(),  # (B, C, H, W) -> (B, C*H*W)
-        nn.Linear(n_in, 300), nn.ReLU(),
-        nn.Linear(300, 100), nn.ReLU(),
+        nn.Linear(n_in, 300),
+        nn.ReLU(),
+        nn.Linear(300, 100),
+        nn.ReLU(),
         nn.Linear(100, num_classes),
     )
 
@@ -31,10 +33,15 @@ def cnn(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """conv32-conv64-fc128-fcK: 421,642 parameters on 1x28x28 inputs."""
     c, h, w = input_shape
     return nn.Sequential(
-        nn.Conv2d(c, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (B, 32, H/2, W/2)
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (B, 64, H/4, W/4)
+        nn.Conv2d(c, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),  # (B, 32, H/2, W/2)
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),  # (B, 64, H/4, W/4)
         nn.Flatten(),  # (B, 64 * H/4 * W/4)
-        nn.Linear(64 * (h // 4) * (w // 4), 128), nn.ReLU(),
+        nn.Linear(64 * (h // 4) * (w // 4), 128),
+        nn.ReLU(),
         nn.Linear(128, num_classes),
     )
 
@@ -44,12 +51,18 @@ def mlp_tiny(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """A 2-hidden-layer MLP for tests (about 6k parameters on 8x8 digits)."""
     n_in = math.prod(input_shape)
     return nn.Sequential(
-        nn.Flatten(), nn.Linear(n_in, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(n_in, 64),
+        nn.ReLU(),
+        nn.Linear(64, 32),
+        nn.ReLU(),
         nn.Linear(32, num_classes),
     )
 
 
-def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, seed: int = 0) -> nn.Module:
+def build_model(
+    name: str, input_shape: tuple[int, ...], num_classes: int, seed: int = 0
+) -> nn.Module:
     """Build a registered model with seeded initialisation.
 
     >>> sum(p.numel() for p in build_model("cnn", (1, 28, 28), 10).parameters())

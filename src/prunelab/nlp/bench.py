@@ -69,9 +69,15 @@ def build_context(cfg: BenchConfig) -> Context:
     probe_i, calib_i, rest = split_indices(len(sent.sentences), (cfg.probe_n, cfg.calib_n), g)
     pool = [sent.sentences[i] for i in rest] + list(load_background(cfg.cache_dir))
     order = torch.randperm(len(pool), generator=g)[: cfg.distill_n]
-    ctx = Context(load_minilm(), [sent.sentences[i] for i in probe_i], sent.labels[probe_i],
-                  [sent.sentences[i] for i in calib_i], [pool[i] for i in order],
-                  list(sim.documents), sim.human)
+    ctx = Context(
+        load_minilm(),
+        [sent.sentences[i] for i in probe_i],
+        sent.labels[probe_i],
+        [sent.sentences[i] for i in calib_i],
+        [pool[i] for i in order],
+        list(sim.documents),
+        sim.human,
+    )
     ctx.ref = {"probe": ctx.dense.encode(ctx.probe), "docs": ctx.dense.encode(ctx.docs)}
     return ctx
 
@@ -101,6 +107,7 @@ def measure(enc: TextEncoder, ctx: Context) -> dict[str, float]:
 def _masked(method: str, level: float, structure: Structure) -> Callable:
     def run(enc: TextEncoder, ctx: Context) -> None:
         prune_encoder(enc, method, level, structure, calibration_sentences=ctx.calib)
+
     return run
 
 
@@ -108,6 +115,7 @@ def _structured(method: str, fraction: float) -> Callable:
     def run(enc: TextEncoder, ctx: Context) -> None:
         calib = token_batches(enc, ctx.calib) if method == "wanda" else None
         prune_structured(enc, fraction, method, calib)
+
     return run
 
 
@@ -131,13 +139,23 @@ def run_bench(cfg: BenchConfig, on_row: Callable[[dict], None] | None = None) ->
     """Run the whole study; returns one dict per configuration (dense first)."""
     ctx = build_context(cfg)
     ids = [b for b, _ in token_batches(ctx.dense, ctx.probe[: cfg.throughput_n], 64)]
-    seq = round(float(sum(int((b != ctx.dense.pad_id).sum()) for b in ids))
-                / sum(b.shape[0] for b in ids))  # mean tokens per sentence
+    seq = round(
+        float(sum(int((b != ctx.dense.pad_id).sum()) for b in ids)) / sum(b.shape[0] for b in ids)
+    )  # mean tokens per sentence
     teacher = ctx.dense.encode(ctx.distill_text) if cfg.distill.epochs > 0 else None
     dense_macs = encoder_macs(ctx.dense.bert, seq)
     fraction = fraction_for_speedup(ctx.dense, cfg.mac_reduction, seq)
-    rows = [{"method": "dense", "structure": "-", "distill": False, **measure(ctx.dense, ctx),
-             "mac_x": 1.0, "speed_x": 1.0, "tok_per_seq": seq}]
+    rows = [
+        {
+            "method": "dense",
+            "structure": "-",
+            "distill": False,
+            **measure(ctx.dense, ctx),
+            "mac_x": 1.0,
+            "speed_x": 1.0,
+            "tok_per_seq": seq,
+        }
+    ]
     if on_row:
         on_row(rows[0])
     for method, structure, prune_fn, dist in configurations(cfg, fraction):
@@ -151,9 +169,16 @@ def run_bench(cfg: BenchConfig, on_row: Callable[[dict], None] | None = None) ->
         zeros = sum(int((m.weight == 0).sum()) for m in encoder_targets(enc).values())
         total = sum(m.weight.numel() for m in encoder_targets(enc).values())
         speed = throughput(enc, ids) / throughput(ctx.dense, ids)  # dense re-timed alongside
-        row = {"method": method, "structure": structure, "distill": dist, **measure(enc, ctx),
-               "mac_x": dense_macs / encoder_macs(enc.bert, seq), "speed_x": speed,
-               "zeros": zeros / total, "secs": secs}
+        row = {
+            "method": method,
+            "structure": structure,
+            "distill": dist,
+            **measure(enc, ctx),
+            "mac_x": dense_macs / encoder_macs(enc.bert, seq),
+            "speed_x": speed,
+            "zeros": zeros / total,
+            "secs": secs,
+        }
         rows.append(row)
         if on_row:
             on_row(row)

@@ -40,8 +40,13 @@ def distill_loss(kind: str):
     return lambda s, t: nn.functional.mse_loss(s, t) * s.shape[1]
 
 
-def distill(encoder: TextEncoder, sentences: Sequence[str], teacher: Tensor,
-            cfg: DistillConfig, generator: torch.Generator) -> float:
+def distill(
+    encoder: TextEncoder,
+    sentences: Sequence[str],
+    teacher: Tensor,
+    cfg: DistillConfig,
+    generator: torch.Generator,
+) -> float:
     """Train ``encoder`` in place so its embeddings of ``sentences`` match ``teacher`` (N, D).
 
     Returns the mean loss over the last epoch.
@@ -55,8 +60,9 @@ def distill(encoder: TextEncoder, sentences: Sequence[str], teacher: Tensor,
         for m in saved:
             m.p = 0.0
     try:
-        return train(encoder, Split(ids, teacher.detach()), tc, generator,
-                     loss_fn=distill_loss(cfg.loss))
+        return train(
+            encoder, Split(ids, teacher.detach()), tc, generator, loss_fn=distill_loss(cfg.loss)
+        )
     finally:
         for m, p in saved.items():
             m.p = p

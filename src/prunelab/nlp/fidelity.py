@@ -10,8 +10,9 @@ from prunelab.errors import PrunelabError
 
 def _check(a: Tensor, b: Tensor) -> None:
     if a.shape != b.shape or a.dim() != 2:
-        raise PrunelabError(f"embedding shapes differ or are not 2-D: {tuple(a.shape)} vs "
-                            f"{tuple(b.shape)}")
+        raise PrunelabError(
+            f"embedding shapes differ or are not 2-D: {tuple(a.shape)} vs {tuple(b.shape)}"
+        )
 
 
 def cosine_to_reference(emb: Tensor, ref: Tensor) -> Tensor:
@@ -50,5 +51,8 @@ def neighbour_overlap(emb: Tensor, ref: Tensor, k: int = 10) -> float:
 def fidelity(emb: Tensor, ref: Tensor, k: int = 10) -> dict[str, float]:
     """``cos_mean``, ``cos_min`` and ``knn@k`` of embeddings against the dense reference."""
     cos = cosine_to_reference(emb, ref)
-    return {"cos_mean": float(cos.mean()), "cos_min": float(cos.min()),
-            f"knn@{k}": neighbour_overlap(emb, ref, k)}
+    return {
+        "cos_mean": float(cos.mean()),
+        "cos_min": float(cos.min()),
+        f"knn@{k}": neighbour_overlap(emb, ref, k),
+    }

@@ -27,8 +27,11 @@ def save_encoder(encoder: TextEncoder, path: str | Path) -> Path:
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     encoder.bert.config.to_json_file(str(out / "config.json"))
-    meta = {"blocks": [block_shape(layer) for layer in encoder_layers(encoder)],
-            "max_length": encoder.max_length, "normalize": encoder.normalize}
+    meta = {
+        "blocks": [block_shape(layer) for layer in encoder_layers(encoder)],
+        "max_length": encoder.max_length,
+        "normalize": encoder.normalize,
+    }
     (out / "blocks.json").write_text(json.dumps(meta, indent=1))
     state = {k: v.contiguous() for k, v in encoder.bert.state_dict().items()}
     save_file(state, str(out / "model.safetensors"))
@@ -46,8 +49,12 @@ def load_encoder(path: str | Path) -> TextEncoder:
     meta = json.loads((src / "blocks.json").read_text())
     with torch.random.fork_rng(devices=[]):
         bert = tr.BertModel(cfg, add_pooling_layer=False)
-    enc = TextEncoder(bert, tr.AutoTokenizer.from_pretrained(str(src)),
-                      max_length=meta["max_length"], normalize=meta["normalize"])
+    enc = TextEncoder(
+        bert,
+        tr.AutoTokenizer.from_pretrained(str(src)),
+        max_length=meta["max_length"],
+        normalize=meta["normalize"],
+    )
     for layer, shape in zip(encoder_layers(enc), meta["blocks"]):
         remove_heads(layer, torch.arange(shape["heads"]))
         remove_neurons(layer, torch.arange(shape["ffn"]))

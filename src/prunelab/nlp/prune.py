@@ -15,8 +15,9 @@ from prunelab.nlp.encoder import TextEncoder, encoder_targets
 from prunelab.structure import Structure, Unstructured
 
 
-def token_batches(encoder: TextEncoder, sentences: Sequence[str],
-                  batch_size: int = 32) -> list[tuple[Tensor, Tensor]]:
+def token_batches(
+    encoder: TextEncoder, sentences: Sequence[str], batch_size: int = 32
+) -> list[tuple[Tensor, Tensor]]:
     """Calibration batches ``(ids (B, T), dummy labels (B,))``, grouped by length.
 
     The encoder derives its attention mask from the pad id, so these plug straight into
@@ -46,14 +47,17 @@ def prune_encoder(
     """Mask the encoder's block Linear layers in place; returns the masks.
 
     ``method`` is any registered criterion; ``wanda`` needs ``calibration_sentences`` (a few
-    hundred is enough). ``structure`` defaults to unstructured; ``scope`` is the allocation ("uniform" = same sparsity per layer).
+    hundred is enough). ``structure`` defaults to unstructured; ``scope`` is the allocation
+    ("uniform" = same sparsity per layer).
     """
     crit = CRITERIA.get(method)
     if crit.needs and not calibration_sentences:
         raise PrunelabError(f"method '{method}' needs calibration sentences")
     if "grad" in crit.needs:
-        raise PrunelabError(f"method '{method}' needs labels and a loss; not supported for "
-                            "sentence encoders (use magnitude or wanda)")
+        raise PrunelabError(
+            f"method '{method}' needs labels and a loss; not supported for "
+            "sentence encoders (use magnitude or wanda)"
+        )
     targets = encoder_targets(encoder, attention=attention, ffn=ffn)
     calib = token_batches(encoder, calibration_sentences) if crit.needs else None
     scores = compute_scores(encoder, targets, method, generator, calib)

@@ -31,18 +31,23 @@ class BlockPlan:
     ffn: tuple[int, ...]
 
 
-def group_scores(encoder: TextEncoder, method: str = "magnitude",
-                 calibration: Iterable[tuple[Tensor, Tensor]] | None = None,
-                 generator: torch.Generator | None = None) -> list[dict[str, Tensor]]:
+def group_scores(
+    encoder: TextEncoder,
+    method: str = "magnitude",
+    calibration: Iterable[tuple[Tensor, Tensor]] | None = None,
+    generator: torch.Generator | None = None,
+) -> list[dict[str, Tensor]]:
     """Per block: ``{"heads": (H,), "ffn": (F,)}`` importance scores (higher = keep)."""
     targets = encoder_targets(encoder)
     scores = compute_scores(encoder, targets, method, generator, calibration)
     out = []
     for i, layer in enumerate(encoder_layers(encoder)):
+
         def s(suffix: str, i: int = i) -> Tensor:
             name = next(n for n in scores if n.endswith(f"layer.{i}.{suffix}"))
             t = scores[name]
             return t / t.mean().clamp(min=1e-30)
+
         attn = layer.attention.self
         h, d = attn.num_attention_heads, attn.attention_head_size
         qkv = sum(s(f"attention.self.{p}").sum(1) for p in ("query", "key", "value"))  # (H*d,)
@@ -57,8 +62,9 @@ def _keep_count(n: int, fraction: float) -> int:
     return max(1, n - round(fraction * n))
 
 
-def plan_uniform(scores: list[dict[str, Tensor]], head_fraction: float,
-                 ffn_fraction: float) -> list[BlockPlan]:
+def plan_uniform(
+    scores: list[dict[str, Tensor]], head_fraction: float, ffn_fraction: float
+) -> list[BlockPlan]:
     """Remove the same fraction of heads / neurons in every block (at least one stays).
 
     >>> p = plan_uniform([{"heads": torch.tensor([3., 1., 2., 0.]), "ffn": torch.arange(4.)}],
@@ -103,8 +109,9 @@ def planned_mac_ratio(encoder: TextEncoder, fraction: float, seq_len: int) -> fl
         h, dh = attn.num_attention_heads, attn.attention_head_size
         f = layer.intermediate.dense.out_features
         before += _block_macs(d_model, h, dh, f, seq_len)
-        after += _block_macs(d_model, _keep_count(h, fraction), dh, _keep_count(f, fraction),
-                             seq_len)
+        after += _block_macs(
+            d_model, _keep_count(h, fraction), dh, _keep_count(f, fraction), seq_len
+        )
     return after / before
 
 
@@ -120,9 +127,13 @@ def fraction_for_speedup(encoder: TextEncoder, mac_reduction: float, seq_len: in
     raise PrunelabError(f"cannot reach {mac_reduction}x fewer MACs by removing heads/neurons")
 
 
-def prune_structured(encoder: TextEncoder, fraction: float, method: str = "magnitude",
-                     calibration: Iterable[tuple[Tensor, Tensor]] | None = None,
-                     generator: torch.Generator | None = None) -> list[BlockPlan]:
+def prune_structured(
+    encoder: TextEncoder,
+    fraction: float,
+    method: str = "magnitude",
+    calibration: Iterable[tuple[Tensor, Tensor]] | None = None,
+    generator: torch.Generator | None = None,
+) -> list[BlockPlan]:
     """Score, plan (uniform ``fraction`` of heads and neurons) and remove, in place."""
     plans = plan_uniform(group_scores(encoder, method, calibration, generator), fraction, fraction)
     apply_plan(encoder, plans)

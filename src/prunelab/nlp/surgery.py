@@ -92,8 +92,10 @@ def zero_neurons(layer: nn.Module, drop: Tensor) -> None:
 
 def block_shape(layer: nn.Module) -> dict[str, int]:
     """Current number of heads and FFN neurons of one block."""
-    return {"heads": int(layer.attention.self.num_attention_heads),
-            "ffn": int(layer.intermediate.dense.out_features)}
+    return {
+        "heads": int(layer.attention.self.num_attention_heads),
+        "ffn": int(layer.intermediate.dense.out_features),
+    }
 
 
 def encoder_macs(bert: nn.Module, seq_len: int) -> int:

@@ -9,8 +9,9 @@ from torch import Tensor
 from prunelab.errors import PrunelabError
 
 
-def probe_accuracy(train_emb: Tensor, train_y: np.ndarray, test_emb: Tensor,
-                   test_y: np.ndarray, c: float = 1.0) -> float:
+def probe_accuracy(
+    train_emb: Tensor, train_y: np.ndarray, test_emb: Tensor, test_y: np.ndarray, c: float = 1.0
+) -> float:
     """Accuracy of a logistic-regression probe fitted on frozen embeddings (deterministic).
 
     >>> import torch

@@ -80,8 +80,9 @@ def load_sentiment(cache_dir: str | Path) -> SentimentData:
 def load_similarity(cache_dir: str | Path) -> SimilarityData:
     """Lee et al. (2005): 50 documents and their 50×50 human similarity (1,225 pairs)."""
     d = _require(cache_dir, ("lee.cor", "similarities0-1.txt"))
-    docs = tuple(line.strip() for line in (d / "lee.cor").read_text("latin-1").splitlines()
-                 if line.strip())
+    docs = tuple(
+        line.strip() for line in (d / "lee.cor").read_text("latin-1").splitlines() if line.strip()
+    )
     human = np.loadtxt(io.StringIO((d / "similarities0-1.txt").read_text()))
     if human.shape != (len(docs), len(docs)):
         raise PrunelabError(f"similarity matrix {human.shape} does not match {len(docs)} documents")
@@ -107,4 +108,4 @@ def split_indices(n: int, sizes: tuple[int, ...], generator: torch.Generator) ->
         raise PrunelabError(f"asked for {sum(sizes)} examples, only {n} available")
     order = torch.randperm(n, generator=generator).numpy()
     cuts = np.cumsum((0,) + sizes)
-    return [order[a:b] for a, b in itertools.pairwise(cuts)] + [order[cuts[-1]:]]
+    return [order[a:b] for a, b in itertools.pairwise(cuts)] + [order[cuts[-1] :]]

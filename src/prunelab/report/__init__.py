@@ -29,8 +29,16 @@ from prunelab.report.summary import render_summary, write_summary
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "ReportExtras", "ReportPaths", "build_report", "curve_labels", "higher_is_better",
-    "make_plots", "metric_columns", "pareto_mask", "render_html", "render_summary",
+    "ReportExtras",
+    "ReportPaths",
+    "build_report",
+    "curve_labels",
+    "higher_is_better",
+    "make_plots",
+    "metric_columns",
+    "pareto_mask",
+    "render_html",
+    "render_summary",
 ]
 
 
@@ -41,13 +49,16 @@ def _curve_plots(df: pd.DataFrame, plot_dir: Path, extras: ReportExtras) -> dict
     labels = set(curve_labels(df))
     knees = {k: v for k, v in (extras.knees or {}).items() if k in labels}
     if len(knees) < len(extras.knees or {}):
-        log.warning("tipping points for unknown curves ignored: %s",
-                    ", ".join(sorted(set(extras.knees) - labels)))
+        log.warning(
+            "tipping points for unknown curves ignored: %s",
+            ", ".join(sorted(set(extras.knees) - labels)),
+        )
     out = {}
     for m in metric_columns(df):
         if df.loc[df["method"] != "dense", m].notna().any():
-            out[f"curve_{m}"] = plot_metric_curves(df, m, plot_dir / f"curve_{m}.png",
-                                                   knees, tolerances.get(m))
+            out[f"curve_{m}"] = plot_metric_curves(
+                df, m, plot_dir / f"curve_{m}.png", knees, tolerances.get(m)
+            )
     return out
 
 
@@ -60,18 +71,24 @@ def make_plots(df: pd.DataFrame, plot_dir: Path, extras: ReportExtras) -> dict[s
         out["pareto"] = plots.plot_pareto(df, plot_dir / "pareto.png")
     if extras.sensitivity is not None and len(extras.sensitivity):
         out["sensitivity"] = plots.plot_sensitivity(
-            extras.sensitivity, plot_dir / "sensitivity.png", extras.sensitivity_label)
+            extras.sensitivity, plot_dir / "sensitivity.png", extras.sensitivity_label
+        )
     if extras.weights:
         out["weights"] = plots.plot_weight_histograms(extras.weights, plot_dir / "weights.png")
     if extras.forgotten_images is not None and extras.forgotten_labels is not None:
         out["forgotten"] = plots.plot_example_grid(
-            extras.forgotten_images, extras.forgotten_labels, plot_dir / "forgotten.png",
-            extras.forgotten_preds, extras.class_names)
+            extras.forgotten_images,
+            extras.forgotten_labels,
+            plot_dir / "forgotten.png",
+            extras.forgotten_preds,
+            extras.class_names,
+        )
     return out
 
 
-def build_report(run_dir: Path | str, df: pd.DataFrame,
-                 extras: ReportExtras | None = None) -> ReportPaths:
+def build_report(
+    run_dir: Path | str, df: pd.DataFrame, extras: ReportExtras | None = None
+) -> ReportPaths:
     """Write ``plots/*.png``, ``summary.md`` and ``report.html`` into ``run_dir``.
 
     ``df`` is the results table (one row per finished cell); ``extras`` carries the optional

@@ -15,13 +15,34 @@ from prunelab.errors import PrunelabError
 #: Columns that identify a curve (a "method" in the report's sense), in label order.
 CURVE_KEYS = ("method", "allocation", "structure", "schedule", "ft_epochs")
 #: Columns that are neither identity nor a test metric curve.
-NOT_METRICS = frozenset({
-    "cell_id", "model", "dataset", "method", "allocation", "structure", "schedule", "level",
-    "seed", "ft_epochs", "layer_sparsity", "duration_s",
-})
+NOT_METRICS = frozenset(
+    {
+        "cell_id",
+        "model",
+        "dataset",
+        "method",
+        "allocation",
+        "structure",
+        "schedule",
+        "level",
+        "seed",
+        "ft_epochs",
+        "layer_sparsity",
+        "duration_s",
+    }
+)
 #: Size/cost columns: shown in the efficiency table and Pareto plot, not as curves.
-EFFICIENCY = ("sparsity", "nonzeros", "params", "macs", "sparse_macs", "latency_b1_ms",
-              "latency_b256_ms", "disk_bytes", "compressed_bytes")
+EFFICIENCY = (
+    "sparsity",
+    "nonzeros",
+    "params",
+    "macs",
+    "sparse_macs",
+    "latency_b1_ms",
+    "latency_b256_ms",
+    "disk_bytes",
+    "compressed_bytes",
+)
 #: Curves are drawn first for these, then for any other metric column alphabetically.
 PREFERRED = ("accuracy", "agreement", "kl", "macro_f1", "loss")
 _PREFIXES = ("val_", "oneshot_", "train_")
@@ -68,8 +89,11 @@ def metric_columns(df: pd.DataFrame) -> list[str]:
     ['accuracy', 'kl', 'ece']
     """
     numeric = [c for c in df.columns if pd.api.types.is_numeric_dtype(df[c])]
-    found = [c for c in numeric if c not in NOT_METRICS and c not in EFFICIENCY
-             and not c.startswith(_PREFIXES)]
+    found = [
+        c
+        for c in numeric
+        if c not in NOT_METRICS and c not in EFFICIENCY and not c.startswith(_PREFIXES)
+    ]
     first = [c for c in PREFERRED if c in found]
     return first + sorted(c for c in found if c not in first)
 

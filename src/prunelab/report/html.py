@@ -21,11 +21,16 @@ from prunelab.report.plots import format_level
 from prunelab.report.tables import efficiency_table, results_table, summary_table
 
 SECTIONS = {
-    "recommendation": "Recommendation", "curves": "Metrics vs sparsity",
+    "recommendation": "Recommendation",
+    "curves": "Metrics vs sparsity",
     "summary": "Results by level",
-    "retained": "Retained intelligence (vs the dense controls)", "sensitivity": "Layer sensitivity", "pareto": "Pareto front",
-    "efficiency": "Efficiency", "weights": "Weight histograms",
-    "forgotten": "Forgotten examples", "results": "All results",
+    "retained": "Retained intelligence (vs the dense controls)",
+    "sensitivity": "Layer sensitivity",
+    "pareto": "Pareto front",
+    "efficiency": "Efficiency",
+    "weights": "Weight histograms",
+    "forgotten": "Forgotten examples",
+    "results": "All results",
 }
 MAX_ROWS = 2000
 _CSS = """
@@ -70,13 +75,17 @@ def fmt(v: object, column: str = "") -> str:
 def html_table(df: pd.DataFrame) -> str:
     """An escaped HTML table of ``df`` (cells through :func:`fmt`); text columns align left."""
     df = df.rename(columns={"curve": "method"}) if "method" not in df.columns else df
-    cls = [" class='t'" if not pd.api.types.is_numeric_dtype(df[c]) or c == "level" else ""
-           for c in df.columns]
+    cls = [
+        " class='t'" if not pd.api.types.is_numeric_dtype(df[c]) or c == "level" else ""
+        for c in df.columns
+    ]
     head = "".join(f"<th{k}>{escape(str(c))}</th>" for c, k in zip(df.columns, cls))
     body = "".join(
-        "<tr>" + "".join(f"<td{k}>{escape(fmt(v, c))}</td>"
-                         for c, k, v in zip(df.columns, cls, row)) + "</tr>"
-        for row in df.itertuples(index=False))
+        "<tr>"
+        + "".join(f"<td{k}>{escape(fmt(v, c))}</td>" for c, k, v in zip(df.columns, cls, row))
+        + "</tr>"
+        for row in df.itertuples(index=False)
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -84,8 +93,7 @@ def img(path: Path, alt: str, caption: str | None = None) -> str:
     """A figure with the PNG at ``path`` embedded as base64."""
     data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
     cap = f"<figcaption>{escape(caption)}</figcaption>" if caption else ""
-    return (f'<figure><img src="data:image/png;base64,{data}" alt="{escape(alt)}">'
-            f"{cap}</figure>")
+    return f'<figure><img src="data:image/png;base64,{data}" alt="{escape(alt)}">{cap}</figure>'
 
 
 def section(key: str, body: str, cls: str = "") -> str:
@@ -114,8 +122,10 @@ def _header(df: pd.DataFrame, extras: ReportExtras) -> str:
         text = json.dumps(extras.spec, indent=2, default=str, sort_keys=True)
         spec = f"<details><summary>Run spec</summary><pre>{escape(text)}</pre></details>"
     nav = "".join(f'<a href="#{k}">{escape(v)}</a>' for k, v in SECTIONS.items())
-    return (f"<header><h1>{escape(title)}</h1><p class='sub'>{escape(' · '.join(facts))}</p>"
-            f"{spec}<nav>{nav}</nav></header>")
+    return (
+        f"<header><h1>{escape(title)}</h1><p class='sub'>{escape(' · '.join(facts))}</p>"
+        f"{spec}<nav>{nav}</nav></header>"
+    )
 
 
 def _as_dict(obj: object) -> dict[str, object]:
@@ -156,8 +166,11 @@ def _recommendation(rec: object | None) -> str:
     d = _as_dict(rec)
     level, method, interval = d.pop("level", None), d.pop("method", None), d.pop("interval", None)
     evidence = d.pop("evidence", None)
-    extra = "".join(f"<dt>{escape(str(k))}</dt><dd>{escape(fmt(v))}</dd>" for k, v in d.items()
-                    if isinstance(v, str | int | float | np.number | bool))
+    extra = "".join(
+        f"<dt>{escape(str(k))}</dt><dd>{escape(fmt(v))}</dd>"
+        for k, v in d.items()
+        if isinstance(v, str | int | float | np.number | bool)
+    )
     body = f"<p class='headline'>{_headline(method, level, interval)}</p>"
     body += f"<dl>{extra}</dl>" if extra else ""
     cls = "rec" if level is not None else "rec none"
@@ -165,12 +178,19 @@ def _recommendation(rec: object | None) -> str:
 
 
 def _curves(df: pd.DataFrame, plots: Mapping[str, Path], extras: ReportExtras) -> str:
-    figs = [img(plots[f"curve_{m}"], f"{m} vs sparsity") for m in metric_columns(df)
-            if f"curve_{m}" in plots]
+    figs = [
+        img(plots[f"curve_{m}"], f"{m} vs sparsity")
+        for m in metric_columns(df)
+        if f"curve_{m}" in plots
+    ]
     if not figs:
         return section("curves", note("No pruned rows with metrics to plot."))
-    parts = ["Lines: mean over seeds", "shaded: min–max over seeds", "dashed: dense model",
-             "stars: each method's tipping point" if extras.knees else "no tipping points given"]
+    parts = [
+        "Lines: mean over seeds",
+        "shaded: min–max over seeds",
+        "dashed: dense model",
+        "stars: each method's tipping point" if extras.knees else "no tipping points given",
+    ]
     if extras.tolerances:
         parts.append("grey band: tolerance from dense")
     intro = note("; ".join(parts) + ".")
@@ -181,8 +201,9 @@ def _summary(df: pd.DataFrame) -> str:
     table = summary_table(df)
     shown = table[["level", "curve", "seeds"]].copy()
     for col in [c.removesuffix("_mean") for c in table.columns if c.endswith("_mean")]:
-        shown[col] = [f"{m:.4f} ± {s:.4f}" for m, s in zip(table[f"{col}_mean"],
-                                                           table[f"{col}_std"])]
+        shown[col] = [
+            f"{m:.4f} ± {s:.4f}" for m, s in zip(table[f"{col}_mean"], table[f"{col}_std"])
+        ]
     return section("summary", note("mean ± std over seeds") + html_table(shown))
 
 
@@ -195,27 +216,35 @@ def _figure_section(key: str, plots: Mapping[str, Path], missing: str) -> str:
 def _efficiency(df: pd.DataFrame) -> str:
     table = efficiency_table(df)
     if table is None:
-        return section("efficiency", note(
-            "This run recorded no macs, latency_b1_ms, latency_b256_ms or disk_bytes."))
-    text = "MAC speedup is theoretical (dense MACs / MACs); b1/b256 speedups are measured " \
-           "latency ratios vs dense; size ratio = dense bytes / bytes on disk."
+        return section(
+            "efficiency",
+            note("This run recorded no macs, latency_b1_ms, latency_b256_ms or disk_bytes."),
+        )
+    text = (
+        "MAC speedup is theoretical (dense MACs / MACs); b1/b256 speedups are measured "
+        "latency ratios vs dense; size ratio = dense bytes / bytes on disk."
+    )
     return section("efficiency", note(text) + f"<div class='scroll'>{html_table(table)}</div>")
 
 
 def _results(df: pd.DataFrame) -> str:
     table = results_table(df)
     cut = note(f"first {MAX_ROWS} of {len(table)} rows") if len(table) > MAX_ROWS else ""
-    return section("results", cut + f"<div class='scroll'>{html_table(table.head(MAX_ROWS))}"
-                   "</div>")
+    return section("results", cut + f"<div class='scroll'>{html_table(table.head(MAX_ROWS))}</div>")
 
 
 def _retained(table: pd.DataFrame | None) -> str:
     if table is None or table.empty:
-        return section("retained", "<p class='note'>Needs dense control rows and stored "
-                                   "predictions (see docs/metrics.md).</p>")
-    note = ("<p class='sub'>PIE: pruning-identified exemplars (modal prediction of the pruned "
-            "seeds differs from the dense controls'); worst-class drop in recall; robustness "
-            "gap = extra accuracy lost under corruption. Definitions: docs/metrics.md.</p>")
+        return section(
+            "retained",
+            "<p class='note'>Needs dense control rows and stored "
+            "predictions (see docs/metrics.md).</p>",
+        )
+    note = (
+        "<p class='sub'>PIE: pruning-identified exemplars (modal prediction of the pruned "
+        "seeds differs from the dense controls'); worst-class drop in recall; robustness "
+        "gap = extra accuracy lost under corruption. Definitions: docs/metrics.md.</p>"
+    )
     return section("retained", note + f"<div class='scroll'>{html_table(table)}</div>")
 
 
@@ -223,8 +252,11 @@ def render_html(df: pd.DataFrame, plots: Mapping[str, Path], extras: ReportExtra
     """The whole page as a string; ``plots`` maps figure names (``curve_<metric>``, ``pareto``,
     ``sensitivity``, ``weights``, ``forgotten``) to PNGs already written."""
     parts = [
-        _header(df, extras), _recommendation(extras.recommendation),
-        _curves(df, plots, extras), _summary(df), _retained(extras.retained),
+        _header(df, extras),
+        _recommendation(extras.recommendation),
+        _curves(df, plots, extras),
+        _summary(df),
+        _retained(extras.retained),
         _figure_section("sensitivity", plots, "No layer-sensitivity scan in this run."),
         _figure_section("pareto", plots, "Needs nonzeros or macs and accuracy columns."),
         _efficiency(df),
@@ -233,5 +265,7 @@ def render_html(df: pd.DataFrame, plots: Mapping[str, Path], extras: ReportExtra
         _results(df),
     ]
     title = escape(extras.title or "prunelab report")
-    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>"
-            f"<style>{_CSS}</style></head><body><main>{''.join(parts)}</main></body></html>\n")
+    return (
+        f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{title}</title>"
+        f"<style>{_CSS}</style></head><body><main>{''.join(parts)}</main></body></html>\n"
+    )

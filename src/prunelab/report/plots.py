@@ -80,8 +80,14 @@ def _legend(fig: Figure, ax: Axes) -> None:
     """Legend under the axes, so it never hides a curve."""
     handles, labels = ax.get_legend_handles_labels()
     ncols = 3 if max(map(len, labels), default=0) <= 24 else 2
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(ncols, len(labels)),
-               fontsize=8, frameon=False)
+    fig.legend(
+        handles,
+        labels,
+        loc="outside lower center",
+        ncols=min(ncols, len(labels)),
+        fontsize=8,
+        frameon=False,
+    )
 
 
 def _sparsity_axis(ax: Axes, levels: np.ndarray) -> None:
@@ -100,22 +106,45 @@ def _dense_reference(ax: Axes, dense: float, metric: str, tolerance: float | Non
     if tolerance is not None:
         sign = "−" if higher_is_better(metric) else "+"
         edge = dense - tolerance if sign == "−" else dense + tolerance
-        ax.axhspan(min(dense, edge), max(dense, edge), color="0.6", alpha=0.25,
-                   label=f"tolerance: dense {sign} {tolerance:g}")
+        ax.axhspan(
+            min(dense, edge),
+            max(dense, edge),
+            color="0.6",
+            alpha=0.25,
+            label=f"tolerance: dense {sign} {tolerance:g}",
+        )
 
 
 def _mark_knee(ax: Axes, x: np.ndarray, y: np.ndarray, knee: float, color: tuple) -> None:
     kx = float(sparsity_to_x(knee))
     ky = float(np.interp(kx, x, y))
-    ax.plot([kx], [ky], marker="*", markersize=16, color=color, markeredgecolor="black",
-            zorder=5, linestyle="none")
-    ax.annotate(format_level(knee), (kx, ky), textcoords="offset points", xytext=(6, 8),
-                fontsize=8, color="black")
+    ax.plot(
+        [kx],
+        [ky],
+        marker="*",
+        markersize=16,
+        color=color,
+        markeredgecolor="black",
+        zorder=5,
+        linestyle="none",
+    )
+    ax.annotate(
+        format_level(knee),
+        (kx, ky),
+        textcoords="offset points",
+        xytext=(6, 8),
+        fontsize=8,
+        color="black",
+    )
 
 
-def plot_metric_curves(df: pd.DataFrame, metric: str, out: Path | str,
-                       knees: Mapping[str, float] | None = None,
-                       tolerance: float | None = None) -> Path:
+def plot_metric_curves(
+    df: pd.DataFrame,
+    metric: str,
+    out: Path | str,
+    knees: Mapping[str, float] | None = None,
+    tolerance: float | None = None,
+) -> Path:
     """Plot ``metric`` vs sparsity, one line per curve (mean over seeds, min–max band).
 
     ``knees`` maps a curve label (see :func:`prunelab.report.frame.curve_labels`) to its
@@ -167,10 +196,18 @@ def plot_pareto(df: pd.DataFrame, out: Path | str, metric: str = "accuracy") -> 
         ax.scatter(g[cost_col], g[metric], s=22, color=color, alpha=0.75, label=curve)
     best = rows[pareto_mask(rows[cost_col].to_numpy(), rows[metric].to_numpy())]
     best = best.sort_values(cost_col)
-    ax.plot(best[cost_col], best[metric], color="crimson", linewidth=1.5, drawstyle="steps-post",
-            zorder=4, label="Pareto front")
-    ax.scatter(best[cost_col], best[metric], s=60, facecolors="none", edgecolors="crimson",
-               zorder=5)
+    ax.plot(
+        best[cost_col],
+        best[metric],
+        color="crimson",
+        linewidth=1.5,
+        drawstyle="steps-post",
+        zorder=4,
+        label="Pareto front",
+    )
+    ax.scatter(
+        best[cost_col], best[metric], s=60, facecolors="none", edgecolors="crimson", zorder=5
+    )
     ax.set_xscale("log")
     ax.set_xlabel(f"{cost_col} (log scale; fewer is cheaper)")
     ax.set_ylabel(metric)
@@ -185,8 +222,9 @@ def plot_sensitivity(sens: pd.DataFrame, out: Path | str, value_name: str = "val
     missing = {"layer", "level", "value"} - set(sens.columns)
     if missing:
         raise PrunelabError(f"sensitivity table lacks column(s) {', '.join(sorted(missing))}")
-    grid = sens.pivot_table(index="layer", columns="level", values="value", aggfunc="mean",
-                            sort=False)  # (layers, levels)
+    grid = sens.pivot_table(
+        index="layer", columns="level", values="value", aggfunc="mean", sort=False
+    )  # (layers, levels)
     fig = _figure(7.0, max(2.4, 0.45 * len(grid) + 1.4))
     ax = fig.add_subplot()
     im = ax.imshow(grid.to_numpy(), aspect="auto", cmap="viridis")
@@ -195,16 +233,24 @@ def plot_sensitivity(sens: pd.DataFrame, out: Path | str, value_name: str = "val
     if grid.size <= 150:
         mid = np.nanmean(grid.to_numpy())
         for (i, j), v in np.ndenumerate(grid.to_numpy()):
-            ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=7,
-                    color="white" if v < mid else "black")
+            ax.text(
+                j,
+                i,
+                f"{v:.3g}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if v < mid else "black",
+            )
     ax.set_xlabel("layer sparsity")
     ax.set_title(f"layer sensitivity — {value_name}", fontsize=10)
     fig.colorbar(im, ax=ax, label=value_name)
     return _save(fig, out)
 
 
-def plot_weight_histograms(weights: Mapping[str, np.ndarray], out: Path | str,
-                           bins: int = 60, max_layers: int = 12) -> Path:
+def plot_weight_histograms(
+    weights: Mapping[str, np.ndarray], out: Path | str, bins: int = 60, max_layers: int = 12
+) -> Path:
     """One histogram per layer of its non-zero weights; titles give the fraction of zeros."""
     if not weights:
         raise PrunelabError("no weights given for histograms")
@@ -225,9 +271,15 @@ def plot_weight_histograms(weights: Mapping[str, np.ndarray], out: Path | str,
     return _save(fig, out)
 
 
-def plot_example_grid(images: np.ndarray, labels: np.ndarray, out: Path | str,
-                      preds: np.ndarray | None = None, class_names: Sequence[str] | None = None,
-                      max_examples: int = 40, ncols: int = 10) -> Path:
+def plot_example_grid(
+    images: np.ndarray,
+    labels: np.ndarray,
+    out: Path | str,
+    preds: np.ndarray | None = None,
+    class_names: Sequence[str] | None = None,
+    max_examples: int = 40,
+    ncols: int = 10,
+) -> Path:
     """Grid of grayscale examples (N, 1, H, W) or (N, H, W), titled with label (and prediction)."""
     images = np.asarray(images, dtype=float)
     if images.ndim == 4 and images.shape[1] == 1:
@@ -248,6 +300,7 @@ def plot_example_grid(images: np.ndarray, labels: np.ndarray, out: Path | str,
         title = name(int(labels[i])) + ("" if preds is None else f"→{name(int(preds[i]))}")
         ax.set_title(title, fontsize=7, color="black" if preds is None else "firebrick")
         ax.set_axis_off()
-    fig.suptitle("label → pruned model's prediction" if preds is not None else "examples",
-                 fontsize=9)
+    fig.suptitle(
+        "label → pruned model's prediction" if preds is not None else "examples", fontsize=9
+    )
     return _save(fig, out)

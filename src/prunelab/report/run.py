@@ -21,8 +21,9 @@ from prunelab.store import Store, load_results
 log = logging.getLogger(__name__)
 
 
-def knees_by_label(df: pd.DataFrame, metric: str = "accuracy", split: str = "val"
-                   ) -> dict[str, float]:
+def knees_by_label(
+    df: pd.DataFrame, metric: str = "accuracy", split: str = "val"
+) -> dict[str, float]:
     """{curve label (as the plots name curves): knee level} for curves that have a knee."""
     tp = tipping_points(df, metric, split)
     labels = curve_labels(df)
@@ -35,9 +36,12 @@ def knees_by_label(df: pd.DataFrame, metric: str = "accuracy", split: str = "val
     return out
 
 
-def run_recommendation(df: pd.DataFrame, metric: str = "accuracy",
-                       max_drop_points: float | None = 0.5,
-                       min_value: float | None = None) -> Recommendation:
+def run_recommendation(
+    df: pd.DataFrame,
+    metric: str = "accuracy",
+    max_drop_points: float | None = 0.5,
+    min_value: float | None = None,
+) -> Recommendation:
     """:func:`prunelab.analysis.recommend` with the CLI's units (points of a 0-1 metric)."""
     max_drop = None if max_drop_points is None else points(max_drop_points)
     return recommend(df, metric, max_drop=max_drop, min_value=min_value)
@@ -52,9 +56,18 @@ def sensitivity_frame(store: Store) -> pd.DataFrame | None:
     return table.rename(columns={"drop": "value"})[["layer", "level", "value"]]
 
 
-RETAINED_COLUMNS = ("accuracy_retained_pct", "agreement", "delta_ece", "pie_pct",
-                    "dense_accuracy_on_pies", "worst_class_drop", "worst_class",
-                    "robustness_gap", "train_val_gap", "n_seeds")
+RETAINED_COLUMNS = (
+    "accuracy_retained_pct",
+    "agreement",
+    "delta_ece",
+    "pie_pct",
+    "dense_accuracy_on_pies",
+    "worst_class_drop",
+    "worst_class",
+    "robustness_gap",
+    "train_val_gap",
+    "n_seeds",
+)
 
 
 def retained_table(df: pd.DataFrame, store: Store) -> pd.DataFrame | None:
@@ -64,20 +77,25 @@ def retained_table(df: pd.DataFrame, store: Store) -> pd.DataFrame | None:
     if not (df["method"] == "dense").any() or "ece" not in df.columns:
         return None
     labels = store.artifact("__run__", "test_labels")
-    table = summarize_results(df, lambda c: store.artifact(c, "test_preds"), labels,
-                              int(labels.max()) + 1)
+    table = summarize_results(
+        df, lambda c: store.artifact(c, "test_preds"), labels, int(labels.max()) + 1
+    )
     return table
 
 
 def _display_retained(table: pd.DataFrame) -> pd.DataFrame:
-    keys = [c for c in ("method", "allocation", "structure", "schedule", "level")
-            if c in table.columns and (c == "level" or table[c].nunique() > 1)]
+    keys = [
+        c
+        for c in ("method", "allocation", "structure", "schedule", "level")
+        if c in table.columns and (c == "level" or table[c].nunique() > 1)
+    ]
     cols = keys + [c for c in RETAINED_COLUMNS if c in table.columns]
     return table[cols].sort_values(keys).reset_index(drop=True)
 
 
-def forgotten_examples(table: pd.DataFrame, store: Store, spec: dict, limit: int = 40
-                       ) -> dict[str, np.ndarray] | None:
+def forgotten_examples(
+    table: pd.DataFrame, store: Store, spec: dict, limit: int = 40
+) -> dict[str, np.ndarray] | None:
     """Images, labels and modal pruned predictions of the PIEs at the sparsest level.
 
     Images come from reloading the run's dataset; skipped when it is unavailable or differs
@@ -103,20 +121,19 @@ def forgotten_examples(table: pd.DataFrame, store: Store, spec: dict, limit: int
     group = _group_rows(store, row)
     preds = np.stack([store.artifact(c, "test_preds") for c in group])[:, idx]  # (S, n)
     modal = np.array([np.bincount(col).argmax() for col in preds.T])
-    return {"images": data.test.x[idx].numpy(), "labels": data.test.y[idx].numpy(),
-            "preds": modal}
+    return {"images": data.test.x[idx].numpy(), "labels": data.test.y[idx].numpy(), "preds": modal}
 
 
 def _group_rows(store: Store, row: pd.Series) -> list[str]:
     df = pd.DataFrame(store.rows())
-    keys = [c for c in ("method", "allocation", "structure", "schedule", "level")
-            if c in row.index]
+    keys = [c for c in ("method", "allocation", "structure", "schedule", "level") if c in row.index]
     match = np.logical_and.reduce([df[k] == row[k] for k in keys])
     return list(df.loc[match, "cell_id"])
 
 
-def report_run(run_dir: Path | str, metric: str = "accuracy",
-               max_drop_points: float | None = 0.5) -> tuple[ReportPaths, Recommendation | None]:
+def report_run(
+    run_dir: Path | str, metric: str = "accuracy", max_drop_points: float | None = 0.5
+) -> tuple[ReportPaths, Recommendation | None]:
     """Write plots, summary.md and report.html for ``run_dir``; return them and the advice."""
     from prunelab.report import build_report
 
@@ -140,11 +157,16 @@ def report_run(run_dir: Path | str, metric: str = "accuracy",
     except PrunelabError as e:  # e.g. a partial run without dense rows yet
         log.warning("no recommendation: %s", e)
     tolerance = {metric: points(max_drop_points)} if max_drop_points is not None else None
-    extras = ReportExtras(knees=knees, recommendation=rec, tolerances=tolerance,
-                          sensitivity=sens, spec=spec, retained=retained,
-                          forgotten_images=pies["images"] if pies else None,
-                          forgotten_labels=pies["labels"] if pies else None,
-                          forgotten_preds=pies["preds"] if pies else None,
-                          title=f"prunelab report: {spec.get('model')} on "
-                                f"{spec.get('data', {}).get('name')}")
+    extras = ReportExtras(
+        knees=knees,
+        recommendation=rec,
+        tolerances=tolerance,
+        sensitivity=sens,
+        spec=spec,
+        retained=retained,
+        forgotten_images=pies["images"] if pies else None,
+        forgotten_labels=pies["labels"] if pies else None,
+        forgotten_preds=pies["preds"] if pies else None,
+        title=f"prunelab report: {spec.get('model')} on {spec.get('data', {}).get('name')}",
+    )
     return build_report(run_dir, df, extras), rec

@@ -22,8 +22,10 @@ def _cell(text: object) -> str:
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(_cell(h) for h in header) + " |",
-             "|" + "|".join("---" for _ in header) + "|"]
+    lines = [
+        "| " + " | ".join(_cell(h) for h in header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+    ]
     return lines + ["| " + " | ".join(_cell(v) for v in r) + " |" for r in rows]
 
 
@@ -31,8 +33,11 @@ def _dense_lines(df: pd.DataFrame) -> list[str]:
     dense = df[df["method"] == DENSE]
     if dense.empty:
         return ["_No dense control rows in this run._"]
-    rows = [[m, mean_std(dense[m].mean(), dense[m].std(ddof=1) if len(dense) > 1 else 0.0)]
-            for m in _DENSE_METRICS if m in dense.columns]
+    rows = [
+        [m, mean_std(dense[m].mean(), dense[m].std(ddof=1) if len(dense) > 1 else 0.0)]
+        for m in _DENSE_METRICS
+        if m in dense.columns
+    ]
     return [f"Dense control over {len(dense)} seed(s):", ""] + _md_table(["metric", "value"], rows)
 
 
@@ -40,9 +45,12 @@ def _level_lines(df: pd.DataFrame) -> list[str]:
     table = summary_table(df)
     metrics = [m for m in SUMMARY_METRICS if f"{m}_mean" in table.columns]
     header = ["level", "method"] + metrics + ["seeds"]
-    rows = [[f"{r.level:g}", r.curve]
-            + [mean_std(getattr(r, f"{m}_mean"), getattr(r, f"{m}_std")) for m in metrics]
-            + [str(r.seeds)] for r in table.itertuples(index=False)]
+    rows = [
+        [f"{r.level:g}", r.curve]
+        + [mean_std(getattr(r, f"{m}_mean"), getattr(r, f"{m}_std")) for m in metrics]
+        + [str(r.seeds)]
+        for r in table.itertuples(index=False)
+    ]
     return _md_table(header, rows)
 
 
@@ -52,14 +60,17 @@ def _best_lines(df: pd.DataFrame, metric: str) -> list[str]:
     best = best_per_level(df, metric)
     dense = dense_value(df, metric)
     header = ["level", "best method", f"{metric} (mean)"] + ([] if dense is None else ["vs dense"])
-    rows = [[f"{r.level:g}", r.curve, f"{r.mean:.4f}"]
-            + ([] if dense is None else [f"{r.mean - dense:+.4f}"])
-            for r in best.itertuples(index=False)]
+    rows = [
+        [f"{r.level:g}", r.curve, f"{r.mean:.4f}"]
+        + ([] if dense is None else [f"{r.mean - dense:+.4f}"])
+        for r in best.itertuples(index=False)
+    ]
     return _md_table(header, rows)
 
 
-def render_summary(df: pd.DataFrame, title: str = "prunelab sweep summary",
-                   metric: str = "accuracy") -> str:
+def render_summary(
+    df: pd.DataFrame, title: str = "prunelab sweep summary", metric: str = "accuracy"
+) -> str:
     """The Markdown text: dense baseline, results by level (mean ± std over seeds), best method.
 
     >>> df = pd.DataFrame({"method": ["dense", "magnitude"], "level": [0.0, 0.5],

@@ -15,9 +15,14 @@ from prunelab.report.frame import (
 )
 
 SUMMARY_METRICS = ("accuracy", "agreement", "sparsity")
-_SPEED = (("macs", "MAC speedup"), ("sparse_macs", "sparse-MAC speedup (theoretical)"),
-          ("latency_b1_ms", "speedup b1"), ("latency_b256_ms", "speedup b256"),
-          ("disk_bytes", "size ratio"), ("compressed_bytes", "compressed size ratio"))
+_SPEED = (
+    ("macs", "MAC speedup"),
+    ("sparse_macs", "sparse-MAC speedup (theoretical)"),
+    ("latency_b1_ms", "speedup b1"),
+    ("latency_b256_ms", "speedup b256"),
+    ("disk_bytes", "size ratio"),
+    ("compressed_bytes", "compressed size ratio"),
+)
 
 
 def summary_table(df: pd.DataFrame, metrics: Sequence[str] = SUMMARY_METRICS) -> pd.DataFrame:

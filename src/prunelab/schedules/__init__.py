@@ -42,7 +42,8 @@ def run_schedule(
     """Prune ``model`` in place to ``target_sparsity`` following ``schedule``.
 
     ``train_cfg.epochs`` is the *total* training budget, shared by the schedule's rounds or
-    phases, so schedules compare at equal cost (default ``TrainConfig()``: one epoch). ``reference_logits`` are the dense model's
+    phases, so schedules compare at equal cost (default ``TrainConfig()``: one epoch).
+    ``reference_logits`` are the dense model's
     logits on ``data.val`` (used by :class:`Adaptive`; computed when omitted). Criteria that
     need calibration (taylor, snip, wanda) re-score on ``calibration_batches`` training
     batches at every mask update. ``on_step(step, total)`` observes every training step of
@@ -57,18 +58,39 @@ def run_schedule(
     (0.75, [0.5, 0.75])
     """
     job = PruneJob(
-        data=data, target_sparsity=target_sparsity, train_cfg=train_cfg or TrainConfig(),
+        data=data,
+        target_sparsity=target_sparsity,
+        train_cfg=train_cfg or TrainConfig(),
         generator=generator if generator is not None else torch.Generator().manual_seed(0),
-        method=method, allocation=allocation, structure=structure or Unstructured(),
-        reference_logits=reference_logits, include=include, exclude=exclude,
-        prune_last=prune_last, calibration_batches=calibration_batches, on_step=on_step,
+        method=method,
+        allocation=allocation,
+        structure=structure or Unstructured(),
+        reference_logits=reference_logits,
+        include=include,
+        exclude=exclude,
+        prune_last=prune_last,
+        calibration_batches=calibration_batches,
+        on_step=on_step,
     )
     SCHEDULES.get(getattr(schedule, "name", type(schedule).__name__))  # registered kinds only
     return schedule.run(model, job)
 
 
 __all__ = [
-    "SCHEDULES", "Adaptive", "Gradual", "Iterative", "OneShot", "PruneJob", "Regrow", "Schedule",
-    "ScheduleResult", "Tolerance", "drop_and_grow", "format_schedule", "parse_schedule",
-    "polynomial_sparsity", "round_sparsities", "run_schedule",
+    "SCHEDULES",
+    "Adaptive",
+    "Gradual",
+    "Iterative",
+    "OneShot",
+    "PruneJob",
+    "Regrow",
+    "Schedule",
+    "ScheduleResult",
+    "Tolerance",
+    "drop_and_grow",
+    "format_schedule",
+    "parse_schedule",
+    "polynomial_sparsity",
+    "round_sparsities",
+    "run_schedule",
 ]

@@ -98,8 +98,16 @@ class Adaptive:
         dense = score(model)
         pruner.attach_dense()
         accepted, level, step = snapshot(model), 0.0, self.step
-        record(traj, phase="start", trial=0, sparsity=0.0, value=dense, accepted=True,
-               backoff=False, step_size=step)
+        record(
+            traj,
+            phase="start",
+            trial=0,
+            sparsity=0.0,
+            value=dense,
+            accepted=True,
+            backoff=False,
+            step_size=step,
+        )
         epochs, used = job.train_cfg.epochs / self.max_trials, 0.0
         for trial in range(1, self.max_trials + 1):
             if level >= job.target_sparsity - 1e-12 or step < self.min_step - 1e-12:
@@ -110,8 +118,17 @@ class Adaptive:
             used += epochs
             value = score(model)
             ok = self.tolerance.holds(value, dense)
-            record(traj, phase="trial", trial=trial, sparsity=trying, value=value, accepted=ok,
-                   backoff=not ok, step_size=step, epochs=epochs)
+            record(
+                traj,
+                phase="trial",
+                trial=trial,
+                sparsity=trying,
+                value=value,
+                accepted=ok,
+                backoff=not ok,
+                step_size=step,
+                epochs=epochs,
+            )
             if ok:
                 accepted, level = snapshot(model), trying
             else:
@@ -120,12 +137,21 @@ class Adaptive:
         restore(model, accepted)
         leftover = max(job.train_cfg.epochs - used, 0.0)  # the rest of the budget recovers
         value = self._recover(model, job, leftover, score, dense, accepted)
-        record(traj, phase="final", trial=len(traj), sparsity=level, value=value,
-               accepted=True, backoff=False, epochs=leftover)
+        record(
+            traj,
+            phase="final",
+            trial=len(traj),
+            sparsity=level,
+            value=value,
+            accepted=True,
+            backoff=False,
+            epochs=leftover,
+        )
         return ScheduleResult(model, pruner.masks(), traj)
 
-    def _recover(self, model: nn.Module, job: PruneJob, epochs: float, score, dense: float,
-                 accepted: dict) -> float:
+    def _recover(
+        self, model: nn.Module, job: PruneJob, epochs: float, score, dense: float, accepted: dict
+    ) -> float:
         """Spend the leftover budget; keep it only if the tolerance still holds."""
         finetune(model, job, epochs)
         value = score(model)
@@ -143,4 +169,3 @@ def _scorer(metric: str, job: PruneJob, dense_logits: Tensor):
         return m(Evaluation(val_logits(model, job), job.data.val.y, model, dense_logits))
 
     return score
-

@@ -103,8 +103,9 @@ class Pruner:
         for name, s in scores.items():
             if name in current:
                 scores[name] = s.masked_fill(~current[name], -math.inf)
-        return select_masks(scores, check_sparsity(sparsity), self.job.allocation,
-                            self.job.structure)
+        return select_masks(
+            scores, check_sparsity(sparsity), self.job.allocation, self.job.structure
+        )
 
     def prune_to(self, sparsity: float) -> Masks:
         """Apply :meth:`masks_at` to the model and return the masks."""
@@ -114,8 +115,10 @@ class Pruner:
 
     def attach_dense(self) -> None:
         """Attach all-True masks, so every target carries a mask parametrization."""
-        apply_masks(self.model, {n: torch.ones_like(m.weight, dtype=torch.bool)
-                                 for n, m in self.targets.items()})
+        apply_masks(
+            self.model,
+            {n: torch.ones_like(m.weight, dtype=torch.bool) for n, m in self.targets.items()},
+        )
 
     def masks(self) -> Masks:
         """The masks now on the target layers."""
@@ -125,8 +128,9 @@ class Pruner:
         """Effective weights that are non-zero where the mask says pruned (should be 0)."""
         masks = get_masks(self.model)
         with torch.no_grad():
-            return sum(int((m.weight[~masks[n]] != 0).sum())
-                       for n, m in self.targets.items() if n in masks)
+            return sum(
+                int((m.weight[~masks[n]] != 0).sum()) for n, m in self.targets.items() if n in masks
+            )
 
 
 def _calibration(job: PruneJob, split: Split) -> list[tuple[Tensor, Tensor]]:
@@ -136,8 +140,9 @@ def _calibration(job: PruneJob, split: Split) -> list[tuple[Tensor, Tensor]]:
     return [b for _, b in zip(range(job.calibration_batches), batches)]
 
 
-def finetune(model: nn.Module, job: PruneJob, epochs: float,
-             on_step: StepCallback | None = None) -> int:
+def finetune(
+    model: nn.Module, job: PruneJob, epochs: float, on_step: StepCallback | None = None
+) -> int:
     """Train ``epochs`` (a share of the budget) with masks fixed; returns the steps taken."""
     cfg = job.with_epochs(epochs)
     hooks = [h for h in (on_step, job.on_step) if h is not None]
@@ -164,14 +169,17 @@ def restore(model: nn.Module, state: dict[str, Tensor]) -> None:
     model.load_state_dict(state, strict=True)
 
 
-def check_job(job: PruneJob, name: str, structures: tuple[type, ...] = (Unstructured, Channels)
-              ) -> None:
+def check_job(
+    job: PruneJob, name: str, structures: tuple[type, ...] = (Unstructured, Channels)
+) -> None:
     """Reject combinations a schedule cannot honour, in one line."""
     check_sparsity(job.target_sparsity)
     if not isinstance(job.structure, structures):
         valid = ", ".join(str(t()) for t in structures if t is not NM)
-        raise PrunelabError(f"schedule '{name}' cannot prune {job.structure} sparsity "
-                            f"(it passes through intermediate levels); valid: {valid}")
+        raise PrunelabError(
+            f"schedule '{name}' cannot prune {job.structure} sparsity "
+            f"(it passes through intermediate levels); valid: {valid}"
+        )
     if job.reference_logits is not None and job.reference_logits.shape[0] != len(job.data.val):
         raise PrunelabError(
             f"reference_logits must be the dense logits on the validation split "
@@ -182,4 +190,3 @@ def check_job(job: PruneJob, name: str, structures: tuple[type, ...] = (Unstruct
 def record(trajectory: Trajectory, **row: Any) -> None:
     """Append one trajectory row (plain floats/ints/strings only, so it stores as JSON)."""
     trajectory.append({k: (float(v) if isinstance(v, Tensor) else v) for k, v in row.items()})
-

@@ -22,8 +22,9 @@ from prunelab.schedules.base import (
 EXPONENTS = {"cubic": 3, "linear": 1}
 
 
-def polynomial_sparsity(t: int, s_i: float, s_f: float, t0: int, n: int, dt: int,
-                        power: int = 3) -> float:
+def polynomial_sparsity(
+    t: int, s_i: float, s_f: float, t0: int, n: int, dt: int, power: int = 3
+) -> float:
     """Zhu & Gupta 2017: ``s_t = s_f + (s_i - s_f)(1 - (t - t0)/(n dt))^power``.
 
     Held at ``s_i`` before ``t0`` and at ``s_f`` after ``t0 + n dt``; ``power=1`` is linear.
@@ -103,14 +104,20 @@ class Gradual:
         def update(step: int, _total: int = total) -> None:
             if step not in at:
                 return
-            level = polynomial_sparsity(step, self.initial, job.target_sparsity, t0, n, dt,
-                                        EXPONENTS[self.kind])
+            level = polynomial_sparsity(
+                step, self.initial, job.target_sparsity, t0, n, dt, EXPONENTS[self.kind]
+            )
             stale = pruner.masked_nonzeros()  # must be 0: masks held since the last update
             achieved = mask_sparsity(pruner.prune_to(level))
-            record(traj, phase="prune", step=step, sparsity=level, achieved=achieved,
-                   masked_nonzeros=stale)
+            record(
+                traj,
+                phase="prune",
+                step=step,
+                sparsity=level,
+                achieved=achieved,
+                masked_nonzeros=stale,
+            )
 
         update(0)  # t0 == 0: the initial level applies before the first step
         finetune(model, job, job.train_cfg.epochs, on_step=update)
         return ScheduleResult(model, pruner.masks(), traj)
-

@@ -44,8 +44,13 @@ class OneShot:
         traj: list[dict] = []
         record(traj, phase="prune", step=0, sparsity=job.target_sparsity)
         steps = finetune(model, job, job.train_cfg.epochs)
-        record(traj, phase="finetune", step=steps, sparsity=job.target_sparsity,
-               epochs=job.train_cfg.epochs)
+        record(
+            traj,
+            phase="finetune",
+            step=steps,
+            sparsity=job.target_sparsity,
+            epochs=job.train_cfg.epochs,
+        )
         return ScheduleResult(model, masks, traj)
 
 
@@ -110,8 +115,14 @@ class Iterative:
             masks = pruner.prune_to(level)
             if rewind_state is not None:
                 _rewind(model, rewind_state)
-            record(traj, phase="prune", round=r, step=step, sparsity=level,
-                   rewound=rewind_state is not None)
+            record(
+                traj,
+                phase="prune",
+                round=r,
+                step=step,
+                sparsity=level,
+                rewound=rewind_state is not None,
+            )
             hook = grab if (self.rewind and rewind_state is None) else None
             step += finetune(model, job, per_round, on_step=hook)
             record(traj, phase="finetune", round=r, step=step, sparsity=level, epochs=per_round)

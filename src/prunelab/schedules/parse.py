@@ -51,12 +51,15 @@ def parse_schedule(text: str) -> Any:
         key, eq, raw = arg.partition("=")
         if not eq:
             if not positional:
-                raise PrunelabError(f"schedule '{text}': unexpected argument '{arg}'; "
-                                    f"use field=value with fields: {', '.join(fields)}")
+                raise PrunelabError(
+                    f"schedule '{text}': unexpected argument '{arg}'; "
+                    f"use field=value with fields: {', '.join(fields)}"
+                )
             key, raw = positional.pop(0), arg
         if key not in fields:
-            raise PrunelabError(f"schedule '{text}': unknown option '{key}'; "
-                                f"valid: {', '.join(fields)}")
+            raise PrunelabError(
+                f"schedule '{text}': unknown option '{key}'; valid: {', '.join(fields)}"
+            )
         if key in positional:
             positional.remove(key)
         values[key] = _convert(cls, key, raw)

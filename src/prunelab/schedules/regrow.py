@@ -60,8 +60,9 @@ def cosine_fraction(step: int, end: int, f0: float) -> float:
     return f0 / 2 * (1 + math.cos(math.pi * min(step, end) / end))
 
 
-def effective_grads(model: nn.Module, targets: dict[str, nn.Module], x: Tensor, y: Tensor
-                    ) -> dict[str, Tensor]:
+def effective_grads(
+    model: nn.Module, targets: dict[str, nn.Module], x: Tensor, y: Tensor
+) -> dict[str, Tensor]:
     """dL/dW_eff for every target on one batch, also where the mask is zero.
 
     Under ``parametrize.cached()`` the masked weight is computed once and reused by the
@@ -112,8 +113,15 @@ class Regrow:
             x, y = _batch(job)
             stale = pruner.masked_nonzeros()
             changed = _regrow(pruner, effective_grads(model, pruner.targets, x, y), frac)
-            record(traj, phase="regrow", step=step, sparsity=mask_sparsity(pruner.masks()),
-                   drop_fraction=frac, changed=changed, masked_nonzeros=stale)
+            record(
+                traj,
+                phase="regrow",
+                step=step,
+                sparsity=mask_sparsity(pruner.masks()),
+                drop_fraction=frac,
+                changed=changed,
+                masked_nonzeros=stale,
+            )
 
         finetune(model, job, job.train_cfg.epochs, on_step=update)
         return ScheduleResult(model, pruner.masks(), traj)
@@ -122,8 +130,10 @@ class Regrow:
 def _regrow(pruner: Pruner, grads: dict[str, Tensor], frac: float) -> int:
     """Drop-and-grow every target layer; zero the regrown originals. Returns #grown."""
     old = pruner.masks()
-    new = {n: drop_and_grow(pruner.targets[n].weight, grads[n], m, round(frac * int(m.sum())))
-           for n, m in old.items()}
+    new = {
+        n: drop_and_grow(pruner.targets[n].weight, grads[n], m, round(frac * int(m.sum())))
+        for n, m in old.items()
+    }
     apply_masks(pruner.model, new)
     with torch.no_grad():
         for n, m in new.items():
@@ -137,4 +147,3 @@ def _batch(job: PruneJob) -> tuple[Tensor, Tensor]:
     n = len(job.data.train)
     idx = torch.randint(n, (min(job.train_cfg.batch_size, n),), generator=job.generator)
     return job.data.train.x[idx], job.data.train.y[idx]
-

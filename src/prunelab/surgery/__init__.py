@@ -14,7 +14,16 @@ from prunelab.surgery.plan import ChannelPlan, plan_channels, plan_from_masks, r
 from prunelab.surgery.slim import prune_channels, slim
 
 __all__ = [
-    "BaseModel", "ChannelGraph", "ChannelPlan", "plan_channels", "plan_from_masks",
-    "prune_channels", "read_architecture", "rebuild", "row_scores", "save_slim", "slim",
+    "BaseModel",
+    "ChannelGraph",
+    "ChannelPlan",
+    "plan_channels",
+    "plan_from_masks",
+    "prune_channels",
+    "read_architecture",
+    "rebuild",
+    "row_scores",
+    "save_slim",
+    "slim",
     "trace_channels",
 ]

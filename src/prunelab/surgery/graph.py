@@ -41,8 +41,22 @@ KEEP_FUNCTIONS = {
     torch.relu, torch.sigmoid, torch.tanh, F.sigmoid, F.tanh,
 }  # fmt: skip
 KEEP_METHODS = {"relu", "sigmoid", "tanh", "contiguous", "clone", "relu_", "float"}
-ELEMENTWISE = {operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd,
-               torch.add, torch.sub, torch.mul, torch.div, "add", "sub", "mul", "div", "add_"}
+ELEMENTWISE = {
+    operator.add,
+    operator.sub,
+    operator.mul,
+    operator.truediv,
+    operator.iadd,
+    torch.add,
+    torch.sub,
+    torch.mul,
+    torch.div,
+    "add",
+    "sub",
+    "mul",
+    "div",
+    "add_",
+}
 FLATTENS = {torch.flatten, "flatten", "view", "reshape"}
 REDUCES = {torch.mean, torch.sum, torch.amax, "mean", "sum", "amax"}
 SHAPE_QUERIES = {"size", "dim", "numel", getattr}  # read shapes only: no channel dependency

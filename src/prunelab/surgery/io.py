@@ -42,7 +42,9 @@ def layer_sizes(model: nn.Module) -> dict[str, dict[str, int | str]]:
             out[name] = {"type": type(m).__name__, "in": m.in_features, "out": m.out_features}
         elif isinstance(m, PRODUCERS):
             out[name] = {
-                "type": type(m).__name__, "in": m.in_channels, "out": m.out_channels,
+                "type": type(m).__name__,
+                "in": m.in_channels,
+                "out": m.out_channels,
                 "groups": m.groups,
             }
         elif isinstance(m, NORMS):
@@ -55,8 +57,11 @@ def save_slim(model: nn.Module, path: Path | str, base: BaseModel) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     arch = {
-        "format": FORMAT, "model": base.name, "input_shape": list(base.input_shape),
-        "num_classes": base.num_classes, "layers": layer_sizes(model),
+        "format": FORMAT,
+        "model": base.name,
+        "input_shape": list(base.input_shape),
+        "num_classes": base.num_classes,
+        "layers": layer_sizes(model),
     }
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     save_file(state, str(path), metadata={META_KEY: json.dumps(arch)})
@@ -86,7 +91,9 @@ def rebuild(path: Path | str) -> nn.Module:
     for name, spec in arch["layers"].items():
         m = modules.get(name)
         if m is None or type(m).__name__ != spec["type"]:
-            raise PrunelabError(f"{path}: layer '{name}' ({spec['type']}) not in model '{arch['model']}'")
+            raise PrunelabError(
+                f"{path}: layer '{name}' ({spec['type']}) not in model '{arch['model']}'"
+            )
         if isinstance(m, NORMS):
             shrink_norm(m, range(spec["out"]))
         else:

@@ -144,7 +144,9 @@ def plan_channels(
         families.setdefault(family, []).append(
             (sum(float(rows[n][i]) for n, i in group), cg.find(group[0]))
         )
-    fam_scores = {f: torch.tensor([s for s, _ in g], dtype=torch.float64) for f, g in families.items()}
+    fam_scores = {
+        f: torch.tensor([s for s, _ in g], dtype=torch.float64) for f, g in families.items()
+    }
     keep_rows = channel_masks(fam_scores, sparsity, allocation) if fam_scores else {}
     keep_group: dict[Key, bool] = {}
     for fam, members in families.items():

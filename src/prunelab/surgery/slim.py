@@ -18,7 +18,10 @@ from prunelab.surgery.plan import ChannelPlan, plan_channels, plan_from_masks
 
 def shrink_producer(m: nn.Module, out_idx: Sequence[int], in_idx: Sequence[int]) -> None:
     """Keep rows ``out_idx`` and input columns ``in_idx`` of a Conv/Linear, in place."""
-    out_t, in_t = torch.as_tensor(out_idx, dtype=torch.long), torch.as_tensor(in_idx, dtype=torch.long)
+    out_t, in_t = (
+        torch.as_tensor(out_idx, dtype=torch.long),
+        torch.as_tensor(in_idx, dtype=torch.long),
+    )
     w = m.weight.detach()
     depthwise = not isinstance(m, nn.Linear) and m.groups > 1
     w = w[out_t] if depthwise else w[out_t][:, in_t]  # (out', in'/groups, *kernel)
@@ -51,7 +54,9 @@ def _keep_fn(cg: ChannelGraph, plan: ChannelPlan):
     kept = {n: set(idx) for n, idx in plan.keep}
     for name in kept:
         if name not in cg.producers:
-            raise PrunelabError(f"channel plan names '{name}', which is not a Conv/Linear in the model")
+            raise PrunelabError(
+                f"channel plan names '{name}', which is not a Conv/Linear in the model"
+            )
         if dict(plan.sizes)[name] != cg.producers[name]:
             raise PrunelabError(
                 f"channel plan gives '{name}' {dict(plan.sizes)[name]} channels, the model "
@@ -133,7 +138,15 @@ def prune_channels(
     (4, 4, 2)
     """
     plan = plan_channels(
-        model, example_input, sparsity, method, allocation, p, include, exclude, calibration,
+        model,
+        example_input,
+        sparsity,
+        method,
+        allocation,
+        p,
+        include,
+        exclude,
+        calibration,
         generator,
     )
     return slim(model, example_input, plan), plan

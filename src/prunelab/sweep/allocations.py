@@ -36,33 +36,60 @@ def sensitivity_table(ctx: Any, dense: nn.Module, scores: dict[str, Tensor], key
 
     if key not in ctx.memo:
         ctx.memo[key] = sensitivity_analysis(
-            dense, scores, ctx.data.val.subset(SENSITIVITY_VAL_ROWS))
+            dense, scores, ctx.data.val.subset(SENSITIVITY_VAL_ROWS)
+        )
     return ctx.memo[key]
 
 
-def resolve_allocation(cell: Any, ctx: Any, dense: nn.Module, targets: dict[str, nn.Module],
-                       scores: dict[str, Tensor], calibration: list, gen: torch.Generator
-                       ) -> tuple[str | Allocation, dict[str, Any]]:
+def resolve_allocation(
+    cell: Any,
+    ctx: Any,
+    dense: nn.Module,
+    targets: dict[str, nn.Module],
+    scores: dict[str, Tensor],
+    calibration: list,
+    gen: torch.Generator,
+) -> tuple[str | Allocation, dict[str, Any]]:
     """The allocation for ``cell`` and any run-level records it produced (JSON-able)."""
     if cell.allocation == "sensitivity":
         table = sensitivity_table(ctx, dense, scores, ("sensitivity", cell.method, cell.seed))
         from prunelab.sensitivity import sensitivity_allocation
 
         return sensitivity_allocation(table), {
-            f"sensitivity/{cell.method}/seed{cell.seed}": table.to_dict("records")}
+            f"sensitivity/{cell.method}/seed{cell.seed}": table.to_dict("records")
+        }
     if cell.allocation == "searched":
         from prunelab.plan import fixed_per_layer, plan_from_counts, sizes_of
         from prunelab.search import SearchConfig, search_allocation
 
         sizes = sizes_of(scores)
-        seeds = {name: plan_from_counts(fn(scores, cell.level), sizes)
-                 for name, fn in (("global", global_counts), ("uniform", uniform))}
-        cfg = SearchConfig(n_trials=cell.search_trials, train=TrainConfig(epochs=0.1),
-                           val_subset=2000, seed=cell.seed)
-        res = search_allocation(dense, ctx.data, targets, cell.method, cell.level, cfg, gen,
-                                calibration=calibration, seed_plans=seeds)
+        seeds = {
+            name: plan_from_counts(fn(scores, cell.level), sizes)
+            for name, fn in (("global", global_counts), ("uniform", uniform))
+        }
+        cfg = SearchConfig(
+            n_trials=cell.search_trials,
+            train=TrainConfig(epochs=0.1),
+            val_subset=2000,
+            seed=cell.seed,
+        )
+        res = search_allocation(
+            dense,
+            ctx.data,
+            targets,
+            cell.method,
+            cell.level,
+            cfg,
+            gen,
+            calibration=calibration,
+            seed_plans=seeds,
+        )
         trials = res.trials.assign(plan=res.trials["plan"].astype(str))
         return fixed_per_layer(res.plan), {
-            f"search/{cell.cell_id}": {"plan": res.plan, "value": res.value,
-                                        "trials": trials.to_dict("records")}}
+            f"search/{cell.cell_id}": {
+                "plan": res.plan,
+                "value": res.value,
+                "trials": trials.to_dict("records"),
+            }
+        }
     return cell.allocation, {}

@@ -71,8 +71,10 @@ class Cell:
     def label(self) -> str:
         if self.method == "dense":
             return f"dense seed={self.seed}"
-        return (f"{self.method}/{self.allocation}/{self.structure}/{self.schedule} "
-                f"@{self.level:g} seed={self.seed}")
+        return (
+            f"{self.method}/{self.allocation}/{self.structure}/{self.schedule} "
+            f"@{self.level:g} seed={self.seed}"
+        )
 
     def context_key(self) -> tuple:
         return (self.model, self.data, self.dense)
@@ -80,12 +82,30 @@ class Cell:
 
 def expand_cells(spec: SweepSpec) -> list[Cell]:
     """All cells of a sweep, dense controls first; N:M structures get their one fixed level."""
-    common = {"model": spec.model, "data": spec.data, "dense": spec.dense, "finetune": spec.finetune,
-                  "metrics": spec.metrics, "calibration_batches": spec.calibration_batches,
-                  "prune_last": spec.prune_last, "include": spec.include, "exclude": spec.exclude,
-                  "search_trials": spec.search_trials}
-    cells = [Cell(method="dense", allocation="-", structure="-", schedule="-", level=0.0,
-                  seed=seed, **common) for seed in spec.seeds]
+    common = {
+        "model": spec.model,
+        "data": spec.data,
+        "dense": spec.dense,
+        "finetune": spec.finetune,
+        "metrics": spec.metrics,
+        "calibration_batches": spec.calibration_batches,
+        "prune_last": spec.prune_last,
+        "include": spec.include,
+        "exclude": spec.exclude,
+        "search_trials": spec.search_trials,
+    }
+    cells = [
+        Cell(
+            method="dense",
+            allocation="-",
+            structure="-",
+            schedule="-",
+            level=0.0,
+            seed=seed,
+            **common,
+        )
+        for seed in spec.seeds
+    ]
     for structure in spec.structures:
         st = parse_structure(structure)
         levels = (round(st.sparsity, 10),) if isinstance(st, NM) else spec.levels
@@ -96,9 +116,17 @@ def expand_cells(spec: SweepSpec) -> list[Cell]:
                         continue  # N:M ignores the allocation: one cell, not one per allocation
                     for level in levels:
                         for seed in spec.seeds:
-                            cells.append(Cell(method=method, allocation=allocation,
-                                              structure=structure, schedule=schedule,
-                                              level=level, seed=seed, **common))
+                            cells.append(
+                                Cell(
+                                    method=method,
+                                    allocation=allocation,
+                                    structure=structure,
+                                    schedule=schedule,
+                                    level=level,
+                                    seed=seed,
+                                    **common,
+                                )
+                            )
     return cells
 
 
@@ -119,11 +147,17 @@ class Context:
         data = load_dataset(cell.data.name, **cell.data.loader_kwargs())
         dense = load_or_train(cell.model, data, cell.dense, cache_dir, seed=cell.data.seed)
         train_eval = data.train.subset(TRAIN_EVAL_SIZE)
-        reference = {"test": predict(dense, data.test.x), "val": predict(dense, data.val.x),
-                     "train": predict(dense, train_eval.x)}
+        reference = {
+            "test": predict(dense, data.test.x),
+            "val": predict(dense, data.val.x),
+            "train": predict(dense, train_eval.x),
+        }
         state = {k: v.clone() for k, v in dense.state_dict().items()}
-        robust = reference_context(dense, data.test, RobustnessSuite(
-            max_examples=ROBUSTNESS_EXAMPLES)) if data.test.x.dim() == 4 else {}
+        robust = (
+            reference_context(dense, data.test, RobustnessSuite(max_examples=ROBUSTNESS_EXAMPLES))
+            if data.test.x.dim() == 4
+            else {}
+        )
         metrics = evaluate(dense, data.test, reference=reference["test"])
         return cls(data, state, reference, train_eval, metrics, robust)
 
@@ -142,8 +176,9 @@ class CellResult:
     model: nn.Module | None = None  # the pruned (and fine-tuned) model, when asked for
 
 
-def run_cell(cell: Cell, ctx: Context, progress: Progress | None = None,
-             keep_model: bool = False) -> CellResult:
+def run_cell(
+    cell: Cell, ctx: Context, progress: Progress | None = None, keep_model: bool = False
+) -> CellResult:
     """Prune (per the cell's schedule), fine-tune, and measure one cell.
 
     ``keep_model=True`` also returns the model (for export). Scores of the dense model are
@@ -155,11 +190,14 @@ def run_cell(cell: Cell, ctx: Context, progress: Progress | None = None,
     gen = torch.Generator().manual_seed(cell.seed)
     model = ctx.dense_model(cell)
     preservation = PRESERVATION if ctx.robustness else PRESERVATION[:-1]
-    test_metrics = tuple(dict.fromkeys(DEFAULT_METRICS + ("params",) + preservation
-                                       + EFFICIENCY + cell.metrics))
-    row: dict[str, Any] = {k: v for k, v in dataclasses.asdict(cell).items()
-                           if k in ("model", "method", "allocation", "structure", "schedule",
-                                    "level", "seed")}
+    test_metrics = tuple(
+        dict.fromkeys(DEFAULT_METRICS + ("params",) + preservation + EFFICIENCY + cell.metrics)
+    )
+    row: dict[str, Any] = {
+        k: v
+        for k, v in dataclasses.asdict(cell).items()
+        if k in ("model", "method", "allocation", "structure", "schedule", "level", "seed")
+    }
     row.update(dataset=cell.data.name, ft_epochs=cell.finetune.epochs)
     records: dict[str, Any] = {}
     on_step = (lambda s, t: progress("fine-tune", s, t)) if progress else None
@@ -170,21 +208,32 @@ def run_cell(cell: Cell, ctx: Context, progress: Progress | None = None,
         if cell.method != "dense":
             records = _prune(cell, ctx, model, gen)
             if cell.finetune.epochs > 0:
-                pre = evaluate(model, ctx.data.test, ctx.reference["test"], test_metrics,
-                               context=ctx.robustness)
+                pre = evaluate(
+                    model,
+                    ctx.data.test,
+                    ctx.reference["test"],
+                    test_metrics,
+                    context=ctx.robustness,
+                )
                 row.update({f"oneshot_{k}": v for k, v in pre.items()})
         if cell.finetune.epochs > 0:
             train(model, ctx.data.train, cell.finetune, gen, on_step=on_step)
-    row.update(evaluate(model, ctx.data.test, ctx.reference["test"], test_metrics,
-                        context=ctx.robustness))
+    row.update(
+        evaluate(model, ctx.data.test, ctx.reference["test"], test_metrics, context=ctx.robustness)
+    )
     val = evaluate(model, ctx.data.val, ctx.reference["val"], VAL_METRICS)
     row.update({f"val_{k}": v for k, v in val.items()})
     tr = evaluate(model, ctx.train_eval, ctx.reference["train"], ("accuracy", "loss"))
     row.update({f"train_{k}": v for k, v in tr.items()})
     row["layer_sparsity"] = json.dumps(layer_sparsity(model))
     preds = predict(model, ctx.data.test.x).argmax(1).to(torch.int16).numpy()
-    return CellResult(row, {"test_preds": preds}, time.perf_counter() - start, records,
-                      model if keep_model else None)
+    return CellResult(
+        row,
+        {"test_preds": preds},
+        time.perf_counter() - start,
+        records,
+        model if keep_model else None,
+    )
 
 
 def _allocation(cell: Cell, ctx: Context, model: nn.Module, gen: torch.Generator):
@@ -204,8 +253,9 @@ def _prune(cell: Cell, ctx: Context, model: nn.Module, gen: torch.Generator) -> 
     return records
 
 
-def _scheduled(cell: Cell, ctx: Context, model: nn.Module, gen: torch.Generator, on_step
-               ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _scheduled(
+    cell: Cell, ctx: Context, model: nn.Module, gen: torch.Generator, on_step
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Iterative, gradual, regrow or adaptive pruning within the cell's fine-tune budget."""
     from prunelab.schedules import parse_schedule as parse
     from prunelab.schedules import run_schedule
@@ -214,10 +264,21 @@ def _scheduled(cell: Cell, ctx: Context, model: nn.Module, gen: torch.Generator,
     records: dict[str, Any] = {}
     if cell.allocation in MODEL_AWARE:  # resolved once, from the dense model's scores
         _, _, allocation, records = _allocation(cell, ctx, model, gen)
-    res = run_schedule(parse(cell.schedule), model, ctx.data, cell.level, method=cell.method,
-                       allocation=allocation, train_cfg=cell.finetune, generator=gen,
-                       reference_logits=ctx.reference["val"],
-                       structure=parse_structure(cell.structure), include=cell.include or None,
-                       exclude=cell.exclude or None, prune_last=cell.prune_last,
-                       calibration_batches=cell.calibration_batches, on_step=on_step)
+    res = run_schedule(
+        parse(cell.schedule),
+        model,
+        ctx.data,
+        cell.level,
+        method=cell.method,
+        allocation=allocation,
+        train_cfg=cell.finetune,
+        generator=gen,
+        reference_logits=ctx.reference["val"],
+        structure=parse_structure(cell.structure),
+        include=cell.include or None,
+        exclude=cell.exclude or None,
+        prune_last=cell.prune_last,
+        calibration_batches=cell.calibration_batches,
+        on_step=on_step,
+    )
     return records, res.trajectory

@@ -19,8 +19,9 @@ from prunelab.sweep.cell import Cell, CellResult, Context, Progress, run_cell
 
 
 class Executor(Protocol):
-    def map(self, cells: Sequence[Cell], progress: Progress | None = None
-            ) -> Iterator[tuple[Cell, CellResult]]: ...
+    def map(
+        self, cells: Sequence[Cell], progress: Progress | None = None
+    ) -> Iterator[tuple[Cell, CellResult]]: ...
 
 
 class ContextCache:
@@ -43,8 +44,9 @@ class SequentialExecutor:
     def __init__(self, cache_dir: Path | None = None, contexts: ContextCache | None = None) -> None:
         self.contexts = contexts or ContextCache(cache_dir)
 
-    def map(self, cells: Sequence[Cell], progress: Progress | None = None
-            ) -> Iterator[tuple[Cell, CellResult]]:
+    def map(
+        self, cells: Sequence[Cell], progress: Progress | None = None
+    ) -> Iterator[tuple[Cell, CellResult]]:
         for cell in cells:
             yield cell, run_cell(cell, self.contexts.get(cell), progress)
 
@@ -70,15 +72,19 @@ class ProcessPoolCellExecutor:
         self.workers = workers
         self.cache_dir = cache_dir
 
-    def map(self, cells: Sequence[Cell], progress: Progress | None = None
-            ) -> Iterator[tuple[Cell, CellResult]]:
+    def map(
+        self, cells: Sequence[Cell], progress: Progress | None = None
+    ) -> Iterator[tuple[Cell, CellResult]]:
         if not cells:
             return
         # The driver has trained (or loaded) the dense model, so workers only load the cache.
         threads = max(1, (os.cpu_count() or 1) // self.workers)
-        with ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
-                                 initializer=_init_worker,
-                                 initargs=(self.cache_dir, threads)) as pool:
+        with ProcessPoolExecutor(
+            self.workers,
+            mp_context=mp.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(self.cache_dir, threads),
+        ) as pool:
             pending: dict[Future, Cell] = {pool.submit(_run_in_worker, c): c for c in cells}
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -86,16 +92,24 @@ class ProcessPoolCellExecutor:
                     yield pending.pop(fut), fut.result()
 
 
-def make_executor(name: str, workers: int = 1, cache_dir: Path | None = None,
-                  address: str | None = None, contexts: ContextCache | None = None) -> Executor:
+def make_executor(
+    name: str,
+    workers: int = 1,
+    cache_dir: Path | None = None,
+    address: str | None = None,
+    contexts: ContextCache | None = None,
+) -> Executor:
     """``local`` (sequential when workers == 1, else a process pool) or ``ray``."""
     from prunelab.errors import PrunelabError
 
     if workers < 1:
         raise PrunelabError(f"workers must be >= 1, got {workers}")
     if name == "local":
-        return SequentialExecutor(cache_dir, contexts) if workers == 1 else ProcessPoolCellExecutor(
-            workers, cache_dir)
+        return (
+            SequentialExecutor(cache_dir, contexts)
+            if workers == 1
+            else ProcessPoolCellExecutor(workers, cache_dir)
+        )
     if name == "ray":
         from prunelab.sweep.ray_executor import RayExecutor
 

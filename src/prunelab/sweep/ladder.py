@@ -29,13 +29,26 @@ Batches = list[tuple[Tensor, Tensor]]
 def score_key(cell: Cell) -> tuple:
     """What the dense model's scores depend on: everything but the level and allocation."""
     channels = isinstance(parse_structure(cell.structure), Channels)
-    return ("scores", cell.method, cell.seed, channels, cell.calibration_batches, cell.include,
-            cell.exclude, cell.prune_last)
+    return (
+        "scores",
+        cell.method,
+        cell.seed,
+        channels,
+        cell.calibration_batches,
+        cell.include,
+        cell.exclude,
+        cell.prune_last,
+    )
 
 
-def cached_scores(cell: Cell, memo: dict[tuple, Any] | None, model: nn.Module,
-                  targets: dict[str, nn.Module], train: Split, gen: torch.Generator
-                  ) -> tuple[Batches, dict[str, Tensor]]:
+def cached_scores(
+    cell: Cell,
+    memo: dict[tuple, Any] | None,
+    model: nn.Module,
+    targets: dict[str, nn.Module],
+    train: Split,
+    gen: torch.Generator,
+) -> tuple[Batches, dict[str, Tensor]]:
     """(calibration batches, scores) of the dense ``model`` for ``cell``, memoised in ``memo``.
 
     ``memo=None`` disables the cache. On a hit, ``gen`` is set to the state it had after
@@ -46,8 +59,7 @@ def cached_scores(cell: Cell, memo: dict[tuple, Any] | None, model: nn.Module,
         calib, scores, state = memo[key]
         gen.set_state(state.clone())
         return calib, scores
-    calib = list(islice(train.batches(128, shuffle=True, generator=gen),
-                        cell.calibration_batches))
+    calib = list(islice(train.batches(128, shuffle=True, generator=gen), cell.calibration_batches))
     scores = compute_scores(model, targets, cell.method, gen, calib)
     if memo is not None:
         memo[key] = (calib, scores, gen.get_state().clone())

@@ -79,14 +79,20 @@ def _ray_task(cell: Cell, ctx_box: list, threads: int) -> CellResult:
 class RayExecutor:
     """Run cells as Ray tasks with ``cpus_per_cell``/``gpus_per_cell`` resources each.
 
-    >>> RayExecutor(workers=2).workers  # doctest: +SKIP (needs ray)
+    >>> RayExecutor(workers=2).workers  # doctest: +SKIP
     2
     """
 
-    def __init__(self, address: str | None = None, workers: int = 1,
-                 cache_dir: Path | None = None, contexts: Any = None,
-                 cpus_per_cell: float = 1.0, gpus_per_cell: float = 0.0,
-                 max_retries: int = 2) -> None:
+    def __init__(
+        self,
+        address: str | None = None,
+        workers: int = 1,
+        cache_dir: Path | None = None,
+        contexts: Any = None,
+        cpus_per_cell: float = 1.0,
+        gpus_per_cell: float = 0.0,
+        max_retries: int = 2,
+    ) -> None:
         from prunelab.sweep.executors import ContextCache
 
         if cpus_per_cell <= 0 or gpus_per_cell < 0:
@@ -107,19 +113,24 @@ class RayExecutor:
             check_reachable(self.address)
         if ray.is_initialized():
             return False
-        kwargs: dict[str, Any] = {"address": self.address, "include_dashboard": False,
-                                  "log_to_driver": False}
+        kwargs: dict[str, Any] = {
+            "address": self.address,
+            "include_dashboard": False,
+            "log_to_driver": False,
+        }
         if self.address is None:
             kwargs["num_cpus"] = max(self.workers, int(self.cpus_per_cell + 0.999))
         try:
             ray.init(**kwargs)
         except (ConnectionError, RuntimeError, ValueError) as e:
-            raise PrunelabError(f"cannot start or join Ray ({self.address or 'local'}): "
-                                f"{str(e).splitlines()[0]}") from None
+            raise PrunelabError(
+                f"cannot start or join Ray ({self.address or 'local'}): {str(e).splitlines()[0]}"
+            ) from None
         return True
 
-    def map(self, cells: Sequence[Cell], progress: Progress | None = None
-            ) -> Iterator[tuple[Cell, CellResult]]:
+    def map(
+        self, cells: Sequence[Cell], progress: Progress | None = None
+    ) -> Iterator[tuple[Cell, CellResult]]:
         if not cells:
             return
         ray = import_ray()
@@ -136,8 +147,8 @@ class RayExecutor:
             if cell.context_key() not in refs:
                 refs[cell.context_key()] = ray.put(self.contexts.get(cell))
         task = ray.remote(_ray_task).options(
-            num_cpus=self.cpus_per_cell, num_gpus=self.gpus_per_cell,
-            max_retries=self.max_retries)
+            num_cpus=self.cpus_per_cell, num_gpus=self.gpus_per_cell, max_retries=self.max_retries
+        )
         threads = max(1, int(self.cpus_per_cell))
         pending = {task.remote(c, [refs[c.context_key()]], threads): c for c in cells}
         log.info("submitted %d cells to Ray", len(pending))

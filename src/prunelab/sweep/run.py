@@ -34,10 +34,24 @@ class SweepOutcome:
 
 def environment() -> dict[str, str]:
     """Library versions and threads, recorded with every run."""
-    env = {"python": sys.version.split()[0], "platform": platform.platform(),
-           "torch_threads": str(torch.get_num_threads())}
-    for pkg in ("prunelab", "torch", "numpy", "scipy", "scikit-learn", "safetensors", "ray",
-                "optuna", "onnx", "onnxruntime", "transformers"):
+    env = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch_threads": str(torch.get_num_threads()),
+    }
+    for pkg in (
+        "prunelab",
+        "torch",
+        "numpy",
+        "scipy",
+        "scikit-learn",
+        "safetensors",
+        "ray",
+        "optuna",
+        "onnx",
+        "onnxruntime",
+        "transformers",
+    ):
         try:
             env[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -89,8 +103,13 @@ def run_sweep(
             if spec.sensitivity_scan:
                 store.set_meta("sensitivity/magnitude/dense", _sensitivity_scan(cells[0], ctx))
         for cell, result in executor.map(pending, progress):
-            store.put_cell(cell.cell_id, {**json.loads(json.dumps(cell.__dict__, default=_plain))},
-                           result.row, result.duration_s, result.artifacts)
+            store.put_cell(
+                cell.cell_id,
+                {**json.loads(json.dumps(cell.__dict__, default=_plain))},
+                result.row,
+                result.duration_s,
+                result.artifacts,
+            )
             for key, value in result.records.items():
                 store.set_meta(key, value)
             if on_cell is not None:

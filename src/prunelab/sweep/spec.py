@@ -61,8 +61,9 @@ class DataSpec:
     def loader_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {"seed": self.seed}
         if self.name == "fashion-mnist":
-            kw.update(data_dir=self.data_dir, train_limit=self.train_limit,
-                      test_limit=self.test_limit)
+            kw.update(
+                data_dir=self.data_dir, train_limit=self.train_limit, test_limit=self.test_limit
+            )
         return kw
 
 
@@ -124,7 +125,15 @@ class SweepSpec:
         return dataclasses.asdict(self)
 
 
-_LIST_FIELDS = {"methods", "allocations", "structures", "schedules", "metrics", "include", "exclude"}
+_LIST_FIELDS = {
+    "methods",
+    "allocations",
+    "structures",
+    "schedules",
+    "metrics",
+    "include",
+    "exclude",
+}
 
 
 def spec_from_dict(raw: dict[str, Any]) -> SweepSpec:
@@ -142,7 +151,9 @@ def spec_from_dict(raw: dict[str, Any]) -> SweepSpec:
             elif key in ("dense", "finetune"):
                 kw[key] = TrainConfig(**value)
             elif key == "levels":
-                kw[key] = parse_levels(value) if isinstance(value, str) else tuple(map(float, value))
+                kw[key] = (
+                    parse_levels(value) if isinstance(value, str) else tuple(map(float, value))
+                )
             elif key == "seeds":
                 kw[key] = tuple(int(s) for s in value)
             elif key in _LIST_FIELDS:
