@@ -29,5 +29,5 @@ pip_install() {
 pip_install --upgrade pip
 # torch is pinned in the same command as everything that depends on it (an unpinned torch
 # would pull a multi-GB CUDA build).
-pip_install "torch==2.13.0" -e ".[dev,ray,hf,search]"
+pip_install "torch==2.13.0" -e ".[dev,ray,hf,search,onnx]"
 .venv/bin/python -c "import torch, prunelab; print('prunelab', prunelab.__version__, 'torch', torch.__version__)"

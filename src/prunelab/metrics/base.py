@@ -119,8 +119,11 @@ def evaluate(
     metrics: Sequence[str] | None = None,
     splits: Mapping[str, Split] | None = None,
     context: Mapping[str, object] | None = None,
+    logits: Tensor | None = None,
 ) -> dict[str, float]:
     """Compute metrics of ``model`` on ``data``; ``reference`` is the dense model or its logits.
+
+    ``logits`` may pass the model's outputs on ``data`` when the caller already has them.
 
     >>> from prunelab.data import load_dataset
     >>> from prunelab.models import build_model
@@ -144,7 +147,7 @@ def evaluate(
     chosen = [METRICS.get(n) for n in names]
     ref = predict(reference, data.x) if isinstance(reference, nn.Module) else reference
     ev = Evaluation(
-        predict(model, data.x),
+        predict(model, data.x) if logits is None else logits,
         data.y,
         model,
         ref,

@@ -208,25 +208,28 @@ def run_cell(
         if cell.method != "dense":
             records = _prune(cell, ctx, model, gen)
             if cell.finetune.epochs > 0:
-                pre = evaluate(
-                    model,
-                    ctx.data.test,
-                    ctx.reference["test"],
-                    test_metrics,
-                    context=ctx.robustness,
-                )
+                # before fine-tuning: the cheap task/fidelity metrics only
+                pre = evaluate(model, ctx.data.test, ctx.reference["test"], DEFAULT_METRICS)
                 row.update({f"oneshot_{k}": v for k, v in pre.items()})
         if cell.finetune.epochs > 0:
             train(model, ctx.data.train, cell.finetune, gen, on_step=on_step)
+    logits = predict(model, ctx.data.test.x)  # (N, K), shared by the metrics and test_preds
     row.update(
-        evaluate(model, ctx.data.test, ctx.reference["test"], test_metrics, context=ctx.robustness)
+        evaluate(
+            model,
+            ctx.data.test,
+            ctx.reference["test"],
+            test_metrics,
+            context=ctx.robustness,
+            logits=logits,
+        )
     )
     val = evaluate(model, ctx.data.val, ctx.reference["val"], VAL_METRICS)
     row.update({f"val_{k}": v for k, v in val.items()})
     tr = evaluate(model, ctx.train_eval, ctx.reference["train"], ("accuracy", "loss"))
     row.update({f"train_{k}": v for k, v in tr.items()})
     row["layer_sparsity"] = json.dumps(layer_sparsity(model))
-    preds = predict(model, ctx.data.test.x).argmax(1).to(torch.int16).numpy()
+    preds = logits.argmax(1).to(torch.int16).numpy()
     return CellResult(
         row,
         {"test_preds": preds},
