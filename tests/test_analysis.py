@@ -205,3 +205,19 @@ def test_recommend_on_full_schema_columns() -> None:
     two = pd.concat([df, df.assign(model="lenet300")])
     with pytest.raises(PrunelabError, match="several models"):
         recommend(two, max_drop=0.005)
+
+
+def test_scattered_collapse_does_not_hide_an_early_fall():
+    """Seeds that scatter widely at 98 % must not widen the band and move the knee late."""
+    from prunelab.analysis import knee
+
+    levels, values = [], []
+    means = {0.0: 0.88, 0.5: 0.878, 0.8: 0.85, 0.9: 0.83, 0.95: 0.81, 0.98: 0.62}
+    wiggle = {0.98: (-0.09, 0.0, 0.09)}  # a collapse: seeds 9 points apart
+    for level, mean in means.items():
+        for d in wiggle.get(level, (-0.002, 0.0, 0.002)):
+            levels.append(level)
+            values.append(mean + d)
+    k = knee(levels, values)
+    assert (k.level, k.onset) == (0.5, 0.8)
+    assert k.noise < 0.01

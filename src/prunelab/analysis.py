@@ -9,7 +9,7 @@ metric's own units; accuracy-like metrics are fractions, so 0.5 percentage point
 **Tipping point rule** (:func:`knee`), chosen to be robust with 5-10 ladder points and few
 seeds: average the seeds at each level and take the drop from the dense (lowest) level. The
 noise band is ``tau = max(z * sigma * sqrt(2 / k), min_fall)`` where ``sigma`` is the pooled
-seed standard deviation (``k`` seeds per level; the sqrt term is the std of a difference of two
+seed standard deviation over levels whose own std is at most 3x the median (``k`` seeds per level; the sqrt term is the std of a difference of two
 k-seed means) and ``min_fall`` a floor for single-seed curves. The *onset* is the first level
 from which the drop stays above ``tau`` at every higher level (a sustained exit, so one noisy
 point cannot trigger it); the *knee* is the level just before the onset, the last level still
@@ -83,9 +83,13 @@ def knee(
     k = int(g["count"].min())
     if noise is None:
         multi = g[g["count"] > 1]
+        # Levels whose seed std exceeds 3x the median (a collapsed high-sparsity region where
+        # seeds scatter widely) are left out, so they cannot widen the band everywhere and hide
+        # an earlier fall; the rest are pooled (root mean square, weighted by dof).
+        calm = multi[multi["std"] <= 3 * multi["std"].median() + 1e-12] if len(multi) else multi
         noise = (
-            float(np.sqrt(np.average(multi["std"] ** 2, weights=multi["count"] - 1)))
-            if len(multi)
+            float(np.sqrt(np.average(calm["std"] ** 2, weights=calm["count"] - 1)))
+            if len(calm)
             else 0.0
         )
     tau = max(z * noise * math.sqrt(2.0 / k), min_fall)
