@@ -9,7 +9,8 @@ metric's own units; accuracy-like metrics are fractions, so 0.5 percentage point
 **Tipping point rule** (:func:`knee`), chosen to be robust with 5-10 ladder points and few
 seeds: average the seeds at each level and take the drop from the dense (lowest) level. The
 noise band is ``tau = max(z * sigma * sqrt(2 / k), min_fall)`` where ``sigma`` is the pooled
-seed standard deviation over levels whose own std is at most 3x the median (``k`` seeds per level; the sqrt term is the std of a difference of two
+seed standard deviation over levels whose own std is at most 3x the median (``k`` seeds per
+level; the sqrt term is the std of a difference of two
 k-seed means) and ``min_fall`` a floor for single-seed curves. The *onset* is the first level
 from which the drop stays above ``tau`` at every higher level (a sustained exit, so one noisy
 point cannot trigger it); the *knee* is the level just before the onset, the last level still
