@@ -5,6 +5,7 @@ Everything comes from the store (results table and meta records), never from a m
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -131,6 +132,20 @@ def _group_rows(store: Store, row: pd.Series) -> list[str]:
     return list(df.loc[match, "cell_id"])
 
 
+def recommendation_view(rec: Recommendation) -> dict[str, object]:
+    """The recommendation as the report shows it: the configuration named in one string."""
+    view = {f.name: getattr(rec, f.name) for f in dataclasses.fields(rec) if f.name != "config"}
+    cfg = rec.config or {}
+    view["method"] = " · ".join(str(v) for k, v in cfg.items() if k != "ft_epochs") or None
+    view["interval"] = None  # a drop, not a sparsity: shown in words below, not as percentages
+    if rec.interval is not None:
+        lo, hi = rec.interval
+        view["drop interval"] = (
+            f"[{lo:+.4f}, {hi:+.4f}] {rec.metric} ({rec.confidence:.0%} bootstrap over seeds)"
+        )
+    return view
+
+
 def report_run(
     run_dir: Path | str, metric: str = "accuracy", max_drop_points: float | None = 0.5
 ) -> tuple[ReportPaths, Recommendation | None]:
@@ -159,7 +174,7 @@ def report_run(
     tolerance = {metric: points(max_drop_points)} if max_drop_points is not None else None
     extras = ReportExtras(
         knees=knees,
-        recommendation=rec,
+        recommendation=None if rec is None else recommendation_view(rec),
         tolerances=tolerance,
         sensitivity=sens,
         spec=spec,
