@@ -28,15 +28,6 @@ from prunelab.targets import select_targets
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core CI box, 2 threads oversubscribe badly (~50x)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 BASE = [
     "--model",
     "mlp-tiny",

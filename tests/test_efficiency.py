@@ -19,15 +19,6 @@ from prunelab.metrics.efficiency import (
 from prunelab.surgery import ChannelPlan, slim
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: the CI machine is shared and 2 threads oversubscribe it badly."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _net() -> nn.Module:
     return nn.Sequential(
         nn.Conv2d(2, 3, 3, stride=2, padding=1),  # 6x6 -> 3x3

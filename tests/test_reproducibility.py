@@ -7,7 +7,6 @@ import dataclasses
 from itertools import pairwise
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from prunelab import load_dataset
@@ -18,15 +17,6 @@ from prunelab.sweep import Context, DataSpec, SweepSpec, expand_cells, run_cell
 from prunelab.sweep.ladder import score_entries
 
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core CI box, 2 threads oversubscribe badly (~50x)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 ARGS = [

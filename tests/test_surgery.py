@@ -77,15 +77,6 @@ def _zeroed_outputs(
             h.remove()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: the CI machine is shared and 2 threads oversubscribe it badly."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture
 def resnet() -> nn.Module:
     return _randomize_bn(build_model("resnet-tiny", (1, 8, 8), 10, seed=0))

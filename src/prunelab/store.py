@@ -30,6 +30,15 @@ CREATE TABLE IF NOT EXISTS artifacts(
 """
 
 
+_PUT_ARTIFACT = "INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?, ?, ?)"
+
+
+def _artifact_row(cell_id: str, name: str, arr: np.ndarray) -> tuple:
+    """(cell_id, name, dtype, shape JSON, raw bytes): how a numpy array is stored."""
+    blob = np.ascontiguousarray(arr).tobytes()
+    return (cell_id, name, str(arr.dtype), json.dumps(list(arr.shape)), blob)
+
+
 class Store:
     """A run's results database. Open with ``Store(run_dir)``; safe to reopen after a crash.
 
@@ -93,30 +102,12 @@ class Store:
                     (cell_id, json.dumps(cell), json.dumps(row), time.time(), duration_s),
                 )
                 for name, arr in (artifacts or {}).items():
-                    self._db.execute(
-                        "INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?, ?, ?)",
-                        (
-                            cell_id,
-                            name,
-                            str(arr.dtype),
-                            json.dumps(list(arr.shape)),
-                            np.ascontiguousarray(arr).tobytes(),
-                        ),
-                    )
+                    self._db.execute(_PUT_ARTIFACT, _artifact_row(cell_id, name, arr))
         except sqlite3.OperationalError as e:
             raise PrunelabError(f"cannot write results to {self.path}: {e}") from None
 
     def put_artifact(self, cell_id: str, name: str, arr: np.ndarray) -> None:
-        self._write(
-            "INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?, ?, ?)",
-            (
-                cell_id,
-                name,
-                str(arr.dtype),
-                json.dumps(list(arr.shape)),
-                np.ascontiguousarray(arr).tobytes(),
-            ),
-        )
+        self._write(_PUT_ARTIFACT, _artifact_row(cell_id, name, arr))
 
     def finished_ids(self) -> set[str]:
         return {r[0] for r in self._read("SELECT cell_id FROM cells")}
