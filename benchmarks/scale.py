@@ -1,13 +1,16 @@
 """Scale: a one-shot ladder (levels x methods) on the Fashion-MNIST CNN, four ways.
 
-* sequential — prunelab's local executor (score cache: scores once per (method, seed); dense
-  outputs computed once per sweep and shared by every cell);
+* sequential — prunelab's local executor: scores and their sort orders once per (method, seed)
+  (the ladder score cache), dense outputs once per sweep, and every evaluation through the
+  compiled inference copy of :mod:`prunelab.inference` (``--engine eager`` turns that off);
 * ray x1 / ray x2 — the Ray executor on a local Ray with 1 and 2 CPUs (1 torch thread/task);
+  the driver runs the dense sensitivity scan while the workers run cells;
 * naive — what a plain script does: per level, ``copy.deepcopy`` the dense model, recompute
   the importance scores (calibration included), ``torch.nn.utils.prune.global_unstructured``,
   and evaluate the same things (test/val/train metrics vs. the dense outputs, recomputed).
 
-Every variant produces the same kind of row per cell (test accuracy/loss/agreement/KL, val
+Each variant runs in a fresh Python process (no warm caches, no Ray leftovers). Every variant
+produces the same kind of row per cell (test accuracy/loss/agreement/KL, val
 metrics, train metrics, test predictions). Fine-tuning: 0 epochs (one-shot).
 
     PRUNELAB_CACHE=/work/.cache/prunelab PYTHONPATH=src python benchmarks/scale.py
@@ -18,9 +21,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import platform
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from itertools import islice
@@ -33,7 +39,7 @@ from torch.nn.utils import prune as tprune
 
 from prunelab.data import DataBundle
 from prunelab.finetune import TrainConfig
-from prunelab.metrics import predict
+from prunelab.inference import ENGINES, set_engine
 from prunelab.store import load_results
 from prunelab.sweep import Context, SweepSpec, make_executor, run_sweep
 from prunelab.sweep.executors import ContextCache, SequentialExecutor
@@ -97,6 +103,13 @@ def naive_scores(model, method: str, batches, gen) -> dict:
     return out
 
 
+@torch.no_grad()
+def plain_predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Eval-mode logits, batched: what a plain script writes (eager PyTorch)."""
+    model.eval()
+    return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
 def naive_ladder(spec: SweepSpec, ctx) -> float:
     """Deep-copy + torch.nn.utils.prune per level; the same measurements as a cell."""
     start = time.perf_counter()
@@ -116,7 +129,7 @@ def naive_ladder(spec: SweepSpec, ctx) -> float:
                 importance_scores={(m, "weight"): s for m, s in scores.items()},
             )
             for split in (data.test, data.val, ctx.train_eval):
-                logits, ref = predict(model, split.x), predict(dense, split.x)
+                logits, ref = plain_predict(model, split.x), plain_predict(dense, split.x)
                 _ = (
                     (logits.argmax(1) == split.y).float().mean(),
                     F.cross_entropy(logits, split.y),
@@ -128,7 +141,7 @@ def naive_ladder(spec: SweepSpec, ctx) -> float:
                         reduction="batchmean",
                     ),
                 )
-            _ = predict(model, data.test.x).argmax(1).to(torch.int16).numpy()
+            _ = plain_predict(model, data.test.x).argmax(1).to(torch.int16).numpy()
     return time.perf_counter() - start
 
 
@@ -167,6 +180,37 @@ def ray_sweep(spec, contexts, out: Path, workers: int) -> tuple[float, float]:
         ray.shutdown()
 
 
+VARIANTS = ("sequential", "ray1", "ray2", "naive")
+
+
+def run_variant(args, out: Path) -> dict:
+    """Time one variant in this (fresh) process; the shared setup is not timed."""
+    torch.set_num_threads(args.threads)
+    spec = make_spec(args.levels, tuple(args.methods.split(",")))
+    contexts = ContextCache(None)
+    t0 = time.perf_counter()
+    ctx = contexts.get(_any_cell(spec))
+    if args.eval_limit:
+        ctx = limit_eval(ctx, args.eval_limit)
+        contexts._items[_any_cell(spec).context_key()] = ctx  # the benchmark's own context
+    info = {
+        "setup": time.perf_counter() - t0,
+        "rows": f"test {len(ctx.data.test)}, val {len(ctx.data.val)}, train {len(ctx.train_eval)}",
+        "note": "",
+    }
+    n = len(spec.levels) * len(spec.methods)
+    if args.variant == "sequential":
+        info["seconds"] = timed_sweep(spec, SequentialExecutor(None, contexts), contexts, out)
+        info["note"] = f"scores computed {score_entries(ctx.memo)} times for {n} cells"
+    elif args.variant in ("ray1", "ray2"):
+        w = int(args.variant[-1])
+        info["seconds"], started = ray_sweep(spec, contexts, out, w)
+        info["note"] = f"+ {started:.1f} s ray.init (not included)"
+    else:
+        info["seconds"] = naive_ladder(spec, ctx)
+    return info
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--levels", type=int, default=20)
@@ -179,64 +223,71 @@ def main() -> None:
         default=0,
         help="evaluate every cell on the first N test/val/train rows (0: all)",
     )
+    ap.add_argument(
+        "--engine",
+        default="auto",
+        choices=ENGINES,
+        help="prunelab's evaluation engine (eager: no compiled inference copy)",
+    )
+    ap.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # internal
+    ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)  # internal
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    spec = make_spec(args.levels, tuple(args.methods.split(",")))
+    os.environ["PRUNELAB_ENGINE"] = args.engine  # Ray workers inherit it
+    set_engine(args.engine)
+    if args.variant:  # a child: time one variant, print one JSON line
+        print("RESULT " + json.dumps(run_variant(args, args.out)))
+        return
     skip = set(args.skip.split(","))
-    contexts = ContextCache(None)
-    t0 = time.perf_counter()
-    ctx = contexts.get(_any_cell(spec))
-    if args.eval_limit:
-        ctx = limit_eval(ctx, args.eval_limit)
-        contexts._items[_any_cell(spec).context_key()] = ctx  # the benchmark's own context
-    setup = time.perf_counter() - t0
-    n = len(spec.levels) * len(spec.methods)
     tmp = Path(tempfile.mkdtemp(prefix="prunelab-scale-"))
-    times: dict[str, float] = {}
-    notes: dict[str, str] = {}
-    if "sequential" not in skip:
-        ctx.memo.clear()
-        times["sequential"] = timed_sweep(
-            spec, SequentialExecutor(None, contexts), contexts, tmp / "seq"
-        )
-        notes["sequential"] = f"scores computed {score_entries(ctx.memo)} times for {n} cells"
-    for w in (1, 2):
-        if f"ray{w}" not in skip:
-            ctx.memo.clear()  # each variant starts cold (the context is shipped as is)
-            times[f"ray x{w}"], started = ray_sweep(spec, contexts, tmp / f"ray{w}", w)
-            notes[f"ray x{w}"] = f"+ {started:.1f} s ray.init (not included)"
-    if "naive" not in skip:
-        times["naive"] = naive_ladder(spec, ctx)
+    results: dict[str, dict] = {}
+    for variant in VARIANTS:
+        if variant in skip:
+            continue
+        # every variant in a fresh process: no warm caches, no Ray leftovers from another
+        cmd = [sys.executable, __file__, "--variant", variant, "--out", str(tmp / variant)]
+        for flag in ("levels", "methods", "threads", "eval_limit", "engine"):
+            cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+        if proc.returncode or not line:
+            sys.exit(f"variant {variant} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+        results[variant] = json.loads(line[-1].removeprefix("RESULT "))
+        print(f"{variant}: {results[variant]['seconds']:.1f} s", file=sys.stderr)
     same = ""
-    if "sequential" in times and "ray x2" in times:
-        a = load_results(tmp / "seq").drop(columns="duration_s").set_index("cell_id").sort_index()
-        b = load_results(tmp / "ray2").drop(columns="duration_s").set_index("cell_id").sort_index()
+    if "sequential" in results and "ray2" in results:
+        a = load_results(tmp / "sequential").drop(columns="duration_s")
+        b = load_results(tmp / "ray2").drop(columns="duration_s")
+        a, b = a.set_index("cell_id").sort_index(), b.set_index("cell_id").sort_index()
         num = a.select_dtypes("number").columns
         exact_acc = bool((a["accuracy"] == b["accuracy"]).all())
         diff = float(np.abs(a[num].to_numpy() - b[num].to_numpy()).max())
         same = f"ray x2 vs sequential rows: accuracy identical={exact_acc}, max |diff| {diff:.1e}"
     shutil.rmtree(tmp, ignore_errors=True)
+    n = args.levels * len(args.methods.split(","))
+    any_info = next(iter(results.values()))
     print(
-        f"## One-shot ladder: cnn on Fashion-MNIST, {len(spec.levels)} levels x "
-        f"{len(spec.methods)} methods = {n} cells (+1 dense control)\n"
+        f"## One-shot ladder: cnn on Fashion-MNIST, {args.levels} levels x "
+        f"{len(args.methods.split(','))} methods = {n} cells (+1 dense control)\n"
     )
     print(
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads in the driver, 1 per "
-        f"Ray task. Shared setup (data, dense model, dense outputs): {setup:.1f} s, "
-        "not included. Evaluation rows per split: "
-        f"{args.eval_limit or 'all'} (test {len(ctx.data.test)}, val {len(ctx.data.val)}, "
-        f"train {len(ctx.train_eval)}).\n"
+        f"torch {torch.__version__}, {args.threads} threads in the driver, 1 per Ray task; "
+        f"prunelab engine '{args.engine}', naive: eager PyTorch. Each variant runs in a fresh "
+        f"process; shared setup (data, dense model, dense outputs, ~{any_info['setup']:.0f} s) "
+        f"is not included. Evaluation rows: {any_info['rows']}. The prunelab variants also run "
+        "the per-sweep dense sensitivity scan (32 evaluations); the naive one does not.\n"
     )
     print("| variant | wall s | s / cell | notes |\n|---|---:|---:|---|")
-    for k, v in times.items():
-        print(f"| {k} | {v:.1f} | {v / n:.2f} | {notes.get(k, '')} |")
+    names = {"ray1": "ray x1", "ray2": "ray x2"}
+    for k, v in results.items():
+        print(f"| {names.get(k, k)} | {v['seconds']:.1f} | {v['seconds'] / n:.2f} | {v['note']} |")
     print()
-    if "naive" in times and "sequential" in times:
-        r = times["naive"] / times["sequential"]
+    t = {k: v["seconds"] for k, v in results.items()}
+    if "naive" in t and "sequential" in t:
+        r = t["naive"] / t["sequential"]
         print(f"- naive / sequential: {r:.2f}x (target >= 5x): {'PASS' if r >= 5 else 'MISS'}")
-    if "ray x1" in times and "ray x2" in times:
-        r = times["ray x1"] / times["ray x2"]
+    if "ray1" in t and "ray2" in t:
+        r = t["ray1"] / t["ray2"]
         print(f"- ray x1 / ray x2: {r:.2f}x (target >= 1.7x): {'PASS' if r >= 1.7 else 'MISS'}")
     if same:
         print(f"- {same}")

@@ -113,6 +113,7 @@ EXTRA_CASES = [
     ("workers-zero", ["--workers", "0"], r"workers must be >= 1"),
     ("seeds-not-int", ["--seeds", "a,b"], r"seeds must be integers"),
     ("missing-data-dir", ["--data-dir", "/nonexistent/fmnist"], r"does not exist"),
+    ("unknown-engine", ["--engine", "turbo"], r"unknown engine 'turbo'; valid: auto, eager"),
 ]
 
 

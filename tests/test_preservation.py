@@ -242,8 +242,15 @@ def test_robustness_gap_with_and_without_precomputed_reference(trained):
         metrics=["robustness_gap"],
         context={"robustness_suite": suite},
     )
-    assert with_ctx["robustness_gap"] == pytest.approx(live["robustness_gap"])
+    # the context's cached corrupted copies are exactly what the live path builds again
+    assert with_ctx["robustness_gap"] == live["robustness_gap"]
     assert with_ctx["robustness_gap"] == pytest.approx(with_ctx["corruption_drop"] - prof["drop"])
+    # another split never reuses the test split's cached copies
+    other = evaluate(pruned, data.val, metrics=["corruption_drop"], context=ctx)
+    fresh = evaluate(
+        pruned, data.val, metrics=["corruption_drop"], context={"robustness_suite": suite}
+    )
+    assert other == fresh and other["corruption_drop"] != with_ctx["corruption_drop"]
     with pytest.raises(PrunelabError, match="reference_context"):
         evaluate(
             pruned, data.test, reference=predict(dense, data.test.x), metrics=["robustness_gap"]

@@ -117,3 +117,47 @@ def test_missing_ray_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` sees when not installed
     with pytest.raises(PrunelabError, match=r"pip install 'prunelab\[ray\]'"):
         import_ray()
+
+
+def _busy_ray_workers() -> list[int]:
+    """PIDs of Ray worker processes executing a cell right now (Ray titles them so)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if cmd.startswith(b"ray::_ray_task"):
+                pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs Linux /proc")
+def test_killed_ray_worker_loses_nothing(ray_session, local_run, cache_dir, tmp_path):
+    """SIGKILL a worker in the middle of a cell: Ray reruns that cell, every row arrives once."""
+    import os
+    import signal
+    import threading
+
+    killed: list[int] = []
+    stop = threading.Event()
+
+    def assassin() -> None:
+        while not stop.is_set() and not killed:
+            busy = _busy_ray_workers()
+            if busy:
+                os.kill(busy[0], signal.SIGKILL)
+                killed.append(busy[0])
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=assassin, daemon=True)
+    thread.start()
+    try:
+        outcome = run_sweep(SPEC, tmp_path, make_executor("ray", 2, cache_dir), cache_dir=cache_dir)
+    finally:
+        stop.set()
+        thread.join()
+    assert killed, "no busy Ray worker was seen to kill"
+    assert outcome.ran == len(expand_cells(SPEC))
+    assert _rows(tmp_path).equals(_rows(local_run))

@@ -66,6 +66,55 @@ def test_process_pool_gives_the_same_rows_as_sequential(tmp_path, cache_dir):
     assert ((seq[numeric] - pool[numeric]).abs() < 1e-5).all().all(), (seq, pool)
 
 
+def test_sensitivity_scan_jobs_equal_one_scan_and_are_redone_when_missing(tmp_path, cache_dir):
+    from prunelab.criteria import compute_scores
+    from prunelab.sensitivity import sensitivity_analysis
+    from prunelab.sweep.allocations import SENSITIVITY_VAL_ROWS
+    from prunelab.sweep.executors import ContextCache
+    from prunelab.sweep.run import SCAN_KEY
+    from prunelab.targets import select_targets
+
+    spec = tiny_spec(methods=("magnitude",), allocations=("global",))
+    run_sweep(spec, tmp_path / "seq")
+    run_sweep(spec, tmp_path / "pool", make_executor("local", workers=2))  # jobs in workers
+    cell = expand_cells(spec)[0]
+    ctx = ContextCache(cache_dir).get(cell)
+    dense = ctx.dense_model(cell)
+    scores = compute_scores(dense, select_targets(dense), "magnitude")
+    whole = sensitivity_analysis(dense, scores, ctx.data.val.subset(SENSITIVITY_VAL_ROWS))
+    with Store(tmp_path / "seq") as a, Store(tmp_path / "pool") as b:
+        seq_scan = a.get_meta(SCAN_KEY)
+        assert seq_scan == whole.to_dict("records")  # per-layer jobs == one scan, in order
+        assert len({r["layer"] for r in seq_scan}) == len(scores) > 1
+        pool = b.get_meta(SCAN_KEY)
+        assert [r["layer"] for r in pool] == [r["layer"] for r in seq_scan]
+        assert all(abs(p["kl"] - q["kl"]) < 1e-5 for p, q in zip(pool, seq_scan, strict=True))
+        a.set_meta(SCAN_KEY, None)  # as if the sweep had been killed during the scan
+    outcome = run_sweep(spec, tmp_path / "seq")
+    assert outcome.ran == 0
+    with Store(tmp_path / "seq") as a:
+        assert a.get_meta(SCAN_KEY) == seq_scan
+
+
+def test_eager_and_compiled_engines_agree_and_are_recorded(tmp_path, cache_dir):
+    from prunelab.inference import set_engine
+
+    spec = tiny_spec(methods=("magnitude",), allocations=("global",))
+    cols = ["accuracy", "agreement", "kl", "loss", "val_loss", "ece"]
+    runs = {}
+    try:
+        for engine in ("eager", "auto"):
+            set_engine(engine)
+            run_sweep(spec, tmp_path / engine)
+            with Store(tmp_path / engine) as store:
+                assert store.get_meta("env")["engine"] == engine
+            runs[engine] = load_results(tmp_path / engine).set_index("cell_id").sort_index()
+    finally:
+        set_engine(None)
+    eager, auto = runs["eager"][cols], runs["auto"][cols]
+    assert ((eager - auto).abs() < 1e-5).all().all(), (eager, auto)
+
+
 def test_store_keeps_artefacts(tmp_path, cache_dir):
     run_sweep(tiny_spec(methods=("magnitude",), allocations=("global",)), tmp_path)
     df = load_results(tmp_path)

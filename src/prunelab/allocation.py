@@ -36,11 +36,15 @@ def global_counts(scores: dict[str, Tensor], sparsity: float) -> dict[str, int]:
     {'a': 1, 'b': 2}
     """
     names = list(scores)
-    flat = torch.cat([scores[n].flatten() for n in names])  # (total,)
-    owner = torch.cat([torch.full((scores[n].numel(),), i) for i, n in enumerate(names)])
-    k = round(sparsity * flat.numel())
-    lowest = torch.argsort(flat, stable=True)[:k]
-    counts = torch.bincount(owner[lowest], minlength=len(names))
+    pooled = getattr(scores, "pooled", None)  # masks.RankedScores caches the pooled order
+    if pooled is not None:
+        owner, order = pooled()
+    else:
+        flat = torch.cat([scores[n].flatten() for n in names])  # (total,)
+        owner = torch.cat([torch.full((scores[n].numel(),), i) for i, n in enumerate(names)])
+        order = torch.argsort(flat, stable=True)
+    k = round(sparsity * owner.numel())
+    counts = torch.bincount(owner[order[:k]], minlength=len(names))
     return {n: int(c) for n, c in zip(names, counts)}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -78,10 +79,20 @@ def sweep(
     report: Annotated[bool, typer.Option(help="write the report when done")] = True,
     max_drop: Annotated[float, typer.Option(help="report tolerance, in points")] = 0.5,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+    engine: Annotated[
+        str | None,
+        typer.Option(help="evaluation: auto (compiled copy when safe) or eager; $PRUNELAB_ENGINE"),
+    ] = None,
 ) -> None:
     """Prune a model at a ladder of sparsity levels with each method, fine-tune, measure, store."""
+    from prunelab import inference
     from prunelab.sweep import load_spec, spec_from_dict
     from prunelab.sweep.spec import parse_levels
+
+    if engine is not None:
+        inference.set_engine(engine)  # checked here: a bad name fails before any work
+        os.environ["PRUNELAB_ENGINE"] = engine  # worker processes inherit it
+    inference.engine()  # a bad $PRUNELAB_ENGINE fails here too
 
     raw: dict[str, Any] = load_spec(config) if config else {}
     data = dict(raw.get("data", {}))

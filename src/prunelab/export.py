@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save, save_file
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
@@ -161,6 +161,19 @@ def dense_bytes(state: dict[str, Tensor]) -> int:
         p = Path(d) / "dense.safetensors"
         save_file(state, str(p))
         return p.stat().st_size
+
+
+def sparse_bytes(model: nn.Module) -> int:
+    """Exact size in bytes of the file :func:`save_sparse` writes for ``model`` (built in memory).
+
+    >>> import tempfile
+    >>> m = nn.Linear(64, 64); _ = m.weight.data.mul_(torch.rand(64, 64) > 0.9)
+    >>> p = Path(tempfile.mkdtemp()) / "m.safetensors"
+    >>> sparse_bytes(m) == save_sparse(m, p).bytes == p.stat().st_size
+    True
+    """
+    tensors, meta = encode_sparse(plain_state(model))
+    return len(save(tensors, metadata={META_KEY: json.dumps(meta)}))
 
 
 def save_sparse(model: nn.Module, path: Path | str) -> Exported:

@@ -21,6 +21,46 @@ def check_sparsity(sparsity: float) -> float:
     return float(sparsity)
 
 
+class RankedScores(dict):
+    """Scores (``{layer: Tensor}``) that remember their stable sort orders once computed.
+
+    A ladder thresholds the same scores at many levels; sorting is the expensive step, so the
+    sweep's score cache hands cells a ``RankedScores``. Treat it as read-only: the orders are
+    those of the tensors at the time of the first sort.
+
+    >>> r = RankedScores({"a": torch.tensor([3., 1., 2.])})
+    >>> r.order("a").tolist(), r.order("a") is r.order("a")
+    ([1, 2, 0], True)
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._orders: dict[object, Tensor] = {}
+
+    def order(self, name: str) -> Tensor:
+        """Stable ascending argsort of layer ``name``'s flattened scores."""
+        if name not in self._orders:
+            self._orders[name] = torch.argsort(self[name].flatten(), stable=True)
+        return self._orders[name]
+
+    def pooled(self) -> tuple[Tensor, Tensor]:
+        """(owner layer index per pooled position, stable ascending order of pooled scores)."""
+        key = ("pooled", tuple(self))
+        if key not in self._orders:
+            names = list(self)
+            flat = torch.cat([self[n].flatten() for n in names])  # (total,)
+            owner = torch.cat([torch.full((self[n].numel(),), i) for i, n in enumerate(names)])
+            self._orders[key] = torch.stack([owner, torch.argsort(flat, stable=True)])
+        owner, order = self._orders[key]
+        return owner, order
+
+
+def _order(scores: dict[str, Tensor], name: str) -> Tensor:
+    if isinstance(scores, RankedScores):
+        return scores.order(name)
+    return torch.argsort(scores[name].flatten(), stable=True)
+
+
 def masks_from_counts(scores: dict[str, Tensor], counts: dict[str, int]) -> Masks:
     """Drop the ``counts[layer]`` lowest-scoring weights of each layer (stable: ties by index).
 
@@ -32,7 +72,7 @@ def masks_from_counts(scores: dict[str, Tensor], counts: dict[str, int]) -> Mask
     for name, s in scores.items():
         flat = s.flatten()
         keep = torch.ones(flat.numel(), dtype=torch.bool)
-        keep[torch.argsort(flat, stable=True)[: counts[name]]] = False
+        keep[_order(scores, name)[: counts[name]]] = False
         masks[name] = keep.view(s.shape)
         if counts[name] >= flat.numel():
             log.warning("layer %s is pruned completely (sparsity 1.0)", name)

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from prunelab.data.base import Split
 from prunelab.errors import PrunelabError
+from prunelab.inference import runner
 from prunelab.registry import Registry
 
 
@@ -99,7 +100,8 @@ def predict(model: nn.Module, x: Tensor, batch_size: int = 256) -> Tensor:
     was_training = model.training
     model.eval()
     try:
-        out = torch.cat([model(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+        run = runner(model, x)  # a frozen TorchScript copy when safe (prunelab.inference)
+        out = torch.cat([run(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
     except RuntimeError as e:
         raise PrunelabError(
             f"model cannot run on data of shape {tuple(x.shape)}: {str(e).splitlines()[0]}"

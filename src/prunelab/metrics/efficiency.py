@@ -248,6 +248,14 @@ def disk_bytes(ev: Evaluation) -> float:
     return float(disk_size(ev.model).raw)
 
 
+@metric("sparse_bytes", higher_is_better=False)
+def sparse_bytes(ev: Evaluation) -> float:
+    """Bytes of the sparse checkpoint ``prunelab export`` writes (bitmask + non-zero values)."""
+    from prunelab.export import sparse_bytes as size
+
+    return float(size(ev.model))
+
+
 @metric("compressed_bytes", higher_is_better=False)
 def compressed_bytes(ev: Evaluation) -> float:
     """Bytes of the safetensors file after zlib level 9 (reflects unstructured sparsity)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from prunelab.corruptions import CORRUPTIONS, SEVERITIES, corrupt, pixel_bounds
@@ -21,6 +22,7 @@ from prunelab.metrics.base import Evaluation, metric, predict
 
 SUITE_KEY = "robustness_suite"  # Evaluation.cache key of a RobustnessSuite (optional)
 REFERENCE_KEY = "reference_robustness"  # cache key of the dense model's profile
+INPUTS_KEY = "robustness_inputs"  # cache key of the corrupted copies (built once per sweep)
 _OWN_KEY = "robustness_profile"
 
 
@@ -58,16 +60,24 @@ def corrupted_inputs(x: Tensor, suite: RobustnessSuite) -> dict[str, Tensor]:
 
 
 def robustness_profile(
-    model: nn.Module, x: Tensor, y: Tensor, suite: RobustnessSuite = DEFAULT_SUITE
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    suite: RobustnessSuite = DEFAULT_SUITE,
+    corrupted: dict[str, Tensor] | None = None,
 ) -> dict[str, float]:
-    """Accuracy on clean and on each corrupted copy, plus ``mean_corrupt`` and ``drop``."""
+    """Accuracy on clean and on each corrupted copy, plus ``mean_corrupt`` and ``drop``.
+
+    ``corrupted`` may pass ``corrupted_inputs(x, suite)`` when the caller already built it.
+    """
     y = y[: suite.max_examples]
 
     def acc(inputs: Tensor) -> float:
         return float((predict(model, inputs).argmax(1) == y).double().mean())
 
     prof = {"clean": acc(x[: suite.max_examples])}
-    prof.update({k: acc(v) for k, v in corrupted_inputs(x, suite).items()})
+    corrupted = corrupted_inputs(x, suite) if corrupted is None else corrupted
+    prof.update({k: acc(v) for k, v in corrupted.items()})
     prof["mean_corrupt"] = sum(v for k, v in prof.items() if "@" in k) / (len(prof) - 1)
     prof["drop"] = prof["clean"] - prof["mean_corrupt"]
     return prof
@@ -76,8 +86,28 @@ def robustness_profile(
 def reference_context(
     dense: nn.Module, split: Split, suite: RobustnessSuite = DEFAULT_SUITE
 ) -> dict[str, object]:
-    """Reference-level values to pass as ``evaluate(..., context=...)``, computed once."""
-    return {SUITE_KEY: suite, REFERENCE_KEY: robustness_profile(dense, split.x, split.y, suite)}
+    """Reference-level values to pass as ``evaluate(..., context=...)``, computed once.
+
+    Holds the suite, the dense model's profile, and the corrupted copies of ``split``'s first
+    rows (so each evaluated model reuses them instead of corrupting the inputs again).
+    """
+    corrupted = corrupted_inputs(split.x, suite)
+    return {
+        SUITE_KEY: suite,
+        REFERENCE_KEY: robustness_profile(dense, split.x, split.y, suite, corrupted),
+        INPUTS_KEY: (split.x[: suite.max_examples], corrupted),
+    }
+
+
+def _corrupted(ev: Evaluation, x: Tensor) -> dict[str, Tensor] | None:
+    """The context's corrupted copies when they were built from these very inputs."""
+    entry = ev.cache.get(INPUTS_KEY)
+    if not isinstance(entry, tuple) or len(entry) != 2:
+        return None
+    clean, corrupted = entry
+    head = x[: _suite(ev).max_examples]
+    same = clean.shape == head.shape and (clean is head or torch.equal(clean, head))
+    return corrupted if same else None
 
 
 def _suite(ev: Evaluation) -> RobustnessSuite:
@@ -89,8 +119,9 @@ def _suite(ev: Evaluation) -> RobustnessSuite:
 
 def _own(ev: Evaluation, name: str) -> dict[str, float]:
     if _OWN_KEY not in ev.cache:
+        x = ev.need_inputs(name)
         ev.cache[_OWN_KEY] = robustness_profile(
-            ev.model, ev.need_inputs(name), ev.labels, _suite(ev)
+            ev.model, x, ev.labels, _suite(ev), _corrupted(ev, x)
         )
     return ev.cache[_OWN_KEY]  # type: ignore[return-value]
 

@@ -41,6 +41,7 @@ EFFICIENCY = (
     "latency_b1_ms",
     "latency_b256_ms",
     "disk_bytes",
+    "sparse_bytes",
     "compressed_bytes",
 )
 #: Curves are drawn first for these, then for any other metric column alphabetically.

@@ -21,6 +21,7 @@ _SPEED = (
     ("latency_b1_ms", "speedup b1"),
     ("latency_b256_ms", "speedup b256"),
     ("disk_bytes", "size ratio"),
+    ("sparse_bytes", "sparse checkpoint size ratio"),
     ("compressed_bytes", "compressed size ratio"),
 )
 

@@ -37,7 +37,7 @@ Progress = Callable[[str, int, int], None]  # (phase, done, total)
 TRAIN_EVAL_SIZE = 5000  # train rows evaluated for the overfitting gap
 VAL_METRICS = ("accuracy", "loss", "agreement", "kl")
 PRESERVATION = ("ece", "brier", "worst_class_drop", "robustness_gap")
-EFFICIENCY = ("sparse_macs", "compressed_bytes")
+EFFICIENCY = ("sparse_macs", "sparse_bytes")
 ROBUSTNESS_EXAMPLES = 1000
 
 

@@ -15,7 +15,9 @@ from typing import Protocol
 
 import torch
 
-from prunelab.sweep.cell import Cell, CellResult, Context, Progress, run_cell
+from prunelab.inference import engine
+from prunelab.sweep.cell import Cell, CellResult, Context, Progress
+from prunelab.sweep.scan import ScanJob, run_item
 
 
 class Executor(Protocol):
@@ -31,9 +33,10 @@ class ContextCache:
         self.cache_dir = cache_dir
         self._items: dict[tuple, Context] = {}
 
-    def get(self, cell: Cell) -> Context:
-        key = cell.context_key()
+    def get(self, item: Cell | ScanJob) -> Context:
+        key = item.context_key()
         if key not in self._items:
+            cell = item.cell if isinstance(item, ScanJob) else item
             self._items[key] = Context.build(cell, self.cache_dir)
         return self._items[key]
 
@@ -48,21 +51,24 @@ class SequentialExecutor:
         self, cells: Sequence[Cell], progress: Progress | None = None
     ) -> Iterator[tuple[Cell, CellResult]]:
         for cell in cells:
-            yield cell, run_cell(cell, self.contexts.get(cell), progress)
+            yield cell, run_item(cell, self.contexts.get(cell), progress)
 
 
 _WORKER_CONTEXTS: ContextCache | None = None  # one per worker process, set by its initializer
 
 
-def _init_worker(cache_dir: Path | None, threads: int) -> None:
+def _init_worker(cache_dir: Path | None, threads: int, engine: str) -> None:
     global _WORKER_CONTEXTS
+    from prunelab.inference import set_engine
+
     torch.set_num_threads(threads)
+    set_engine(engine)
     _WORKER_CONTEXTS = ContextCache(cache_dir)
 
 
 def _run_in_worker(cell: Cell) -> CellResult:
     assert _WORKER_CONTEXTS is not None
-    return run_cell(cell, _WORKER_CONTEXTS.get(cell))
+    return run_item(cell, _WORKER_CONTEXTS.get(cell))
 
 
 class ProcessPoolCellExecutor:
@@ -83,7 +89,7 @@ class ProcessPoolCellExecutor:
             self.workers,
             mp_context=mp.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(self.cache_dir, threads),
+            initargs=(self.cache_dir, threads, engine()),
         ) as pool:
             pending: dict[Future, Cell] = {pool.submit(_run_in_worker, c): c for c in cells}
             while pending:

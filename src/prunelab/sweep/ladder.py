@@ -5,7 +5,9 @@ the calibration batches and hence the scores; only the threshold differs per lev
 nest). :func:`cached_scores` memoises the calibration batches and ``compute_scores`` in the
 context's per-process ``memo``, together with the generator state scoring leaves behind, so a
 cell that hits the memo continues with exactly the random stream it would have had: results
-are bit-identical with and without it.
+are bit-identical with and without it. The memoised scores are a
+:class:`~prunelab.masks.RankedScores`, so each sort (per layer, and pooled for ``global``) is
+also done once per ladder instead of once per level.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from prunelab.criteria import compute_scores
+from prunelab.masks import RankedScores
 from prunelab.structure import Channels, parse_structure
 
 if TYPE_CHECKING:
@@ -62,6 +65,7 @@ def cached_scores(
     calib = list(islice(train.batches(128, shuffle=True, generator=gen), cell.calibration_batches))
     scores = compute_scores(model, targets, cell.method, gen, calib)
     if memo is not None:
+        scores = RankedScores(scores)  # sort orders computed once, shared by every level
         memo[key] = (calib, scores, gen.get_state().clone())
     return calib, scores
 

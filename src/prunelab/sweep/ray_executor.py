@@ -1,5 +1,8 @@
 """Ray executor: every pending cell becomes one Ray task, collected with ``ray.wait``.
 
+(The dense sensitivity scan's per-layer :class:`~prunelab.sweep.scan.ScanJob` s travel the same
+way, so the scan spreads over the cluster too.)
+
 * All cells are submitted at once; results are yielded in completion order, so the driver
   writes each to the store the moment it lands. A lost worker is retried by Ray
   (``max_retries``); an interrupted driver cancels the rest and loses only cells in flight;
@@ -20,8 +23,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from prunelab import inference
 from prunelab.errors import PrunelabError
-from prunelab.sweep.cell import Cell, CellResult, Context, Progress, run_cell
+from prunelab.sweep.cell import Cell, CellResult, Context, Progress
+from prunelab.sweep.scan import run_item
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 3.0
@@ -62,18 +67,21 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
         ) from None
 
 
-def _ray_task(cell: Cell, ctx_box: list, threads: int) -> CellResult:
+def _ray_task(cell: Cell, ctx_box: list, threads: int, engine: str = "auto") -> CellResult:
     """Runs inside a Ray worker. ``ctx_box`` wraps the context ref so Ray does not resolve it."""
     import ray
     import torch
 
+    from prunelab.inference import set_engine
+
     torch.set_num_threads(threads)
+    set_engine(engine)  # the driver's evaluation engine, also on remote nodes
     ref = ctx_box[0]
     key = ref.hex()
     if key not in _WORKER_CONTEXTS:
         _WORKER_CONTEXTS.clear()  # a new sweep: drop the previous one's context
         _WORKER_CONTEXTS[key] = ray.get(ref)
-    return run_cell(cell, _WORKER_CONTEXTS[key])
+    return run_item(cell, _WORKER_CONTEXTS[key])
 
 
 class RayExecutor:
@@ -150,7 +158,8 @@ class RayExecutor:
             num_cpus=self.cpus_per_cell, num_gpus=self.gpus_per_cell, max_retries=self.max_retries
         )
         threads = max(1, int(self.cpus_per_cell))
-        pending = {task.remote(c, [refs[c.context_key()]], threads): c for c in cells}
+        engine = inference.engine()
+        pending = {task.remote(c, [refs[c.context_key()]], threads, engine): c for c in cells}
         log.info("submitted %d cells to Ray", len(pending))
         try:
             while pending:

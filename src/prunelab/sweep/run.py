@@ -14,13 +14,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from prunelab import inference
 from prunelab.errors import PrunelabError
 from prunelab.store import RUN_ID, Store
 from prunelab.sweep.cell import Cell, CellResult, Progress, expand_cells
 from prunelab.sweep.executors import ContextCache, Executor, SequentialExecutor
+from prunelab.sweep.scan import ScanJob, scan_jobs
 from prunelab.sweep.spec import SweepSpec
 
 log = logging.getLogger(__name__)
+SCAN_KEY = "sensitivity/magnitude/dense"  # store meta: the dense model's sensitivity table
 OnCell = Callable[[Cell, CellResult], None]
 
 
@@ -38,6 +41,7 @@ def environment() -> dict[str, str]:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "torch_threads": str(torch.get_num_threads()),
+        "engine": inference.engine(),  # compiled vs eager evaluation (last-bit differences)
     }
     for pkg in (
         "prunelab",
@@ -100,9 +104,17 @@ def run_sweep(
             store.set_meta("data_hash", ctx.data.fingerprint())
             store.set_meta("dense_metrics", ctx.dense_metrics)
             store.put_artifact(RUN_ID, "test_labels", ctx.data.test.y.numpy().astype(np.int16))
-            if spec.sensitivity_scan:
-                store.set_meta("sensitivity/magnitude/dense", _sensitivity_scan(cells[0], ctx))
-        for cell, result in executor.map(pending, progress):
+        jobs: list = []
+        if spec.sensitivity_scan and store.get_meta(SCAN_KEY) is None:
+            jobs = scan_jobs(cells[0], contexts.get(cells[0]))  # first: the longest items
+        scanned: dict[str, list[dict]] = {}
+        for item, result in executor.map([*jobs, *pending], progress):
+            if isinstance(item, ScanJob):
+                scanned[item.layer] = result
+                if len(scanned) == len(jobs):
+                    store.set_meta(SCAN_KEY, [r for j in jobs for r in scanned[j.layer]])
+                continue
+            cell = item
             store.put_cell(
                 cell.cell_id,
                 {**json.loads(json.dumps(cell.__dict__, default=_plain))},
@@ -115,19 +127,6 @@ def run_sweep(
             if on_cell is not None:
                 on_cell(cell, result)
     return SweepOutcome(run_dir, len(cells), len(cells) - len(pending), len(pending))
-
-
-def _sensitivity_scan(cell: Cell, ctx) -> list[dict]:
-    """Magnitude sensitivity of each prunable layer of the dense model (Li et al. 2017)."""
-    from prunelab.criteria import compute_scores
-    from prunelab.sweep.allocations import sensitivity_table
-    from prunelab.targets import select_targets
-
-    dense = ctx.dense_model(cell)
-    targets = select_targets(dense, cell.include or None, cell.exclude or None, cell.prune_last)
-    scores = compute_scores(dense, targets, "magnitude")
-    table = sensitivity_table(ctx, dense, scores, ("sensitivity", "magnitude", "dense"))
-    return table.to_dict("records")
 
 
 def _plain(obj: object) -> object:

@@ -1,0 +1,64 @@
+"""The dense model's sensitivity scan as sweep work: one job per layer, run like a cell.
+
+Every sweep records a magnitude sensitivity table of the dense model (one layer pruned at a
+time over a ladder, Li et al. 2017) for the report's heatmap. Each layer's rows are
+independent, so the scan is split into :class:`ScanJob` s that any executor schedules next to
+the cells: on Ray or a process pool the scan spreads over the workers instead of running alone
+in the driver before the first cell. The concatenated rows equal one
+:func:`~prunelab.sensitivity.sensitivity_analysis` call over all layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from prunelab.sweep.cell import Cell, CellResult, Context, Progress, run_cell
+
+
+@dataclass(frozen=True)
+class ScanJob:
+    """Scan one prunable layer of the dense model of ``cell``'s sweep."""
+
+    cell: Cell
+    layer: str
+
+    @property
+    def label(self) -> str:
+        return f"sensitivity scan of layer {self.layer}"
+
+    def context_key(self) -> tuple:
+        return self.cell.context_key()
+
+
+def _targets(cell: Cell, ctx: Context) -> tuple[Any, dict]:
+    from prunelab.targets import select_targets
+
+    dense = ctx.dense_model(cell)
+    return dense, select_targets(dense, cell.include or None, cell.exclude or None, cell.prune_last)
+
+
+def scan_jobs(cell: Cell, ctx: Context) -> list[ScanJob]:
+    """One job per prunable layer, in the model's layer order."""
+    return [ScanJob(cell, name) for name in _targets(cell, ctx)[1]]
+
+
+def run_scan_job(job: ScanJob, ctx: Context) -> list[dict]:
+    """The sensitivity rows (level 0 first) of ``job.layer``, as JSON-able dicts."""
+    from prunelab.criteria import compute_scores
+    from prunelab.sensitivity import sensitivity_analysis
+    from prunelab.sweep.allocations import SENSITIVITY_VAL_ROWS
+
+    dense, targets = _targets(job.cell, ctx)
+    scores = compute_scores(dense, {job.layer: targets[job.layer]}, "magnitude")
+    table = sensitivity_analysis(dense, scores, ctx.data.val.subset(SENSITIVITY_VAL_ROWS))
+    return table.to_dict("records")
+
+
+def run_item(
+    item: Cell | ScanJob, ctx: Context, progress: Progress | None = None
+) -> CellResult | list[dict]:
+    """What executors call: a cell's result, or a scan job's rows."""
+    if isinstance(item, ScanJob):
+        return run_scan_job(item, ctx)
+    return run_cell(item, ctx, progress)

@@ -1,0 +1,178 @@
+"""The compiled evaluation engine: same numbers as eager PyTorch, never stale, safe fallbacks."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from prunelab import inference, prune
+from prunelab.errors import PrunelabError
+from prunelab.inference import runner, set_engine
+from prunelab.masks import RankedScores, select_masks
+from prunelab.metrics import evaluate, predict
+from prunelab.models import build_model
+
+
+@pytest.fixture(autouse=True)
+def _auto_engine():
+    set_engine("auto")
+    yield
+    set_engine(None)
+
+
+def eager(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([model(x[i : i + 256]) for i in range(0, len(x), 256)])
+
+
+@pytest.mark.parametrize(
+    "name,shape",
+    [("cnn", (1, 28, 28)), ("lenet300", (1, 28, 28)), ("resnet-tiny", (3, 32, 32))],
+)
+def test_compiled_matches_eager_on_zoo_models(name, shape):
+    torch.manual_seed(0)
+    model = build_model(name, shape, 10).eval()
+    x = torch.randn(300, *shape)
+    run = runner(model, x)
+    assert run is not model, f"{name} should compile"
+    got, want = predict(model, x), eager(model, x)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert torch.equal(predict(model, x), got), "compiled evaluation must be deterministic"
+
+
+def test_masked_model_compiles_with_masks_folded(trained_tiny, digits):
+    model = copy.deepcopy(trained_tiny)
+    prune(model, "magnitude", 0.8)
+    assert runner(model.eval(), digits.val.x) is not model
+    assert torch.allclose(predict(model, digits.val.x), eager(model, digits.val.x), atol=1e-5)
+    assert evaluate(model, digits.val, trained_tiny, ["sparsity"])["sparsity"] > 0.5
+
+
+def test_any_weight_change_recompiles(trained_tiny, digits):
+    model = copy.deepcopy(trained_tiny).eval()
+    x = digits.val.x
+    before = predict(model, x)
+    first = runner(model, x)
+    assert runner(model, x) is first
+    # .data writes do not bump PyTorch's version counter; the bitwise snapshot still sees them
+    layer = next(m for m in model.modules() if isinstance(m, nn.Linear))
+    layer.weight.data.mul_(0.5)
+    assert runner(model, x) is not first
+    after = predict(model, x)
+    assert not torch.equal(before, after)
+    assert torch.allclose(after, eager(model, x), atol=1e-5)
+    # an optimiser step, then masks applied by prune(): both seen
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.train()
+    nn.functional.cross_entropy(model(x), digits.val.y).backward()
+    opt.step()
+    assert torch.allclose(predict(model, x), eager(model, x), atol=1e-5)
+    prune(model, "magnitude", 0.9)
+    assert torch.allclose(predict(model, x), eager(model, x), atol=1e-5)
+
+
+def test_result_does_not_depend_on_what_ran_before(trained_tiny, digits):
+    a, b = copy.deepcopy(trained_tiny), copy.deepcopy(trained_tiny)
+    small = digits.val.x[:10]
+    first = predict(a, small)
+    _ = predict(b, digits.train.x)  # b compiled on a large input first
+    assert torch.equal(predict(b, small), first)
+
+
+def test_models_with_hooks_run_eagerly_and_hooks_fire(trained_tiny, digits):
+    model = copy.deepcopy(trained_tiny).eval()
+    seen = []
+    model.register_forward_hook(lambda m, i, o: seen.append(o.shape[0]))
+    assert runner(model, digits.val.x) is model
+    predict(model, digits.val.x)
+    assert sum(seen) == len(digits.val)
+
+
+class DataDependent(nn.Module):
+    """Control flow on a tensor value (kept by scripting) and a NumPy call (TorchScript refuses)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        if float(x.sum()) > 0:
+            return self.fc(x)
+        return -self.fc(torch.from_numpy(x.numpy().copy()))
+
+
+def test_unscriptable_model_runs_eagerly_with_correct_answers():
+    model = DataDependent().eval()
+    for sign in (1, -1):  # both branches
+        x = sign * torch.rand(50, 4)
+        assert runner(model, x) is model
+        assert torch.equal(predict(model, x), eager(model, x))
+
+
+def test_scripting_keeps_control_flow():
+    """Script, never trace: a branch on the data is still taken per call after compiling."""
+
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            if float(x.sum()) > 0:
+                return self.fc(x)
+            return -self.fc(x)
+
+    model = Branchy().eval()
+    pos, neg = torch.rand(20, 4), -torch.rand(20, 4)
+    assert runner(model, pos) is not model
+    assert torch.allclose(predict(model, pos), eager(model, pos), atol=1e-6)
+    assert torch.allclose(predict(model, neg), eager(model, neg), atol=1e-6)
+
+
+def test_disagreeing_compilation_is_rejected(monkeypatch, caplog):
+    model = nn.Sequential(nn.Linear(4, 3)).eval()
+    monkeypatch.setattr(inference, "_compile", lambda m: lambda x: m(x) + 1.0)
+    with caplog.at_level(logging.WARNING, logger="prunelab.inference"):
+        assert runner(model, torch.randn(8, 4)) is model
+    assert "disagrees" in caplog.text
+
+
+def test_training_mode_and_eager_engine_are_not_compiled(monkeypatch):
+    model = nn.Sequential(nn.Linear(4, 3))
+    x = torch.randn(8, 4)
+    assert runner(model.train(), x) is model
+    set_engine("eager")
+    assert runner(model.eval(), x) is model
+    set_engine(None)
+    monkeypatch.setenv("PRUNELAB_ENGINE", "eager")
+    assert runner(model, x) is model
+    monkeypatch.setenv("PRUNELAB_ENGINE", "turbo")
+    with pytest.raises(PrunelabError, match="unknown engine 'turbo'"):
+        runner(model, x)
+    with pytest.raises(PrunelabError, match="unknown engine"):
+        set_engine("fast")
+
+
+def test_wrong_input_shape_still_gives_the_clear_error(trained_tiny):
+    with pytest.raises(PrunelabError, match="cannot run on data of shape"):
+        predict(trained_tiny, torch.randn(5, 3))
+
+
+@pytest.mark.parametrize("allocation", ["global", "uniform"])
+def test_ranked_scores_give_the_same_masks(allocation):
+    gen = torch.Generator().manual_seed(0)
+    # integers: many ties, so the stable tie-break is exercised
+    scores = {
+        "a": torch.randint(0, 5, (6, 7), generator=gen).float(),
+        "b": torch.randint(0, 5, (20,), generator=gen).float(),
+    }
+    ranked = RankedScores(scores)
+    for level in (0.0, 0.1, 0.5, 0.77, 0.95):
+        plain = select_masks(scores, level, allocation)
+        fast = select_masks(ranked, level, allocation)
+        assert all(torch.equal(plain[k], fast[k]) for k in scores)
