@@ -4,7 +4,7 @@
   (the ladder score cache), dense outputs once per sweep, and every evaluation through the
   compiled inference copy of :mod:`prunelab.inference` (``--engine eager`` turns that off);
 * ray x1 / ray x2 — the Ray executor on a local Ray with 1 and 2 CPUs (1 torch thread/task);
-  the driver runs the dense sensitivity scan while the workers run cells;
+  with ``--with-scan`` the dense sensitivity scan's per-layer jobs run on the workers too;
 * naive — what a plain script does: per level, ``copy.deepcopy`` the dense model, recompute
   the importance scores (calibration included), ``torch.nn.utils.prune.global_unstructured``,
   and evaluate the same things (test/val/train metrics vs. the dense outputs, recomputed).
@@ -49,7 +49,7 @@ from prunelab.sweep.spec import DataSpec
 METHODS = ("magnitude", "random", "taylor", "wanda")
 
 
-def make_spec(n_levels: int, methods: tuple[str, ...]) -> SweepSpec:
+def make_spec(n_levels: int, methods: tuple[str, ...], scan: bool = False) -> SweepSpec:
     levels = tuple(round(0.05 + i * (0.93 / max(n_levels - 1, 1)), 4) for i in range(n_levels))
     return SweepSpec(
         model="cnn",
@@ -60,6 +60,7 @@ def make_spec(n_levels: int, methods: tuple[str, ...]) -> SweepSpec:
         seeds=(0,),
         dense=TrainConfig(epochs=5),
         finetune=TrainConfig(epochs=0),
+        sensitivity_scan=scan,  # the naive script has no scan: off for a like-for-like time
     )
 
 
@@ -186,7 +187,7 @@ VARIANTS = ("sequential", "ray1", "ray2", "naive")
 def run_variant(args, out: Path) -> dict:
     """Time one variant in this (fresh) process; the shared setup is not timed."""
     torch.set_num_threads(args.threads)
-    spec = make_spec(args.levels, tuple(args.methods.split(",")))
+    spec = make_spec(args.levels, tuple(args.methods.split(",")), args.with_scan)
     contexts = ContextCache(None)
     t0 = time.perf_counter()
     ctx = contexts.get(_any_cell(spec))
@@ -229,6 +230,11 @@ def main() -> None:
         choices=ENGINES,
         help="prunelab's evaluation engine (eager: no compiled inference copy)",
     )
+    ap.add_argument(
+        "--with-scan",
+        action="store_true",
+        help="also run the per-sweep dense sensitivity scan (extra work the naive script skips)",
+    )
     ap.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # internal
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)  # internal
     args = ap.parse_args()
@@ -247,6 +253,7 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--variant", variant, "--out", str(tmp / variant)]
         for flag in ("levels", "methods", "threads", "eval_limit", "engine"):
             cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+        cmd += ["--with-scan"] if args.with_scan else []
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
         if proc.returncode or not line:
@@ -274,8 +281,8 @@ def main() -> None:
         f"torch {torch.__version__}, {args.threads} threads in the driver, 1 per Ray task; "
         f"prunelab engine '{args.engine}', naive: eager PyTorch. Each variant runs in a fresh "
         f"process; shared setup (data, dense model, dense outputs, ~{any_info['setup']:.0f} s) "
-        f"is not included. Evaluation rows: {any_info['rows']}. The prunelab variants also run "
-        "the per-sweep dense sensitivity scan (32 evaluations); the naive one does not.\n"
+        f"is not included. Evaluation rows: {any_info['rows']}. Dense sensitivity scan (32 "
+        f"evaluations; the naive script has none): {'on' if args.with_scan else 'off'}.\n"
     )
     print("| variant | wall s | s / cell | notes |\n|---|---:|---:|---|")
     names = {"ray1": "ray x1", "ray2": "ray x2"}
