@@ -106,12 +106,17 @@ class DataDependent(nn.Module):
         return -self.fc(torch.from_numpy(x.numpy().copy()))
 
 
-def test_unscriptable_model_runs_eagerly_with_correct_answers():
+def test_unscriptable_model_runs_eagerly_with_correct_answers(monkeypatch):
     model = DataDependent().eval()
     for sign in (1, -1):  # both branches
         x = sign * torch.rand(50, 4)
         assert runner(model, x) is model
         assert torch.equal(predict(model, x), eager(model, x))
+    # new weights: still eager, and TorchScript is not asked again for the same code
+    calls = []
+    monkeypatch.setattr(torch.jit, "script", lambda m: calls.append(m) or 1 / 0)
+    model.fc.weight.data.mul_(2)
+    assert runner(model, torch.rand(5, 4)) is model and calls == []
 
 
 def test_scripting_keeps_control_flow():

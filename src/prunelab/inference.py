@@ -71,6 +71,7 @@ warnings.filterwarnings(
 _engine: str | None = None
 # model -> (module structure, bitwise snapshot of its tensors, compiled copy or None)
 _cache: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
+_uncompilable: set[tuple] = set()  # module-class trees TorchScript refused
 
 
 def engine() -> str:
@@ -121,8 +122,20 @@ def _has_hooks(model: nn.Module) -> bool:
     return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
+def _classes(model: nn.Module) -> tuple:
+    """The module classes, in order: what decides whether TorchScript can compile the code."""
+    return tuple(type(m) for m in model.modules())
+
+
 def _compile(model: nn.Module) -> Any:
-    """A frozen, optimised TorchScript copy of ``model`` in eval mode, or None if it can't be."""
+    """A frozen, optimised TorchScript copy of ``model`` in eval mode, or None if it can't be.
+
+    A model whose code failed to compile is not tried again (its weights may change, its
+    code does not), so an unscriptable model costs one attempt, not one per evaluation.
+    """
+    classes = _classes(model)
+    if classes in _uncompilable:
+        return None
     try:
         work = copy.deepcopy(model)
         if any(parametrize.is_parametrized(m) for m in work.modules()):
@@ -135,6 +148,7 @@ def _compile(model: nn.Module) -> Any:
         return torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.script(work)))
     except Exception as e:  # noqa: BLE001 - any failure to compile means "run eagerly"
         log.debug("running %s eagerly: %s", type(model).__name__, str(e).splitlines()[0])
+        _uncompilable.add(classes)
         return None
 
 
