@@ -153,6 +153,50 @@ def test_cli_export_sparse_reloads_to_stored_predictions(run_dir, tmp_path):
     assert again.exit_code == 2 and "never overwritten" in again.output
 
 
+def test_cell_selection_by_seed_and_its_errors(run_dir):
+    from prunelab.export_run import find_cell
+    from prunelab.store import Store
+
+    out, _ = run_dir
+    with Store(out, create=False) as store:
+        with pytest.raises(PrunelabError, match=r"2 cells match; pick one with --cell, "):
+            find_cell(store, None, 0.5, "magnitude", "global")  # unstructured and channels
+        with pytest.raises(PrunelabError, match="no finished cell"):
+            find_cell(store, None, 0.5, "magnitude", "global", seed=99)
+        with pytest.raises(PrunelabError, match="name the cell"):
+            find_cell(store, None, 0.5, None, None)
+
+
+def test_export_reruns_the_cell_with_the_engine_the_sweep_recorded(run_dir, tmp_path, monkeypatch):
+    import prunelab.export_run as export_run
+    from prunelab.inference import engine, using_engine
+    from prunelab.store import Store
+
+    out, _ = run_dir
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(engine())
+        raise KeyboardInterrupt  # stop here: only the engine in force matters
+
+    monkeypatch.setattr(export_run, "run_cell", spy)
+    with Store(out, create=False) as store:
+        env = store.get_meta("env")
+        assert env["engine"] == "auto"
+        store.set_meta("env", {**env, "engine": "eager"})
+    try:
+        with using_engine("auto"):
+            with pytest.raises(KeyboardInterrupt):
+                export_run.export_cell(
+                    out, tmp_path / "e.safetensors", "sparse", _cell_id(out, "unstructured", 0.5)
+                )
+            assert engine() == "auto"  # restored after the re-run
+        assert seen == ["eager"]
+    finally:
+        with Store(out, create=False) as store:
+            store.set_meta("env", env)
+
+
 def test_cli_export_slim_and_onnx(run_dir, tmp_path):
     out, env = run_dir
     slim_path = tmp_path / "slim.safetensors"

@@ -215,13 +215,14 @@ def export(
     level: Annotated[float | None, typer.Option(help="sparsity level of the cell")] = None,
     method: Annotated[str | None, typer.Option(help="method of the cell")] = None,
     allocation: Annotated[str | None, typer.Option(help="allocation of the cell")] = None,
+    seed: Annotated[int | None, typer.Option(help="seed of the cell")] = None,
 ) -> None:
     """Re-run one cell, check it reproduces its stored metrics, and export its model."""
     from prunelab.export_run import export_cell
 
     if not run_dir.is_dir():
         raise PrunelabError(f"run directory {run_dir} does not exist")
-    done = export_cell(run_dir, out, fmt, cell, level, method, allocation)
+    done = export_cell(run_dir, out, fmt, cell, level, method, allocation, seed=seed)
     typer.echo(
         f"{fmt}: {done.path} {done.bytes:,} bytes ({100 * done.ratio:.1f}% of the dense "
         f"safetensors, {done.dense_bytes:,} bytes){' ' + done.detail if done.detail else ''}"

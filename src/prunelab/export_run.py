@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from prunelab import inference
 from prunelab.errors import PrunelabError
 from prunelab.export import Exported, save_onnx, save_slimmed, save_sparse
 from prunelab.finetune import TrainConfig
@@ -43,8 +44,9 @@ def find_cell(
     level: float | None,
     method: str | None,
     allocation: str | None,
+    seed: int | None = None,
 ) -> tuple[str, Cell, dict[str, Any]]:
-    """The one stored cell matching ``cell_id`` or (level, method[, allocation])."""
+    """The one stored cell matching ``cell_id`` or (level, method[, allocation][, seed])."""
     rows = store._read("SELECT cell_id, cell, row FROM cells")
     if cell_id is None and (level is None or method is None):
         raise PrunelabError("name the cell: --cell CELL_ID, or --level L --method M")
@@ -58,6 +60,7 @@ def find_cell(
                 math.isclose(row["level"], level, abs_tol=1e-9)
                 and row["method"] == method
                 and (allocation is None or row["allocation"] == allocation)
+                and (seed is None or row["seed"] == seed)
             )
         if ok:
             hits.append((cid, cell_from_json(json.loads(cell_json)), row))
@@ -66,7 +69,7 @@ def find_cell(
     if len(hits) > 1:
         labels = "; ".join(f"{cid} ({c.label})" for cid, c, _ in hits[:6])
         raise PrunelabError(
-            f"{len(hits)} cells match; pick one with --cell or --allocation: {labels}"
+            f"{len(hits)} cells match; pick one with --cell, --allocation or --seed: {labels}"
         )
     cid, cell, row = hits[0]
     if cell.cell_id != cid:
@@ -100,6 +103,7 @@ def export_cell(
     allocation: str | None = None,
     cache_dir: Path | None = None,
     overwrite: bool = False,
+    seed: int | None = None,
 ) -> Exported:
     """Re-run a stored cell, verify its metrics, and export its model in ``fmt``."""
     if fmt not in FORMATS:
@@ -107,11 +111,13 @@ def export_cell(
     if out.exists() and not overwrite:
         raise PrunelabError(f"{out} exists; choose another --out (files are never overwritten)")
     with Store(run_dir, create=False) as store:
-        cid, cell, stored = find_cell(store, cell_id, level, method, allocation)
+        cid, cell, stored = find_cell(store, cell_id, level, method, allocation, seed)
+        engine = (store.get_meta("env") or {}).get("engine", "auto")
     if cell.method == "dense" and fmt == "slim":
         raise PrunelabError("the dense control has no removed channels; use --format sparse/onnx")
     ctx = Context.build(cell, cache_dir)
-    result = run_cell(cell, ctx, keep_model=True)
+    with inference.using_engine(engine):  # evaluate as the sweep did, so metrics can match
+        result = run_cell(cell, ctx, keep_model=True)
     diff = compare_rows(stored, result.row)
     if diff:
         raise PrunelabError(f"cell {cid} does not reproduce ({'; '.join(diff[:3])}); not exporting")

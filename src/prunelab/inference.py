@@ -41,12 +41,13 @@ False
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -89,6 +90,17 @@ def set_engine(name: str | None) -> None:
         raise PrunelabError(f"unknown engine '{name}'; valid: {', '.join(ENGINES)}")
     _engine = name
     _cache.clear()
+
+
+@contextlib.contextmanager
+def using_engine(name: str) -> Iterator[None]:
+    """Evaluate with engine ``name`` inside the block, then restore the previous setting."""
+    previous = _engine
+    set_engine(name)
+    try:
+        yield
+    finally:
+        set_engine(previous)
 
 
 def _structure(model: nn.Module) -> tuple:
