@@ -75,7 +75,9 @@ def test_sensitivity_scan_jobs_equal_one_scan_and_are_redone_when_missing(tmp_pa
     from prunelab.targets import select_targets
 
     spec = tiny_spec(methods=("magnitude",), allocations=("global",))
-    run_sweep(spec, tmp_path / "seq")
+    phases: list[str] = []
+    run_sweep(spec, tmp_path / "seq", progress=lambda phase, done, total: phases.append(phase))
+    assert "sensitivity scan of layer 1" in phases  # the progress bar names what runs
     run_sweep(spec, tmp_path / "pool", make_executor("local", workers=2))  # jobs in workers
     cell = expand_cells(spec)[0]
     ctx = ContextCache(cache_dir).get(cell)

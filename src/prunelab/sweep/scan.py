@@ -60,5 +60,10 @@ def run_item(
 ) -> CellResult | list[dict]:
     """What executors call: a cell's result, or a scan job's rows."""
     if isinstance(item, ScanJob):
-        return run_scan_job(item, ctx)
+        if progress is not None:
+            progress(item.label, 0, 1)
+        rows = run_scan_job(item, ctx)
+        if progress is not None:
+            progress(item.label, 1, 1)
+        return rows
     return run_cell(item, ctx, progress)
