@@ -11,10 +11,16 @@ from torch import nn
 
 from prunelab import ALLOCATIONS, PrunelabError, compute_scores, select_masks, select_targets
 from prunelab.allocators import Bounds, bounded, erk_densities, lamp_scores
+from prunelab.masks import RankedScores
+from prunelab.structure import Channels
 
 LADDER = (0.0, 0.1, 0.5, 0.8, 0.9, 0.95, 0.99)
 # Overall prune count vs round(s * total): pooled orderings are exact; uniform rounds each layer.
-TOLERANCE = {"uniform": lambda layers: layers / 2}
+# rounding: at most half a weight per layer (uniform) or per output row (row)
+TOLERANCE = {
+    "uniform": lambda scores: len(scores) / 2,
+    "row": lambda scores: sum(s.shape[0] for s in scores.values()) / 2,
+}
 
 
 def _tiny_cnn() -> nn.Module:
@@ -39,7 +45,7 @@ def scores() -> dict[str, torch.Tensor]:
 def test_allocation_contract(name, scores):
     alloc = ALLOCATIONS.get(name)
     total = sum(s.numel() for s in scores.values())
-    tol = TOLERANCE.get(name, lambda layers: 0)(len(scores))
+    tol = TOLERANCE.get(name, lambda scores: 0)(scores)
     previous = None
     for level in LADDER:
         counts = alloc(scores, level)
@@ -147,3 +153,26 @@ def test_emptying_a_layer_warns(caplog):
     assert [r.getMessage() for r in caplog.records] == [
         "layer small is pruned completely (sparsity 1.0)"
     ]
+
+
+def test_row_allocation_prunes_every_row_alike_and_nests(scores):
+    previous = None
+    for level in LADDER:
+        masks = select_masks(scores, level, "row")
+        ranked = select_masks(RankedScores(scores), level, "row")
+        for name, s in scores.items():
+            rows = masks[name].reshape(s.shape[0], -1)
+            k = round(level * rows.shape[1])
+            assert (rows.shape[1] - rows.sum(1) == k).all(), (name, level)
+            kept = s.reshape(s.shape[0], -1).masked_fill(~rows, float("inf"))
+            dropped = s.reshape(s.shape[0], -1).masked_fill(rows, -float("inf"))
+            assert (dropped.amax(1) <= kept.amin(1)).all()  # the lowest scores of each row go
+            assert torch.equal(ranked[name], masks[name])
+            if previous is not None:
+                assert not (masks[name] & ~previous[name]).any(), "masks must nest"
+        assert sum(int((~m).sum()) for m in masks.values()) == sum(
+            ALLOCATIONS.get("row")(scores, level).values()
+        )
+        previous = masks
+    with pytest.raises(PrunelabError, match="allocation 'row' prunes inside rows"):
+        select_masks(scores, 0.5, "row", Channels())

@@ -49,4 +49,23 @@ def global_counts(scores: dict[str, Tensor], sparsity: float) -> dict[str, int]:
 
 
 ALLOCATIONS.add("global", global_counts)
+
+
+@ALLOCATIONS.register("row")
+def row_counts(scores: dict[str, Tensor], sparsity: float) -> dict[str, int]:
+    """Every output row (neuron/filter) pruned to the same sparsity (Wanda's comparison group).
+
+    Sun et al. 2023 compare weights per output row; :func:`prunelab.masks.select_masks`
+    thresholds each row on its own, and these are the resulting per-layer counts.
+
+    >>> row_counts({"a": torch.zeros(3, 10)}, 0.3)
+    {'a': 9}
+    """
+    return {
+        n: s.shape[0] * round(sparsity * (s.numel() // max(s.shape[0], 1)))
+        for n, s in scores.items()
+    }
+
+
+row_counts.per_row = True  # type: ignore[attr-defined]
 from prunelab import allocators as _allocators  # noqa: E402, F401  (lamp, erk; bounds)

@@ -43,6 +43,14 @@ class RankedScores(dict):
             self._orders[name] = torch.argsort(self[name].flatten(), stable=True)
         return self._orders[name]
 
+    def row_order(self, name: str) -> Tensor:
+        """Stable ascending argsort within each output row of layer ``name``: (out, in*k...)."""
+        key = ("rows", name)
+        if key not in self._orders:
+            s = self[name]
+            self._orders[key] = torch.argsort(s.reshape(s.shape[0], -1), dim=1, stable=True)
+        return self._orders[key]
+
     def pooled(self) -> tuple[Tensor, Tensor]:
         """(owner layer index per pooled position, stable ascending order of pooled scores)."""
         key = ("pooled", tuple(self))
@@ -79,6 +87,27 @@ def masks_from_counts(scores: dict[str, Tensor], counts: dict[str, int]) -> Mask
     return masks
 
 
+def row_masks(scores: dict[str, Tensor], sparsity: float) -> Masks:
+    """Drop the ``round(sparsity * row_length)`` lowest scores of every output row.
+
+    >>> row_masks({"a": torch.tensor([[4., 1., 3., 2.], [1., 2., 3., 4.]])}, 0.5)["a"].tolist()
+    [[True, False, True, False], [False, False, True, True]]
+    """
+    masks = {}
+    for name, s in scores.items():
+        rows = s.reshape(s.shape[0], -1)  # (out, in * k...)
+        k = round(sparsity * rows.shape[1])
+        order = (
+            scores.row_order(name)
+            if isinstance(scores, RankedScores)
+            else torch.argsort(rows, dim=1, stable=True)
+        )
+        keep = torch.ones_like(rows, dtype=torch.bool)
+        keep.scatter_(1, order[:, :k], False)
+        masks[name] = keep.view(s.shape)
+    return masks
+
+
 def nm_masks(scores: dict[str, Tensor], nm: NM) -> Masks:
     """Keep the ``n`` highest scores in every group of ``m`` consecutive input weights.
 
@@ -106,8 +135,11 @@ def channel_masks(
     scores: dict[str, Tensor], sparsity: float, allocation: str | Allocation
 ) -> Masks:
     """Remove whole output channels (rows), ranked by the sum of their weights' scores."""
+    alloc = resolve(allocation)
+    if getattr(alloc, "per_row", False):
+        raise PrunelabError("allocation 'row' prunes inside rows; use it with unstructured")
     rows = {n: s.reshape(s.shape[0], -1).sum(1) for n, s in scores.items()}  # (out,)
-    counts = resolve(allocation)(rows, sparsity)
+    counts = alloc(rows, sparsity)
     keep_rows = masks_from_counts(rows, counts)
     shape = {n: (-1,) + (1,) * (s.dim() - 1) for n, s in scores.items()}
     return {n: keep_rows[n].view(shape[n]).expand_as(s).clone() for n, s in scores.items()}
@@ -141,7 +173,10 @@ def select_masks(
         return channel_masks(scores, sparsity, allocation)
     if not isinstance(structure, Unstructured):
         raise PrunelabError(f"structure '{structure}' needs a model-specific pruner (heads)")
-    return masks_from_counts(scores, resolve(allocation)(scores, sparsity))
+    alloc = resolve(allocation)
+    if getattr(alloc, "per_row", False):
+        return row_masks(scores, sparsity)
+    return masks_from_counts(scores, alloc(scores, sparsity))
 
 
 def resolve(allocation: str | Allocation) -> Allocation:
