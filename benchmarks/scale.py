@@ -238,8 +238,7 @@ def main() -> None:
     ap.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # internal
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)  # internal
     args = ap.parse_args()
-    os.environ["PRUNELAB_ENGINE"] = args.engine  # Ray workers inherit it
-    set_engine(args.engine)
+    set_engine(args.engine)  # the executors hand it to their workers
     if args.variant:  # a child: time one variant, print one JSON line
         print("RESULT " + json.dumps(run_variant(args, args.out)))
         return

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from prunelab import ALLOCATIONS, PrunelabError, compute_scores, select_masks, select_targets
+from prunelab.allocation import RankedScores
 from prunelab.allocators import Bounds, bounded, erk_densities, lamp_scores
-from prunelab.masks import RankedScores
 from prunelab.structure import Channels
 
 LADDER = (0.0, 0.1, 0.5, 0.8, 0.9, 0.95, 0.99)

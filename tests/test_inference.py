@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from prunelab import inference, prune
+from prunelab.allocation import RankedScores
 from prunelab.errors import PrunelabError
 from prunelab.inference import runner, set_engine
-from prunelab.masks import RankedScores, select_masks
+from prunelab.masks import select_masks
 from prunelab.metrics import evaluate, predict
 from prunelab.models import build_model
 
@@ -93,12 +94,21 @@ def test_models_with_hooks_run_eagerly_and_hooks_fire(trained_tiny, digits):
     assert sum(seen) == len(digits.val)
 
 
-class DataDependent(nn.Module):
-    """Control flow on a tensor value (kept by scripting) and a NumPy call (TorchScript refuses)."""
+class Branchy(nn.Module):
+    """Control flow on a tensor value: scripting keeps it (tracing would freeze one branch)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        if float(x.sum()) > 0:
+            return self.fc(x)
+        return -self.fc(x)
+
+
+class DataDependent(Branchy):
+    """The same branch plus a NumPy call, which TorchScript refuses."""
 
     def forward(self, x):
         if float(x.sum()) > 0:
@@ -121,17 +131,6 @@ def test_unscriptable_model_runs_eagerly_with_correct_answers(monkeypatch):
 
 def test_scripting_keeps_control_flow():
     """Script, never trace: a branch on the data is still taken per call after compiling."""
-
-    class Branchy(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.fc = nn.Linear(4, 3)
-
-        def forward(self, x):
-            if float(x.sum()) > 0:
-                return self.fc(x)
-            return -self.fc(x)
-
     model = Branchy().eval()
     pos, neg = torch.rand(20, 4), -torch.rand(20, 4)
     assert runner(model, pos) is not model

@@ -7,6 +7,7 @@ monotonically with sparsity, so masks thresholded from the same scores nest acro
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -15,6 +16,52 @@ from prunelab.registry import Registry
 
 Allocation = Callable[[dict[str, Tensor], float], dict[str, int]]
 ALLOCATIONS: Registry[Allocation] = Registry("allocation")
+
+
+class RankedScores(dict):
+    """Scores (``{layer: Tensor}``) that remember their stable sort orders once computed.
+
+    Every threshold (per layer, per row, pooled across layers) goes through one of these
+    orders. A ladder thresholds the same scores at many levels, so the sweep's score cache
+    hands cells a ``RankedScores`` and each sort happens once. Treat it as read-only: the
+    orders are those of the tensors at the time of the first sort.
+
+    >>> r = RankedScores({"a": torch.tensor([3., 1., 2.])})
+    >>> r.order("a").tolist(), r.order("a") is r.order("a")
+    ([1, 2, 0], True)
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._orders: dict[object, Any] = {}
+
+    def order(self, name: str) -> Tensor:
+        """Stable ascending argsort of layer ``name``'s flattened scores."""
+        if name not in self._orders:
+            self._orders[name] = torch.argsort(self[name].flatten(), stable=True)
+        return self._orders[name]
+
+    def row_order(self, name: str) -> Tensor:
+        """Stable ascending argsort within each output row of layer ``name``: (out, in*k...)."""
+        key = ("rows", name)
+        if key not in self._orders:
+            s = self[name]
+            self._orders[key] = torch.argsort(s.reshape(s.shape[0], -1), dim=1, stable=True)
+        return self._orders[key]
+
+    def pooled(self) -> tuple[Tensor, Tensor]:
+        """(owner layer index per pooled position, stable ascending order of pooled scores)."""
+        key = ("pooled", tuple(self))
+        if key not in self._orders:
+            flat = torch.cat([s.flatten() for s in self.values()])  # (total,)
+            owner = torch.cat([torch.full((s.numel(),), i) for i, s in enumerate(self.values())])
+            self._orders[key] = (owner, torch.argsort(flat, stable=True))
+        return self._orders[key]
+
+
+def ranked(scores: dict[str, Tensor]) -> RankedScores:
+    """``scores`` as a :class:`RankedScores` (itself when it already is one)."""
+    return scores if isinstance(scores, RankedScores) else RankedScores(scores)
 
 
 @ALLOCATIONS.register("uniform")
@@ -36,13 +83,7 @@ def global_counts(scores: dict[str, Tensor], sparsity: float) -> dict[str, int]:
     {'a': 1, 'b': 2}
     """
     names = list(scores)
-    pooled = getattr(scores, "pooled", None)  # masks.RankedScores caches the pooled order
-    if pooled is not None:
-        owner, order = pooled()
-    else:
-        flat = torch.cat([scores[n].flatten() for n in names])  # (total,)
-        owner = torch.cat([torch.full((scores[n].numel(),), i) for i, n in enumerate(names)])
-        order = torch.argsort(flat, stable=True)
+    owner, order = ranked(scores).pooled()
     k = round(sparsity * owner.numel())
     counts = torch.bincount(owner[order[:k]], minlength=len(names))
     return {n: int(c) for n, c in zip(names, counts)}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -91,8 +90,7 @@ def sweep(
 
     if engine is not None:
         inference.set_engine(engine)  # checked here: a bad name fails before any work
-        os.environ["PRUNELAB_ENGINE"] = engine  # worker processes inherit it
-    inference.engine()  # a bad $PRUNELAB_ENGINE fails here too
+    inference.engine()  # a bad $PRUNELAB_ENGINE fails here too (executors pass it to workers)
 
     raw: dict[str, Any] = load_spec(config) if config else {}
     data = dict(raw.get("data", {}))

@@ -7,7 +7,7 @@ import logging
 import torch
 from torch import Tensor
 
-from prunelab.allocation import ALLOCATIONS, Allocation
+from prunelab.allocation import ALLOCATIONS, Allocation, ranked
 from prunelab.errors import PrunelabError
 from prunelab.structure import NM, Channels, Structure, Unstructured
 
@@ -21,54 +21,6 @@ def check_sparsity(sparsity: float) -> float:
     return float(sparsity)
 
 
-class RankedScores(dict):
-    """Scores (``{layer: Tensor}``) that remember their stable sort orders once computed.
-
-    A ladder thresholds the same scores at many levels; sorting is the expensive step, so the
-    sweep's score cache hands cells a ``RankedScores``. Treat it as read-only: the orders are
-    those of the tensors at the time of the first sort.
-
-    >>> r = RankedScores({"a": torch.tensor([3., 1., 2.])})
-    >>> r.order("a").tolist(), r.order("a") is r.order("a")
-    ([1, 2, 0], True)
-    """
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._orders: dict[object, Tensor] = {}
-
-    def order(self, name: str) -> Tensor:
-        """Stable ascending argsort of layer ``name``'s flattened scores."""
-        if name not in self._orders:
-            self._orders[name] = torch.argsort(self[name].flatten(), stable=True)
-        return self._orders[name]
-
-    def row_order(self, name: str) -> Tensor:
-        """Stable ascending argsort within each output row of layer ``name``: (out, in*k...)."""
-        key = ("rows", name)
-        if key not in self._orders:
-            s = self[name]
-            self._orders[key] = torch.argsort(s.reshape(s.shape[0], -1), dim=1, stable=True)
-        return self._orders[key]
-
-    def pooled(self) -> tuple[Tensor, Tensor]:
-        """(owner layer index per pooled position, stable ascending order of pooled scores)."""
-        key = ("pooled", tuple(self))
-        if key not in self._orders:
-            names = list(self)
-            flat = torch.cat([self[n].flatten() for n in names])  # (total,)
-            owner = torch.cat([torch.full((self[n].numel(),), i) for i, n in enumerate(names)])
-            self._orders[key] = torch.stack([owner, torch.argsort(flat, stable=True)])
-        owner, order = self._orders[key]
-        return owner, order
-
-
-def _order(scores: dict[str, Tensor], name: str) -> Tensor:
-    if isinstance(scores, RankedScores):
-        return scores.order(name)
-    return torch.argsort(scores[name].flatten(), stable=True)
-
-
 def masks_from_counts(scores: dict[str, Tensor], counts: dict[str, int]) -> Masks:
     """Drop the ``counts[layer]`` lowest-scoring weights of each layer (stable: ties by index).
 
@@ -76,11 +28,11 @@ def masks_from_counts(scores: dict[str, Tensor], counts: dict[str, int]) -> Mask
     tensor([[ True, False],
             [False,  True]])
     """
-    masks = {}
+    masks, scores = {}, ranked(scores)
     for name, s in scores.items():
         flat = s.flatten()
         keep = torch.ones(flat.numel(), dtype=torch.bool)
-        keep[_order(scores, name)[: counts[name]]] = False
+        keep[scores.order(name)[: counts[name]]] = False
         masks[name] = keep.view(s.shape)
         if counts[name] >= flat.numel():
             log.warning("layer %s is pruned completely (sparsity 1.0)", name)
@@ -93,17 +45,12 @@ def row_masks(scores: dict[str, Tensor], sparsity: float) -> Masks:
     >>> row_masks({"a": torch.tensor([[4., 1., 3., 2.], [1., 2., 3., 4.]])}, 0.5)["a"].tolist()
     [[True, False, True, False], [False, False, True, True]]
     """
-    masks = {}
+    masks, scores = {}, ranked(scores)
     for name, s in scores.items():
         rows = s.reshape(s.shape[0], -1)  # (out, in * k...)
         k = round(sparsity * rows.shape[1])
-        order = (
-            scores.row_order(name)
-            if isinstance(scores, RankedScores)
-            else torch.argsort(rows, dim=1, stable=True)
-        )
         keep = torch.ones_like(rows, dtype=torch.bool)
-        keep.scatter_(1, order[:, :k], False)
+        keep.scatter_(1, scores.row_order(name)[:, :k], False)
         masks[name] = keep.view(s.shape)
     return masks
 

@@ -26,7 +26,7 @@ from typing import Any
 from prunelab import inference
 from prunelab.errors import PrunelabError
 from prunelab.sweep.cell import Cell, CellResult, Context, Progress
-from prunelab.sweep.scan import run_item
+from prunelab.sweep.scan import ScanJob, run_item
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 3.0
@@ -67,7 +67,9 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
         ) from None
 
 
-def _ray_task(cell: Cell, ctx_box: list, threads: int, engine: str = "auto") -> CellResult:
+def _ray_task(
+    item: Cell | ScanJob, ctx_box: list, threads: int, engine: str = "auto"
+) -> CellResult | list[dict]:
     """Runs inside a Ray worker. ``ctx_box`` wraps the context ref so Ray does not resolve it."""
     import ray
     import torch
@@ -81,7 +83,7 @@ def _ray_task(cell: Cell, ctx_box: list, threads: int, engine: str = "auto") -> 
     if key not in _WORKER_CONTEXTS:
         _WORKER_CONTEXTS.clear()  # a new sweep: drop the previous one's context
         _WORKER_CONTEXTS[key] = ray.get(ref)
-    return run_item(cell, _WORKER_CONTEXTS[key])
+    return run_item(item, _WORKER_CONTEXTS[key])
 
 
 class RayExecutor:
