@@ -1,0 +1,220 @@
+"""Detection metrics: box ops in pure torch and COCO-style mAP through ``pycocotools``.
+
+Boxes are ``(x1, y1, x2, y2)`` in pixels (xyxy), ``x2 > x1``. mAP comes from the kept COCO
+evaluator (101-point interpolated precision, IoU thresholds 0.50:0.05:0.95), never from a
+hand-written average precision. *Fidelity* scores a pruned detector against the dense
+detector's own detections used as ground truth, so it needs no labels.
+
+>>> t = Detections(torch.tensor([[0., 0., 10., 10.]]), torch.ones(1), torch.zeros(1).long())
+>>> coco_map([t], [t], num_classes=1)["map50"]
+1.0
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from prunelab.errors import PrunelabError
+
+
+@dataclass(frozen=True)
+class Detections:
+    """One image's boxes (K, 4) xyxy, scores (K,) and integer labels (K,).
+
+    Ground truth is a ``Detections`` whose scores are all 1.
+    """
+
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+
+    def __post_init__(self) -> None:
+        k = self.boxes.shape[0]
+        if self.boxes.shape != (k, 4) or self.scores.shape != (k,) or self.labels.shape != (k,):
+            raise PrunelabError(
+                f"detections need boxes (K, 4), scores (K,), labels (K,); got "
+                f"{tuple(self.boxes.shape)}, {tuple(self.scores.shape)}, {tuple(self.labels.shape)}"
+            )
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+    def above(self, threshold: float) -> Detections:
+        """Only the detections scoring at least ``threshold``."""
+        keep = self.scores >= threshold
+        return Detections(self.boxes[keep], self.scores[keep], self.labels[keep])
+
+
+def box_area(boxes: Tensor) -> Tensor:
+    """Areas of (K, 4) xyxy boxes; degenerate boxes have area 0."""
+    return (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
+
+
+def box_iou(a: Tensor, b: Tensor) -> Tensor:
+    """Pairwise IoU (N, M) of xyxy boxes ``a`` (N, 4) and ``b`` (M, 4).
+
+    >>> box_iou(torch.tensor([[0., 0., 10., 10.]]), torch.tensor([[5., 0., 15., 10.]]))
+    tensor([[0.3333]])
+    """
+    lt = torch.maximum(a[:, None, :2], b[None, :, :2])  # (N, M, 2)
+    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])  # (N, M, 2)
+    inter = (rb - lt).clamp(min=0).prod(-1)  # (N, M)
+    union = box_area(a)[:, None] + box_area(b)[None, :] - inter
+    return inter / union.clamp(min=torch.finfo(a.dtype).tiny)
+
+
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy non-maximum suppression: indices of kept boxes, highest score first.
+
+    A box is dropped when its IoU with an already kept, higher-scoring box exceeds
+    ``iou_threshold``.
+
+    >>> b = torch.tensor([[0., 0., 10., 10.], [1., 0., 11., 10.], [20., 20., 30., 30.]])
+    >>> nms(b, torch.tensor([0.9, 0.8, 0.7]), 0.5).tolist()
+    [0, 2]
+    """
+    order = scores.argsort(descending=True)
+    iou = box_iou(boxes[order], boxes[order])  # (K, K) in score order
+    suppressed = torch.zeros(len(order), dtype=torch.bool)
+    keep = []
+    for i in range(len(order)):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        suppressed |= iou[i] > iou_threshold
+    return order[torch.tensor(keep, dtype=torch.long)]
+
+
+def batched_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float) -> Tensor:
+    """Class-wise NMS: boxes of different labels never suppress each other.
+
+    Each class is shifted to its own region of the plane (offset larger than any coordinate),
+    so one :func:`nms` call serves all classes.
+
+    >>> b = torch.tensor([[0., 0., 10., 10.], [1., 0., 11., 10.]])
+    >>> batched_nms(b, torch.tensor([0.9, 0.8]), torch.tensor([0, 1]), 0.5).tolist()
+    [0, 1]
+    """
+    if boxes.numel() == 0:
+        return torch.zeros(0, dtype=torch.long)
+    offset = labels.to(boxes.dtype)[:, None] * (boxes.max() - boxes.min() + 1)  # (K, 1)
+    return nms(boxes + offset, scores, iou_threshold)
+
+
+def _coco_gt(truth: Sequence[Detections], num_classes: int) -> dict:
+    images = [{"id": i + 1} for i in range(len(truth))]
+    anns = []
+    for i, t in enumerate(truth):
+        for box, label in zip(t.boxes.tolist(), t.labels.tolist()):
+            w, h = box[2] - box[0], box[3] - box[1]
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 1,
+                    "category_id": int(label) + 1,
+                    "bbox": [box[0], box[1], w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
+    cats = [{"id": c + 1, "name": str(c)} for c in range(num_classes)]
+    return {"images": images, "annotations": anns, "categories": cats}
+
+
+def _coco_dets(preds: Sequence[Detections]) -> np.ndarray:
+    rows = []
+    for i, p in enumerate(preds):
+        b = p.boxes.detach().double()
+        xywh = torch.cat([b[:, :2], b[:, 2:] - b[:, :2]], 1)  # (K, 4)
+        img = torch.full((len(p), 1), i + 1, dtype=torch.float64)
+        cls = p.labels.double()[:, None] + 1  # COCO category ids start at 1
+        rows.append(torch.cat([img, xywh, p.scores.double()[:, None], cls], 1))  # (K, 7)
+    return torch.cat(rows).numpy() if rows else np.zeros((0, 7))  # (sum K, 7)
+
+
+def coco_map(
+    preds: Sequence[Detections], truth: Sequence[Detections], num_classes: int
+) -> dict[str, float]:
+    """COCO mAP@0.5 (``map50``) and mAP@0.5:0.95 (``map``) by ``pycocotools``' COCOeval.
+
+    Up to 100 detections per image count (COCO's default). Categories without ground truth
+    are left out of the mean, as in COCO; with no ground truth at all both are 0.
+    """
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    if len(preds) != len(truth):
+        raise PrunelabError(f"{len(preds)} predicted images but {len(truth)} ground-truth images")
+    dets = _coco_dets(preds)
+    if dets.shape[0] == 0 or sum(len(t) for t in truth) == 0:
+        return {"map50": 0.0, "map": 0.0}
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        gt = COCO()
+        gt.dataset = _coco_gt(truth, num_classes)
+        gt.createIndex()
+        ev = COCOeval(gt, gt.loadRes(dets), iouType="bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    # COCOeval reports -1 where nothing is defined; round off its float summation noise
+    return {
+        "map50": round(max(float(ev.stats[1]), 0.0), 12),
+        "map": round(max(float(ev.stats[0]), 0.0), 12),
+    }
+
+
+def precision_recall(
+    preds: Sequence[Detections],
+    truth: Sequence[Detections],
+    score_threshold: float = 0.3,
+    iou_threshold: float = 0.5,
+) -> dict[str, float]:
+    """Precision and recall of the detections scoring ``>= score_threshold``.
+
+    Detections are matched greedily, highest score first, to the unmatched ground-truth box
+    of the same label with the largest IoU (``>= iou_threshold``), as COCO matches.
+
+    >>> t = Detections(torch.tensor([[0., 0., 10., 10.]]), torch.ones(1), torch.zeros(1).long())
+    >>> precision_recall([t], [t])
+    {'precision': 1.0, 'recall': 1.0}
+    """
+    tp = n_pred = n_true = 0
+    for p, t in zip(preds, truth, strict=True):
+        p = p.above(score_threshold)
+        n_pred, n_true = n_pred + len(p), n_true + len(t)
+        if len(p) == 0 or len(t) == 0:
+            continue
+        iou = box_iou(p.boxes.float(), t.boxes.float())  # (P, T)
+        iou[p.labels[:, None] != t.labels[None, :]] = -1
+        free = torch.ones(len(t), dtype=torch.bool)
+        for i in p.scores.argsort(descending=True).tolist():
+            cand = torch.where(free, iou[i], torch.full_like(iou[i], -1))
+            j = int(cand.argmax())
+            if cand[j] >= iou_threshold:
+                free[j], tp = False, tp + 1
+    return {
+        "precision": tp / n_pred if n_pred else 0.0,
+        "recall": tp / n_true if n_true else 0.0,
+    }
+
+
+def fidelity_map50(
+    preds: Sequence[Detections],
+    reference: Sequence[Detections],
+    num_classes: int,
+    score_threshold: float = 0.3,
+) -> float:
+    """mAP@0.5 of ``preds`` scored against ``reference`` (the dense detector's own detections
+    at ``score_threshold``, taken as ground truth): 1.0 when the pruned detector finds what the
+    dense one found. Needs no labels.
+    """
+    truth = [r.above(score_threshold) for r in reference]
+    truth = [Detections(t.boxes, torch.ones_like(t.scores), t.labels) for t in truth]
+    return coco_map(preds, truth, num_classes)["map50"]

@@ -1,0 +1,1 @@
+"""Reference models and dense training with a safetensors cache."""

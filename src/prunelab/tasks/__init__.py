@@ -1,0 +1,1 @@
+"""Task kinds: what a model is for (loss, predictions, metrics with direction)."""
