@@ -32,13 +32,13 @@ KEEP_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.Tanh, nn.Sigmoid,
     nn.Hardswish, nn.Hardsigmoid, nn.Identity, nn.Dropout, nn.Dropout2d,
     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Upsample,
 )  # fmt: skip
 F = nn.functional
 KEEP_FUNCTIONS = {
     F.relu, F.relu6, F.leaky_relu, F.gelu, F.silu, F.elu, F.hardswish, F.dropout,
     F.max_pool1d, F.max_pool2d, F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool2d,
-    torch.relu, torch.sigmoid, torch.tanh, F.sigmoid, F.tanh,
+    torch.relu, torch.sigmoid, torch.tanh, F.sigmoid, F.tanh, F.interpolate,
 }  # fmt: skip
 KEEP_METHODS = {"relu", "sigmoid", "tanh", "contiguous", "clone", "relu_", "float"}
 ELEMENTWISE = {

@@ -1,0 +1,198 @@
+"""The ``detection`` task: boxes and class labels per image, the detector's own loss, COCO mAP.
+
+A split is a :class:`~prunelab.sources.scenes.SceneSet`; a batch is a smaller ``SceneSet``.
+Predictions are per-image :class:`~prunelab.measure.detection.Detections`; the dense
+model's predictions are the reference for ``fidelity_map50`` (no labels needed).
+
+>>> from prunelab.sources.scenes import load_scenes
+>>> scenes = load_scenes("digit-scenes", n_train=8, n_val=4, n_test=4)
+>>> task = DetectionTask(scenes.num_classes)
+>>> model = build_model("detector-tiny", scenes.input_shape, scenes.num_classes)
+>>> sorted(task.evaluate(model, scenes.val, None))
+['fidelity_map50', 'loss', 'map', 'map50', 'precision', 'recall']
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from prunelab.finetune import TrainConfig, make_optimizer
+from prunelab.measure.detection import (
+    Detections,
+    coco_map,
+    fidelity_map50,
+    precision_recall,
+)
+from prunelab.models.cache import default_cache_dir, load_weights, save_weights
+from prunelab.models.zoo import build_model
+from prunelab.sources.models import detector as _detector  # registers detector-tiny
+from prunelab.sources.scenes import SceneBundle, SceneSet
+from prunelab.tasks.base import MetricInfo, Task
+
+log = logging.getLogger(__name__)
+
+METRICS = (
+    MetricInfo("map50", True, "COCO mAP at IoU 0.5"),
+    MetricInfo("map", True, "COCO mAP averaged over IoU 0.50:0.05:0.95"),
+    MetricInfo("precision", True, "precision of detections scoring >= the score threshold"),
+    MetricInfo("recall", True, "recall of detections scoring >= the score threshold"),
+    MetricInfo("fidelity_map50", True, "mAP@0.5 against the dense detector's detections"),
+    MetricInfo("loss", False, "the detector's training loss (focal + GIoU), mean per batch"),
+)
+
+
+def truth_of(split: SceneSet) -> list[Detections]:
+    """The split's labelled boxes as ground-truth detections (score 1)."""
+    return [Detections(b, torch.ones(len(b)), y) for b, y in zip(split.boxes, split.labels)]
+
+
+class DetectionTask(Task):
+    """Object detection with a model whose forward returns ``(class_logits, box_regression)``.
+
+    ``score_threshold`` fixes the operating point of precision/recall and which dense
+    detections count as the fidelity reference.
+    """
+
+    kind: ClassVar[str] = "detection"
+    primary = "map50"
+
+    def __init__(
+        self, num_classes: int, score_threshold: float = 0.3, eval_batch_size: int = 256
+    ) -> None:
+        self.num_classes = num_classes
+        self.score_threshold = score_threshold
+        self.eval_batch_size = eval_batch_size
+
+    def metric_infos(self) -> tuple[MetricInfo, ...]:
+        return METRICS
+
+    def batches(
+        self, split: SceneSet, batch_size: int, generator: torch.Generator | None
+    ) -> Iterator[SceneSet]:
+        """Batches of scenes, shuffled iff ``generator`` is given."""
+        n = len(split)
+        order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+        for i in range(0, n, batch_size):
+            yield split.take(order[i : i + batch_size])
+
+    def loss(self, model: nn.Module, batch: SceneSet) -> Tensor:
+        return _detector.detection_loss(model(batch.images), batch.boxes, batch.labels)
+
+    def inputs(self, batch: SceneSet) -> Tensor:
+        return batch.images
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, split: SceneSet) -> list[Detections]:
+        """Decoded detections for every scene (model run in eval mode, state restored)."""
+        was_training = model.training
+        model.eval()
+        try:
+            out: list[Detections] = []
+            for batch in self.batches(split, self.eval_batch_size, None):
+                out.extend(_detector.decode(model(batch.images)))
+            return out
+        finally:
+            model.train(was_training)
+
+    @torch.no_grad()
+    def mean_loss(self, model: nn.Module, split: SceneSet) -> float:
+        """The detector loss averaged over evaluation batches, in eval mode."""
+        was_training = model.training
+        model.eval()
+        try:
+            losses = [float(self.loss(model, b)) for b in self.batches(split, 256, None)]
+        finally:
+            model.train(was_training)
+        return sum(losses) / len(losses)
+
+    def evaluate(
+        self,
+        model: nn.Module,
+        split: SceneSet,
+        reference: list[Detections] | None,
+        outputs: list[Detections] | None = None,
+    ) -> dict[str, float]:
+        """Every metric of :meth:`metric_infos`; ``fidelity_map50`` is NaN without a reference."""
+        preds = outputs if outputs is not None else self.predict(model, split)
+        truth = truth_of(split)
+        res = coco_map(preds, truth, self.num_classes)
+        res.update(precision_recall(preds, truth, self.score_threshold))
+        res["fidelity_map50"] = (
+            fidelity_map50(preds, reference, self.num_classes, self.score_threshold)
+            if reference is not None
+            else math.nan
+        )
+        res["loss"] = self.mean_loss(model, split)
+        return res
+
+    def example_input(self, split: SceneSet) -> Tensor:
+        return split.images[:1]
+
+
+def fit(
+    model: nn.Module,
+    task: Task,
+    split: SceneSet,
+    cfg: TrainConfig,
+    generator: torch.Generator,
+) -> float:
+    """Train ``model`` in place on ``task.loss`` for ``cfg.epochs``; the last epoch's mean loss.
+
+    Cosine-decayed learning rate; masked weights (parametrizations) stay masked.
+    """
+    total = cfg.total_steps(len(split))
+    if total == 0:
+        return math.nan
+    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
+    model.train()
+    step, losses = 0, []
+    while step < total:
+        losses = []
+        for batch in task.batches(split, cfg.batch_size, generator):
+            opt.zero_grad(set_to_none=True)
+            loss = task.loss(model, batch)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss))
+            step += 1
+            if step >= total:
+                break
+        log.info("step %d/%d: loss %.4f", step, total, sum(losses) / len(losses))
+    model.eval()
+    return sum(losses) / len(losses)
+
+
+def load_or_train_detector(
+    scenes: SceneBundle,
+    cfg: TrainConfig,
+    model_name: str = "detector-tiny",
+    cache_dir: Path | None = None,
+    seed: int = 0,
+) -> nn.Module:
+    """The dense detector for ``scenes``: from the safetensors cache, else trained and cached."""
+    model = build_model(model_name, scenes.input_shape, scenes.num_classes, seed=seed)
+    blob = json.dumps(
+        {"model": model_name, "data": scenes.fingerprint(), "cfg": cfg.__dict__, "seed": seed},
+        sort_keys=True,
+    )
+    key = hashlib.sha256(blob.encode()).hexdigest()[:16]
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = cache_dir / f"dense-{model_name}-{key}.safetensors"
+    if path.exists():
+        log.info("loading cached dense detector %s", path)
+        return load_weights(model, path).eval()
+    task = DetectionTask(scenes.num_classes)
+    fit(model, task, scenes.train, cfg, torch.Generator().manual_seed(seed))
+    save_weights(model, path)
+    return model.eval()
