@@ -164,7 +164,7 @@ def fit(
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             step += 1
             if step >= total:
                 break
