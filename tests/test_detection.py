@@ -229,3 +229,57 @@ def test_decode_recovers_planted_box() -> None:
     (out,) = decode((cls, reg), score_threshold=0.5)
     assert out.labels.tolist() == [1]
     torch.testing.assert_close(out.boxes, torch.tensor([[2.0, 2.0, 22.0, 14.0]]))
+
+
+def test_mtcnn_flatten_order_matches_facenet_layout() -> None:
+    from prunelab.sources.models.mtcnn import RNet, _whc_to_chw
+
+    torch.manual_seed(0)
+    facenet_style = RNet().eval()  # its dense4 weight read in facenet's (W, H, C) order
+    ours = RNet().eval()
+    state = facenet_style.state_dict()
+    state["dense4.weight"] = _whc_to_chw(state["dense4.weight"], 64, 3, 3)
+    ours.load_state_dict(state)
+    x = torch.randn(4, 3, 24, 24)
+    n = facenet_style
+    with torch.no_grad():
+        h = n.pool2(n.prelu2(n.conv2(n.pool1(n.prelu1(n.conv1(x))))))
+        h = n.prelu3(n.conv3(h)).permute(0, 3, 2, 1).reshape(4, -1)  # facenet: (B, W, H, C)
+        h = n.prelu4(n.dense4(h))
+        want = (n.dense5_2(h), n.dense5_1(h))
+        got = ours(x)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=0)
+
+
+def test_prelu_net_slimmed_equals_masked() -> None:
+    """Per-channel PReLU slopes shrink with their channels; conv -> flatten -> Linear."""
+    from prunelab.sources.models.mtcnn import RNet
+
+    torch.manual_seed(0)
+    model = RNet().eval()
+    for m in model.modules():
+        if isinstance(m, nn.PReLU):
+            m.weight.data.uniform_(-0.5, 0.5)  # distinct slopes: a wrong one would show
+    x = torch.randn(3, 3, 24, 24, generator=torch.Generator().manual_seed(2))
+    small, plan = prune_channels(model, x[:1], sparsity=0.5)
+    assert small.prelu3.weight.numel() == small.conv3.out_channels == 32
+    assert small.dense4.in_features == 32 * 9 and small.prelu4.weight.numel() == 64
+    exits = {"conv1": "prelu1", "conv2": "prelu2", "conv3": "prelu3", "dense4": "prelu4"}
+    modules = dict(model.named_modules())
+    handles = []
+    for layer, idx in plan.keep:
+        keep = torch.zeros(dict(plan.sizes)[layer])
+        keep[list(idx)] = 1.0
+
+        def hook(_m: nn.Module, _i: tuple[Tensor, ...], out: Tensor, keep: Tensor = keep) -> Tensor:
+            return out * keep.view((1, -1) + (1,) * (out.dim() - 2))  # (1, C[, 1, 1])
+
+        handles.append(modules[exits.get(layer, layer)].register_forward_hook(hook))
+    with torch.no_grad():
+        masked = model(x)
+    for h in handles:
+        h.remove()
+    with torch.no_grad():
+        for got, want in zip(small.eval()(x), masked):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=0)

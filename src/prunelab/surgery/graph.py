@@ -30,7 +30,7 @@ PRODUCERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 KEEP_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.Tanh, nn.Sigmoid,
-    nn.Hardswish, nn.Hardsigmoid, nn.Identity, nn.Dropout, nn.Dropout2d,
+    nn.Hardswish, nn.Hardsigmoid, nn.Identity, nn.PReLU, nn.Dropout, nn.Dropout2d,
     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
     nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Upsample,
 )  # fmt: skip
@@ -192,8 +192,9 @@ class _Tracer:
                 self.cg.producers[name] = n_out
             self.cg.module_out[name] = out
             return out
-        if isinstance(m, NORMS):
-            self.record_input(name, src_labels)
+        per_channel = isinstance(m, nn.PReLU) and m.weight.numel() > 1 and src_labels
+        if isinstance(m, NORMS) or per_channel:
+            self.record_input(name, src_labels)  # per-channel parameters: shrink with them
             return self.same(node, src)
         if isinstance(m, KEEP_MODULES) and isinstance(src, fx.Node):
             return self.same(node, src)

@@ -115,6 +115,10 @@ def slim(model: nn.Module, example_input: Tensor, plan: ChannelPlan | Masks) -> 
             shrink_producer(m, _indices(cg.module_out[name], keep), in_idx)
         elif isinstance(m, NORMS):
             shrink_norm(m, in_idx)
+        elif isinstance(m, nn.PReLU):  # one slope per channel
+            idx = torch.as_tensor(in_idx, dtype=torch.long)
+            m.weight = nn.Parameter(m.weight.detach()[idx].clone())
+            m.num_parameters = len(in_idx)
     return work
 
 

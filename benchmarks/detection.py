@@ -1,0 +1,156 @@
+"""Detection under pruning: the synthetic-scene detector, then a real pretrained face detector.
+
+Part A, scenes: Fashion-MNIST items on 64x64 canvases (1-4 per scene, scales 0.6-1.3,
+possibly overlapping; 6,000 train / 500 val / 1,000 test scenes, seed 0). The dense
+``detector-tiny`` (anchor-free, two-scale neck, class and box branches) is trained once and
+cached. Rows: a channel-sparsity ladder (L1 filter norm, uniform, channels physically
+removed by prunelab's surgery) one-shot and after a short recovery with the detector's own
+loss, and unstructured 50/80/90 % x {magnitude, Taylor} (global allocation, masks) after
+recovery. Metrics on the test scenes: COCO mAP@0.5 and mAP@0.5:0.95 (pycocotools),
+precision/recall at score 0.3, fidelity mAP@0.5 to the dense detector, parameters
+(non-zero for masks), and batch-1 forward latency (median, interleaved, threads stated).
+
+Part B, MTCNN (facenet-pytorch 2.6.0 weights, not trained by prunelab): P-, R- and O-Net
+each lose 30/50/70 % of their prunable channels (L1, physically); fidelity mAP@0.5 of the
+pruned cascade's faces against the dense cascade's faces on real photos, with latency.
+
+    PRUNELAB_CACHE=/work/.cache/prunelab PYTHONPATH=src python benchmarks/detection.py \
+        --photos /tmp/photos
+
+Photos (unlabelled, offline): the Debian package ``darknet`` (``/usr/share/darknet/data``;
+or ``apt-get download darknet && dpkg-deb -x darknet_*.deb x``), ``bus.jpg``/``zidane.jpg``
+from the ``ultralytics`` wheel and ``astronaut.png`` from the ``scikit-image`` wheel
+(``pip download --no-deps``, then unzip the files). Tables go to
+``benchmarks/results/detection.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import platform
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from prunelab.apply import apply_masks, make_permanent
+from prunelab.calibration import LayerContext, collect
+from prunelab.criteria import CRITERIA, compute_scores
+from prunelab.finetune import TrainConfig
+from prunelab.masks import select_masks
+from prunelab.measure.detection import Detections
+from prunelab.metrics.efficiency import compare_latency, count_params
+from prunelab.sources.models.detector import detection_loss
+from prunelab.sources.scenes import SceneSet, load_scenes
+from prunelab.surgery import prune_channels
+from prunelab.targets import select_targets
+from prunelab.tasks.detection import DetectionTask, fit, load_or_train_detector
+
+DENSE_CFG = TrainConfig(epochs=12, lr=2e-3, optimizer="adamw", batch_size=32, weight_decay=1e-4)
+CHANNEL_LEVELS = (0.3, 0.5, 0.6, 0.7)
+UNSTRUCTURED_LEVELS = (0.5, 0.8, 0.9)
+HEADER = (
+    "| model | params | removed | mAP@0.5 | mAP@0.5:0.95 | P@0.3 | R@0.3 | fidelity mAP@0.5 "
+    "| batch-1 ms | speed-up |"
+)
+
+
+def taylor_scores(model: nn.Module, calib: SceneSet, task: DetectionTask) -> dict:
+    """|w * dL/dw| with the detector's own loss, through prunelab's calibration collector."""
+    targets = select_targets(model)
+    batches = [(b.images, b) for b in task.batches(calib, 64, None)]
+    stats = collect(
+        model, targets, batches, frozenset({"grad"}),
+        loss_fn=lambda out, b: detection_loss(out, b.boxes, b.labels),
+    )  # fmt: skip
+    fn = CRITERIA.get("taylor").fn
+    g = torch.Generator().manual_seed(0)
+    return {
+        n: fn(m.weight.detach(), LayerContext(generator=g, **stats[n])).double()
+        for n, m in targets.items()
+    }
+
+
+def scene_rows(args: argparse.Namespace) -> list[str]:
+    scenes = load_scenes("fashion-scenes", n_train=6000, n_val=500, n_test=1000, seed=0)
+    task = DetectionTask(scenes.num_classes)
+    t0 = time.time()
+    dense = load_or_train_detector(scenes, DENSE_CFG)
+    logging.info("dense detector ready in %.0f s", time.time() - t0)
+    test = scenes.test.subset(args.test_scenes)
+    ref = task.predict(dense, test)
+    x1 = task.example_input(test)
+    recover = TrainConfig(args.recover_epochs, 5e-4, "adamw", 32, 1e-4)
+    models: dict[str, nn.Module] = {"dense": dense}
+    for s in CHANNEL_LEVELS:
+        small, _ = prune_channels(dense, x1, s, "magnitude", "uniform")
+        models[f"channels {s:.0%} one-shot"] = copy.deepcopy(small).eval()
+        fit(small, task, scenes.train, recover, torch.Generator().manual_seed(1))
+        models[f"channels {s:.0%} + {args.recover_epochs:g} ep"] = small.eval()
+    unstructured_ep = max(1.0, args.recover_epochs / 3)
+    calib = scenes.val.subset(256)
+    for method in ("magnitude", "taylor"):
+        if method == "taylor":
+            scores = taylor_scores(dense, calib, task)
+        else:
+            scores = compute_scores(dense, select_targets(dense), method)
+        for s in UNSTRUCTURED_LEVELS:
+            m = apply_masks(copy.deepcopy(dense), select_masks(scores, s, "global"))
+            fit(m, task, scenes.train, TrainConfig(unstructured_ep, 5e-4, "adamw", 32, 1e-4),
+                torch.Generator().manual_seed(1))  # fmt: skip
+            models[f"unstructured {method} {s:.0%} + {unstructured_ep:g} ep"] = make_permanent(m)
+    lat = compare_latency(models, x1, batch_sizes=(1,), warmup=20, repeats=args.repeats, threads=1)
+    n_dense = count_params(dense)[1]
+    base_ms = lat["dense"][1].median_ms
+    rows = [HEADER, "|" + "---|" * 10]
+    for name, m in models.items():
+        r = task.evaluate(m, test, ref)
+        n = count_params(m)[1]  # non-zero parameters (all of them after channel surgery)
+        ms = lat[name][1].median_ms
+        rows.append(
+            f"| {name} | {n:,} | {1 - n / n_dense:.0%} | {100 * r['map50']:.1f} | "
+            f"{100 * r['map']:.1f} | {r['precision']:.2f} | {r['recall']:.2f} | "
+            f"{100 * r['fidelity_map50']:.1f} | {ms:.2f} | {base_ms / ms:.2f}x |"
+        )
+        logging.info(rows[-1])
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--photos", type=Path, nargs="*", default=[Path("/usr/share/darknet/data")])
+    p.add_argument("--recover-epochs", type=float, default=3.0)
+    p.add_argument("--test-scenes", type=int, default=1000)
+    p.add_argument("--repeats", type=int, default=200)
+    p.add_argument("--only", choices=("scenes", "mtcnn", "dense"), default=None)
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(1)
+    if args.only == "dense":
+        scenes = load_scenes("fashion-scenes", n_train=6000, n_val=500, n_test=1000, seed=0)
+        load_or_train_detector(scenes, DENSE_CFG)
+        return
+    env = f"torch {torch.__version__}, {platform.machine()}, 1 thread for latency and training"
+    out = ["# Detection under pruning", "", f"Environment: {env}.", ""]
+    if args.only in (None, "scenes"):
+        out += ["## Synthetic scenes (Fashion-MNIST items, 64x64), detector-tiny", ""]
+        out += scene_rows(args) + [""]
+    if args.only in (None, "mtcnn"):
+        from benchmarks_mtcnn import mtcnn_rows  # noqa: PLC0415  (sibling script, below)
+
+        out += ["## MTCNN face detector (facenet-pytorch 2.6.0), fidelity to dense", ""]
+        out += mtcnn_rows(args.photos, args.repeats) + [""]
+    text = "\n".join(out)
+    print(text)
+    dest = Path(__file__).parent / "results" / "detection.md"
+    dest.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["Detections"]
