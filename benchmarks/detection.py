@@ -30,6 +30,7 @@ import argparse
 import copy
 import logging
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -41,9 +42,10 @@ from prunelab.calibration import LayerContext, collect
 from prunelab.criteria import CRITERIA, compute_scores
 from prunelab.finetune import TrainConfig
 from prunelab.masks import select_masks
-from prunelab.measure.detection import Detections
+from prunelab.measure.detection import Detections, coco_map
 from prunelab.metrics.efficiency import compare_latency, count_params
 from prunelab.sources.models.detector import detection_loss
+from prunelab.sources.models.mtcnn import Cascade, detect_faces, load_mtcnn
 from prunelab.sources.scenes import SceneSet, load_scenes
 from prunelab.surgery import prune_channels
 from prunelab.targets import select_targets
@@ -119,12 +121,80 @@ def scene_rows(args: argparse.Namespace) -> list[str]:
     return rows
 
 
+def load_photos(dirs: list[Path]) -> dict[str, torch.Tensor]:
+    """RGB photos (3, H, W) with values 0..255, by file name."""
+    import numpy as np
+    from PIL import Image
+
+    files = sorted(f for d in dirs for f in d.glob("*") if f.suffix in (".jpg", ".png"))
+    return {
+        f.name: torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1).float()
+        for f in files
+    }
+
+
+def time_cascades(cascades: dict, photos: dict, repeats: int) -> dict[str, float]:
+    """Median over photos of the median wall time (ms) of the whole cascade on one photo."""
+    per: dict[str, list[float]] = {n: [] for n in cascades}
+    for img in photos.values():
+        times: dict[str, list[float]] = {n: [] for n in cascades}
+        for _ in range(repeats):  # interleaved: load hits every cascade alike
+            for n, c in cascades.items():
+                t0 = time.perf_counter()
+                detect_faces(img, c)
+                times[n].append(1000 * (time.perf_counter() - t0))
+        for n in cascades:
+            per[n].append(statistics.median(times[n]))
+    return {n: statistics.median(v) for n, v in per.items()}
+
+
+def mtcnn_rows(dirs: list[Path], repeats: int) -> list[str]:
+    photos = load_photos(dirs)
+    if not photos:
+        raise SystemExit(f"no photos in {dirs}: see this script's docstring")
+    dense = load_mtcnn()
+    ref = [detect_faces(img, dense) for img in photos.values()]
+    cascades = {"dense": dense}
+    for s in (0.3, 0.5, 0.7):
+        cascades[f"channels {s:.0%}"] = Cascade(
+            *(
+                prune_channels(net, torch.zeros(1, 3, k, k), s, "magnitude", "uniform")[0].eval()
+                for net, k in ((dense.pnet, 12), (dense.rnet, 24), (dense.onet, 48))
+            )
+        )
+    ms = time_cascades(cascades, photos, repeats)
+    n_dense = sum(count_params(n)[1] for n in (dense.pnet, dense.rnet, dense.onet))
+    rows = [
+        f"{len(photos)} photos ({', '.join(photos)}); the dense cascade finds "
+        f"{sum(len(r) for r in ref)} faces, the reference. Latency: whole cascade on one photo "
+        "(pyramid, P/R/O-Net, NMS), median over photos of the median of "
+        f"{repeats} runs, 1 thread.",
+        "",
+        "| cascade | params (P+R+O) | removed | faces found | fidelity mAP@0.5 | fidelity mAP@0.5:0.95 "
+        "| ms / photo | speed-up |",
+        "|" + "---|" * 8,
+    ]
+    for name, c in cascades.items():
+        preds = [detect_faces(img, c) for img in photos.values()]
+        truth = [Detections(r.boxes, torch.ones(len(r)), r.labels) for r in ref]
+        fid = coco_map(preds, truth, 1)
+        n = sum(count_params(x)[1] for x in (c.pnet, c.rnet, c.onet))
+        rows.append(
+            f"| {name} | {n:,} | {1 - n / n_dense:.0%} | {sum(len(p) for p in preds)} | "
+            f"{100 * fid['map50']:.1f} | {100 * fid['map']:.1f} | {ms[name]:.0f} | "
+            f"{ms['dense'] / ms[name]:.2f}x |"
+        )
+        logging.info(rows[-1])
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--photos", type=Path, nargs="*", default=[Path("/usr/share/darknet/data")])
     p.add_argument("--recover-epochs", type=float, default=3.0)
     p.add_argument("--test-scenes", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=200)
+    p.add_argument("--cascade-repeats", type=int, default=3)
     p.add_argument("--only", choices=("scenes", "mtcnn", "dense"), default=None)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -139,18 +209,14 @@ def main() -> None:
         out += ["## Synthetic scenes (Fashion-MNIST items, 64x64), detector-tiny", ""]
         out += scene_rows(args) + [""]
     if args.only in (None, "mtcnn"):
-        from benchmarks_mtcnn import mtcnn_rows  # noqa: PLC0415  (sibling script, below)
-
         out += ["## MTCNN face detector (facenet-pytorch 2.6.0), fidelity to dense", ""]
-        out += mtcnn_rows(args.photos, args.repeats) + [""]
+        out += mtcnn_rows(args.photos, args.cascade_repeats) + [""]
     text = "\n".join(out)
     print(text)
-    dest = Path(__file__).parent / "results" / "detection.md"
+    suffix = f"-{args.only}" if args.only else ""  # a part alone writes its own file
+    dest = Path(__file__).parent / "results" / f"detection{suffix}.md"
     dest.write_text(text + "\n")
 
 
 if __name__ == "__main__":
     main()
-
-
-__all__ = ["Detections"]

@@ -29,5 +29,8 @@ pip_install() {
 pip_install --upgrade pip
 # torch is pinned in the same command as everything that depends on it (an unpinned torch
 # would pull a multi-GB CUDA build).
-pip_install "torch==2.13.0" -e ".[dev,ray,hf,search,onnx]"
+pip_install "torch==2.13.0" -e ".[dev,ray,hf,search,onnx,detection]"
+# MTCNN weights for benchmarks/detection.py: --no-deps (facenet-pytorch pins torch < 2.3 and
+# pulls torchvision, whose wheels replace the CPU torch); prunelab never imports the package.
+pip_install --no-deps "facenet-pytorch==2.6.0"
 .venv/bin/python -c "import torch, prunelab; print('prunelab', prunelab.__version__, 'torch', torch.__version__)"
