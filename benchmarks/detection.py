@@ -37,18 +37,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from prunelab.apply import apply_masks, make_permanent
-from prunelab.calibration import LayerContext, collect
-from prunelab.criteria import CRITERIA, compute_scores
-from prunelab.finetune import TrainConfig
-from prunelab.masks import select_masks
 from prunelab.measure.detection import Detections, coco_map
-from prunelab.metrics.efficiency import compare_latency, count_params
+from prunelab.measure.metrics.efficiency import compare_latency, count_params
+from prunelab.prune.apply import apply_masks, make_permanent
+from prunelab.prune.calibration import LayerContext, collect
+from prunelab.prune.criteria import CRITERIA, compute_scores
+from prunelab.prune.masks import select_masks
+from prunelab.prune.surgery import prune_channels
+from prunelab.prune.targets import select_targets
+from prunelab.recover.finetune import TrainConfig
 from prunelab.sources.models.detector import detection_loss
 from prunelab.sources.models.mtcnn import Cascade, detect_faces, load_mtcnn
 from prunelab.sources.scenes import SceneSet, load_scenes
-from prunelab.surgery import prune_channels
-from prunelab.targets import select_targets
 from prunelab.tasks.detection import DetectionTask, fit, load_or_train_detector
 
 DENSE_CFG = TrainConfig(epochs=12, lr=2e-3, optimizer="adamw", batch_size=32, weight_decay=1e-4)

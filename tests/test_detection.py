@@ -15,9 +15,11 @@ from prunelab.measure.detection import (
     nms,
     precision_recall,
 )
+from prunelab.prune.surgery import ChannelPlan, prune_channels
+from prunelab.recover.finetune import TrainConfig
 from prunelab.sources.models.detector import TinyDetector, assign, cell_centers, decode
+from prunelab.sources.models.mtcnn import RNet, _whc_to_chw
 from prunelab.sources.scenes import SceneSet, load_scenes, make_scenes, tight_box
-from prunelab.surgery import ChannelPlan, prune_channels
 from prunelab.tasks.detection import DetectionTask, fit, truth_of
 
 
@@ -202,8 +204,6 @@ def digit_scenes():
 
 
 def test_task_trains_and_scores_itself(digit_scenes) -> None:
-    from prunelab.finetune import TrainConfig
-
     task = DetectionTask(digit_scenes.num_classes)
     torch.manual_seed(0)
     model = TinyDetector(1, 10, width=4)
@@ -232,8 +232,6 @@ def test_decode_recovers_planted_box() -> None:
 
 
 def test_mtcnn_flatten_order_matches_facenet_layout() -> None:
-    from prunelab.sources.models.mtcnn import RNet, _whc_to_chw
-
     torch.manual_seed(0)
     facenet_style = RNet().eval()  # its dense4 weight read in facenet's (W, H, C) order
     ours = RNet().eval()
@@ -254,8 +252,6 @@ def test_mtcnn_flatten_order_matches_facenet_layout() -> None:
 
 def test_prelu_net_slimmed_equals_masked() -> None:
     """Per-channel PReLU slopes shrink with their channels; conv -> flatten -> Linear."""
-    from prunelab.sources.models.mtcnn import RNet
-
     torch.manual_seed(0)
     model = RNet().eval()
     for m in model.modules():

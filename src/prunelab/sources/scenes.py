@@ -21,12 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.datasets import load_digits
 from torch import Tensor
 from torch.nn import functional as F
 
-from prunelab.data.fashion_mnist import DEFAULT_DIR, FILES, _find, read_idx
 from prunelab.errors import PrunelabError
 from prunelab.registry import Registry
+from prunelab.sources.data.fashion_mnist import CLASSES, DEFAULT_DIR, FILES, _find, read_idx
 
 
 @dataclass(frozen=True)
@@ -215,8 +216,6 @@ def load_fashion_scenes(
 
     Needs the Debian package ``dataset-fashion-mnist`` (or ``data_dir`` with its IDX files).
     """
-    from prunelab.data.fashion_mnist import CLASSES
-
     directory = Path(data_dir) if data_dir is not None else DEFAULT_DIR
 
     def part(split: str) -> tuple[Tensor, Tensor]:
@@ -233,8 +232,6 @@ def load_digit_scenes(
     n_train: int = 400, n_val: int = 50, n_test: int = 100, canvas: int = 32, seed: int = 0
 ) -> SceneBundle:
     """scikit-learn's 8x8 digits (upsampled to 16x16) on small scenes: for tests, no files."""
-    from sklearn.datasets import load_digits
-
     raw = load_digits()
     x = torch.tensor(raw.images, dtype=torch.float32)[:, None] / 16.0  # (M, 1, 8, 8)
     x = F.interpolate(x, scale_factor=2, mode="nearest")[:, 0]  # (M, 16, 16)

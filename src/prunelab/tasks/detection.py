@@ -25,16 +25,16 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from prunelab.finetune import TrainConfig, make_optimizer
 from prunelab.measure.detection import (
     Detections,
     coco_map,
     fidelity_map50,
     precision_recall,
 )
-from prunelab.models.cache import default_cache_dir, load_weights, save_weights
-from prunelab.models.zoo import build_model
-from prunelab.sources.models import detector as _detector  # registers detector-tiny
+from prunelab.recover.finetune import TrainConfig, make_optimizer
+from prunelab.sources.models import detector as _detector
+from prunelab.sources.models.cache import default_cache_dir, load_weights, save_weights
+from prunelab.sources.models.zoo import build_model
 from prunelab.sources.scenes import SceneBundle, SceneSet
 from prunelab.tasks.base import MetricInfo, Task
 

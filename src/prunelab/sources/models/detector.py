@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from prunelab.measure.detection import Detections, batched_nms
-from prunelab.models.zoo import MODELS
+from prunelab.sources.models.zoo import MODELS
 
 STRIDE = 4  # output grid cell size in input pixels
 

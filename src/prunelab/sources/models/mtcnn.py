@@ -13,6 +13,7 @@ NMS uses IoU (facenet: intersection over the smaller box).
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,8 +118,6 @@ def load_mtcnn(weights_dir: str | Path | None = None) -> Cascade:
     importing the package (its import needs torchvision).
     """
     if weights_dir is None:
-        import importlib.util
-
         spec = importlib.util.find_spec("facenet_pytorch")
         if spec is None or spec.origin is None:
             raise PrunelabError(
