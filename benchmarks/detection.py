@@ -133,19 +133,25 @@ def load_photos(dirs: list[Path]) -> dict[str, torch.Tensor]:
     }
 
 
-def time_cascades(cascades: dict, photos: dict, repeats: int) -> dict[str, float]:
-    """Median over photos of the median wall time (ms) of the whole cascade on one photo."""
+def run_cascades(
+    cascades: dict, photos: dict, repeats: int
+) -> tuple[dict[str, float], dict[str, list[Detections]]]:
+    """Faces per photo and the median over photos of the median wall time (ms) of the whole
+    cascade on one photo, runs interleaved so that load hits every cascade alike."""
     per: dict[str, list[float]] = {n: [] for n in cascades}
+    faces: dict[str, list[Detections]] = {n: [] for n in cascades}
     for img in photos.values():
         times: dict[str, list[float]] = {n: [] for n in cascades}
-        for _ in range(repeats):  # interleaved: load hits every cascade alike
+        for r in range(repeats):
             for n, c in cascades.items():
                 t0 = time.perf_counter()
-                detect_faces(img, c)
+                found = detect_faces(img, c)
                 times[n].append(1000 * (time.perf_counter() - t0))
+                if r == 0:
+                    faces[n].append(found)
         for n in cascades:
             per[n].append(statistics.median(times[n]))
-    return {n: statistics.median(v) for n, v in per.items()}
+    return {n: statistics.median(v) for n, v in per.items()}, faces
 
 
 def mtcnn_rows(dirs: list[Path], repeats: int) -> list[str]:
@@ -153,7 +159,6 @@ def mtcnn_rows(dirs: list[Path], repeats: int) -> list[str]:
     if not photos:
         raise SystemExit(f"no photos in {dirs}: see this script's docstring")
     dense = load_mtcnn()
-    ref = [detect_faces(img, dense) for img in photos.values()]
     cascades = {"dense": dense}
     for s in (0.3, 0.5, 0.7):
         cascades[f"channels {s:.0%}"] = Cascade(
@@ -162,7 +167,8 @@ def mtcnn_rows(dirs: list[Path], repeats: int) -> list[str]:
                 for net, k in ((dense.pnet, 12), (dense.rnet, 24), (dense.onet, 48))
             )
         )
-    ms = time_cascades(cascades, photos, repeats)
+    ms, faces = run_cascades(cascades, photos, repeats)
+    ref = faces["dense"]
     n_dense = sum(count_params(n)[1] for n in (dense.pnet, dense.rnet, dense.onet))
     rows = [
         f"{len(photos)} photos ({', '.join(photos)}); the dense cascade finds "
@@ -175,7 +181,7 @@ def mtcnn_rows(dirs: list[Path], repeats: int) -> list[str]:
         "|" + "---|" * 8,
     ]
     for name, c in cascades.items():
-        preds = [detect_faces(img, c) for img in photos.values()]
+        preds = faces[name]
         truth = [Detections(r.boxes, torch.ones(len(r)), r.labels) for r in ref]
         fid = coco_map(preds, truth, 1)
         n = sum(count_params(x)[1] for x in (c.pnet, c.rnet, c.onet))
@@ -194,7 +200,7 @@ def main() -> None:
     p.add_argument("--recover-epochs", type=float, default=3.0)
     p.add_argument("--test-scenes", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=200)
-    p.add_argument("--cascade-repeats", type=int, default=3)
+    p.add_argument("--cascade-repeats", type=int, default=1)
     p.add_argument("--only", choices=("scenes", "mtcnn", "dense"), default=None)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

@@ -81,14 +81,14 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     [0, 2]
     """
     order = scores.argsort(descending=True)
-    iou = box_iou(boxes[order], boxes[order])  # (K, K) in score order
-    suppressed = torch.zeros(len(order), dtype=torch.bool)
+    boxes = boxes[order]  # (K, 4) in score order
+    alive = torch.ones(len(order), dtype=torch.bool)
     keep = []
-    for i in range(len(order)):
-        if suppressed[i]:
+    for i in range(len(order)):  # memory O(K): one row of IoUs per kept box
+        if not alive[i]:
             continue
         keep.append(i)
-        suppressed |= iou[i] > iou_threshold
+        alive[i + 1 :] &= box_iou(boxes[i : i + 1], boxes[i + 1 :])[0] <= iou_threshold
     return order[torch.tensor(keep, dtype=torch.long)]
 
 

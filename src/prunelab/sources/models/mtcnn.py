@@ -166,8 +166,13 @@ def _crops(img: Tensor, boxes: Tensor, size: int) -> Tensor:
     return (torch.cat(out) - 127.5) * 0.0078125
 
 
-def _stage1(img: Tensor, pnet: nn.Module, min_size: float, factor: float, th: float) -> Tensor:
-    """P-Net over the image pyramid: (K, 9) boxes, score, offsets."""
+def _stage1(
+    img: Tensor, pnet: nn.Module, min_size: float, factor: float, th: float, max_proposals: int
+) -> Tensor:
+    """P-Net over the image pyramid: (K, 5) squared, regressed boxes and scores.
+
+    At most ``max_proposals`` per scale enter NMS, the highest-scoring (facenet keeps all).
+    """
     _, h, w = img.shape
     scale, found = 12.0 / min_size, []
     while min(h, w) * scale >= 12:
@@ -179,9 +184,11 @@ def _stage1(img: Tensor, pnet: nn.Module, min_size: float, factor: float, th: fl
         q2 = ((2 * yx.flip(1) + 12) / scale).floor()
         score = prob[prob >= th]
         cand = torch.cat([q1, q2, score[:, None], reg[0][:, prob >= th].T], 1)  # (K, 9)
+        cand = cand[score.argsort(descending=True)[:max_proposals]]
         found.append(cand[nms(cand[:, :4], cand[:, 4], 0.5)])
         scale *= factor
     cand = torch.cat(found) if found else torch.zeros(0, 9)
+    cand = cand[cand[:, 4].argsort(descending=True)[:max_proposals]]
     cand = cand[nms(cand[:, :4], cand[:, 4], 0.7)]
     return torch.cat([_square(_regress(cand[:, :4], cand[:, 5:], False)), cand[:, 4:5]], 1)
 
@@ -193,13 +200,14 @@ def detect_faces(
     min_size: float = 20.0,
     factor: float = 0.709,
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
+    max_proposals: int = 2000,
 ) -> Detections:
     """Faces in one RGB image (3, H, W) with values 0..255; label 0, score = O-Net's.
 
     >>> load_mtcnn  # doctest: +ELLIPSIS
     <function load_mtcnn at ...>
     """
-    boxes = _stage1(img, nets.pnet, min_size, factor, thresholds[0])[:, :4]
+    boxes = _stage1(img, nets.pnet, min_size, factor, thresholds[0], max_proposals)[:, :4]
     for net, size, th in ((nets.rnet, 24, thresholds[1]), (nets.onet, 48, thresholds[2])):
         if len(boxes) == 0:
             break
