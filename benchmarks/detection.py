@@ -92,7 +92,7 @@ def scene_rows(args: argparse.Namespace) -> list[str]:
         models[f"channels {s:.0%} one-shot"] = copy.deepcopy(small).eval()
         fit(small, task, scenes.train, recover, torch.Generator().manual_seed(1))
         models[f"channels {s:.0%} + {args.recover_epochs:g} ep"] = small.eval()
-    unstructured_ep = max(1.0, args.recover_epochs / 3)
+    unstructured_ep = args.unstructured_epochs
     calib = scenes.val.subset(256)
     for method in ("magnitude", "taylor"):
         if method == "taylor":
@@ -198,6 +198,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--photos", type=Path, nargs="*", default=[Path("/usr/share/darknet/data")])
     p.add_argument("--recover-epochs", type=float, default=3.0)
+    p.add_argument("--unstructured-epochs", type=float, default=0.5)
     p.add_argument("--test-scenes", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=200)
     p.add_argument("--cascade-repeats", type=int, default=1)
