@@ -153,7 +153,7 @@ def _regress(boxes: Tensor, reg: Tensor, plus_one: bool) -> Tensor:
     return boxes + reg * wh.repeat(1, 2)
 
 
-def _crops(img: Tensor, boxes: Tensor, size: int) -> Tensor:
+def crop_patches(img: Tensor, boxes: Tensor, size: int) -> Tensor:
     """(K, 3, size, size) normalised crops of the integer-clamped boxes (facenet's ``pad``)."""
     _, h, w = img.shape
     out = []
@@ -166,7 +166,7 @@ def _crops(img: Tensor, boxes: Tensor, size: int) -> Tensor:
     return (torch.cat(out) - 127.5) * 0.0078125
 
 
-def _stage1(
+def propose(
     img: Tensor, pnet: nn.Module, min_size: float, factor: float, th: float, max_proposals: int
 ) -> Tensor:
     """P-Net over the image pyramid: (K, 5) squared, regressed boxes and scores.
@@ -207,11 +207,11 @@ def detect_faces(
     >>> load_mtcnn  # doctest: +ELLIPSIS
     <function load_mtcnn at ...>
     """
-    boxes = _stage1(img, nets.pnet, min_size, factor, thresholds[0], max_proposals)[:, :4]
+    boxes = propose(img, nets.pnet, min_size, factor, thresholds[0], max_proposals)[:, :4]
     for net, size, th in ((nets.rnet, 24, thresholds[1]), (nets.onet, 48, thresholds[2])):
         if len(boxes) == 0:
             break
-        out = net(_crops(img, boxes, size))
+        out = net(crop_patches(img, boxes, size))
         reg, prob = out[0], out[-1].softmax(1)[:, 1]  # (K, 4), (K,)
         keep = prob > th
         boxes, reg, prob = boxes[keep], reg[keep], prob[keep]
