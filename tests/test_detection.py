@@ -15,7 +15,11 @@ from prunelab.measure.detection import (
     nms,
     precision_recall,
 )
+from prunelab.prune.apply import apply_masks
+from prunelab.prune.criteria import compute_scores
+from prunelab.prune.masks import select_masks
 from prunelab.prune.surgery import ChannelPlan, prune_channels
+from prunelab.prune.targets import select_targets
 from prunelab.recover.finetune import TrainConfig
 from prunelab.sources.models.detector import TinyDetector, assign, cell_centers, decode
 from prunelab.sources.models.mtcnn import RNet, _whc_to_chw
@@ -279,3 +283,17 @@ def test_prelu_net_slimmed_equals_masked() -> None:
     with torch.no_grad():
         for got, want in zip(small.eval()(x), masked):
             torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_masked_detector_recovers_with_its_own_loss_and_stays_sparse(digit_scenes) -> None:
+    task = DetectionTask(digit_scenes.num_classes)
+    torch.manual_seed(0)
+    model = TinyDetector(1, 10, width=4)
+    scores = compute_scores(model, select_targets(model), "magnitude")
+    masked = apply_masks(model, select_masks(scores, 0.8, "global"))
+    before = task.mean_loss(masked, digit_scenes.train)
+    fit(masked, task, digit_scenes.train, TrainConfig(4, 1e-2, "adam", 16), torch.Generator())
+    assert task.mean_loss(masked, digit_scenes.train) < before
+    weights = [m.weight for m in select_targets(masked).values()]
+    zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+    assert zeros == pytest.approx(0.8, abs=0.01)  # masked weights stayed exactly zero
