@@ -109,7 +109,8 @@ class DetectionTask(Task):
         was_training = model.training
         model.eval()
         try:
-            losses = [float(self.loss(model, b)) for b in self.batches(split, 256, None)]
+            batches = self.batches(split, self.eval_batch_size, None)
+            losses = [float(self.loss(model, b)) for b in batches]
         finally:
             model.train(was_training)
         return sum(losses) / len(losses)
