@@ -94,19 +94,19 @@ def scene_rows(args: argparse.Namespace) -> list[str]:
     x1 = task.example_input(test)
     recover = TrainConfig(args.recover_epochs, 5e-4, "adamw", 32, 1e-4)
     models: dict[str, nn.Module] = {"dense": dense}
-    for s in CHANNEL_LEVELS:
+    for s in args.channel_levels:
         small, _ = prune_channels(dense, x1, s, "magnitude", "uniform")
         models[f"channels {s:.0%} one-shot"] = copy.deepcopy(small).eval()
         fit(small, task, scenes.train, recover, torch.Generator().manual_seed(1))
         models[f"channels {s:.0%} + {args.recover_epochs:g} ep"] = small.eval()
     unstructured_ep = args.unstructured_epochs
     calib = scenes.val.subset(256)
-    for method in ("magnitude", "taylor"):
+    for method in ("magnitude", "taylor") if args.unstructured_levels else ():
         if method == "taylor":
             scores = taylor_scores(dense, calib, task)
         else:
             scores = compute_scores(dense, select_targets(dense), method)
-        for s in UNSTRUCTURED_LEVELS:
+        for s in args.unstructured_levels:
             m = apply_masks(copy.deepcopy(dense), select_masks(scores, s, "global"))
             fit(m, task, scenes.train, TrainConfig(unstructured_ep, 5e-4, "adamw", 32, 1e-4),
                 torch.Generator().manual_seed(1))  # fmt: skip
@@ -260,6 +260,11 @@ def main() -> None:
     p.add_argument("--recover-epochs", type=float, default=3.0)
     p.add_argument("--unstructured-epochs", type=float, default=0.5)
     p.add_argument("--test-scenes", type=int, default=1000)
+    p.add_argument("--channel-levels", type=float, nargs="*", default=list(CHANNEL_LEVELS))
+    p.add_argument(
+        "--unstructured-levels", type=float, nargs="*", default=list(UNSTRUCTURED_LEVELS)
+    )
+    p.add_argument("--out", default=None, help="results file name (default: by part)")
     p.add_argument("--repeats", type=int, default=200)
     p.add_argument("--cascade-repeats", type=int, default=1)
     p.add_argument("--distill-steps", type=int, default=1500)
@@ -282,7 +287,7 @@ def main() -> None:
     text = "\n".join(out)
     print(text)
     suffix = f"-{args.only}" if args.only else ""  # a part alone writes its own file
-    dest = Path(__file__).parent / "results" / f"detection{suffix}.md"
+    dest = Path(__file__).parent / "results" / (args.out or f"detection{suffix}.md")
     dest.write_text(text + "\n")
 
 
