@@ -128,6 +128,33 @@ def scene_rows(args: argparse.Namespace) -> list[str]:
     return rows
 
 
+def latency_rows(repeats: int) -> list[str]:
+    """Batch-1 forward latency of the dense and channel-slimmed detectors, measured apart from
+    training (a slimmed model's latency depends on its shapes, not on recovery)."""
+    scenes = load_scenes("fashion-scenes", n_train=6000, n_val=500, n_test=1000, seed=0)
+    dense = load_or_train_detector(scenes, DENSE_CFG)
+    x1 = scenes.test.images[:1]
+    models = {"dense": dense}
+    for s in CHANNEL_LEVELS:
+        models[f"channels {s:.0%}"] = prune_channels(dense, x1, s, "magnitude", "uniform")[0]
+    lat = compare_latency(models, x1, batch_sizes=(1,), warmup=50, repeats=repeats, threads=1)
+    base = lat["dense"][1]
+    rows = [
+        f"Batch-1 forward (64x64 scene, no decoding), {repeats} interleaved runs, 1 thread.",
+        "",
+        "| model | params | median ms | p10 ms | speed-up (median) | speed-up (p10) | frames/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, m in models.items():
+        t = lat[name][1]
+        rows.append(
+            f"| {name} | {count_params(m)[0]:,} | {t.median_ms:.2f} | {t.p10_ms:.2f} | "
+            f"{base.median_ms / t.median_ms:.2f}x | {base.p10_ms / t.p10_ms:.2f}x | "
+            f"{t.throughput:.0f} |"
+        )
+    return rows
+
+
 def load_photos(dirs: list[Path]) -> dict[str, torch.Tensor]:
     """RGB photos (3, H, W) with values 0..255, by file name."""
     import numpy as np
@@ -270,7 +297,7 @@ def main() -> None:
     p.add_argument("--cascade-repeats", type=int, default=1)
     p.add_argument("--distill-steps", type=int, default=500)
     p.add_argument("--skip-oneshot", action="store_true", help="MTCNN: distilled rows only")
-    p.add_argument("--only", choices=("scenes", "mtcnn", "dense"), default=None)
+    p.add_argument("--only", choices=("scenes", "mtcnn", "dense", "latency"), default=None)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(1)
@@ -283,6 +310,9 @@ def main() -> None:
     if args.only in (None, "scenes"):
         out += ["## Synthetic scenes (Fashion-MNIST items, 64x64), detector-tiny", ""]
         out += scene_rows(args) + [""]
+    if args.only in (None, "latency"):
+        out += ["## Batch-1 latency, dense vs channel-slimmed detector-tiny", ""]
+        out += latency_rows(2 * args.repeats) + [""]
     if args.only in (None, "mtcnn"):
         out += ["## MTCNN face detector (facenet-pytorch 2.6.0), fidelity to dense", ""]
         out += mtcnn_rows(
