@@ -39,7 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from prunelab.measure.detection import Detections, coco_map
-from prunelab.measure.metrics.efficiency import compare_latency, count_params
+from prunelab.measure.metrics.efficiency import compare_latency, count_macs, count_params
 from prunelab.prune.apply import apply_masks, make_permanent
 from prunelab.prune.calibration import LayerContext, collect
 from prunelab.prune.criteria import CRITERIA, compute_scores
@@ -139,18 +139,20 @@ def latency_rows(repeats: int) -> list[str]:
         models[f"channels {s:.0%}"] = prune_channels(dense, x1, s, "magnitude", "uniform")[0]
     lat = compare_latency(models, x1, batch_sizes=(1,), warmup=50, repeats=repeats, threads=1)
     base = lat["dense"][1]
+    macs = {n: count_macs(m, x1).dense for n, m in models.items()}
     rows = [
         f"Batch-1 forward (64x64 scene, no decoding), {repeats} interleaved runs, 1 thread.",
         "",
-        "| model | params | median ms | p10 ms | speed-up (median) | speed-up (p10) | frames/s |",
-        "|---|---|---|---|---|---|---|",
+        "| model | params | MACs | median ms | p10 ms | speed-up (median) | speed-up (p10) "
+        "| MAC ratio | frames/s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, m in models.items():
         t = lat[name][1]
         rows.append(
-            f"| {name} | {count_params(m)[0]:,} | {t.median_ms:.2f} | {t.p10_ms:.2f} | "
-            f"{base.median_ms / t.median_ms:.2f}x | {base.p10_ms / t.p10_ms:.2f}x | "
-            f"{t.throughput:.0f} |"
+            f"| {name} | {count_params(m)[0]:,} | {macs[name] / 1e6:.1f}M | {t.median_ms:.2f} | "
+            f"{t.p10_ms:.2f} | {base.median_ms / t.median_ms:.2f}x | {base.p10_ms / t.p10_ms:.2f}x | "
+            f"{macs['dense'] / macs[name]:.2f}x | {t.throughput:.0f} |"
         )
     return rows
 
