@@ -110,3 +110,4 @@ def row_counts(scores: dict[str, Tensor], sparsity: float) -> dict[str, int]:
 
 row_counts.per_row = True  # type: ignore[attr-defined]
 from prunelab import allocators as _allocators  # noqa: E402, F401  (lamp, erk; bounds)
+from prunelab.prune.allocation import owl as _owl  # noqa: E402, F401  (owl)
