@@ -95,7 +95,8 @@ def test_sparsegpt_prunes_exactly_the_requested_fraction(sparsity):
 def test_sparsegpt_nm_keeps_n_of_every_m_and_does_not_depend_on_the_blocksize():
     w = torch.randn(6, 32, generator=torch.Generator().manual_seed(3))
     h = _hessian(_correlated_inputs(100, 32, 4))
-    results = [sparsegpt(w, h, 0.5, NM(2, 4), SparseGPTConfig(b)) for b in (4, 8, 32)]
+    cfgs = [SparseGPTConfig(b, dtype=torch.float64) for b in (4, 8, 32)]
+    results = [sparsegpt(w, h, 0.5, NM(2, 4), c) for c in cfgs]
     for new, keep in results:
         assert torch.all(keep.view(6, 8, 4).sum(2) == 2)  # (out, in/4, 4): two kept per group
         assert torch.all(new[~keep] == 0)

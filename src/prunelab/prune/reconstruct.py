@@ -29,10 +29,12 @@ from prunelab.structure import NM, Structure, Unstructured
 
 @dataclass(frozen=True)
 class SparseGPTConfig:
-    """``blocksize`` columns per lazy-update block; dampening ``percdamp`` × mean diag(H)."""
+    """``blocksize`` columns per lazy-update block; dampening ``percdamp`` × mean diag(H);
+    arithmetic in ``dtype`` (float32 as in the reference; float64 for exact comparisons)."""
 
     blocksize: int = 128
     percdamp: float = 0.01
+    dtype: torch.dtype = torch.float32
 
     def __post_init__(self) -> None:
         if self.blocksize < 1 or not 0 <= self.percdamp:
@@ -157,11 +159,11 @@ def sparsegpt(
     """
     if not 0.0 <= sparsity < 1.0:
         raise PrunelabError(f"sparsity must be in [0, 1), got {sparsity}")
-    w = weight.detach().reshape(weight.shape[0], -1).to(torch.float64).clone()  # (out, cols)
+    w = weight.detach().reshape(weight.shape[0], -1).to(config.dtype).clone()  # (out, cols)
     rows, cols = w.shape
     if hessian.shape != (cols, cols):
         raise PrunelabError(f"Hessian {tuple(hessian.shape)} does not fit weight ({rows}, {cols})")
-    h = hessian.to(torch.float64).clone()
+    h = hessian.to(config.dtype).clone()
     dead = h.diagonal() == 0  # inputs never active: their weights cost nothing to prune
     h[dead, dead] = 1.0
     h.diagonal().add_(config.percdamp * h.diagonal().mean())
@@ -198,13 +200,10 @@ def _obs_block(
             s = _saliency(w1[:, i : i + nm.m], d[i : i + nm.m], dead[i1 + i : i1 + i + nm.m])
             low = torch.topk(s, nm.m - nm.n, dim=1, largest=False).indices  # (rows, m-n)
             pruned[:, i : i + nm.m].scatter_(1, low, True)
-        col = w1[:, i]
-        q = torch.where(pruned[:, i], 0.0, col)
-        e = (col - q) / d[i]  # (rows,)
-        w1[:, i:] -= e.unsqueeze(1) * h1[i, i:].unsqueeze(0)  # (rows, 1) * (1, b-i)
-        w1[:, i] = q
+        e = w1[:, i] * pruned[:, i] / d[i]  # (rows,) scaled error of the pruned weights
+        w1[:, i:].addr_(e, h1[i, i:], alpha=-1)  # w1[:, i:] -= e ⊗ h1[i, i:]; kept: e = 0
         err[:, i] = e
-    w[:, i1:i2] = w1
+    w[:, i1:i2] = w1.masked_fill_(pruned, 0.0)  # pruned columns are ~0 now; make them exact
     return pruned, err
 
 
