@@ -22,13 +22,14 @@ from pathlib import Path
 import torch
 
 from prunelab import TrainConfig, evaluate, load_dataset, load_or_train, select_targets, train
-from prunelab.allocation import global_counts
-from prunelab.apply import apply_masks
-from prunelab.criteria import compute_scores
-from prunelab.masks import masks_from_counts
-from prunelab.plan import counts_from_plan, plan_from_counts, sizes_of
-from prunelab.search import SearchConfig, search_allocation
-from prunelab.sensitivity import sensitivity_analysis, sensitivity_plan
+from prunelab.decide.search import SearchConfig, search_allocation
+from prunelab.decide.sensitivity import sensitivity_analysis
+from prunelab.prune.allocation import global_counts
+from prunelab.prune.allocation.plan import counts_from_plan, plan_from_counts, sizes_of
+from prunelab.prune.allocation.sensitivity import sensitivity_plan
+from prunelab.prune.apply import apply_masks
+from prunelab.prune.criteria import compute_scores
+from prunelab.prune.masks import masks_from_counts
 
 log = logging.getLogger("allocation_search")
 LADDER = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)

@@ -21,11 +21,11 @@ import time
 import torch
 
 from prunelab import ALLOCATIONS, TrainConfig, apply_masks, evaluate, load_dataset, load_or_train
-from prunelab.criteria import compute_scores
-from prunelab.finetune import train as finetune
-from prunelab.masks import masks_from_counts
-from prunelab.metrics import predict
-from prunelab.targets import select_targets
+from prunelab.measure.metrics import predict
+from prunelab.prune.criteria import compute_scores
+from prunelab.prune.masks import masks_from_counts
+from prunelab.prune.targets import select_targets
+from prunelab.recover.finetune import train as finetune
 
 log = logging.getLogger("ladder")
 COLUMNS = ("accuracy", "macro_f1", "agreement", "kl", "sparsity")

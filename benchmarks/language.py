@@ -27,24 +27,24 @@ from pathlib import Path
 
 import torch
 
-from prunelab.apply import apply_masks, layer_sparsity
-from prunelab.criteria import compute_scores
-from prunelab.masks import select_masks
 from prunelab.measure.language import (
     dense_reference,
     evaluate_lm,
     greedy_generations,
     token_windows,
 )
-from prunelab.models.cache import default_cache_dir
 from prunelab.nlp import fidelity, load_minilm, load_sentiment, token_batches
 from prunelab.nlp.encoder import encoder_targets
 from prunelab.nlp.fetch import text_dir
 from prunelab.nlp.textdata import load_background, split_indices
 from prunelab.prune.allocation.owl import owl_sparsities
+from prunelab.prune.apply import apply_masks, layer_sparsity
+from prunelab.prune.criteria import compute_scores
+from prunelab.prune.masks import select_masks
 from prunelab.prune.sequential import prune_sequential
+from prunelab.prune.structure import NM, Unstructured
 from prunelab.sources.hf import decoder_targets, load_causal_lm, load_tokenizer, smollm2_gguf
-from prunelab.structure import NM, Unstructured
+from prunelab.sources.models.cache import default_cache_dir
 
 OPT125M = {"dense": 27.66, "magnitude": 193.4, "wanda": 39.3, "sparsegpt": 36.7}  # SLiM tab. 13
 OPT125M_24 = {"wanda": 81.6, "sparsegpt": 60.7}

@@ -14,9 +14,9 @@ import time
 
 import torch
 
-from prunelab.models.cache import default_cache_dir
 from prunelab.nlp.bench import BenchConfig, run_bench
 from prunelab.nlp.distill import DistillConfig
+from prunelab.sources.models.cache import default_cache_dir
 
 ANCHOR = {0.3: 0.93, 0.5: 0.74, 0.7: 0.43}  # ANCHORS.md: one-shot magnitude, mean cosine
 

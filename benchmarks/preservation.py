@@ -26,13 +26,13 @@ import numpy as np
 import torch
 
 from prunelab import TrainConfig, load_dataset, load_or_train, prune, train
-from prunelab.data.fashion_mnist import CLASSES
-from prunelab.metrics import METRICS as METRICS_REG
-from prunelab.metrics import Evaluation, predict
-from prunelab.metrics.forgetting import modal_labels
-from prunelab.metrics.robustness import RobustnessSuite, reference_context
-from prunelab.preservation import LevelRecords, retained_summary
-from prunelab.preservation_plots import plot_pie_grid
+from prunelab.decide.preservation import LevelRecords, retained_summary
+from prunelab.measure.metrics import METRICS as METRICS_REG
+from prunelab.measure.metrics import Evaluation, predict
+from prunelab.measure.metrics.forgetting import modal_labels
+from prunelab.measure.metrics.robustness import RobustnessSuite, reference_context
+from prunelab.report.preservation_plots import plot_pie_grid
+from prunelab.sources.data.fashion_mnist import CLASSES
 
 log = logging.getLogger("preservation")
 METRICS = [
@@ -57,7 +57,7 @@ def run_cell(dense, data, level, seed, ref_logits, ctx, splits, ft_limit=None):
     model = copy.deepcopy(dense)
     oneshot = float("nan")
     if level > 0:
-        prune(model, "magnitude", sparsity=level, scope="global")
+        prune(model, "magnitude", sparsity=level, allocation="global")
         oneshot = float((predict(model, data.test.x).argmax(1) == data.test.y).double().mean())
     train(
         model,

@@ -2,7 +2,7 @@
 
 * sequential — prunelab's local executor: scores and their sort orders once per (method, seed)
   (the ladder score cache), dense outputs once per sweep, and every evaluation through the
-  compiled inference copy of :mod:`prunelab.inference` (``--engine eager`` turns that off);
+  compiled inference copy of :mod:`prunelab.measure.inference` (``--engine eager`` turns that off);
 * ray x1 / ray x2 — the Ray executor on a local Ray with 1 and 2 CPUs (1 torch thread/task);
   with ``--with-scan`` the dense sensitivity scan's per-layer jobs run on the workers too;
 * naive — what a plain script does: per level, ``copy.deepcopy`` the dense model, recompute
@@ -37,14 +37,15 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils import prune as tprune
 
-from prunelab.data import DataBundle
-from prunelab.finetune import TrainConfig
-from prunelab.inference import ENGINES, set_engine
-from prunelab.store import load_results
+from prunelab.measure.inference import ENGINES, set_engine
+from prunelab.recover.finetune import TrainConfig
+from prunelab.sources.data import DataBundle
 from prunelab.sweep import Context, SweepSpec, make_executor, run_sweep
-from prunelab.sweep.executors import ContextCache, SequentialExecutor
+from prunelab.sweep.contexts import ContextCache
+from prunelab.sweep.executors import SequentialExecutor
 from prunelab.sweep.ladder import score_entries
 from prunelab.sweep.spec import DataSpec
+from prunelab.sweep.store import load_results
 
 METHODS = ("magnitude", "random", "taylor", "wanda")
 

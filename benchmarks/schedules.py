@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from prunelab.data import load_dataset
-from prunelab.finetune import TrainConfig
-from prunelab.metrics import evaluate, predict
-from prunelab.models import load_or_train
-from prunelab.schedules import parse_schedule, run_schedule
+from prunelab.measure.metrics import evaluate, predict
+from prunelab.recover.finetune import TrainConfig
+from prunelab.recover.schedules import parse_schedule, run_schedule
+from prunelab.sources.data import load_dataset
+from prunelab.sources.models import load_or_train
 
 # ANCHORS.md: torch global_unstructured L1 on the CNN, accuracy after 1 fine-tune epoch
 ANCHOR_CNN_1EP = {0.90: 91.12, 0.95: 90.74, 0.98: 88.95}

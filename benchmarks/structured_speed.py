@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from prunelab import TrainConfig, evaluate, load_dataset, load_or_train, train
-from prunelab.metrics.efficiency import compare_latency, count_macs, count_params, disk_size
-from prunelab.surgery import prune_channels
+from prunelab.measure.metrics.efficiency import compare_latency, count_macs, count_params, disk_size
+from prunelab.prune.surgery import prune_channels
 
 ANCHOR = (
     "Torch-Pruning 1.6.1 (ANCHORS.md): params 421k -> 106k, MACs 4.28M -> 1.14M, 91.04 % "

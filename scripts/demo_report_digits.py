@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from prunelab import evaluate, load_dataset, load_or_train, prune
-from prunelab.finetune import TrainConfig
+from prunelab.recover.finetune import TrainConfig
 from prunelab.report import ReportExtras, build_report
 
 METHODS = ("magnitude", "wanda", "random")

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from prunelab import ALLOCATIONS, PrunelabError, compute_scores, select_masks, select_targets
-from prunelab.allocation import RankedScores
-from prunelab.allocators import Bounds, bounded, erk_densities, lamp_scores
-from prunelab.structure import Channels
+from prunelab.prune.allocation import ModelAware, RankedScores
+from prunelab.prune.allocation.layerwise import Bounds, bounded, erk_densities, lamp_scores
+from prunelab.prune.structure import Channels
 
 LADDER = (0.0, 0.1, 0.5, 0.8, 0.9, 0.95, 0.99)
 # Overall prune count vs round(s * total): pooled orderings are exact; uniform rounds each layer.
@@ -42,7 +42,17 @@ def scores() -> dict[str, torch.Tensor]:
     return compute_scores(model, select_targets(model), "magnitude")
 
 
-@pytest.mark.parametrize("name", ALLOCATIONS.names())
+SCORE_ONLY = [n for n in ALLOCATIONS.names() if not isinstance(ALLOCATIONS.get(n), ModelAware)]
+
+
+@pytest.mark.parametrize("name", sorted(set(ALLOCATIONS.names()) - set(SCORE_ONLY)))
+def test_model_aware_allocations_refuse_scores_alone(name, scores):
+    """sensitivity/searched are resolved by the sweep; called bare they say so, not guess."""
+    with pytest.raises(PrunelabError, match=f"allocation '{name}' needs the dense model"):
+        ALLOCATIONS.get(name)(scores, 0.5)
+
+
+@pytest.mark.parametrize("name", SCORE_ONLY)
 def test_allocation_contract(name, scores):
     alloc = ALLOCATIONS.get(name)
     total = sum(s.numel() for s in scores.values())
@@ -147,7 +157,7 @@ def test_bounds_validation_and_infeasible_messages(scores):
 
 def test_emptying_a_layer_warns(caplog):
     s = {"small": torch.tensor([0.1, 0.2]), "big": torch.tensor([5.0, 6.0, 7.0, 8.0])}
-    with caplog.at_level(logging.WARNING, logger="prunelab.masks"):
+    with caplog.at_level(logging.WARNING, logger="prunelab.prune.masks"):
         select_masks(s, 0.2, "global")  # 1 of 6 weights
         assert not caplog.records
         select_masks(s, 0.5, "global")

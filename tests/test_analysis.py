@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from prunelab.analysis import bootstrap_ci, knee, points, recommend, tipping_points
+from prunelab.decide.analysis import bootstrap_ci, knee, points, recommend, tipping_points
 from prunelab.errors import PrunelabError
 
 LADDER = [0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99]
@@ -209,7 +209,7 @@ def test_recommend_on_full_schema_columns() -> None:
 
 def test_scattered_collapse_does_not_hide_an_early_fall():
     """Seeds that scatter widely at 98 % must not widen the band and move the knee late."""
-    from prunelab.analysis import knee
+    from prunelab.decide.analysis import knee
 
     levels, values = [], []
     means = {0.0: 0.88, 0.5: 0.878, 0.8: 0.85, 0.9: 0.83, 0.95: 0.81, 0.98: 0.62}

@@ -18,12 +18,12 @@ from typer.testing import CliRunner
 
 from prunelab import DataBundle, PrunelabError, Split, build_model, evaluate, prune
 from prunelab.cli import app
-from prunelab.export import load_sparse, save_sparse
-from prunelab.masks import nm_masks
-from prunelab.models import load_weights, save_weights
-from prunelab.store import Store, load_results
-from prunelab.structure import NM
-from prunelab.targets import select_targets
+from prunelab.prune.masks import nm_masks
+from prunelab.prune.structure import NM
+from prunelab.prune.targets import select_targets
+from prunelab.ship.export import load_sparse, save_sparse
+from prunelab.sources.models import load_weights, save_weights
+from prunelab.sweep.store import Store, load_results
 
 runner = CliRunner()
 
@@ -35,7 +35,7 @@ BASE = [
     "digits",
     "--methods",
     "magnitude",
-    "--scopes",
+    "--allocations",
     "global",
     "--levels",
     "0.5",
@@ -82,7 +82,7 @@ CLI_CASES = [
         r"unknown method 'magnitud' \(did you mean 'magnitude'\?\)",
     ),
     ("unknown-dataset", {"dataset": "imagenet"}, r"unknown dataset 'imagenet'"),
-    ("unknown-allocation", {"scopes": "globl"}, r"unknown allocation 'globl'"),
+    ("unknown-allocation", {"allocations": "globl"}, r"unknown allocation 'globl'"),
     ("level-out-of-range", {"levels": "0.5,1.2"}, r"sparsity level 1.2 is outside \(0, 1\)"),
     ("levels-unsorted", {"levels": "0.9,0.5"}, r"levels must be strictly increasing"),
     ("levels-unparsable", {"levels": "half"}, r"cannot parse levels 'half'"),

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from prunelab.cli import app
-from prunelab.store import load_results
+from prunelab.sweep.store import load_results
 
 runner = CliRunner()
 TINY = [
@@ -30,7 +30,7 @@ def invoke(*args: str):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """One real CLI sweep shared by the tests below: 2 methods x 2 scopes x 2 levels + dense."""
+    """One real CLI sweep shared by the tests below: 2 methods x 2 allocations x 2 levels."""
     out = tmp_path_factory.mktemp("run") / "r"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PRUNELAB_CACHE", str(tmp_path_factory.mktemp("cache")))
@@ -85,7 +85,7 @@ def test_list_shows_every_registry():
         (["--levels", "a,b"], "cannot parse levels"),
         (["--data-dir", "/nonexistent/dir"], "does not exist"),
         (["--ft-epochs", "-1"], "fine-tune epochs must be >= 0"),
-        (["--scopes", "globl"], "unknown allocation 'globl'"),
+        (["--allocations", "globl"], "unknown allocation 'globl'"),
         (["--model", "vgg"], "unknown model 'vgg'"),
         (["--dataset", "cifar"], "unknown dataset 'cifar'"),
     ],
@@ -167,7 +167,7 @@ def test_recommend_needs_exactly_one_tolerance(run_dir):
 
 
 def test_sensitivity_allocation_in_a_sweep_stores_its_table(tmp_path, cache_dir):
-    from prunelab.store import Store
+    from prunelab.sweep.store import Store
 
     out = tmp_path / "r"
     result = invoke(
@@ -178,7 +178,7 @@ def test_sensitivity_allocation_in_a_sweep_stores_its_table(tmp_path, cache_dir)
         "0.5,0.8",
         "--methods",
         "magnitude",
-        "--scopes",
+        "--allocations",
         "global,sensitivity",
         *TINY,
     )

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from prunelab import PrunelabError, apply_masks, build_model, evaluate, load_dataset
-from prunelab.metrics import METRICS, Evaluation
-from prunelab.metrics.efficiency import (
+from prunelab.measure.metrics import METRICS, Evaluation
+from prunelab.measure.metrics.efficiency import (
     compare_latency,
     count_macs,
     count_params,
@@ -16,7 +16,7 @@ from prunelab.metrics.efficiency import (
     measure_efficiency,
     speedups,
 )
-from prunelab.surgery import ChannelPlan, slim
+from prunelab.prune.surgery import ChannelPlan, slim
 
 
 def _net() -> nn.Module:

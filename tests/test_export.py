@@ -12,7 +12,9 @@ from typer.testing import CliRunner
 
 from prunelab import Channels, PrunelabError, build_model, load_dataset, prune
 from prunelab.cli import app
-from prunelab.export import (
+from prunelab.measure.metrics import predict
+from prunelab.prune.surgery import rebuild
+from prunelab.ship.export import (
     load_sparse,
     onnx_max_diff,
     plain_state,
@@ -20,9 +22,7 @@ from prunelab.export import (
     save_onnx,
     save_sparse,
 )
-from prunelab.metrics import predict
-from prunelab.store import load_artifact, load_results
-from prunelab.surgery import rebuild
+from prunelab.sweep.store import load_artifact, load_results
 
 runner = CliRunner()
 
@@ -107,7 +107,7 @@ def run_dir(tmp_path_factory):
             "digits",
             "--methods",
             "magnitude",
-            "--scopes",
+            "--allocations",
             "global",
             "--structures",
             "unstructured,channels",
@@ -154,8 +154,8 @@ def test_cli_export_sparse_reloads_to_stored_predictions(run_dir, tmp_path):
 
 
 def test_cell_selection_by_seed_and_its_errors(run_dir):
-    from prunelab.export_run import find_cell
-    from prunelab.store import Store
+    from prunelab.ship.from_run import find_cell
+    from prunelab.sweep.store import Store
 
     out, _ = run_dir
     with Store(out, create=False) as store:
@@ -168,9 +168,9 @@ def test_cell_selection_by_seed_and_its_errors(run_dir):
 
 
 def test_export_reruns_the_cell_with_the_engine_the_sweep_recorded(run_dir, tmp_path, monkeypatch):
-    import prunelab.export_run as export_run
-    from prunelab.inference import engine, using_engine
-    from prunelab.store import Store
+    import prunelab.ship.from_run as export_run
+    from prunelab.measure.inference import engine, using_engine
+    from prunelab.sweep.store import Store
 
     out, _ = run_dir
     seen = []
@@ -263,8 +263,8 @@ def test_cli_export_refuses_a_cell_that_does_not_reproduce(run_dir, tmp_path):
 
 
 def test_slim_export_needs_channel_cell():
-    from prunelab.export import save_slimmed
-    from prunelab.surgery import BaseModel
+    from prunelab.prune.surgery import BaseModel
+    from prunelab.ship.export import save_slimmed
 
     m = build_model("mlp-tiny", (1, 8, 8), 10)
     prune(m, "magnitude", 0.5)

@@ -9,13 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from prunelab import inference, prune
-from prunelab.allocation import RankedScores
+from prunelab import prune
 from prunelab.errors import PrunelabError
-from prunelab.inference import runner, set_engine
-from prunelab.masks import select_masks
-from prunelab.metrics import evaluate, predict
-from prunelab.models import build_model
+from prunelab.measure import inference
+from prunelab.measure.inference import runner, set_engine
+from prunelab.measure.metrics import evaluate, predict
+from prunelab.prune.allocation import RankedScores
+from prunelab.prune.masks import select_masks
+from prunelab.sources.models import build_model
 
 
 @pytest.fixture(autouse=True)
@@ -141,7 +142,7 @@ def test_scripting_keeps_control_flow():
 def test_disagreeing_compilation_is_rejected(monkeypatch, caplog):
     model = nn.Sequential(nn.Linear(4, 3)).eval()
     monkeypatch.setattr(inference, "_compile", lambda m: lambda x: m(x) + 1.0)
-    with caplog.at_level(logging.WARNING, logger="prunelab.inference"):
+    with caplog.at_level(logging.WARNING, logger="prunelab.measure.inference"):
         assert runner(model, torch.randn(8, 4)) is model
     assert "disagrees" in caplog.text
 

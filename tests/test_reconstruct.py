@@ -11,12 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from prunelab.criteria import compute_scores
-from prunelab.masks import select_masks
 from prunelab.prune.allocation.owl import owl, owl_sparsities
+from prunelab.prune.criteria import compute_scores
+from prunelab.prune.masks import select_masks
 from prunelab.prune.reconstruct import InputStats, SparseGPTConfig, sparsegpt
 from prunelab.prune.sequential import SequentialConfig, find_blocks, prune_sequential
-from prunelab.structure import NM
+from prunelab.prune.structure import NM, Unstructured
 
 transformers = pytest.importorskip("transformers")
 
@@ -135,17 +135,11 @@ def test_sparsegpt_reconstructs_a_linear_layer_better_than_magnitude_and_wanda(s
     errors = {}
     level = 0.5
     for name, scores in {"magnitude": w.abs(), "wanda": w.abs() * norm}.items():
-        keep = select_masks({"l": scores}, level, "row", structure or _unstructured())["l"]
+        keep = select_masks({"l": scores}, level, "row", structure or Unstructured())["l"]
         errors[name] = torch.linalg.norm(x @ (w * keep).T - x @ w.T)
-    new, keep = sparsegpt(w, _hessian(x), level, structure or _unstructured())
+    new, keep = sparsegpt(w, _hessian(x), level, structure or Unstructured())
     errors["sparsegpt"] = torch.linalg.norm(x @ new.T - x @ w.T)
     assert errors["sparsegpt"] < errors["wanda"] < errors["magnitude"], errors
-
-
-def _unstructured():
-    from prunelab.structure import Unstructured
-
-    return Unstructured()
 
 
 def test_input_stats_unfold_a_conv_like_the_weight_flattens():

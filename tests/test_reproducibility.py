@@ -11,10 +11,10 @@ from typer.testing import CliRunner
 
 from prunelab import load_dataset
 from prunelab.cli import app
-from prunelab.finetune import TrainConfig
-from prunelab.store import Store, load_results
+from prunelab.recover.finetune import TrainConfig
 from prunelab.sweep import Context, DataSpec, SweepSpec, expand_cells, run_cell
 from prunelab.sweep.ladder import score_entries
+from prunelab.sweep.store import Store, load_results
 
 runner = CliRunner()
 
@@ -26,7 +26,7 @@ ARGS = [
     "digits",
     "--methods",
     "magnitude,random,taylor",
-    "--scopes",
+    "--allocations",
     "global",
     "--levels",
     "0.5,0.9",
@@ -87,7 +87,7 @@ def test_score_cache_changes_no_result(ladder_cells):
 
 def test_score_cache_masks_nest_across_levels(ladder_cells):
     cells, ctx = ladder_cells
-    from prunelab.apply import get_masks
+    from prunelab.prune.apply import get_masks
 
     ladder = [c for c in cells if c.method == "taylor" and c.allocation == "global"]
     masks = [get_masks(run_cell(c, ctx, keep_model=True).model) for c in ladder]

@@ -9,14 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from prunelab.apply import apply_masks, get_masks
-from prunelab.data import load_dataset
 from prunelab.errors import PrunelabError
-from prunelab.finetune import TrainConfig, train
-from prunelab.masks import mask_sparsity
-from prunelab.metrics import evaluate
-from prunelab.models import build_model
-from prunelab.schedules import (
+from prunelab.measure.metrics import evaluate
+from prunelab.prune.apply import apply_masks, get_masks
+from prunelab.prune.masks import mask_sparsity
+from prunelab.prune.structure import NM, Channels
+from prunelab.prune.targets import select_targets
+from prunelab.recover.finetune import TrainConfig, train
+from prunelab.recover.schedules import (
     SCHEDULES,
     Adaptive,
     Gradual,
@@ -31,10 +31,10 @@ from prunelab.schedules import (
     round_sparsities,
     run_schedule,
 )
-from prunelab.schedules.oneshot import _rewind
-from prunelab.schedules.regrow import effective_grads
-from prunelab.structure import NM, Channels
-from prunelab.targets import select_targets
+from prunelab.recover.schedules.oneshot import _rewind
+from prunelab.recover.schedules.regrow import effective_grads
+from prunelab.sources.data import load_dataset
+from prunelab.sources.models import build_model
 
 CASES = {
     "oneshot": OneShot(),
@@ -185,8 +185,8 @@ def test_effective_grads_reach_masked_positions(dense, digits):
 
 
 def test_regrown_weights_start_at_zero(dense, digits):
-    from prunelab.schedules.base import PruneJob, Pruner
-    from prunelab.schedules.regrow import _regrow
+    from prunelab.recover.schedules.base import PruneJob, Pruner
+    from prunelab.recover.schedules.regrow import _regrow
 
     model = copy.deepcopy(dense)
     job = PruneJob(digits, 0.8, TrainConfig(epochs=1), torch.Generator().manual_seed(0))

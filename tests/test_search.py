@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from prunelab import TrainConfig, load_dataset, select_targets, train
+from prunelab.decide.search import SearchConfig, plan_from_z, search_allocation
 from prunelab.errors import PrunelabError
-from prunelab.models import build_model
-from prunelab.plan import counts_from_plan, plan_sparsity
-from prunelab.search import SearchConfig, plan_from_z, search_allocation
+from prunelab.prune.allocation.plan import counts_from_plan, plan_sparsity
+from prunelab.sources.models import build_model
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -12,18 +12,24 @@ from scipy.linalg import hadamard
 from torch import nn
 
 from prunelab import TrainConfig, compute_scores, load_dataset, select_targets, train
-from prunelab.errors import PrunelabError
-from prunelab.masks import masks_from_counts
-from prunelab.models import build_model
-from prunelab.plan import counts_from_plan, fixed_per_layer, plan_per_level, plan_sparsity
-from prunelab.sensitivity import sensitivity_allocation, sensitivity_analysis, sensitivity_plan
-from prunelab.weightstats import (
+from prunelab.decide.sensitivity import sensitivity_analysis
+from prunelab.decide.weightstats import (
     critical_neurons,
     critical_weights,
     describe,
     histograms,
     weight_stats,
 )
+from prunelab.errors import PrunelabError
+from prunelab.prune.allocation.plan import (
+    counts_from_plan,
+    fixed_per_layer,
+    plan_per_level,
+    plan_sparsity,
+)
+from prunelab.prune.allocation.sensitivity import sensitivity_allocation, sensitivity_plan
+from prunelab.prune.masks import masks_from_counts
+from prunelab.sources.models import build_model
 
 LEVELS = (0.2, 0.4, 0.6, 0.8, 0.9, 0.95)
 

@@ -7,10 +7,10 @@ import torch
 from torch import Tensor, nn
 
 from prunelab import PrunelabError, build_model, select_masks
-from prunelab.criteria import compute_scores
-from prunelab.metrics.efficiency import count_macs
-from prunelab.structure import Channels
-from prunelab.surgery import (
+from prunelab.measure.metrics.efficiency import count_macs
+from prunelab.prune.criteria import compute_scores
+from prunelab.prune.structure import Channels
+from prunelab.prune.surgery import (
     BaseModel,
     ChannelPlan,
     plan_channels,
@@ -20,7 +20,7 @@ from prunelab.surgery import (
     save_slim,
     slim,
 )
-from prunelab.targets import select_targets
+from prunelab.prune.targets import select_targets
 
 # Where each producer's channels leave their conv(-BN) pair in resnet-tiny.
 RESNET_EXITS = {

@@ -13,9 +13,9 @@ import pytest
 
 from prunelab import TrainConfig
 from prunelab.errors import PrunelabError
-from prunelab.store import Store, load_results
 from prunelab.sweep import DataSpec, SweepSpec, expand_cells, make_executor, run_sweep
 from prunelab.sweep.spec import parse_levels
+from prunelab.sweep.store import Store, load_results
 
 DIGITS = DataSpec(name="digits")
 
@@ -67,12 +67,12 @@ def test_process_pool_gives_the_same_rows_as_sequential(tmp_path, cache_dir):
 
 
 def test_sensitivity_scan_jobs_equal_one_scan_and_are_redone_when_missing(tmp_path, cache_dir):
-    from prunelab.criteria import compute_scores
-    from prunelab.sensitivity import sensitivity_analysis
-    from prunelab.sweep.allocations import SENSITIVITY_VAL_ROWS
-    from prunelab.sweep.executors import ContextCache
+    from prunelab.decide.sensitivity import sensitivity_analysis
+    from prunelab.prune.criteria import compute_scores
+    from prunelab.prune.targets import select_targets
+    from prunelab.sweep.contexts import ContextCache
+    from prunelab.sweep.model_aware import SENSITIVITY_VAL_ROWS
     from prunelab.sweep.run import SCAN_KEY
-    from prunelab.targets import select_targets
 
     spec = tiny_spec(methods=("magnitude",), allocations=("global",))
     phases: list[str] = []
@@ -99,7 +99,7 @@ def test_sensitivity_scan_jobs_equal_one_scan_and_are_redone_when_missing(tmp_pa
 
 
 def test_eager_and_compiled_engines_agree_and_are_recorded(tmp_path, cache_dir):
-    from prunelab.inference import set_engine
+    from prunelab.measure.inference import set_engine
 
     spec = tiny_spec(methods=("magnitude",), allocations=("global",))
     cols = ["accuracy", "agreement", "kl", "loss", "val_loss", "ece"]
@@ -133,7 +133,7 @@ def test_sigkill_midway_then_rerun_loses_and_duplicates_nothing(tmp_path, cache_
     cmd = [
         sys.executable,
         "-m",
-        "prunelab.cli",
+        "prunelab",
         "sweep",
         "--out",
         str(out),

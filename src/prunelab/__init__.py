@@ -5,18 +5,18 @@
 ['magnitude', 'random']
 """
 
-from prunelab.allocation import ALLOCATIONS
-from prunelab.api import prune
-from prunelab.apply import apply_masks, get_masks, layer_sparsity, make_permanent
-from prunelab.criteria import CRITERIA, compute_scores
-from prunelab.data import DATASETS, DataBundle, Split, load_dataset
 from prunelab.errors import PrunelabError
-from prunelab.finetune import TrainConfig, train
-from prunelab.masks import select_masks
-from prunelab.metrics import METRICS, evaluate
-from prunelab.models import MODELS, build_model, load_or_train
-from prunelab.structure import NM, Channels, Heads, Unstructured, parse_structure
-from prunelab.targets import select_targets
+from prunelab.measure.metrics import METRICS, evaluate
+from prunelab.prune.allocation import ALLOCATIONS
+from prunelab.prune.api import prune
+from prunelab.prune.apply import apply_masks, get_masks, layer_sparsity, make_permanent
+from prunelab.prune.criteria import CRITERIA, compute_scores
+from prunelab.prune.masks import select_masks
+from prunelab.prune.structure import NM, Channels, Heads, Unstructured, parse_structure
+from prunelab.prune.targets import select_targets
+from prunelab.recover.finetune import TrainConfig, train
+from prunelab.sources.data import DATASETS, DataBundle, Split, load_dataset
+from prunelab.sources.models import MODELS, build_model, load_or_train
 
 __version__ = "0.1.0"
 __all__ = [
@@ -49,6 +49,6 @@ __all__ = [
     "train",
 ]
 
-from prunelab.schedules import SCHEDULES, parse_schedule, run_schedule
+from prunelab.recover.schedules import SCHEDULES, parse_schedule, run_schedule
 
 __all__ += ["SCHEDULES", "parse_schedule", "run_schedule"]

@@ -8,9 +8,9 @@ from prunelab.nlp.distill import DistillConfig, distill
 from prunelab.nlp.encoder import TextEncoder, encoder_targets, load_minilm, tiny_bert
 from prunelab.nlp.fetch import fetch_text_data
 from prunelab.nlp.fidelity import fidelity, neighbour_overlap
+from prunelab.nlp.heads import fraction_for_speedup, prune_structured
 from prunelab.nlp.persist import load_encoder, save_encoder
 from prunelab.nlp.prune import prune_encoder, token_batches
-from prunelab.nlp.structured import fraction_for_speedup, prune_structured
 from prunelab.nlp.surgery import encoder_macs
 from prunelab.nlp.tasks import probe_accuracy, similarity_spearman
 from prunelab.nlp.textdata import load_background, load_sentiment, load_similarity

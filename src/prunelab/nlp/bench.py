@@ -18,16 +18,16 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from prunelab.apply import make_permanent
 from prunelab.nlp.distill import DistillConfig, distill
 from prunelab.nlp.encoder import TextEncoder, encoder_targets, load_minilm
 from prunelab.nlp.fidelity import fidelity
+from prunelab.nlp.heads import fraction_for_speedup, prune_structured
 from prunelab.nlp.prune import prune_encoder, token_batches
-from prunelab.nlp.structured import fraction_for_speedup, prune_structured
 from prunelab.nlp.surgery import encoder_macs
 from prunelab.nlp.tasks import probe_accuracy, similarity_spearman
 from prunelab.nlp.textdata import load_background, load_sentiment, load_similarity, split_indices
-from prunelab.structure import NM, Structure, Unstructured
+from prunelab.prune.apply import make_permanent
+from prunelab.prune.structure import NM, Structure, Unstructured
 
 log = logging.getLogger(__name__)
 

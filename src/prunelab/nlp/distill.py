@@ -1,6 +1,6 @@
 """Short recovery: distil the pruned encoder toward the dense embeddings on unlabeled text.
 
-Masks stay fixed (the core :func:`prunelab.finetune.train` loop is reused); physically
+Masks stay fixed (the core :func:`prunelab.recover.finetune.train` loop is reused); physically
 shrunk encoders are trained as they are.
 """
 
@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from prunelab.data.base import Split
 from prunelab.errors import PrunelabError
-from prunelab.finetune import TrainConfig, train
 from prunelab.nlp.encoder import TextEncoder
+from prunelab.recover.finetune import TrainConfig, train
+from prunelab.sources.data.base import Split
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from prunelab.errors import PrunelabError
+from prunelab.prune.targets import select_targets
 
 ENCODER_PATTERNS = ("*encoder.layer.*",)  # attention projections and FFN; no embeddings/norms
 ATTENTION_PATTERNS = (
@@ -166,7 +167,6 @@ def encoder_targets(
 
     Embeddings, LayerNorms and any pooler are never included.
     """
-    from prunelab.targets import select_targets
 
     found = select_targets(encoder, include=ENCODER_PATTERNS)
     out = {}

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch.nn.utils import parametrize
 
 from prunelab.errors import PrunelabError
 from prunelab.nlp.encoder import TextEncoder, _transformers, encoder_layers
@@ -20,7 +21,6 @@ from prunelab.nlp.surgery import block_shape, remove_heads, remove_neurons
 
 def save_encoder(encoder: TextEncoder, path: str | Path) -> Path:
     """Write the encoder (masks must be made permanent first) to directory ``path``."""
-    from torch.nn.utils import parametrize
 
     if any(parametrize.is_parametrized(m) for m in encoder.modules()):
         raise PrunelabError("make_permanent(encoder) before saving")

@@ -7,12 +7,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from prunelab.apply import apply_masks
-from prunelab.criteria import CRITERIA, compute_scores
 from prunelab.errors import PrunelabError
-from prunelab.masks import Masks, select_masks
 from prunelab.nlp.encoder import TextEncoder, encoder_targets
-from prunelab.structure import Structure, Unstructured
+from prunelab.prune.apply import apply_masks
+from prunelab.prune.criteria import CRITERIA, compute_scores
+from prunelab.prune.masks import Masks, select_masks
+from prunelab.prune.structure import Structure, Unstructured
 
 
 def token_batches(
@@ -21,7 +21,7 @@ def token_batches(
     """Calibration batches ``(ids (B, T), dummy labels (B,))``, grouped by length.
 
     The encoder derives its attention mask from the pad id, so these plug straight into
-    :func:`prunelab.calibration.collect` / :func:`prunelab.compute_scores`. Padding positions
+    :func:`prunelab.prune.calibration.collect` / :func:`prunelab.compute_scores`. Padding positions
     still pass through the Linear layers; grouping by length keeps them few.
     """
     ids = encoder.tokenize(sentences)
@@ -39,7 +39,7 @@ def prune_encoder(
     sparsity: float = 0.5,
     structure: Structure | None = None,
     calibration_sentences: Sequence[str] | None = None,
-    scope: str = "uniform",
+    allocation: str = "uniform",
     attention: bool = True,
     ffn: bool = True,
     generator: torch.Generator | None = None,
@@ -47,7 +47,7 @@ def prune_encoder(
     """Mask the encoder's block Linear layers in place; returns the masks.
 
     ``method`` is any registered criterion; ``wanda`` needs ``calibration_sentences`` (a few
-    hundred is enough). ``structure`` defaults to unstructured; ``scope`` is the allocation
+    hundred is enough). ``structure`` defaults to unstructured; ``allocation`` is the allocation
     ("uniform" = same sparsity per layer).
     """
     crit = CRITERIA.get(method)
@@ -61,6 +61,6 @@ def prune_encoder(
     targets = encoder_targets(encoder, attention=attention, ffn=ffn)
     calib = token_batches(encoder, calibration_sentences) if crit.needs else None
     scores = compute_scores(encoder, targets, method, generator, calib)
-    masks = select_masks(scores, sparsity, scope, structure or Unstructured())
+    masks = select_masks(scores, sparsity, allocation, structure or Unstructured())
     apply_masks(encoder, masks)
     return masks

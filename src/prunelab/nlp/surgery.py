@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from prunelab.errors import PrunelabError
 
@@ -28,7 +29,6 @@ def _slice_linear(lin: nn.Linear, keep: Tensor, dim: int) -> nn.Linear:
 
 
 def _check_plain(*mods: nn.Module) -> None:
-    from torch.nn.utils import parametrize
 
     for m in mods:
         if parametrize.is_parametrized(m):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.stats import spearmanr
+from sklearn.linear_model import LogisticRegression
 from torch import Tensor
 
 from prunelab.errors import PrunelabError
@@ -19,7 +20,6 @@ def probe_accuracy(
     >>> probe_accuracy(x, y, x, y)
     1.0
     """
-    from sklearn.linear_model import LogisticRegression
 
     if len(np.unique(train_y)) < 2:
         raise PrunelabError("the probe needs both classes in its training labels")

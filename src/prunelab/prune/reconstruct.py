@@ -21,10 +21,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from prunelab.calibration import _input_sqsum
 from prunelab.errors import PrunelabError
+from prunelab.prune.calibration import _input_sqsum
+from prunelab.prune.structure import NM, Structure, Unstructured
 from prunelab.registry import Registry
-from prunelab.structure import NM, Structure, Unstructured
 
 
 @dataclass(frozen=True)

@@ -31,13 +31,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from prunelab.apply import apply_masks
-from prunelab.calibration import LayerContext
-from prunelab.criteria import CRITERIA
 from prunelab.errors import PrunelabError
-from prunelab.masks import Masks, select_masks
+from prunelab.prune.apply import apply_masks
+from prunelab.prune.calibration import LayerContext
+from prunelab.prune.criteria import CRITERIA
+from prunelab.prune.masks import Masks, select_masks
 from prunelab.prune.reconstruct import RECONSTRUCTORS, InputStats, SparseGPTConfig
-from prunelab.structure import NM, Structure, Unstructured
+from prunelab.prune.structure import NM, Structure, Unstructured
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int, str], None]  # (layers done, layers total, layer name)

@@ -1,6 +1,6 @@
 """Report: figures, a Markdown summary and one self-contained HTML page from a results table.
 
-Reads the results table only (``prunelab.store.load_results(run_dir)``), never a model::
+Reads the results table only (``prunelab.sweep.store.load_results(run_dir)``), never a model::
 
     from prunelab.report import build_report
     paths = build_report(run_dir, load_results(run_dir))   # run_dir/report.html, summary.md, plots/
@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from prunelab.errors import PrunelabError
+from prunelab.report import plots
 from prunelab.report.extras import ReportExtras, ReportPaths
 from prunelab.report.frame import (
     curve_labels,
@@ -24,6 +25,7 @@ from prunelab.report.frame import (
     require_columns,
 )
 from prunelab.report.html import render_html
+from prunelab.report.plots import plot_metric_curves
 from prunelab.report.summary import render_summary, write_summary
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,6 @@ __all__ = [
 
 
 def _curve_plots(df: pd.DataFrame, plot_dir: Path, extras: ReportExtras) -> dict[str, Path]:
-    from prunelab.report.plots import plot_metric_curves
 
     tolerances = extras.tolerances or {}
     labels = set(curve_labels(df))
@@ -64,7 +65,6 @@ def _curve_plots(df: pd.DataFrame, plot_dir: Path, extras: ReportExtras) -> dict
 
 def make_plots(df: pd.DataFrame, plot_dir: Path, extras: ReportExtras) -> dict[str, Path]:
     """Write every figure the data and extras allow; returns {figure name: PNG path}."""
-    from prunelab.report import plots
 
     out = _curve_plots(df, plot_dir, extras)
     if pareto_cost_column(df) and "accuracy" in df.columns:

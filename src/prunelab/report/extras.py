@@ -21,7 +21,7 @@ class ReportExtras:
     - ``sensitivity``: tidy DataFrame with columns layer, level, value.
     - ``weights``: {layer: 1D array} for histograms (e.g. the shipped model's weights).
     - ``forgotten_images`` (N, 1, H, W), ``forgotten_labels`` (N,), ``forgotten_preds`` (N,).
-    - ``retained``: the retained-intelligence summary (``prunelab.preservation``).
+    - ``retained``: the retained-intelligence summary (``prunelab.decide.preservation``).
     - ``spec``: the sweep spec (JSON-able mapping) shown at the top; ``title``: page title.
     """
 

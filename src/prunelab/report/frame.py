@@ -1,7 +1,7 @@
 """Pure helpers over the sweep results table (one row per cell): labels, metrics, aggregates.
 
 Everything here takes and returns pandas/numpy data; no plotting, no files. The table's
-schema is the one ``prunelab.store.load_results`` returns (identity columns, one column per
+schema is the one ``prunelab.sweep.store.load_results`` returns (identity columns, one column per
 metric, ``val_``/``oneshot_``/``train_`` prefixed variants).
 """
 
@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from prunelab.errors import PrunelabError
+from prunelab.measure.metrics import METRICS
 
 #: Columns that identify a curve (a "method" in the report's sense), in label order.
 CURVE_KEYS = ("method", "allocation", "structure", "schedule", "ft_epochs")
@@ -101,7 +102,6 @@ def metric_columns(df: pd.DataFrame) -> list[str]:
 
 def higher_is_better(metric: str) -> bool:
     """Direction of a metric: the metric registry when it knows the name, else a name list."""
-    from prunelab.metrics import METRICS  # lazy: pulls torch
 
     base = metric.removeprefix("val_").removeprefix("oneshot_")
     if base in METRICS:

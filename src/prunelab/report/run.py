@@ -13,11 +13,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from prunelab.analysis import CONFIG_COLUMNS, Recommendation, points, recommend, tipping_points
+from prunelab.decide.analysis import (
+    CONFIG_COLUMNS,
+    Recommendation,
+    points,
+    recommend,
+    tipping_points,
+)
+from prunelab.decide.preservation import summarize_results
 from prunelab.errors import PrunelabError
+from prunelab.report import build_report
 from prunelab.report.extras import ReportExtras, ReportPaths
 from prunelab.report.frame import curve_labels
-from prunelab.store import Store, load_results
+from prunelab.sources.data import load_dataset
+from prunelab.sweep.spec import DataSpec
+from prunelab.sweep.store import Store, load_results
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +53,7 @@ def run_recommendation(
     max_drop_points: float | None = 0.5,
     min_value: float | None = None,
 ) -> Recommendation:
-    """:func:`prunelab.analysis.recommend` with the CLI's units (points of a 0-1 metric)."""
+    """:func:`prunelab.decide.analysis.recommend` with the CLI's units (points of a 0-1 metric)."""
     max_drop = None if max_drop_points is None else points(max_drop_points)
     return recommend(df, metric, max_drop=max_drop, min_value=min_value)
 
@@ -73,7 +83,6 @@ RETAINED_COLUMNS = (
 
 def retained_table(df: pd.DataFrame, store: Store) -> pd.DataFrame | None:
     """The retained-intelligence summary per (configuration, level), from stored predictions."""
-    from prunelab.preservation import summarize_results
 
     if not (df["method"] == "dense").any() or "ece" not in df.columns:
         return None
@@ -102,8 +111,6 @@ def forgotten_examples(
     Images come from reloading the run's dataset; skipped when it is unavailable or differs
     from the one the run used (data hash).
     """
-    from prunelab.data import load_dataset
-    from prunelab.sweep.spec import DataSpec
 
     best = table[table["pie_indices"].map(len) > 0]
     if best.empty:
@@ -150,7 +157,6 @@ def report_run(
     run_dir: Path | str, metric: str = "accuracy", max_drop_points: float | None = 0.5
 ) -> tuple[ReportPaths, Recommendation | None]:
     """Write plots, summary.md and report.html for ``run_dir``; return them and the advice."""
-    from prunelab.report import build_report
 
     run_dir = Path(run_dir)
     df = load_results(run_dir)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from prunelab.errors import PrunelabError
+from prunelab.prune.targets import select_targets
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,4 @@ def load_causal_lm(source: str | Path, dtype: torch.dtype = torch.float32) -> nn
 def decoder_targets(model: nn.Module) -> dict[str, nn.Module]:
     """The Linear layers inside the decoder blocks (attention and MLP); embeddings, norms and
     the output head (``lm_head``, often tied to the embeddings) are left dense."""
-    from prunelab.targets import select_targets
-
     return select_targets(model, include=("*.layers.*", "*.h.*", "*.decoder.layers.*"))

@@ -18,20 +18,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunelab.apply import apply_masks, layer_sparsity
-from prunelab.data import DataBundle, load_dataset
-from prunelab.finetune import TrainConfig, train
-from prunelab.masks import select_masks
-from prunelab.metrics import evaluate, predict
-from prunelab.metrics.base import DEFAULT_METRICS
-from prunelab.metrics.robustness import RobustnessSuite, reference_context
-from prunelab.models import build_model, load_or_train
-from prunelab.structure import NM, Channels, parse_structure
-from prunelab.sweep.allocations import MODEL_AWARE, resolve_allocation
+from prunelab.measure.metrics import evaluate, predict
+from prunelab.measure.metrics.base import DEFAULT_METRICS
+from prunelab.measure.metrics.robustness import RobustnessSuite, reference_context
+from prunelab.prune.apply import apply_masks, layer_sparsity
+from prunelab.prune.masks import select_masks
+from prunelab.prune.structure import NM, Channels, parse_structure
+from prunelab.prune.targets import select_targets
+from prunelab.recover.finetune import TrainConfig, train
+from prunelab.recover.schedules import canonical_schedule, parse_schedule, run_schedule
+from prunelab.sources.data import DataBundle, load_dataset
+from prunelab.sources.models import build_model, load_or_train
 from prunelab.sweep.ladder import cached_scores
-from prunelab.sweep.schedule import parse_schedule
+from prunelab.sweep.model_aware import MODEL_AWARE, resolve_allocation
 from prunelab.sweep.spec import DataSpec, SweepSpec
-from prunelab.targets import select_targets
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 TRAIN_EVAL_SIZE = 5000  # train rows evaluated for the overfitting gap
@@ -109,7 +109,7 @@ def expand_cells(spec: SweepSpec) -> list[Cell]:
     for structure in spec.structures:
         st = parse_structure(structure)
         levels = (round(st.sparsity, 10),) if isinstance(st, NM) else spec.levels
-        for schedule in dict.fromkeys(parse_schedule(s) for s in spec.schedules):
+        for schedule in dict.fromkeys(canonical_schedule(s) for s in spec.schedules):
             for method in spec.methods:
                 for allocation in spec.allocations:
                     if isinstance(st, NM) and allocation != spec.allocations[0]:
@@ -260,15 +260,12 @@ def _scheduled(
     cell: Cell, ctx: Context, model: nn.Module, gen: torch.Generator, on_step
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Iterative, gradual, regrow or adaptive pruning within the cell's fine-tune budget."""
-    from prunelab.schedules import parse_schedule as parse
-    from prunelab.schedules import run_schedule
-
     allocation: Any = cell.allocation
     records: dict[str, Any] = {}
     if cell.allocation in MODEL_AWARE:  # resolved once, from the dense model's scores
         _, _, allocation, records = _allocation(cell, ctx, model, gen)
     res = run_schedule(
-        parse(cell.schedule),
+        parse_schedule(cell.schedule),
         model,
         ctx.data,
         cell.level,

@@ -15,30 +15,18 @@ from typing import Protocol
 
 import torch
 
-from prunelab.inference import engine
-from prunelab.sweep.cell import Cell, CellResult, Context, Progress
-from prunelab.sweep.scan import ScanJob, run_item
+from prunelab.errors import PrunelabError
+from prunelab.measure.inference import engine, set_engine
+from prunelab.sweep.cell import Cell, CellResult, Progress
+from prunelab.sweep.contexts import ContextCache
+from prunelab.sweep.ray_executor import RayExecutor
+from prunelab.sweep.scan import run_item
 
 
 class Executor(Protocol):
     def map(
         self, cells: Sequence[Cell], progress: Progress | None = None
     ) -> Iterator[tuple[Cell, CellResult]]: ...
-
-
-class ContextCache:
-    """Contexts built at most once per process and sweep (data, dense model, dense outputs)."""
-
-    def __init__(self, cache_dir: Path | None) -> None:
-        self.cache_dir = cache_dir
-        self._items: dict[tuple, Context] = {}
-
-    def get(self, item: Cell | ScanJob) -> Context:
-        key = item.context_key()
-        if key not in self._items:
-            cell = item.cell if isinstance(item, ScanJob) else item
-            self._items[key] = Context.build(cell, self.cache_dir)
-        return self._items[key]
 
 
 class SequentialExecutor:
@@ -59,7 +47,6 @@ _WORKER_CONTEXTS: ContextCache | None = None  # one per worker process, set by i
 
 def _init_worker(cache_dir: Path | None, threads: int, engine: str) -> None:
     global _WORKER_CONTEXTS
-    from prunelab.inference import set_engine
 
     torch.set_num_threads(threads)
     set_engine(engine)
@@ -106,7 +93,6 @@ def make_executor(
     contexts: ContextCache | None = None,
 ) -> Executor:
     """``local`` (sequential when workers == 1, else a process pool) or ``ray``."""
-    from prunelab.errors import PrunelabError
 
     if workers < 1:
         raise PrunelabError(f"workers must be >= 1, got {workers}")
@@ -117,7 +103,5 @@ def make_executor(
             else ProcessPoolCellExecutor(workers, cache_dir)
         )
     if name == "ray":
-        from prunelab.sweep.ray_executor import RayExecutor
-
         return RayExecutor(address, workers, cache_dir, contexts)
     raise PrunelabError(f"unknown executor '{name}'; valid: local, ray")

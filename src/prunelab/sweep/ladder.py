@@ -6,7 +6,8 @@ nest). :func:`cached_scores` memoises the calibration batches and ``compute_scor
 context's per-process ``memo``, together with the generator state scoring leaves behind, so a
 cell that hits the memo continues with exactly the random stream it would have had: results
 are bit-identical with and without it. The memoised scores are a
-:class:`~prunelab.allocation.RankedScores`, so each sort (per layer, and pooled for ``global``) is
+:class:`~prunelab.prune.allocation.RankedScores`, so each sort (per layer, and pooled for
+``global``) is
 also done once per ladder instead of once per level.
 """
 
@@ -18,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from prunelab.allocation import RankedScores
-from prunelab.criteria import compute_scores
-from prunelab.structure import Channels, parse_structure
+from prunelab.prune.allocation import RankedScores
+from prunelab.prune.criteria import compute_scores
+from prunelab.prune.structure import Channels, parse_structure
 
 if TYPE_CHECKING:
-    from prunelab.data import Split
+    from prunelab.sources.data import Split
     from prunelab.sweep.cell import Cell
 
 Batches = list[tuple[Tensor, Tensor]]

@@ -23,9 +23,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from prunelab import inference
+import torch
+
 from prunelab.errors import PrunelabError
+from prunelab.measure import inference
+from prunelab.measure.inference import set_engine
 from prunelab.sweep.cell import Cell, CellResult, Context, Progress
+from prunelab.sweep.contexts import ContextCache
 from prunelab.sweep.scan import ScanJob, run_item
 
 log = logging.getLogger(__name__)
@@ -72,9 +76,6 @@ def _ray_task(
 ) -> CellResult | list[dict]:
     """Runs inside a Ray worker. ``ctx_box`` wraps the context ref so Ray does not resolve it."""
     import ray
-    import torch
-
-    from prunelab.inference import set_engine
 
     torch.set_num_threads(threads)
     set_engine(engine)  # the driver's evaluation engine, also on remote nodes
@@ -103,7 +104,6 @@ class RayExecutor:
         gpus_per_cell: float = 0.0,
         max_retries: int = 2,
     ) -> None:
-        from prunelab.sweep.executors import ContextCache
 
         if cpus_per_cell <= 0 or gpus_per_cell < 0:
             raise PrunelabError("ray resources per cell must be cpus > 0 and gpus >= 0")

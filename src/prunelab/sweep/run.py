@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import platform
@@ -14,13 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prunelab import inference
 from prunelab.errors import PrunelabError
-from prunelab.store import RUN_ID, Store
+from prunelab.measure import inference
 from prunelab.sweep.cell import Cell, CellResult, Progress, expand_cells
-from prunelab.sweep.executors import ContextCache, Executor, SequentialExecutor
+from prunelab.sweep.contexts import ContextCache
+from prunelab.sweep.executors import Executor, SequentialExecutor
 from prunelab.sweep.scan import ScanJob, scan_jobs
 from prunelab.sweep.spec import SweepSpec
+from prunelab.sweep.store import RUN_ID, Store
 
 log = logging.getLogger(__name__)
 SCAN_KEY = "sensitivity/magnitude/dense"  # store meta: the dense model's sensitivity table
@@ -130,7 +132,6 @@ def run_sweep(
 
 
 def _plain(obj: object) -> object:
-    import dataclasses
 
     if dataclasses.is_dataclass(obj):
         return dataclasses.asdict(obj)  # type: ignore[arg-type]

@@ -5,7 +5,7 @@ time over a ladder, Li et al. 2017) for the report's heatmap. Each layer's rows 
 independent, so the scan is split into :class:`ScanJob` s that any executor schedules next to
 the cells: on Ray or a process pool the scan spreads over the workers instead of running alone
 in the driver before the first cell. The concatenated rows equal one
-:func:`~prunelab.sensitivity.sensitivity_analysis` call over all layers.
+:func:`~prunelab.decide.sensitivity.sensitivity_analysis` call over all layers.
 """
 
 from __future__ import annotations
@@ -13,7 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from prunelab.decide.sensitivity import sensitivity_analysis
+from prunelab.prune.criteria import compute_scores
+from prunelab.prune.targets import select_targets
 from prunelab.sweep.cell import Cell, CellResult, Context, Progress, run_cell
+from prunelab.sweep.model_aware import SENSITIVITY_VAL_ROWS
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,6 @@ class ScanJob:
 
 
 def _targets(cell: Cell, ctx: Context) -> tuple[Any, dict]:
-    from prunelab.targets import select_targets
 
     dense = ctx.dense_model(cell)
     return dense, select_targets(dense, cell.include or None, cell.exclude or None, cell.prune_last)
@@ -45,9 +48,6 @@ def scan_jobs(cell: Cell, ctx: Context) -> list[ScanJob]:
 
 def run_scan_job(job: ScanJob, ctx: Context) -> list[dict]:
     """The sensitivity rows (level 0 first) of ``job.layer``, as JSON-able dicts."""
-    from prunelab.criteria import compute_scores
-    from prunelab.sensitivity import sensitivity_analysis
-    from prunelab.sweep.allocations import SENSITIVITY_VAL_ROWS
 
     dense, targets = _targets(job.cell, ctx)
     scores = compute_scores(dense, {job.layer: targets[job.layer]}, "magnitude")

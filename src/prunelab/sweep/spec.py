@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from prunelab.errors import PrunelabError
-from prunelab.finetune import TrainConfig
+from prunelab.measure.metrics import METRICS
+from prunelab.prune.criteria import CRITERIA
+from prunelab.prune.structure import parse_structure
+from prunelab.recover.finetune import TrainConfig
+from prunelab.recover.schedules import parse_schedule
+from prunelab.sources.data import DATASETS
+from prunelab.sources.models import MODELS
+from prunelab.sweep.model_aware import check_allocation
 
 
 def parse_levels(text: str) -> tuple[float, ...]:
@@ -100,13 +107,6 @@ class SweepSpec:
 
     def validate_names(self) -> None:  # noqa: C901
         """Fail fast on unknown plug-in names, before any cell runs."""
-        from prunelab.criteria import CRITERIA
-        from prunelab.data import DATASETS
-        from prunelab.metrics import METRICS
-        from prunelab.models import MODELS
-        from prunelab.structure import parse_structure
-        from prunelab.sweep.allocations import check_allocation
-        from prunelab.sweep.schedule import parse_schedule
 
         MODELS.get(self.model)
         DATASETS.get(self.data.name)

@@ -20,8 +20,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from prunelab.allocation import ALLOCATIONS
 from prunelab.errors import PrunelabError
+from prunelab.prune.allocation.base import ALLOCATIONS
 
 log = logging.getLogger(__name__)
 

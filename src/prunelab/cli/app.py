@@ -1,0 +1,236 @@
+"""The command-line shell: parse into typed values, call the library, print. Exit 2 on bad input."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from prunelab.cli.console import registries, run_sweep_with_progress
+from prunelab.errors import PrunelabError
+from prunelab.measure import inference
+from prunelab.nlp.fetch import fetch_text_data as fetch
+from prunelab.report.run import report_run, run_recommendation
+from prunelab.ship.from_run import export_cell
+from prunelab.sources.models import default_cache_dir
+from prunelab.sweep import load_spec, spec_from_dict
+from prunelab.sweep.spec import parse_levels
+from prunelab.sweep.store import load_results
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="prunelab: how sparse can this model go before it loses its intelligence?",
+)
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", err=True, fg="red")
+    raise typer.Exit(2)
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn PrunelabError into one line on stderr and exit code 2 (no traceback)."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except PrunelabError as e:
+            _fail(str(e))
+        except KeyboardInterrupt:
+            typer.secho(
+                "interrupted: finished cells are saved; rerun the same command to resume", err=True
+            )
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _csv(text: str | None) -> tuple[str, ...] | None:
+    return None if text is None else tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+@app.command()
+@user_errors
+def sweep(
+    config: Annotated[Path | None, typer.Option(help="TOML sweep spec; flags override it")] = None,
+    out: Annotated[
+        Path, typer.Option(help="run directory (resumed if it holds this sweep)")
+    ] = Path("runs/default"),
+    model: Annotated[str | None, typer.Option(help="model name (see `prunelab list`)")] = None,
+    dataset: Annotated[str | None, typer.Option(help="dataset name")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="directory of Fashion-MNIST IDX files")
+    ] = None,
+    train_limit: Annotated[
+        int | None, typer.Option(help="use only the first N training rows")
+    ] = None,
+    methods: Annotated[str | None, typer.Option(help="criteria, comma-separated")] = None,
+    allocations: Annotated[
+        str | None, typer.Option(help="allocations, e.g. global,uniform")
+    ] = None,
+    structures: Annotated[str | None, typer.Option(help="unstructured, 2:4, channels, ...")] = None,
+    schedules: Annotated[str | None, typer.Option(help="oneshot, ...")] = None,
+    levels: Annotated[str | None, typer.Option(help="'0.5,0.8,0.9' or '0.1:0.9:0.1'")] = None,
+    seeds: Annotated[str | None, typer.Option(help="comma-separated seeds")] = None,
+    ft_epochs: Annotated[float | None, typer.Option(help="fine-tune epochs per cell")] = None,
+    dense_epochs: Annotated[float | None, typer.Option(help="dense training epochs")] = None,
+    metrics: Annotated[str | None, typer.Option(help="extra metrics, comma-separated")] = None,
+    workers: Annotated[int, typer.Option(help="parallel worker processes")] = 1,
+    executor: Annotated[str, typer.Option(help="local or ray")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster address")] = None,
+    report: Annotated[bool, typer.Option(help="write the report when done")] = True,
+    max_drop: Annotated[float, typer.Option(help="report tolerance, in points")] = 0.5,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+    engine: Annotated[
+        str | None,
+        typer.Option(help="evaluation: auto (compiled copy when safe) or eager; $PRUNELAB_ENGINE"),
+    ] = None,
+) -> None:
+    """Prune a model at a ladder of sparsity levels with each method, fine-tune, measure, store."""
+
+    if engine is not None:
+        inference.set_engine(engine)  # checked here: a bad name fails before any work
+    inference.engine()  # a bad $PRUNELAB_ENGINE fails here too (executors pass it to workers)
+
+    raw: dict[str, Any] = load_spec(config) if config else {}
+    data = dict(raw.get("data", {}))
+    for key, value in (("name", dataset), ("data_dir", data_dir), ("train_limit", train_limit)):
+        if value is not None:
+            data[key] = str(value) if isinstance(value, Path) else value
+    if data_dir is not None and not data_dir.is_dir():
+        raise PrunelabError(f"data directory {data_dir} does not exist")
+    raw["data"] = data
+    flags: dict[str, Any] = {
+        "model": model,
+        "methods": _csv(methods),
+        "allocations": _csv(allocations),
+        "structures": _csv(structures),
+        "schedules": _csv(schedules),
+        "metrics": _csv(metrics),
+    }
+    if levels is not None:
+        flags["levels"] = parse_levels(levels)
+    if seeds is not None:
+        try:
+            flags["seeds"] = tuple(int(s) for s in _csv(seeds) or ())
+        except ValueError:
+            raise PrunelabError(f"seeds must be integers, got '{seeds}'") from None
+    raw.update({k: v for k, v in flags.items() if v is not None})
+    for key, epochs in (("finetune", ft_epochs), ("dense", dense_epochs)):
+        if epochs is not None:
+            raw[key] = {**raw.get(key, {}), "epochs": epochs}
+    spec = spec_from_dict(raw)
+
+    run_sweep_with_progress(spec, out, executor, workers, address, quiet)
+    if report:
+        _write_report(out, max_drop=max_drop)
+
+
+def _write_report(run_dir: Path, metric: str = "accuracy", max_drop: float | None = 0.5) -> None:
+
+    paths, rec = report_run(run_dir, metric, max_drop)
+    if rec is not None:
+        typer.echo(rec.summary())
+    typer.echo(f"report: {paths.html}")
+
+
+@app.command()
+@user_errors
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="a sweep's run directory")],
+    metric: Annotated[str, typer.Option(help="metric for tipping points and advice")] = "accuracy",
+    max_drop: Annotated[float, typer.Option(help="tolerated drop, in points (0.5 = 0.5 pt)")] = 0.5,
+) -> None:
+    """Write plots, summary.md and report.html for a finished (or partial) sweep."""
+    if not run_dir.is_dir():
+        raise PrunelabError(f"run directory {run_dir} does not exist")
+    _write_report(run_dir, metric, max_drop)
+
+
+@app.command()
+@user_errors
+def recommend(
+    run_dir: Annotated[Path, typer.Argument(help="a sweep's run directory")],
+    max_drop: Annotated[
+        float | None, typer.Option(help="tolerated drop vs dense, in points")
+    ] = None,
+    min_value: Annotated[float | None, typer.Option(help="or: minimum metric value (0-1)")] = None,
+    metric: Annotated[str, typer.Option(help="accuracy, agreement, macro_f1, ...")] = "accuracy",
+) -> None:
+    """The highest sparsity whose validation metric holds with confidence, and the evidence."""
+
+    if not run_dir.is_dir():
+        raise PrunelabError(f"run directory {run_dir} does not exist")
+    if (max_drop is None) == (min_value is None):
+        raise PrunelabError("give exactly one of --max-drop (points) or --min-value")
+    rec = run_recommendation(load_results(run_dir), metric, max_drop, min_value)
+    typer.echo(rec.summary())
+    if len(rec.evidence):
+        cols = [c for c in rec.evidence.columns if c not in ("structure", "schedule")]
+        typer.echo(rec.evidence[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if rec.level is None:
+        raise typer.Exit(1)
+
+
+@app.command("list")
+@user_errors
+def list_(what: Annotated[str | None, typer.Argument(help="one kind only")] = None) -> None:
+    """List the registered methods, allocations, structures, schedules, metrics, data, models."""
+
+    regs = registries()
+    if what is not None and what not in regs:
+        raise PrunelabError(f"unknown kind '{what}'; valid: {', '.join(regs)}")
+    for kind, names in regs.items():
+        if what is None or what == kind:
+            typer.echo(f"{kind}: {', '.join(names)}")
+
+
+@app.command("fetch-text-data")
+@user_errors
+def fetch_text_data(
+    cache: Annotated[Path | None, typer.Option(help="cache dir (default $PRUNELAB_CACHE)")] = None,
+) -> None:
+    """Download the offline text data (movie-review sentiment, Lee similarity) into the cache."""
+
+    where = fetch(cache or default_cache_dir())
+    typer.echo(f"text data ready in {where}")
+
+
+@app.command()
+@user_errors
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="a sweep's run directory")],
+    out: Annotated[Path, typer.Option(help="output file (never overwritten)")],
+    fmt: Annotated[str, typer.Option("--format", help="sparse, slim or onnx")] = "sparse",
+    cell: Annotated[str | None, typer.Option(help="cell id (see results)")] = None,
+    level: Annotated[float | None, typer.Option(help="sparsity level of the cell")] = None,
+    method: Annotated[str | None, typer.Option(help="method of the cell")] = None,
+    allocation: Annotated[str | None, typer.Option(help="allocation of the cell")] = None,
+    seed: Annotated[int | None, typer.Option(help="seed of the cell")] = None,
+) -> None:
+    """Re-run one cell, check it reproduces its stored metrics, and export its model."""
+
+    if not run_dir.is_dir():
+        raise PrunelabError(f"run directory {run_dir} does not exist")
+    done = export_cell(run_dir, out, fmt, cell, level, method, allocation, seed=seed)
+    typer.echo(
+        f"{fmt}: {done.path} {done.bytes:,} bytes ({100 * done.ratio:.1f}% of the dense "
+        f"safetensors, {done.dense_bytes:,} bytes){' ' + done.detail if done.detail else ''}"
+    )
+
+
+def main() -> None:  # pragma: no cover
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

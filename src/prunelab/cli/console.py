@@ -1,0 +1,93 @@
+"""Terminal rendering for the CLI: rich progress bars and the end-of-sweep summary table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from prunelab.measure.metrics import METRICS
+from prunelab.prune.allocation import ALLOCATIONS
+from prunelab.prune.criteria import CRITERIA
+from prunelab.recover.schedules import SCHEDULES
+from prunelab.report import curve_labels
+from prunelab.sources.data import DATASETS
+from prunelab.sources.models import MODELS
+from prunelab.sweep import SweepSpec, expand_cells, make_executor, run_sweep
+from prunelab.sweep.contexts import ContextCache
+from prunelab.sweep.store import load_results
+
+
+def registries() -> dict[str, list[str]]:
+
+    return {
+        "methods": CRITERIA.names(),
+        "allocations": ALLOCATIONS.names(),
+        "structures": ["unstructured", "N:M (e.g. 2:4)", "channels"],
+        "schedules": SCHEDULES.names(),
+        "metrics": METRICS.names(),
+        "datasets": DATASETS.names(),
+        "models": MODELS.names(),
+    }
+
+
+def run_sweep_with_progress(
+    spec: SweepSpec, out: Path, executor_name: str, workers: int, address: str | None, quiet: bool
+) -> None:
+    console = Console(stderr=True)
+    contexts = ContextCache(None)
+    executor = make_executor(executor_name, workers, address=address, contexts=contexts)
+
+    total = len(expand_cells(spec))
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
+    ) as bars:
+        overall = bars.add_task("cells", total=total)
+        current = bars.add_task("preparing (dense model, data)", total=None)
+
+        def on_cell(cell, result) -> None:
+            bars.advance(overall)
+            bars.update(current, description=f"done: {cell.label}", completed=0)
+
+        def on_step(phase: str, done: int, steps: int) -> None:
+            bars.update(current, description=phase, completed=done, total=steps)
+
+        outcome = run_sweep(
+            spec, out, executor, on_cell=on_cell, progress=on_step, contexts=contexts
+        )
+        bars.update(overall, completed=total)
+    console.print(f"{outcome.ran} cells ran, {outcome.skipped} resumed from {out}")
+    print_summary(out, console)
+
+
+def print_summary(run_dir: Path, console: Console) -> None:
+    """Level × method table: accuracy, agreement and achieved sparsity, mean over seeds."""
+
+    df = load_results(run_dir)
+    df["curve"] = curve_labels(df)
+    pruned = df[df["method"] != "dense"]
+    table = Table(title=f"{run_dir}: test metrics (mean over seeds)")
+    for col in ("level", "method", "accuracy", "agreement", "sparsity"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    dense = df[df["method"] == "dense"]
+    if len(dense):
+        table.add_row(
+            "0",
+            "dense (+fine-tune)",
+            f"{dense['accuracy'].mean():.4f}",
+            f"{dense['agreement'].mean():.4f}",
+            f"{dense['sparsity'].mean():.4f}",
+        )
+    means = pruned.groupby(["level", "curve"])[["accuracy", "agreement", "sparsity"]].mean()
+    for (level, curve), r in means.iterrows():
+        table.add_row(
+            f"{level:g}", curve, f"{r.accuracy:.4f}", f"{r.agreement:.4f}", f"{r.sparsity:.4f}"
+        )
+    Console().print(table)

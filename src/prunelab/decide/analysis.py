@@ -1,0 +1,388 @@
+"""Reading a sweep's results: the tipping point of each curve and the sparsity to ship.
+
+Both work on the tidy results table of :func:`prunelab.sweep.store.load_results` (one row per cell;
+``method == "dense"`` rows are the per-seed dense controls). Units: every tolerance is in the
+metric's own units; accuracy-like metrics are fractions, so 0.5 percentage points is
+``max_drop=0.005`` (:func:`points` converts). A *drop* is always "how much worse than dense"
+(positive = worse), whatever the metric's direction.
+
+**Tipping point rule** (:func:`knee`), chosen to be robust with 5-10 ladder points and few
+seeds: average the seeds at each level and take the drop from the dense (lowest) level. The
+noise band is ``tau = max(z * sigma * sqrt(2 / k), min_fall)`` where ``sigma`` is the pooled
+seed standard deviation over levels whose own std is at most 3x the median (``k`` seeds per
+level; the sqrt term is the std of a difference of two
+k-seed means) and ``min_fall`` a floor for single-seed curves. The *onset* is the first level
+from which the drop stays above ``tau`` at every higher level (a sustained exit, so one noisy
+point cannot trigger it); the *knee* is the level just before the onset, the last level still
+indistinguishable from dense. No onset -> no knee (the curve never falls in the measured range).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from prunelab.errors import PrunelabError
+from prunelab.measure.metrics import METRICS
+
+log = logging.getLogger(__name__)
+CONFIG_COLUMNS = ("method", "allocation", "structure", "schedule", "ft_epochs")
+FRACTION_METRICS = frozenset({"accuracy", "macro_f1", "agreement"})
+
+
+def points(p: float) -> float:
+    """Percentage points to a fraction: ``points(0.5) == 0.005`` (CLI ``--max-drop 0.5``)."""
+    return p / 100.0
+
+
+@dataclass(frozen=True)
+class Knee:
+    """Tipping point of one curve (levels are target sparsities)."""
+
+    level: float | None  # last level within the noise band before the sustained fall
+    onset: float | None  # first level of the sustained fall
+    band: float  # tolerance tau, metric units
+    noise: float  # pooled per-seed std used for the band
+    reason: str
+
+
+def _by_level(levels: Sequence[float], values: Sequence[float]) -> pd.DataFrame:
+    frame = pd.DataFrame({"level": np.asarray(levels, float), "value": np.asarray(values, float)})
+    if frame.empty or not np.isfinite(frame.to_numpy()).all():
+        raise PrunelabError("a curve needs finite levels and values")
+    return frame.groupby("level")["value"].agg(["mean", "std", "count"]).reset_index()
+
+
+def knee(
+    levels: Sequence[float],
+    values: Sequence[float],
+    higher_is_better: bool = True,
+    noise: float | None = None,
+    z: float = 3.0,
+    min_fall: float = 0.005,
+) -> Knee:
+    """The tipping point of a metric-vs-sparsity curve (rule in the module docstring).
+
+    Repeated levels are seeds. ``noise`` overrides the pooled seed std.
+
+    >>> knee([0, .5, .8, .9, .95, .98], [.91, .91, .908, .905, .85, .6]).level
+    0.9
+    >>> knee([0, .5, .8], [.91, .91, .909]).level is None
+    True
+    """
+    g = _by_level(levels, values)
+    if len(g) < 3:
+        raise PrunelabError(f"a knee needs at least 3 distinct levels, got {len(g)}")
+    sign = 1.0 if higher_is_better else -1.0
+    drop = sign * (g["mean"].iloc[0] - g["mean"]).to_numpy()
+    k = int(g["count"].min())
+    if noise is None:
+        multi = g[g["count"] > 1]
+        # Levels whose seed std exceeds 3x the median (a collapsed high-sparsity region where
+        # seeds scatter widely) are left out, so they cannot widen the band everywhere and hide
+        # an earlier fall; the rest are pooled (root mean square, weighted by dof).
+        calm = multi[multi["std"] <= 3 * multi["std"].median() + 1e-12] if len(multi) else multi
+        noise = (
+            float(np.sqrt(np.average(calm["std"] ** 2, weights=calm["count"] - 1)))
+            if len(calm)
+            else 0.0
+        )
+    tau = max(z * noise * math.sqrt(2.0 / k), min_fall)
+    above = drop > tau + 1e-12  # float-safe: a drop of exactly tau is inside the band
+    sustained = np.flip(np.cumprod(np.flip(above))).astype(bool)  # above here and at all higher
+    if not sustained[1:].any():
+        return Knee(None, None, tau, noise, f"drop never leaves the noise band {tau:.4g}")
+    j = int(np.argmax(sustained[1:])) + 1
+    lv = g["level"].to_numpy()
+    return Knee(
+        float(lv[j - 1]),
+        float(lv[j]),
+        tau,
+        noise,
+        f"drop exceeds {tau:.4g} from level {lv[j]:g} on",
+    )
+
+
+def _column(metric: str, split: str) -> str:
+    if split not in ("val", "test"):
+        raise PrunelabError(f"split must be 'val' or 'test', got '{split}'")
+    return f"val_{metric}" if split == "val" else metric
+
+
+def _check_results(df: pd.DataFrame, column: str) -> list[str]:
+    """Validate the results table; return the configuration columns present."""
+    needed = {"method", "level", "seed", column}
+    missing = needed - set(df.columns)
+    if missing:
+        raise PrunelabError(f"results lack columns {sorted(missing)}; have {sorted(df.columns)}")
+    for col in ("model", "dataset"):
+        if col in df.columns and df[col].nunique() > 1:
+            raise PrunelabError(
+                f"results hold several {col}s ({sorted(df[col].unique())}); filter to one first"
+            )
+    if not (df["method"] == "dense").any():
+        raise PrunelabError("results have no dense control rows (method 'dense')")
+    return [c for c in CONFIG_COLUMNS if c in df.columns]
+
+
+def tipping_points(
+    df: pd.DataFrame, metric: str = "accuracy", split: str = "val", **knee_kw: float
+) -> pd.DataFrame:
+    """One :func:`knee` per configuration curve, the dense controls as level 0 of each.
+
+    Returns columns: the configuration columns, ``knee``, ``onset``, ``band``, ``noise``.
+    """
+    column = _column(metric, split)
+    config = _check_results(df, column)
+    hib = METRICS.get(metric).higher_is_better
+    dense = df[df["method"] == "dense"]
+    rows = []
+    for key, g in df[df["method"] != "dense"].groupby(config, dropna=False):
+        ref = dense
+        if "ft_epochs" in config and (dense["ft_epochs"] == g["ft_epochs"].iloc[0]).any():
+            ref = dense[dense["ft_epochs"] == g["ft_epochs"].iloc[0]]  # same fine-tune budget
+        k = knee(
+            np.r_[np.zeros(len(ref)), g["level"]], np.r_[ref[column], g[column]], hib, **knee_kw
+        )
+        rows.append(
+            dict(
+                zip(config, key if isinstance(key, tuple) else (key,)),
+                knee=k.level,
+                onset=k.onset,
+                band=k.band,
+                noise=k.noise,
+            )
+        )
+    return pd.DataFrame(rows)
+
+
+def bootstrap_ci(
+    values: Sequence[float], confidence: float = 0.95, n_boot: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean (over seeds); a point when n == 1.
+
+    >>> bootstrap_ci([1.0, 1.0, 1.0])
+    (1.0, 1.0)
+    """
+    v = torch.tensor(np.asarray(values, float))
+    if v.numel() == 0:
+        raise PrunelabError("bootstrap needs at least one value")
+    if not 0.5 <= confidence < 1.0:
+        raise PrunelabError(f"confidence must be in [0.5, 1), got {confidence}")
+    if v.numel() == 1:
+        return float(v[0]), float(v[0])
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, v.numel(), (n_boot, v.numel()), generator=g)  # (n_boot, n)
+    means = v[idx].mean(1)
+    a = (1.0 - confidence) / 2
+    lo, hi = torch.quantile(means, torch.tensor([a, 1 - a], dtype=means.dtype)).tolist()
+    return float(lo), float(hi)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """The sparsity to ship, or ``level=None`` when no level meets the tolerance.
+
+    ``interval`` is the ``confidence`` bootstrap interval (over seeds) of the drop vs dense on
+    the selection split (metric units; with ``min_value`` it is the interval of the metric);
+    ``test_*`` are evidence on the test split, never used to choose.
+    """
+
+    level: float | None
+    config: dict[str, object] | None
+    metric: str
+    split: str
+    tolerance: str
+    confidence: float
+    interval: tuple[float, float] | None
+    value: float | None
+    test_value: float | None
+    test_interval: tuple[float, float] | None
+    n_seeds: int
+    evidence: pd.DataFrame
+    reason: str
+
+    @property
+    def method(self) -> str | None:
+        return None if self.config is None else str(self.config.get("method"))
+
+    def summary(self) -> str:
+        """One paragraph for the CLI and the report."""
+        if self.level is None:
+            return f"No level meets the tolerance ({self.tolerance}): {self.reason}"
+        cfg = ", ".join(f"{k}={v}" for k, v in (self.config or {}).items())
+        lo, hi = self.interval or (math.nan, math.nan)
+        text = (
+            f"Ship sparsity {self.level:g} ({cfg}): {self.split} {self.metric} "
+            f"{self.value:.4f}, {self.confidence:.0%} interval [{lo:.4f}, {hi:.4f}] "
+            f"({self.tolerance}; {self.n_seeds} seed(s))."
+        )
+        if self.test_value is not None:
+            text += f" Test {self.metric}: {self.test_value:.4f}."
+        return text + (f" {self.reason}" if self.reason else "")
+
+
+def _paired(df: pd.DataFrame, column: str, sign: float) -> pd.Series:
+    """Per row: drop vs the dense control of the same seed (and fine-tune budget).
+
+    A seed without its own dense control falls back to the mean dense value (of the same
+    fine-tune budget when known).
+    """
+    dense = df[df["method"] == "dense"]
+    keys = [c for c in ("seed", "ft_epochs") if c in df.columns]
+    ref = dense.groupby(keys, as_index=False)[column].mean().rename(columns={column: "_d"})
+    d = df[keys].merge(ref, on=keys, how="left")["_d"]
+    if "ft_epochs" in keys:
+        by_budget = dense.groupby("ft_epochs")[column].mean()
+        d = d.fillna(df["ft_epochs"].map(by_budget).reset_index(drop=True))
+    d = d.fillna(dense[column].mean())
+    return pd.Series(sign * (d.to_numpy() - df[column].to_numpy()), index=df.index)
+
+
+def _check_tolerance(metric: str, max_drop: float | None, min_value: float | None) -> str:
+    if (max_drop is None) == (min_value is None):
+        raise PrunelabError("give exactly one of max_drop or min_value")
+    if max_drop is not None:
+        if not max_drop >= 0:
+            raise PrunelabError(f"max_drop must be >= 0, got {max_drop}")
+        if metric in FRACTION_METRICS and max_drop >= 1:
+            raise PrunelabError(
+                f"max_drop is in {metric} units (a fraction), got {max_drop}; "
+                f"for percentage points use points({max_drop:g})"
+            )
+        if metric in FRACTION_METRICS and max_drop > 0.1:
+            log.warning(
+                "max_drop %g is %g percentage points of %s; is that intended?",
+                max_drop,
+                100 * max_drop,
+                metric,
+            )
+        return f"max drop {max_drop:g} in {metric}"
+    if not METRICS.get(metric).higher_is_better:
+        raise PrunelabError(
+            f"min_value needs a higher-is-better metric; {metric} is lower-is-better: use max_drop"
+        )
+    return f"{metric} >= {min_value:g}"
+
+
+def _evidence(
+    df: pd.DataFrame, config: list[str], metric: str, column: str, confidence: float, seed: int
+) -> pd.DataFrame:
+    sign = 1.0 if METRICS.get(metric).higher_is_better else -1.0
+    df = df.assign(_drop=_paired(df, column, sign))
+    has_test = metric in df.columns and column != metric
+    if has_test:
+        df = df.assign(_test_drop=_paired(df, metric, sign))
+    rows = []
+    for key, g in df[df["method"] != "dense"].groupby(config + ["level"], dropna=False):
+        row = dict(zip(config + ["level"], key))
+        lo, hi = bootstrap_ci(g["_drop"], confidence, seed=seed)
+        mlo, mhi = bootstrap_ci(g[column], confidence, seed=seed)
+        row.update(
+            n_seeds=len(g),
+            value=g[column].mean(),
+            drop=g["_drop"].mean(),
+            drop_lo=lo,
+            drop_hi=hi,
+            value_lo=mlo,
+            value_hi=mhi,
+        )
+        if has_test:
+            tlo, thi = bootstrap_ci(g["_test_drop"], confidence, seed=seed)
+            row.update(
+                test_value=g[metric].mean(),
+                test_drop=g["_test_drop"].mean(),
+                test_drop_lo=tlo,
+                test_drop_hi=thi,
+            )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def recommend(
+    df: pd.DataFrame,
+    metric: str = "accuracy",
+    max_drop: float | None = None,
+    min_value: float | None = None,
+    confidence: float = 0.95,
+    split: str = "val",
+    seed: int = 0,
+) -> Recommendation:
+    """Highest sparsity whose metric holds with confidence, and the configuration reaching it.
+
+    Tolerances are in metric units (``max_drop=0.005`` = 0.5 accuracy points; see
+    :func:`points`). A level *holds* when the whole ``confidence`` bootstrap interval over seeds
+    of its drop vs dense (paired by seed) is <= ``max_drop`` -- or of its metric is >=
+    ``min_value`` -- on ``split`` ('val' chooses without looking at test; test numbers are
+    reported as evidence). A configuration's usable levels are those holding at every lower
+    level too (a contiguous run from dense). Ties between configurations at the same level go
+    to the better mean metric.
+    """
+    tolerance = _check_tolerance(metric, max_drop, min_value)
+    column = _column(metric, split)
+    config = _check_results(df, column)
+    ev = _evidence(df, config, metric, column, confidence, seed)
+    if ev.empty:
+        raise PrunelabError("results have no pruned rows (only dense controls)")
+    sign = 1.0 if METRICS.get(metric).higher_is_better else -1.0
+    ev["holds"] = (
+        ev["drop_hi"] <= max_drop + 1e-12
+        if max_drop is not None
+        else ev["value_lo"] >= min_value - 1e-12
+    )
+    ev = ev.sort_values(config + ["level"]).reset_index(drop=True)
+    ev["usable"] = ev.groupby(config, dropna=False)["holds"].cummin()
+    ok = ev[ev["usable"]]
+    note = "" if split == "val" else "Chosen on the test split: the estimate is optimistic."
+    if ok.empty:
+        best = ev.loc[(ev["drop"] * 1.0).idxmin()]
+        reason = (
+            f"even the best pruned cell (level {best['level']:g}) drops "
+            f"{best['drop']:.4g} (interval up to {best['drop_hi']:.4g})"
+        )
+        return Recommendation(
+            None,
+            None,
+            metric,
+            split,
+            tolerance,
+            confidence,
+            None,
+            None,
+            None,
+            None,
+            int(ev["n_seeds"].max()),
+            ev,
+            reason,
+        )
+    top = ok[ok["level"] == ok["level"].max()]
+    best = top.loc[(sign * top["value"]).idxmax()]
+    interval = (
+        (best["drop_lo"], best["drop_hi"])
+        if max_drop is not None
+        else (best["value_lo"], best["value_hi"])
+    )
+    test_iv = (best["test_drop_lo"], best["test_drop_hi"]) if "test_value" in best else None
+    if int(best["n_seeds"]) < 2:
+        note = (note + " Single seed: the interval is a point, not a confidence statement.").strip()
+    return Recommendation(
+        float(best["level"]),
+        {c: best[c] for c in config},
+        metric,
+        split,
+        tolerance,
+        confidence,
+        (float(interval[0]), float(interval[1])),
+        float(best["value"]),
+        float(best["test_value"]) if "test_value" in best else None,
+        tuple(float(x) for x in test_iv) if test_iv else None,  # type: ignore[arg-type]
+        int(best["n_seeds"]),
+        ev,
+        note,
+    )

@@ -1,0 +1,93 @@
+"""Training and recovery fine-tuning. Masks applied by parametrization stay fixed throughout."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from prunelab.errors import PrunelabError
+from prunelab.sources.data.base import Split
+
+log = logging.getLogger(__name__)
+
+StepCallback = Callable[[int, int], None]  # (step, total_steps) -> None, called after each step
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to (re)train: ``epochs`` may be fractional (0.5 = half an epoch of steps)."""
+
+    epochs: float = 1.0
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    batch_size: int = 128
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.epochs) or self.epochs < 0:
+            raise PrunelabError(f"fine-tune epochs must be >= 0, got {self.epochs}")
+        if not self.lr > 0:
+            raise PrunelabError(f"learning rate must be > 0, got {self.lr}")
+        if self.batch_size < 1:
+            raise PrunelabError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.optimizer not in ("adam", "sgd", "adamw"):
+            raise PrunelabError(f"unknown optimizer '{self.optimizer}'; valid: adam, adamw, sgd")
+
+    def total_steps(self, n_examples: int) -> int:
+        return math.ceil(self.epochs * math.ceil(n_examples / self.batch_size))
+
+
+def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def train(
+    model: nn.Module,
+    data: Split,
+    cfg: TrainConfig,
+    generator: torch.Generator,
+    on_step: StepCallback | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> float:
+    """Train ``model`` in place for ``cfg.epochs``; return the mean loss of the last epoch.
+
+    Masked weights (see :mod:`prunelab.prune.apply`) receive zero gradient through the mask and
+    remain exactly zero. ``on_step(step, total)`` runs after every optimizer step, which is
+    where gradual schedules update their masks.
+    """
+    total = cfg.total_steps(len(data))
+    if total == 0:
+        return float("nan")
+    loss_fn = loss_fn or nn.functional.cross_entropy
+    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
+    model.train()
+    step, running, count = 0, 0.0, 0
+    while step < total:
+        for xb, yb in data.batches(cfg.batch_size, shuffle=True, generator=generator):
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(xb), yb)
+            if not torch.isfinite(loss):
+                raise PrunelabError(f"training diverged: loss is {loss.item()} at step {step}")
+            loss.backward()
+            opt.step()
+            step += 1
+            running, count = running + loss.item(), count + 1
+            if on_step is not None:
+                on_step(step, total)
+            if step >= total:
+                break
+    model.eval()
+    log.debug("trained %d steps, mean loss %.4f", step, running / max(count, 1))
+    return running / max(count, 1)

@@ -1,0 +1,289 @@
+"""Export a pruned model: compact sparse checkpoint, slimmed dense model, or ONNX.
+
+Sparse format (one safetensors file, no pickles). For each tensor of the state dict either
+
+* ``NAME`` — the tensor as is (when that is smaller), or
+* ``NAME::mask`` (uint8, ``np.packbits`` of "value has any non-zero bit", row-major) plus
+  ``NAME::values`` (the non-zero values, in order, same dtype).
+
+The header metadata ``prunelab.sparse`` holds ``{"format": 1, "tensors": {name: {"shape",
+"dtype", "encoding"}}}``. The mask is taken on the *bit pattern*, so ``-0.0`` and every other
+value reload bit-exactly. Masking by multiplication leaves ``-0.0`` where a negative weight was
+pruned; :func:`plain_state` writes every zero as ``+0.0`` (the same value, and the same outputs),
+so the file holds one zero, not two.
+
+>>> import tempfile
+>>> from torch import nn
+>>> m = nn.Linear(64, 64); _ = m.weight.data.mul_(torch.rand(64, 64) > 0.9)
+>>> p = Path(tempfile.mkdtemp()) / "m.safetensors"
+>>> save_sparse(m, p).path == p
+True
+>>> m2 = load_sparse(nn.Linear(64, 64), p); bool(torch.equal(m2.weight, m.weight))
+True
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save, save_file
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from prunelab.errors import PrunelabError
+from prunelab.prune.apply import folded_copy, get_masks
+from prunelab.prune.surgery import save_slim, slim
+from prunelab.sources.models.cache import check_finite
+
+log = logging.getLogger(__name__)
+META_KEY = "prunelab.sparse"
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What an export wrote: the file, its size, and the dense safetensors size for scale."""
+
+    path: Path
+    bytes: int
+    dense_bytes: int
+    detail: str = ""
+
+    @property
+    def ratio(self) -> float:
+        return self.bytes / self.dense_bytes
+
+
+def plain_state(model: nn.Module) -> dict[str, Tensor]:
+    """The state dict as the original architecture names it (masks made permanent on a copy).
+
+    Floating zeros are canonical ``+0.0`` (``-0.0`` compares equal and computes the same).
+    """
+    if any(parametrize.is_parametrized(m) for m in model.modules()):
+        model = folded_copy(model)
+    out = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().contiguous().clone()
+        if v.is_floating_point():
+            v[v == 0] = 0.0  # -0.0 -> +0.0
+        out[k] = v
+    return out
+
+
+def _nonzero_bits(t: Tensor) -> Tensor:
+    """Bool (numel,): True where the element has any non-zero bit (so -0.0 counts as kept)."""
+    raw = t.contiguous().view(-1).view(torch.uint8)  # (numel * itemsize,)
+    return raw.view(-1, t.element_size()).ne(0).any(1)  # (numel,)
+
+
+def encode_sparse(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict]:
+    """State dict -> (tensors to store, metadata). Each tensor takes the smaller encoding."""
+    out: dict[str, Tensor] = {}
+    meta: dict[str, dict] = {}
+    for name, t in state.items():
+        if "::" in name:
+            raise PrunelabError(f"tensor name '{name}' contains '::', reserved by the format")
+        info = {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+        keep = _nonzero_bits(t)
+        nnz = int(keep.sum())
+        packed_bytes = (t.numel() + 7) // 8 + nnz * t.element_size()
+        if t.numel() > 0 and packed_bytes < t.numel() * t.element_size():
+            bits = np.packbits(keep.numpy())  # (ceil(numel / 8),) uint8
+            out[f"{name}::mask"] = torch.from_numpy(bits)
+            out[f"{name}::values"] = t.reshape(-1)[keep].clone()  # (nnz,)
+            info["encoding"] = "bitmask"
+        else:
+            out[name] = t
+            info["encoding"] = "dense"
+        meta[name] = info
+    return out, {"format": FORMAT, "tensors": meta}
+
+
+def decode_sparse(tensors: dict[str, Tensor], meta: dict) -> dict[str, Tensor]:
+    """Inverse of :func:`encode_sparse`; raises PrunelabError on inconsistent contents."""
+    state = {}
+    for name, info in meta["tensors"].items():
+        shape = tuple(int(s) for s in info["shape"])
+        numel = int(np.prod(shape, dtype=np.int64))
+        if info["encoding"] == "dense":
+            t = tensors.get(name)
+            if t is None or tuple(t.shape) != shape:
+                raise PrunelabError(f"sparse checkpoint: tensor '{name}' missing or misshapen")
+            state[name] = t
+            continue
+        bits, values = tensors.get(f"{name}::mask"), tensors.get(f"{name}::values")
+        if bits is None or values is None or bits.numel() != (numel + 7) // 8:
+            raise PrunelabError(f"sparse checkpoint: mask/values of '{name}' missing or misshapen")
+        keep = torch.from_numpy(np.unpackbits(bits.numpy(), count=numel).astype(bool))
+        if int(keep.sum()) != values.numel():
+            raise PrunelabError(
+                f"sparse checkpoint: '{name}' has {values.numel()} values for "
+                f"{int(keep.sum())} mask bits"
+            )
+        flat = torch.zeros(numel, dtype=values.dtype)
+        flat[keep] = values
+        state[name] = flat.view(shape)  # (numel,) -> shape
+    return state
+
+
+def _check_written(path: Path, write) -> None:
+    """Run ``write(tmp)`` then rename onto ``path``; a full disk becomes a clear error."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        write(tmp)
+        tmp.replace(path)
+    except (OSError, SafetensorError) as e:
+        tmp.unlink(missing_ok=True)
+        errno_ = getattr(e, "errno", None)
+        full = errno_ in (errno.ENOSPC, errno.EFBIG) or "too large" in str(e).lower()
+        why = (
+            "disk full or file size limit reached"
+            if full
+            else (getattr(e, "strerror", None) or str(e))
+        )
+        raise PrunelabError(f"cannot write {path}: {why}") from None
+
+
+def dense_bytes(state: dict[str, Tensor]) -> int:
+    """Size of the plain safetensors file of ``state`` (written to a temp file and measured)."""
+
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "dense.safetensors"
+        save_file(state, str(p))
+        return p.stat().st_size
+
+
+def sparse_bytes(model: nn.Module) -> int:
+    """Exact size in bytes of the file :func:`save_sparse` writes for ``model`` (built in memory).
+
+    >>> import tempfile
+    >>> m = nn.Linear(64, 64); _ = m.weight.data.mul_(torch.rand(64, 64) > 0.9)
+    >>> p = Path(tempfile.mkdtemp()) / "m.safetensors"
+    >>> sparse_bytes(m) == save_sparse(m, p).bytes == p.stat().st_size
+    True
+    """
+    tensors, meta = encode_sparse(plain_state(model))
+    return len(save(tensors, metadata={META_KEY: json.dumps(meta)}))
+
+
+def save_sparse(model: nn.Module, path: Path | str) -> Exported:
+    """Write ``model``'s weights as a compact sparse safetensors file (see module docstring)."""
+    path = Path(path)
+    state = plain_state(model)
+    tensors, meta = encode_sparse(state)
+    _check_written(
+        path, lambda tmp: save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)})
+    )
+    size = path.stat().st_size
+    return Exported(path, size, dense_bytes(state))
+
+
+def read_sparse(path: Path | str) -> dict[str, Tensor]:
+    """The full state dict stored in a sparse checkpoint (safetensors only: no code runs)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw_meta = (f.metadata() or {}).get(META_KEY)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise PrunelabError(f"corrupt or unreadable sparse checkpoint {path}: {e}") from None
+    if raw_meta is None:
+        raise PrunelabError(f"{path} is not a prunelab sparse checkpoint (no '{META_KEY}' header)")
+    try:
+        meta = json.loads(raw_meta)
+        if meta.get("format") != FORMAT:
+            raise PrunelabError(f"{path}: unsupported sparse format {meta.get('format')}")
+        return decode_sparse(tensors, meta)
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as e:
+        if isinstance(e, PrunelabError):
+            raise
+        raise PrunelabError(f"corrupt sparse checkpoint header in {path}: {e}") from None
+
+
+def load_sparse(model: nn.Module, path: Path | str) -> nn.Module:
+    """Load a sparse checkpoint into ``model`` (the original, unpruned architecture), strictly."""
+
+    state = read_sparse(path)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        last = str(e).strip().splitlines()[-1].strip()
+        raise PrunelabError(f"sparse checkpoint {path} does not fit the model: {last}") from None
+    check_finite(model)
+    return model
+
+
+def save_onnx(model: nn.Module, example: Tensor, path: Path | str, atol: float = 1e-5) -> Exported:
+    """Export to ONNX (TorchScript exporter) and check onnxruntime matches torch within ``atol``.
+
+    The batch dimension is dynamic. Raises PrunelabError if the outputs differ.
+    """
+    path = Path(path)
+    state = plain_state(model)
+    work = folded_copy(model)
+
+    def write(tmp: Path) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript exporter on purpose
+            _onnx_export(tmp)
+
+    def _onnx_export(tmp: Path) -> None:
+        torch.onnx.export(
+            work,
+            (example,),
+            str(tmp),
+            dynamo=False,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
+
+    _check_written(path, write)
+    diff = onnx_max_diff(work, path, example)
+    if not diff <= atol:
+        raise PrunelabError(f"ONNX export {path} differs from torch by {diff:.3g} (> {atol:g})")
+    return Exported(path, path.stat().st_size, dense_bytes(state), f"max |diff| {diff:.2e}")
+
+
+def onnx_max_diff(model: nn.Module, path: Path | str, x: Tensor) -> float:
+    """Max absolute difference between torch and onnxruntime outputs on ``x``."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        ref = model.eval()(x).numpy()
+    got = sess.run(None, {"input": x.numpy()})[0]
+    return float(np.abs(got - ref).max())
+
+
+def save_slimmed(model: nn.Module, example: Tensor, path: Path | str, base: object) -> Exported:
+    """Physically remove the channels ``model``'s channel masks drop; save via ``save_slim``.
+
+    ``base`` is a :class:`prunelab.prune.surgery.BaseModel`. The file reloads with
+    :func:`prunelab.prune.surgery.rebuild` (safetensors + JSON architecture, no pickles).
+    """
+
+    masks = get_masks(model)
+    if not masks or not any((~m).reshape(m.shape[0], -1).all(1).any() for m in masks.values()):
+        raise PrunelabError(
+            "slim export needs a channel-pruned model (structure 'channels'); "
+            "use --format sparse for unstructured or N:M sparsity"
+        )
+    small = slim(model, example, masks)
+    path = Path(path)
+    _check_written(path, lambda tmp: save_slim(small, tmp, base))  # type: ignore[arg-type]
+    return Exported(
+        path,
+        path.stat().st_size,
+        dense_bytes(plain_state(model)),
+        f"params {sum(p.numel() for p in small.parameters()):,}",
+    )

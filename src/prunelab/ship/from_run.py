@@ -1,0 +1,133 @@
+"""Export one cell of a finished sweep: re-run the cell (it is deterministic), check the
+recomputed metrics equal the stored row, then write the model as sparse, slim or ONNX.
+
+The check is a free reproducibility test: an export never ships a model that is not the one
+the report describes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from prunelab.errors import PrunelabError
+from prunelab.measure import inference
+from prunelab.prune.surgery import BaseModel
+from prunelab.recover.finetune import TrainConfig
+from prunelab.ship.export import Exported, save_onnx, save_slimmed, save_sparse
+from prunelab.sweep.cell import Cell, Context, run_cell
+from prunelab.sweep.spec import DataSpec
+from prunelab.sweep.store import Store
+
+FORMATS = ("sparse", "slim", "onnx")
+REL_TOL = 1e-6  # thread counts may differ between the sweep's workers and the export process
+
+
+def cell_from_json(raw: Mapping[str, Any]) -> Cell:
+    """Rebuild a :class:`Cell` from the JSON the store keeps (lists back to tuples)."""
+    kw = dict(raw)
+    try:
+        kw["data"] = DataSpec(**kw["data"])
+        kw["dense"], kw["finetune"] = TrainConfig(**kw["dense"]), TrainConfig(**kw["finetune"])
+        for name in ("metrics", "include", "exclude"):
+            kw[name] = tuple(kw.get(name, ()))
+        return Cell(**kw)
+    except (KeyError, TypeError) as e:
+        raise PrunelabError(f"stored cell is not readable by this prunelab version: {e}") from None
+
+
+def find_cell(
+    store: Store,
+    cell_id: str | None,
+    level: float | None,
+    method: str | None,
+    allocation: str | None,
+    seed: int | None = None,
+) -> tuple[str, Cell, dict[str, Any]]:
+    """The one stored cell matching ``cell_id`` or (level, method[, allocation][, seed])."""
+    rows = store._read("SELECT cell_id, cell, row FROM cells")
+    if cell_id is None and (level is None or method is None):
+        raise PrunelabError("name the cell: --cell CELL_ID, or --level L --method M")
+    hits = []
+    for cid, cell_json, row_json in rows:
+        row = json.loads(row_json)
+        if cell_id is not None:
+            ok = cid == cell_id
+        else:
+            ok = (
+                math.isclose(row["level"], level, abs_tol=1e-9)
+                and row["method"] == method
+                and (allocation is None or row["allocation"] == allocation)
+                and (seed is None or row["seed"] == seed)
+            )
+        if ok:
+            hits.append((cid, cell_from_json(json.loads(cell_json)), row))
+    if not hits:
+        raise PrunelabError(f"no finished cell in {store.run_dir} matches the selection")
+    if len(hits) > 1:
+        labels = "; ".join(f"{cid} ({c.label})" for cid, c, _ in hits[:6])
+        raise PrunelabError(
+            f"{len(hits)} cells match; pick one with --cell, --allocation or --seed: {labels}"
+        )
+    cid, cell, row = hits[0]
+    if cell.cell_id != cid:
+        raise PrunelabError(f"cell {cid} hashes to {cell.cell_id} in this prunelab version")
+    return hits[0]
+
+
+def compare_rows(stored: Mapping[str, Any], fresh: Mapping[str, Any]) -> list[str]:
+    """Keys whose recomputed value differs from the stored one (floats to ``REL_TOL``)."""
+    bad = []
+    for key, old in stored.items():
+        new = fresh.get(key)
+        if isinstance(old, float) and isinstance(new, (int, float)):
+            same = (math.isnan(old) and math.isnan(new)) or math.isclose(
+                old, new, rel_tol=REL_TOL, abs_tol=1e-9
+            )
+        else:
+            same = old == new
+        if not same:
+            bad.append(f"{key}: stored {old!r}, recomputed {new!r}")
+    return bad
+
+
+def export_cell(
+    run_dir: Path,
+    out: Path,
+    fmt: str,
+    cell_id: str | None = None,
+    level: float | None = None,
+    method: str | None = None,
+    allocation: str | None = None,
+    cache_dir: Path | None = None,
+    overwrite: bool = False,
+    seed: int | None = None,
+) -> Exported:
+    """Re-run a stored cell, verify its metrics, and export its model in ``fmt``."""
+    if fmt not in FORMATS:
+        raise PrunelabError(f"unknown export format '{fmt}'; valid: {', '.join(FORMATS)}")
+    if out.exists() and not overwrite:
+        raise PrunelabError(f"{out} exists; choose another --out (files are never overwritten)")
+    with Store(run_dir, create=False) as store:
+        cid, cell, stored = find_cell(store, cell_id, level, method, allocation, seed)
+        engine = (store.get_meta("env") or {}).get("engine", "auto")
+    if cell.method == "dense" and fmt == "slim":
+        raise PrunelabError("the dense control has no removed channels; use --format sparse/onnx")
+    ctx = Context.build(cell, cache_dir)
+    with inference.using_engine(engine):  # evaluate as the sweep did, so metrics can match
+        result = run_cell(cell, ctx, keep_model=True)
+    diff = compare_rows(stored, result.row)
+    if diff:
+        raise PrunelabError(f"cell {cid} does not reproduce ({'; '.join(diff[:3])}); not exporting")
+    model, test_x = result.model, ctx.data.test.x
+    assert model is not None
+    if fmt == "sparse":
+        return save_sparse(model, out)
+    if fmt == "onnx":
+        return save_onnx(model, test_x[:64], out)
+
+    base = BaseModel(cell.model, ctx.data.input_shape, ctx.data.num_classes)
+    return save_slimmed(model, test_x[:1], out, base)

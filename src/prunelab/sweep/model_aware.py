@@ -1,0 +1,96 @@
+"""Allocations that need the model and data, not only scores: resolved per cell.
+
+``sensitivity`` (Li et al. 2017): a one-layer-at-a-time sensitivity table of the dense model,
+computed once per (method, seed) and reused across every level, so masks still nest.
+``searched``: an Optuna search of per-layer sparsities at each level (see
+:mod:`prunelab.decide.search`),
+seeded with the global and uniform plans; its trials are stored with the run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from prunelab.decide.search import SearchConfig, search_allocation
+from prunelab.decide.sensitivity import sensitivity_analysis
+from prunelab.prune.allocation import (
+    ALLOCATIONS,
+    Allocation,
+    ModelAware,
+    global_counts,
+    sensitivity_allocation,
+    uniform,
+)
+from prunelab.prune.allocation.plan import fixed_per_layer, plan_from_counts, sizes_of
+from prunelab.recover.finetune import TrainConfig
+
+MODEL_AWARE = tuple(n for n in ALLOCATIONS.names() if isinstance(ALLOCATIONS.get(n), ModelAware))
+SENSITIVITY_VAL_ROWS = 2500
+
+
+def check_allocation(name: str) -> None:
+    """Fail with the valid names (and a "did you mean") when ``name`` is not registered."""
+    ALLOCATIONS.get(name)
+
+
+def sensitivity_table(ctx: Any, dense: nn.Module, scores: dict[str, Tensor], key: tuple):
+    """The dense model's sensitivity table for these scores, memoised in the sweep context."""
+
+    if key not in ctx.memo:
+        ctx.memo[key] = sensitivity_analysis(
+            dense, scores, ctx.data.val.subset(SENSITIVITY_VAL_ROWS)
+        )
+    return ctx.memo[key]
+
+
+def resolve_allocation(
+    cell: Any,
+    ctx: Any,
+    dense: nn.Module,
+    targets: dict[str, nn.Module],
+    scores: dict[str, Tensor],
+    calibration: list,
+    gen: torch.Generator,
+) -> tuple[str | Allocation, dict[str, Any]]:
+    """The allocation for ``cell`` and any run-level records it produced (JSON-able)."""
+    if cell.allocation == "sensitivity":
+        table = sensitivity_table(ctx, dense, scores, ("sensitivity", cell.method, cell.seed))
+
+        return sensitivity_allocation(table), {
+            f"sensitivity/{cell.method}/seed{cell.seed}": table.to_dict("records")
+        }
+    if cell.allocation == "searched":
+        sizes = sizes_of(scores)
+        seeds = {
+            name: plan_from_counts(fn(scores, cell.level), sizes)
+            for name, fn in (("global", global_counts), ("uniform", uniform))
+        }
+        cfg = SearchConfig(
+            n_trials=cell.search_trials,
+            train=TrainConfig(epochs=0.1),
+            val_subset=2000,
+            seed=cell.seed,
+        )
+        res = search_allocation(
+            dense,
+            ctx.data,
+            targets,
+            cell.method,
+            cell.level,
+            cfg,
+            gen,
+            calibration=calibration,
+            seed_plans=seeds,
+        )
+        trials = res.trials.assign(plan=res.trials["plan"].astype(str))
+        return fixed_per_layer(res.plan), {
+            f"search/{cell.cell_id}": {
+                "plan": res.plan,
+                "value": res.value,
+                "trials": trials.to_dict("records"),
+            }
+        }
+    return cell.allocation, {}

@@ -1,0 +1,165 @@
+"""Results persisted per cell in an embedded SQLite database, so sweeps resume after a crash.
+
+Each finished cell is one transaction (its row and its artefacts together): a killed sweep
+loses at most the cells still running, and never leaves half a row.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from prunelab.errors import PrunelabError
+
+DB_NAME = "results.sqlite"
+RUN_ID = "__run__"  # artefacts that belong to the whole run (e.g. test labels)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS cells(
+    cell_id TEXT PRIMARY KEY, cell TEXT NOT NULL, row TEXT NOT NULL,
+    finished_at REAL NOT NULL, duration_s REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS artifacts(
+    cell_id TEXT NOT NULL, name TEXT NOT NULL, dtype TEXT NOT NULL, shape TEXT NOT NULL,
+    data BLOB NOT NULL, PRIMARY KEY(cell_id, name));
+"""
+
+
+_PUT_ARTIFACT = "INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?, ?, ?)"
+
+
+def _artifact_row(cell_id: str, name: str, arr: np.ndarray) -> tuple:
+    """(cell_id, name, dtype, shape JSON, raw bytes): how a numpy array is stored."""
+    blob = np.ascontiguousarray(arr).tobytes()
+    return (cell_id, name, str(arr.dtype), json.dumps(list(arr.shape)), blob)
+
+
+class Store:
+    """A run's results database. Open with ``Store(run_dir)``; safe to reopen after a crash.
+
+    >>> import tempfile
+    >>> s = Store(Path(tempfile.mkdtemp()))
+    >>> s.put_cell("abc", {"level": 0.5}, {"accuracy": 0.9}, 1.0)
+    >>> s.finished_ids()
+    {'abc'}
+    """
+
+    def __init__(self, run_dir: Path, create: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / DB_NAME
+        if not self.path.exists() and not create:
+            raise PrunelabError(f"no results in {self.run_dir} (missing {DB_NAME})")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise PrunelabError(f"corrupt results store {self.path}: {e}") from None
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- meta -----------------------------------------------------------------------------
+    def set_meta(self, key: str, value: Any) -> None:
+        self._write("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        row = self._read("SELECT value FROM meta WHERE key = ?", (key,))
+        return json.loads(row[0][0]) if row else default
+
+    def meta_keys(self, prefix: str = "") -> list[str]:
+        rows = self._read("SELECT key FROM meta WHERE key LIKE ? ORDER BY key", (prefix + "%",))
+        return [r[0] for r in rows]
+
+    # --- cells ----------------------------------------------------------------------------
+    def put_cell(
+        self,
+        cell_id: str,
+        cell: dict[str, Any],
+        row: dict[str, Any],
+        duration_s: float,
+        artifacts: dict[str, np.ndarray] | None = None,
+    ) -> None:
+        """Write one finished cell and its artefacts atomically (replacing an earlier copy)."""
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute(
+                    "INSERT OR REPLACE INTO cells VALUES (?, ?, ?, ?, ?)",
+                    (cell_id, json.dumps(cell), json.dumps(row), time.time(), duration_s),
+                )
+                for name, arr in (artifacts or {}).items():
+                    self._db.execute(_PUT_ARTIFACT, _artifact_row(cell_id, name, arr))
+        except sqlite3.OperationalError as e:
+            raise PrunelabError(f"cannot write results to {self.path}: {e}") from None
+
+    def put_artifact(self, cell_id: str, name: str, arr: np.ndarray) -> None:
+        self._write(_PUT_ARTIFACT, _artifact_row(cell_id, name, arr))
+
+    def finished_ids(self) -> set[str]:
+        return {r[0] for r in self._read("SELECT cell_id FROM cells")}
+
+    def rows(self) -> list[dict[str, Any]]:
+        out = []
+        for cell_id, row, duration in self._read(
+            "SELECT cell_id, row, duration_s FROM cells ORDER BY finished_at"
+        ):
+            out.append({"cell_id": cell_id, **json.loads(row), "duration_s": duration})
+        return out
+
+    def artifact(self, cell_id: str, name: str) -> np.ndarray:
+        got = self._read(
+            "SELECT dtype, shape, data FROM artifacts WHERE cell_id = ? AND name = ?",
+            (cell_id, name),
+        )
+        if not got:
+            raise PrunelabError(f"no artefact '{name}' for cell {cell_id} in {self.path}")
+        dtype, shape, data = got[0]
+        return np.frombuffer(data, dtype=np.dtype(dtype)).reshape(json.loads(shape)).copy()
+
+    # --- plumbing ---------------------------------------------------------------------------
+    def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
+        try:
+            return self._db.execute(sql, args).fetchall()
+        except sqlite3.DatabaseError as e:
+            raise PrunelabError(f"corrupt results store {self.path}: {e}") from None
+
+    def _write(self, sql: str, args: tuple) -> None:
+        try:
+            with self._db:
+                self._db.execute(sql, args)
+        except sqlite3.DatabaseError as e:
+            raise PrunelabError(f"cannot write results to {self.path}: {e}") from None
+
+
+def load_results(run_dir: Path | str):  # -> pandas.DataFrame
+    """All finished cells of a run as a pandas DataFrame, one row per cell.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp()); Store(d).put_cell("c1", {}, {"level": 0.5}, 2.0)
+    >>> load_results(d)[["cell_id", "level"]].values.tolist()
+    [['c1', 0.5]]
+    """
+
+    with Store(Path(run_dir), create=False) as store:
+        return pd.DataFrame(store.rows())
+
+
+def load_artifact(run_dir: Path | str, cell_id: str, name: str) -> np.ndarray:
+    """One stored numpy artefact of a cell (e.g. ``test_preds``)."""
+    with Store(Path(run_dir), create=False) as store:
+        return store.artifact(cell_id, name)
