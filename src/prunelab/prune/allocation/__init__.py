@@ -3,7 +3,8 @@
 An allocation maps ``(scores, sparsity) -> {layer: prune count}``. The registry
 :data:`ALLOCATIONS` holds every one: ``uniform``, ``global``, ``row`` (base), ``lamp``, ``erk``
 (layerwise), ``owl`` (outlier-weighted, :mod:`.owl`), and the model-aware ``sensitivity`` and
-``searched`` (resolved per cell from the dense model by the sweep). :class:`Bounds` wraps any of them.
+``searched`` (resolved per cell from the dense model by the sweep). :class:`Bounds` wraps any
+of them.
 """
 
 from prunelab.prune.allocation.base import (
