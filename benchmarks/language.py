@@ -176,7 +176,7 @@ def _plans(args, wanda_scores) -> list[tuple]:
     plans.insert(2, ("wanda (one pass)", Unstructured(), "-", 0.5))
     plans += [(m, NM(2, 4), "-", 0.5) for m in methods]
     owl = owl_sparsities(wanda_scores, 0.7, lam=args.owl_lambda, m=args.owl_m)
-    for m in methods:
+    for m in methods if args.magnitude_70 else methods[1:]:
         plans += [(m, Unstructured(), "uniform", 0.7), (m, Unstructured(), "OWL", owl)]
     return plans
 
@@ -307,6 +307,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--owl-lambda", type=float, default=0.08)
     ap.add_argument("--owl-m", type=float, default=5.0)
+    ap.add_argument("--magnitude-70", action="store_true", help="also magnitude at 70 %% ± OWL")
     ap.add_argument("--eval-windows", type=int, default=16, help="512-token evaluation windows")
     ap.add_argument("--calib-windows", type=int, default=16, help="512-token calibration windows")
     args = ap.parse_args()

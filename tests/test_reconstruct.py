@@ -15,8 +15,9 @@ from prunelab.prune.allocation.owl import owl, owl_sparsities
 from prunelab.prune.criteria import compute_scores
 from prunelab.prune.masks import select_masks
 from prunelab.prune.reconstruct import InputStats, SparseGPTConfig, sparsegpt
-from prunelab.prune.sequential import SequentialConfig, find_blocks, prune_sequential
+from prunelab.prune.sequential import SequentialConfig, prune_sequential
 from prunelab.prune.structure import NM, Unstructured
+from prunelab.prune.walk import find_blocks
 
 transformers = pytest.importorskip("transformers")
 
