@@ -81,7 +81,7 @@ class InputStats:
 
     ``full=True`` keeps ``X^T X`` (SparseGPT's Hessian); otherwise only the per-feature sum of
     squares that Wanda's ``‖X_j‖`` needs (per input channel for convolutions, as in
-    :mod:`prunelab.calibration`).
+    :mod:`prunelab.prune.calibration`).
     """
 
     def __init__(self, module: nn.Module, full: bool) -> None:
