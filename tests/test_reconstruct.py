@@ -320,3 +320,27 @@ def test_owl_composes_with_sequential_sparsegpt():
     for name, mask in masks.items():
         assert int((~mask).sum()) == round(levels[name] * mask.numel())
     assert len({round(v, 6) for v in levels.values()}) == 2  # one level per block
+
+
+def test_cnn_layer_walk_prunes_convolutions_exactly_and_beats_magnitude():
+    torch.manual_seed(0)
+    dense = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3),
+        nn.ReLU(),
+        nn.Flatten(),  # (B, 8, 4, 4) -> (B, 128)
+        nn.Linear(128, 10),
+    )
+    x = torch.randn(32, 3, 6, 6, generator=torch.Generator().manual_seed(1))
+    errors = {}
+    for method in ("magnitude", "sparsegpt"):
+        model = copy.deepcopy(dense)
+        targets = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)}
+        cfg = SequentialConfig(comparison="layer")  # rows of 27 weights: per-row rounding is off
+        prune_sequential(model, targets, [x[:16], x[16:]], method, 0.5, config=cfg)
+        for name, module in targets.items():
+            assert int((module.weight == 0).sum()) == round(0.5 * module.weight.numel()), name
+        with torch.no_grad():
+            errors[method] = float(torch.linalg.norm(model(x) - dense(x)))
+    assert errors["sparsegpt"] < errors["magnitude"], errors
