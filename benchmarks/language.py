@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import platform
 import sys
@@ -99,6 +100,7 @@ def progress_printer(label: str):
 
 
 def run_smollm2(args, on_row) -> tuple[list[dict], dict]:
+    """Dense and pruned SmolLM2 rows (the plans of ``args.part``); ``on_row`` after each."""
     t = time.perf_counter()
     gguf = smollm2_gguf()
     tok, dense = load_tokenizer(gguf), load_causal_lm(gguf)
@@ -119,7 +121,8 @@ def run_smollm2(args, on_row) -> tuple[list[dict], dict]:
     ]
     print(_lm_fmt(rows[-1], rows[0]["ppl"]), flush=True)
     gens = meta["gens"]
-    gens["dense"] = greedy_generations(dense, tok, PROMPTS)
+    if args.part in ("all", "llm50"):
+        gens["dense"] = greedy_generations(dense, tok, PROMPTS)
     wanda_scores = compute_scores(
         dense, decoder_targets(dense), "wanda", calibration=[(c, c) for c in calib]
     )
@@ -172,12 +175,15 @@ def run_smollm2(args, on_row) -> tuple[list[dict], dict]:
 def _plans(args, wanda_scores) -> list[tuple]:
     """(method, structure, allocation label, sparsity or per-layer levels) for every run."""
     methods = ("magnitude", "wanda", "sparsegpt")
-    plans = [(m, Unstructured(), "-", 0.5) for m in ("sparsegpt", "wanda", "magnitude")]
-    plans.insert(2, ("wanda (one pass)", Unstructured(), "-", 0.5))
-    plans += [(m, NM(2, 4), "-", 0.5) for m in methods]
-    owl = owl_sparsities(wanda_scores, 0.7, lam=args.owl_lambda, m=args.owl_m)
-    for m in methods if args.magnitude_70 else methods[1:]:
-        plans += [(m, Unstructured(), "uniform", 0.7), (m, Unstructured(), "OWL", owl)]
+    plans = []
+    if args.part in ("all", "llm50"):
+        plans += [(m, Unstructured(), "-", 0.5) for m in ("sparsegpt", "wanda", "magnitude")]
+        plans.insert(2, ("wanda (one pass)", Unstructured(), "-", 0.5))
+        plans += [(m, NM(2, 4), "-", 0.5) for m in methods]
+    if args.part in ("all", "llm70"):
+        owl = owl_sparsities(wanda_scores, 0.7, lam=args.owl_lambda, m=args.owl_m)
+        for m in methods if args.magnitude_70 else methods[1:]:
+            plans += [(m, Unstructured(), "uniform", 0.7), (m, Unstructured(), "OWL", owl)]
     return plans
 
 
@@ -307,6 +313,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--owl-lambda", type=float, default=0.08)
     ap.add_argument("--owl-m", type=float, default=5.0)
+    ap.add_argument("--part", choices=("all", "llm50", "llm70", "minilm"), default="all")
+    ap.add_argument("--combine", action="store_true", help="merge the parts into language.md")
     ap.add_argument("--magnitude-70", action="store_true", help="also magnitude at 70 %% ± OWL")
     ap.add_argument("--eval-windows", type=int, default=16, help="512-token evaluation windows")
     ap.add_argument("--calib-windows", type=int, default=16, help="512-token calibration windows")
@@ -320,18 +328,54 @@ def main() -> None:
         f"--eval-windows {args.eval_windows} --calib-windows {args.calib_windows}`"
     )
     print(header)
+    results = Path(__file__).parent / "results"
+    if args.combine:
+        combine(results, header)
+        return
     t0 = time.perf_counter()
-    out = Path(__file__).parent / "results" / "language.md"
+    state: dict = {"lm": [], "meta": {}, "minilm": [], "part": args.part}
 
-    def save(lm: list[dict], meta: dict, minilm: list[dict], note: str) -> None:
-        if not args.quick:
-            write_markdown(out, f"{header}\n\n{note}", lm, meta, minilm)
+    def save(note: str) -> None:
+        if args.quick:
+            return
+        state["note"] = note
+        (results / f"language.{args.part}.json").write_text(json.dumps(state, indent=1))
+        if args.part == "all":
+            write_markdown(results / "language.md", f"{header}\n\n{note}", **_tables(state))
 
-    lm, meta = run_smollm2(args, lambda rows, m: save(rows, m, [], "(partial: still running)"))
-    minilm = run_minilm(args)
-    total = time.perf_counter() - t0
-    print(f"total {total:.0f} s")
-    save(lm, meta, minilm, f"Total run time {total:.0f} s (model load included).")
+    def on_row(rows: list[dict], meta: dict) -> None:
+        state["lm"], state["meta"] = rows, meta
+        save("(partial: still running)")
+
+    if args.part != "minilm":
+        run_smollm2(args, on_row)
+    if args.part in ("all", "llm70", "minilm"):
+        state["minilm"] = run_minilm(args)
+    state["seconds"] = time.perf_counter() - t0
+    print(f"total {state['seconds']:.0f} s")
+    save(f"Total run time {state['seconds']:.0f} s (model load included).")
+
+
+def _tables(state: dict) -> dict:
+    return {"lm": state["lm"], "meta": state["meta"], "minilm": state["minilm"]}
+
+
+def combine(results: Path, header: str) -> None:
+    """Merge the parts' JSON (run in parallel) into one language.md."""
+    parts = [json.loads(p.read_text()) for p in sorted(results.glob("language.*.json"))]
+    lm = [r for p in parts for r in p["lm"]]
+    dense = [r for r in lm if r["method"] == "dense"][:1]
+    meta = next(p["meta"] for p in parts if p["meta"])
+    for p in parts:
+        meta["gens"] = {**p["meta"].get("gens", {}), **meta["gens"]}
+    notes = "; ".join(f"part {p['part']}: {p.get('note', '')}" for p in parts)
+    body = {"lm": dense + [r for r in lm if r["method"] != "dense"], "meta": meta}
+    minilm = [r for p in parts for r in p["minilm"]]
+    note = (
+        f"Run as {len(parts)} parts in parallel on the shared machine (`--part ...`, then "
+        f"`--combine`); each part prunes its own copy of the same dense model. {notes}"
+    )
+    write_markdown(results / "language.md", f"{header}\n\n{note}", minilm=minilm, **body)
 
 
 if __name__ == "__main__":
