@@ -370,7 +370,7 @@ def combine(results: Path, header: str) -> None:
         meta["gens"] = {**p["meta"].get("gens", {}), **meta["gens"]}
     notes = "; ".join(f"part {p['part']}: {p.get('note', '')}" for p in parts)
     body = {"lm": dense + [r for r in lm if r["method"] != "dense"], "meta": meta}
-    minilm = [r for p in parts for r in p["minilm"]]
+    minilm = list({(r["method"], r["structure"]): r for p in parts for r in p["minilm"]}.values())
     note = (
         f"Run as {len(parts)} parts in parallel on the shared machine (`--part ...`, then "
         f"`--combine`); each part prunes its own copy of the same dense model. {notes}"
