@@ -341,7 +341,7 @@ def main() -> None:
         combine(results, header)
         return
     t0 = time.perf_counter()
-    state: dict = {"lm": [], "meta": {}, "minilm": [], "part": args.part}
+    state: dict = {"lm": [], "meta": {}, "minilm": [], "part": args.part, "argv": sys.argv[1:]}
 
     def save(note: str) -> None:
         if args.quick:
@@ -376,8 +376,19 @@ def combine(results: Path, header: str) -> None:
     meta = next(p["meta"] for p in parts if p["meta"])
     for p in parts:
         meta["gens"] = {**p["meta"].get("gens", {}), **meta["gens"]}
-    notes = "; ".join(f"part {p['part']}: {p.get('note', '')}" for p in parts)
-    body = {"lm": dense + [r for r in lm if r["method"] != "dense"], "meta": meta}
+    notes = "; ".join(
+        f"`{' '.join(p.get('argv', [p['part']]))}`: {p.get('note', '')}" for p in parts
+    )
+    order = {"magnitude": 0, "wanda (one pass)": 1, "wanda": 2, "sparsegpt": 3}
+    pruned = sorted(
+        (r for r in lm if r["method"] != "dense"),
+        key=lambda r: (
+            {"50% unstructured": 0, "2:4": 1}.get(r["structure"], 2),
+            {"-": 0, "uniform": 1}.get(r["alloc"], 2),
+            order.get(r["method"], 9),
+        ),
+    )
+    body = {"lm": dense + pruned, "meta": meta}
     minilm = list(
         {
             (r["method"], r["structure"], r.get("calib", "256 Lee news sentences")): {
@@ -389,8 +400,9 @@ def combine(results: Path, header: str) -> None:
         }.values()
     )
     note = (
-        f"Run as {len(parts)} parts in parallel on the shared machine (`--part ...`, then "
-        f"`--combine`); each part prunes its own copy of the same dense model. {notes}"
+        f"Run as {len(parts)} parts in parallel on the shared 2-core machine (its load average "
+        "was 8–10 during the runs, so times are inflated), then `--combine`; each part prunes "
+        f"its own copy of the same dense model. Parts: {notes}"
     )
     write_markdown(results / "language.md", f"{header}\n\n{note}", minilm=minilm, **body)
 
