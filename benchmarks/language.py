@@ -283,7 +283,7 @@ def write_markdown(path: Path, header: str, lm: list[dict], meta: dict, minilm: 
         )
     lines += [
         "",
-        f"ANCHORS.md measured SmolLM2 on the same split before prunelab had it: dense {ANCHOR_SMOL['dense']}, "
+        f"ANCHORS.md measured SmolLM2 on the same documents with 16 × 512 evaluation and 16 × 512 calibration tokens before prunelab had it: dense {ANCHOR_SMOL['dense']}, "
         f"magnitude (per row) {ANCHOR_SMOL['magnitude']}, Wanda one pass {ANCHOR_SMOL['wanda (one pass)']}.",
         "",
         "Greedy generations (24 new tokens):",
@@ -404,7 +404,8 @@ def combine(results: Path, header: str) -> None:
         "was 8–10 during the runs, so times are inflated), then `--combine`; each part prunes "
         f"its own copy of the same dense model. Parts: {notes}"
     )
-    write_markdown(results / "language.md", f"{header}\n\n{note}", minilm=minilm, **body)
+    title = header.split("\n\nCommand:")[0]
+    write_markdown(results / "language.md", f"{title}\n\n{note}", minilm=minilm, **body)
 
 
 if __name__ == "__main__":
