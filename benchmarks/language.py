@@ -377,7 +377,7 @@ def combine(results: Path, header: str) -> None:
     for p in parts:
         meta["gens"] = {**p["meta"].get("gens", {}), **meta["gens"]}
     notes = "; ".join(
-        f"`{' '.join(p.get('argv', [p['part']]))}`: {p.get('note', '')}" for p in parts
+        f"`{' '.join(p.get('argv', [p['part']]))}`: {p.get('note', '').rstrip('.')}" for p in parts
     )
     order = {"magnitude": 0, "wanda (one pass)": 1, "wanda": 2, "sparsegpt": 3}
     pruned = sorted(
