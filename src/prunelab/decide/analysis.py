@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +34,20 @@ from prunelab.measure.metrics import METRICS
 log = logging.getLogger(__name__)
 CONFIG_COLUMNS = ("method", "allocation", "structure", "schedule", "ft_epochs")
 FRACTION_METRICS = frozenset({"accuracy", "macro_f1", "agreement"})
+
+
+def higher_is_better(metric: str, directions: Mapping[str, bool] | None = None) -> bool:
+    """The metric's direction: from ``directions`` (a task's, stored with a run) or the registry.
+
+    >>> higher_is_better("loss"), higher_is_better("f2", {"f2": True})
+    (False, True)
+    """
+    if directions is not None and metric in directions:
+        return bool(directions[metric])
+    if metric in METRICS:
+        return METRICS.get(metric).higher_is_better
+    known = sorted({*METRICS.names(), *(directions or {})})
+    raise PrunelabError(f"unknown metric '{metric}'; valid: {', '.join(known)}")
 
 
 def points(p: float) -> float:
@@ -132,7 +146,11 @@ def _check_results(df: pd.DataFrame, column: str) -> list[str]:
 
 
 def tipping_points(
-    df: pd.DataFrame, metric: str = "accuracy", split: str = "val", **knee_kw: float
+    df: pd.DataFrame,
+    metric: str = "accuracy",
+    split: str = "val",
+    directions: Mapping[str, bool] | None = None,
+    **knee_kw: float,
 ) -> pd.DataFrame:
     """One :func:`knee` per configuration curve, the dense controls as level 0 of each.
 
@@ -140,7 +158,7 @@ def tipping_points(
     """
     column = _column(metric, split)
     config = _check_results(df, column)
-    hib = METRICS.get(metric).higher_is_better
+    hib = higher_is_better(metric, directions)
     dense = df[df["method"] == "dense"]
     rows = []
     for key, g in df[df["method"] != "dense"].groupby(config, dropna=False):
@@ -245,7 +263,9 @@ def _paired(df: pd.DataFrame, column: str, sign: float) -> pd.Series:
     return pd.Series(sign * (d.to_numpy() - df[column].to_numpy()), index=df.index)
 
 
-def _check_tolerance(metric: str, max_drop: float | None, min_value: float | None) -> str:
+def _check_tolerance(
+    metric: str, max_drop: float | None, min_value: float | None, hib: bool = True
+) -> str:
     if (max_drop is None) == (min_value is None):
         raise PrunelabError("give exactly one of max_drop or min_value")
     if max_drop is not None:
@@ -264,7 +284,7 @@ def _check_tolerance(metric: str, max_drop: float | None, min_value: float | Non
                 metric,
             )
         return f"max drop {max_drop:g} in {metric}"
-    if not METRICS.get(metric).higher_is_better:
+    if not hib:
         raise PrunelabError(
             f"min_value needs a higher-is-better metric; {metric} is lower-is-better: use max_drop"
         )
@@ -272,9 +292,14 @@ def _check_tolerance(metric: str, max_drop: float | None, min_value: float | Non
 
 
 def _evidence(
-    df: pd.DataFrame, config: list[str], metric: str, column: str, confidence: float, seed: int
+    df: pd.DataFrame,
+    config: list[str],
+    metric: str,
+    column: str,
+    confidence: float,
+    seed: int,
+    sign: float = 1.0,
 ) -> pd.DataFrame:
-    sign = 1.0 if METRICS.get(metric).higher_is_better else -1.0
     df = df.assign(_drop=_paired(df, column, sign))
     has_test = metric in df.columns and column != metric
     if has_test:
@@ -313,6 +338,7 @@ def recommend(
     confidence: float = 0.95,
     split: str = "val",
     seed: int = 0,
+    directions: Mapping[str, bool] | None = None,
 ) -> Recommendation:
     """Highest sparsity whose metric holds with confidence, and the configuration reaching it.
 
@@ -324,13 +350,13 @@ def recommend(
     level too (a contiguous run from dense). Ties between configurations at the same level go
     to the better mean metric.
     """
-    tolerance = _check_tolerance(metric, max_drop, min_value)
+    sign = 1.0 if higher_is_better(metric, directions) else -1.0
+    tolerance = _check_tolerance(metric, max_drop, min_value, sign > 0)
     column = _column(metric, split)
     config = _check_results(df, column)
-    ev = _evidence(df, config, metric, column, confidence, seed)
+    ev = _evidence(df, config, metric, column, confidence, seed, sign)
     if ev.empty:
         raise PrunelabError("results have no pruned rows (only dense controls)")
-    sign = 1.0 if METRICS.get(metric).higher_is_better else -1.0
     ev["holds"] = (
         ev["drop_hi"] <= max_drop + 1e-12
         if max_drop is not None

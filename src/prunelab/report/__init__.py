@@ -104,7 +104,12 @@ def build_report(
     for stale in (run_dir / "plots").glob("*.png"):  # figures of an earlier report
         stale.unlink()
     plots = make_plots(df, run_dir / "plots", extras)
-    summary = write_summary(df, run_dir / "summary.md", title=extras.title or "prunelab summary")
+    summary = write_summary(
+        df,
+        run_dir / "summary.md",
+        title=extras.title or "prunelab summary",
+        original=extras.original,
+    )
     html = run_dir / "report.html"
     html.write_text(render_html(df, plots, extras), encoding="utf-8")
     log.info("report written to %s (%d figures)", html, len(plots))

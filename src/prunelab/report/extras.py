@@ -37,6 +37,7 @@ class ReportExtras:
     class_names: Sequence[str] | None = None
     spec: Mapping[str, object] | None = None
     title: str | None = None
+    original: dict[str, float] | None = None  # the model as given (no fine-tune)
     retained: pd.DataFrame | None = None  # retained-intelligence summary, one row per level
 
 

@@ -8,13 +8,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from prunelab.decide.analysis import (
     CONFIG_COLUMNS,
+    FRACTION_METRICS,
     Recommendation,
     points,
     recommend,
@@ -25,7 +28,7 @@ from prunelab.errors import PrunelabError
 from prunelab.report import build_report
 from prunelab.report.extras import ReportExtras, ReportPaths
 from prunelab.report.frame import curve_labels
-from prunelab.sources.data import load_dataset
+from prunelab.sources import resolve
 from prunelab.sweep.spec import DataSpec
 from prunelab.sweep.store import Store, load_results
 
@@ -33,10 +36,13 @@ log = logging.getLogger(__name__)
 
 
 def knees_by_label(
-    df: pd.DataFrame, metric: str = "accuracy", split: str = "val"
+    df: pd.DataFrame,
+    metric: str = "accuracy",
+    split: str = "val",
+    directions: Mapping[str, bool] | None = None,
 ) -> dict[str, float]:
     """{curve label (as the plots name curves): knee level} for curves that have a knee."""
-    tp = tipping_points(df, metric, split)
+    tp = tipping_points(df, metric, split, directions)
     labels = curve_labels(df)
     cols = [c for c in CONFIG_COLUMNS if c in df.columns and c in tp.columns]
     out = {}
@@ -47,15 +53,29 @@ def knees_by_label(
     return out
 
 
+def run_task(run_dir: Path) -> dict[str, Any]:
+    """The task a run stored (kind, primary metric, directions); classification for old runs."""
+    with Store(run_dir, create=False) as store:
+        task = store.get_meta("task")
+    return task or {"kind": "classification", "primary": "accuracy", "metrics": {}}
+
+
 def run_recommendation(
     df: pd.DataFrame,
     metric: str = "accuracy",
     max_drop_points: float | None = 0.5,
     min_value: float | None = None,
+    directions: Mapping[str, bool] | None = None,
 ) -> Recommendation:
-    """:func:`prunelab.decide.analysis.recommend` with the CLI's units (points of a 0-1 metric)."""
-    max_drop = None if max_drop_points is None else points(max_drop_points)
-    return recommend(df, metric, max_drop=max_drop, min_value=min_value)
+    """:func:`prunelab.decide.analysis.recommend` with the CLI's units.
+
+    ``max_drop_points`` is in percentage points for the 0-1 metrics (accuracy, macro-F1,
+    agreement) and in the metric's own units for every other metric.
+    """
+    max_drop = max_drop_points
+    if max_drop is not None and metric in FRACTION_METRICS:
+        max_drop = points(max_drop)
+    return recommend(df, metric, max_drop=max_drop, min_value=min_value, directions=directions)
 
 
 def sensitivity_frame(store: Store) -> pd.DataFrame | None:
@@ -118,7 +138,7 @@ def forgotten_examples(
     row = best.sort_values(["level", "pie_pct"]).iloc[-1]
     try:
         data_spec = DataSpec(**spec["data"])
-        data = load_dataset(data_spec.name, **data_spec.loader_kwargs())
+        data = resolve.load_bundle(data_spec.name, data_spec.loader, **data_spec.loader_kwargs())
     except (PrunelabError, KeyError, TypeError) as e:
         log.warning("forgotten-example grid skipped: %s", e)
         return None
@@ -154,15 +174,22 @@ def recommendation_view(rec: Recommendation) -> dict[str, object]:
 
 
 def report_run(
-    run_dir: Path | str, metric: str = "accuracy", max_drop_points: float | None = 0.5
+    run_dir: Path | str, metric: str | None = None, max_drop_points: float | None = 0.5
 ) -> tuple[ReportPaths, Recommendation | None]:
-    """Write plots, summary.md and report.html for ``run_dir``; return them and the advice."""
+    """Write plots, summary.md and report.html for ``run_dir``; return them and the advice.
+
+    ``metric`` defaults to the primary metric of the run's task.
+    """
 
     run_dir = Path(run_dir)
+    task = run_task(run_dir)
+    metric = metric or task["primary"]
+    directions = task["metrics"]
     df = load_results(run_dir)
     with Store(run_dir, create=False) as store:
         spec = json.loads(json.dumps(store.get_meta("spec")))
         sens = sensitivity_frame(store)
+        original = store.get_meta("dense_metrics")
         retained, pies = None, None
         try:
             table = retained_table(df, store)
@@ -173,11 +200,15 @@ def report_run(
             log.warning("no retained-intelligence summary: %s", e)
     rec, knees = None, {}
     try:
-        knees = knees_by_label(df, metric)
-        rec = run_recommendation(df, metric, max_drop_points)
+        knees = knees_by_label(df, metric, directions=directions)
+        rec = run_recommendation(df, metric, max_drop_points, directions=directions)
     except PrunelabError as e:  # e.g. a partial run without dense rows yet
         log.warning("no recommendation: %s", e)
-    tolerance = {metric: points(max_drop_points)} if max_drop_points is not None else None
+    tolerance = None
+    if max_drop_points is not None:
+        tolerance = {
+            metric: points(max_drop_points) if metric in FRACTION_METRICS else max_drop_points
+        }
     extras = ReportExtras(
         knees=knees,
         recommendation=None if rec is None else recommendation_view(rec),
@@ -189,5 +220,6 @@ def report_run(
         forgotten_labels=pies["labels"] if pies else None,
         forgotten_preds=pies["preds"] if pies else None,
         title=f"prunelab report: {spec.get('model')} on {spec.get('data', {}).get('name')}",
+        original=original,
     )
     return build_report(run_dir, df, extras), rec

@@ -19,7 +19,7 @@ from prunelab.prune.surgery import BaseModel
 from prunelab.recover.finetune import TrainConfig
 from prunelab.ship.export import Exported, save_onnx, save_slimmed, save_sparse
 from prunelab.sweep.cell import Cell, Context, run_cell
-from prunelab.sweep.spec import DataSpec
+from prunelab.sweep.spec import CustomMetricSpec, DataSpec, TaskSpec
 from prunelab.sweep.store import Store
 
 FORMATS = ("sparse", "slim", "onnx")
@@ -34,6 +34,10 @@ def cell_from_json(raw: Mapping[str, Any]) -> Cell:
         kw["dense"], kw["finetune"] = TrainConfig(**kw["dense"]), TrainConfig(**kw["finetune"])
         for name in ("metrics", "include", "exclude"):
             kw[name] = tuple(kw.get(name, ()))
+        if "task" in kw:
+            task = dict(kw["task"])
+            custom = tuple(CustomMetricSpec(**c) for c in task.pop("custom", ()))
+            kw["task"] = TaskSpec(**task, custom=custom)
         return Cell(**kw)
     except (KeyError, TypeError) as e:
         raise PrunelabError(f"stored cell is not readable by this prunelab version: {e}") from None

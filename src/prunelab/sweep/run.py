@@ -17,6 +17,7 @@ import torch
 
 from prunelab.errors import PrunelabError
 from prunelab.measure import inference
+from prunelab.sources import resolve
 from prunelab.sweep.cell import Cell, CellResult, Progress, expand_cells
 from prunelab.sweep.contexts import ContextCache
 from prunelab.sweep.executors import Executor, SequentialExecutor
@@ -68,13 +69,25 @@ def environment() -> dict[str, str]:
 def _claim_run_dir(store: Store, spec: SweepSpec) -> None:
     """Record the spec in a new run dir, or check it matches when resuming (never overwrite)."""
     spec_json = json.loads(json.dumps(spec.to_dict()))
+    prints = resolve.fingerprint(
+        spec.model, spec.weights, spec.data.loader, tuple(c.path for c in spec.task.custom)
+    )
     previous = store.get_meta("spec")
     if previous is None:
         store.set_meta("spec", spec_json)
-    elif previous != spec_json:
+        store.set_meta("source", prints)
+        return
+    if previous != spec_json:
         raise PrunelabError(
             f"run directory {store.run_dir} holds a different sweep; use another --out "
             "directory (results are never overwritten)"
+        )
+    stored = store.get_meta("source") or {}
+    changed = sorted(k for k in set(prints) | set(stored) if prints.get(k) != stored.get(k))
+    if changed:
+        raise PrunelabError(
+            f"cannot resume {store.run_dir}: {', '.join(changed)} changed since the sweep "
+            "started (results would mix old and new); use another --out directory"
         )
 
 
@@ -105,7 +118,17 @@ def run_sweep(
             store.set_meta("env", environment())
             store.set_meta("data_hash", ctx.data.fingerprint())
             store.set_meta("dense_metrics", ctx.dense_metrics)
-            store.put_artifact(RUN_ID, "test_labels", ctx.data.test.y.numpy().astype(np.int16))
+            store.set_meta("task", ctx.task.describe())
+            if hasattr(ctx.data.test, "y"):
+                labels = ctx.data.test.y.numpy().astype(np.int16)
+                store.put_artifact(RUN_ID, "test_labels", labels)
+        elif pending:
+            ctx = contexts.get(pending[0])
+            if ctx.data.fingerprint() != store.get_meta("data_hash"):
+                raise PrunelabError(
+                    f"cannot resume {store.run_dir}: the data changed since the sweep started "
+                    "(results would mix old and new); use another --out directory"
+                )
         jobs: list = []
         if spec.sensitivity_scan and store.get_meta(SCAN_KEY) is None:
             jobs = scan_jobs(cells[0], contexts.get(cells[0]))  # first: the longest items

@@ -1,0 +1,213 @@
+"""The user's own model, weights and data, by the documented route (files outside the package)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
+
+import prunelab
+from prunelab.cli import app
+from prunelab.sources.user import load_object
+from prunelab.sweep.store import Store, load_results
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "pytorch"
+runner = CliRunner()
+QUICK = ["--levels", "0.5,0.9", "--methods", "magnitude,random", "--seeds", "0,1", "--quiet"]
+
+
+def _train(model: torch.nn.Module, train, epochs: int = 4) -> None:
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    loader = torch.utils.data.DataLoader(train, batch_size=64, shuffle=True)
+    for _ in range(epochs):
+        for x, y in loader:
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+
+
+@pytest.fixture(scope="module")
+def user_dir(tmp_path_factory):
+    """The example's model and data files copied to a folder of their own, plus weights."""
+    d = tmp_path_factory.mktemp("user")
+    for name in ("my_models.py", "my_data.py", "sweep.toml"):
+        shutil.copy(EXAMPLE / name, d / name)
+    model = load_object(f"{d}/my_models.py:build")()
+    train, _, _ = load_object(f"{d}/my_data.py:load")()
+    _train(model, train)
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()}, str(d / "model.safetensors")
+    )
+    return d
+
+
+def sweep(user_dir: Path, out: Path, *extra: str):
+    return runner.invoke(
+        app, ["sweep", "--config", str(user_dir / "sweep.toml"), "--out", str(out), *QUICK, *extra]
+    )
+
+
+@pytest.fixture(scope="module")
+def run_dir(user_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "r"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PRUNELAB_CACHE", str(tmp_path_factory.mktemp("cache")))
+        res = sweep(user_dir, out)
+        assert res.exit_code == 0, res.output
+    return out
+
+
+def _accuracy(model, split) -> float:
+    x = torch.stack([x for x, _ in split])
+    y = torch.tensor([int(y) for _, y in split])
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y).float().mean())
+
+
+def _user_model(user_dir: Path) -> torch.nn.Module:
+    model = load_object(f"{user_dir}/my_models.py:build")()
+    model.load_state_dict(load_file(str(user_dir / "model.safetensors")))
+    return model.eval()
+
+
+def test_pretrained_weights_are_the_dense_model_not_retrained(run_dir, user_dir):
+    _, _, test = load_object(f"{user_dir}/my_data.py:load")()
+    with Store(run_dir, create=False) as store:
+        original = store.get_meta("dense_metrics")
+        task = store.get_meta("task")
+    assert original["accuracy"] == pytest.approx(_accuracy(_user_model(user_dir), test), abs=1e-9)
+    assert task["primary"] == "accuracy" and task["metrics"]["loss"] is False
+    df = load_results(run_dir)
+    assert len(df) == 2 + 2 * 2 * 2  # 2 dense controls + 2 methods x 2 levels x 2 seeds
+    pruned = df[df.method != "dense"]
+    assert (pruned.sparsity - pruned.level).abs().max() < 1e-3
+    summary = (run_dir / "summary.md").read_text()
+    assert "original model (as given)" in summary and f"{original['accuracy']:.4f}" in summary
+
+
+def test_recommend_report_and_exports_reload(run_dir, user_dir, tmp_path):
+    res = runner.invoke(app, ["recommend", str(run_dir), "--max-drop", "50"])
+    assert res.exit_code == 0, res.output
+    assert "0.9" in res.output.splitlines()[0]  # 50 points tolerance: the top level holds
+    out = tmp_path / "m90.safetensors"
+    res = runner.invoke(
+        app,
+        [
+            "export",
+            str(run_dir),
+            "--level",
+            "0.9",
+            "--method",
+            "magnitude",
+            "--seed",
+            "0",
+            "--format",
+            "sparse",
+            "--out",
+            str(out),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    model = load_object(f"{user_dir}/my_models.py:build")()
+    prunelab.ship.export.load_sparse(model, out)
+    _, _, test = load_object(f"{user_dir}/my_data.py:load")()
+    row = load_results(run_dir).query("method == 'magnitude' and level == 0.9 and seed == 0")
+    assert _accuracy(model.eval(), test) == pytest.approx(float(row.accuracy.iloc[0]), abs=1e-6)
+    onnx = tmp_path / "m90.onnx"
+    res = runner.invoke(
+        app,
+        [
+            "export",
+            str(run_dir),
+            "--level",
+            "0.9",
+            "--method",
+            "magnitude",
+            "--seed",
+            "0",
+            "--format",
+            "onnx",
+            "--out",
+            str(onnx),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    ort = pytest.importorskip("onnxruntime")
+    x = torch.stack([x for x, _ in test][:16])
+    got = ort.InferenceSession(str(onnx)).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        assert abs(got - model(x).numpy()).max() < 1e-4
+
+
+def test_changed_weights_refuse_to_resume(user_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path / "cache"))
+    mine = tmp_path / "mine"
+    shutil.copytree(user_dir, mine)
+    args = ["--levels", "0.5", "--methods", "magnitude", "--seeds", "0"]
+    out = tmp_path / "run"
+    res = runner.invoke(
+        app, ["sweep", "--config", str(mine / "sweep.toml"), "--out", str(out), "--quiet", *args]
+    )
+    assert res.exit_code == 0, res.output
+    before = load_results(out)
+    state = load_file(str(mine / "model.safetensors"))
+    state = {k: v * 1.01 for k, v in state.items()}
+    save_file(state, str(mine / "model.safetensors"))
+    res = runner.invoke(
+        app, ["sweep", "--config", str(mine / "sweep.toml"), "--out", str(out), "--quiet", *args]
+    )
+    assert res.exit_code == 2
+    assert "weights changed since the sweep started" in res.output
+    assert load_results(out).equals(before)
+
+
+def test_custom_metric_as_primary_and_lower_is_better(user_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path / "cache"))
+    mine = tmp_path / "mine"
+    shutil.copytree(user_dir, mine)
+    (mine / "my_metrics.py").write_text(
+        "def error_rate(logits, labels):\n"
+        "    return float((logits.argmax(1) != labels).float().mean())\n"
+    )
+    toml = (mine / "sweep.toml").read_text() + (
+        '\n[task]\nprimary = "error_rate"\n'
+        '[[task.custom]]\nname = "error_rate"\npath = "my_metrics.py:error_rate"\n'
+        "higher_is_better = false\n"
+    )
+    (mine / "sweep.toml").write_text(toml)
+    out = tmp_path / "run"
+    res = runner.invoke(
+        app,
+        [
+            "sweep",
+            "--config",
+            str(mine / "sweep.toml"),
+            "--out",
+            str(out),
+            "--levels",
+            "0.5,0.95",
+            "--methods",
+            "magnitude",
+            "--seeds",
+            "0,1",
+            "--quiet",
+            "--no-report",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    df = load_results(out)
+    assert ((df.error_rate - (1 - df.accuracy)).abs() < 1e-6).all()
+    assert "val_error_rate" in df.columns
+    # lower is better: 1 point of error-rate increase allowed; 95 % breaks it, 50 % holds
+    drop95 = (
+        df[df.level == 0.95].val_error_rate.mean() - df[df.method == "dense"].val_error_rate.mean()
+    )
+    assert drop95 > 0.02
+    res = runner.invoke(app, ["recommend", str(out), "--max-drop", "0.02"])
+    assert "error_rate" in res.output
+    assert "0.5" in res.output.splitlines()[0] and "0.95" not in res.output.splitlines()[0]
