@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pandas.testing as pd_testing
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -211,3 +212,53 @@ def test_custom_metric_as_primary_and_lower_is_better(user_dir, tmp_path, monkey
     res = runner.invoke(app, ["recommend", str(out), "--max-drop", "0.02"])
     assert "error_rate" in res.output
     assert "0.5" in res.output.splitlines()[0] and "0.95" not in res.output.splitlines()[0]
+
+
+def test_process_pool_and_ray_import_user_code(run_dir, user_dir, tmp_path, monkeypatch):
+    """Workers import the user's files by path: the rows equal the sequential run's."""
+    monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path / "cache"))
+    cols = ["method", "level", "seed", "accuracy", "agreement"]
+    ref = load_results(run_dir)[cols].sort_values(cols[:3]).reset_index(drop=True)
+    for name, extra in (
+        ("pool", ["--workers", "2"]),
+        ("ray", ["--executor", "ray", "--workers", "2"]),
+    ):
+        if name == "ray":
+            pytest.importorskip("ray")
+        out = tmp_path / name
+        res = sweep(user_dir, out, "--no-report", *extra)
+        assert res.exit_code == 0, res.output
+        got = load_results(out)[cols].sort_values(cols[:3]).reset_index(drop=True)
+        pd_testing.assert_frame_equal(got, ref, atol=1e-6, rtol=0)
+
+
+def test_python_api_in_memory(user_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path / "cache"))
+    model = _user_model(user_dir)
+    train, val, test = load_object(f"{user_dir}/my_data.py:load")()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = prunelab.sweep(
+        model,
+        train=train,
+        val=val,
+        test=test,
+        levels=[0.5, 0.9],
+        seeds=[0, 1],
+        out=tmp_path / "nb",
+    )
+    df = result.results()
+    assert len(df) == 2 + 2 * 2
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # untouched
+    rec = result.recommend(max_drop=20.0)
+    pruned = df[df.method != "dense"].groupby("level").val_accuracy.mean()
+    dense = df[df.method == "dense"].val_accuracy.mean()
+    assert dense - pruned[0.5] < 0.1 and dense - pruned[0.9] > 0.3  # 0.5 holds, 0.9 breaks
+    assert rec.level == 0.5
+    html = result.report()
+    assert (tmp_path / "nb" / "summary.md").exists() and html.stat().st_size > 10_000
+    with Store(tmp_path / "nb", create=False) as store:
+        assert store.get_meta("dense_metrics")["accuracy"] == pytest.approx(
+            _accuracy(model, test), abs=1e-9
+        )
+    with pytest.raises(prunelab.PrunelabError, match="sequential executor only"):
+        prunelab.sweep(model, train=train, val=val, test=test, workers=2, out=tmp_path / "x")
