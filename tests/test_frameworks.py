@@ -65,7 +65,12 @@ def digits_keras_file(keras, tmp_path_factory) -> Path:
     )
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss=loss, metrics=["accuracy"])
-    model.fit(x[:1400], y[:1400], epochs=8, batch_size=64, verbose=0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: threads only add overhead (10x on a busy machine)
+    try:
+        model.fit(x[:1400], y[:1400], epochs=8, batch_size=64, verbose=0)
+    finally:
+        torch.set_num_threads(threads)
     path = tmp_path_factory.mktemp("keras") / "digits.keras"
     model.save(path)
     return path
