@@ -568,3 +568,15 @@ def test_third_party_onnx_retinaface(asset_cache, tmp_path):
         pruned = model(x)
     assert [o.shape for o in pruned] == [o.shape for o in dense]
     assert 0 < float((pruned[0] - dense[0]).abs().max()) < float(dense[0].abs().max())
+
+
+def test_given_val_split_is_kept_and_only_test_is_carved(tmp_path):
+    x, y = np.arange(60, dtype=np.float32).reshape(30, 2), np.arange(30) % 2
+    np.savez(tmp_path / "v.npz", x_train=x[:20], y_train=y[:20], x_val=x[20:], y_val=y[20:])
+    data = read_npz(tmp_path / "v.npz", test_fraction=0.25)
+    assert torch.equal(data.val.x, torch.from_numpy(x[20:]))
+    assert (len(data.train), len(data.test)) == (15, 5)  # no training row lost to a second val
+    rows = torch.cat([data.train.x, data.test.x])[:, 0].sort().values
+    assert torch.equal(rows, torch.from_numpy(x[:20, 0]))
+    with pytest.raises(PrunelabError, match="must be in \\(0, 1\\)"):
+        read_npz(tmp_path / "v.npz", test_fraction=1.5)

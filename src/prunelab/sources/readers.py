@@ -45,24 +45,26 @@ def read_data(reader: str, path: PathLike, **options: object) -> DataBundle:
     return READERS.get(reader)(path, **options)
 
 
-def split_seeded(
-    x: Tensor, y: Tensor, val_fraction: float, test_fraction: float, seed: int, want_test: bool
-) -> dict[str, Split]:
-    """Seeded train/val(/test) splits of ``(x, y)``; each must get at least one example."""
-    if not (0 < val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise PrunelabError(
-            f"val_fraction {val_fraction} and test_fraction {test_fraction} must be in (0, 1) "
-            "and sum to less than 1"
-        )
+def split_seeded(x: Tensor, y: Tensor, fractions: dict[str, float], seed: int) -> dict[str, Split]:
+    """Seeded splits of ``(x, y)``: ``fractions`` of the rows for each named split (at least
+    one row each), the rest for ``"train"``.
+
+    >>> x, y = torch.zeros(10, 2), torch.zeros(10, dtype=torch.long)
+    >>> {k: len(s) for k, s in split_seeded(x, y, {"val": 0.2, "test": 0.1}, seed=0).items()}
+    {'val': 2, 'test': 1, 'train': 7}
+    """
+    if not all(0 < f < 1 for f in fractions.values()) or sum(fractions.values()) >= 1:
+        raise PrunelabError(f"split fractions {fractions} must be in (0, 1) and sum to below 1")
     n = int(x.shape[0])
-    n_val = max(1, round(n * val_fraction))
-    n_test = max(1, round(n * test_fraction)) if want_test else 0
-    if n - n_val - n_test < 1:
-        raise PrunelabError(f"too few examples ({n}) to split into train/val/test")
+    sizes = {k: max(1, round(n * f)) for k, f in fractions.items()}
+    if n - sum(sizes.values()) < 1:
+        raise PrunelabError(f"too few examples ({n}) to split into train/{'/'.join(sizes)}")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    parts = {"val": order[:n_val], "test": order[n_val : n_val + n_test]}
-    parts["train"] = order[n_val + n_test :]
-    return {k: Split(x[idx], y[idx]) for k, idx in parts.items() if idx.numel()}
+    parts, start = {}, 0
+    for k, size in sizes.items():
+        parts[k], start = order[start : start + size], start + size
+    parts["train"] = order[start:]
+    return {k: Split(x[idx], y[idx]) for k, idx in parts.items()}
 
 
 def bundle(
@@ -73,20 +75,16 @@ def bundle(
     val_fraction: float,
     test_fraction: float,
 ) -> DataBundle:
-    """A bundle from the splits the files define; missing val/test carved from train."""
+    """A bundle from the splits the files define; a missing val or test split is carved out of
+    train (seeded)."""
     if "train" not in given:
         raise PrunelabError(f"{name}: no training data found")
     splits = {k: Split(*v) for k, v in given.items()}
-    if "val" not in splits or "test" not in splits:
-        carved = split_seeded(
-            splits["train"].x,
-            splits["train"].y,
-            val_fraction,
-            test_fraction,
-            seed,
-            want_test="test" not in splits,
-        )
-        splits = {**carved, **{k: s for k, s in splits.items() if k != "train"}}
+    wanted = {"val": val_fraction, "test": test_fraction}
+    missing = {k: f for k, f in wanted.items() if k not in splits}
+    if missing:
+        train = splits["train"]
+        splits.update(split_seeded(train.x, train.y, missing, seed))
     return DataBundle(name, splits["train"], splits["val"], splits["test"], num_classes)
 
 
