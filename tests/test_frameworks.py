@@ -250,26 +250,52 @@ def cifar_h5(asset_cache) -> Path:
     return _wheel_member(asset_cache, "cifar-10-model", "7.4.0", member)
 
 
+def _photo_patches() -> torch.Tensor:
+    """192 real 32x32 photo patches (scikit-learn's two sample photos), BGR in 0..255: the
+    input the cifar-10-model package feeds its CNN (cv2 images, resized, not scaled)."""
+    from sklearn.datasets import load_sample_images
+
+    patches = []
+    for image in load_sample_images().images:  # (427, 640, 3) uint8 RGB
+        for i in range(0, 427 - 64, 48):
+            for j in range(0, 640 - 64, 48):
+                p = torch.from_numpy(image[i : i + 64, j : j + 64].astype(np.float32))
+                p = nn.functional.avg_pool2d(p.permute(2, 0, 1)[None], 2)[0]  # (3, 32, 32)
+                patches.append(p.permute(1, 2, 0).flip(-1))  # (32, 32, 3) BGR
+    return torch.stack(patches)
+
+
 @needs_keras
 @pytest.mark.slow
 def test_third_party_keras_cifar_cnn(keras, cifar_h5, tmp_path):
-    """A Keras 2.9 file prunelab did not make: loads exactly, prunes, writes back."""
+    """A Keras 2.9 file prunelab did not make: loads exactly, prunes, writes back. No CIFAR data
+    exists offline, so fidelity to the dense model is measured on real photo patches."""
+    import copy
+
     from prunelab.ship.keras import save_keras
     from prunelab.sources.keras import keras_outputs, load_keras, read_keras_model
 
-    model = load_keras(cifar_h5)
-    assert sum(p.numel() for p in model.parameters()) + 1024 == 969_418  # + BN running statistics
-    x = torch.rand(8, 32, 32, 3, generator=torch.Generator().manual_seed(0))  # images in [0, 1]
-    source = read_keras_model(cifar_h5)
+    dense = load_keras(cifar_h5)
+    assert sum(p.numel() for p in dense.parameters()) + 1024 == 969_418  # + BN running stats
+    x = _photo_patches()
     with torch.no_grad():
-        dense = model(x)
-    assert torch.allclose(dense, keras_outputs(source, x), atol=1e-5, rtol=0)
-    prunelab.prune(model, "magnitude", sparsity=0.3, prune_last=False)
-    out = save_keras(model, cifar_h5, tmp_path / "cifar_pruned.keras", check_inputs=x)
+        dense_out = dense(x)
+    assert torch.allclose(dense_out, keras_outputs(read_keras_model(cifar_h5), x), atol=1e-4)
+    assert len(dense_out.argmax(1).unique()) >= 5  # the photos spread over the classes
+    photos = Split(x, dense_out.argmax(1))
+    agreement = {}
+    for level in (0.3, 0.7):
+        model = copy.deepcopy(dense)
+        prunelab.prune(model, "magnitude", sparsity=level, prune_last=False)
+        scores = prunelab.evaluate(model, photos, reference=dense, metrics=["agreement"])
+        agreement[level] = scores["agreement"]
+    assert agreement[0.3] > 0.75 and agreement[0.7] < agreement[0.3]  # measured: 0.86, 0.30
+    out = save_keras(model, cifar_h5, tmp_path / "cifar_pruned.keras", check_inputs=x[:16])
     with torch.no_grad():
-        pruned = model(x)
-    assert torch.allclose(keras_outputs(keras.saving.load_model(out), x), pruned, atol=1e-5)
-    assert prunelab.layer_sparsity(model)["dense_1"] > 0.2
+        pruned = model(x[:16])
+    reloaded = keras.saving.load_model(out, compile=False)
+    assert torch.allclose(keras_outputs(reloaded, x[:16]), pruned, atol=1e-4, rtol=0)
+    assert prunelab.layer_sparsity(model)["dense_1"] > 0.5
 
 
 # ---------------------------------------------------------------- ONNX
