@@ -124,6 +124,8 @@ def _many_layers(keras, functional: bool):
         L.DepthwiseConv2D(3, depth_multiplier=2, padding="same", activation="swish"),
         L.MaxPooling2D(3, strides=2, padding="same"),
         L.Conv2D(8, (2, 3), dilation_rate=1, activation="tanh"),
+        L.Conv2D(8, 3, padding="same", dilation_rate=2),
+        L.Conv2D(8, (2, 2), padding="same"),
         L.LeakyReLU(0.1),
         L.AveragePooling2D(2, padding="valid"),
         L.Conv2D(8, 1, groups=2, activation="gelu"),
@@ -156,6 +158,7 @@ def _many_layers(keras, functional: bool):
 def test_keras_layers_convert_exactly_and_write_back(keras, tmp_path, functional):
     from prunelab.ship.keras import save_keras
     from prunelab.sources.keras import keras_outputs, load_keras
+    from prunelab.sources.keras_layers import SamePad2d
 
     path = tmp_path / "many.keras"
     _many_layers(keras, functional).save(path)
@@ -163,6 +166,8 @@ def test_keras_layers_convert_exactly_and_write_back(keras, tmp_path, functional
     model = load_keras(path)
     source = keras.saving.load_model(path, compile=False)
     assert torch.allclose(model(x), keras_outputs(source, x), atol=1e-5, rtol=0)
+    # "same" padding: stride-2 conv, even kernel, max pool need SamePad2d; stride 1 odd pads itself
+    assert sum(isinstance(m, SamePad2d) for m in model.modules()) == 3
     # channels_first: the same model on (N, C, H, W) inputs
     cf = load_keras(path, channels_first=True)
     assert torch.allclose(cf(x.permute(0, 3, 1, 2)), model(x), atol=1e-6, rtol=0)

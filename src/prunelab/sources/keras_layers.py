@@ -149,12 +149,20 @@ def _with_activation(name: str, core: list[tuple[str, nn.Module]], cfg: dict, la
     return Converted(core + ([(f"{name}_act", act)] if act is not None else []), layout)
 
 
-def _conv_padding(name: str, cfg: dict, k, s, d) -> list[tuple[str, nn.Module]]:
-    if cfg["padding"] == "same":
-        return [(f"{name}_pad", SamePad2d(k, s, d))]
-    if cfg["padding"] != "valid":
+def _conv_padding(name: str, cfg: dict, k, s, d) -> tuple[list[tuple[str, nn.Module]], tuple]:
+    """(padding modules before the conv, the conv's own padding) for Keras's ``padding``.
+
+    ``"same"`` at stride 1 with an even total is symmetric: the conv pads itself; otherwise
+    (stride > 1, even kernels) the total depends on the input size: a :class:`SamePad2d`.
+    """
+    if cfg["padding"] == "valid":
+        return [], (0, 0)
+    if cfg["padding"] != "same":
         raise PrunelabError(f"Keras layer '{name}': padding {cfg['padding']!r} is not supported")
-    return []
+    totals = [(ki - 1) * di for ki, di in zip(k, d)]
+    if s == (1, 1) and all(t % 2 == 0 for t in totals):
+        return [], (totals[0] // 2, totals[1] // 2)
+    return [(f"{name}_pad", SamePad2d(k, s, d))], (0, 0)
 
 
 def conv2d(cfg: dict, w: Weights, layout: Layout) -> Converted:
@@ -164,14 +172,15 @@ def conv2d(cfg: dict, w: Weights, layout: Layout) -> Converted:
     kernel = w["kernel"]  # (kh, kw, in / groups, out)
     k, s, d = _pair(cfg["kernel_size"]), _pair(cfg["strides"]), _pair(cfg["dilation_rate"])
     groups = int(cfg.get("groups", 1))
+    pad_modules, pad = _conv_padding(name, cfg, k, s, d)
     conv = nn.Conv2d(
-        kernel.shape[2] * groups, kernel.shape[3], k, s, 0, d, groups, bias=cfg["use_bias"]
+        kernel.shape[2] * groups, kernel.shape[3], k, s, pad, d, groups, bias=cfg["use_bias"]
     )
     with torch.no_grad():
         conv.weight.copy_(torch.from_numpy(kernel).permute(3, 2, 0, 1))  # -> (out, in/g, kh, kw)
         if cfg["use_bias"]:
             conv.bias.copy_(torch.from_numpy(w["bias"]))
-    return _with_activation(name, _conv_padding(name, cfg, k, s, d) + [(name, conv)], cfg, layout)
+    return _with_activation(name, pad_modules + [(name, conv)], cfg, layout)
 
 
 def depthwise_conv2d(cfg: dict, w: Weights, layout: Layout) -> Converted:
@@ -181,13 +190,14 @@ def depthwise_conv2d(cfg: dict, w: Weights, layout: Layout) -> Converted:
     kernel = w["kernel"]  # (kh, kw, in, multiplier)
     kh, kw, cin, mult = kernel.shape
     k, s, d = _pair(cfg["kernel_size"]), _pair(cfg["strides"]), _pair(cfg["dilation_rate"])
-    conv = nn.Conv2d(cin, cin * mult, k, s, 0, d, groups=cin, bias=cfg["use_bias"])
+    pad_modules, pad = _conv_padding(name, cfg, k, s, d)
+    conv = nn.Conv2d(cin, cin * mult, k, s, pad, d, groups=cin, bias=cfg["use_bias"])
     with torch.no_grad():
         flat = torch.from_numpy(kernel).reshape(kh, kw, cin * mult)  # channel c*mult + m
         conv.weight.copy_(flat.permute(2, 0, 1).unsqueeze(1))  # -> (in * mult, 1, kh, kw)
         if cfg["use_bias"]:
             conv.bias.copy_(torch.from_numpy(w["bias"]))
-    return _with_activation(name, _conv_padding(name, cfg, k, s, d) + [(name, conv)], cfg, layout)
+    return _with_activation(name, pad_modules + [(name, conv)], cfg, layout)
 
 
 def dense(cfg: dict, w: Weights, layout: Layout) -> Converted:
