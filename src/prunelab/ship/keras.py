@@ -51,7 +51,8 @@ def save_keras(
     """Save ``model`` (from :func:`~prunelab.sources.keras.load_keras` of ``keras_source``,
     then pruned/fine-tuned) as a ``.keras`` file; reload it and check outputs within ``atol``.
 
-    >>> save_keras(model, "model.keras", "pruned.keras")  # doctest: +SKIP
+    Example: ``save_keras(model, "model.keras", "pruned.keras")`` (full runnable script:
+    ``examples/keras_model.py``).
     """
     if not isinstance(model, KerasChain):
         raise PrunelabError("save_keras needs a model made by prunelab's load_keras")

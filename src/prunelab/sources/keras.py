@@ -220,7 +220,8 @@ def load_keras(
     layout of prunelab's readers). Outputs must match Keras within ``atol`` on ``check_inputs``
     (default: four seeded random inputs), else PrunelabError.
 
-    >>> model = load_keras("model.keras")  # doctest: +SKIP
+    Example: ``model = load_keras("model.keras")`` (full runnable script:
+    ``examples/keras_model.py``).
     """
     keras_model = read_keras_model(path)
     model = convert(keras_model, channels_first)

@@ -243,7 +243,8 @@ def load_onnx(
     ``torch.fx.GraphModule`` whose Conv and Gemm nodes are ``nn.Conv2d``/``nn.Linear`` modules
     (named ``graph.<ONNX node name>``), so prunelab prunes them as usual.
 
-    >>> model = load_onnx("model.onnx", torch.randn(2, 1, 8, 8))  # doctest: +SKIP
+    Example: ``model = load_onnx("model.onnx", check_inputs=torch.randn(2, 1, 8, 8))`` (full
+    runnable script: ``examples/onnx_model.py``).
     """
     path = Path(path)
     proto = read_onnx(path)
