@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,3 +36,38 @@ def test_example_runs(script, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "pruned:" in done.stdout
     assert any(tmp_path.glob("pruned.*")), sorted(p.name for p in tmp_path.iterdir())
+
+
+def test_pytorch_example_cli_and_notebook(tmp_path):
+    """examples/pytorch: your weights + files -> `prunelab sweep --config`, and the notebook."""
+    work = tmp_path / "pytorch"
+    shutil.copytree(ROOT / "examples" / "pytorch", work)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PRUNELAB_CACHE": str(tmp_path / "c")}
+
+    def run(*cmd: str) -> str:
+        done = subprocess.run(
+            [sys.executable, *cmd], env=env, cwd=work, capture_output=True, text=True, timeout=600
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout
+
+    run("make_weights.py")
+    out = run(
+        "-m",
+        "prunelab",
+        "sweep",
+        "--config",
+        "sweep.toml",
+        "--out",
+        str(tmp_path / "cli"),
+        "--levels",
+        "0.5,0.9",
+        "--seeds",
+        "0",
+        "--methods",
+        "magnitude",
+        "--quiet",
+    )
+    assert "original (as given)" in out and "report:" in out
+    out = run("notebook.py", str(tmp_path / "nb"))
+    assert "exported:" in out and (tmp_path / "nb" / "model-sparse.safetensors").is_file()

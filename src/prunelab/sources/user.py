@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from prunelab.errors import PrunelabError
 from prunelab.sources.data.base import DataBundle, Split
+from prunelab.sources.memory import MEMORY_PREFIX
 
 SPLITS = ("train", "val", "test")
 
@@ -37,6 +38,8 @@ def is_import_path(text: str) -> bool:
     >>> is_import_path("my_models.py:build"), is_import_path("lenet300"), is_import_path("m.onnx")
     (True, False, False)
     """
+    if text.startswith(MEMORY_PREFIX):  # an object held in this process, not code
+        return False
     mod, sep, attr = text.rpartition(":")
     return bool(sep and mod and attr.isidentifier() and not mod.endswith(("\\", "/")))
 
