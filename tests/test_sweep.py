@@ -117,6 +117,30 @@ def test_eager_and_compiled_engines_agree_and_are_recorded(tmp_path, cache_dir):
     assert ((eager - auto).abs() < 1e-5).all().all(), (eager, auto)
 
 
+def test_an_adaptive_cell_that_stops_early_is_recommended_where_it_stopped(tmp_path, cache_dir):
+    import json
+
+    from prunelab.decide.analysis import recommend
+
+    spec = tiny_spec(
+        methods=("magnitude",),
+        allocations=("global",),
+        schedules=("adaptive:accuracy:max_drop=0.02",),
+        levels=(0.99,),
+    )
+    run_sweep(spec, tmp_path)
+    df = load_results(tmp_path)
+    cell = df[df.method == "magnitude"].iloc[0]
+    final = json.loads(cell["trajectory"])[-1]
+    assert final["phase"] == "final" and cell["achieved_level"] == pytest.approx(
+        final["sparsity"], abs=1e-3
+    )  # whole weights
+    assert cell["achieved_level"] < 0.9  # 99 % breaks a 2-point tolerance on this tiny MLP
+    rec = recommend(df, max_drop=0.1)
+    assert rec.requested == 0.99
+    assert rec.level == pytest.approx(int(cell["achieved_level"] * 1000 + 1e-6) / 1000)
+
+
 def test_store_keeps_artefacts(tmp_path, cache_dir):
     run_sweep(tiny_spec(methods=("magnitude",), allocations=("global",)), tmp_path)
     df = load_results(tmp_path)

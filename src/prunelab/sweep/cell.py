@@ -21,8 +21,8 @@ from torch import nn
 from prunelab.measure.metrics import evaluate, predict
 from prunelab.measure.metrics.base import DEFAULT_METRICS
 from prunelab.measure.metrics.robustness import RobustnessSuite, reference_context
-from prunelab.prune.apply import apply_masks, layer_sparsity
-from prunelab.prune.masks import select_masks
+from prunelab.prune.apply import apply_masks, get_masks, layer_sparsity
+from prunelab.prune.masks import level_reached, select_masks
 from prunelab.prune.structure import NM, Channels, parse_structure
 from prunelab.prune.targets import select_targets
 from prunelab.recover.finetune import TrainConfig, train
@@ -229,6 +229,8 @@ def run_cell(
     tr = evaluate(model, ctx.train_eval, ctx.reference["train"], ("accuracy", "loss"))
     row.update({f"train_{k}": v for k, v in tr.items()})
     row["layer_sparsity"] = json.dumps(layer_sparsity(model))
+    if cell.method != "dense":  # what the cell reached, in level units (adaptive may stop short)
+        row["achieved_level"] = level_reached(get_masks(model), parse_structure(cell.structure))
     preds = logits.argmax(1).to(torch.int16).numpy()
     return CellResult(
         row,
