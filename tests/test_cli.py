@@ -190,3 +190,33 @@ def test_sensitivity_allocation_in_a_sweep_stores_its_table(tmp_path, cache_dir)
         table = store.get_meta("sensitivity/magnitude/seed0")
     assert {r["layer"] for r in table} == {"1", "3", "5"}
     assert "Layer sensitivity" in (out / "report.html").read_text()
+
+
+LATENCY = ["latency_b1_ms", "latency_b256_ms", "latency_threads"]
+
+
+def test_latency_is_recorded_only_when_asked(run_dir, tmp_path, cache_dir):
+    import torch
+
+    assert not set(LATENCY) & set(load_results(run_dir).columns)  # run_dir: no --latency
+    out = tmp_path / "r"
+    one = ["--methods", "magnitude", "--allocations", "global", "--levels", "0.5"]
+    result = invoke("sweep", "--out", str(out), "--latency", *one, *TINY)
+    assert result.exit_code == 0, result.output
+    df = load_results(out)
+    assert len(df) == 2 and df[LATENCY].notna().all().all()
+    assert (df["latency_b1_ms"] > 0).all() and (df["latency_b256_ms"] > df["latency_b1_ms"]).all()
+    assert (df["latency_threads"] == torch.get_num_threads()).all()
+    html = (out / "report.html").read_text()
+    assert "speedup b1" in html and f"{torch.get_num_threads()} torch thread(s)" in html
+
+
+def test_toml_latency_switch(tmp_path):
+    from prunelab.errors import PrunelabError
+    from prunelab.sweep import spec_from_dict
+
+    spec = spec_from_dict({"model": "mlp-tiny", "metrics": ["ece"], "latency": True})
+    assert spec.metrics == ("ece", *LATENCY)
+    assert spec_from_dict({"model": "mlp-tiny", "latency": False}).metrics == ()
+    with pytest.raises(PrunelabError, match="latency must be true or false"):
+        spec_from_dict({"latency": "yes"})

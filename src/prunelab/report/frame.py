@@ -30,6 +30,8 @@ NOT_METRICS = frozenset(
         "ft_epochs",
         "layer_sparsity",
         "duration_s",
+        "achieved_level",  # the level reached (prunelab.decide.levels), not a quality
+        "latency_threads",
     }
 )
 #: Size/cost columns: shown in the efficiency table and Pareto plot, not as curves.

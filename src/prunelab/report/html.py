@@ -224,6 +224,12 @@ def _efficiency(df: pd.DataFrame) -> str:
         "MAC speedup is theoretical (dense MACs / MACs); b1/b256 speedups are measured "
         "latency ratios vs dense; size ratio = dense bytes / bytes on disk."
     )
+    if "latency_threads" in df.columns and df["latency_threads"].notna().any():
+        threads = ", ".join(f"{t:g}" for t in sorted(df["latency_threads"].dropna().unique()))
+        text += (
+            f" Latency: median ms per forward pass, masks folded, eager PyTorch, "
+            f"{threads} torch thread(s)."
+        )
     return section("efficiency", note(text) + f"<div class='scroll'>{html_table(table)}</div>")
 
 
