@@ -208,7 +208,9 @@ def test_pareto_mask_on_hand_made_points():
     value = np.array([0.5, 0.8, 0.7, 0.8, 0.9, 0.9, 0.2])
     # (20,0.7) loses to (20,0.8); (30,0.8) loses to (20,0.8); the two (40,0.9) tie and stay
     assert pareto_mask(cost, value).tolist() == [True, True, False, False, True, True, True]
-    with pytest.raises(PrunelabError):
+    with pytest.raises(
+        PrunelabError, match=r"pareto needs two equal 1D arrays, got \(3,\), \(2,\)"
+    ):
         pareto_mask(np.ones(3), np.ones(2))
 
 
