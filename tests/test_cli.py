@@ -123,11 +123,33 @@ def test_rerun_resumes_without_redoing(run_dir):
     assert after.index.equals(before.index)
 
 
-def test_report_command_rebuilds(run_dir):
+def _reaching_090(run_dir) -> tuple[str, str, float]:
+    """(method, allocation, tolerance): the smallest validation tolerance at which some
+    configuration holds at every level up to 0.9 (one seed: drop vs the dense control)."""
+    df = load_results(run_dir)
+    dense = df[df.method == "dense"].val_accuracy.item()
+    pruned = df[df.method != "dense"].assign(drop=lambda d: dense - d.val_accuracy)
+    worst = pruned.groupby(["method", "allocation"])["drop"].max().clip(lower=0)
+    (method, allocation), needed = worst.idxmin(), worst.min()
+    return method, allocation, float(needed)
+
+
+def test_report_command_rebuilds_with_the_shipped_weights(run_dir):
+    method, allocation, needed = _reaching_090(run_dir)
+    tol = f"{100 * needed + 1e-6:.10f}"
     (run_dir / "report.html").unlink()
-    result = invoke("report", str(run_dir), "--max-drop", "5")
+    result = invoke("report", str(run_dir), "--max-drop", tol)
     assert result.exit_code == 0, result.output
-    assert _report_says((run_dir / "report.html").read_text()) == _cli_says(run_dir, "5")
+    html = (run_dir / "report.html").read_text()
+    assert (
+        _report_says(html)
+        == _cli_says(run_dir, tol)
+        == (
+            f"{method} · {allocation} · unstructured · oneshot",
+            "90%",
+        )
+    )
+    assert "<h2>Weight histograms</h2><figure>" in html  # the recommended cell's weights
 
 
 def test_list_shows_every_registry():
@@ -214,11 +236,7 @@ def test_recommend_holds_exactly_at_the_hand_computed_tolerance(run_dir):
     """One seed: a configuration holds at a level when its validation drop vs the dense
     control is within the tolerance, and at every lower level too. The smallest tolerance
     that lets some configuration reach 0.9 is computed here from the stored rows."""
-    df = load_results(run_dir)
-    dense = df[df.method == "dense"].val_accuracy.item()
-    pruned = df[df.method != "dense"].assign(drop=lambda d: dense - d.val_accuracy)
-    worst = pruned.groupby(["method", "allocation"])["drop"].max().clip(lower=0)
-    (method, allocation), needed = worst.idxmin(), worst.min()
+    method, allocation, needed = _reaching_090(run_dir)
     result = invoke("recommend", str(run_dir), "--max-drop", f"{100 * needed + 1e-6:.10f}")
     assert result.exit_code == 0, result.output
     assert result.output.startswith(f"Ship sparsity 0.9 (method={method}, allocation={allocation}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -150,6 +151,19 @@ def test_store_keeps_artefacts(tmp_path, cache_dir):
         assert store.get_meta("data_hash") and "torch" in store.get_meta("env")
     assert preds.shape == labels.shape
     assert abs((preds == labels).mean() - df.accuracy[1]) < 1e-6
+    # weight histograms per layer: exact zeros + binned non-zeros = the layer, zeros as stored
+    from prunelab.decide.weightstats import WeightHistogram
+
+    with Store(tmp_path) as store:
+        names = store.artifact_names(df.cell_id[1], "weight_hist/")
+        hists = {
+            n.split("/")[1]: WeightHistogram.from_array(store.artifact(df.cell_id[1], n))
+            for n in names
+        }
+    sizes = {"1": 64 * 64, "3": 64 * 32, "5": 32 * 10}  # mlp-tiny on 8x8 digits
+    assert {n: int(h.counts.sum()) + h.zeros for n, h in hists.items()} == sizes
+    stored = json.loads(df.layer_sparsity[1])
+    assert {n: h.zeros / sizes[n] for n, h in hists.items()} == pytest.approx(stored)
 
 
 def test_sigkill_midway_then_rerun_loses_and_duplicates_nothing(tmp_path, cache_dir):

@@ -266,7 +266,11 @@ def render_html(df: pd.DataFrame, plots: Mapping[str, Path], extras: ReportExtra
         _figure_section("sensitivity", plots, "No layer-sensitivity scan in this run."),
         _figure_section("pareto", plots, "Needs nonzeros or macs and accuracy columns."),
         _efficiency(df),
-        _figure_section("weights", plots, "No weights were given for histograms."),
+        _figure_section(
+            "weights",
+            plots,
+            "No weight histograms: no level was recommended, or the run predates stored ones.",
+        ),
         _figure_section("forgotten", plots, "No forgotten examples were given."),
         _results(df),
     ]

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from prunelab.decide.weightstats import nonzero_histograms
 from prunelab.measure.metrics import evaluate, predict
 from prunelab.measure.metrics.base import DEFAULT_METRICS
 from prunelab.measure.metrics.robustness import RobustnessSuite, reference_context
@@ -232,9 +233,10 @@ def run_cell(
     if cell.method != "dense":  # what the cell reached, in level units (adaptive may stop short)
         row["achieved_level"] = level_reached(get_masks(model), parse_structure(cell.structure))
     preds = logits.argmax(1).to(torch.int16).numpy()
+    hists = {f"weight_hist/{n}": h.to_array() for n, h in nonzero_histograms(model).items()}
     return CellResult(
         row,
-        {"test_preds": preds},
+        {"test_preds": preds, **hists},
         time.perf_counter() - start,
         records,
         model if keep_model else None,
