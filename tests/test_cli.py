@@ -155,9 +155,12 @@ def test_report_command_rebuilds_with_the_shipped_weights(run_dir):
 def test_list_shows_every_registry():
     result = invoke("list")
     assert result.exit_code == 0
-    for kind in ("methods", "allocations", "metrics", "datasets", "models"):
-        assert f"{kind}:" in result.output
-    assert "magnitude" in result.output and "fashion-mnist" in result.output
+    lines = dict(line.split(": ", 1) for line in result.output.splitlines())
+    assert {"methods", "allocations", "metrics", "datasets", "models"} <= set(lines)
+    assert lines["methods"] == "magnitude, random, taylor, wanda"  # no snip: it ranks as taylor
+    assert "global" in lines["allocations"].split(", ") and "lamp" in lines["allocations"]
+    assert {"fashion-mnist", "digits"} <= set(lines["datasets"].split(", "))
+    assert "latency_b1_ms" in lines["metrics"].split(", ")
 
 
 @pytest.mark.parametrize(
