@@ -140,6 +140,13 @@ def test_an_adaptive_cell_that_stops_early_is_recommended_where_it_stopped(tmp_p
     rec = recommend(df, max_drop=0.1)
     assert rec.requested == 0.99
     assert rec.level == pytest.approx(int(cell["achieved_level"] * 1000 + 1e-6) / 1000)
+    # the report draws and tabulates the cell where it stopped, not at its ceiling
+    from prunelab.report.run import report_run
+
+    paths, _ = report_run(tmp_path, max_drop_points=10)
+    summary = paths.summary.read_text()
+    assert f"| {rec.level:g} | magnitude |" in summary and "| 0.99 |" not in summary
+    assert not {"curve_requested", "curve_achieved_level"} & set(paths.plots)
 
 
 def test_store_keeps_artefacts(tmp_path, cache_dir):

@@ -31,6 +31,7 @@ NOT_METRICS = frozenset(
         "layer_sparsity",
         "duration_s",
         "achieved_level",  # the level reached (prunelab.decide.levels), not a quality
+        "requested",  # the level asked for, when ``level`` is the credited one
         "latency_threads",
     }
 )

@@ -20,6 +20,7 @@ from prunelab.decide.analysis import (
     recommend,
     tipping_points,
 )
+from prunelab.decide.levels import credit
 from prunelab.decide.preservation import summarize_results
 from prunelab.decide.weightstats import WeightHistogram
 from prunelab.errors import PrunelabError
@@ -230,4 +231,4 @@ def report_run(
         forgotten_preds=pies["preds"] if pies else None,
         title=f"prunelab report: {spec.get('model')} on {spec.get('data', {}).get('name')}",
     )
-    return build_report(run_dir, df, extras), rec
+    return build_report(run_dir, credit(df), extras), rec  # curves at achieved levels, too
