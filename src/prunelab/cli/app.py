@@ -97,6 +97,9 @@ def sweep(
     report: Annotated[bool, typer.Option(help="write the report when done")] = True,
     max_drop: Annotated[float, typer.Option(help="report tolerance, in points")] = 0.5,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+    latency: Annotated[
+        bool, typer.Option("--latency", help="measure each cell's latency (batch 1 and 256)")
+    ] = False,
     engine: Annotated[
         str | None,
         typer.Option(help="evaluation: auto (compiled copy when safe) or eager; $PRUNELAB_ENGINE"),
@@ -137,6 +140,8 @@ def sweep(
         except ValueError:
             raise PrunelabError(f"seeds must be integers, got '{seeds}'") from None
     raw.update({k: v for k, v in flags.items() if v is not None})
+    if latency:
+        raw["latency"] = True
     for key, epochs in (("finetune", ft_epochs), ("dense", dense_epochs)):
         if epochs is not None:
             raw[key] = {**raw.get(key, {}), "epochs": epochs}

@@ -15,6 +15,11 @@ k-seed means) and ``min_fall`` a floor for single-seed curves. The *onset* is th
 from which the drop stays above ``tau`` at every higher level (a sustained exit, so one noisy
 point cannot trigger it); the *knee* is the level just before the onset, the last level still
 indistinguishable from dense. No onset -> no knee (the curve never falls in the measured range).
+
+**Levels are what a cell achieved** (:func:`credited_levels`): a cell that stopped short of its
+requested level (the adaptive schedule stops when the tolerance breaks) is credited with the
+sparsity it reached, floored to a 0.001 grid, never with its ceiling. Knees and
+recommendations are read on those levels; the requested level stays in ``requested``.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from prunelab.decide.levels import credit as _credit
 from prunelab.errors import PrunelabError
 from prunelab.measure.metrics import METRICS
 
@@ -152,12 +158,14 @@ def tipping_points(
     directions: Mapping[str, bool] | None = None,
     **knee_kw: float,
 ) -> pd.DataFrame:
-    """One :func:`knee` per configuration curve, the dense controls as level 0 of each.
+    """One :func:`knee` per configuration curve, the dense controls as level 0 of each, on
+    the levels the cells achieved (:func:`credited_levels`).
 
     Returns columns: the configuration columns, ``knee``, ``onset``, ``band``, ``noise``.
     """
     column = _column(metric, split)
     config = _check_results(df, column)
+    df = _credit(df)
     hib = higher_is_better(metric, directions)
     dense = df[df["method"] == "dense"]
     rows = []
@@ -225,6 +233,7 @@ class Recommendation:
     n_seeds: int
     evidence: pd.DataFrame
     reason: str
+    requested: float | None = None  # the cells' requested level (differs when they stopped short)
 
     @property
     def method(self) -> str | None:
@@ -241,6 +250,8 @@ class Recommendation:
             f"{self.value:.4f}, {self.confidence:.0%} interval [{lo:.4f}, {hi:.4f}] "
             f"({self.tolerance}; {self.n_seeds} seed(s))."
         )
+        if self.requested is not None and abs(self.requested - self.level) > 1e-9:
+            text += f" The cells asked for {self.requested:g} and stopped at {self.level:g}."
         if self.test_value is not None:
             text += f" Test {self.metric}: {self.test_value:.4f}."
         return text + (f" {self.reason}" if self.reason else "")
@@ -305,8 +316,9 @@ def _evidence(
     if has_test:
         df = df.assign(_test_drop=_paired(df, metric, sign))
     rows = []
-    for key, g in df[df["method"] != "dense"].groupby(config + ["level"], dropna=False):
-        row = dict(zip(config + ["level"], key))
+    keys = config + ["level", "requested"]
+    for key, g in df[df["method"] != "dense"].groupby(keys, dropna=False):
+        row = dict(zip(keys, key))
         lo, hi = bootstrap_ci(g["_drop"], confidence, seed=seed)
         mlo, mhi = bootstrap_ci(g[column], confidence, seed=seed)
         row.update(
@@ -348,13 +360,13 @@ def recommend(
     ``min_value`` -- on ``split`` ('val' chooses without looking at test; test numbers are
     reported as evidence). A configuration's usable levels are those holding at every lower
     level too (a contiguous run from dense). Ties between configurations at the same level go
-    to the better mean metric.
+    to the better mean metric. Levels are those the cells achieved (:func:`credited_levels`).
     """
     sign = 1.0 if higher_is_better(metric, directions) else -1.0
     tolerance = _check_tolerance(metric, max_drop, min_value, sign > 0)
     column = _column(metric, split)
     config = _check_results(df, column)
-    ev = _evidence(df, config, metric, column, confidence, seed, sign)
+    ev = _evidence(_credit(df), config, metric, column, confidence, seed, sign)
     if ev.empty:
         raise PrunelabError("results have no pruned rows (only dense controls)")
     ev["holds"] = (
@@ -362,7 +374,7 @@ def recommend(
         if max_drop is not None
         else ev["value_lo"] >= min_value - 1e-12
     )
-    ev = ev.sort_values(config + ["level"]).reset_index(drop=True)
+    ev = ev.sort_values(config + ["level", "requested"]).reset_index(drop=True)
     ev["usable"] = ev.groupby(config, dropna=False)["holds"].cummin()
     ok = ev[ev["usable"]]
     note = "" if split == "val" else "Chosen on the test split: the estimate is optimistic."
@@ -411,4 +423,5 @@ def recommend(
         int(best["n_seeds"]),
         ev,
         note,
+        float(best["requested"]),
     )

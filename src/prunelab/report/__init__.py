@@ -74,7 +74,11 @@ def make_plots(df: pd.DataFrame, plot_dir: Path, extras: ReportExtras) -> dict[s
             extras.sensitivity, plot_dir / "sensitivity.png", extras.sensitivity_label
         )
     if extras.weights:
-        out["weights"] = plots.plot_weight_histograms(extras.weights, plot_dir / "weights.png")
+        out["weights"] = plots.plot_weight_histograms(
+            extras.weights,  # type: ignore[arg-type]
+            plot_dir / "weights.png",
+            title=extras.weights_title,
+        )
     if extras.forgotten_images is not None and extras.forgotten_labels is not None:
         out["forgotten"] = plots.plot_example_grid(
             extras.forgotten_images,

@@ -23,7 +23,9 @@ from prunelab.decide.analysis import (
     recommend,
     tipping_points,
 )
+from prunelab.decide.levels import credit
 from prunelab.decide.preservation import summarize_results
+from prunelab.decide.weightstats import WeightHistogram
 from prunelab.errors import PrunelabError
 from prunelab.report import build_report
 from prunelab.report.extras import ReportExtras, ReportPaths
@@ -159,6 +161,41 @@ def _group_rows(store: Store, row: pd.Series) -> list[str]:
     return list(df.loc[match, "cell_id"])
 
 
+def shipped_weights(
+    store: Store, df: pd.DataFrame, rec: Recommendation | None
+) -> tuple[dict[str, WeightHistogram], str] | None:
+    """The stored weight histograms of the recommended cell (its lowest seed) and a title;
+    None without a recommendation or when the sweep stored none (runs before they were kept)."""
+    if rec is None or rec.level is None or rec.config is None:
+        return None
+    match = np.array(df["method"] != "dense")
+    for key, value in rec.config.items():
+        match = match & np.array(df[key] == value)
+    if rec.requested is not None:
+        match = match & np.isclose(df["level"].to_numpy(float), rec.requested)
+    rows = df[match].sort_values("seed")
+    if rows.empty:
+        return None
+    row = rows.iloc[0]
+    names = [
+        n.removeprefix("weight_hist/") for n in store.artifact_names(row["cell_id"], "weight_hist/")
+    ]
+    if not names:
+        return None
+    raw = row.get("layer_sparsity")
+    order = list(json.loads(raw)) if isinstance(raw, str) else []
+    names.sort(key=lambda n: order.index(n) if n in order else len(order))
+    hists = {
+        n: WeightHistogram.from_array(store.artifact(row["cell_id"], f"weight_hist/{n}"))
+        for n in names
+    }
+    title = (
+        f"non-zero weights of the recommended cell: {rec.method} at sparsity {rec.level:g}, "
+        f"seed {row['seed']}"
+    )
+    return hists, title
+
+
 def recommendation_view(rec: Recommendation) -> dict[str, object]:
     """The recommendation as the report shows it: the configuration named in one string."""
     view = {f.name: getattr(rec, f.name) for f in dataclasses.fields(rec) if f.name != "config"}
@@ -209,11 +246,15 @@ def report_run(
         tolerance = {
             metric: points(max_drop_points) if metric in FRACTION_METRICS else max_drop_points
         }
+    with Store(run_dir, create=False) as store:
+        weights = shipped_weights(store, df, rec)
     extras = ReportExtras(
         knees=knees,
         recommendation=None if rec is None else recommendation_view(rec),
         tolerances=tolerance,
         sensitivity=sens,
+        weights=weights[0] if weights else None,
+        weights_title=weights[1] if weights else "",
         spec=spec,
         retained=retained,
         forgotten_images=pies["images"] if pies else None,
@@ -222,4 +263,4 @@ def report_run(
         title=f"prunelab report: {spec.get('model')} on {spec.get('data', {}).get('name')}",
         original=original,
     )
-    return build_report(run_dir, df, extras), rec
+    return build_report(run_dir, credit(df), extras), rec  # curves at achieved levels, too

@@ -83,9 +83,12 @@ def find_cell(
 
 
 def compare_rows(stored: Mapping[str, Any], fresh: Mapping[str, Any]) -> list[str]:
-    """Keys whose recomputed value differs from the stored one (floats to ``REL_TOL``)."""
+    """Keys whose recomputed value differs from the stored one (floats to ``REL_TOL``;
+    measured latency is not compared)."""
     bad = []
     for key, old in stored.items():
+        if key.startswith("latency_"):
+            continue  # measured times vary from run to run; nothing to reproduce
         new = fresh.get(key)
         if isinstance(old, float) and isinstance(new, (int, float)):
             same = (math.isnan(old) and math.isnan(new)) or math.isclose(

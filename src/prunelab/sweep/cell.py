@@ -18,12 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from prunelab.decide.weightstats import nonzero_histograms
 from prunelab.errors import PrunelabError
 from prunelab.measure.metrics import evaluate, predict
 from prunelab.measure.metrics.base import DEFAULT_METRICS
 from prunelab.measure.metrics.robustness import RobustnessSuite, reference_context
-from prunelab.prune.apply import apply_masks, layer_sparsity
-from prunelab.prune.masks import select_masks
+from prunelab.prune.apply import apply_masks, get_masks, layer_sparsity
+from prunelab.prune.masks import level_reached, select_masks
 from prunelab.prune.structure import NM, Channels, parse_structure
 from prunelab.prune.targets import select_targets
 from prunelab.recover.finetune import TrainConfig, train
@@ -275,6 +276,10 @@ def run_cell(
     measure = _measure_classification if classify else _measure_task
     artifacts = measure(cell, ctx, model, row)
     row["layer_sparsity"] = json.dumps(layer_sparsity(model))
+    if cell.method != "dense":  # what the cell reached, in level units (adaptive may stop short)
+        row["achieved_level"] = level_reached(get_masks(model), parse_structure(cell.structure))
+    hists = {f"weight_hist/{n}": h.to_array() for n, h in nonzero_histograms(model).items()}
+    artifacts = {**artifacts, **hists}
     return CellResult(
         row, artifacts, time.perf_counter() - start, records, model if keep_model else None
     )

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,9 +39,9 @@ class SweepOutcome:
     ran: int
 
 
-def environment() -> dict[str, str]:
+def environment() -> dict[str, Any]:
     """Library versions and threads, recorded with every run."""
-    env = {
+    env: dict[str, Any] = {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "torch_threads": str(torch.get_num_threads()),
@@ -116,6 +117,7 @@ def run_sweep(
         if store.get_meta("dense_metrics") is None:
             ctx = contexts.get(cells[0])
             store.set_meta("env", environment())
+            _record_engine_failures(store, ctx.dense_model(cells[0]))
             store.set_meta("data_hash", ctx.data.fingerprint())
             store.set_meta("dense_metrics", ctx.dense_metrics)
             store.set_meta("task", ctx.task.describe())
@@ -151,7 +153,19 @@ def run_sweep(
                 store.set_meta(key, value)
             if on_cell is not None:
                 on_cell(cell, result)
+        if pending and isinstance(executor, SequentialExecutor):  # pruned models, this process
+            ctx = executor.contexts.get(pending[0])
+            _record_engine_failures(store, ctx.dense_model(pending[0]))
     return SweepOutcome(run_dir, len(cells), len(cells) - len(pending), len(pending))
+
+
+def _record_engine_failures(store: Store, model: torch.nn.Module) -> None:
+    """Add to the run's ``env`` why ``model``'s class is evaluated eagerly, if it is (the
+    failure is also logged as a warning, once per class and process)."""
+    failed = inference.compile_failures(model)
+    env = store.get_meta("env") or {}
+    if failed and env.get("engine_failures") != failed:
+        store.set_meta("env", {**env, "engine_failures": failed})
 
 
 def _plain(obj: object) -> object:

@@ -11,6 +11,7 @@ from typing import Any
 
 from prunelab.errors import PrunelabError
 from prunelab.measure.metrics import METRICS
+from prunelab.measure.metrics.latency import LATENCY_METRICS
 from prunelab.prune.criteria import CRITERIA
 from prunelab.prune.structure import parse_structure
 from prunelab.recover.finetune import TrainConfig
@@ -186,8 +187,18 @@ _LIST_FIELDS = {
 
 
 def spec_from_dict(raw: dict[str, Any]) -> SweepSpec:
-    """Build a spec from plain data (a parsed TOML file), rejecting unknown keys."""
+    """Build a spec from plain data (a parsed TOML file), rejecting unknown keys.
+
+    ``latency = true`` adds the measured-latency metrics (batch 1, batch 256, threads).
+    """
     raw = dict(raw)
+    latency = raw.pop("latency", False)  # opt-in measured latency: three more metrics
+    if not isinstance(latency, bool):
+        raise PrunelabError(f"latency must be true or false, got {latency!r}")
+    if latency:
+        metrics = raw.get("metrics", ())
+        metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics)
+        raw["metrics"] = tuple(dict.fromkeys(metrics + LATENCY_METRICS))
     known = {f.name for f in dataclasses.fields(SweepSpec)}
     unknown = set(raw) - known
     if unknown:
