@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -611,3 +612,67 @@ def test_given_val_split_is_kept_and_only_test_is_carved(tmp_path):
     assert torch.equal(rows, torch.from_numpy(x[:20, 0]))
     with pytest.raises(PrunelabError, match="must be in \\(0, 1\\)"):
         read_npz(tmp_path / "v.npz", test_fraction=1.5)
+
+
+@needs_keras
+def test_keras_file_through_the_sweep_and_back(keras, digits_keras_file, tmp_path, monkeypatch):
+    """model = 'digits.keras' + an npz read by the built-in reader -> sweep -> .keras export."""
+    from typer.testing import CliRunner
+
+    from prunelab.cli import app
+    from prunelab.sweep.store import Store, load_results
+
+    monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path / "cache"))
+    x, y = _digits_nhwc()
+    np.savez(tmp_path / "digits.npz", x=x.transpose(0, 3, 1, 2), y=y)  # (N, 1, 8, 8) as prunelab
+    shutil.copy(digits_keras_file, tmp_path / "digits.keras")
+    (tmp_path / "sweep.toml").write_text(
+        'model = "digits.keras"\nmethods = ["magnitude"]\nallocations = ["global"]\n'
+        "levels = [0.6]\nseeds = [0]\nsensitivity_scan = false\n"
+        '[data]\nname = "digits-npz"\nreader = "npz"\npath = "digits.npz"\n'
+        "[finetune]\nepochs = 0.5\n"
+    )
+    runner = CliRunner()
+    out = tmp_path / "run"
+    res = runner.invoke(
+        app,
+        [
+            "sweep",
+            "--config",
+            str(tmp_path / "sweep.toml"),
+            "--out",
+            str(out),
+            "--quiet",
+            "--no-report",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    df = load_results(out)
+    with Store(out, create=False) as store:
+        original = store.get_meta("dense_metrics")["accuracy"]
+    assert original > 0.8  # the Keras model's own weights are the dense model (not retrained)
+    target = tmp_path / "pruned.keras"
+    res = runner.invoke(
+        app,
+        [
+            "export",
+            str(out),
+            "--level",
+            "0.6",
+            "--method",
+            "magnitude",
+            "--format",
+            "keras",
+            "--out",
+            str(target),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    reloaded = keras.models.load_model(target)
+    kernels = [w for w in reloaded.get_weights() if w.ndim >= 2]
+    zeros = sum(int((k == 0).sum()) for k in kernels) / sum(k.size for k in kernels)
+    assert abs(zeros - 0.6) < 0.01
+    got = np.asarray(reloaded.predict(x[-100:], verbose=0)).argmax(1)
+    row = df[df.method == "magnitude"].iloc[0]
+    assert row.sparsity == pytest.approx(0.6, abs=1e-3)
+    assert (got == y[-100:]).mean() > 0.5

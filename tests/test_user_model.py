@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -262,3 +263,113 @@ def test_python_api_in_memory(user_dir, tmp_path, monkeypatch):
         )
     with pytest.raises(prunelab.PrunelabError, match="sequential executor only"):
         prunelab.sweep(model, train=train, val=val, test=test, workers=2, out=tmp_path / "x")
+
+
+GOOD_MODEL = EXAMPLE / "my_models.py"
+BAD_MODELS = {
+    "not-a-module": "def build():\n    return 3\n",
+    "three-classes": (
+        "from torch import nn\n\ndef build():\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 3))\n"
+    ),
+    "non-finite": (
+        "import torch\nfrom torch import nn\n\nclass Inf(nn.Module):\n"
+        "    def forward(self, x):\n        return x / 0.0\n\ndef build():\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10), Inf())\n"
+    ),
+    "nothing-prunable": (
+        "import torch\nfrom torch import nn\n\nclass Scale(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n"
+        "        self.s = nn.Parameter(torch.ones(10))\n"
+        "    def forward(self, x):\n        return x.flatten(1)[:, :10] * self.s\n\n"
+        "def build():\n    return Scale()\n"
+    ),
+    "groupnorm": (
+        "from torch import nn\n\ndef build():\n    return nn.Sequential(\n"
+        "        nn.Conv2d(1, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.ReLU(), nn.Flatten(),\n"
+        "        nn.Linear(8 * 64, 10))\n"
+    ),
+}
+BAD_DATA = {
+    "two-splits": (
+        "import torch\n\ndef load():\n    x = torch.rand(20, 1, 8, 8)\n"
+        "    y = torch.randint(0, 10, (20,))\n    return (x, y), (x, y)\n"
+    ),
+    "float-labels": (
+        "import torch\n\ndef load():\n    x = torch.rand(20, 1, 8, 8)\n"
+        "    return (x, torch.rand(20)), (x, torch.rand(20)), (x, torch.rand(20))\n"
+    ),
+    "shapes-differ": (
+        "import torch\n\ndef load():\n    y = torch.randint(0, 10, (20,))\n"
+        "    a, b = torch.rand(20, 1, 8, 8), torch.rand(20, 64)\n"
+        "    return (a, y), (b, y), (b, y)\n"
+    ),
+}
+CASES = [
+    # (id, model file text or None (good), data text or None (good), flags, expected message)
+    ("path-not-found", None, None, {"model": "missing.py:build"}, r"file .*missing\.py not found"),
+    ("no-such-factory", None, None, {"model": "my_models.py:nope"}, r"my_models\.py has no 'nope'"),
+    ("not-a-module", "not-a-module", None, {}, r"returned int, not a torch nn\.Module"),
+    ("weights-do-not-fit", "three-classes", None, {"weights": True}, r"do not fit the model"),
+    ("outputs-vs-labels", "three-classes", None, {"train_dense": True}, r"outputs 3 classes"),
+    ("non-finite", "non-finite", None, {"train_dense": True}, r"outputs contain NaN or Inf"),
+    ("nothing-prunable", "nothing-prunable", None, {"train_dense": True}, r"no prunable parameters"),
+    (
+        "unsupported-surgery",
+        "groupnorm",
+        None,
+        {"train_dense": True, "channels": True},
+        r"channels of '0' cannot be removed: they feed GroupNorm '1'",
+    ),
+    ("loader-two-splits", None, "two-splits", {}, r"must return \(train, val, test\)"),
+    ("loader-float-labels", None, "float-labels", {}, r"labels must be integer class ids"),
+    ("loader-shapes", None, "shapes-differ", {}, r"different input shapes"),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_user_input_is_one_line_and_exit_2(case, user_dir, tmp_path, monkeypatch):
+    name, model_text, data_text, flags, message = case
+    monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path / "cache"))
+    shutil.copy(user_dir / "my_data.py", tmp_path / "my_data.py")
+    shutil.copy(GOOD_MODEL, tmp_path / "my_models.py")
+    if model_text:
+        (tmp_path / "my_models.py").write_text(BAD_MODELS[model_text])
+    if data_text:
+        (tmp_path / "my_data.py").write_text(BAD_DATA[data_text])
+    lines = [f'model = "{flags.get("model", "my_models.py:build")}"', 'data = "my_data.py:load"']
+    if flags.get("train_dense"):
+        lines.append("train_dense = true")
+    else:
+        lines.append('weights = "model.safetensors"')
+        shutil.copy(user_dir / "model.safetensors", tmp_path / "model.safetensors")
+    if flags.get("channels"):
+        lines.append('structures = ["channels"]')
+    lines += [
+        "levels = [0.5]",
+        "sensitivity_scan = false",
+        "[dense]",
+        "epochs = 0.2",
+        "[finetune]",
+        "epochs = 0.1",
+    ]
+    (tmp_path / "sweep.toml").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "run"
+    res = runner.invoke(
+        app,
+        [
+            "sweep",
+            "--config",
+            str(tmp_path / "sweep.toml"),
+            "--out",
+            str(out),
+            "--quiet",
+            "--no-report",
+        ],
+    )
+    assert res.exit_code == 2, res.output
+    assert re.search(message, res.output), res.output
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in res.output
+    if (out / "results.sqlite").exists():  # whatever was stored is readable, never half-written
+        load_results(out)

@@ -140,7 +140,13 @@ def forgotten_examples(
     row = best.sort_values(["level", "pie_pct"]).iloc[-1]
     try:
         data_spec = DataSpec(**spec["data"])
-        data = resolve.load_bundle(data_spec.name, data_spec.loader, **data_spec.loader_kwargs())
+        data = resolve.load_bundle(
+            data_spec.name,
+            data_spec.loader,
+            data_spec.reader,
+            data_spec.path,
+            **data_spec.loader_kwargs(),
+        )
     except (PrunelabError, KeyError, TypeError) as e:
         log.warning("forgotten-example grid skipped: %s", e)
         return None

@@ -17,12 +17,20 @@ from prunelab.errors import PrunelabError
 from prunelab.measure import inference
 from prunelab.prune.surgery import BaseModel
 from prunelab.recover.finetune import TrainConfig
-from prunelab.ship.export import Exported, save_onnx, save_slimmed, save_sparse
+from prunelab.ship.export import (
+    Exported,
+    dense_bytes,
+    plain_state,
+    save_onnx,
+    save_slimmed,
+    save_sparse,
+)
+from prunelab.ship.keras import save_keras
 from prunelab.sweep.cell import Cell, Context, run_cell
 from prunelab.sweep.spec import CustomMetricSpec, DataSpec, TaskSpec
 from prunelab.sweep.store import Store
 
-FORMATS = ("sparse", "slim", "onnx")
+FORMATS = ("sparse", "slim", "onnx", "keras")
 REL_TOL = 1e-6  # thread counts may differ between the sweep's workers and the export process
 
 
@@ -135,6 +143,13 @@ def export_cell(
         return save_sparse(model, out)
     if fmt == "onnx":
         return save_onnx(model, test_x[:64], out)
+    if fmt == "keras":
+        if not cell.model.endswith((".keras", ".h5")):
+            raise PrunelabError(
+                f"--format keras needs a Keras source model; this run's is {cell.model}"
+            )
+        path = save_keras(model, cell.model, out, check_inputs=test_x[:4])
+        return Exported(path, path.stat().st_size, dense_bytes(plain_state(model)))
 
     base = BaseModel(cell.model, ctx.data.input_shape, ctx.data.num_classes)
     return save_slimmed(model, test_x[:1], out, base)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,22 @@ from prunelab.recover.finetune import Objective, TrainConfig, train
 from prunelab.sources import memory, user
 from prunelab.sources.data import load_dataset
 from prunelab.sources.data.base import DataBundle
+from prunelab.sources.keras import load_keras
 from prunelab.sources.models import build_model, load_or_train
 from prunelab.sources.models.cache import default_cache_dir, load_weights, save_weights
+from prunelab.sources.onnx_import import load_onnx
+from prunelab.sources.readers import read_data
 
 
-def load_bundle(name: str, loader: str | None, **kwargs: Any) -> DataBundle:
-    """The data of a sweep: a registered dataset, the user's loader, or in-memory splits."""
+def load_bundle(
+    name: str, loader: str | None, reader: str | None = None, path: str | None = None, **kwargs: Any
+) -> DataBundle:
+    """The data of a sweep: a registered dataset, a built-in reader, the user's loader, or
+    in-memory splits."""
+    if reader is not None:
+        if path is None:
+            raise PrunelabError(f"data reader '{reader}' needs a path")
+        return read_data(reader, path, seed=kwargs.get("seed", 0))
     if loader is None:
         return load_dataset(name, **kwargs)
     if loader.startswith(memory.MEMORY_PREFIX):
@@ -36,14 +47,39 @@ def load_bundle(name: str, loader: str | None, **kwargs: Any) -> DataBundle:
     return user.load_data(loader)
 
 
+KERAS_SUFFIXES = (".keras", ".h5")
+
+
+def is_model_file(model: str) -> bool:
+    """A Keras (``.keras``/``.h5``) or ONNX file: its own weights are the dense model."""
+    return model.endswith((*KERAS_SUFFIXES, ".onnx"))
+
+
 def is_builtin(model: str) -> bool:
-    return not (user.is_import_path(model) or model.startswith(memory.MEMORY_PREFIX))
+    return not (
+        user.is_import_path(model) or model.startswith(memory.MEMORY_PREFIX) or is_model_file(model)
+    )
+
+
+def _model_file(model: str, data: DataBundle) -> nn.Module:
+    """A Keras or ONNX file as a plain torch module, checked against its own runtime."""
+    if not Path(model).is_file():
+        raise PrunelabError(f"model file {model} not found")
+    example = data.test.x[:4]
+    if model.endswith(KERAS_SUFFIXES):
+        # prunelab's images are (N, C, H, W); Keras takes (N, H, W, C): the converted model
+        # accepts channels-first input when the data is image-shaped
+        channels_first = example.dim() == 4
+        return load_keras(model, channels_first=channels_first, check_inputs=example)
+    return load_onnx(model, check_inputs=example)
 
 
 def architecture(model: str, data: DataBundle) -> nn.Module:
     """A fresh model of the named architecture (weights to be loaded into it)."""
     if model.startswith(memory.MEMORY_PREFIX):
         return copy.deepcopy(memory.get(model))
+    if is_model_file(model):
+        return _model_file(model, data)
     if user.is_import_path(model):
         return user.build_model(model)
     return build_model(model, data.input_shape, data.num_classes)
@@ -58,16 +94,24 @@ def dense_model(
     task: Objective,
     cache_dir: Path | None = None,
     seed: int = 0,
+    check: Callable[[nn.Module], None] | None = None,
 ) -> nn.Module:
-    """The dense model every cell starts from (see the module docstring for the rules)."""
+    """The dense model every cell starts from (see the module docstring for the rules).
+
+    ``check(model)`` runs on the user's model before any training (outputs fit the labels).
+    """
     if is_builtin(model):
         if weights is not None:
             return user.load_weights(architecture(model, data), weights)
         return load_or_train(model, data, dense_cfg, cache_dir, seed=seed)
     net = architecture(model, data)
     if weights is not None:
-        return user.load_weights(net, weights)
-    if model.startswith(memory.MEMORY_PREFIX):
+        net = user.load_weights(net, weights)
+    if check is not None:
+        check(net)
+    if weights is not None:
+        return net
+    if model.startswith(memory.MEMORY_PREFIX) or is_model_file(model):
         return net  # the object as handed over: its current weights are the dense model
     if not train_dense:
         raise PrunelabError(f"model '{model}' has no weights and train_dense is off")
@@ -101,6 +145,8 @@ def fingerprint(
         out["model_code"] = user.code_hash(model)
     if model.startswith(memory.MEMORY_PREFIX):
         out["model"] = model
+    if is_model_file(model) and Path(model).is_file():
+        out["model_file"] = user.file_hash(model)
     if weights is not None:
         out["weights"] = user.file_hash(weights)
     if loader is not None and user.is_import_path(loader):

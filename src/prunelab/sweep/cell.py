@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ from prunelab.measure.metrics.robustness import RobustnessSuite, reference_conte
 from prunelab.prune.apply import apply_masks, get_masks, layer_sparsity
 from prunelab.prune.masks import level_reached, select_masks
 from prunelab.prune.structure import NM, Channels, parse_structure
+from prunelab.prune.surgery.channel_plan import plan_from_masks
 from prunelab.prune.targets import select_targets
 from prunelab.recover.finetune import TrainConfig, train
 from prunelab.recover.schedules import canonical_schedule, parse_schedule, run_schedule
@@ -165,7 +167,16 @@ class Context:
     @classmethod
     def build(cls, cell: Cell, cache_dir: Any = None) -> Context:
         task = task_of(cell)
-        data = resolve.load_bundle(cell.data.name, cell.data.loader, **cell.data.loader_kwargs())
+        data = resolve.load_bundle(
+            cell.data.name,
+            cell.data.loader,
+            cell.data.reader,
+            cell.data.path,
+            **cell.data.loader_kwargs(),
+        )
+        check = None
+        if isinstance(task, ClassificationTask):
+            check = partial(task.check_model, split=data.test, num_classes=data.num_classes)
         dense = resolve.dense_model(
             cell.model,
             cell.weights,
@@ -175,6 +186,7 @@ class Context:
             task,
             cache_dir,
             seed=cell.data.seed,
+            check=check,
         )
         if not select_targets(dense, cell.include or None, cell.exclude or None, cell.prune_last):
             raise PrunelabError(
@@ -346,7 +358,10 @@ def _allocation(cell: Cell, ctx: Context, model: nn.Module, gen: torch.Generator
 def _prune(cell: Cell, ctx: Context, model: nn.Module, gen: torch.Generator) -> dict[str, Any]:
     """One-shot: score, allocate and mask ``model`` in place; returns run-level records."""
     structure, scores, allocation, records = _allocation(cell, ctx, model, gen)
-    apply_masks(model, select_masks(scores, cell.level, allocation, structure))
+    masks = select_masks(scores, cell.level, allocation, structure)
+    if isinstance(structure, Channels):  # the channels must be physically removable: say now
+        plan_from_masks(model, ctx.task.example_input(ctx.data.test), masks)
+    apply_masks(model, masks)
     return records
 
 

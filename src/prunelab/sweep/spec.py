@@ -19,6 +19,8 @@ from prunelab.recover.schedules import parse_schedule
 from prunelab.sources.data import DATASETS
 from prunelab.sources.memory import MEMORY_PREFIX
 from prunelab.sources.models import MODELS
+from prunelab.sources.readers import READERS
+from prunelab.sources.resolve import is_model_file
 from prunelab.sources.user import is_import_path, load_object
 from prunelab.sweep.model_aware import check_allocation
 from prunelab.tasks import TASKS
@@ -73,6 +75,8 @@ class DataSpec:
     test_limit: int | None = None
     seed: int = 0
     loader: str | None = None
+    reader: str | None = None  # a built-in reader of a common layout: folder, idx, npz, csv
+    path: str | None = None  # what the reader reads
 
     def loader_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {"seed": self.seed}
@@ -145,14 +149,20 @@ class SweepSpec:
                     f"model '{self.model}' has no weights: give weights = 'file.safetensors' "
                     "(the pretrained dense model), or train_dense = true to train it from scratch"
                 )
-        elif not self.model.startswith(MEMORY_PREFIX):
+        elif not self.model.startswith(MEMORY_PREFIX) and not is_model_file(self.model):
             MODELS.get(self.model)
         if self.weights is not None:
             if self.train_dense:
                 raise PrunelabError("weights are the dense model: drop train_dense with weights")
             if not Path(self.weights).is_file():
                 raise PrunelabError(f"weights file {self.weights} not found")
-        if self.data.loader is not None:
+        if is_model_file(self.model) and not Path(self.model).is_file():
+            raise PrunelabError(f"model file {self.model} not found")
+        if self.data.reader is not None:
+            READERS.get(self.data.reader)
+            if self.data.path is None or not Path(self.data.path).exists():
+                raise PrunelabError(f"data path {self.data.path} not found")
+        elif self.data.loader is not None:
             if not self.data.loader.startswith(MEMORY_PREFIX):
                 load_object(self.data.loader)
         else:
@@ -265,7 +275,7 @@ def absolute_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     if isinstance(raw.get("weights"), str):
         raw["weights"] = _absolute(raw["weights"], base)
     data = dict(raw.get("data", {}))
-    for key in ("loader", "data_dir"):
+    for key in ("loader", "data_dir", "path"):
         if isinstance(data.get(key), str):
             data[key] = _absolute(data[key], base) if key == "loader" else str(base / data[key])
     if data:

@@ -114,14 +114,19 @@ class ClassificationTask(Task):
     def example_input(self, split: Split) -> Tensor:
         return split.x[:1]
 
-    def check_outputs(self, outputs: Tensor, split: Split) -> None:
+    def check_model(self, model: nn.Module, split: Split, num_classes: int) -> None:
+        """Run ``model`` on a few rows and check its outputs fit the labels (before training)."""
+        head = split.subset(32)
+        self.check_outputs(self.predict(model, head), head, num_classes)
+
+    def check_outputs(self, outputs: Tensor, split: Split, num_classes: int | None = None) -> None:
         """One clear line when the model's outputs cannot be scored against the labels."""
         if outputs.dim() != 2 or outputs.shape[0] != len(split):
             raise PrunelabError(
                 f"model output of shape {tuple(outputs.shape)} does not fit {len(split)} labels: "
                 "a classifier must return logits of shape (N, num_classes)"
             )
-        k = int(split.y.max()) + 1
+        k = num_classes or int(split.y.max()) + 1
         if outputs.shape[1] < k:
             raise PrunelabError(
                 f"model outputs {outputs.shape[1]} classes but the labels go up to {k - 1}"
