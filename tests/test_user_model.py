@@ -313,7 +313,13 @@ CASES = [
     ("weights-do-not-fit", "three-classes", None, {"weights": True}, r"do not fit the model"),
     ("outputs-vs-labels", "three-classes", None, {"train_dense": True}, r"outputs 3 classes"),
     ("non-finite", "non-finite", None, {"train_dense": True}, r"outputs contain NaN or Inf"),
-    ("nothing-prunable", "nothing-prunable", None, {"train_dense": True}, r"no prunable parameters"),
+    (
+        "nothing-prunable",
+        "nothing-prunable",
+        None,
+        {"train_dense": True},
+        r"no prunable parameters",
+    ),
     (
         "unsupported-surgery",
         "groupnorm",
