@@ -330,3 +330,43 @@ def test_python_dash_m_prunelab_is_the_prunelab_command():
         assert re.search(rf"│ {command} ", helped.stdout), command
     bad = run("recommend", "/nonexistent/run", "--max-drop", "1")
     assert bad.returncode == 2 and "does not exist" in bad.stderr  # same exit codes too
+
+
+def test_kfold_cross_validation_decides_with_folds_x_seeds(tmp_path, monkeypatch):
+    """--folds 3: each cell runs once per fold (fine-tuned on 2 folds, validated on the third);
+    drops pair each pruned cell with the dense control of its own fold and seed."""
+    from prunelab.decide.analysis import recommend
+
+    monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "cv"
+    res = invoke(
+        "sweep",
+        "--out",
+        str(out),
+        "--levels",
+        "0.5,0.9",
+        "--methods",
+        "magnitude",
+        "--allocations",
+        "global",
+        "--seeds",
+        "0,1",
+        "--folds",
+        "3",
+        "--no-report",
+        *TINY,
+    )
+    assert res.exit_code == 0, res.output
+    df = load_results(out)
+    assert sorted(df.fold.unique()) == [0, 1, 2] and len(df) == 2 * 3 * (1 + 2)
+    # the held-out folds differ: the dense control's validation accuracy is not one number
+    dense = df[df.method == "dense"].set_index(["seed", "fold"]).val_accuracy
+    assert dense.nunique() > 1
+    pruned = df[(df.method == "magnitude") & (df.level == 0.5)].set_index(["seed", "fold"])
+    by_hand = (dense - pruned.val_accuracy).mean()
+    rec = recommend(df, "accuracy", max_drop=0.5)
+    row = rec.evidence[rec.evidence.level == 0.5].iloc[0]
+    assert row["drop"] == pytest.approx(by_hand, abs=1e-12) and row["n_seeds"] == 6
+    assert "3-fold cross-validation x 2 seed(s)" in rec.summary()
+    res = invoke("recommend", str(out), "--max-drop", "50")
+    assert "3-fold cross-validation" in res.output

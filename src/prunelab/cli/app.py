@@ -91,6 +91,9 @@ def sweep(
     ft_epochs: Annotated[float | None, typer.Option(help="fine-tune epochs per cell")] = None,
     dense_epochs: Annotated[float | None, typer.Option(help="dense training epochs")] = None,
     metrics: Annotated[str | None, typer.Option(help="extra metrics, comma-separated")] = None,
+    folds: Annotated[
+        int | None, typer.Option(help="k-fold cross-validation over train+val (k >= 2)")
+    ] = None,
     workers: Annotated[int, typer.Option(help="parallel worker processes")] = 1,
     executor: Annotated[str, typer.Option(help="local or ray")] = "local",
     address: Annotated[str | None, typer.Option(help="Ray cluster address")] = None,
@@ -139,6 +142,8 @@ def sweep(
             flags["seeds"] = tuple(int(s) for s in _csv(seeds) or ())
         except ValueError:
             raise PrunelabError(f"seeds must be integers, got '{seeds}'") from None
+    if folds is not None:
+        flags["folds"] = folds
     raw.update({k: v for k, v in flags.items() if v is not None})
     if latency:
         raw["latency"] = True

@@ -234,10 +234,20 @@ class Recommendation:
     evidence: pd.DataFrame
     reason: str
     requested: float | None = None  # the cells' requested level (differs when they stopped short)
+    folds: int = 0  # k of k-fold cross-validation (0: one fixed validation split)
 
     @property
     def method(self) -> str | None:
         return None if self.config is None else str(self.config.get("method"))
+
+    def _replicates(self) -> str:
+        if not self.folds:
+            return f"{self.n_seeds} seed(s)"
+        return (
+            f"{self.n_seeds} replicates: {self.folds}-fold cross-validation x "
+            f"{self.n_seeds // self.folds} seed(s), fine-tuned on {self.folds - 1} folds and "
+            "validated on the held-out one"
+        )
 
     def summary(self) -> str:
         """One paragraph for the CLI and the report."""
@@ -248,7 +258,7 @@ class Recommendation:
         text = (
             f"Ship sparsity {self.level:g} ({cfg}): {self.split} {self.metric} "
             f"{self.value:.4f}, {self.confidence:.0%} interval [{lo:.4f}, {hi:.4f}] "
-            f"({self.tolerance}; {self.n_seeds} seed(s))."
+            f"({self.tolerance}; {self._replicates()})."
         )
         if self.requested is not None and abs(self.requested - self.level) > 1e-9:
             text += f" The cells asked for {self.requested:g} and stopped at {self.level:g}."
@@ -258,13 +268,13 @@ class Recommendation:
 
 
 def _paired(df: pd.DataFrame, column: str, sign: float) -> pd.Series:
-    """Per row: drop vs the dense control of the same seed (and fine-tune budget).
+    """Per row: drop vs the dense control of the same seed and fold (and fine-tune budget).
 
     A seed without its own dense control falls back to the mean dense value (of the same
     fine-tune budget when known).
     """
     dense = df[df["method"] == "dense"]
-    keys = [c for c in ("seed", "ft_epochs") if c in df.columns]
+    keys = [c for c in ("seed", "fold", "ft_epochs") if c in df.columns]
     ref = dense.groupby(keys, as_index=False)[column].mean().rename(columns={column: "_d"})
     d = df[keys].merge(ref, on=keys, how="left")["_d"]
     if "ft_epochs" in keys:
@@ -363,6 +373,7 @@ def recommend(
     to the better mean metric. Levels are those the cells achieved (:func:`credited_levels`).
     """
     sign = 1.0 if higher_is_better(metric, directions) else -1.0
+    folds = int(df["folds"].max()) if "folds" in df.columns and df["folds"].notna().any() else 0
     tolerance = _check_tolerance(metric, max_drop, min_value, sign > 0)
     column = _column(metric, split)
     config = _check_results(df, column)
@@ -398,6 +409,7 @@ def recommend(
             int(ev["n_seeds"].max()),
             ev,
             reason,
+            folds=folds,
         )
     top = ok[ok["level"] == ok["level"].max()]
     best = top.loc[(sign * top["value"]).idxmax()]
@@ -424,4 +436,5 @@ def recommend(
         ev,
         note,
         float(best["requested"]),
+        folds=folds,
     )

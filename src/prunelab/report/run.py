@@ -202,9 +202,51 @@ def shipped_weights(
     return hists, title
 
 
-def recommendation_view(rec: Recommendation) -> dict[str, object]:
+def knee_sentence(level: float | None, knee: float | None) -> str:
+    """Why the recommendation and the tipping point of its curve differ, in one sentence.
+
+    >>> knee_sentence(0.8, 0.9)[:40]
+    'The tipping point (0.9) lies above the r'
+    """
+    if level is None:
+        return ""
+    if knee is None:
+        return "The recommended curve has no tipping point within the levels swept."
+    if abs(knee - level) < 1e-9:
+        return f"The recommendation and the tipping point of its curve agree ({level:g})."
+    if knee > level:
+        return (
+            f"The tipping point ({knee:g}) lies above the recommendation ({level:g}) because the "
+            "recommendation needs the whole interval of the drop within the tolerance, while the "
+            "tipping point marks where the mean drop leaves the seed-noise band."
+        )
+    return (
+        f"The tipping point ({knee:g}) lies below the recommendation ({level:g}): the drop "
+        "leaves the seed-noise band there but stays within the tolerance you allowed."
+    )
+
+
+def _curve_knee(
+    df: pd.DataFrame, rec: Recommendation, directions: Mapping[str, bool]
+) -> float | None:
+    """The tipping point of the recommended configuration's curve (validation split)."""
+    tp = tipping_points(df, rec.metric, rec.split, directions)
+    for c, v in (rec.config or {}).items():
+        if c in tp.columns:
+            tp = tp[tp[c] == v]
+    knees = tp["knee"].dropna()
+    return float(knees.iloc[0]) if len(knees) else None
+
+
+def recommendation_view(rec: Recommendation, knee_note: str = "") -> dict[str, object]:
     """The recommendation as the report shows it: the configuration named in one string."""
     view = {f.name: getattr(rec, f.name) for f in dataclasses.fields(rec) if f.name != "config"}
+    view["rule"] = (
+        f"the highest sparsity whose {rec.confidence:.0%} bootstrap interval of the {rec.split} "
+        f"drop ({rec._replicates()}) stays within the tolerance, every lower level holding too"
+    )
+    if knee_note:
+        view["tipping point"] = knee_note
     cfg = rec.config or {}
     view["method"] = " · ".join(str(v) for k, v in cfg.items() if k != "ft_epochs") or None
     view["interval"] = None  # a drop, not a sparsity: shown in words below, not as percentages
@@ -241,10 +283,12 @@ def report_run(
                 pies = forgotten_examples(table, store, spec)
         except PrunelabError as e:
             log.warning("no retained-intelligence summary: %s", e)
-    rec, knees = None, {}
+    rec, knees, knee_note = None, {}, ""
     try:
         knees = knees_by_label(df, metric, directions=directions)
         rec = run_recommendation(df, metric, max_drop_points, directions=directions)
+        if rec.level is not None:
+            knee_note = knee_sentence(rec.level, _curve_knee(df, rec, directions))
     except PrunelabError as e:  # e.g. a partial run without dense rows yet
         log.warning("no recommendation: %s", e)
     tolerance = None
@@ -256,7 +300,7 @@ def report_run(
         weights = shipped_weights(store, df, rec)
     extras = ReportExtras(
         knees=knees,
-        recommendation=None if rec is None else recommendation_view(rec),
+        recommendation=None if rec is None else recommendation_view(rec, knee_note),
         tolerances=tolerance,
         sensitivity=sens,
         weights=weights[0] if weights else None,

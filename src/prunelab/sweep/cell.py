@@ -33,6 +33,7 @@ from prunelab.recover.finetune import TrainConfig, train
 from prunelab.recover.schedules import canonical_schedule, parse_schedule, run_schedule
 from prunelab.sources import resolve
 from prunelab.sources.data import DataBundle
+from prunelab.sources.data.base import kfold_bundle
 from prunelab.sweep.ladder import cached_scores
 from prunelab.sweep.model_aware import MODEL_AWARE, resolve_allocation
 from prunelab.sweep.spec import DataSpec, SweepSpec, TaskSpec
@@ -70,6 +71,8 @@ class Cell:
     train_dense: bool | None = None
     task: TaskSpec = TaskSpec()
     source: str = ""  # content hash of the user's code, weights and data files
+    folds: int = 0  # k-fold cross-validation over train+val (0: the fixed validation split)
+    fold: int = -1  # which fold is held out as validation (-1: none)
 
     @property
     def cell_id(self) -> str:
@@ -94,6 +97,8 @@ class Cell:
             self.train_dense,
             self.task,
             self.source,
+            self.folds,
+            self.fold,
         )
 
 
@@ -148,6 +153,12 @@ def expand_cells(spec: SweepSpec) -> list[Cell]:
                                     **common,
                                 )
                             )
+    if spec.folds:  # every cell once per fold: replicates are folds x seeds
+        cells = [
+            dataclasses.replace(c, folds=spec.folds, fold=f)
+            for c in cells
+            for f in range(spec.folds)
+        ]
     return cells
 
 
@@ -163,6 +174,7 @@ class Context:
     robustness: dict[str, Any] = field(default_factory=dict)  # the dense model's profile
     memo: dict[tuple, Any] = field(default_factory=dict)  # per-process, e.g. sensitivity tables
     task: Task = field(default_factory=ClassificationTask)
+    data_hash: str = ""  # fingerprint of the data as given (checked when a sweep resumes)
 
     @classmethod
     def build(cls, cell: Cell, cache_dir: Any = None) -> Context:
@@ -194,10 +206,13 @@ class Context:
                 "(check include/exclude)"
             )
         state = {k: v.clone() for k, v in dense.state_dict().items()}
+        data_hash = data.fingerprint()  # of the data as given (before any fold split)
+        if cell.fold >= 0:  # the dense model is the same for every fold; the splits are not
+            data = kfold_bundle(data, cell.folds, cell.fold, cell.data.seed)
         if not isinstance(task, ClassificationTask):
             reference = {s: task.predict(dense, getattr(data, s)) for s in ("test", "val")}
             metrics = task.evaluate(dense, data.test, reference["test"], reference["test"])
-            return cls(data, state, reference, None, metrics, {}, task=task)
+            return cls(data, state, reference, None, metrics, {}, task=task, data_hash=data_hash)
         train_eval = data.train.subset(TRAIN_EVAL_SIZE)
         reference = {
             "test": predict(dense, data.test.x),
@@ -211,7 +226,9 @@ class Context:
             else {}
         )
         metrics = task.evaluate(dense, data.test, reference["test"], reference["test"])
-        return cls(data, state, reference, train_eval, metrics, robust, task=task)
+        return cls(
+            data, state, reference, train_eval, metrics, robust, task=task, data_hash=data_hash
+        )
 
     def dense_model(self, cell: Cell) -> nn.Module:
         model = resolve.architecture(cell.model, self.data)
@@ -267,6 +284,8 @@ def run_cell(
         if k in ("model", "method", "allocation", "structure", "schedule", "level", "seed")
     }
     row.update(dataset=cell.data.name, ft_epochs=cell.finetune.epochs)
+    if cell.fold >= 0:
+        row.update(fold=cell.fold, folds=cell.folds)
     records: dict[str, Any] = {}
     on_step = (lambda s, t: progress("fine-tune", s, t)) if progress else None
     if cell.method != "dense" and cell.schedule != "oneshot":

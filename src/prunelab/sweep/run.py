@@ -118,7 +118,7 @@ def run_sweep(
             ctx = contexts.get(cells[0])
             store.set_meta("env", environment())
             _record_engine_failures(store, ctx.dense_model(cells[0]))
-            store.set_meta("data_hash", ctx.data.fingerprint())
+            store.set_meta("data_hash", ctx.data_hash)
             store.set_meta("dense_metrics", ctx.dense_metrics)
             store.set_meta("task", ctx.task.describe())
             if hasattr(ctx.data.test, "y"):
@@ -126,7 +126,7 @@ def run_sweep(
                 store.put_artifact(RUN_ID, "test_labels", labels)
         elif pending:
             ctx = contexts.get(pending[0])
-            if ctx.data.fingerprint() != store.get_meta("data_hash"):
+            if ctx.data_hash != store.get_meta("data_hash"):
                 raise PrunelabError(
                     f"cannot resume {store.run_dir}: the data changed since the sweep started "
                     "(results would mix old and new); use another --out directory"

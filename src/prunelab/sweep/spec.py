@@ -129,12 +129,15 @@ class SweepSpec:
     exclude: tuple[str, ...] = ()
     search_trials: int = 20
     sensitivity_scan: bool = True  # one-layer-at-a-time scan of the dense model, for the report
+    folds: int = 0  # k-fold cross-validation over train+val for the recommendation (0: off)
 
     def __post_init__(self) -> None:
         check_levels(self.levels)
         for name in ("methods", "allocations", "structures", "schedules", "seeds"):
             if not getattr(self, name):
                 raise PrunelabError(f"sweep needs at least one of '{name}'")
+        if self.folds == 1 or self.folds < 0:
+            raise PrunelabError(f"folds must be 0 (off) or >= 2, got {self.folds}")
         if self.calibration_batches < 1:
             raise PrunelabError("calibration_batches must be >= 1")
         self.validate_names()
