@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 import prunelab
 from prunelab.cli import app
+from prunelab.prune.surgery import rebuild
 from prunelab.sources.user import load_object
 from prunelab.sweep.store import Store, load_results
 
@@ -92,28 +93,90 @@ def test_pretrained_weights_are_the_dense_model_not_retrained(run_dir, user_dir)
     assert "original model (as given)" in summary and f"{original['accuracy']:.4f}" in summary
 
 
-def test_recommend_report_and_exports_reload(run_dir, user_dir, tmp_path):
-    res = runner.invoke(app, ["recommend", str(run_dir), "--max-drop", "50"])
-    assert res.exit_code == 0, res.output
-    assert "0.9" in res.output.splitlines()[0]  # 50 points tolerance: the top level holds
-    out = tmp_path / "m90.safetensors"
+def _export(run_dir: Path, fmt: str, out: Path, level: str = "0.9"):
+    args = ["--level", level, "--method", "magnitude", "--seed", "0", "--format", fmt]
+    return runner.invoke(app, ["export", str(run_dir), *args, "--out", str(out)])
+
+
+def test_channels_of_a_user_model_are_removed_and_rebuilt(user_dir, tmp_path, monkeypatch):
+    """structures = channels on the user's CNN -> `export --format slim` -> rebuild by path."""
+    monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "ch"
+    args = ["--structures", "channels", "--allocations", "uniform", "--levels", "0.5"]
     res = runner.invoke(
         app,
         [
-            "export",
-            str(run_dir),
-            "--level",
-            "0.9",
-            "--method",
-            "magnitude",
-            "--seed",
-            "0",
-            "--format",
-            "sparse",
+            "sweep",
+            "--config",
+            str(user_dir / "sweep.toml"),
             "--out",
             str(out),
+            "--quiet",
+            "--methods",
+            "magnitude",
+            "--seeds",
+            "0",
+            "--no-report",
+            *args,
         ],
     )
+    assert res.exit_code == 0, res.output
+    slim_path = tmp_path / "slim.safetensors"
+    res = _export(out, "slim", slim_path, level="0.5")
+    assert res.exit_code == 0, res.output
+    small = rebuild(slim_path)
+    dense = _user_model(user_dir)
+    n_small, n_dense = (sum(p.numel() for p in m.parameters()) for m in (small, dense))
+    assert n_small < 0.6 * n_dense  # channels physically gone, not zeroed
+    x = torch.randn(8, 1, 8, 8)
+    again = rebuild(slim_path)
+    torch.testing.assert_close(again(x), small(x), atol=0, rtol=0)  # reloads exactly
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known defect: a channels cell masks weights only, so a removed channel still "
+    "passes ReLU(bias) downstream; the slimmed export drops it and computes another function",
+)
+def test_slimmed_export_computes_what_the_sweep_measured(user_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "ch"
+    args = ["--structures", "channels", "--allocations", "uniform", "--levels", "0.5"]
+    res = runner.invoke(
+        app,
+        [
+            "sweep",
+            "--config",
+            str(user_dir / "sweep.toml"),
+            "--out",
+            str(out),
+            "--quiet",
+            "--methods",
+            "magnitude",
+            "--seeds",
+            "0",
+            "--no-report",
+            *args,
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert _export(out, "slim", tmp_path / "s.safetensors", level="0.5").exit_code == 0
+    _, _, test = load_object(f"{user_dir}/my_data.py:load")()
+    row = load_results(out).query("method == 'magnitude' and level == 0.5 and seed == 0")
+    small = rebuild(tmp_path / "s.safetensors").eval()
+    assert _accuracy(small, test) == pytest.approx(float(row.accuracy.iloc[0]), abs=1e-6)
+
+
+def test_recommend_report_and_exports_reload(run_dir, user_dir, tmp_path):
+    res = runner.invoke(app, ["recommend", str(run_dir), "--max-drop", "20"])
+    assert res.exit_code == 0, res.output
+    df = load_results(run_dir)
+    dense = df[df.method == "dense"].val_accuracy.mean()
+    mag = df[df.method == "magnitude"].groupby("level").val_accuracy.mean()
+    assert dense - mag[0.5] < 0.1 and dense - mag[0.9] > 0.3  # so 0.5 holds and 0.9 breaks
+    assert res.output.startswith("Ship sparsity 0.5 (method=magnitude")
+    out = tmp_path / "m90.safetensors"
+    res = _export(run_dir, "sparse", out)
     assert res.exit_code == 0, res.output
     model = load_object(f"{user_dir}/my_models.py:build")()
     prunelab.ship.export.load_sparse(model, out)
@@ -121,23 +184,7 @@ def test_recommend_report_and_exports_reload(run_dir, user_dir, tmp_path):
     row = load_results(run_dir).query("method == 'magnitude' and level == 0.9 and seed == 0")
     assert _accuracy(model.eval(), test) == pytest.approx(float(row.accuracy.iloc[0]), abs=1e-6)
     onnx = tmp_path / "m90.onnx"
-    res = runner.invoke(
-        app,
-        [
-            "export",
-            str(run_dir),
-            "--level",
-            "0.9",
-            "--method",
-            "magnitude",
-            "--seed",
-            "0",
-            "--format",
-            "onnx",
-            "--out",
-            str(onnx),
-        ],
-    )
+    res = _export(run_dir, "onnx", onnx)
     assert res.exit_code == 0, res.output
     ort = pytest.importorskip("onnxruntime")
     x = torch.stack([x for x, _ in test][:16])
