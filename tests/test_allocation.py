@@ -19,6 +19,7 @@ LADDER = (0.0, 0.1, 0.5, 0.8, 0.9, 0.95, 0.99)
 # rounding: at most half a weight per layer (uniform) or per output row (row)
 TOLERANCE = {
     "uniform": lambda scores: len(scores) / 2,
+    "owl": lambda scores: len(scores) / 2,  # per-layer levels, rounded per layer
     "row": lambda scores: sum(s.shape[0] for s in scores.values()) / 2,
 }
 

@@ -221,3 +221,71 @@ def test_scattered_collapse_does_not_hide_an_early_fall():
     k = knee(levels, values)
     assert (k.level, k.onset) == (0.5, 0.8)
     assert k.noise < 0.01
+
+
+def _with_adaptive(df: pd.DataFrame, requested: float, achieved: list[float]) -> pd.DataFrame:
+    """Add adaptive cells that asked for ``requested`` and stopped at ``achieved`` (per seed),
+    holding the dense validation accuracy exactly."""
+    dense = df[df.method == "dense"].sort_values("seed")
+    rows = [
+        {
+            **d,
+            "method": "magnitude",
+            "schedule": "adaptive",
+            "level": requested,
+            "achieved_level": a,
+        }
+        for d, a in zip(dense.to_dict("records"), achieved)
+    ]
+    return pd.concat([df, pd.DataFrame(rows)], ignore_index=True)
+
+
+def test_recommendation_credits_an_adaptive_cell_with_what_it_achieved() -> None:
+    oneshot = results({"magnitude": [0, 0, 0, 0.05, 0.1, 0.2, 0.3]})  # holds up to 0.8
+    df = _with_adaptive(oneshot, requested=0.99, achieved=[0.75, 0.75, 0.75])
+    rec = recommend(df, max_drop=points(0.5))
+    # the adaptive cells are perfect at the 0.99 they asked for, yet only reached 0.75
+    assert rec.level == 0.8 and rec.config["schedule"] == "oneshot"
+    ada = rec.evidence[rec.evidence.schedule == "adaptive"]
+    assert ada[["level", "requested"]].values.tolist() == [[0.75, 0.99]]
+
+    df = _with_adaptive(oneshot, requested=0.99, achieved=[0.875, 0.875, 0.875])
+    rec = recommend(df, max_drop=points(0.5))
+    assert (rec.level, rec.requested, rec.config["schedule"]) == (0.875, 0.99, "adaptive")
+    assert "Ship sparsity 0.875" in rec.summary() and "asked for 0.99" in rec.summary()
+
+
+def test_seeds_that_stop_at_different_levels_are_separate_groups() -> None:
+    df = _with_adaptive(results({"magnitude": [0.1] * 7}), 0.99, [0.75, 0.75, 0.9375])
+    ev = recommend(df, max_drop=points(0.5)).evidence
+    ada = ev[ev.schedule == "adaptive"].sort_values("level")
+    assert ada[["level", "n_seeds"]].values.tolist() == [[0.75, 2], [0.937, 1]]  # floored
+
+
+def test_credited_levels_fall_back_to_an_adaptive_trajectory() -> None:
+    import json
+
+    from prunelab.decide.levels import credited_levels
+
+    old = pd.DataFrame(
+        {
+            "level": [0.9, 0.9, 0.5],
+            "trajectory": [
+                json.dumps(
+                    [{"phase": "trial", "sparsity": 0.875}, {"phase": "final", "sparsity": 0.5}]
+                ),
+                None,
+                json.dumps([{"phase": "prune", "sparsity": 0.5}]),
+            ],
+        }
+    )
+    assert credited_levels(old).tolist() == [0.5, 0.9, 0.5]
+
+
+def test_knee_reads_achieved_levels() -> None:
+    df = results({"magnitude": [0, 0, 0, 0.05, 0.1, 0.2, 0.3]})
+    plain = tipping_points(df)
+    assert plain["knee"].tolist() == [0.8]
+    # the cells asked for 0.8 stopped at 0.75: the curve's last flat point is 0.75
+    df["achieved_level"] = np.where(df.level == 0.8, 0.75, df.level)
+    assert tipping_points(df)["knee"].tolist() == [0.75]

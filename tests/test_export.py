@@ -89,6 +89,52 @@ def test_onnx_matches_torch(tmp_path, name):
     assert onnx_max_diff(model, done.path, x) <= 1e-5  # batch 32 through a batch-4 export
 
 
+@pytest.mark.parametrize("failure", ["differs", "unloadable"])
+def test_onnx_that_fails_its_check_leaves_no_file(tmp_path, monkeypatch, failure):
+    import prunelab.ship.export as export
+
+    def check(model, path, x):
+        assert path.exists() and path.parent == tmp_path  # checked beside its final place
+        if failure == "differs":
+            return 1.0
+        raise RuntimeError("[ONNXRuntimeError] : 10 : INVALID_GRAPH : broken")
+
+    monkeypatch.setattr(export, "onnx_max_diff", check)
+    model = build_model("mlp-tiny", (1, 8, 8), 10, seed=1)
+    message = "differs from torch by 1" if failure == "differs" else "INVALID_GRAPH"
+    with pytest.raises(PrunelabError, match=message):
+        save_onnx(model, torch.zeros(2, 1, 8, 8), tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary copy
+
+
+def test_exported_files_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from prunelab.prune.surgery import BaseModel
+    from prunelab.ship.export import save_slimmed
+
+    model = build_model("mlp-tiny", (1, 8, 8), 10, seed=1)
+    prune(model, "magnitude", 0.5, "uniform", Channels())
+    x = torch.zeros(2, 1, 8, 8)
+    old = os.umask(0o022)
+    try:
+        written = [
+            save_sparse(model, tmp_path / "s.safetensors").path,
+            save_onnx(model, x, tmp_path / "m.onnx").path,
+            save_slimmed(
+                model, x[:1], tmp_path / "slim.safetensors", BaseModel("mlp-tiny", (1, 8, 8), 10)
+            ).path,
+        ]
+        os.umask(0o077)  # a stricter umask is honoured, not overridden
+        written.append(save_sparse(model, tmp_path / "private.safetensors").path)
+    finally:
+        os.umask(old)
+    modes = [stat.S_IMODE(p.stat().st_mode) for p in written]
+    assert modes == [0o644, 0o644, 0o644, 0o600]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in written)
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A real tiny sweep through the CLI: magnitude unstructured + channels, digits."""
@@ -262,7 +308,7 @@ def test_cli_export_refuses_a_cell_that_does_not_reproduce(run_dir, tmp_path):
         db.close()
 
 
-def test_slim_export_needs_channel_cell():
+def test_slim_export_needs_channel_cell(tmp_path):
     from prunelab.prune.surgery import BaseModel
     from prunelab.ship.export import save_slimmed
 
@@ -274,4 +320,13 @@ def test_slim_export_needs_channel_cell():
         )
     m2 = build_model("mlp-tiny", (1, 8, 8), 10)
     prune(m2, "magnitude", 0.5, "uniform", Channels())
-    assert m2 is not None
+    small = save_slimmed(
+        m2,
+        torch.zeros(1, 1, 8, 8),
+        tmp_path / "c.safetensors",
+        BaseModel("mlp-tiny", (1, 8, 8), 10),
+    )
+    back = rebuild(small.path)  # a channel cell slims: half of every pruned layer's rows gone
+    hidden = [m.out_features for m in back.modules() if isinstance(m, torch.nn.Linear)]
+    full = [m.out_features for m in m2.modules() if isinstance(m, torch.nn.Linear)]
+    assert hidden[:-1] == [f // 2 for f in full[:-1]] and hidden[-1] == full[-1] == 10

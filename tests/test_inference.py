@@ -145,6 +145,10 @@ def test_disagreeing_compilation_is_rejected(monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="prunelab.measure.inference"):
         assert runner(model, torch.randn(8, 4)) is model
     assert "disagrees" in caplog.text
+    assert inference.compile_failures(model) == {
+        "Sequential": "its compiled copy disagrees with eager PyTorch"
+    }
+    inference._failures.pop(inference._code(model))  # the real compiler is fine with it
 
 
 def test_training_mode_and_eager_engine_are_not_compiled(monkeypatch):
@@ -181,3 +185,53 @@ def test_ranked_scores_give_the_same_masks(allocation):
         plain = select_masks(scores, level, allocation)
         fast = select_masks(ranked, level, allocation)
         assert all(torch.equal(plain[k], fast[k]) for k in scores)
+
+
+class KeywordForward(nn.Module):
+    """TorchScript refuses ``**kwargs``; autograd does not mind (so it trains in a sweep)."""
+
+    def __init__(self, input_shape: tuple[int, ...] = (1, 8, 8), num_classes: int = 10) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(int(torch.tensor(input_shape).prod()), 16)
+        self.fc2 = nn.Linear(16, num_classes)
+
+    def forward(self, x, **kwargs):
+        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+
+def test_compile_failure_warns_once_per_model_class(caplog):
+    x = torch.rand(8, 1, 8, 8)
+    first, second, pruned = KeywordForward().eval(), KeywordForward().eval(), KeywordForward()
+    prune(pruned, "magnitude", 0.5)
+    inference._failures.pop(inference._code(first), None)  # other tests may have met it
+    with caplog.at_level(logging.WARNING, logger="prunelab.measure.inference"):
+        for model in (first, second, pruned.eval()):
+            assert runner(model, x) is model
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "KeywordForward eagerly" in warnings[0].getMessage()
+    why = inference.compile_failures(pruned)["KeywordForward"]
+    assert why.startswith("TorchScript cannot compile it")
+    assert inference.compile_failures(nn.Sequential(nn.Linear(4, 3))) == {}
+
+
+def test_a_sweep_records_the_compile_failure_in_its_environment(tmp_path, cache_dir, monkeypatch):
+    from prunelab import TrainConfig
+    from prunelab.sources.models.zoo import MODELS
+    from prunelab.sweep import DataSpec, SweepSpec, run_sweep
+    from prunelab.sweep.store import Store
+
+    monkeypatch.setitem(MODELS._items, "keyword-mlp", lambda shape, k: KeywordForward(shape, k))
+    spec = SweepSpec(
+        model="keyword-mlp",
+        data=DataSpec(name="digits"),
+        dense=TrainConfig(epochs=1),
+        finetune=TrainConfig(epochs=0.2),
+        methods=("magnitude",),
+        allocations=("global",),
+        levels=(0.5,),
+    )
+    run_sweep(spec, tmp_path)
+    with Store(tmp_path) as store:
+        env = store.get_meta("env")
+    assert env["engine"] == "auto"
+    assert env["engine_failures"]["KeywordForward"].startswith("TorchScript cannot compile it")

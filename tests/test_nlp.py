@@ -193,7 +193,7 @@ def test_metrics_literal_values():
         .stats.spearmanr([0.8, 0, -1, 0.6, -0.8, 0], [0.9, 0.1, 0, 0.2, 0.1, 0.5])
         .statistic
     )
-    with pytest.raises(PrunelabError):
+    with pytest.raises(PrunelabError, match=r"embedding shapes differ .*: \(4, 2\) vs \(3, 2\)"):
         neighbour_overlap(ref, ref[:3], k=1)
 
 

@@ -348,6 +348,16 @@ def test_retained_summary_by_hand():
     assert s.worst_class == 1 and s.worst_class_drop == pytest.approx(0.75)  # 1 - mean(.5, 0)
     assert s.robustness_gap == pytest.approx(0.1)
     assert shifts is not None and shifts.significant.tolist() == [False, False]
+    # what a sweep stores: robustness_gap vs the reference dense model (drop 0.15 here)
+    stored = [{k: v for k, v in r.items() if k != "corruption_drop"} for r in pruned.metrics]
+    d_stored = [{k: v for k, v in r.items() if k != "corruption_drop"} for r in dense.metrics]
+    for rows, drop in ((stored, 0.3), (d_stored, 0.2)):
+        for r in rows:
+            r["robustness_gap"] = drop - 0.15
+    s2, _, _ = retained_summary(
+        LevelRecords(dense.preds, d_stored), LevelRecords(pruned.preds, stored), labels, 2
+    )
+    assert s2.robustness_gap == pytest.approx(0.1)
     with pytest.raises(PrunelabError, match="one metrics row per seed"):
         LevelRecords(torch.zeros(2, 4, dtype=torch.long), [{}])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from pathlib import Path
@@ -109,7 +110,8 @@ def test_unreachable_address_fails_fast(tmp_path, cache_dir):
 
 @pytest.mark.parametrize("address", ["nohost", "host:port", "ray://:10001"])
 def test_malformed_address(address):
-    with pytest.raises(PrunelabError, match="Ray"):
+    want = f"bad Ray address '{re.escape(address)}': expected host:port or ray://host:port"
+    with pytest.raises(PrunelabError, match=f"^{want}$"):
         check_reachable(address)
 
 

@@ -115,7 +115,27 @@ def test_writes_valid_distinct_pngs(report):
     blobs = {name: p.read_bytes() for name, p in paths.plots.items()}
     assert all(b.startswith(PNG_MAGIC) and len(b) > 2000 for b in blobs.values())
     assert len(set(blobs.values())) == len(blobs)  # every figure is a different image
-    assert paths.summary.exists() and paths.html.exists()
+
+
+def test_curve_figure_draws_one_line_per_curve_and_the_marks_asked_for(tmp_path, monkeypatch):
+    import prunelab.report.plots as plots
+
+    figures = []
+    real_save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, out: figures.append(fig) or real_save(fig, out))
+    df = synthetic_results()
+    plots.plot_metric_curves(df, "accuracy", tmp_path / "a.png", {"random": 0.9}, tolerance=0.02)
+    ax = figures[0].axes[0]
+    lines = {ln.get_label(): ln for ln in ax.lines if not ln.get_label().startswith("_")}
+    mean = df[df.method == "dense"].accuracy.mean()
+    assert set(lines) == {"magnitude", "random", f"dense {mean:.4g}"}
+    stars = [ln for ln in ax.lines if ln.get_marker() == "*"]
+    assert len(stars) == 1 and list(stars[0].get_xdata()) == [1.0]  # random's knee, 90 %
+    assert stars[0].get_color() == lines["random"].get_color()
+    want = df[(df.method == "magnitude")].groupby("level").accuracy.mean()
+    assert np.allclose(lines["magnitude"].get_ydata(), want.to_numpy())
+    assert len(ax.collections) == 2 and len(ax.patches) == 1  # two min-max bands, one tolerance
+    assert ax.get_legend_handles_labels()[1][-1] == "tolerance: dense − 0.02"
 
 
 def test_html_sections_images_escaping_and_no_external_urls(report):
@@ -170,7 +190,7 @@ def test_summary_numbers_equal_dataframe_means(report):
         )
         assert want in text
     dense = df[df.method == "dense"]["accuracy"]
-    assert f"| accuracy | {dense.mean():.4f} ± {dense.std():.4f} |" in text
+    assert f"| accuracy | – | {dense.mean():.4f} ± {dense.std():.4f} |" in text  # no original given
 
 
 def test_best_method_per_level_and_direction():
@@ -188,7 +208,9 @@ def test_pareto_mask_on_hand_made_points():
     value = np.array([0.5, 0.8, 0.7, 0.8, 0.9, 0.9, 0.2])
     # (20,0.7) loses to (20,0.8); (30,0.8) loses to (20,0.8); the two (40,0.9) tie and stay
     assert pareto_mask(cost, value).tolist() == [True, True, False, False, True, True, True]
-    with pytest.raises(PrunelabError):
+    with pytest.raises(
+        PrunelabError, match=r"pareto needs two equal 1D arrays, got \(3,\), \(2,\)"
+    ):
         pareto_mask(np.ones(3), np.ones(2))
 
 

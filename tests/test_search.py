@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import sqlite3
 
 import numpy as np
 import pytest
@@ -51,7 +52,8 @@ def test_search_respects_budget_exactly_and_resumes(tmp_path) -> None:
         storage=store,
         seed_plans={"uniform": seed_plan},
     )
-    assert store.exists() and len(res.trials) == 4
+    with sqlite3.connect(store) as db:  # the Optuna study was persisted, every trial of it
+        assert db.execute("SELECT COUNT(*) FROM trials").fetchone()[0] == len(res.trials) == 4
     for plan in res.trials["plan"]:  # every trial's plan prunes exactly round(0.8 * N) weights
         counts = {k: round(plan[k] * sizes[k]) for k in sizes}
         assert sum(counts.values()) == round(0.8 * total)

@@ -197,7 +197,7 @@ def test_save_rebuild_round_trip(resnet: nn.Module, tmp_path) -> None:
         assert k == k2 and torch.equal(v, v2)
     assert torch.equal(back(x), small.eval()(x))
     (tmp_path / "plain.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(PrunelabError):
+    with pytest.raises(PrunelabError, match="cannot read slimmed model .*plain.safetensors"):
         rebuild(tmp_path / "plain.safetensors")
 
 

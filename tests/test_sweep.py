@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -117,6 +118,37 @@ def test_eager_and_compiled_engines_agree_and_are_recorded(tmp_path, cache_dir):
     assert ((eager - auto).abs() < 1e-5).all().all(), (eager, auto)
 
 
+def test_an_adaptive_cell_that_stops_early_is_recommended_where_it_stopped(tmp_path, cache_dir):
+    import json
+
+    from prunelab.decide.analysis import recommend
+
+    spec = tiny_spec(
+        methods=("magnitude",),
+        allocations=("global",),
+        schedules=("adaptive:accuracy:max_drop=0.02",),
+        levels=(0.99,),
+    )
+    run_sweep(spec, tmp_path)
+    df = load_results(tmp_path)
+    cell = df[df.method == "magnitude"].iloc[0]
+    final = json.loads(cell["trajectory"])[-1]
+    assert final["phase"] == "final" and cell["achieved_level"] == pytest.approx(
+        final["sparsity"], abs=1e-3
+    )  # whole weights
+    assert cell["achieved_level"] < 0.9  # 99 % breaks a 2-point tolerance on this tiny MLP
+    rec = recommend(df, max_drop=0.1)
+    assert rec.requested == 0.99
+    assert rec.level == pytest.approx(int(cell["achieved_level"] * 1000 + 1e-6) / 1000)
+    # the report draws and tabulates the cell where it stopped, not at its ceiling
+    from prunelab.report.run import report_run
+
+    paths, _ = report_run(tmp_path, max_drop_points=10)
+    summary = paths.summary.read_text()
+    assert f"| {rec.level:g} | magnitude |" in summary and "| 0.99 |" not in summary
+    assert not {"curve_requested", "curve_achieved_level"} & set(paths.plots)
+
+
 def test_store_keeps_artefacts(tmp_path, cache_dir):
     run_sweep(tiny_spec(methods=("magnitude",), allocations=("global",)), tmp_path)
     df = load_results(tmp_path)
@@ -126,6 +158,19 @@ def test_store_keeps_artefacts(tmp_path, cache_dir):
         assert store.get_meta("data_hash") and "torch" in store.get_meta("env")
     assert preds.shape == labels.shape
     assert abs((preds == labels).mean() - df.accuracy[1]) < 1e-6
+    # weight histograms per layer: exact zeros + binned non-zeros = the layer, zeros as stored
+    from prunelab.decide.weightstats import WeightHistogram
+
+    with Store(tmp_path) as store:
+        names = store.artifact_names(df.cell_id[1], "weight_hist/")
+        hists = {
+            n.split("/")[1]: WeightHistogram.from_array(store.artifact(df.cell_id[1], n))
+            for n in names
+        }
+    sizes = {"1": 64 * 64, "3": 64 * 32, "5": 32 * 10}  # mlp-tiny on 8x8 digits
+    assert {n: int(h.counts.sum()) + h.zeros for n, h in hists.items()} == sizes
+    stored = json.loads(df.layer_sparsity[1])
+    assert {n: h.zeros / sizes[n] for n, h in hists.items()} == pytest.approx(stored)
 
 
 def test_sigkill_midway_then_rerun_loses_and_duplicates_nothing(tmp_path, cache_dir):

@@ -5,6 +5,8 @@
 ['magnitude', 'random']
 """
 
+import types
+
 from prunelab.errors import PrunelabError
 from prunelab.measure.metrics import METRICS, evaluate
 from prunelab.prune.allocation import ALLOCATIONS
@@ -52,3 +54,22 @@ __all__ = [
 from prunelab.recover.schedules import SCHEDULES, parse_schedule, run_schedule
 
 __all__ += ["SCHEDULES", "parse_schedule", "run_schedule"]
+
+from prunelab import sweep  # noqa: E402  (the package, made callable below)
+from prunelab.api import SweepResult  # noqa: E402
+from prunelab.api import sweep as _sweep  # noqa: E402
+
+
+class _CallableSweep(types.ModuleType):
+    """The ``prunelab.sweep`` package, callable as ``prunelab.sweep(model, train=..., ...)``.
+
+    One name for the notebook entry point (:func:`prunelab.api.sweep`) while every dotted
+    import (``import prunelab.sweep.store``) keeps working: a function in its place would not.
+    """
+
+    def __call__(self, *args: object, **kwargs: object) -> SweepResult:
+        return _sweep(*args, **kwargs)  # type: ignore[arg-type]
+
+
+sweep.__class__ = _CallableSweep
+__all__ += ["SweepResult", "sweep"]

@@ -15,11 +15,11 @@ from prunelab.cli.console import registries, run_sweep_with_progress
 from prunelab.errors import PrunelabError
 from prunelab.measure import inference
 from prunelab.nlp.fetch import fetch_text_data as fetch
-from prunelab.report.run import report_run, run_recommendation
+from prunelab.report.run import report_run, run_recommendation, run_task
 from prunelab.ship.from_run import export_cell
 from prunelab.sources.models import default_cache_dir
 from prunelab.sweep import load_spec, spec_from_dict
-from prunelab.sweep.spec import parse_levels
+from prunelab.sweep.spec import absolute_paths, parse_levels
 from prunelab.sweep.store import load_results
 
 app = typer.Typer(
@@ -64,7 +64,15 @@ def sweep(
     out: Annotated[
         Path, typer.Option(help="run directory (resumed if it holds this sweep)")
     ] = Path("runs/default"),
-    model: Annotated[str | None, typer.Option(help="model name (see `prunelab list`)")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="model name (`prunelab list`) or 'my_models.py:build'")
+    ] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="pretrained weights (.safetensors/.pt): the dense model")
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option(help="your data loader 'my_data.py:load' -> (train, val, test)")
+    ] = None,
     dataset: Annotated[str | None, typer.Option(help="dataset name")] = None,
     data_dir: Annotated[
         Path | None, typer.Option(help="directory of Fashion-MNIST IDX files")
@@ -83,12 +91,18 @@ def sweep(
     ft_epochs: Annotated[float | None, typer.Option(help="fine-tune epochs per cell")] = None,
     dense_epochs: Annotated[float | None, typer.Option(help="dense training epochs")] = None,
     metrics: Annotated[str | None, typer.Option(help="extra metrics, comma-separated")] = None,
+    folds: Annotated[
+        int | None, typer.Option(help="k-fold cross-validation over train+val (k >= 2)")
+    ] = None,
     workers: Annotated[int, typer.Option(help="parallel worker processes")] = 1,
     executor: Annotated[str, typer.Option(help="local or ray")] = "local",
     address: Annotated[str | None, typer.Option(help="Ray cluster address")] = None,
     report: Annotated[bool, typer.Option(help="write the report when done")] = True,
     max_drop: Annotated[float, typer.Option(help="report tolerance, in points")] = 0.5,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+    latency: Annotated[
+        bool, typer.Option("--latency", help="measure each cell's latency (batch 1 and 256)")
+    ] = False,
     engine: Annotated[
         str | None,
         typer.Option(help="evaluation: auto (compiled copy when safe) or eager; $PRUNELAB_ENGINE"),
@@ -101,13 +115,18 @@ def sweep(
     inference.engine()  # a bad $PRUNELAB_ENGINE fails here too (executors pass it to workers)
 
     raw: dict[str, Any] = load_spec(config) if config else {}
-    data = dict(raw.get("data", {}))
+    flag_paths = {"model": model, "weights": None if weights is None else str(weights)}
+    if data is not None:
+        flag_paths["data"] = data
+    raw.update(absolute_paths({k: v for k, v in flag_paths.items() if v}, Path.cwd()))
+    model = None  # consumed above
+    data_raw = dict(raw.get("data", {}))
     for key, value in (("name", dataset), ("data_dir", data_dir), ("train_limit", train_limit)):
         if value is not None:
-            data[key] = str(value) if isinstance(value, Path) else value
+            data_raw[key] = str(value) if isinstance(value, Path) else value
     if data_dir is not None and not data_dir.is_dir():
         raise PrunelabError(f"data directory {data_dir} does not exist")
-    raw["data"] = data
+    raw["data"] = data_raw
     flags: dict[str, Any] = {
         "model": model,
         "methods": _csv(methods),
@@ -123,7 +142,11 @@ def sweep(
             flags["seeds"] = tuple(int(s) for s in _csv(seeds) or ())
         except ValueError:
             raise PrunelabError(f"seeds must be integers, got '{seeds}'") from None
+    if folds is not None:
+        flags["folds"] = folds
     raw.update({k: v for k, v in flags.items() if v is not None})
+    if latency:
+        raw["latency"] = True
     for key, epochs in (("finetune", ft_epochs), ("dense", dense_epochs)):
         if epochs is not None:
             raw[key] = {**raw.get(key, {}), "epochs": epochs}
@@ -134,7 +157,7 @@ def sweep(
         _write_report(out, max_drop=max_drop)
 
 
-def _write_report(run_dir: Path, metric: str = "accuracy", max_drop: float | None = 0.5) -> None:
+def _write_report(run_dir: Path, metric: str | None = None, max_drop: float | None = 0.5) -> None:
 
     paths, rec = report_run(run_dir, metric, max_drop)
     if rec is not None:
@@ -146,8 +169,12 @@ def _write_report(run_dir: Path, metric: str = "accuracy", max_drop: float | Non
 @user_errors
 def report(
     run_dir: Annotated[Path, typer.Argument(help="a sweep's run directory")],
-    metric: Annotated[str, typer.Option(help="metric for tipping points and advice")] = "accuracy",
-    max_drop: Annotated[float, typer.Option(help="tolerated drop, in points (0.5 = 0.5 pt)")] = 0.5,
+    metric: Annotated[
+        str | None, typer.Option(help="metric for tipping points and advice (task's primary)")
+    ] = None,
+    max_drop: Annotated[
+        float, typer.Option(help="tolerated drop: points for accuracy-like metrics, else units")
+    ] = 0.5,
 ) -> None:
     """Write plots, summary.md and report.html for a finished (or partial) sweep."""
     if not run_dir.is_dir():
@@ -163,7 +190,9 @@ def recommend(
         float | None, typer.Option(help="tolerated drop vs dense, in points")
     ] = None,
     min_value: Annotated[float | None, typer.Option(help="or: minimum metric value (0-1)")] = None,
-    metric: Annotated[str, typer.Option(help="accuracy, agreement, macro_f1, ...")] = "accuracy",
+    metric: Annotated[
+        str | None, typer.Option(help="accuracy, agreement, ... (default: the task's primary)")
+    ] = None,
 ) -> None:
     """The highest sparsity whose validation metric holds with confidence, and the evidence."""
 
@@ -171,7 +200,10 @@ def recommend(
         raise PrunelabError(f"run directory {run_dir} does not exist")
     if (max_drop is None) == (min_value is None):
         raise PrunelabError("give exactly one of --max-drop (points) or --min-value")
-    rec = run_recommendation(load_results(run_dir), metric, max_drop, min_value)
+    task = run_task(run_dir)
+    rec = run_recommendation(
+        load_results(run_dir), metric or task["primary"], max_drop, min_value, task["metrics"]
+    )
     typer.echo(rec.summary())
     if len(rec.evidence):
         cols = [c for c in rec.evidence.columns if c not in ("structure", "schedule")]

@@ -17,7 +17,7 @@ from prunelab.sources.data import DATASETS
 from prunelab.sources.models import MODELS
 from prunelab.sweep import SweepSpec, expand_cells, make_executor, run_sweep
 from prunelab.sweep.contexts import ContextCache
-from prunelab.sweep.store import load_results
+from prunelab.sweep.store import Store, load_results
 
 
 def registries() -> dict[str, list[str]]:
@@ -76,11 +76,21 @@ def print_summary(run_dir: Path, console: Console) -> None:
     table = Table(title=f"{run_dir}: test metrics (mean over seeds)")
     for col in ("level", "method", "accuracy", "agreement", "sparsity"):
         table.add_column(col, justify="left" if col == "method" else "right")
+    with Store(run_dir, create=False) as store:
+        original = store.get_meta("dense_metrics") or {}
+    if "accuracy" in original:
+        table.add_row(
+            "0",
+            "original (as given)",
+            f"{original['accuracy']:.4f}",
+            f"{original.get('agreement', 1.0):.4f}",
+            f"{original.get('sparsity', 0.0):.4f}",
+        )
     dense = df[df["method"] == "dense"]
     if len(dense):
         table.add_row(
             "0",
-            "dense (+fine-tune)",
+            "dense control (+fine-tune)",
             f"{dense['accuracy'].mean():.4f}",
             f"{dense['agreement'].mean():.4f}",
             f"{dense['sparsity'].mean():.4f}",

@@ -15,25 +15,45 @@ k-seed means) and ``min_fall`` a floor for single-seed curves. The *onset* is th
 from which the drop stays above ``tau`` at every higher level (a sustained exit, so one noisy
 point cannot trigger it); the *knee* is the level just before the onset, the last level still
 indistinguishable from dense. No onset -> no knee (the curve never falls in the measured range).
+
+**Levels are what a cell achieved** (:func:`credited_levels`): a cell that stopped short of its
+requested level (the adaptive schedule stops when the tolerance breaks) is credited with the
+sparsity it reached, floored to a 0.001 grid, never with its ceiling. Knees and
+recommendations are read on those levels; the requested level stays in ``requested``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
+from prunelab.decide.levels import credit as _credit
 from prunelab.errors import PrunelabError
 from prunelab.measure.metrics import METRICS
 
 log = logging.getLogger(__name__)
 CONFIG_COLUMNS = ("method", "allocation", "structure", "schedule", "ft_epochs")
 FRACTION_METRICS = frozenset({"accuracy", "macro_f1", "agreement"})
+
+
+def higher_is_better(metric: str, directions: Mapping[str, bool] | None = None) -> bool:
+    """The metric's direction: from ``directions`` (a task's, stored with a run) or the registry.
+
+    >>> higher_is_better("loss"), higher_is_better("f2", {"f2": True})
+    (False, True)
+    """
+    if directions is not None and metric in directions:
+        return bool(directions[metric])
+    if metric in METRICS:
+        return METRICS.get(metric).higher_is_better
+    known = sorted({*METRICS.names(), *(directions or {})})
+    raise PrunelabError(f"unknown metric '{metric}'; valid: {', '.join(known)}")
 
 
 def points(p: float) -> float:
@@ -132,15 +152,21 @@ def _check_results(df: pd.DataFrame, column: str) -> list[str]:
 
 
 def tipping_points(
-    df: pd.DataFrame, metric: str = "accuracy", split: str = "val", **knee_kw: float
+    df: pd.DataFrame,
+    metric: str = "accuracy",
+    split: str = "val",
+    directions: Mapping[str, bool] | None = None,
+    **knee_kw: float,
 ) -> pd.DataFrame:
-    """One :func:`knee` per configuration curve, the dense controls as level 0 of each.
+    """One :func:`knee` per configuration curve, the dense controls as level 0 of each, on
+    the levels the cells achieved (:func:`credited_levels`).
 
     Returns columns: the configuration columns, ``knee``, ``onset``, ``band``, ``noise``.
     """
     column = _column(metric, split)
     config = _check_results(df, column)
-    hib = METRICS.get(metric).higher_is_better
+    df = _credit(df)
+    hib = higher_is_better(metric, directions)
     dense = df[df["method"] == "dense"]
     rows = []
     for key, g in df[df["method"] != "dense"].groupby(config, dropna=False):
@@ -207,10 +233,21 @@ class Recommendation:
     n_seeds: int
     evidence: pd.DataFrame
     reason: str
+    requested: float | None = None  # the cells' requested level (differs when they stopped short)
+    folds: int = 0  # k of k-fold cross-validation (0: one fixed validation split)
 
     @property
     def method(self) -> str | None:
         return None if self.config is None else str(self.config.get("method"))
+
+    def _replicates(self) -> str:
+        if not self.folds:
+            return f"{self.n_seeds} seed(s)"
+        return (
+            f"{self.n_seeds} replicates: {self.folds}-fold cross-validation x "
+            f"{self.n_seeds // self.folds} seed(s), fine-tuned on {self.folds - 1} folds and "
+            "validated on the held-out one"
+        )
 
     def summary(self) -> str:
         """One paragraph for the CLI and the report."""
@@ -221,21 +258,23 @@ class Recommendation:
         text = (
             f"Ship sparsity {self.level:g} ({cfg}): {self.split} {self.metric} "
             f"{self.value:.4f}, {self.confidence:.0%} interval [{lo:.4f}, {hi:.4f}] "
-            f"({self.tolerance}; {self.n_seeds} seed(s))."
+            f"({self.tolerance}; {self._replicates()})."
         )
+        if self.requested is not None and abs(self.requested - self.level) > 1e-9:
+            text += f" The cells asked for {self.requested:g} and stopped at {self.level:g}."
         if self.test_value is not None:
             text += f" Test {self.metric}: {self.test_value:.4f}."
         return text + (f" {self.reason}" if self.reason else "")
 
 
 def _paired(df: pd.DataFrame, column: str, sign: float) -> pd.Series:
-    """Per row: drop vs the dense control of the same seed (and fine-tune budget).
+    """Per row: drop vs the dense control of the same seed and fold (and fine-tune budget).
 
     A seed without its own dense control falls back to the mean dense value (of the same
     fine-tune budget when known).
     """
     dense = df[df["method"] == "dense"]
-    keys = [c for c in ("seed", "ft_epochs") if c in df.columns]
+    keys = [c for c in ("seed", "fold", "ft_epochs") if c in df.columns]
     ref = dense.groupby(keys, as_index=False)[column].mean().rename(columns={column: "_d"})
     d = df[keys].merge(ref, on=keys, how="left")["_d"]
     if "ft_epochs" in keys:
@@ -245,7 +284,9 @@ def _paired(df: pd.DataFrame, column: str, sign: float) -> pd.Series:
     return pd.Series(sign * (d.to_numpy() - df[column].to_numpy()), index=df.index)
 
 
-def _check_tolerance(metric: str, max_drop: float | None, min_value: float | None) -> str:
+def _check_tolerance(
+    metric: str, max_drop: float | None, min_value: float | None, hib: bool = True
+) -> str:
     if (max_drop is None) == (min_value is None):
         raise PrunelabError("give exactly one of max_drop or min_value")
     if max_drop is not None:
@@ -264,7 +305,7 @@ def _check_tolerance(metric: str, max_drop: float | None, min_value: float | Non
                 metric,
             )
         return f"max drop {max_drop:g} in {metric}"
-    if not METRICS.get(metric).higher_is_better:
+    if not hib:
         raise PrunelabError(
             f"min_value needs a higher-is-better metric; {metric} is lower-is-better: use max_drop"
         )
@@ -272,16 +313,22 @@ def _check_tolerance(metric: str, max_drop: float | None, min_value: float | Non
 
 
 def _evidence(
-    df: pd.DataFrame, config: list[str], metric: str, column: str, confidence: float, seed: int
+    df: pd.DataFrame,
+    config: list[str],
+    metric: str,
+    column: str,
+    confidence: float,
+    seed: int,
+    sign: float = 1.0,
 ) -> pd.DataFrame:
-    sign = 1.0 if METRICS.get(metric).higher_is_better else -1.0
     df = df.assign(_drop=_paired(df, column, sign))
     has_test = metric in df.columns and column != metric
     if has_test:
         df = df.assign(_test_drop=_paired(df, metric, sign))
     rows = []
-    for key, g in df[df["method"] != "dense"].groupby(config + ["level"], dropna=False):
-        row = dict(zip(config + ["level"], key))
+    keys = config + ["level", "requested"]
+    for key, g in df[df["method"] != "dense"].groupby(keys, dropna=False):
+        row = dict(zip(keys, key))
         lo, hi = bootstrap_ci(g["_drop"], confidence, seed=seed)
         mlo, mhi = bootstrap_ci(g[column], confidence, seed=seed)
         row.update(
@@ -313,6 +360,7 @@ def recommend(
     confidence: float = 0.95,
     split: str = "val",
     seed: int = 0,
+    directions: Mapping[str, bool] | None = None,
 ) -> Recommendation:
     """Highest sparsity whose metric holds with confidence, and the configuration reaching it.
 
@@ -322,21 +370,22 @@ def recommend(
     ``min_value`` -- on ``split`` ('val' chooses without looking at test; test numbers are
     reported as evidence). A configuration's usable levels are those holding at every lower
     level too (a contiguous run from dense). Ties between configurations at the same level go
-    to the better mean metric.
+    to the better mean metric. Levels are those the cells achieved (:func:`credited_levels`).
     """
-    tolerance = _check_tolerance(metric, max_drop, min_value)
+    sign = 1.0 if higher_is_better(metric, directions) else -1.0
+    folds = int(df["folds"].max()) if "folds" in df.columns and df["folds"].notna().any() else 0
+    tolerance = _check_tolerance(metric, max_drop, min_value, sign > 0)
     column = _column(metric, split)
     config = _check_results(df, column)
-    ev = _evidence(df, config, metric, column, confidence, seed)
+    ev = _evidence(_credit(df), config, metric, column, confidence, seed, sign)
     if ev.empty:
         raise PrunelabError("results have no pruned rows (only dense controls)")
-    sign = 1.0 if METRICS.get(metric).higher_is_better else -1.0
     ev["holds"] = (
         ev["drop_hi"] <= max_drop + 1e-12
         if max_drop is not None
         else ev["value_lo"] >= min_value - 1e-12
     )
-    ev = ev.sort_values(config + ["level"]).reset_index(drop=True)
+    ev = ev.sort_values(config + ["level", "requested"]).reset_index(drop=True)
     ev["usable"] = ev.groupby(config, dropna=False)["holds"].cummin()
     ok = ev[ev["usable"]]
     note = "" if split == "val" else "Chosen on the test split: the estimate is optimistic."
@@ -360,6 +409,7 @@ def recommend(
             int(ev["n_seeds"].max()),
             ev,
             reason,
+            folds=folds,
         )
     top = ok[ok["level"] == ok["level"].max()]
     best = top.loc[(sign * top["value"]).idxmax()]
@@ -385,4 +435,6 @@ def recommend(
         int(best["n_seeds"]),
         ev,
         note,
+        float(best["requested"]),
+        folds=folds,
     )

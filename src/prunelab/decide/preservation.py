@@ -92,11 +92,22 @@ def retained_summary(
         worst_class_drop=float(drop[worst]),
         worst_class=worst,
         significant_classes=tuple(shifts.classes) if shifts is not None else (),
-        robustness_gap=pruned.mean("corruption_drop") - dense.mean("corruption_drop"),
+        robustness_gap=_robustness_gap(dense, pruned),
         train_val_gap=pruned.mean("train_val_gap"),
         dense_train_val_gap=dense.mean("train_val_gap"),
     )
     return summary, pie, shifts
+
+
+def _robustness_gap(dense: LevelRecords, pruned: LevelRecords) -> float:
+    """Corruption drop of the pruned seeds minus the dense controls'. Sweeps store
+    ``robustness_gap`` (drop minus the *reference* dense model's drop), not the drop; the
+    reference's drop cancels in the difference, so either column gives the same number."""
+    for name in ("corruption_drop", "robustness_gap"):
+        gap = pruned.mean(name) - dense.mean(name)
+        if not math.isnan(gap):
+            return gap
+    return math.nan
 
 
 GROUP_KEYS = (

@@ -4,6 +4,8 @@ critical neurons and weights whose removal *alone* costs the most.
 - :func:`weight_stats`: per layer (weights, and scores when given): mean, std, excess kurtosis,
   fraction near zero (``|x| < near_zero * std``), quantiles.
 - :func:`histograms`: tidy ``layer, kind, bin_left, bin_right, count``.
+- :func:`nonzero_histograms`: per layer, a :class:`WeightHistogram` of the non-zero weights
+  (what a sweep stores per cell, so the report can draw the shipped model's weights).
 - :func:`critical_neurons`: every output neuron/channel of every target ablated alone (exact),
   ranked by the increase of the validation loss.
 - :func:`critical_weights`: single weights ranked by the second-order (OBD-style) estimate
@@ -14,6 +16,7 @@ critical neurons and weights whose removal *alone* costs the most.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -89,6 +92,42 @@ def histograms(
             )
         )
     return pd.concat(frames, ignore_index=True)
+
+
+@dataclass(frozen=True)
+class WeightHistogram:
+    """Counts of a layer's non-zero weights in equal bins over ``edges``; ``zeros`` exact zeros."""
+
+    edges: np.ndarray  # (bins + 1,)
+    counts: np.ndarray  # (bins,)
+    zeros: int
+
+    def to_array(self) -> np.ndarray:
+        """``[lo, hi, zeros, counts...]`` as float64: one stored artefact per layer."""
+        head = [self.edges[0], self.edges[-1], float(self.zeros)]
+        return np.concatenate([head, self.counts]).astype(np.float64)
+
+    @classmethod
+    def from_array(cls, a: np.ndarray) -> WeightHistogram:
+        counts = np.asarray(a[3:], dtype=np.int64)
+        return cls(np.linspace(a[0], a[1], len(counts) + 1), counts, int(a[2]))
+
+
+def nonzero_histograms(model: nn.Module, bins: int = 60) -> dict[str, WeightHistogram]:
+    """A :class:`WeightHistogram` of each target layer's non-zero (effective) weights.
+
+    >>> h = nonzero_histograms(nn.Linear(8, 4), bins=5)[""]
+    >>> int(h.counts.sum() + h.zeros), len(h.edges)
+    (32, 6)
+    """
+    out = {}
+    for name, module in select_targets(model).items():
+        w = module.weight.detach().double().flatten().numpy()
+        nz = w[w != 0]
+        lo, hi = (float(nz.min()), float(nz.max())) if nz.size else (0.0, 0.0)
+        counts, edges = np.histogram(nz, bins=bins, range=(lo, hi) if hi > lo else None)
+        out[name] = WeightHistogram(edges, counts, int(w.size - nz.size))
+    return out
 
 
 def _loss(model: nn.Module, data: Split) -> float:

@@ -74,6 +74,7 @@ _engine: str | None = None
 # model -> (module structure, bitwise snapshot of its tensors, compiled copy or None)
 _cache: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
 _uncompilable: set[tuple] = set()  # module-class trees TorchScript refused
+_failures: dict[tuple, tuple[str, str]] = {}  # model code -> (class name, why it runs eagerly)
 
 
 def engine() -> str:
@@ -156,9 +157,35 @@ def _compile(model: nn.Module) -> Any:
         work.eval()
         return torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.script(work)))
     except Exception as e:  # noqa: BLE001 - any failure to compile means "run eagerly"
-        log.debug("running %s eagerly: %s", type(model).__name__, str(e).splitlines()[0])
         _uncompilable.add(classes)
+        _fell_back(model, f"TorchScript cannot compile it: {str(e).splitlines()[0]}")
         return None
+
+
+def _code(model: nn.Module) -> tuple:
+    """A model's module classes, mask parametrizations left out: the dense model and its
+    pruned copies are one model class."""
+    return tuple(
+        type(m).__bases__[0] if parametrize.is_parametrized(m) else type(m)
+        for name, m in model.named_modules()
+        if "parametrizations" not in name.split(".")
+    )
+
+
+def _fell_back(model: nn.Module, why: str) -> None:
+    """Remember why ``model``'s class runs eagerly; warn the first time for each class."""
+    key = _code(model)
+    if key not in _failures:
+        name = key[0].__qualname__
+        log.warning("evaluating %s eagerly, not compiled (slower): %s", name, why)
+        _failures[key] = (name, why)
+
+
+def compile_failures(model: nn.Module) -> dict[str, str]:
+    """``{class name: why}`` when this process could not use a compiled copy of ``model``'s
+    class (empty when it could); a sweep records it in its environment (store meta ``env``)."""
+    hit = _failures.get(_code(model))
+    return {hit[0]: hit[1]} if hit else {}
 
 
 def _agrees(compiled: Any, slow: Any, x: Tensor) -> bool:
@@ -191,7 +218,7 @@ def runner(model: nn.Module, x: Tensor) -> Callable[[Tensor], Any]:
         return model
     compiled = _compile(model)
     if compiled is not None and not _agrees(compiled, expected, x[:CHECK_ROWS]):
-        log.warning("compiled %s disagrees with eager PyTorch; running eagerly", type(model))
+        _fell_back(model, "its compiled copy disagrees with eager PyTorch")
         compiled = None
     _cache[model] = (structure, _snapshot(model), compiled)
     return compiled or model

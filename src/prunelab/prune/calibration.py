@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -41,9 +43,13 @@ def collect(
     batches: Iterable[tuple[Tensor, Tensor]],
     needs: frozenset[str],
     loss_fn: Callable[[Tensor, Tensor], Tensor] = nn.functional.cross_entropy,
+    task: Any = None,
 ) -> dict[str, dict[str, Tensor]]:
     """Run calibration batches through ``model`` and return ``{layer: {stat: tensor}}``.
 
+    Batches are ``(x, y)`` pairs scored with ``loss_fn(model(x), y)``, or, with a ``task``
+    (:class:`prunelab.tasks.Task`), whatever its batches are: forwards run
+    ``model(task.inputs(batch))`` and gradients ``task.loss(model, batch)``.
     The model's weights and its parameters' ``.grad`` fields are not changed.
     """
     unknown = needs - STATS
@@ -69,14 +75,20 @@ def collect(
     model.eval()
     n_batches = 0
     try:
-        for xb, yb in batches:
+        for batch in batches:
             n_batches += 1
+            if task is not None:
+                loss = partial(task.loss, model, batch)
+                forward = partial(model, task.inputs(batch))
+            else:
+                loss = partial(lambda b: loss_fn(model(b[0]), b[1]), batch)
+                forward = partial(model, batch[0])
             if "grad" in needs:
-                for name, g in _effective_grads(model, targets, xb, yb, loss_fn).items():
+                for name, g in _effective_grads(targets, loss).items():
                     stats[name]["grad"] = stats[name].get("grad", 0) + g
             else:
                 with torch.no_grad():
-                    model(xb)
+                    forward()
     finally:
         for h in handles:
             h.remove()
@@ -92,11 +104,7 @@ def collect(
 
 
 def _effective_grads(
-    model: nn.Module,
-    targets: dict[str, nn.Module],
-    x: Tensor,
-    y: Tensor,
-    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    targets: dict[str, nn.Module], loss: Callable[[], Tensor]
 ) -> dict[str, Tensor]:
     """dL/dW for each target's *effective* weight, also where a mask zeroes it.
 
@@ -105,5 +113,5 @@ def _effective_grads(
     """
     with parametrize.cached():
         weights = [m.weight for m in targets.values()]
-        grads = torch.autograd.grad(loss_fn(model(x), y), weights)
+        grads = torch.autograd.grad(loss(), weights)
     return {name: g.detach() for name, g in zip(targets, grads)}

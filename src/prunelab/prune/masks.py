@@ -135,3 +135,18 @@ def mask_sparsity(masks: Masks) -> float:
     total = sum(m.numel() for m in masks.values())
     kept = sum(int(m.sum()) for m in masks.values())
     return 1 - kept / total
+
+
+def level_reached(masks: Masks, structure: Structure = Unstructured()) -> float:
+    """The sparsity ``masks`` reach, in the units a level is asked in: the fraction of masked
+    weights, or for :class:`Channels` the fraction of whole output channels removed.
+
+    >>> level_reached({"a": torch.tensor([[True, True], [False, False]])}, Channels())
+    0.5
+    """
+    if not masks:
+        return 0.0
+    if isinstance(structure, Channels):
+        gone = [(~m.reshape(m.shape[0], -1)).all(1) for m in masks.values()]  # (out,) each
+        return sum(int(g.sum()) for g in gone) / sum(g.numel() for g in gone)
+    return mask_sparsity(masks)

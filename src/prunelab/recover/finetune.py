@@ -6,6 +6,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -16,6 +17,14 @@ from prunelab.sources.data.base import Split
 log = logging.getLogger(__name__)
 
 StepCallback = Callable[[int, int], None]  # (step, total_steps) -> None, called after each step
+
+
+class Objective(Protocol):
+    """What training needs of a task (:class:`prunelab.tasks.Task` satisfies it)."""
+
+    def batches(self, split: Any, batch_size: int, generator: torch.Generator | None) -> Any: ...
+
+    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -60,12 +69,15 @@ def train(
     generator: torch.Generator,
     on_step: StepCallback | None = None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    task: Objective | None = None,
 ) -> float:
     """Train ``model`` in place for ``cfg.epochs``; return the mean loss of the last epoch.
 
     Masked weights (see :mod:`prunelab.prune.apply`) receive zero gradient through the mask and
     remain exactly zero. ``on_step(step, total)`` runs after every optimizer step, which is
-    where gradual schedules update their masks.
+    where gradual schedules update their masks. With a ``task`` (any :class:`Objective`), its
+    batches and loss are used; otherwise ``data`` is a classification ``Split`` and the loss is
+    ``loss_fn(logits, labels)`` (cross-entropy by default).
     """
     total = cfg.total_steps(len(data))
     if total == 0:
@@ -75,9 +87,11 @@ def train(
     model.train()
     step, running, count = 0, 0.0, 0
     while step < total:
-        for xb, yb in data.batches(cfg.batch_size, shuffle=True, generator=generator):
+        for batch in _batches(data, cfg, generator, task):
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xb), yb)
+            loss = (
+                task.loss(model, batch) if task is not None else loss_fn(model(batch[0]), batch[1])
+            )
             if not torch.isfinite(loss):
                 raise PrunelabError(f"training diverged: loss is {loss.item()} at step {step}")
             loss.backward()
@@ -91,3 +105,9 @@ def train(
     model.eval()
     log.debug("trained %d steps, mean loss %.4f", step, running / max(count, 1))
     return running / max(count, 1)
+
+
+def _batches(data: Any, cfg: TrainConfig, generator: torch.Generator, task: Objective | None):
+    if task is not None:
+        return task.batches(data, cfg.batch_size, generator)
+    return data.batches(cfg.batch_size, shuffle=True, generator=generator)

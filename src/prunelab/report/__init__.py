@@ -74,7 +74,11 @@ def make_plots(df: pd.DataFrame, plot_dir: Path, extras: ReportExtras) -> dict[s
             extras.sensitivity, plot_dir / "sensitivity.png", extras.sensitivity_label
         )
     if extras.weights:
-        out["weights"] = plots.plot_weight_histograms(extras.weights, plot_dir / "weights.png")
+        out["weights"] = plots.plot_weight_histograms(
+            extras.weights,  # type: ignore[arg-type]
+            plot_dir / "weights.png",
+            title=extras.weights_title,
+        )
     if extras.forgotten_images is not None and extras.forgotten_labels is not None:
         out["forgotten"] = plots.plot_example_grid(
             extras.forgotten_images,
@@ -104,7 +108,12 @@ def build_report(
     for stale in (run_dir / "plots").glob("*.png"):  # figures of an earlier report
         stale.unlink()
     plots = make_plots(df, run_dir / "plots", extras)
-    summary = write_summary(df, run_dir / "summary.md", title=extras.title or "prunelab summary")
+    summary = write_summary(
+        df,
+        run_dir / "summary.md",
+        title=extras.title or "prunelab summary",
+        original=extras.original,
+    )
     html = run_dir / "report.html"
     html.write_text(render_html(df, plots, extras), encoding="utf-8")
     log.info("report written to %s (%d figures)", html, len(plots))

@@ -19,7 +19,8 @@ class ReportExtras:
       ``evidence`` (DataFrame, list of dicts, mapping or text) and any other scalar fields.
     - ``tolerances``: {metric: allowed drop from dense}, shaded on that metric's curve.
     - ``sensitivity``: tidy DataFrame with columns layer, level, value.
-    - ``weights``: {layer: 1D array} for histograms (e.g. the shipped model's weights).
+    - ``weights``: {layer: 1D array or binned ``WeightHistogram``} for histograms (e.g. the
+      shipped model's weights); ``weights_title`` names whose they are.
     - ``forgotten_images`` (N, 1, H, W), ``forgotten_labels`` (N,), ``forgotten_preds`` (N,).
     - ``retained``: the retained-intelligence summary (``prunelab.decide.preservation``).
     - ``spec``: the sweep spec (JSON-able mapping) shown at the top; ``title``: page title.
@@ -30,13 +31,15 @@ class ReportExtras:
     tolerances: Mapping[str, float] | None = None
     sensitivity: pd.DataFrame | None = None
     sensitivity_label: str = "metric drop"
-    weights: Mapping[str, np.ndarray] | None = None
+    weights: Mapping[str, object] | None = None
+    weights_title: str = "non-zero weight values per layer"
     forgotten_images: np.ndarray | None = None
     forgotten_labels: np.ndarray | None = None
     forgotten_preds: np.ndarray | None = None
     class_names: Sequence[str] | None = None
     spec: Mapping[str, object] | None = None
     title: str | None = None
+    original: dict[str, float] | None = None  # the model as given (no fine-tune)
     retained: pd.DataFrame | None = None  # retained-intelligence summary, one row per level
 
 

@@ -30,6 +30,9 @@ NOT_METRICS = frozenset(
         "ft_epochs",
         "layer_sparsity",
         "duration_s",
+        "achieved_level",  # the level reached (prunelab.decide.levels), not a quality
+        "requested",  # the level asked for, when ``level`` is the credited one
+        "latency_threads",
     }
 )
 #: Size/cost columns: shown in the efficiency table and Pareto plot, not as curves.

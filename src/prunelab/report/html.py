@@ -224,6 +224,12 @@ def _efficiency(df: pd.DataFrame) -> str:
         "MAC speedup is theoretical (dense MACs / MACs); b1/b256 speedups are measured "
         "latency ratios vs dense; size ratio = dense bytes / bytes on disk."
     )
+    if "latency_threads" in df.columns and df["latency_threads"].notna().any():
+        threads = ", ".join(f"{t:g}" for t in sorted(df["latency_threads"].dropna().unique()))
+        text += (
+            f" Latency: median ms per forward pass, masks folded, eager PyTorch, "
+            f"{threads} torch thread(s)."
+        )
     return section("efficiency", note(text) + f"<div class='scroll'>{html_table(table)}</div>")
 
 
@@ -260,7 +266,11 @@ def render_html(df: pd.DataFrame, plots: Mapping[str, Path], extras: ReportExtra
         _figure_section("sensitivity", plots, "No layer-sensitivity scan in this run."),
         _figure_section("pareto", plots, "Needs nonzeros or macs and accuracy columns."),
         _efficiency(df),
-        _figure_section("weights", plots, "No weights were given for histograms."),
+        _figure_section(
+            "weights",
+            plots,
+            "No weight histograms: no level was recommended, or the run predates stored ones.",
+        ),
         _figure_section("forgotten", plots, "No forgotten examples were given."),
         _results(df),
     ]

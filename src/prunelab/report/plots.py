@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from prunelab.decide.weightstats import WeightHistogram
 from prunelab.errors import PrunelabError
 from prunelab.report.frame import (
     DENSE,
@@ -249,9 +250,17 @@ def plot_sensitivity(sens: pd.DataFrame, out: Path | str, value_name: str = "val
 
 
 def plot_weight_histograms(
-    weights: Mapping[str, np.ndarray], out: Path | str, bins: int = 60, max_layers: int = 12
+    weights: Mapping[str, np.ndarray | WeightHistogram],
+    out: Path | str,
+    bins: int = 60,
+    max_layers: int = 12,
+    title: str = "non-zero weight values per layer",
 ) -> Path:
-    """One histogram per layer of its non-zero weights; titles give the fraction of zeros."""
+    """One histogram per layer of its non-zero weights; titles give the fraction of zeros.
+
+    A layer is its raw weights, or a :class:`~prunelab.decide.weightstats.WeightHistogram`
+    already binned (what a sweep stores).
+    """
     if not weights:
         raise PrunelabError("no weights given for histograms")
     names = list(weights)[:max_layers]
@@ -259,15 +268,20 @@ def plot_weight_histograms(
     nrows = -(-len(names) // ncols)
     fig = _figure(3.2 * ncols, 2.4 * nrows)
     for i, name in enumerate(names):
-        w = np.asarray(weights[name], dtype=float).ravel()
         ax = fig.add_subplot(nrows, ncols, i + 1)
-        nz = w[w != 0]
-        ax.hist(nz, bins=bins, color="steelblue")
-        zero = 1 - len(nz) / max(len(w), 1)
+        h = weights[name]
+        if isinstance(h, WeightHistogram):
+            ax.stairs(h.counts, h.edges, fill=True, color="steelblue")
+            zero = h.zeros / max(h.zeros + int(h.counts.sum()), 1)
+        else:
+            w = np.asarray(h, dtype=float).ravel()
+            nz = w[w != 0]
+            ax.hist(nz, bins=bins, color="steelblue")
+            zero = 1 - len(nz) / max(len(w), 1)
         ax.set_title(f"{name}  ({zero:.1%} zero)", fontsize=9)
         ax.tick_params(labelsize=7)
         ax.locator_params(axis="x", nbins=5)
-    fig.suptitle("non-zero weight values per layer", fontsize=10)
+    fig.suptitle(title, fontsize=10)
     return _save(fig, out)
 
 

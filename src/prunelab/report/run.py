@@ -8,24 +8,29 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from prunelab.decide.analysis import (
     CONFIG_COLUMNS,
+    FRACTION_METRICS,
     Recommendation,
     points,
     recommend,
     tipping_points,
 )
+from prunelab.decide.levels import credit
 from prunelab.decide.preservation import summarize_results
+from prunelab.decide.weightstats import WeightHistogram
 from prunelab.errors import PrunelabError
 from prunelab.report import build_report
 from prunelab.report.extras import ReportExtras, ReportPaths
 from prunelab.report.frame import curve_labels
-from prunelab.sources.data import load_dataset
+from prunelab.sources import resolve
 from prunelab.sweep.spec import DataSpec
 from prunelab.sweep.store import Store, load_results
 
@@ -33,10 +38,13 @@ log = logging.getLogger(__name__)
 
 
 def knees_by_label(
-    df: pd.DataFrame, metric: str = "accuracy", split: str = "val"
+    df: pd.DataFrame,
+    metric: str = "accuracy",
+    split: str = "val",
+    directions: Mapping[str, bool] | None = None,
 ) -> dict[str, float]:
     """{curve label (as the plots name curves): knee level} for curves that have a knee."""
-    tp = tipping_points(df, metric, split)
+    tp = tipping_points(df, metric, split, directions)
     labels = curve_labels(df)
     cols = [c for c in CONFIG_COLUMNS if c in df.columns and c in tp.columns]
     out = {}
@@ -47,15 +55,29 @@ def knees_by_label(
     return out
 
 
+def run_task(run_dir: Path) -> dict[str, Any]:
+    """The task a run stored (kind, primary metric, directions); classification for old runs."""
+    with Store(run_dir, create=False) as store:
+        task = store.get_meta("task")
+    return task or {"kind": "classification", "primary": "accuracy", "metrics": {}}
+
+
 def run_recommendation(
     df: pd.DataFrame,
     metric: str = "accuracy",
     max_drop_points: float | None = 0.5,
     min_value: float | None = None,
+    directions: Mapping[str, bool] | None = None,
 ) -> Recommendation:
-    """:func:`prunelab.decide.analysis.recommend` with the CLI's units (points of a 0-1 metric)."""
-    max_drop = None if max_drop_points is None else points(max_drop_points)
-    return recommend(df, metric, max_drop=max_drop, min_value=min_value)
+    """:func:`prunelab.decide.analysis.recommend` with the CLI's units.
+
+    ``max_drop_points`` is in percentage points for the 0-1 metrics (accuracy, macro-F1,
+    agreement) and in the metric's own units for every other metric.
+    """
+    max_drop = max_drop_points
+    if max_drop is not None and metric in FRACTION_METRICS:
+        max_drop = points(max_drop)
+    return recommend(df, metric, max_drop=max_drop, min_value=min_value, directions=directions)
 
 
 def sensitivity_frame(store: Store) -> pd.DataFrame | None:
@@ -118,7 +140,13 @@ def forgotten_examples(
     row = best.sort_values(["level", "pie_pct"]).iloc[-1]
     try:
         data_spec = DataSpec(**spec["data"])
-        data = load_dataset(data_spec.name, **data_spec.loader_kwargs())
+        data = resolve.load_bundle(
+            data_spec.name,
+            data_spec.loader,
+            data_spec.reader,
+            data_spec.path,
+            **data_spec.loader_kwargs(),
+        )
     except (PrunelabError, KeyError, TypeError) as e:
         log.warning("forgotten-example grid skipped: %s", e)
         return None
@@ -139,9 +167,86 @@ def _group_rows(store: Store, row: pd.Series) -> list[str]:
     return list(df.loc[match, "cell_id"])
 
 
-def recommendation_view(rec: Recommendation) -> dict[str, object]:
+def shipped_weights(
+    store: Store, df: pd.DataFrame, rec: Recommendation | None
+) -> tuple[dict[str, WeightHistogram], str] | None:
+    """The stored weight histograms of the recommended cell (its lowest seed) and a title;
+    None without a recommendation or when the sweep stored none (runs before they were kept)."""
+    if rec is None or rec.level is None or rec.config is None:
+        return None
+    match = np.array(df["method"] != "dense")
+    for key, value in rec.config.items():
+        match = match & np.array(df[key] == value)
+    if rec.requested is not None:
+        match = match & np.isclose(df["level"].to_numpy(float), rec.requested)
+    rows = df[match].sort_values("seed")
+    if rows.empty:
+        return None
+    row = rows.iloc[0]
+    names = [
+        n.removeprefix("weight_hist/") for n in store.artifact_names(row["cell_id"], "weight_hist/")
+    ]
+    if not names:
+        return None
+    raw = row.get("layer_sparsity")
+    order = list(json.loads(raw)) if isinstance(raw, str) else []
+    names.sort(key=lambda n: order.index(n) if n in order else len(order))
+    hists = {
+        n: WeightHistogram.from_array(store.artifact(row["cell_id"], f"weight_hist/{n}"))
+        for n in names
+    }
+    title = (
+        f"non-zero weights of the recommended cell: {rec.method} at sparsity {rec.level:g}, "
+        f"seed {row['seed']}"
+    )
+    return hists, title
+
+
+def knee_sentence(level: float | None, knee: float | None) -> str:
+    """Why the recommendation and the tipping point of its curve differ, in one sentence.
+
+    >>> knee_sentence(0.8, 0.9)[:40]
+    'The tipping point (0.9) lies above the r'
+    """
+    if level is None:
+        return ""
+    if knee is None:
+        return "The recommended curve has no tipping point within the levels swept."
+    if abs(knee - level) < 1e-9:
+        return f"The recommendation and the tipping point of its curve agree ({level:g})."
+    if knee > level:
+        return (
+            f"The tipping point ({knee:g}) lies above the recommendation ({level:g}) because the "
+            "recommendation needs the whole interval of the drop within the tolerance, while the "
+            "tipping point marks where the mean drop leaves the seed-noise band."
+        )
+    return (
+        f"The tipping point ({knee:g}) lies below the recommendation ({level:g}): the drop "
+        "leaves the seed-noise band there but stays within the tolerance you allowed."
+    )
+
+
+def _curve_knee(
+    df: pd.DataFrame, rec: Recommendation, directions: Mapping[str, bool]
+) -> float | None:
+    """The tipping point of the recommended configuration's curve (validation split)."""
+    tp = tipping_points(df, rec.metric, rec.split, directions)
+    for c, v in (rec.config or {}).items():
+        if c in tp.columns:
+            tp = tp[tp[c] == v]
+    knees = tp["knee"].dropna()
+    return float(knees.iloc[0]) if len(knees) else None
+
+
+def recommendation_view(rec: Recommendation, knee_note: str = "") -> dict[str, object]:
     """The recommendation as the report shows it: the configuration named in one string."""
     view = {f.name: getattr(rec, f.name) for f in dataclasses.fields(rec) if f.name != "config"}
+    view["rule"] = (
+        f"the highest sparsity whose {rec.confidence:.0%} bootstrap interval of the {rec.split} "
+        f"drop ({rec._replicates()}) stays within the tolerance, every lower level holding too"
+    )
+    if knee_note:
+        view["tipping point"] = knee_note
     cfg = rec.config or {}
     view["method"] = " · ".join(str(v) for k, v in cfg.items() if k != "ft_epochs") or None
     view["interval"] = None  # a drop, not a sparsity: shown in words below, not as percentages
@@ -154,15 +259,22 @@ def recommendation_view(rec: Recommendation) -> dict[str, object]:
 
 
 def report_run(
-    run_dir: Path | str, metric: str = "accuracy", max_drop_points: float | None = 0.5
+    run_dir: Path | str, metric: str | None = None, max_drop_points: float | None = 0.5
 ) -> tuple[ReportPaths, Recommendation | None]:
-    """Write plots, summary.md and report.html for ``run_dir``; return them and the advice."""
+    """Write plots, summary.md and report.html for ``run_dir``; return them and the advice.
+
+    ``metric`` defaults to the primary metric of the run's task.
+    """
 
     run_dir = Path(run_dir)
+    task = run_task(run_dir)
+    metric = metric or task["primary"]
+    directions = task["metrics"]
     df = load_results(run_dir)
     with Store(run_dir, create=False) as store:
         spec = json.loads(json.dumps(store.get_meta("spec")))
         sens = sensitivity_frame(store)
+        original = store.get_meta("dense_metrics")
         retained, pies = None, None
         try:
             table = retained_table(df, store)
@@ -171,23 +283,34 @@ def report_run(
                 pies = forgotten_examples(table, store, spec)
         except PrunelabError as e:
             log.warning("no retained-intelligence summary: %s", e)
-    rec, knees = None, {}
+    rec, knees, knee_note = None, {}, ""
     try:
-        knees = knees_by_label(df, metric)
-        rec = run_recommendation(df, metric, max_drop_points)
+        knees = knees_by_label(df, metric, directions=directions)
+        rec = run_recommendation(df, metric, max_drop_points, directions=directions)
+        if rec.level is not None:
+            knee_note = knee_sentence(rec.level, _curve_knee(df, rec, directions))
     except PrunelabError as e:  # e.g. a partial run without dense rows yet
         log.warning("no recommendation: %s", e)
-    tolerance = {metric: points(max_drop_points)} if max_drop_points is not None else None
+    tolerance = None
+    if max_drop_points is not None:
+        tolerance = {
+            metric: points(max_drop_points) if metric in FRACTION_METRICS else max_drop_points
+        }
+    with Store(run_dir, create=False) as store:
+        weights = shipped_weights(store, df, rec)
     extras = ReportExtras(
         knees=knees,
-        recommendation=None if rec is None else recommendation_view(rec),
+        recommendation=None if rec is None else recommendation_view(rec, knee_note),
         tolerances=tolerance,
         sensitivity=sens,
+        weights=weights[0] if weights else None,
+        weights_title=weights[1] if weights else "",
         spec=spec,
         retained=retained,
         forgotten_images=pies["images"] if pies else None,
         forgotten_labels=pies["labels"] if pies else None,
         forgotten_preds=pies["preds"] if pies else None,
         title=f"prunelab report: {spec.get('model')} on {spec.get('data', {}).get('name')}",
+        original=original,
     )
-    return build_report(run_dir, df, extras), rec
+    return build_report(run_dir, credit(df), extras), rec  # curves at achieved levels, too

@@ -27,6 +27,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -135,15 +136,28 @@ def decode_sparse(tensors: dict[str, Tensor], meta: dict) -> dict[str, Tensor]:
     return state
 
 
-def _check_written(path: Path, write) -> None:
-    """Run ``write(tmp)`` then rename onto ``path``; a full disk becomes a clear error."""
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+def _publish(path: Path, write, check=None) -> None:
+    """Write a file beside ``path`` with ``write(tmp)``, ``check(tmp)`` it, give it the
+    permissions a new file gets under the umask (0644 by default), then rename it onto ``path``
+    (atomic). A failed write or check leaves no file; a full disk becomes a clear error.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
     try:
         write(tmp)
+        if check is not None:
+            check(tmp)
+        tmp.chmod(0o666 & ~_umask())  # mkstemp and safetensors create 0600
         tmp.replace(path)
     except (OSError, SafetensorError) as e:
-        tmp.unlink(missing_ok=True)
         errno_ = getattr(e, "errno", None)
         full = errno_ in (errno.ENOSPC, errno.EFBIG) or "too large" in str(e).lower()
         why = (
@@ -152,6 +166,8 @@ def _check_written(path: Path, write) -> None:
             else (getattr(e, "strerror", None) or str(e))
         )
         raise PrunelabError(f"cannot write {path}: {why}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def dense_bytes(state: dict[str, Tensor]) -> int:
@@ -181,9 +197,7 @@ def save_sparse(model: nn.Module, path: Path | str) -> Exported:
     path = Path(path)
     state = plain_state(model)
     tensors, meta = encode_sparse(state)
-    _check_written(
-        path, lambda tmp: save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)})
-    )
+    _publish(path, lambda tmp: save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)}))
     size = path.stat().st_size
     return Exported(path, size, dense_bytes(state))
 
@@ -225,7 +239,8 @@ def load_sparse(model: nn.Module, path: Path | str) -> nn.Module:
 def save_onnx(model: nn.Module, example: Tensor, path: Path | str, atol: float = 1e-5) -> Exported:
     """Export to ONNX (TorchScript exporter) and check onnxruntime matches torch within ``atol``.
 
-    The batch dimension is dynamic. Raises PrunelabError if the outputs differ.
+    The file is checked before it appears at ``path``: when onnxruntime cannot load it or its
+    outputs differ, PrunelabError is raised and no file is left. The batch dimension is dynamic.
     """
     path = Path(path)
     state = plain_state(model)
@@ -247,11 +262,22 @@ def save_onnx(model: nn.Module, example: Tensor, path: Path | str, atol: float =
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
         )
 
-    _check_written(path, write)
-    diff = onnx_max_diff(work, path, example)
-    if not diff <= atol:
-        raise PrunelabError(f"ONNX export {path} differs from torch by {diff:.3g} (> {atol:g})")
-    return Exported(path, path.stat().st_size, dense_bytes(state), f"max |diff| {diff:.2e}")
+    diffs = []
+
+    def check(tmp: Path) -> None:  # before the file is published: a failed check leaves none
+        try:
+            diffs.append(onnx_max_diff(work, tmp, example))
+        except Exception as e:  # noqa: BLE001 - onnxruntime's own error types
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise PrunelabError(f"onnxruntime cannot run the export of {path}: {why}") from None
+        if not diffs[-1] <= atol:
+            raise PrunelabError(
+                f"ONNX export {path} differs from torch by {diffs[-1]:.3g} (> {atol:g}); "
+                "nothing written"
+            )
+
+    _publish(path, write, check)
+    return Exported(path, path.stat().st_size, dense_bytes(state), f"max |diff| {diffs[-1]:.2e}")
 
 
 def onnx_max_diff(model: nn.Module, path: Path | str, x: Tensor) -> float:
@@ -280,7 +306,7 @@ def save_slimmed(model: nn.Module, example: Tensor, path: Path | str, base: obje
         )
     small = slim(model, example, masks)
     path = Path(path)
-    _check_written(path, lambda tmp: save_slim(small, tmp, base))  # type: ignore[arg-type]
+    _publish(path, lambda tmp: save_slim(small, tmp, base))  # type: ignore[arg-type]
     return Exported(
         path,
         path.stat().st_size,

@@ -17,12 +17,20 @@ from prunelab.errors import PrunelabError
 from prunelab.measure import inference
 from prunelab.prune.surgery import BaseModel
 from prunelab.recover.finetune import TrainConfig
-from prunelab.ship.export import Exported, save_onnx, save_slimmed, save_sparse
+from prunelab.ship.export import (
+    Exported,
+    dense_bytes,
+    plain_state,
+    save_onnx,
+    save_slimmed,
+    save_sparse,
+)
+from prunelab.ship.keras import save_keras
 from prunelab.sweep.cell import Cell, Context, run_cell
-from prunelab.sweep.spec import DataSpec
+from prunelab.sweep.spec import CustomMetricSpec, DataSpec, TaskSpec
 from prunelab.sweep.store import Store
 
-FORMATS = ("sparse", "slim", "onnx")
+FORMATS = ("sparse", "slim", "onnx", "keras")
 REL_TOL = 1e-6  # thread counts may differ between the sweep's workers and the export process
 
 
@@ -34,6 +42,10 @@ def cell_from_json(raw: Mapping[str, Any]) -> Cell:
         kw["dense"], kw["finetune"] = TrainConfig(**kw["dense"]), TrainConfig(**kw["finetune"])
         for name in ("metrics", "include", "exclude"):
             kw[name] = tuple(kw.get(name, ()))
+        if "task" in kw:
+            task = dict(kw["task"])
+            custom = tuple(CustomMetricSpec(**c) for c in task.pop("custom", ()))
+            kw["task"] = TaskSpec(**task, custom=custom)
         return Cell(**kw)
     except (KeyError, TypeError) as e:
         raise PrunelabError(f"stored cell is not readable by this prunelab version: {e}") from None
@@ -79,9 +91,12 @@ def find_cell(
 
 
 def compare_rows(stored: Mapping[str, Any], fresh: Mapping[str, Any]) -> list[str]:
-    """Keys whose recomputed value differs from the stored one (floats to ``REL_TOL``)."""
+    """Keys whose recomputed value differs from the stored one (floats to ``REL_TOL``;
+    measured latency is not compared)."""
     bad = []
     for key, old in stored.items():
+        if key.startswith("latency_"):
+            continue  # measured times vary from run to run; nothing to reproduce
         new = fresh.get(key)
         if isinstance(old, float) and isinstance(new, (int, float)):
             same = (math.isnan(old) and math.isnan(new)) or math.isclose(
@@ -128,6 +143,13 @@ def export_cell(
         return save_sparse(model, out)
     if fmt == "onnx":
         return save_onnx(model, test_x[:64], out)
+    if fmt == "keras":
+        if not cell.model.endswith((".keras", ".h5")):
+            raise PrunelabError(
+                f"--format keras needs a Keras source model; this run's is {cell.model}"
+            )
+        path = save_keras(model, cell.model, out, check_inputs=test_x[:4])
+        return Exported(path, path.stat().st_size, dense_bytes(plain_state(model)))
 
     base = BaseModel(cell.model, ctx.data.input_shape, ctx.data.num_classes)
     return save_slimmed(model, test_x[:1], out, base)

@@ -12,26 +12,32 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from prunelab.decide.weightstats import nonzero_histograms
+from prunelab.errors import PrunelabError
 from prunelab.measure.metrics import evaluate, predict
 from prunelab.measure.metrics.base import DEFAULT_METRICS
 from prunelab.measure.metrics.robustness import RobustnessSuite, reference_context
-from prunelab.prune.apply import apply_masks, layer_sparsity
-from prunelab.prune.masks import select_masks
+from prunelab.prune.apply import apply_masks, get_masks, layer_sparsity
+from prunelab.prune.masks import level_reached, select_masks
 from prunelab.prune.structure import NM, Channels, parse_structure
+from prunelab.prune.surgery.channel_plan import plan_from_masks
 from prunelab.prune.targets import select_targets
 from prunelab.recover.finetune import TrainConfig, train
 from prunelab.recover.schedules import canonical_schedule, parse_schedule, run_schedule
-from prunelab.sources.data import DataBundle, load_dataset
-from prunelab.sources.models import build_model, load_or_train
+from prunelab.sources import resolve
+from prunelab.sources.data import DataBundle
+from prunelab.sources.data.base import kfold_bundle
 from prunelab.sweep.ladder import cached_scores
 from prunelab.sweep.model_aware import MODEL_AWARE, resolve_allocation
-from prunelab.sweep.spec import DataSpec, SweepSpec
+from prunelab.sweep.spec import DataSpec, SweepSpec, TaskSpec
+from prunelab.tasks import ClassificationTask, Task, make_task
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 TRAIN_EVAL_SIZE = 5000  # train rows evaluated for the overfitting gap
@@ -61,6 +67,12 @@ class Cell:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     search_trials: int = 20
+    weights: str | None = None
+    train_dense: bool | None = None
+    task: TaskSpec = TaskSpec()
+    source: str = ""  # content hash of the user's code, weights and data files
+    folds: int = 0  # k-fold cross-validation over train+val (0: the fixed validation split)
+    fold: int = -1  # which fold is held out as validation (-1: none)
 
     @property
     def cell_id(self) -> str:
@@ -77,7 +89,17 @@ class Cell:
         )
 
     def context_key(self) -> tuple:
-        return (self.model, self.data, self.dense)
+        return (
+            self.model,
+            self.data,
+            self.dense,
+            self.weights,
+            self.train_dense,
+            self.task,
+            self.source,
+            self.folds,
+            self.fold,
+        )
 
 
 def expand_cells(spec: SweepSpec) -> list[Cell]:
@@ -93,6 +115,10 @@ def expand_cells(spec: SweepSpec) -> list[Cell]:
         "include": spec.include,
         "exclude": spec.exclude,
         "search_trials": spec.search_trials,
+        "weights": spec.weights,
+        "train_dense": spec.train_dense,
+        "task": spec.task,
+        "source": source_hash(spec),
     }
     cells = [
         Cell(
@@ -127,44 +153,105 @@ def expand_cells(spec: SweepSpec) -> list[Cell]:
                                     **common,
                                 )
                             )
+    if spec.folds:  # every cell once per fold: replicates are folds x seeds
+        cells = [
+            dataclasses.replace(c, folds=spec.folds, fold=f)
+            for c in cells
+            for f in range(spec.folds)
+        ]
     return cells
 
 
 @dataclass
 class Context:
-    """What all cells of a sweep share: data, the dense weights and the dense outputs."""
+    """What all cells of a sweep share: data, the task, the dense weights and outputs."""
 
     data: DataBundle
     dense_state: dict[str, torch.Tensor]
-    reference: dict[str, torch.Tensor]  # split -> dense logits
+    reference: dict[str, Any]  # split -> the dense model's outputs (logits for classification)
     train_eval: Any = None
-    dense_metrics: dict[str, float] = field(default_factory=dict)
+    dense_metrics: dict[str, float] = field(default_factory=dict)  # the model as given
     robustness: dict[str, Any] = field(default_factory=dict)  # the dense model's profile
     memo: dict[tuple, Any] = field(default_factory=dict)  # per-process, e.g. sensitivity tables
+    task: Task = field(default_factory=ClassificationTask)
+    data_hash: str = ""  # fingerprint of the data as given (checked when a sweep resumes)
 
     @classmethod
     def build(cls, cell: Cell, cache_dir: Any = None) -> Context:
-        data = load_dataset(cell.data.name, **cell.data.loader_kwargs())
-        dense = load_or_train(cell.model, data, cell.dense, cache_dir, seed=cell.data.seed)
+        task = task_of(cell)
+        data = resolve.load_bundle(
+            cell.data.name,
+            cell.data.loader,
+            cell.data.reader,
+            cell.data.path,
+            **cell.data.loader_kwargs(),
+        )
+        check = None
+        if isinstance(task, ClassificationTask):
+            check = partial(task.check_model, split=data.test, num_classes=data.num_classes)
+        dense = resolve.dense_model(
+            cell.model,
+            cell.weights,
+            data,
+            cell.dense,
+            cell.train_dense,
+            task,
+            cache_dir,
+            seed=cell.data.seed,
+            check=check,
+        )
+        if not select_targets(dense, cell.include or None, cell.exclude or None, cell.prune_last):
+            raise PrunelabError(
+                f"model '{cell.model}' has nothing to prune: no Linear or Conv weights "
+                "(check include/exclude)"
+            )
+        state = {k: v.clone() for k, v in dense.state_dict().items()}
+        data_hash = data.fingerprint()  # of the data as given (before any fold split)
+        if cell.fold >= 0:  # the dense model is the same for every fold; the splits are not
+            data = kfold_bundle(data, cell.folds, cell.fold, cell.data.seed)
+        if not isinstance(task, ClassificationTask):
+            reference = {s: task.predict(dense, getattr(data, s)) for s in ("test", "val")}
+            metrics = task.evaluate(dense, data.test, reference["test"], reference["test"])
+            return cls(data, state, reference, None, metrics, {}, task=task, data_hash=data_hash)
         train_eval = data.train.subset(TRAIN_EVAL_SIZE)
         reference = {
             "test": predict(dense, data.test.x),
             "val": predict(dense, data.val.x),
             "train": predict(dense, train_eval.x),
         }
-        state = {k: v.clone() for k, v in dense.state_dict().items()}
+        task.check_outputs(reference["test"], data.test)
         robust = (
             reference_context(dense, data.test, RobustnessSuite(max_examples=ROBUSTNESS_EXAMPLES))
             if data.test.x.dim() == 4
             else {}
         )
-        metrics = evaluate(dense, data.test, reference=reference["test"])
-        return cls(data, state, reference, train_eval, metrics, robust)
+        metrics = task.evaluate(dense, data.test, reference["test"], reference["test"])
+        return cls(
+            data, state, reference, train_eval, metrics, robust, task=task, data_hash=data_hash
+        )
 
     def dense_model(self, cell: Cell) -> nn.Module:
-        model = build_model(cell.model, self.data.input_shape, self.data.num_classes)
+        model = resolve.architecture(cell.model, self.data)
         model.load_state_dict(self.dense_state)
         return model
+
+
+def task_of(cell: Cell) -> Task:
+    """The cell's task object (custom metrics loaded from their import paths)."""
+    t = cell.task
+    return make_task(
+        t.kind, t.primary, tuple((c.name, c.path, c.higher_is_better) for c in t.custom)
+    )
+
+
+def source_hash(spec: SweepSpec) -> str:
+    """One hash of the user's code, weights and data-loader files ('' for built-ins only)."""
+    prints = resolve.fingerprint(
+        spec.model, spec.weights, spec.data.loader, tuple(c.path for c in spec.task.custom)
+    )
+    if not prints:
+        return ""
+    return hashlib.sha256(json.dumps(prints, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -188,55 +275,93 @@ def run_cell(
     start = time.perf_counter()
     torch.manual_seed(cell.seed)
     gen = torch.Generator().manual_seed(cell.seed)
+    task = ctx.task
+    classify = isinstance(task, ClassificationTask)
     model = ctx.dense_model(cell)
-    preservation = PRESERVATION if ctx.robustness else PRESERVATION[:-1]
-    test_metrics = tuple(
-        dict.fromkeys(DEFAULT_METRICS + ("params",) + preservation + EFFICIENCY + cell.metrics)
-    )
     row: dict[str, Any] = {
         k: v
         for k, v in dataclasses.asdict(cell).items()
         if k in ("model", "method", "allocation", "structure", "schedule", "level", "seed")
     }
     row.update(dataset=cell.data.name, ft_epochs=cell.finetune.epochs)
+    if cell.fold >= 0:
+        row.update(fold=cell.fold, folds=cell.folds)
     records: dict[str, Any] = {}
     on_step = (lambda s, t: progress("fine-tune", s, t)) if progress else None
     if cell.method != "dense" and cell.schedule != "oneshot":
+        if not classify:
+            raise PrunelabError(
+                f"schedule '{cell.schedule}' supports classification tasks only; use oneshot "
+                f"for a {task.kind} task"
+            )
         records, trajectory = _scheduled(cell, ctx, model, gen, on_step)
         row["trajectory"] = json.dumps(trajectory)
     else:
         if cell.method != "dense":
             records = _prune(cell, ctx, model, gen)
-            if cell.finetune.epochs > 0:
-                # before fine-tuning: the cheap task/fidelity metrics only
-                pre = evaluate(model, ctx.data.test, ctx.reference["test"], DEFAULT_METRICS)
+            if cell.finetune.epochs > 0:  # before fine-tuning: the cheap metrics only
+                pre = _cheap_metrics(ctx, model)
                 row.update({f"oneshot_{k}": v for k, v in pre.items()})
         if cell.finetune.epochs > 0:
-            train(model, ctx.data.train, cell.finetune, gen, on_step=on_step)
-    logits = predict(model, ctx.data.test.x)  # (N, K), shared by the metrics and test_preds
-    row.update(
-        evaluate(
-            model,
-            ctx.data.test,
-            ctx.reference["test"],
-            test_metrics,
-            context=ctx.robustness,
-            logits=logits,
+            train(model, ctx.data.train, cell.finetune, gen, on_step=on_step, task=task)
+    measure = _measure_classification if classify else _measure_task
+    artifacts = measure(cell, ctx, model, row)
+    row["layer_sparsity"] = json.dumps(layer_sparsity(model))
+    if cell.method != "dense":  # what the cell reached, in level units (adaptive may stop short)
+        row["achieved_level"] = level_reached(get_masks(model), parse_structure(cell.structure))
+    hists = {f"weight_hist/{n}": h.to_array() for n, h in nonzero_histograms(model).items()}
+    artifacts = {**artifacts, **hists}
+    return CellResult(
+        row, artifacts, time.perf_counter() - start, records, model if keep_model else None
+    )
+
+
+def _cheap_metrics(ctx: Context, model: nn.Module) -> dict[str, float]:
+    """The task/fidelity metrics of the one-shot model, before fine-tuning."""
+    if isinstance(ctx.task, ClassificationTask):
+        return ctx.task.evaluate(model, ctx.data.test, ctx.reference["test"], names=DEFAULT_METRICS)
+    return ctx.task.evaluate(model, ctx.data.test, ctx.reference["test"])
+
+
+def _measure_classification(
+    cell: Cell, ctx: Context, model: nn.Module, row: dict[str, Any]
+) -> dict[str, np.ndarray]:
+    """Test metrics (with preservation and efficiency), validation and train metrics, PIEs."""
+    task = ctx.task
+    assert isinstance(task, ClassificationTask)
+    preservation = PRESERVATION if ctx.robustness else PRESERVATION[:-1]
+    custom = tuple(c.name for c in task.custom)
+    test_metrics = tuple(
+        dict.fromkeys(
+            DEFAULT_METRICS + ("params",) + preservation + EFFICIENCY + cell.metrics + custom
         )
     )
-    val = evaluate(model, ctx.data.val, ctx.reference["val"], VAL_METRICS)
+    logits = task.predict(model, ctx.data.test)  # (N, K), shared by the metrics and test_preds
+    row.update(
+        task.evaluate(
+            model, ctx.data.test, ctx.reference["test"], logits, test_metrics, ctx.robustness
+        )
+    )
+    val_names = tuple(dict.fromkeys(VAL_METRICS + (task.primary,)))
+    val = task.evaluate(model, ctx.data.val, ctx.reference["val"], names=val_names)
     row.update({f"val_{k}": v for k, v in val.items()})
     tr = evaluate(model, ctx.train_eval, ctx.reference["train"], ("accuracy", "loss"))
     row.update({f"train_{k}": v for k, v in tr.items()})
-    row["layer_sparsity"] = json.dumps(layer_sparsity(model))
-    preds = logits.argmax(1).to(torch.int16).numpy()
-    return CellResult(
-        row,
-        {"test_preds": preds},
-        time.perf_counter() - start,
-        records,
-        model if keep_model else None,
-    )
+    return {"test_preds": logits.argmax(1).to(torch.int16).numpy()}
+
+
+def _measure_task(
+    cell: Cell, ctx: Context, model: nn.Module, row: dict[str, Any]
+) -> dict[str, np.ndarray]:
+    """Any other task: its own metrics on test, and on validation as ``val_*``."""
+    task = ctx.task
+    outputs = task.predict(model, ctx.data.test)
+    row.update(task.evaluate(model, ctx.data.test, ctx.reference["test"], outputs))
+    val = task.evaluate(model, ctx.data.val, ctx.reference["val"])
+    row.update({f"val_{k}": v for k, v in val.items()})
+    row["params"] = sum(p.numel() for p in model.parameters())
+    row["nonzeros"] = sum(int((p != 0).sum()) for p in model.parameters())
+    return {}
 
 
 def _allocation(cell: Cell, ctx: Context, model: nn.Module, gen: torch.Generator):
@@ -244,7 +369,7 @@ def _allocation(cell: Cell, ctx: Context, model: nn.Module, gen: torch.Generator
     structure = parse_structure(cell.structure)
     prune_last = cell.prune_last and not isinstance(structure, Channels)
     targets = select_targets(model, cell.include or None, cell.exclude or None, prune_last)
-    calib, scores = cached_scores(cell, ctx.memo, model, targets, ctx.data.train, gen)
+    calib, scores = cached_scores(cell, ctx.memo, model, targets, ctx.data.train, gen, ctx.task)
     allocation, records = resolve_allocation(cell, ctx, model, targets, scores, calib, gen)
     return structure, scores, allocation, records
 
@@ -252,7 +377,10 @@ def _allocation(cell: Cell, ctx: Context, model: nn.Module, gen: torch.Generator
 def _prune(cell: Cell, ctx: Context, model: nn.Module, gen: torch.Generator) -> dict[str, Any]:
     """One-shot: score, allocate and mask ``model`` in place; returns run-level records."""
     structure, scores, allocation, records = _allocation(cell, ctx, model, gen)
-    apply_masks(model, select_masks(scores, cell.level, allocation, structure))
+    masks = select_masks(scores, cell.level, allocation, structure)
+    if isinstance(structure, Channels):  # the channels must be physically removable: say now
+        plan_from_masks(model, ctx.task.example_input(ctx.data.test), masks)
+    apply_masks(model, masks)
     return records
 
 

@@ -52,6 +52,7 @@ def cached_scores(
     targets: dict[str, nn.Module],
     train: Split,
     gen: torch.Generator,
+    task: Any = None,
 ) -> tuple[Batches, dict[str, Tensor]]:
     """(calibration batches, scores) of the dense ``model`` for ``cell``, memoised in ``memo``.
 
@@ -63,8 +64,13 @@ def cached_scores(
         calib, scores, state = memo[key]
         gen.set_state(state.clone())
         return calib, scores
-    calib = list(islice(train.batches(128, shuffle=True, generator=gen), cell.calibration_batches))
-    scores = compute_scores(model, targets, cell.method, gen, calib)
+    if task is None or task.kind == "classification":  # the same batches as ever
+        batches = train.batches(128, shuffle=True, generator=gen)
+        task = None
+    else:
+        batches = task.batches(train, 128, gen)
+    calib = list(islice(batches, cell.calibration_batches))
+    scores = compute_scores(model, targets, cell.method, gen, calib, task=task)
     if memo is not None:
         scores = RankedScores(scores)  # sort orders computed once, shared by every level
         memo[key] = (calib, scores, gen.get_state().clone())

@@ -11,12 +11,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from prunelab.errors import PrunelabError
 from prunelab.measure import inference
+from prunelab.sources import resolve
 from prunelab.sweep.cell import Cell, CellResult, Progress, expand_cells
 from prunelab.sweep.contexts import ContextCache
 from prunelab.sweep.executors import Executor, SequentialExecutor
@@ -37,9 +39,9 @@ class SweepOutcome:
     ran: int
 
 
-def environment() -> dict[str, str]:
+def environment() -> dict[str, Any]:
     """Library versions and threads, recorded with every run."""
-    env = {
+    env: dict[str, Any] = {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "torch_threads": str(torch.get_num_threads()),
@@ -68,13 +70,25 @@ def environment() -> dict[str, str]:
 def _claim_run_dir(store: Store, spec: SweepSpec) -> None:
     """Record the spec in a new run dir, or check it matches when resuming (never overwrite)."""
     spec_json = json.loads(json.dumps(spec.to_dict()))
+    prints = resolve.fingerprint(
+        spec.model, spec.weights, spec.data.loader, tuple(c.path for c in spec.task.custom)
+    )
     previous = store.get_meta("spec")
     if previous is None:
         store.set_meta("spec", spec_json)
-    elif previous != spec_json:
+        store.set_meta("source", prints)
+        return
+    if previous != spec_json:
         raise PrunelabError(
             f"run directory {store.run_dir} holds a different sweep; use another --out "
             "directory (results are never overwritten)"
+        )
+    stored = store.get_meta("source") or {}
+    changed = sorted(k for k in set(prints) | set(stored) if prints.get(k) != stored.get(k))
+    if changed:
+        raise PrunelabError(
+            f"cannot resume {store.run_dir}: {', '.join(changed)} changed since the sweep "
+            "started (results would mix old and new); use another --out directory"
         )
 
 
@@ -103,9 +117,20 @@ def run_sweep(
         if store.get_meta("dense_metrics") is None:
             ctx = contexts.get(cells[0])
             store.set_meta("env", environment())
-            store.set_meta("data_hash", ctx.data.fingerprint())
+            _record_engine_failures(store, ctx.dense_model(cells[0]))
+            store.set_meta("data_hash", ctx.data_hash)
             store.set_meta("dense_metrics", ctx.dense_metrics)
-            store.put_artifact(RUN_ID, "test_labels", ctx.data.test.y.numpy().astype(np.int16))
+            store.set_meta("task", ctx.task.describe())
+            if hasattr(ctx.data.test, "y"):
+                labels = ctx.data.test.y.numpy().astype(np.int16)
+                store.put_artifact(RUN_ID, "test_labels", labels)
+        elif pending:
+            ctx = contexts.get(pending[0])
+            if ctx.data_hash != store.get_meta("data_hash"):
+                raise PrunelabError(
+                    f"cannot resume {store.run_dir}: the data changed since the sweep started "
+                    "(results would mix old and new); use another --out directory"
+                )
         jobs: list = []
         if spec.sensitivity_scan and store.get_meta(SCAN_KEY) is None:
             jobs = scan_jobs(cells[0], contexts.get(cells[0]))  # first: the longest items
@@ -128,7 +153,19 @@ def run_sweep(
                 store.set_meta(key, value)
             if on_cell is not None:
                 on_cell(cell, result)
+        if pending and isinstance(executor, SequentialExecutor):  # pruned models, this process
+            ctx = executor.contexts.get(pending[0])
+            _record_engine_failures(store, ctx.dense_model(pending[0]))
     return SweepOutcome(run_dir, len(cells), len(cells) - len(pending), len(pending))
+
+
+def _record_engine_failures(store: Store, model: torch.nn.Module) -> None:
+    """Add to the run's ``env`` why ``model``'s class is evaluated eagerly, if it is (the
+    failure is also logged as a warning, once per class and process)."""
+    failed = inference.compile_failures(model)
+    env = store.get_meta("env") or {}
+    if failed and env.get("engine_failures") != failed:
+        store.set_meta("env", {**env, "engine_failures": failed})
 
 
 def _plain(obj: object) -> object:

@@ -11,13 +11,19 @@ from typing import Any
 
 from prunelab.errors import PrunelabError
 from prunelab.measure.metrics import METRICS
+from prunelab.measure.metrics.latency import LATENCY_METRICS
 from prunelab.prune.criteria import CRITERIA
 from prunelab.prune.structure import parse_structure
 from prunelab.recover.finetune import TrainConfig
 from prunelab.recover.schedules import parse_schedule
 from prunelab.sources.data import DATASETS
+from prunelab.sources.memory import MEMORY_PREFIX
 from prunelab.sources.models import MODELS
+from prunelab.sources.readers import READERS
+from prunelab.sources.resolve import is_model_file
+from prunelab.sources.user import is_import_path, load_object
 from prunelab.sweep.model_aware import check_allocation
+from prunelab.tasks import TASKS
 
 
 def parse_levels(text: str) -> tuple[float, ...]:
@@ -57,13 +63,20 @@ def check_levels(levels: tuple[float, ...]) -> tuple[float, ...]:
 
 @dataclass(frozen=True)
 class DataSpec:
-    """Which dataset, where from, and how much of it."""
+    """Which dataset, where from, and how much of it.
+
+    ``loader`` is the user's own data by import path (``"my_data.py:load"``); then ``name`` is
+    only a label. ``reader`` + ``path`` read a common layout (see :mod:`prunelab.sources`).
+    """
 
     name: str = "fashion-mnist"
     data_dir: str | None = None
     train_limit: int | None = None
     test_limit: int | None = None
     seed: int = 0
+    loader: str | None = None
+    reader: str | None = None  # a built-in reader of a common layout: folder, idx, npz, csv
+    path: str | None = None  # what the reader reads
 
     def loader_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {"seed": self.seed}
@@ -75,11 +88,32 @@ class DataSpec:
 
 
 @dataclass(frozen=True)
+class CustomMetricSpec:
+    """A user's metric by import path: ``fn(logits, labels) -> float``."""
+
+    name: str
+    path: str
+    higher_is_better: bool = True
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What the model is for: the task kind, its primary metric and any custom metrics."""
+
+    kind: str = "classification"
+    primary: str = "accuracy"
+    custom: tuple[CustomMetricSpec, ...] = ()
+
+
+@dataclass(frozen=True)
 class SweepSpec:
     """A whole sweep: model × methods × allocations × structures × schedules × levels × seeds."""
 
     model: str = "lenet300"
     data: DataSpec = field(default_factory=DataSpec)
+    weights: str | None = None  # the user's pretrained weights: the dense model, never retrained
+    train_dense: bool | None = None  # None: train (cached) built-in models only
+    task: TaskSpec = field(default_factory=TaskSpec)
     methods: tuple[str, ...] = ("magnitude", "random")
     allocations: tuple[str, ...] = ("global", "uniform")
     structures: tuple[str, ...] = ("unstructured",)
@@ -95,12 +129,15 @@ class SweepSpec:
     exclude: tuple[str, ...] = ()
     search_trials: int = 20
     sensitivity_scan: bool = True  # one-layer-at-a-time scan of the dense model, for the report
+    folds: int = 0  # k-fold cross-validation over train+val for the recommendation (0: off)
 
     def __post_init__(self) -> None:
         check_levels(self.levels)
         for name in ("methods", "allocations", "structures", "schedules", "seeds"):
             if not getattr(self, name):
                 raise PrunelabError(f"sweep needs at least one of '{name}'")
+        if self.folds == 1 or self.folds < 0:
+            raise PrunelabError(f"folds must be 0 (off) or >= 2, got {self.folds}")
         if self.calibration_batches < 1:
             raise PrunelabError("calibration_batches must be >= 1")
         self.validate_names()
@@ -108,8 +145,34 @@ class SweepSpec:
     def validate_names(self) -> None:  # noqa: C901
         """Fail fast on unknown plug-in names, before any cell runs."""
 
-        MODELS.get(self.model)
-        DATASETS.get(self.data.name)
+        if is_import_path(self.model):
+            load_object(self.model)  # fails now, in one line, when the path is wrong
+            if self.weights is None and not self.train_dense:
+                raise PrunelabError(
+                    f"model '{self.model}' has no weights: give weights = 'file.safetensors' "
+                    "(the pretrained dense model), or train_dense = true to train it from scratch"
+                )
+        elif not self.model.startswith(MEMORY_PREFIX) and not is_model_file(self.model):
+            MODELS.get(self.model)
+        if self.weights is not None:
+            if self.train_dense:
+                raise PrunelabError("weights are the dense model: drop train_dense with weights")
+            if not Path(self.weights).is_file():
+                raise PrunelabError(f"weights file {self.weights} not found")
+        if is_model_file(self.model) and not Path(self.model).is_file():
+            raise PrunelabError(f"model file {self.model} not found")
+        if self.data.reader is not None:
+            READERS.get(self.data.reader)
+            if self.data.path is None or not Path(self.data.path).exists():
+                raise PrunelabError(f"data path {self.data.path} not found")
+        elif self.data.loader is not None:
+            if not self.data.loader.startswith(MEMORY_PREFIX):
+                load_object(self.data.loader)
+        else:
+            DATASETS.get(self.data.name)
+        TASKS.get(self.task.kind)
+        for c in self.task.custom:
+            load_object(c.path)
         for m in self.methods:
             CRITERIA.get(m)
         for a in self.allocations:
@@ -137,8 +200,18 @@ _LIST_FIELDS = {
 
 
 def spec_from_dict(raw: dict[str, Any]) -> SweepSpec:
-    """Build a spec from plain data (a parsed TOML file), rejecting unknown keys."""
+    """Build a spec from plain data (a parsed TOML file), rejecting unknown keys.
+
+    ``latency = true`` adds the measured-latency metrics (batch 1, batch 256, threads).
+    """
     raw = dict(raw)
+    latency = raw.pop("latency", False)  # opt-in measured latency: three more metrics
+    if not isinstance(latency, bool):
+        raise PrunelabError(f"latency must be true or false, got {latency!r}")
+    if latency:
+        metrics = raw.get("metrics", ())
+        metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics)
+        raw["metrics"] = tuple(dict.fromkeys(metrics + LATENCY_METRICS))
     known = {f.name for f in dataclasses.fields(SweepSpec)}
     unknown = set(raw) - known
     if unknown:
@@ -148,6 +221,10 @@ def spec_from_dict(raw: dict[str, Any]) -> SweepSpec:
         for key, value in raw.items():
             if key == "data":
                 kw[key] = DataSpec(**value)
+            elif key == "task":
+                value = dict(value)
+                custom = tuple(CustomMetricSpec(**c) for c in value.pop("custom", ()))
+                kw[key] = TaskSpec(**value, custom=custom)
             elif key in ("dense", "finetune"):
                 kw[key] = TrainConfig(**value)
             elif key == "levels":
@@ -166,11 +243,48 @@ def spec_from_dict(raw: dict[str, Any]) -> SweepSpec:
 
 
 def load_spec(path: Path) -> dict[str, Any]:
-    """Parse a TOML sweep file (safe parser, no code execution) into plain data."""
+    """Parse a TOML sweep file (safe parser, no code execution) into plain data.
+
+    File paths in it (``model = "my_models.py:build"``, ``weights``, ``data``/``loader``, custom
+    metric paths) are relative to the TOML file's folder; they come back absolute. ``data`` may
+    be an import path string (the user's loader) instead of a table.
+    """
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            raw = tomllib.load(f)
     except FileNotFoundError:
         raise PrunelabError(f"config file {path} not found") from None
     except tomllib.TOMLDecodeError as e:
         raise PrunelabError(f"malformed TOML in {path}: {e}") from None
+    return absolute_paths(raw, Path(path).resolve().parent)
+
+
+def _absolute(text: str, base: Path) -> str:
+    """``text`` (a file path or 'file.py:name') with a relative file made absolute under base."""
+    module, sep, attr = text.rpartition(":") if is_import_path(text) else (text, "", "")
+    if module.endswith(".py") or (not sep and Path(module).suffix):
+        p = Path(module).expanduser()
+        module = str(p if p.is_absolute() else (base / p).resolve())
+    return f"{module}{sep}{attr}"
+
+
+def absolute_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Make the user's file paths in a raw spec absolute (relative to ``base``)."""
+    raw = dict(raw)
+    if isinstance(raw.get("data"), str):
+        raw["data"] = {"name": "user", "loader": raw["data"]}
+    if isinstance(raw.get("model"), str) and (is_import_path(raw["model"]) or "." in raw["model"]):
+        raw["model"] = _absolute(raw["model"], base)
+    if isinstance(raw.get("weights"), str):
+        raw["weights"] = _absolute(raw["weights"], base)
+    data = dict(raw.get("data", {}))
+    for key in ("loader", "data_dir", "path"):
+        if isinstance(data.get(key), str):
+            data[key] = _absolute(data[key], base) if key == "loader" else str(base / data[key])
+    if data:
+        raw["data"] = data
+    task = dict(raw.get("task", {}))
+    if task.get("custom"):
+        task["custom"] = [{**c, "path": _absolute(c["path"], base)} for c in task["custom"]]
+        raw["task"] = task
+    return raw

@@ -131,6 +131,14 @@ class Store:
         dtype, shape, data = got[0]
         return np.frombuffer(data, dtype=np.dtype(dtype)).reshape(json.loads(shape)).copy()
 
+    def artifact_names(self, cell_id: str, prefix: str = "") -> list[str]:
+        """Names of a cell's stored artefacts that start with ``prefix``, sorted."""
+        rows = self._read(
+            "SELECT name FROM artifacts WHERE cell_id = ? AND substr(name, 1, ?) = ? ORDER BY name",
+            (cell_id, len(prefix), prefix),
+        )
+        return [r[0] for r in rows]
+
     # --- plumbing ---------------------------------------------------------------------------
     def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
         try:

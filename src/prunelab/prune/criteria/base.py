@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -44,9 +45,12 @@ def compute_scores(
     targets: dict[str, nn.Module],
     method: str,
     generator: torch.Generator | None = None,
-    calibration: Iterable[tuple[Tensor, Tensor]] | None = None,
+    calibration: Iterable[Any] | None = None,
+    task: Any = None,
 ) -> dict[str, Tensor]:
     """Score every target weight with criterion ``method``; the model is not modified.
+
+    ``calibration`` holds ``(x, y)`` batches, or a ``task``'s batches when one is given.
 
     >>> from prunelab.prune.targets import select_targets
     >>> m = nn.Sequential(nn.Linear(3, 2))
@@ -60,7 +64,7 @@ def compute_scores(
         raise PrunelabError(
             f"method '{method}' needs calibration data ({', '.join(sorted(crit.needs))})"
         )
-    stats = collect(model, targets, calibration or [], crit.needs) if crit.needs else {}
+    stats = collect(model, targets, calibration or [], crit.needs, task=task) if crit.needs else {}
     scores = {}
     for name, module in targets.items():
         ctx = LayerContext(generator=generator, **stats.get(name, {}))

@@ -1,4 +1,12 @@
-"""Gradient-based saliency from calibration batches: first-order Taylor and SNIP."""
+"""Gradient-based saliency from calibration batches: first-order Taylor.
+
+There is no separate ``snip``: SNIP's connection sensitivity (Lee et al. 2019) at the given
+weights is ``|g · w| / Σ|g · w|``. The denominator is one positive constant over the whole
+network, so it changes neither a global ranking nor any per-layer one, and every allocation
+here ranks within layers or globally: the masks would be exactly ``taylor``'s. (SNIP's real
+difference from Taylor pruning is *when* it is applied, at initialisation, which is a choice of
+weights, not of criterion.)
+"""
 
 from __future__ import annotations
 
@@ -13,16 +21,3 @@ def taylor(weight: Tensor, ctx: LayerContext) -> Tensor:
     """|w · g|: first-order Taylor estimate of the loss change when w is set to zero."""
     assert ctx.grad is not None
     return (weight * ctx.grad).abs()
-
-
-@criterion("snip", needs=("grad",))
-def snip(weight: Tensor, ctx: LayerContext) -> Tensor:
-    """|g · w| (Lee et al. 2019): connection sensitivity ∂L/∂c at mask c = 1.
-
-    The paper normalises by Σ|g · w| over *all* connections of the network, one positive
-    constant, so the global ranking is that of |g · w| itself; normalising per layer instead
-    would rescale layers against each other and change which weights a global threshold keeps.
-    Differs from ``taylor`` only in intent (pruning at/near initialisation vs. after training).
-    """
-    assert ctx.grad is not None
-    return (ctx.grad * weight).abs()

@@ -95,6 +95,12 @@ def plan_from_masks(model: nn.Module, example_input: Tensor, masks: Masks) -> Ch
     for name, n in cg.producers.items():
         if rows[name].numel() != n:
             raise PrunelabError(f"mask for '{name}' has {rows[name].numel()} rows, layer has {n}")
+    for name, op in cg.blockers.items():
+        if not bool(rows[name].all()):
+            raise PrunelabError(
+                f"channels of '{name}' cannot be removed: they feed {op}, which structured "
+                f"surgery does not support; exclude '{name}' or use an unstructured/N:M structure"
+            )
     keep_group: dict[Key, bool] = {}
     for group in cg.groups():
         keep_group[cg.find(group[0])] = any(bool(rows[n][i]) for n, i in group)

@@ -71,6 +71,7 @@ class ChannelGraph:
     module_out: dict[str, Labels] = field(default_factory=dict)  # module -> output labels
     parent: dict[Key, Key] = field(default_factory=dict)
     fixed_roots: set[Key] = field(default_factory=set)
+    blockers: dict[str, str] = field(default_factory=dict)  # producer -> unsupported op it feeds
 
     def find(self, k: Key) -> Key:
         root = self.parent.setdefault(k, k)
@@ -136,7 +137,15 @@ class _Tracer:
 
     def opaque(self, node: fx.Node) -> Labels | None:
         """An op we do not understand: nothing flowing in or out of it may change."""
+        what = (
+            f"{type(self.modules[node.target]).__name__} '{node.target}'"
+            if node.op == "call_module"
+            else f"{getattr(node.target, '__name__', node.target)} ('{node.name}')"
+        )
         for a in self.tensor_args(node):
+            labels = self.labels.get(a.name) or []
+            for layer in {k[0] for k in labels if k[0] in self.cg.producers}:
+                self.cg.blockers.setdefault(layer, what)
             self.cg.fix(self.labels.get(a.name))
         shape = _meta_shape(node)
         return self.fresh(shape[1], fixed=True) if shape and len(shape) >= 2 else None

@@ -19,7 +19,9 @@ from torch import nn
 from prunelab.errors import PrunelabError
 from prunelab.prune.surgery.graph import NORMS, PRODUCERS
 from prunelab.prune.surgery.slim import shrink_norm, shrink_producer
+from prunelab.sources import user
 from prunelab.sources.models import build_model, load_weights
+from prunelab.sources.user import is_import_path
 
 META_KEY = "prunelab.architecture"
 FORMAT = 1
@@ -86,7 +88,10 @@ def read_architecture(path: Path | str) -> dict:
 def rebuild(path: Path | str) -> nn.Module:
     """Rebuild a model saved by :func:`save_slim` (base model, resized layers, strict weights)."""
     arch = read_architecture(path)
-    model = build_model(arch["model"], tuple(arch["input_shape"]), arch["num_classes"])
+    if is_import_path(arch["model"]):  # the user's factory ("my_models.py:build")
+        model = user.build_model(arch["model"])
+    else:
+        model = build_model(arch["model"], tuple(arch["input_shape"]), arch["num_classes"])
     modules = dict(model.named_modules())
     for name, spec in arch["layers"].items():
         m = modules.get(name)

@@ -45,7 +45,7 @@ def run_schedule(
     phases, so schedules compare at equal cost (default ``TrainConfig()``: one epoch).
     ``reference_logits`` are the dense model's
     logits on ``data.val`` (used by :class:`Adaptive`; computed when omitted). Criteria that
-    need calibration (taylor, snip, wanda) re-score on ``calibration_batches`` training
+    need calibration (taylor, wanda) re-score on ``calibration_batches`` training
     batches at every mask update. ``on_step(step, total)`` observes every training step of
     every phase (progress bars); the step count restarts with each phase.
 

@@ -89,6 +89,35 @@ def split_train_val(x: Tensor, y: Tensor, val_size: int, seed: int) -> tuple[Spl
     return Split(x[train_idx], y[train_idx]), Split(x[val_idx], y[val_idx])
 
 
+def kfold_bundle(bundle: DataBundle, k: int, fold: int, seed: int) -> DataBundle:
+    """Fold ``fold`` of ``k``: train and val pooled, one seeded fold held out as validation.
+
+    The test split is untouched. Folds partition the pooled rows (sizes differ by at most one).
+
+    >>> from prunelab.sources.data import load_dataset
+    >>> d = load_dataset("digits")
+    >>> folds = [kfold_bundle(d, 3, f, seed=0) for f in range(3)]
+    >>> sum(len(f.val) for f in folds) == len(d.train) + len(d.val)
+    True
+    >>> len(folds[0].test) == len(d.test)
+    True
+    """
+    if not 0 <= fold < k:
+        raise PrunelabError(f"fold must be in [0, {k}), got {fold}")
+    x = torch.cat([bundle.train.x, bundle.val.x])  # (N_train + N_val, ...)
+    y = torch.cat([bundle.train.y, bundle.val.y])
+    order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
+    held = torch.zeros(x.shape[0], dtype=torch.bool)
+    held[order[fold::k]] = True
+    return DataBundle(
+        f"{bundle.name} fold {fold}/{k}",
+        Split(x[~held], y[~held]),
+        Split(x[held], y[held]),
+        bundle.test,
+        bundle.num_classes,
+    )
+
+
 Loader = Callable[..., DataBundle]
 DATASETS: Registry[Loader] = Registry("dataset")
 

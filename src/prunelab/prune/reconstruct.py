@@ -1,0 +1,217 @@
+"""SparseGPT (Frantar & Alistarh 2023): prune one layer *and* reconstruct its remaining weights.
+
+For a layer ``y = W x`` with calibration inputs ``X`` (rows = tokens or conv patches), the
+layer-wise objective is ``‖W X^T - Ŵ X^T‖²``; its Hessian w.r.t. a row of ``W`` is
+``H = 2/n · X^T X``. Columns are visited left to right in blocks of ``blocksize``. Within a
+block the mask is chosen by the OBS saliency ``w² / [H⁻¹]_jj²`` (for unstructured sparsity once
+per block, for N:M once per group of ``m`` columns); each pruned weight's error
+``e = w / [H⁻¹]_jj`` is pushed onto the not-yet-visited columns, ``W[:, j:] -= e ⊗ H⁻¹[j, j:]``,
+using the upper Cholesky factor of ``H⁻¹`` (reference: IST-DASLab/sparsegpt ``sparsegpt.py``).
+Updates inside a block are applied eagerly, to later blocks lazily as one matrix product.
+
+This module is the layer-level algorithm and the input statistics it needs;
+:mod:`prunelab.prune.sequential` drives it over a whole model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from prunelab.errors import PrunelabError
+from prunelab.prune.calibration import _input_sqsum
+from prunelab.prune.structure import NM, Structure, Unstructured
+from prunelab.registry import Registry
+
+
+@dataclass(frozen=True)
+class SparseGPTConfig:
+    """``blocksize`` columns per lazy-update block; dampening ``percdamp`` × mean diag(H);
+    arithmetic in ``dtype`` (float32 as in the reference; float64 for exact comparisons)."""
+
+    blocksize: int = 128
+    percdamp: float = 0.01
+    dtype: torch.dtype = torch.float32
+
+    def __post_init__(self) -> None:
+        if self.blocksize < 1 or not 0 <= self.percdamp:
+            raise PrunelabError(f"invalid SparseGPT config {self}")
+
+
+def layer_input_rows(module: nn.Module, x: Tensor) -> Tensor:
+    """The rows the layer multiplies by its flattened weight: (n, in_features * k...).
+
+    Linear: every token; Conv: every (unfolded) patch, columns ordered like
+    ``weight.flatten(1)`` (in_channel, then kernel positions).
+
+    >>> layer_input_rows(nn.Conv2d(2, 3, 3, padding=1), torch.zeros(4, 2, 5, 5)).shape
+    torch.Size([100, 18])
+    """
+    if isinstance(module, nn.Linear):
+        return x.reshape(-1, x.shape[-1])  # (..., in) -> (tokens, in)
+    if isinstance(module, nn.Conv1d):
+        x = x.unsqueeze(2)  # (B, C, L) -> (B, C, 1, L)
+        kernel, stride = (1, *module.kernel_size), (1, *module.stride)
+        dilation = (1, *module.dilation)
+        pad = (0, *_conv_padding(module))
+    elif isinstance(module, nn.Conv2d):
+        kernel, stride, dilation = module.kernel_size, module.stride, module.dilation
+        pad = _conv_padding(module)
+    else:
+        raise PrunelabError(f"SparseGPT supports Linear, Conv1d and Conv2d, not {type(module)}")
+    if module.groups != 1 or module.padding_mode != "zeros":
+        raise PrunelabError("SparseGPT needs groups=1 convolutions with zero padding")
+    cols = nn.functional.unfold(x, kernel, dilation, pad, stride)  # (B, C*kh*kw, L)
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1])  # (B*L, C*kh*kw)
+
+
+def _conv_padding(module: nn.Module) -> tuple[int, ...]:
+    if module.padding == "valid":
+        return (0,) * len(module.kernel_size)
+    if module.padding == "same":
+        return tuple(d * (k - 1) // 2 for d, k in zip(module.dilation, module.kernel_size))
+    return tuple(module.padding)
+
+
+class InputStats:
+    """Running statistics of one layer's calibration inputs.
+
+    ``full=True`` keeps ``X^T X`` (SparseGPT's Hessian); otherwise only the per-feature sum of
+    squares that Wanda's ``‖X_j‖`` needs (per input channel for convolutions, as in
+    :mod:`prunelab.prune.calibration`).
+    """
+
+    def __init__(self, module: nn.Module, full: bool) -> None:
+        self.module, self.full, self.count = module, full, 0
+        self.xtx: Tensor | None = None
+        self.sqsum: Tensor | None = None
+
+    def add(self, x: Tensor) -> None:
+        x = x.detach().float()
+        if self.full:
+            rows = layer_input_rows(self.module, x)  # (n, cols)
+            self.count += rows.shape[0]
+            xtx = rows.T @ rows  # (cols, cols)
+            self.xtx = xtx if self.xtx is None else self.xtx + xtx
+        sq = _input_sqsum(self.module, x)  # (in,) / (C,)
+        self.sqsum = sq if self.sqsum is None else self.sqsum + sq
+
+    def hessian(self) -> Tensor:
+        """``2/n · X^T X`` (cols, cols), n = rows seen."""
+        if self.xtx is None:
+            raise PrunelabError("no calibration inputs reached this layer")
+        return self.xtx * (2.0 / self.count)
+
+    def input_norm(self) -> Tensor:
+        """‖X_j‖₂ per input feature (channel): what Wanda multiplies |W| by."""
+        if self.sqsum is None:
+            raise PrunelabError("no calibration inputs reached this layer")
+        return self.sqsum.sqrt()
+
+
+def _upper_cholesky_of_inverse(h: Tensor) -> Tensor:
+    """Upper Cholesky factor of H⁻¹ (the reference's ``Hinv``)."""
+    low, info = torch.linalg.cholesky_ex(h)
+    if int(info) != 0:
+        raise PrunelabError("Hessian is not positive definite; raise SparseGPTConfig.percdamp")
+    hinv = torch.cholesky_inverse(low)  # (cols, cols)
+    up, info = torch.linalg.cholesky_ex(hinv, upper=True)
+    if int(info) != 0:
+        raise PrunelabError("H⁻¹ is not positive definite; raise SparseGPTConfig.percdamp")
+    return up
+
+
+def _block_counts(rows: int, cols: int, sparsity: float, blocksize: int) -> list[int]:
+    """Weights to prune per column block; they sum to exactly ``round(sparsity·rows·cols)``.
+
+    >>> _block_counts(2, 5, 0.5, 2)
+    [2, 2, 1]
+    """
+    ends = list(range(blocksize, cols, blocksize)) + [cols]
+    cum = [round(sparsity * rows * e) for e in ends]
+    return [b - a for a, b in zip([0] + cum[:-1], cum)]
+
+
+def _lowest(scores: Tensor, k: int) -> Tensor:
+    """Boolean mask of the ``k`` lowest scores (ties by position)."""
+    flat = torch.zeros(scores.numel(), dtype=torch.bool)
+    flat[torch.argsort(scores.flatten(), stable=True)[:k]] = True
+    return flat.view(scores.shape)
+
+
+def sparsegpt(
+    weight: Tensor,
+    hessian: Tensor,
+    sparsity: float,
+    structure: Structure = Unstructured(),
+    config: SparseGPTConfig = SparseGPTConfig(),
+) -> tuple[Tensor, Tensor]:
+    """Prune ``weight`` (out, in, *k) to ``sparsity`` and update what is kept; returns
+    ``(new_weight, keep_mask)``, both weight-shaped. ``hessian`` is (in·k, in·k).
+
+    >>> w = torch.tensor([[1., -2., 3., 0.5]])
+    >>> new, keep = sparsegpt(w, torch.eye(4), 0.5)
+    >>> keep.tolist(), new.tolist()  # H = I: no correlations, nothing to compensate
+    ([[False, True, True, False]], [[0.0, -2.0, 3.0, 0.0]])
+    """
+    if not 0.0 <= sparsity < 1.0:
+        raise PrunelabError(f"sparsity must be in [0, 1), got {sparsity}")
+    w = weight.detach().reshape(weight.shape[0], -1).to(config.dtype).clone()  # (out, cols)
+    rows, cols = w.shape
+    if hessian.shape != (cols, cols):
+        raise PrunelabError(f"Hessian {tuple(hessian.shape)} does not fit weight ({rows}, {cols})")
+    h = hessian.to(config.dtype).clone()
+    dead = h.diagonal() == 0  # inputs never active: their weights cost nothing to prune
+    h[dead, dead] = 1.0
+    h.diagonal().add_(config.percdamp * h.diagonal().mean())
+    hinv = _upper_cholesky_of_inverse(h)  # (cols, cols)
+    nm = structure if isinstance(structure, NM) else None
+    if nm is not None and (config.blocksize % nm.m or cols % nm.m):
+        raise PrunelabError(f"N:M {nm} needs M to divide the blocksize and the input dim {cols}")
+    if not isinstance(structure, NM | Unstructured):
+        raise PrunelabError(f"SparseGPT supports unstructured and N:M, not '{structure}'")
+    counts = _block_counts(rows, cols, sparsity, config.blocksize)
+    keep = torch.ones(rows, cols, dtype=torch.bool)
+    for b, i1 in enumerate(range(0, cols, config.blocksize)):
+        i2 = min(i1 + config.blocksize, cols)
+        pruned, err = _obs_block(w, hinv, dead, i1, i2, None if nm else counts[b], nm)
+        keep[:, i1:i2] = ~pruned
+        w[:, i2:] -= err @ hinv[i1:i2, i2:]  # lazy update of the later blocks
+    return w.to(weight.dtype).view(weight.shape), keep.view(weight.shape)
+
+
+def _obs_block(
+    w: Tensor, hinv: Tensor, dead: Tensor, i1: int, i2: int, count: int | None, nm: NM | None
+) -> tuple[Tensor, Tensor]:
+    """Prune columns ``i1:i2`` of ``w`` in place; returns (pruned mask, scaled errors)."""
+    w1 = w[:, i1:i2].clone()  # (rows, b)
+    h1 = hinv[i1:i2, i1:i2]  # (b, b)
+    d = h1.diagonal()  # (b,)
+    err = torch.zeros_like(w1)
+    if nm is None:
+        pruned = _lowest(_saliency(w1, d, dead[i1:i2]), count or 0)
+    else:
+        pruned = torch.zeros_like(w1, dtype=torch.bool)
+    for i in range(i2 - i1):
+        if nm is not None and i % nm.m == 0:
+            s = _saliency(w1[:, i : i + nm.m], d[i : i + nm.m], dead[i1 + i : i1 + i + nm.m])
+            low = torch.topk(s, nm.m - nm.n, dim=1, largest=False).indices  # (rows, m-n)
+            pruned[:, i : i + nm.m].scatter_(1, low, True)
+        e = w1[:, i] * pruned[:, i] / d[i]  # (rows,) scaled error of the pruned weights
+        w1[:, i:].addr_(e, h1[i, i:], alpha=-1)  # w1[:, i:] -= e ⊗ h1[i, i:]; kept: e = 0
+        err[:, i] = e
+    w[:, i1:i2] = w1.masked_fill_(pruned, 0.0)  # pruned columns are ~0 now; make them exact
+    return pruned, err
+
+
+def _saliency(w: Tensor, d: Tensor, dead: Tensor) -> Tensor:
+    """OBS saliency ``w² / [H⁻¹]_jj²``; dead inputs score 0 (pruned first)."""
+    return torch.where(dead, 0.0, w.pow(2) / d.pow(2))  # (rows, b)
+
+
+Reconstructor = Callable[[Tensor, Tensor, float, Structure, SparseGPTConfig], tuple[Tensor, Tensor]]
+RECONSTRUCTORS: Registry[Reconstructor] = Registry("reconstruction method")
+RECONSTRUCTORS.add("sparsegpt", sparsegpt)

@@ -1,0 +1,162 @@
+"""Sequential one-shot pruning: layers in order, each calibrated on inputs that have already
+passed through the pruned earlier layers (SparseGPT's and Wanda's reference drivers).
+
+The walk (:mod:`prunelab.prune.walk`) is by blocks when every target lies inside the children
+of one ``nn.ModuleList`` (transformer blocks: ``model.layers``, ``encoder.layer``; memory = the
+calibration set's hidden states plus one block's statistics), otherwise layer by layer (any
+model; one layer's statistics at a time). Masks are attached by
+:func:`prunelab.prune.apply.apply_masks` as each layer is done.
+
+A method is either a reconstruction (``sparsegpt``, :data:`RECONSTRUCTORS`) or any registered
+criterion needing at most ``input_norm`` (``magnitude``, ``wanda``, ...), thresholded per
+output row (Wanda's comparison group) or per layer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from prunelab.errors import PrunelabError
+from prunelab.prune.apply import apply_masks
+from prunelab.prune.calibration import LayerContext
+from prunelab.prune.criteria import CRITERIA
+from prunelab.prune.masks import Masks, select_masks
+from prunelab.prune.reconstruct import RECONSTRUCTORS, InputStats, SparseGPTConfig
+from prunelab.prune.structure import NM, Structure, Unstructured
+from prunelab.prune.walk import find_blocks, walk_blocks, walk_layers
+
+log = logging.getLogger(__name__)
+Progress = Callable[[int, int, str], None]  # (layers done, layers total, layer name)
+
+
+@dataclass(frozen=True)
+class SequentialConfig:
+    """How the walk runs: ``blocks`` = "auto", a ModuleList's name, or None (layer by layer);
+    ``comparison`` = "row" or "layer" for criteria; SparseGPT's own settings."""
+
+    blocks: str | None = "auto"
+    comparison: str = "row"
+    sparsegpt: SparseGPTConfig = SparseGPTConfig()
+
+    def __post_init__(self) -> None:
+        if self.comparison not in ("row", "layer"):
+            raise PrunelabError(f"comparison must be 'row' or 'layer', got '{self.comparison}'")
+
+
+def prune_sequential(
+    model: nn.Module,
+    targets: dict[str, nn.Module],
+    calibration: Sequence[Any] | None,
+    method: str = "sparsegpt",
+    sparsity: float | Mapping[str, float] = 0.5,
+    structure: Structure = Unstructured(),
+    config: SequentialConfig = SequentialConfig(),
+    generator: torch.Generator | None = None,
+    progress: Progress | None = None,
+) -> Masks:
+    """Prune ``targets`` of ``model`` in place, layer after layer; returns the masks.
+
+    ``calibration`` is a sequence of model inputs (a tensor, an ``(x, y)`` pair or a dict of
+    keyword arguments each). ``sparsity`` is one fraction or one per target (an allocation
+    such as :func:`prunelab.prune.allocation.owl.owl_sparsities`).
+
+    >>> m = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    >>> x = [torch.randn(8, 4, generator=torch.Generator().manual_seed(0))]
+    >>> masks = prune_sequential(m, {"0": m[0], "2": m[2]}, x, "sparsegpt", 0.5)
+    >>> [int(k.sum()) for k in masks.values()]
+    [8, 4]
+    """
+    full, stats_needed = _method_needs(method)
+    if stats_needed and not calibration:
+        raise PrunelabError(f"method '{method}' needs calibration inputs")
+    levels = _levels(targets, sparsity, structure)
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    masks: Masks = {}
+
+    def prune_one(name: str, stats: InputStats | None) -> None:
+        t0 = time.perf_counter()
+        masks[name] = _prune_layer(
+            targets[name], stats, method, levels[name], structure, config, generator
+        )
+        apply_masks(model, {name: masks[name]})
+        log.info("%s %s: %.2fs", method, name, time.perf_counter() - t0)
+        if progress is not None:
+            progress(len(masks), len(targets), name)
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            if not stats_needed:
+                for name in targets:
+                    prune_one(name, None)
+                return masks
+            blocks = find_blocks(model, targets) if config.blocks == "auto" else config.blocks
+            if blocks is None:
+                walk_layers(model, targets, calibration, full, prune_one)
+            else:
+                walk_blocks(model, targets, calibration, blocks, full, prune_one)
+    finally:
+        model.train(was_training)
+    return masks
+
+
+def _method_needs(method: str) -> tuple[bool, bool]:
+    """(needs the full Hessian, needs any calibration statistics) for ``method``."""
+    if method in RECONSTRUCTORS:
+        return True, True
+    needs = CRITERIA.get(method).needs
+    if needs - {"input_norm"}:
+        raise PrunelabError(f"method '{method}' needs {sorted(needs)}; not sequential")
+    return False, bool(needs)
+
+
+def _levels(
+    targets: dict[str, nn.Module], sparsity: float | Mapping[str, float], structure: Structure
+) -> dict[str, float]:
+    if isinstance(structure, NM):
+        if isinstance(sparsity, Mapping):
+            raise PrunelabError(f"N:M {structure} fixes every layer's sparsity; got a mapping")
+        return dict.fromkeys(targets, structure.sparsity)
+    if isinstance(sparsity, Mapping):
+        missing = [n for n in targets if n not in sparsity]
+        if missing:
+            raise PrunelabError(f"no sparsity given for layers {missing[:5]}")
+        return {n: float(sparsity[n]) for n in targets}
+    return {n: float(sparsity) for n in targets}
+
+
+def _prune_layer(
+    module: nn.Module,
+    stats: InputStats | None,
+    method: str,
+    sparsity: float,
+    structure: Structure,
+    config: SequentialConfig,
+    generator: torch.Generator,
+) -> Tensor:
+    """One layer's keep mask; a reconstruction also rewrites the layer's kept weights."""
+    weight = module.weight.detach()
+    if method in RECONSTRUCTORS:
+        assert stats is not None
+        rebuild = RECONSTRUCTORS.get(method)
+        new, keep = rebuild(weight, stats.hessian(), sparsity, structure, config.sparsegpt)
+        target = (
+            module.parametrizations.weight.original  # type: ignore[union-attr]
+            if parametrize.is_parametrized(module, "weight")
+            else module.weight
+        )
+        target.copy_(new)
+        return keep
+    ctx = LayerContext(generator, input_norm=stats.input_norm() if stats is not None else None)
+    scores = CRITERIA.get(method).fn(weight, ctx).to(torch.float64)
+    allocation = "row" if config.comparison == "row" else "uniform"
+    return select_masks({"layer": scores}, sparsity, allocation, structure)["layer"]

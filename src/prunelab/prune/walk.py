@@ -1,0 +1,205 @@
+"""Walking a model for sequential calibration: which layer runs when, and on what inputs.
+
+- :func:`walk_layers` (any model): for each target in execution order, run the model forward
+  until that layer has seen its input (a hook stops the pass); one layer's statistics exist at
+  a time.
+- :func:`walk_blocks` (targets inside the children of one ``nn.ModuleList``, e.g. transformer
+  blocks): one dense pass records every block's call arguments, then block ``i`` runs alone on
+  the hidden states produced by the already-pruned blocks ``< i``; its targets are calibrated
+  together, handed to ``prune_one``, and the pruned block's outputs feed block ``i + 1``.
+
+Both call ``prune_one(layer name, InputStats)`` in order; pruning itself lives in
+:mod:`prunelab.prune.sequential`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from torch import Tensor, nn
+
+from prunelab.errors import PrunelabError
+from prunelab.prune.reconstruct import InputStats
+
+PruneOne = Callable[[str, InputStats | None], None]
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass early."""
+
+
+def find_blocks(model: nn.Module, targets: dict[str, nn.Module]) -> str | None:
+    """Name of the ``nn.ModuleList`` whose children hold every target, or None.
+
+    >>> m = nn.Module(); m.layers = nn.ModuleList([nn.Linear(2, 2), nn.Linear(2, 2)])
+    >>> find_blocks(m, {"layers.0": m.layers[0], "layers.1": m.layers[1]})
+    'layers'
+    """
+    for name, module in model.named_modules():
+        if name and isinstance(module, nn.ModuleList) and len(module):
+            if all(_block_index(name, len(module), t) is not None for t in targets):
+                return name
+    return None
+
+
+def _block_index(blocks: str, n: int, layer: str) -> int | None:
+    """Index of the block of ModuleList ``blocks`` (``n`` children) that holds ``layer``."""
+    prefix = blocks + "."
+    if not layer.startswith(prefix):
+        return None
+    idx = layer[len(prefix) :].split(".")[0]
+    return int(idx) if idx.isdigit() and int(idx) < n else None
+
+
+def call_model(model: nn.Module, batch: Any) -> Any:
+    """Run ``model`` on one calibration item: a tensor, ``(x, y)`` or a dict of kwargs."""
+    if isinstance(batch, Mapping):
+        return model(**batch)
+    if isinstance(batch, list | tuple):
+        return model(batch[0])
+    return model(batch)
+
+
+def walk_layers(
+    model: nn.Module,
+    targets: dict[str, nn.Module],
+    calibration: Sequence[Any],
+    full: bool,
+    prune_one: PruneOne,
+) -> None:
+    """Layer mode: one (early-stopped) pass over the calibration set per target."""
+    for name in execution_order(model, targets, calibration[0]):
+        stats = InputStats(targets[name], full)
+
+        def hook(_m: nn.Module, inputs: tuple[Tensor, ...], _o: Any, s: InputStats = stats):
+            s.add(inputs[0])
+            raise _Stop
+
+        handle = targets[name].register_forward_hook(hook)
+        try:
+            for batch in calibration:
+                try:
+                    call_model(model, batch)
+                except _Stop:
+                    pass
+        finally:
+            handle.remove()
+        prune_one(name, stats)
+
+
+def execution_order(model: nn.Module, targets: dict[str, nn.Module], batch: Any) -> list[str]:
+    """Targets in the order a forward pass on ``batch`` first calls them."""
+    seen: list[str] = []
+    handles = [
+        m.register_forward_hook(lambda *_a, n=n: seen.append(n) if n not in seen else None)
+        for n, m in targets.items()
+    ]
+    try:
+        call_model(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [n for n in targets if n not in seen]
+    if missing:
+        raise PrunelabError(f"calibration never reaches layers {missing[:5]}")
+    return seen
+
+
+def walk_blocks(
+    model: nn.Module,
+    targets: dict[str, nn.Module],
+    calibration: Sequence[Any],
+    blocks_name: str,
+    full: bool,
+    prune_one: PruneOne,
+) -> None:
+    """Block mode: calibrate, prune, then re-run each block to feed the next one."""
+    blocks = model.get_submodule(blocks_name)
+    if not isinstance(blocks, nn.ModuleList):
+        raise PrunelabError(f"'{blocks_name}' is not an nn.ModuleList")
+    owner = {t: _block_index(blocks_name, len(blocks), t) for t in targets}
+    if None in owner.values():
+        outside = [t for t, i in owner.items() if i is None]
+        raise PrunelabError(f"layers {outside[:5]} lie outside the blocks '{blocks_name}'")
+    calls = record_block_calls(model, blocks, calibration)  # [block][batch] -> (args, kwargs)
+    hidden = [_hidden(args, kwargs) for args, kwargs in calls[0]]
+    for i, block in enumerate(blocks):
+        inside = [t for t in targets if owner[t] == i]
+        stats = {t: InputStats(targets[t], full) for t in inside}
+        handles = [
+            targets[t].register_forward_hook(lambda _m, inp, _o, s=stats[t]: s.add(inp[0]))
+            for t in inside
+        ]
+        try:
+            for h, (args, kwargs) in zip(hidden, calls[i]):
+                _call_block(block, h, args, kwargs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        for t in inside:
+            prune_one(t, stats.pop(t))  # each statistic is freed once its layer is pruned
+        if i + 1 < len(blocks):
+            hidden = [_call_block(block, h, a, k) for h, (a, k) in zip(hidden, calls[i])]
+
+
+def record_block_calls(
+    model: nn.Module, blocks: nn.ModuleList, calibration: Sequence[Any]
+) -> list[list[tuple[tuple, dict]]]:
+    """Each block's call arguments for each calibration item, from one dense pass.
+
+    Only the first block keeps its hidden states (the others are replaced during the walk);
+    caches are dropped so re-running a block never appends to a KV cache. The pass stops at
+    the last block, so no output head (e.g. an LM's vocabulary projection) is computed.
+    """
+    calls: list[list[tuple[tuple, dict]]] = [[] for _ in blocks]
+
+    def pre_hook(i: int) -> Callable[..., None]:
+        def hook(_m: nn.Module, args: tuple, kwargs: dict) -> None:
+            kwargs = {k: _no_cache(k, v) for k, v in kwargs.items()}
+            if i > 0:  # keep the argument structure, drop the (dense) hidden states
+                args, kwargs = _replace_hidden(args, kwargs, None)
+            calls[i].append((args, kwargs))
+            if i == len(blocks) - 1:
+                raise _Stop
+
+        return hook
+
+    handles = [
+        b.register_forward_pre_hook(pre_hook(i), with_kwargs=True) for i, b in enumerate(blocks)
+    ]
+    try:
+        for batch in calibration:
+            try:
+                call_model(model, batch)
+            except _Stop:
+                pass
+    finally:
+        for h in handles:
+            h.remove()
+    if any(len(c) != len(calibration) for c in calls):
+        raise PrunelabError("every block must run exactly once per calibration item")
+    return calls
+
+
+def _no_cache(key: str, value: Any) -> Any:
+    if key in ("past_key_values", "past_key_value", "cache", "layer_past"):
+        return None
+    return False if key == "use_cache" else value
+
+
+def _hidden(args: tuple, kwargs: dict) -> Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _replace_hidden(args: tuple, kwargs: dict, hidden: Tensor | None) -> tuple[tuple, dict]:
+    if args:
+        return (hidden, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": hidden}
+
+
+def _call_block(block: nn.Module, hidden: Tensor, args: tuple, kwargs: dict) -> Tensor:
+    """Run one block on ``hidden`` with its recorded other arguments; its hidden output."""
+    args, kwargs = _replace_hidden(args, kwargs, hidden)
+    out = block(*args, **kwargs)
+    return out[0] if isinstance(out, tuple | list) else out

@@ -1,0 +1,93 @@
+"""Causal language modelling as a task: a split is a (windows, seq_len) tensor of token ids.
+
+Metrics (:mod:`prunelab.measure.language`): token-weighted ``perplexity`` (primary) and ``nll``
+on the split, and, against the dense model's compact outputs (``predict``), the
+``next_token_agreement`` and ``kl_to_dense`` (dense top-k tokens plus a rest bin). The same
+windows — one tokenisation — are scored for every model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from prunelab.errors import PrunelabError
+from prunelab.measure.language import DenseReference, dense_reference, evaluate_lm
+from prunelab.tasks.base import MetricInfo, Task
+
+LM_METRICS = (
+    MetricInfo("perplexity", False, "exp(mean NLL per predicted token)"),
+    MetricInfo("nll", False, "mean negative log-likelihood per predicted token (nats)"),
+    MetricInfo("next_token_agreement", True, "fraction of positions with the dense argmax"),
+    MetricInfo("kl_to_dense", False, "mean KL(dense || model), dense top-k + rest"),
+)
+FIDELITY = frozenset({"next_token_agreement", "kl_to_dense"})
+
+
+def _logits(model: nn.Module, ids: Tensor) -> Tensor:
+    out = model(input_ids=ids, use_cache=False)
+    return out.logits if hasattr(out, "logits") else out  # (B, T, V)
+
+
+@dataclass(frozen=True)
+class CausalLMTask(Task):
+    """Next-token prediction on fixed token windows; fine-tuning minimises the same NLL.
+
+    >>> t = CausalLMTask()
+    >>> t.primary, t.info("perplexity").higher_is_better, t.info("next_token_agreement").sign
+    ('perplexity', False, 1.0)
+    """
+
+    kind: ClassVar[str] = "causal-lm"
+    primary: str = "perplexity"
+    top_k: int = 64  # dense log-probs kept per position for the KL
+    eval_batch_size: int = 2
+
+    def __post_init__(self) -> None:
+        if self.primary not in {m.name for m in LM_METRICS}:
+            raise PrunelabError(f"primary '{self.primary}' is not a causal-lm metric")
+
+    def metric_infos(self) -> tuple[MetricInfo, ...]:
+        return LM_METRICS
+
+    def batches(
+        self, split: Tensor, batch_size: int, generator: torch.Generator | None
+    ) -> Iterator[Tensor]:
+        order = (
+            torch.randperm(len(split), generator=generator)
+            if generator is not None
+            else torch.arange(len(split))
+        )
+        for i in range(0, len(order), batch_size):
+            yield split[order[i : i + batch_size]]  # (B, seq_len)
+
+    def loss(self, model: nn.Module, batch: Tensor) -> Tensor:
+        logits = _logits(model, batch)[:, :-1]  # (B, T-1, V) predicts tokens 1..T-1
+        return nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]),  # (B*(T-1), V)
+            batch[:, 1:].reshape(-1),  # (B*(T-1),)
+        )
+
+    def inputs(self, batch: Tensor) -> Tensor:
+        return batch
+
+    def predict(self, model: nn.Module, split: Tensor) -> DenseReference:
+        return dense_reference(model, split, self.top_k, self.eval_batch_size)
+
+    def evaluate(
+        self, model: nn.Module, split: Tensor, reference: Any | None, outputs: Any | None = None
+    ) -> dict[str, float]:
+        """All metrics in one forward pass (fidelity ones only with a ``reference``).
+
+        ``outputs`` (this model's :meth:`predict`) cannot give the KL, which needs this model's
+        probabilities at the dense top-k tokens, so the pass is always run.
+        """
+        score = evaluate_lm(model, split, reference, self.eval_batch_size).as_dict()
+        return {m.name: score[m.name] for m in LM_METRICS if m.name in score}
+
+    def example_input(self, split: Tensor) -> Tensor:
+        return split[:1]
