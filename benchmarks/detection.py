@@ -44,6 +44,7 @@ from prunelab.prune.apply import apply_masks, make_permanent
 from prunelab.prune.calibration import LayerContext, collect
 from prunelab.prune.criteria import CRITERIA, compute_scores
 from prunelab.prune.masks import select_masks
+from prunelab.prune.sequential import prune_sequential
 from prunelab.prune.surgery import prune_channels
 from prunelab.prune.targets import select_targets
 from prunelab.recover.finetune import TrainConfig
@@ -101,13 +102,18 @@ def scene_rows(args: argparse.Namespace) -> list[str]:
         models[f"channels {s:.0%} + {args.recover_epochs:g} ep"] = small.eval()
     unstructured_ep = args.unstructured_epochs
     calib = scenes.val.subset(256)
-    for method in ("magnitude", "taylor") if args.unstructured_levels else ():
+    for method in args.methods if args.unstructured_levels else ():
         if method == "taylor":
             scores = taylor_scores(dense, calib, task)
-        else:
+        elif method != "sparsegpt":
             scores = compute_scores(dense, select_targets(dense), method)
         for s in args.unstructured_levels:
-            m = apply_masks(copy.deepcopy(dense), select_masks(scores, s, "global"))
+            if method == "sparsegpt":  # layer by layer, kept weights reconstructed; uniform
+                m = copy.deepcopy(dense)
+                inputs = [b.images for b in task.batches(calib, 64, None)]
+                prune_sequential(m, select_targets(m), inputs, "sparsegpt", s)
+            else:
+                m = apply_masks(copy.deepcopy(dense), select_masks(scores, s, "global"))
             fit(m, task, scenes.train, TrainConfig(unstructured_ep, 5e-4, "adamw", 32, 1e-4),
                 torch.Generator().manual_seed(1))  # fmt: skip
             models[f"unstructured {method} {s:.0%} + {unstructured_ep:g} ep"] = make_permanent(m)
@@ -294,6 +300,7 @@ def main() -> None:
     p.add_argument(
         "--unstructured-levels", type=float, nargs="*", default=list(UNSTRUCTURED_LEVELS)
     )
+    p.add_argument("--methods", nargs="*", default=["magnitude", "taylor", "sparsegpt"])
     p.add_argument("--out", default=None, help="results file name (default: by part)")
     p.add_argument("--repeats", type=int, default=200)
     p.add_argument("--cascade-repeats", type=int, default=1)
