@@ -5,8 +5,8 @@ possibly overlapping; 6,000 train / 500 val / 1,000 test scenes, seed 0). The de
 ``detector-tiny`` (anchor-free, two-scale neck, class and box branches) is trained once and
 cached. Rows: a channel-sparsity ladder (L1 filter norm, uniform, channels physically
 removed by prunelab's surgery) one-shot and after a short recovery with the detector's own
-loss, and unstructured 50/80/90 % x {magnitude, Taylor} (global allocation, masks) after
-recovery. Metrics on the test scenes: COCO mAP@0.5 and mAP@0.5:0.95 (pycocotools),
+loss, and unstructured 50/80/90 % x {magnitude, Taylor (global allocation, masks), SparseGPT
+(layer by layer, uniform)} after recovery. A latency-only part times the slimmed shapes. Metrics on the test scenes: COCO mAP@0.5 and mAP@0.5:0.95 (pycocotools),
 precision/recall at score 0.3, fidelity mAP@0.5 to the dense detector, parameters
 (non-zero for masks), and batch-1 forward latency (median, interleaved, threads stated).
 
