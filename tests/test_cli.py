@@ -157,7 +157,9 @@ def test_list_shows_every_registry():
     assert result.exit_code == 0
     lines = dict(line.split(": ", 1) for line in result.output.splitlines())
     assert {"methods", "allocations", "metrics", "datasets", "models"} <= set(lines)
-    assert lines["methods"] == "magnitude, random, taylor, wanda"  # no snip: it ranks as taylor
+    assert (
+        lines["methods"] == "magnitude, random, sparsegpt, taylor, wanda"
+    )  # no snip: it ranks as taylor
     assert "global" in lines["allocations"].split(", ") and "lamp" in lines["allocations"]
     assert {"fashion-mnist", "digits"} <= set(lines["datasets"].split(", "))
     assert "latency_b1_ms" in lines["metrics"].split(", ")
@@ -370,3 +372,51 @@ def test_kfold_cross_validation_decides_with_folds_x_seeds(tmp_path, monkeypatch
     assert "3-fold cross-validation x 2 seed(s)" in rec.summary()
     res = invoke("recommend", str(out), "--max-drop", "50")
     assert "3-fold cross-validation" in res.output
+
+
+def test_sparsegpt_in_a_sweep_updates_kept_weights(tmp_path, monkeypatch):
+    """methods = sparsegpt: exact sparsity per level, and the kept weights are *changed*
+    (reconstruction), unlike magnitude's, which keeps them as they were."""
+    from prunelab.sweep.cell import Context, expand_cells, run_cell
+    from prunelab.sweep.spec import spec_from_dict
+
+    monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path / "cache"))
+    spec = spec_from_dict(
+        {
+            "model": "mlp-tiny",
+            "data": {"name": "digits"},
+            "methods": ["sparsegpt", "magnitude"],
+            "allocations": ["uniform"],
+            "levels": [0.5, 0.8],
+            "seeds": [0],
+            "dense": {"epochs": 3},
+            "finetune": {"epochs": 0},
+            "sensitivity_scan": False,
+        }
+    )
+    cells = [c for c in expand_cells(spec) if c.method != "dense"]
+    ctx = Context.build(cells[0])
+    dense = ctx.dense_model(cells[0])
+    for cell in cells:
+        res = run_cell(cell, ctx, keep_model=True)
+        assert res.row["sparsity"] == pytest.approx(cell.level, abs=2e-3)
+        w, w0 = res.model[1].weight.detach(), dense[1].weight.detach()
+        kept = w != 0
+        changed = bool((w[kept] != w0[kept]).any())
+        assert changed == (cell.method == "sparsegpt"), cell.label
+    res = invoke(
+        "sweep",
+        "--out",
+        str(tmp_path / "r"),
+        "--methods",
+        "sparsegpt,random",
+        "--levels",
+        "0.8",
+        "--seeds",
+        "0",
+        "--no-report",
+        *TINY,
+    )
+    assert res.exit_code == 0, res.output
+    acc = load_results(tmp_path / "r").groupby("method").accuracy.min()
+    assert acc["sparsegpt"] > acc["random"] + 0.2

@@ -11,6 +11,7 @@ from rich.table import Table
 from prunelab.measure.metrics import METRICS
 from prunelab.prune.allocation import ALLOCATIONS
 from prunelab.prune.criteria import CRITERIA
+from prunelab.prune.reconstruct import RECONSTRUCTORS
 from prunelab.recover.schedules import SCHEDULES
 from prunelab.report import curve_labels
 from prunelab.sources.data import DATASETS
@@ -23,7 +24,7 @@ from prunelab.sweep.store import Store, load_results
 def registries() -> dict[str, list[str]]:
 
     return {
-        "methods": CRITERIA.names(),
+        "methods": sorted([*CRITERIA.names(), *RECONSTRUCTORS.names()]),
         "allocations": ALLOCATIONS.names(),
         "structures": ["unstructured", "N:M (e.g. 2:4)", "channels"],
         "schedules": SCHEDULES.names(),

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -24,8 +25,12 @@ from prunelab.errors import PrunelabError
 from prunelab.measure.metrics import evaluate, predict
 from prunelab.measure.metrics.base import DEFAULT_METRICS
 from prunelab.measure.metrics.robustness import RobustnessSuite, reference_context
+from prunelab.prune.allocation import ALLOCATIONS
 from prunelab.prune.apply import apply_masks, get_masks, layer_sparsity
+from prunelab.prune.criteria import compute_scores
 from prunelab.prune.masks import level_reached, select_masks
+from prunelab.prune.reconstruct import RECONSTRUCTORS
+from prunelab.prune.sequential import prune_sequential
 from prunelab.prune.structure import NM, Channels, parse_structure
 from prunelab.prune.surgery.channel_plan import plan_from_masks
 from prunelab.prune.targets import select_targets
@@ -289,6 +294,8 @@ def run_cell(
     records: dict[str, Any] = {}
     on_step = (lambda s, t: progress("fine-tune", s, t)) if progress else None
     if cell.method != "dense" and cell.schedule != "oneshot":
+        if cell.method in RECONSTRUCTORS:
+            raise PrunelabError(f"method '{cell.method}' runs one-shot only (schedule oneshot)")
         if not classify:
             raise PrunelabError(
                 f"schedule '{cell.schedule}' supports classification tasks only; use oneshot "
@@ -374,8 +381,31 @@ def _allocation(cell: Cell, ctx: Context, model: nn.Module, gen: torch.Generator
     return structure, scores, allocation, records
 
 
+def _reconstruct(cell: Cell, ctx: Context, model: nn.Module, gen: torch.Generator) -> None:
+    """SparseGPT-style: prune layer after layer, updating the kept weights (no score cache).
+
+    Per-layer fractions come from the cell's allocation over the dense model's magnitudes
+    (``uniform``: the level everywhere); calibration inputs pass through the pruned layers.
+    """
+    structure = parse_structure(cell.structure)
+    if isinstance(structure, Channels):
+        raise PrunelabError(f"method '{cell.method}' prunes weights, not channels")
+    targets = select_targets(model, cell.include or None, cell.exclude or None, cell.prune_last)
+    batches = ctx.task.batches(ctx.data.train, 128, gen)
+    calib = [ctx.task.inputs(b) for b in islice(batches, cell.calibration_batches)]
+    sparsity: float | dict[str, float] = cell.level
+    if cell.allocation not in ("uniform", "row") and not isinstance(structure, NM):
+        scores = compute_scores(model, targets, "magnitude", gen)
+        counts = ALLOCATIONS.get(cell.allocation)(scores, cell.level)
+        sparsity = {n: counts[n] / scores[n].numel() for n in targets}
+    prune_sequential(model, targets, calib, cell.method, sparsity, structure, generator=gen)
+
+
 def _prune(cell: Cell, ctx: Context, model: nn.Module, gen: torch.Generator) -> dict[str, Any]:
     """One-shot: score, allocate and mask ``model`` in place; returns run-level records."""
+    if cell.method in RECONSTRUCTORS:
+        _reconstruct(cell, ctx, model, gen)
+        return {}
     structure, scores, allocation, records = _allocation(cell, ctx, model, gen)
     masks = select_masks(scores, cell.level, allocation, structure)
     if isinstance(structure, Channels):  # the channels must be physically removable: say now

@@ -13,6 +13,7 @@ from prunelab.errors import PrunelabError
 from prunelab.measure.metrics import METRICS
 from prunelab.measure.metrics.latency import LATENCY_METRICS
 from prunelab.prune.criteria import CRITERIA
+from prunelab.prune.reconstruct import RECONSTRUCTORS
 from prunelab.prune.structure import parse_structure
 from prunelab.recover.finetune import TrainConfig
 from prunelab.recover.schedules import parse_schedule
@@ -174,7 +175,8 @@ class SweepSpec:
         for c in self.task.custom:
             load_object(c.path)
         for m in self.methods:
-            CRITERIA.get(m)
+            if m not in RECONSTRUCTORS:
+                CRITERIA.get(m)
         for a in self.allocations:
             check_allocation(a)
         for s in self.structures:
