@@ -9,6 +9,7 @@ zeros, which masks alone never give. Speed is only ever claimed from measured la
 
 from __future__ import annotations
 
+import gc
 import statistics
 import tempfile
 import time
@@ -123,6 +124,11 @@ class Latency:
         """Examples per second at the median latency."""
         return self.batch_size / (self.median_ms / 1000)
 
+    @property
+    def spread(self) -> float:
+        """(p90 - p10) / median: how noisy the runs were (0.1 = a 10 % band)."""
+        return (self.p90_ms - self.p10_ms) / self.median_ms
+
 
 def compare_latency(
     models: dict[str, nn.Module],
@@ -133,11 +139,23 @@ def compare_latency(
     threads: int | None = None,
     generator: torch.Generator | None = None,
 ) -> dict[str, dict[int, Latency]]:
-    """Measure several models *interleaved* (one run each per round) so that load from other
-    processes hits all of them alike; medians of ``repeats`` runs after ``warmup`` runs.
+    """Time several models *together* so that nothing but the models differs between them.
+
+    Per batch size, every model runs on the same input tensor, one call each per round, and
+    the order rotates every round (for two models: A B, B A, A B, ...), so neither load from
+    other processes, nor cache and allocator state left by the previous call, nor a slow
+    first call favours one model. ``warmup`` such rounds come first and are discarded (lazy
+    kernel and allocator set-up); the garbage collector runs before and is paused during the
+    timed rounds. Each result is the median of ``repeats`` runs with its p10-p90 spread.
+    Two identical models read equal (``tests/test_efficiency.py`` checks it).
 
     ``threads`` sets ``torch.set_num_threads`` for the measurement only (restored after);
     the count used is recorded in every result.
+
+    >>> m = nn.Linear(4, 2)
+    >>> r = compare_latency({"a": m, "b": m}, torch.zeros(1, 4), (1,), warmup=1, repeats=3)
+    >>> r["a"][1].repeats, r["b"][1].batch_size
+    (3, 1)
     """
     if repeats < 1 or warmup < 0 or not batch_sizes or min(batch_sizes) < 1:
         raise PrunelabError("latency needs repeats >= 1, warmup >= 0 and batch sizes >= 1")
@@ -165,14 +183,27 @@ def compare_latency(
 
 
 @torch.inference_mode()
-def _interleaved(models: dict[str, nn.Module], x: Tensor, warmup: int, repeats: int):
-    times: dict[str, list[float]] = {n: [] for n in models}
-    for r in range(warmup + repeats):
-        for n, m in models.items():
-            t0 = time.perf_counter()
-            m(x)
-            if r >= warmup:
-                times[n].append((time.perf_counter() - t0) * 1000)
+def _interleaved(
+    models: dict[str, nn.Module], x: Tensor, warmup: int, repeats: int
+) -> dict[str, list[float]]:
+    """Rounds of one call per model, the order rotated each round; times in ms."""
+    names = list(models)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()  # a collection would land on whichever model happens to be running
+    try:
+        for r in range(warmup + repeats):
+            shift = r % len(names)
+            for n in names[shift:] + names[:shift]:
+                t0 = time.perf_counter()
+                models[n](x)
+                elapsed = (time.perf_counter() - t0) * 1000
+                if r >= warmup:
+                    times[n].append(elapsed)
+    finally:
+        if was_enabled:
+            gc.enable()
     return times
 
 
