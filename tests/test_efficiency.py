@@ -16,6 +16,7 @@ from prunelab.measure.metrics.efficiency import (
     count_params,
     disk_size,
     measure_efficiency,
+    paired_ratio,
     speedups,
 )
 from prunelab.prune.surgery import ChannelPlan, slim
@@ -110,6 +111,7 @@ def test_two_copies_of_one_model_read_equal() -> None:
     for bs in (1, 2):
         a, b = lat["a"][bs].median_ms, lat["b"][bs].median_ms
         assert max(a, b) / min(a, b) <= 1.10, (bs, a, b)
+        assert 1 / 1.10 <= paired_ratio(lat["a"][bs], lat["b"][bs]) <= 1.10
 
 
 def test_efficiency_metrics_registered() -> None:
