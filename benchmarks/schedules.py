@@ -147,8 +147,9 @@ def verdicts(rows, dense_acc):
         for level in levels:
             b = best_on_val(rows, model, lambda r, lv=level: r["level"] == lv)
             lines.append(
-                f"- {model} @ {level:.0%}: best on validation {b['schedule']} "
-                f"(val {100 * b['val_accuracy']:.2f} %) -> test {100 * b['accuracy']:.2f} % "
+                f"- {model} @ {level:.0%}: best on validation {b['schedule']} (reached "
+                f"{b['sparsity']:.2%}, val {100 * b['val_accuracy']:.2f} %) -> test "
+                f"{100 * b['accuracy']:.2f} % "
                 f"({100 * (b['accuracy'] - ctrl[model]['accuracy']):+.2f} pt vs control)"
             )
     return "\n".join(lines)
