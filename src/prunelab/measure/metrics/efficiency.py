@@ -159,12 +159,12 @@ def compare_latency(
     """Time several models *together* so that nothing but the models differs between them.
 
     Per batch size, every model runs on the same input tensor, one call each per round, and
-    the order rotates every round (for two models: A B, B A, A B, ...), so neither load from
-    other processes, nor cache and allocator state left by the previous call, nor a slow
-    first call favours one model. ``warmup`` such rounds come first and are discarded (lazy
-    kernel and allocator set-up); the garbage collector runs before and is paused during the
-    timed rounds. Each result is the median of ``repeats`` runs with its p10-p90 spread.
-    Two identical models read equal (``tests/test_efficiency.py`` checks it).
+    the order changes every round (:func:`round_order`; for two models: A B, B A, A B, ...),
+    so neither load from other processes, nor cache and allocator state left by the previous
+    call, nor a slow first call favours one model. ``warmup`` such rounds come first and are
+    discarded (lazy kernel and allocator set-up); the garbage collector runs before and is
+    paused during the timed rounds. Each result is the median of ``repeats`` runs with its
+    p10-p90 spread. Two identical models read equal (``tests/test_efficiency.py`` checks it).
 
     ``threads`` sets ``torch.set_num_threads`` for the measurement only (restored after);
     the count used is recorded in every result.
@@ -200,11 +200,26 @@ def compare_latency(
     return out
 
 
+def round_order(names: list[str], r: int) -> list[str]:
+    """Order of round ``r``: rotated by ``r // 2``, reversed on odd rounds.
+
+    Every model takes every position equally often *and* follows every other model equally
+    often, so none always runs right after a model of the same shapes (whose freed buffers and
+    warm caches it would inherit). Two models simply swap every round.
+
+    >>> [round_order(["a", "b", "c"], r) for r in range(4)]
+    [['a', 'b', 'c'], ['c', 'b', 'a'], ['b', 'c', 'a'], ['a', 'c', 'b']]
+    """
+    shift = (r // 2) % len(names)
+    order = names[shift:] + names[:shift]
+    return order[::-1] if r % 2 else order
+
+
 @torch.inference_mode()
 def _interleaved(
     models: dict[str, nn.Module], x: Tensor, warmup: int, repeats: int
 ) -> dict[str, list[float]]:
-    """Rounds of one call per model, the order rotated each round; times in ms."""
+    """Rounds of one call per model in :func:`round_order`; times in ms."""
     names = list(models)
     times: dict[str, list[float]] = {n: [] for n in names}
     gc.collect()
@@ -212,8 +227,7 @@ def _interleaved(
     gc.disable()  # a collection would land on whichever model happens to be running
     try:
         for r in range(warmup + repeats):
-            shift = r % len(names)
-            for n in names[shift:] + names[:shift]:
+            for n in round_order(names, r):
                 t0 = time.perf_counter()
                 models[n](x)
                 elapsed = (time.perf_counter() - t0) * 1000
