@@ -2,19 +2,24 @@
 
 * sequential — prunelab's local executor: scores and their sort orders once per (method, seed)
   (the ladder score cache), dense outputs once per sweep, and every evaluation through the
-  compiled inference copy of :mod:`prunelab.measure.inference` (``--engine eager`` turns that off);
+  compiled inference copy of :mod:`prunelab.measure.inference`;
+* eager — the same with ``--engine eager`` (no compiled inference copy): what the engine buys;
 * ray x1 / ray x2 — the Ray executor on a local Ray with 1 and 2 CPUs (1 torch thread/task);
   with ``--with-scan`` the dense sensitivity scan's per-layer jobs run on the workers too;
-* naive — what a plain script does: per level, ``copy.deepcopy`` the dense model, recompute
-  the importance scores (calibration included), ``torch.nn.utils.prune.global_unstructured``,
-  and evaluate the same things (test/val/train metrics vs. the dense outputs, recomputed).
+* naive — what a competent user writes by hand: importance scores once per method (calibration
+  included), dense outputs once, then per level ``copy.deepcopy`` of the dense model,
+  ``torch.nn.utils.prune.global_unstructured`` with those scores, and each split predicted
+  once (eager PyTorch) for the same measurements (test/val/train metrics vs. the dense outputs,
+  test predictions).
 
-Each variant runs in a fresh Python process (no warm caches, no Ray leftovers). Every variant
-produces the same kind of row per cell (test accuracy/loss/agreement/KL, val
-metrics, train metrics, test predictions). Fine-tuning: 0 epochs (one-shot).
+Each variant runs in a fresh Python process (no warm caches, no Ray leftovers), ``--runs``
+times, the variants taking turns (order rotated every run) so load drifts hit all alike; the
+table gives the median and the range. Every variant produces the same kind of row per cell
+(test accuracy/loss/agreement/KL, val metrics, train metrics, test predictions). Fine-tuning:
+0 epochs (one-shot).
 
     PRUNELAB_CACHE=/work/.cache/prunelab PYTHONPATH=src python benchmarks/scale.py
-    PRUNELAB_CACHE=/work/.cache/prunelab PYTHONPATH=src python benchmarks/scale.py --levels 5
+    PRUNELAB_CACHE=/work/.cache/prunelab PYTHONPATH=src python benchmarks/scale.py --quick
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -112,26 +118,40 @@ def plain_predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 256
     return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
-def naive_ladder(spec: SweepSpec, ctx) -> float:
-    """Deep-copy + torch.nn.utils.prune per level; the same measurements as a cell."""
+def naive_ladder(spec: SweepSpec, ctx) -> tuple[float, dict[str, float]]:
+    """Deep-copy + torch.nn.utils.prune per level; the same measurements as a cell.
+
+    Returns the wall time and where it went (scores, copy + prune, prediction + metrics).
+    """
     start = time.perf_counter()
+    parts = dict.fromkeys(("scores", "copy+prune", "predict+metrics"), 0.0)
     dense = ctx.dense_model(_any_cell(spec))
     data = ctx.data
+    splits = (data.test, data.val, ctx.train_eval)
+    refs = [plain_predict(dense, split.x) for split in splits]  # dense outputs once
     for method in spec.methods:
+        t = time.perf_counter()
+        gen = torch.Generator().manual_seed(0)
+        calib = islice(data.train.batches(128, shuffle=True, generator=gen), 8)
+        scratch = copy.deepcopy(dense)  # taylor's backward leaves gradients behind
+        raw = naive_scores(scratch, method, calib, gen)  # once per method
+        by_name = {n: raw[m] for n, m in scratch.named_modules() if m in raw}
+        parts["scores"] += time.perf_counter() - t
         for level in spec.levels:
-            gen = torch.Generator().manual_seed(0)
+            t = time.perf_counter()
             model = copy.deepcopy(dense)
-            calib = islice(data.train.batches(128, shuffle=True, generator=gen), 8)
-            scores = naive_scores(model, method, calib, gen)
-            params = [(m, "weight") for m in scores]
+            modules = dict(model.named_modules())
+            scores = {modules[n]: v for n, v in by_name.items()}
             tprune.global_unstructured(
-                params,
+                [(m, "weight") for m in scores],
                 pruning_method=tprune.L1Unstructured,
                 amount=level,
                 importance_scores={(m, "weight"): s for m, s in scores.items()},
             )
-            for split in (data.test, data.val, ctx.train_eval):
-                logits, ref = plain_predict(model, split.x), plain_predict(dense, split.x)
+            parts["copy+prune"] += time.perf_counter() - t
+            t = time.perf_counter()
+            for split, ref in zip(splits, refs, strict=True):
+                logits = plain_predict(model, split.x)  # each split predicted once
                 _ = (
                     (logits.argmax(1) == split.y).float().mean(),
                     F.cross_entropy(logits, split.y),
@@ -143,8 +163,10 @@ def naive_ladder(spec: SweepSpec, ctx) -> float:
                         reduction="batchmean",
                     ),
                 )
-            _ = plain_predict(model, data.test.x).argmax(1).to(torch.int16).numpy()
-    return time.perf_counter() - start
+                if split is data.test:
+                    _ = logits.argmax(1).to(torch.int16).numpy()  # stored test predictions
+            parts["predict+metrics"] += time.perf_counter() - t
+    return time.perf_counter() - start, parts
 
 
 def _any_cell(spec: SweepSpec):
@@ -182,7 +204,7 @@ def ray_sweep(spec, contexts, out: Path, workers: int) -> tuple[float, float]:
         ray.shutdown()
 
 
-VARIANTS = ("sequential", "ray1", "ray2", "naive")
+VARIANTS = ("sequential", "eager", "ray1", "ray2", "naive")
 
 
 def run_variant(args, out: Path) -> dict:
@@ -201,7 +223,7 @@ def run_variant(args, out: Path) -> dict:
         "note": "",
     }
     n = len(spec.levels) * len(spec.methods)
-    if args.variant == "sequential":
+    if args.variant in ("sequential", "eager"):
         info["seconds"] = timed_sweep(spec, SequentialExecutor(None, contexts), contexts, out)
         info["note"] = f"scores computed {score_entries(ctx.memo)} times for {n} cells"
     elif args.variant in ("ray1", "ray2"):
@@ -209,15 +231,32 @@ def run_variant(args, out: Path) -> dict:
         info["seconds"], started = ray_sweep(spec, contexts, out, w)
         info["note"] = f"+ {started:.1f} s ray.init (not included)"
     else:
-        info["seconds"] = naive_ladder(spec, ctx)
+        info["seconds"], parts = naive_ladder(spec, ctx)
+        info["note"] = ", ".join(f"{k} {v:.1f} s" for k, v in parts.items())
     return info
 
 
-def main() -> None:
+def child(args, variant: str, out: Path) -> dict:
+    """Run one variant in a fresh process and return its RESULT line."""
+    cmd = [sys.executable, __file__, "--variant", variant, "--out", str(out)]
+    for flag in ("levels", "methods", "threads", "eval_limit"):
+        cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    cmd += ["--engine", "eager" if variant == "eager" else args.engine]
+    cmd += ["--with-scan"] if args.with_scan else []
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    if proc.returncode or not line:
+        sys.exit(f"variant {variant} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    return json.loads(line[-1].removeprefix("RESULT "))
+
+
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("--levels", type=int, default=20)
+    ap.add_argument("--quick", action="store_true", help="5 levels instead of --levels")
+    ap.add_argument("--runs", type=int, default=3, help="fresh-process runs of each variant")
     ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--skip", default="", help="variants to skip: naive,ray1,ray2,sequential")
+    ap.add_argument("--skip", default="", help="variants to skip: " + ",".join(VARIANTS))
     ap.add_argument("--threads", type=int, default=1, help="torch threads in the driver")
     ap.add_argument(
         "--eval-limit",
@@ -229,7 +268,7 @@ def main() -> None:
         "--engine",
         default="auto",
         choices=ENGINES,
-        help="prunelab's evaluation engine (eager: no compiled inference copy)",
+        help="prunelab's evaluation engine for 'sequential' and Ray ('eager' always eager)",
     )
     ap.add_argument(
         "--with-scan",
@@ -239,60 +278,78 @@ def main() -> None:
     ap.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # internal
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)  # internal
     args = ap.parse_args()
+    if args.quick:
+        args.levels = 5
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     set_engine(args.engine)  # the executors hand it to their workers
     if args.variant:  # a child: time one variant, print one JSON line
         print("RESULT " + json.dumps(run_variant(args, args.out)))
         return
-    skip = set(args.skip.split(","))
+    variants = [v for v in VARIANTS if v not in set(args.skip.split(","))]
     tmp = Path(tempfile.mkdtemp(prefix="prunelab-scale-"))
-    results: dict[str, dict] = {}
-    for variant in VARIANTS:
-        if variant in skip:
-            continue
-        # every variant in a fresh process: no warm caches, no Ray leftovers from another
-        cmd = [sys.executable, __file__, "--variant", variant, "--out", str(tmp / variant)]
-        for flag in ("levels", "methods", "threads", "eval_limit", "engine"):
-            cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-        cmd += ["--with-scan"] if args.with_scan else []
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-        if proc.returncode or not line:
-            sys.exit(f"variant {variant} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-        results[variant] = json.loads(line[-1].removeprefix("RESULT "))
-        print(f"{variant}: {results[variant]['seconds']:.1f} s", file=sys.stderr)
-    same = ""
-    if "sequential" in results and "ray2" in results:
-        a = load_results(tmp / "sequential").drop(columns="duration_s")
-        b = load_results(tmp / "ray2").drop(columns="duration_s")
-        a, b = a.set_index("cell_id").sort_index(), b.set_index("cell_id").sort_index()
-        num = a.select_dtypes("number").columns
-        exact_acc = bool((a["accuracy"] == b["accuracy"]).all())
-        diff = float(np.abs(a[num].to_numpy() - b[num].to_numpy()).max())
-        same = f"ray x2 vs sequential rows: accuracy identical={exact_acc}, max |diff| {diff:.1e}"
+    runs: dict[str, list[dict]] = {v: [] for v in variants}
+    for r in range(args.runs):  # variants take turns, order rotated every run
+        for variant in variants[r % len(variants) :] + variants[: r % len(variants)]:
+            out = tmp / f"{variant}-{r}"
+            runs[variant].append(child(args, variant, out))
+            print(f"run {r} {variant}: {runs[variant][-1]['seconds']:.1f} s", file=sys.stderr)
+    same = compare_rows(tmp, args.runs - 1) if {"sequential", "ray2"} <= set(variants) else ""
     shutil.rmtree(tmp, ignore_errors=True)
+    report(args, runs, same)
+
+
+def compare_rows(tmp: Path, r: int) -> str:
+    a = load_results(tmp / f"sequential-{r}").drop(columns="duration_s")
+    b = load_results(tmp / f"ray2-{r}").drop(columns="duration_s")
+    a, b = a.set_index("cell_id").sort_index(), b.set_index("cell_id").sort_index()
+    num = a.select_dtypes("number").columns
+    exact_acc = bool((a["accuracy"] == b["accuracy"]).all())
+    diff = float(np.abs(a[num].to_numpy() - b[num].to_numpy()).max())
+    return f"ray x2 vs sequential rows: accuracy identical={exact_acc}, max |diff| {diff:.1e}"
+
+
+def report(args, runs: dict[str, list[dict]], same: str) -> None:
     n = args.levels * len(args.methods.split(","))
-    any_info = next(iter(results.values()))
+    setup = statistics.median(i["setup"] for v in runs.values() for i in v)
+    rows = next(iter(runs.values()))[0]["rows"]
     print(
         f"## One-shot ladder: cnn on Fashion-MNIST, {args.levels} levels x "
         f"{len(args.methods.split(','))} methods = {n} cells (+1 dense control)\n"
     )
     print(
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-        f"torch {torch.__version__}, {args.threads} threads in the driver, 1 per Ray task; "
-        f"prunelab engine '{args.engine}', naive: eager PyTorch. Each variant runs in a fresh "
-        f"process; shared setup (data, dense model, dense outputs, ~{any_info['setup']:.0f} s) "
-        f"is not included. Evaluation rows: {any_info['rows']}. Dense sensitivity scan (32 "
-        f"evaluations; the naive script has none): {'on' if args.with_scan else 'off'}.\n"
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores shared "
+        f"with other jobs (load average {os.getloadavg()[0]:.1f} at the end); torch "
+        f"{torch.__version__}, {args.threads} threads in the driver, 1 per Ray task; prunelab "
+        f"engine '{args.engine}' ('eager' row: eager), naive: eager PyTorch. Each variant runs "
+        f"{args.runs} times in fresh processes, the variants taking turns; shared setup (data, "
+        f"dense model, dense outputs, ~{setup:.0f} s) is not included. Evaluation rows: {rows}. "
+        f"Dense sensitivity scan: {'on' if args.with_scan else 'off'}.\n"
     )
-    print("| variant | wall s | s / cell | notes |\n|---|---:|---:|---|")
-    names = {"ray1": "ray x1", "ray2": "ray x2"}
-    for k, v in results.items():
-        print(f"| {names.get(k, k)} | {v['seconds']:.1f} | {v['seconds'] / n:.2f} | {v['note']} |")
+    print("| variant | median wall s | min-max s | s / cell | notes (last run) |")
+    print("|---|---:|---:|---:|---|")
+    names = {"ray1": "ray x1", "ray2": "ray x2", "eager": "sequential, --engine eager"}
+    t = {}
+    for k, v in runs.items():
+        secs = [i["seconds"] for i in v]
+        t[k] = statistics.median(secs)
+        print(
+            f"| {names.get(k, k)} | {t[k]:.1f} | {min(secs):.1f}-{max(secs):.1f} | "
+            f"{t[k] / n:.2f} | {v[-1]['note']} |"
+        )
     print()
-    t = {k: v["seconds"] for k, v in results.items()}
     if "naive" in t and "sequential" in t:
         r = t["naive"] / t["sequential"]
         print(f"- naive / sequential: {r:.2f}x (target >= 5x): {'PASS' if r >= 5 else 'MISS'}")
+    if "naive" in t and "eager" in t:
+        print(f"- naive / sequential --engine eager: {t['naive'] / t['eager']:.2f}x")
+    if "eager" in t and "sequential" in t:
+        print(
+            f"- eager / sequential (what the compiled engine buys): {t['eager'] / t['sequential']:.2f}x"
+        )
     if "ray1" in t and "ray2" in t:
         r = t["ray1"] / t["ray2"]
         print(f"- ray x1 / ray x2: {r:.2f}x (target >= 1.7x): {'PASS' if r >= 1.7 else 'MISS'}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -14,6 +16,7 @@ from prunelab.measure.metrics.efficiency import (
     count_params,
     disk_size,
     measure_efficiency,
+    paired_ratio,
     speedups,
 )
 from prunelab.prune.surgery import ChannelPlan, slim
@@ -92,6 +95,23 @@ def test_latency_is_measured_and_speedups_side_by_side() -> None:
     assert all(s.measured > 0 for s in sp)
     with pytest.raises(PrunelabError):
         compare_latency({"dense": dense}, x, repeats=0)
+
+
+def test_two_copies_of_one_model_read_equal() -> None:
+    """The latency function has no bias: identical models get medians <= 10 % apart.
+
+    Interleaved rounds with the order swapped each round make load from other processes, the
+    allocator and warm-up hit both copies alike, so this holds on a busy machine too (checked
+    at load average ~10 on 2 cores). Small batches keep each call shorter than a scheduler
+    time slice, so most runs are not preempted and the median is stable."""
+    dense = build_model("cnn", (1, 16, 16), 10, seed=0)
+    twin = copy.deepcopy(dense)
+    x = torch.zeros(1, 1, 16, 16)
+    lat = compare_latency({"a": dense, "b": twin}, x, (1, 2), warmup=20, repeats=400, threads=1)
+    for bs in (1, 2):
+        a, b = lat["a"][bs].median_ms, lat["b"][bs].median_ms
+        assert max(a, b) / min(a, b) <= 1.10, (bs, a, b)
+        assert 1 / 1.10 <= paired_ratio(lat["a"][bs], lat["b"][bs]) <= 1.10
 
 
 def test_efficiency_metrics_registered() -> None:

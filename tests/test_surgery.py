@@ -19,7 +19,9 @@ from prunelab.prune.surgery import (
     rebuild,
     save_slim,
     slim,
+    trace_channels,
 )
+from prunelab.prune.surgery.importance import group_scores, slice_scores
 from prunelab.prune.targets import select_targets
 
 # Where each producer's channels leave their conv(-BN) pair in resnet-tiny.
@@ -236,3 +238,34 @@ def test_untraceable_model_is_refused() -> None:
 
     with pytest.raises(PrunelabError, match="torch.fx"):
         plan_channels(Branchy(), torch.zeros(1, 3), 0.5)
+
+
+def test_coupled_importance_counts_the_consumers_input_slice() -> None:
+    """Hand-computed: channel 0's filter is small but the next layer leans on it heavily."""
+    model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 2))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, 0.0], [0.0, -1.0], [2.0, 2.0]]))  # L1 1, 1, 4
+        model[2].weight.copy_(torch.tensor([[5.0, 0.0, 0.0], [-5.0, 0.0, 0.0]]))  # cols 10, 0, 0
+    x = torch.zeros(1, 2)
+    cg = trace_channels(model, x, eligible={"0", "2"})
+    scores = {n: model[int(n)].weight.abs() for n in ("0", "2")}
+    assert slice_scores(model, cg, scores) == {("0", 0): 11.0, ("0", 1): 1.0, ("0", 2): 4.0}
+    assert slice_scores(model, cg, scores, p=2)[("0", 0)] == 1 + 25 + 25
+    assert plan_channels(model, x, 2 / 3).kept("0") == (0,)  # 11 > 4 > 1
+    assert plan_channels(model, x, 2 / 3, coupled=False).kept("0") == (2,)  # filter alone: 4
+
+
+def test_coupled_importance_through_batchnorm_and_flatten() -> None:
+    """conv -> BN -> flatten -> linear: channel c owns 4 linear columns and one BN scale."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(8, 1))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([1.0, -3.0]).view(2, 1, 1, 1))  # filters 1, 3
+        model[1].weight.copy_(torch.tensor([2.0, -0.5]))  # |gamma| 2, 0.5
+        model[3].weight.copy_(torch.tensor([[1.0, 1.0, -1.0, 1.0, 0.0, 0.0, 0.0, 0.5]]))
+    x = torch.zeros(1, 1, 2, 2)  # channel c -> features 4c .. 4c+3
+    cg = trace_channels(model.eval(), x, eligible={"0", "3"})
+    scores = {"0": model[0].weight.abs(), "3": model[3].weight.abs()}
+    assert slice_scores(model, cg, scores) == {("0", 0): 1 + 2 + 4, ("0", 1): 3 + 0.5 + 0.5}
+    assert slice_scores(model, cg, scores, norm_scales=False)[("0", 0)] == 1 + 4
+    families = group_scores(cg, slice_scores(model, cg, scores))
+    assert families == {"0": [(7 / 5.5, ("0", 0)), (4 / 5.5, ("0", 1))]}  # / family mean

@@ -9,11 +9,12 @@ zeros, which masks alone never give. Speed is only ever claimed from measured la
 
 from __future__ import annotations
 
+import gc
 import statistics
 import tempfile
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -117,11 +118,33 @@ class Latency:
     p90_ms: float
     repeats: int
     threads: int
+    samples: tuple[float, ...] = field(default=(), repr=False)  # each timed run, round order
 
     @property
     def throughput(self) -> float:
         """Examples per second at the median latency."""
         return self.batch_size / (self.median_ms / 1000)
+
+    @property
+    def spread(self) -> float:
+        """(p90 - p10) / median: how noisy the runs were (0.1 = a 10 % band)."""
+        return (self.p90_ms - self.p10_ms) / self.median_ms
+
+
+def paired_ratio(base: Latency, new: Latency) -> float:
+    """Median over rounds of ``base / new`` from one :func:`compare_latency` call.
+
+    Both ran in the same rounds, moments apart, so load that slows a whole round cancels in
+    the ratio: a steadier speedup estimate than the ratio of medians on a busy machine.
+
+    >>> dense = Latency(1, 2.0, 1.0, 4.0, 3, 1, samples=(2.0, 4.0, 1.0))
+    >>> slim = Latency(1, 1.0, 1.0, 2.0, 3, 1, samples=(1.0, 2.0, 1.0))
+    >>> paired_ratio(dense, slim)
+    2.0
+    """
+    if len(base.samples) != len(new.samples) or not base.samples:
+        raise PrunelabError("paired_ratio needs two results of the same compare_latency call")
+    return statistics.median(b / n for b, n in zip(base.samples, new.samples, strict=True))
 
 
 def compare_latency(
@@ -133,11 +156,23 @@ def compare_latency(
     threads: int | None = None,
     generator: torch.Generator | None = None,
 ) -> dict[str, dict[int, Latency]]:
-    """Measure several models *interleaved* (one run each per round) so that load from other
-    processes hits all of them alike; medians of ``repeats`` runs after ``warmup`` runs.
+    """Time several models *together* so that nothing but the models differs between them.
+
+    Per batch size, every model runs on the same input tensor, one call each per round, and
+    the order changes every round (:func:`round_order`; for two models: A B, B A, A B, ...),
+    so neither load from other processes, nor cache and allocator state left by the previous
+    call, nor a slow first call favours one model. ``warmup`` such rounds come first and are
+    discarded (lazy kernel and allocator set-up); the garbage collector runs before and is
+    paused during the timed rounds. Each result is the median of ``repeats`` runs with its
+    p10-p90 spread. Two identical models read equal (``tests/test_efficiency.py`` checks it).
 
     ``threads`` sets ``torch.set_num_threads`` for the measurement only (restored after);
     the count used is recorded in every result.
+
+    >>> m = nn.Linear(4, 2)
+    >>> r = compare_latency({"a": m, "b": m}, torch.zeros(1, 4), (1,), warmup=1, repeats=3)
+    >>> r["a"][1].repeats, r["b"][1].batch_size
+    (3, 1)
     """
     if repeats < 1 or warmup < 0 or not batch_sizes or min(batch_sizes) < 1:
         raise PrunelabError("latency needs repeats >= 1, warmup >= 0 and batch sizes >= 1")
@@ -156,7 +191,8 @@ def compare_latency(
             times = _interleaved(models, x, warmup, repeats)
             for n, t in times.items():
                 q = statistics.quantiles(t, n=10) if len(t) > 1 else [t[0]] * 9
-                out[n][bs] = Latency(bs, statistics.median(t), q[0], q[-1], repeats, used)
+                med = statistics.median(t)
+                out[n][bs] = Latency(bs, med, q[0], q[-1], repeats, used, tuple(t))
     finally:
         torch.set_num_threads(old_threads)
         for n, m in models.items():
@@ -164,15 +200,42 @@ def compare_latency(
     return out
 
 
+def round_order(names: list[str], r: int) -> list[str]:
+    """Order of round ``r``: rotated by ``r // 2``, reversed on odd rounds.
+
+    Every model takes every position equally often *and* follows every other model equally
+    often, so none always runs right after a model of the same shapes (whose freed buffers and
+    warm caches it would inherit). Two models simply swap every round.
+
+    >>> [round_order(["a", "b", "c"], r) for r in range(4)]
+    [['a', 'b', 'c'], ['c', 'b', 'a'], ['b', 'c', 'a'], ['a', 'c', 'b']]
+    """
+    shift = (r // 2) % len(names)
+    order = names[shift:] + names[:shift]
+    return order[::-1] if r % 2 else order
+
+
 @torch.inference_mode()
-def _interleaved(models: dict[str, nn.Module], x: Tensor, warmup: int, repeats: int):
-    times: dict[str, list[float]] = {n: [] for n in models}
-    for r in range(warmup + repeats):
-        for n, m in models.items():
-            t0 = time.perf_counter()
-            m(x)
-            if r >= warmup:
-                times[n].append((time.perf_counter() - t0) * 1000)
+def _interleaved(
+    models: dict[str, nn.Module], x: Tensor, warmup: int, repeats: int
+) -> dict[str, list[float]]:
+    """Rounds of one call per model in :func:`round_order`; times in ms."""
+    names = list(models)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()  # a collection would land on whichever model happens to be running
+    try:
+        for r in range(warmup + repeats):
+            for n in round_order(names, r):
+                t0 = time.perf_counter()
+                models[n](x)
+                elapsed = (time.perf_counter() - t0) * 1000
+                if r >= warmup:
+                    times[n].append(elapsed)
+    finally:
+        if was_enabled:
+            gc.enable()
     return times
 
 

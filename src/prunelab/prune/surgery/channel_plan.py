@@ -12,6 +12,7 @@ from prunelab.errors import PrunelabError
 from prunelab.prune.criteria import compute_scores
 from prunelab.prune.masks import Masks, channel_masks, check_sparsity
 from prunelab.prune.surgery.graph import ChannelGraph, Key, trace_channels
+from prunelab.prune.surgery.importance import group_scores, slice_scores
 from prunelab.prune.targets import select_targets
 
 
@@ -132,24 +133,34 @@ def plan_channels(
     exclude: Sequence[str] | None = None,
     calibration: Iterable[tuple[Tensor, Tensor]] | None = None,
     generator: torch.Generator | None = None,
+    coupled: bool = True,
 ) -> ChannelPlan:
     """Remove the ``sparsity`` fraction of channels with the lowest group score.
 
-    Each coupled group (channels tied by residual adds) is scored by the sum of its members'
-    row norms of ``method`` scores. ``allocation`` ("uniform": every layer family loses the
-    same fraction; "global": lowest scores overall) is applied to those group scores through
-    :func:`prunelab.prune.masks.channel_masks`. Every layer keeps at least one channel.
+    With ``coupled`` (the default) a channel is scored by every parameter slice that leaves
+    with it: its filter, its BatchNorm scale (magnitude only) and the consumers' input slices,
+    over its whole coupled group (:mod:`prunelab.prune.surgery.importance`, as Torch-Pruning's
+    group importance); otherwise by the p-norm of its filters' ``method`` scores alone (Li et
+    al. 2017), summed over the group. ``allocation`` ("uniform": every layer family loses the
+    same fraction; "global": lowest normalised scores overall) is applied to those group
+    scores through :func:`prunelab.prune.masks.channel_masks`. Every layer keeps at least one
+    channel.
     """
     sparsity = check_sparsity(sparsity)
     targets = select_targets(model, include, exclude, prune_last=True)
-    rows = row_scores(compute_scores(model, targets, method, generator, calibration), p)
+    scores = compute_scores(model, targets, method, generator, calibration)
     cg = trace_channels(model, example_input, eligible=set(targets))
-    families: dict[str, list[tuple[float, Key]]] = {}
-    for group in cg.groups():
-        family = "+".join(sorted({n for n, _ in group}))
-        families.setdefault(family, []).append(
-            (sum(float(rows[n][i]) for n, i in group), cg.find(group[0]))
-        )
+    if coupled:
+        per_key = slice_scores(model, cg, scores, p, norm_scales=method == "magnitude")
+        families = group_scores(cg, per_key, p)
+    else:
+        rows = row_scores(scores, p)
+        families = {}
+        for group in cg.groups():
+            family = "+".join(sorted({n for n, _ in group}))
+            families.setdefault(family, []).append(
+                (sum(float(rows[n][i]) for n, i in group), cg.find(group[0]))
+            )
     fam_scores = {
         f: torch.tensor([s for s, _ in g], dtype=torch.float64) for f, g in families.items()
     }

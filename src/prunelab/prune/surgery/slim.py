@@ -129,6 +129,7 @@ def prune_channels(
     exclude: Sequence[str] | None = None,
     calibration: Iterable[tuple[Tensor, Tensor]] | None = None,
     generator: torch.Generator | None = None,
+    coupled: bool = True,
 ) -> tuple[nn.Module, ChannelPlan]:
     """:func:`plan_channels` then :func:`slim`: the smaller model and the plan it followed.
 
@@ -148,5 +149,6 @@ def prune_channels(
         exclude,
         calibration,
         generator,
+        coupled,
     )
     return slim(model, example_input, plan), plan
