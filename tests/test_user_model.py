@@ -133,11 +133,6 @@ def test_channels_of_a_user_model_are_removed_and_rebuilt(user_dir, tmp_path, mo
     torch.testing.assert_close(again(x), small(x), atol=0, rtol=0)  # reloads exactly
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect: a channels cell masks weights only, so a removed channel still "
-    "passes ReLU(bias) downstream; the slimmed export drops it and computes another function",
-)
 def test_slimmed_export_computes_what_the_sweep_measured(user_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "ch"

@@ -61,10 +61,21 @@ class SweepResult:
         return paths.html
 
     def export(
-        self, out: Path | str, level: float, method: str | None = None, fmt: str = "sparse"
+        self,
+        out: Path | str,
+        level: float,
+        method: str | None = None,
+        fmt: str = "sparse",
+        seed: int | None = None,
     ) -> Exported:
-        """Re-run the cell at ``level`` (and ``method``) and export it (sparse, slim, onnx)."""
-        return export_cell(self.run_dir, Path(out), fmt, level=level, method=method)
+        """Re-run the cell at ``level`` (``method``, ``seed``) and export it (sparse, slim, onnx).
+
+        With several seeds and no ``seed``, the first seed's cell is exported.
+        """
+        if seed is None:
+            seeds = sorted(self.results()["seed"].unique())
+            seed = int(seeds[0]) if len(seeds) > 1 else None
+        return export_cell(self.run_dir, Path(out), fmt, level=level, method=method, seed=seed)
 
 
 def _custom(metrics: Mapping[str, Callable[[Tensor, Tensor], float] | tuple] | None):

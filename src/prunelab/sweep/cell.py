@@ -33,6 +33,7 @@ from prunelab.prune.reconstruct import RECONSTRUCTORS
 from prunelab.prune.sequential import prune_sequential
 from prunelab.prune.structure import NM, Channels, parse_structure
 from prunelab.prune.surgery.channel_plan import plan_from_masks
+from prunelab.prune.surgery.exits import silence_removed_channels
 from prunelab.prune.targets import select_targets
 from prunelab.recover.finetune import TrainConfig, train
 from prunelab.recover.schedules import canonical_schedule, parse_schedule, run_schedule
@@ -311,6 +312,8 @@ def run_cell(
                 row.update({f"oneshot_{k}": v for k, v in pre.items()})
         if cell.finetune.epochs > 0:
             train(model, ctx.data.train, cell.finetune, gen, on_step=on_step, task=task)
+    if cell.method != "dense" and isinstance(parse_structure(cell.structure), Channels):
+        silence_removed_channels(model, task.example_input(ctx.data.test))  # schedules too
     measure = _measure_classification if classify else _measure_task
     artifacts = measure(cell, ctx, model, row)
     row["layer_sparsity"] = json.dumps(layer_sparsity(model))
@@ -408,9 +411,12 @@ def _prune(cell: Cell, ctx: Context, model: nn.Module, gen: torch.Generator) -> 
         return {}
     structure, scores, allocation, records = _allocation(cell, ctx, model, gen)
     masks = select_masks(scores, cell.level, allocation, structure)
+    example = ctx.task.example_input(ctx.data.test)
     if isinstance(structure, Channels):  # the channels must be physically removable: say now
-        plan_from_masks(model, ctx.task.example_input(ctx.data.test), masks)
+        plan_from_masks(model, example, masks)
     apply_masks(model, masks)
+    if isinstance(structure, Channels):  # the masked model computes what its slim copy will
+        silence_removed_channels(model, example)
     return records
 
 
