@@ -44,12 +44,23 @@ def lamp_scores(scores: Tensor) -> Tensor:
 def lamp(scores: dict[str, Tensor], sparsity: float) -> dict[str, int]:
     """Prune the globally lowest LAMP scores (layer-adaptive magnitude, Lee et al. 2021).
 
-    The criterion's scores stand in for ``|W|`` (for magnitude they are ``|W|``).
+    The criterion's scores stand in for ``|W|`` (for magnitude they are ``|W|``). Weights a
+    schedule has already masked score ``-inf``: they come first, and LAMP ranks the rest.
 
     >>> lamp({"a": torch.tensor([1., 2., 3.]), "b": torch.tensor([10., 20.])}, 0.4)
     {'a': 1, 'b': 1}
+    >>> lamp({"a": torch.tensor([-float("inf"), 2., 3.]), "b": torch.tensor([10., 20.])}, 0.2)
+    {'a': 1, 'b': 0}
     """
-    return global_counts({n: lamp_scores(s) for n, s in scores.items()}, sparsity)
+    prio = {}
+    for name, s in scores.items():
+        flat = s.flatten()
+        masked = torch.isneginf(flat)
+        rest = lamp_scores(flat[~masked])  # (n - k,) ascending
+        prio[name] = torch.cat(
+            [torch.full((int(masked.sum()),), -math.inf, dtype=rest.dtype), rest]
+        )
+    return global_counts(prio, sparsity)
 
 
 def erk_raw_density(shape: tuple[int, ...]) -> float:
