@@ -287,6 +287,6 @@ def read_csv(
     if features.isna().any().any() or frame[label].isna().any():
         raise PrunelabError(f"CSV {p} has missing values")
     classes, y = np.unique(frame[label].to_numpy(), return_inverse=True)
-    x = torch.from_numpy(features.to_numpy(dtype=np.float32))  # (N, features)
+    x = torch.from_numpy(features.to_numpy(dtype=np.float32).copy())  # (N, features)
     given = {"train": (x, torch.from_numpy(y.astype(np.int64)))}
     return bundle(p.stem, given, len(classes), seed, val_fraction, test_fraction)

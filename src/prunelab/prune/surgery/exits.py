@@ -39,7 +39,7 @@ def silence_removed_channels(model: nn.Module, example_input: Tensor) -> list[st
     >>> _ = apply_masks(m, {"0": keep})
     >>> silence_removed_channels(m, torch.randn(1, 1, 6, 6))
     ['0.bias', '1.weight', '1.bias']
-    >>> float(m[1](m[0](torch.randn(2, 1, 6, 6)))[:, 1].abs().max())
+    >>> float(m[1](m[0](torch.randn(2, 1, 6, 6)))[:, 1].detach().abs().max())
     0.0
     """
     masks = get_masks(model)
