@@ -255,6 +255,10 @@ def test_python_api_in_memory(user_dir, tmp_path, monkeypatch):
     model = _user_model(user_dir)
     train, val, test = load_object(f"{user_dir}/my_data.py:load")()
     before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def err(logits, labels):
+        return float((logits.argmax(1) != labels).float().mean())
+
     result = prunelab.sweep(
         model,
         train=train,
@@ -263,8 +267,10 @@ def test_python_api_in_memory(user_dir, tmp_path, monkeypatch):
         levels=[0.5, 0.9],
         seeds=[0, 1],
         out=tmp_path / "nb",
+        metrics={"err": (err, False)},
     )
     df = result.results()
+    assert ((df.err - (1 - df.accuracy)).abs() < 1e-6).all()  # an in-memory custom metric
     assert len(df) == 2 + 2 * 2
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # untouched
     rec = result.recommend(max_drop=20.0)
@@ -396,3 +402,22 @@ def test_bad_user_input_is_one_line_and_exit_2(case, user_dir, tmp_path, monkeyp
     assert len(errors) == 1 and "Traceback" not in res.output
     if (out / "results.sqlite").exists():  # whatever was stored is readable, never half-written
         load_results(out)
+
+
+def test_custom_metric_from_a_file_pickles_by_path(tmp_path):
+    """Ray ships contexts by pickle: a metric loaded from a user file travels by its path."""
+    import pickle
+    import sys
+
+    from prunelab.tasks import make_task
+
+    (tmp_path / "m.py").write_text(
+        "def top1(lg, y):\n    return float((lg.argmax(1) == y).float().mean())\n"
+    )
+    task = make_task(primary="top1", custom=(("top1", f"{tmp_path}/m.py:top1", True),))
+    blob = pickle.dumps(task)
+    for name in [n for n in sys.modules if n.startswith("prunelab_user_m_")]:
+        del sys.modules[name]  # as in a fresh worker process
+    again = pickle.loads(blob)
+    lg, y = torch.tensor([[0.0, 1.0], [1.0, 0.0]]), torch.tensor([1, 1])
+    assert again.custom[0](lg, y) == 0.5 and again.primary == "top1"

@@ -173,7 +173,8 @@ class SweepSpec:
             DATASETS.get(self.data.name)
         TASKS.get(self.task.kind)
         for c in self.task.custom:
-            load_object(c.path)
+            if not c.path.startswith(MEMORY_PREFIX):
+                load_object(c.path)
         for m in self.methods:
             if m not in RECONSTRUCTORS:
                 CRITERIA.get(m)

@@ -6,6 +6,7 @@
 """
 
 from prunelab.registry import Registry
+from prunelab.sources import memory
 from prunelab.sources.user import load_object
 from prunelab.tasks.base import MetricInfo, Task
 from prunelab.tasks.classification import ClassificationTask, CustomMetric
@@ -14,6 +15,11 @@ TASKS: Registry[type[Task]] = Registry("task")
 TASKS.add("classification", ClassificationTask)
 
 __all__ = ["TASKS", "ClassificationTask", "CustomMetric", "MetricInfo", "Task", "make_task"]
+
+
+def _load(path: str) -> object:
+    """A custom metric by import path, or one handed to ``prunelab.sweep`` in memory."""
+    return memory.get(path) if path.startswith(memory.MEMORY_PREFIX) else load_object(path)
 
 
 def make_task(
@@ -27,6 +33,9 @@ def make_task(
     False
     """
     cls = TASKS.get(kind)
-    metrics = tuple(CustomMetric(n, load_object(p), hib) for n, p, hib in custom)
+    metrics = tuple(
+        CustomMetric(n, _load(p), hib, None if p.startswith(memory.MEMORY_PREFIX) else p)
+        for n, p, hib in custom
+    )
     kw = {} if primary is None else {"primary": primary}
     return cls(custom=metrics, **kw) if metrics else cls(**kw)

@@ -18,6 +18,7 @@ from prunelab.errors import PrunelabError
 from prunelab.measure.metrics import METRICS, evaluate, predict
 from prunelab.measure.metrics.base import DEFAULT_METRICS
 from prunelab.sources.data.base import Split
+from prunelab.sources.user import load_object
 from prunelab.tasks.base import MetricInfo, Task
 
 
@@ -33,6 +34,14 @@ class CustomMetric:
     name: str
     fn: Callable[[Tensor, Tensor], float]
     higher_is_better: bool = True
+    path: str | None = None  # the import path it came from: pickles by path, not by module
+
+    def __reduce__(self) -> tuple:
+        """Travel to worker processes (Ray) by import path: the user's module, loaded by file,
+        has no importable name there."""
+        if self.path is None:
+            return (CustomMetric, (self.name, self.fn, self.higher_is_better))
+        return (_custom_from_path, (self.name, self.path, self.higher_is_better))
 
     def __call__(self, logits: Tensor, labels: Tensor) -> float:
         value = self.fn(logits, labels)
@@ -42,6 +51,10 @@ class CustomMetric:
             raise PrunelabError(
                 f"custom metric '{self.name}' returned {type(value).__name__}, not a number"
             ) from None
+
+
+def _custom_from_path(name: str, path: str, higher_is_better: bool) -> CustomMetric:
+    return CustomMetric(name, load_object(path), higher_is_better, path)
 
 
 @dataclass(frozen=True)
