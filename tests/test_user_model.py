@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 import prunelab
+import prunelab.sources.user
 from prunelab.cli import app
 from prunelab.prune.surgery import rebuild
 from prunelab.sources.user import load_object
@@ -421,3 +422,28 @@ def test_custom_metric_from_a_file_pickles_by_path(tmp_path):
     again = pickle.loads(blob)
     lg, y = torch.tensor([[0.0, 1.0], [1.0, 0.0]]), torch.tensor([1, 1])
     assert again.custom[0](lg, y) == 0.5 and again.primary == "top1"
+
+
+def test_remote_ray_workers_get_the_users_files(user_dir, tmp_path, monkeypatch):
+    """A remote cluster gets the folder of the user's files as working_dir; on the worker the
+    driver's absolute paths resolve inside it (simulated: the original folder is gone)."""
+    from prunelab.sweep.cell import expand_cells
+    from prunelab.sweep.ray_executor import code_runtime_env
+    from prunelab.sweep.spec import load_spec, spec_from_dict
+
+    cells = expand_cells(spec_from_dict(load_spec(user_dir / "sweep.toml")))
+    env = code_runtime_env(cells)
+    assert env == {
+        "working_dir": str(user_dir),
+        "env_vars": {"PRUNELAB_SOURCE_ROOT": str(user_dir)},
+    }
+    # the worker's side: the driver's folder does not exist, its copy is the working directory
+    shipped = tmp_path / "worker_cwd"
+    shutil.copytree(user_dir, shipped)
+    driver_root = tmp_path / "gone"  # a driver path that does not exist on this "node"
+    monkeypatch.setenv("PRUNELAB_SOURCE_ROOT", str(driver_root))
+    monkeypatch.chdir(shipped)
+    model = load_object(f"{driver_root}/my_models.py:build")()
+    prunelab.sources.user.load_weights(model, driver_root / "model.safetensors")
+    torch.testing.assert_close(model.state_dict(), _user_model(user_dir).state_dict())
+    assert code_runtime_env([c for c in cells if False]) is None

@@ -63,6 +63,7 @@ def is_builtin(model: str) -> bool:
 
 def _model_file(model: str, data: DataBundle) -> nn.Module:
     """A Keras or ONNX file as a plain torch module, checked against its own runtime."""
+    model = str(user.local_file(Path(model)))
     if not Path(model).is_file():
         raise PrunelabError(f"model file {model} not found")
     example = data.test.x[:4]

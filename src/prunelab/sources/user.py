@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -61,7 +62,7 @@ def load_object(path: str) -> Any:
         raise PrunelabError(f"'{path}' is not an import path: use 'file.py:name' or 'pkg.mod:name'")
     module, _, attr = path.rpartition(":")
     if module.endswith(".py"):
-        file = Path(module).expanduser().resolve()
+        file = local_file(Path(module).expanduser().resolve())
         if not file.is_file():
             raise PrunelabError(f"import path '{path}': file {file} not found")
         name = f"prunelab_user_{file.stem}_{file_hash(file)[:12]}"
@@ -86,6 +87,29 @@ def load_object(path: str) -> Any:
     if not hasattr(mod, attr):
         raise PrunelabError(f"import path '{path}': {module} has no '{attr}'")
     return getattr(mod, attr)
+
+
+SOURCE_ROOT_ENV = "PRUNELAB_SOURCE_ROOT"
+
+
+def local_file(path: Path) -> Path:
+    """The user's file on this machine: itself, or its copy in a shipped working directory.
+
+    On a remote Ray worker the driver's folder (``$PRUNELAB_SOURCE_ROOT``) arrives as the
+    worker's working directory (Ray's ``runtime_env``), so ``/driver/root/a/b.py`` is read as
+    ``./a/b.py`` there (see :func:`prunelab.sweep.ray_executor.code_runtime_env`).
+    """
+    if path.exists():
+        return path
+    root = os.environ.get(SOURCE_ROOT_ENV)
+    if root:
+        try:
+            relative = path.relative_to(root)
+        except ValueError:
+            return path
+        if (Path.cwd() / relative).exists():
+            return Path.cwd() / relative
+    return path
 
 
 def file_hash(path: Path | str) -> str:
@@ -122,7 +146,7 @@ def build_model(factory: str | Callable[[], nn.Module]) -> nn.Module:
 
 def read_state(path: Path | str) -> dict[str, Tensor]:
     """A state dict from safetensors, or a ``.pt``/``.pth`` file with ``weights_only=True``."""
-    path = Path(path).expanduser()
+    path = local_file(Path(path).expanduser())
     if not path.is_file():
         raise PrunelabError(f"weights file {path} not found")
     try:

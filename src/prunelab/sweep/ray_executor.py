@@ -18,6 +18,7 @@ way, so the scan spreads over the cluster too.)
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -28,6 +29,8 @@ import torch
 from prunelab.errors import PrunelabError
 from prunelab.measure import inference
 from prunelab.measure.inference import set_engine
+from prunelab.sources.memory import MEMORY_PREFIX
+from prunelab.sources.user import SOURCE_ROOT_ENV, is_import_path
 from prunelab.sweep.cell import Cell, CellResult, Context, Progress
 from prunelab.sweep.contexts import ContextCache
 from prunelab.sweep.scan import ScanJob, run_item
@@ -69,6 +72,37 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
         raise PrunelabError(
             f"cannot reach Ray cluster at {address} ({e.strerror or e}; tried for {timeout:g} s)"
         ) from None
+
+
+def user_files(cells: Sequence[Cell]) -> list[Path]:
+    """The user's files the cells name: model code or model file, weights, data, metrics."""
+    names: set[str] = set()
+    for cell in cells:
+        for text in (
+            cell.model,
+            cell.weights,
+            cell.data.loader,
+            cell.data.path,
+            *(c.path for c in cell.task.custom),
+        ):
+            if not text or text.startswith(MEMORY_PREFIX):
+                continue
+            names.add(text.rpartition(":")[0] if is_import_path(text) else text)
+    return sorted(Path(n) for n in names if Path(n).is_absolute() and Path(n).exists())
+
+
+def code_runtime_env(cells: Sequence[Cell]) -> dict[str, Any] | None:
+    """Ray ``runtime_env`` shipping the folder that holds every user file to remote workers.
+
+    Workers get it as their working directory and ``$PRUNELAB_SOURCE_ROOT`` names the driver's
+    folder, so :func:`prunelab.sources.user.local_file` finds each file there. ``None`` when the
+    cells name no user file (built-in models and data).
+    """
+    files = user_files(cells)
+    if not files:
+        return None
+    root = os.path.commonpath([str(f.parent if f.is_file() else f) for f in files])
+    return {"working_dir": root, "env_vars": {SOURCE_ROOT_ENV: root}}
 
 
 def _ray_task(
@@ -117,8 +151,12 @@ class RayExecutor:
         if address is not None:
             check_reachable(address)
 
-    def _connect(self, ray: Any) -> bool:
-        """Connect (or start a local Ray); True when this call started it."""
+    def _connect(self, ray: Any, cells: Sequence[Cell] = ()) -> bool:
+        """Connect (or start a local Ray); True when this call started it.
+
+        On a remote cluster the user's files (model/data code, weights, custom metrics) travel
+        as the workers' working directory (:func:`code_runtime_env`).
+        """
         if self.address is not None:
             check_reachable(self.address)
         if ray.is_initialized():
@@ -130,6 +168,10 @@ class RayExecutor:
         }
         if self.address is None:
             kwargs["num_cpus"] = max(self.workers, int(self.cpus_per_cell + 0.999))
+        else:
+            env = code_runtime_env(cells)
+            if env is not None:
+                kwargs["runtime_env"] = env
         try:
             ray.init(**kwargs)
         except (ConnectionError, RuntimeError, ValueError) as e:
@@ -144,7 +186,7 @@ class RayExecutor:
         if not cells:
             return
         ray = import_ray()
-        started = self._connect(ray)
+        started = self._connect(ray, cells)
         try:
             yield from self._run(ray, cells)
         finally:
