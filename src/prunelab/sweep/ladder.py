@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from prunelab.prune.allocation import RankedScores
 from prunelab.prune.criteria import compute_scores
 from prunelab.prune.structure import Channels, parse_structure
+from prunelab.prune.surgery.importance import coupled_row_scores
 
 if TYPE_CHECKING:
     from prunelab.sources.data import Split
@@ -71,6 +72,9 @@ def cached_scores(
         batches = task.batches(train, 128, gen)
     calib = list(islice(batches, cell.calibration_batches))
     scores = compute_scores(model, targets, cell.method, gen, calib, task=task)
+    if isinstance(parse_structure(cell.structure), Channels):  # coupled, as Torch-Pruning's
+        example = (task.inputs(calib[0]) if task is not None else calib[0][0])[:1]
+        scores = coupled_row_scores(model, example, scores, norm_scales=cell.method == "magnitude")
     if memo is not None:
         scores = RankedScores(scores)  # sort orders computed once, shared by every level
         memo[key] = (calib, scores, gen.get_state().clone())

@@ -14,9 +14,17 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import torch
 from torch import Tensor, nn
 
-from prunelab.prune.surgery.graph import NORMS, PRODUCERS, ChannelGraph, Key, Labels
+from prunelab.prune.surgery.graph import (
+    NORMS,
+    PRODUCERS,
+    ChannelGraph,
+    Key,
+    Labels,
+    trace_channels,
+)
 
 
 def _slices_in(m: nn.Module, s: Tensor, p: float) -> Tensor:
@@ -79,3 +87,43 @@ def group_scores(
         if mean > 0:
             families[fam] = [(s / mean, root) for s, root in members]
     return families
+
+
+def coupled_row_scores(
+    model: nn.Module,
+    example_input: Tensor,
+    scores: dict[str, Tensor],
+    p: float = 1.0,
+    norm_scales: bool = True,
+) -> dict[str, Tensor]:
+    """Per-weight scores whose row sums are each channel's coupled importance.
+
+    For :func:`prunelab.prune.masks.channel_masks` (which ranks channels by row sums): a row's
+    sum becomes :func:`slice_scores` of its channel (filter, BatchNorm scale, consumers' input
+    slices) divided by the layer's mean (Torch-Pruning's ``normalizer="mean"``, so a global
+    ranking compares channels relative to their layer); channels the tracer cannot remove keep
+    their plain row sums before the normalisation.
+
+    >>> m = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
+    >>> with torch.no_grad():
+    ...     _ = m[0].weight.copy_(torch.tensor([[1., 1.], [2., 2.]]))
+    ...     _ = m[2].weight.copy_(torch.tensor([[9., 0.1]]))
+    >>> s = {n: m[int(n)].weight.abs() for n in ("0", "2")}
+    >>> r = coupled_row_scores(m, torch.randn(1, 2), s)["0"].sum(1)
+    >>> [round(v, 4) for v in r.tolist()]  # 2 + 9 (its consumer weight) vs 4 + 0.1, over the mean
+    [1.457, 0.543]
+    """
+    cg = trace_channels(model, example_input, eligible=set(scores))
+    per_key = slice_scores(model, cg, scores, p, norm_scales)
+    out = {}
+    for name, s in scores.items():
+        plain = s.detach().reshape(s.shape[0], -1).pow(p).sum(1)  # (out,)
+        row = torch.tensor(
+            [per_key.get((name, i), float(plain[i])) for i in range(s.shape[0])],
+            dtype=s.dtype,
+        )  # (out,)
+        if row.mean() > 0:
+            row = row / row.mean()
+        width = s[0].numel()
+        out[name] = (row / width).view((-1,) + (1,) * (s.dim() - 1)).expand_as(s).clone()
+    return out
