@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from tinymodels import tiny_llama
 from torch import nn
 
 from prunelab.measure.language import (
@@ -22,29 +23,13 @@ from prunelab.prune.sequential import prune_sequential
 transformers = pytest.importorskip("transformers")
 
 
-def _llama(vocab: int = 64) -> nn.Module:
-    cfg = transformers.LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        initializer_range=0.2,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return transformers.LlamaForCausalLM(cfg).eval()
-
-
 @pytest.fixture(scope="module")
 def windows() -> torch.Tensor:
     return torch.randint(0, 64, (3, 12), generator=torch.Generator().manual_seed(0))
 
 
 def test_perplexity_is_token_weighted_cross_entropy(windows):
-    model = _llama()
+    model = tiny_llama()
     score = evaluate_lm(model, windows, batch_size=2)  # batches of 2 and 1 windows
     with torch.no_grad():
         logits = model(windows).logits[:, :-1]  # (3, 11, V)
@@ -67,7 +52,7 @@ def test_coarse_kl_is_exact_with_the_whole_vocabulary_and_a_lower_bound_otherwis
 
 
 def test_fidelity_of_a_model_to_itself_and_of_a_pruned_copy(windows):
-    dense = _llama()
+    dense = tiny_llama()
     ref = dense_reference(dense, windows, k=16)
     same = evaluate_lm(dense, windows, ref)
     assert same.agreement == 1.0 and same.kl == pytest.approx(0.0, abs=1e-6)
@@ -95,7 +80,7 @@ def test_windows_and_greedy_generations_with_a_real_tokenizer():
     win = token_windows(tok, text, seq_len=8, n_tokens=20)
     assert win.shape == (2, 8)
     assert win.flatten().tolist() == tok(text, add_special_tokens=False)["input_ids"][:16]
-    model = _llama(vocab=tok.vocab_size)
+    model = tiny_llama(vocab=tok.vocab_size)
     outs = greedy_generations(model, tok, ["the cat", "a dog"], max_new_tokens=5)
     assert outs == greedy_generations(model, tok, ["the cat", "a dog"], max_new_tokens=5)
     assert all(

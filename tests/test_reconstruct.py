@@ -9,6 +9,7 @@ import copy
 
 import pytest
 import torch
+from tinymodels import tiny_llama
 from torch import nn
 
 from prunelab.prune.allocation.owl import owl, owl_sparsities
@@ -37,22 +38,6 @@ def _hessian(x: torch.Tensor) -> torch.Tensor:
 def _mlp(seed: int = 0) -> nn.Sequential:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(12, 32), nn.ReLU(), nn.Linear(32, 8))
-
-
-def _tiny_llama() -> nn.Module:
-    cfg = transformers.LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        initializer_range=0.2,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return transformers.LlamaForCausalLM(cfg).eval()
 
 
 def _tiny_bert() -> nn.Module:
@@ -199,7 +184,7 @@ def test_sequential_wanda_differs_from_one_pass_wanda_and_matches_by_hand():
 
 
 def test_llama_blocks_are_found_and_every_layer_is_pruned_exactly():
-    model = _tiny_llama()
+    model = tiny_llama()
     targets = _decoder_targets(model)
     assert find_blocks(model, targets) == "model.layers"
     assert find_blocks(model, {**targets, "lm_head": model.lm_head}) is None
@@ -214,7 +199,7 @@ def test_llama_blocks_are_found_and_every_layer_is_pruned_exactly():
 
 
 def test_llama_two_four_pattern_per_layer():
-    model = _tiny_llama()
+    model = tiny_llama()
     targets = _decoder_targets(model)
     prune_sequential(model, targets, _ids(), "sparsegpt", 0.5, NM(2, 4))
     for module in targets.values():
@@ -227,7 +212,7 @@ def test_block_walk_equals_layer_walk_when_each_block_holds_one_target():
     # replaced) must reproduce the plain early-stopped full-model passes exactly
     results = []
     for blocks in ("auto", None):
-        model = _tiny_llama()
+        model = tiny_llama()
         targets = {n: m for n, m in _decoder_targets(model).items() if n.endswith("down_proj")}
         prune_sequential(model, targets, _ids(), "sparsegpt", 0.6, config=SequentialConfig(blocks))
         results.append([m.weight.detach().clone() for m in targets.values()])
@@ -236,7 +221,7 @@ def test_block_walk_equals_layer_walk_when_each_block_holds_one_target():
 
 
 def test_sparsity_zero_leaves_the_llama_unchanged():
-    model = _tiny_llama()
+    model = tiny_llama()
     before = copy.deepcopy(model.state_dict())
     prune_sequential(model, _decoder_targets(model), _ids(), "sparsegpt", 0.0)
     after = {
@@ -312,7 +297,7 @@ def test_owl_allocation_meets_the_target_and_prunes_nothing_at_zero():
 
 
 def test_owl_composes_with_sequential_sparsegpt():
-    model = _tiny_llama()
+    model = tiny_llama()
     targets = _decoder_targets(model)
     scores = compute_scores(model, targets, "wanda", calibration=[(i, i) for i in _ids()])
     levels = owl_sparsities(scores, 0.7, lam=0.1, m=3)

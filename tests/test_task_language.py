@@ -9,26 +9,12 @@ import math
 
 import pytest
 import torch
+from tinymodels import tiny_llama
 
 from prunelab.errors import PrunelabError
 from prunelab.tasks.language import CausalLMTask
 
 transformers = pytest.importorskip("transformers")
-
-
-def _llama() -> torch.nn.Module:
-    cfg = transformers.LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return transformers.LlamaForCausalLM(cfg).eval()
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +23,7 @@ def split() -> torch.Tensor:
 
 
 def test_loss_is_the_reported_nll_and_batches_cover_the_split(split):
-    task, model = CausalLMTask(), _llama()
+    task, model = CausalLMTask(), tiny_llama(initializer_range=0.02)
     with torch.no_grad():
         loss = float(task.loss(model, split))
     metrics = task.evaluate(model, split, reference=None)
@@ -51,7 +37,7 @@ def test_loss_is_the_reported_nll_and_batches_cover_the_split(split):
 
 
 def test_fidelity_to_the_dense_reference_and_training_on_the_loss(split):
-    task, dense = CausalLMTask(top_k=8), _llama()
+    task, dense = CausalLMTask(top_k=8), tiny_llama(initializer_range=0.02)
     ref = task.predict(dense, split)
     same = task.evaluate(dense, split, ref)
     assert [m.name for m in task.metric_infos()] == list(same)

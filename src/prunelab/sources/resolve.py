@@ -43,7 +43,7 @@ def load_bundle(
     if loader is None:
         return load_dataset(name, **kwargs)
     if loader.startswith(memory.MEMORY_PREFIX):
-        return memory.get(loader)
+        return memory.get(loader)  # splits handed to prunelab.sweep(), already a DataBundle
     return user.load_data(loader)
 
 

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from prunelab.errors import PrunelabError
+from prunelab.sources import memory
 from prunelab.sources.data.base import DataBundle, Split
 from prunelab.sources.memory import MEMORY_PREFIX
 
@@ -56,8 +57,11 @@ def load_object(path: str) -> Any:
     """The object named by ``"file.py:name"`` or ``"package.module:name"``.
 
     A file is imported under a name derived from its path and content hash, so two files with
-    the same name never collide and a changed file is a new module.
+    the same name never collide and a changed file is a new module. ``"memory:<key>"`` names an
+    object handed to :func:`prunelab.sweep` in this process (:mod:`prunelab.sources.memory`).
     """
+    if path.startswith(MEMORY_PREFIX):
+        return memory.get(path)
     if not is_import_path(path):
         raise PrunelabError(f"'{path}' is not an import path: use 'file.py:name' or 'pkg.mod:name'")
     module, _, attr = path.rpartition(":")

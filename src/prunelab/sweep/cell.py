@@ -312,8 +312,10 @@ def run_cell(
                 row.update({f"oneshot_{k}": v for k, v in pre.items()})
         if cell.finetune.epochs > 0:
             train(model, ctx.data.train, cell.finetune, gen, on_step=on_step, task=task)
-    if cell.method != "dense" and isinstance(parse_structure(cell.structure), Channels):
-        silence_removed_channels(model, task.example_input(ctx.data.test))  # schedules too
+    scheduled = cell.method != "dense" and cell.schedule != "oneshot"
+    if scheduled and isinstance(parse_structure(cell.structure), Channels):
+        # one-shot cells were silenced when pruned (_prune); schedules re-mask along the way
+        silence_removed_channels(model, task.example_input(ctx.data.test))
     measure = _measure_classification if classify else _measure_task
     artifacts = measure(cell, ctx, model, row)
     row["layer_sparsity"] = json.dumps(layer_sparsity(model))

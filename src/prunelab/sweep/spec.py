@@ -167,14 +167,12 @@ class SweepSpec:
             if self.data.path is None or not Path(self.data.path).exists():
                 raise PrunelabError(f"data path {self.data.path} not found")
         elif self.data.loader is not None:
-            if not self.data.loader.startswith(MEMORY_PREFIX):
-                load_object(self.data.loader)
+            load_object(self.data.loader)
         else:
             DATASETS.get(self.data.name)
         TASKS.get(self.task.kind)
         for c in self.task.custom:
-            if not c.path.startswith(MEMORY_PREFIX):
-                load_object(c.path)
+            load_object(c.path)
         for m in self.methods:
             if m not in RECONSTRUCTORS:
                 CRITERIA.get(m)

@@ -17,11 +17,6 @@ TASKS.add("classification", ClassificationTask)
 __all__ = ["TASKS", "ClassificationTask", "CustomMetric", "MetricInfo", "Task", "make_task"]
 
 
-def _load(path: str) -> object:
-    """A custom metric by import path, or one handed to ``prunelab.sweep`` in memory."""
-    return memory.get(path) if path.startswith(memory.MEMORY_PREFIX) else load_object(path)
-
-
 def make_task(
     kind: str = "classification",
     primary: str | None = None,
@@ -34,7 +29,7 @@ def make_task(
     """
     cls = TASKS.get(kind)
     metrics = tuple(
-        CustomMetric(n, _load(p), hib, None if p.startswith(memory.MEMORY_PREFIX) else p)
+        CustomMetric(n, load_object(p), hib, None if p.startswith(memory.MEMORY_PREFIX) else p)
         for n, p, hib in custom
     )
     kw = {} if primary is None else {"primary": primary}

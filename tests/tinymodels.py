@@ -1,0 +1,25 @@
+"""Tiny seeded models shared by several test files (imported, not collected)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def tiny_llama(vocab: int = 64, initializer_range: float = 0.2) -> nn.Module:
+    """A 2-layer Llama from a config (needs transformers), seeded, in eval mode."""
+    import transformers
+
+    cfg = transformers.LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        initializer_range=initializer_range,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return transformers.LlamaForCausalLM(cfg).eval()
