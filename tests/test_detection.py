@@ -21,9 +21,9 @@ from prunelab.prune.masks import select_masks
 from prunelab.prune.surgery import ChannelPlan, prune_channels
 from prunelab.prune.targets import select_targets
 from prunelab.recover.finetune import TrainConfig
+from prunelab.sources.data.scenes import SceneSet, load_scenes, make_scenes, tight_box
 from prunelab.sources.models.detector import TinyDetector, assign, cell_centers, decode
 from prunelab.sources.models.mtcnn import RNet, _whc_to_chw
-from prunelab.sources.scenes import SceneSet, load_scenes, make_scenes, tight_box
 from prunelab.tasks.detection import DetectionTask, fit, truth_of
 
 

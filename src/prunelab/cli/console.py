@@ -14,6 +14,7 @@ from prunelab.prune.criteria import CRITERIA
 from prunelab.prune.reconstruct import RECONSTRUCTORS
 from prunelab.recover.schedules import SCHEDULES
 from prunelab.report import curve_labels
+from prunelab.report.run import run_task
 from prunelab.sources.data import DATASETS
 from prunelab.sources.models import MODELS
 from prunelab.sweep import SweepSpec, expand_cells, make_executor, run_sweep
@@ -69,36 +70,30 @@ def run_sweep_with_progress(
 
 
 def print_summary(run_dir: Path, console: Console) -> None:
-    """Level × method table: accuracy, agreement and achieved sparsity, mean over seeds."""
+    """Level × method table: the task's primary and fidelity metrics and the achieved
+    sparsity, mean over seeds."""
 
     df = load_results(run_dir)
     df["curve"] = curve_labels(df)
     pruned = df[df["method"] != "dense"]
+    task = run_task(run_dir)
+    cols = list(dict.fromkeys([task["primary"], task.get("fidelity", "agreement"), "sparsity"]))
+    cols = [c for c in cols if c in df.columns]
     table = Table(title=f"{run_dir}: test metrics (mean over seeds)")
-    for col in ("level", "method", "accuracy", "agreement", "sparsity"):
+    for col in ("level", "method", *cols):
         table.add_column(col, justify="left" if col == "method" else "right")
     with Store(run_dir, create=False) as store:
         original = store.get_meta("dense_metrics") or {}
-    if "accuracy" in original:
-        table.add_row(
-            "0",
-            "original (as given)",
-            f"{original['accuracy']:.4f}",
-            f"{original.get('agreement', 1.0):.4f}",
-            f"{original.get('sparsity', 0.0):.4f}",
-        )
+    if task["primary"] in original:
+        table.add_row("0", "original (as given)", *(_fmt(original.get(c)) for c in cols))
     dense = df[df["method"] == "dense"]
     if len(dense):
-        table.add_row(
-            "0",
-            "dense control (+fine-tune)",
-            f"{dense['accuracy'].mean():.4f}",
-            f"{dense['agreement'].mean():.4f}",
-            f"{dense['sparsity'].mean():.4f}",
-        )
-    means = pruned.groupby(["level", "curve"])[["accuracy", "agreement", "sparsity"]].mean()
+        table.add_row("0", "dense control (+fine-tune)", *(_fmt(dense[c].mean()) for c in cols))
+    means = pruned.groupby(["level", "curve"])[cols].mean()
     for (level, curve), r in means.iterrows():
-        table.add_row(
-            f"{level:g}", curve, f"{r.accuracy:.4f}", f"{r.agreement:.4f}", f"{r.sparsity:.4f}"
-        )
+        table.add_row(f"{level:g}", curve, *(_fmt(r[c]) for c in cols))
     Console().print(table)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"

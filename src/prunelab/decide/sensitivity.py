@@ -12,7 +12,9 @@ The allocation this table implies lives with the other allocations:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import pandas as pd
 import torch
@@ -23,6 +25,8 @@ from prunelab.measure.metrics import METRICS, evaluate, predict
 from prunelab.prune.apply import folded_copy
 from prunelab.prune.masks import masks_from_counts
 from prunelab.sources.data.base import Split
+from prunelab.tasks.base import Task
+from prunelab.tasks.classification import ClassificationTask
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +40,15 @@ def sensitivity_analysis(
     data: Split,
     levels: Sequence[float] = DEFAULT_LADDER,
     metric: str = "accuracy",
+    task: Task | None = None,
 ) -> pd.DataFrame:
     """Prune each scored layer alone at every level; return the tidy sensitivity table.
 
     ``drop`` is the metric's loss of quality vs the dense model in the metric's units
     (positive = worse, whatever the metric's direction); ``kl`` is KL(dense || pruned) in nats.
-    The model is not modified. Rows at level 0.0 (the dense model) are included.
+    The model is not modified. Rows at level 0.0 (the dense model) are included. With a
+    non-classification ``task`` (detection, language) its own metrics are used (``metric`` is
+    then one of the task's, e.g. its primary) and ``kl`` is NaN.
 
     >>> from prunelab.sources.data import load_dataset
     >>> from prunelab.sources.models import build_model
@@ -50,7 +57,6 @@ def sensitivity_analysis(
     >>> sensitivity_analysis(m, s, d.val, levels=[0.5]).shape
     (2, 7)
     """
-    spec = METRICS.get(metric)
     if not levels or any(not 0.0 < float(lv) <= 1.0 for lv in levels):
         raise PrunelabError(f"sensitivity levels must be in (0, 1], got {list(levels)}")
     work = folded_copy(model)
@@ -58,9 +64,8 @@ def sensitivity_analysis(
     unknown = [n for n in scores if n not in modules]
     if unknown:
         raise PrunelabError(f"scores for unknown layers {unknown}")
-    reference = predict(work, data.x)
-    dense = evaluate(work, data, reference, [metric])[metric]
-    sign = 1.0 if spec.higher_is_better else -1.0
+    measure, sign = _measure(work, data, metric, task)
+    dense = measure()[metric]
     rows = []
     for name, s in scores.items():
         weight = modules[name].weight
@@ -70,7 +75,7 @@ def sensitivity_analysis(
             keep = masks_from_counts({name: s}, {name: round(level * s.numel())})[name]
             with torch.no_grad():
                 weight.mul_(keep.to(weight.dtype))
-            got = evaluate(work, data, reference, [metric, "kl"])
+            got = measure()
             with torch.no_grad():
                 weight.copy_(saved)
             rows.append(
@@ -81,8 +86,25 @@ def sensitivity_analysis(
                     metric,
                     got[metric],
                     sign * (dense - got[metric]),
-                    got["kl"],
+                    got.get("kl", math.nan),
                 ]
             )
         log.debug("sensitivity of %s done", name)
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _measure(
+    model: nn.Module, data: Any, metric: str, task: Task | None
+) -> tuple[Callable[[], dict[str, float]], float]:
+    """A closure scoring ``model`` on ``data`` against its current (dense) outputs, and the
+    metric's sign (+1 when higher is better)."""
+    if task is None or isinstance(task, ClassificationTask):  # the registered metrics
+        spec = METRICS.get(metric)
+        reference = predict(model, data.x)
+        return (
+            lambda: evaluate(model, data, reference, [metric, "kl"]),
+            1.0 if spec.higher_is_better else -1.0,
+        )
+    info = task.info(metric)
+    reference = task.predict(model, data)
+    return lambda: task.evaluate(model, data, reference), info.sign

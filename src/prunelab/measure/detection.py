@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -82,13 +83,13 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     """
     order = scores.argsort(descending=True)
     boxes = boxes[order]  # (K, 4) in score order
-    alive = torch.ones(len(order), dtype=torch.bool)
+    suppress = (box_iou(boxes, boxes) > iou_threshold).numpy()  # (K, K), memory O(K^2)
+    alive = np.ones(len(order), dtype=bool)
     keep = []
-    for i in range(len(order)):  # memory O(K): one row of IoUs per kept box
-        if not alive[i]:
-            continue
-        keep.append(i)
-        alive[i + 1 :] &= box_iou(boxes[i : i + 1], boxes[i + 1 :])[0] <= iou_threshold
+    for i in range(len(order)):  # numpy rows: cheap even for a thousand candidates
+        if alive[i]:
+            keep.append(i)
+            alive[i + 1 :] &= ~suppress[i, i + 1 :]
     return order[torch.tensor(keep, dtype=torch.long)]
 
 
@@ -216,5 +217,7 @@ def fidelity_map50(
     dense one found. Needs no labels.
     """
     truth = [r.above(score_threshold) for r in reference]
+    if not any(len(t.scores) for t in truth):
+        return math.nan  # the dense detector found nothing to be faithful to
     truth = [Detections(t.boxes, torch.ones_like(t.scores), t.labels) for t in truth]
     return coco_map(preds, truth, num_classes)["map50"]

@@ -30,6 +30,7 @@ SECTIONS = {
     "efficiency": "Efficiency",
     "weights": "Weight histograms",
     "forgotten": "Forgotten examples",
+    "samples": "Sample outputs, dense vs pruned",
     "results": "All results",
 }
 MAX_ROWS = 2000
@@ -254,6 +255,13 @@ def _retained(table: pd.DataFrame | None) -> str:
     return section("retained", note + f"<div class='scroll'>{html_table(table)}</div>")
 
 
+def _samples(extras: ReportExtras) -> str:
+    if extras.samples is None or extras.samples.empty:
+        return ""  # only tasks with sample outputs (language models) have this section
+    sub = f"<p class='sub'>{escape(extras.samples_title)}</p>"
+    return section("samples", sub + f"<div class='scroll'>{html_table(extras.samples)}</div>")
+
+
 def render_html(df: pd.DataFrame, plots: Mapping[str, Path], extras: ReportExtras) -> str:
     """The whole page as a string; ``plots`` maps figure names (``curve_<metric>``, ``pareto``,
     ``sensitivity``, ``weights``, ``forgotten``) to PNGs already written."""
@@ -272,6 +280,7 @@ def render_html(df: pd.DataFrame, plots: Mapping[str, Path], extras: ReportExtra
             "No weight histograms: no level was recommended, or the run predates stored ones.",
         ),
         _figure_section("forgotten", plots, "No forgotten examples were given."),
+        _samples(extras),
         _results(df),
     ]
     title = escape(extras.title or "prunelab report")

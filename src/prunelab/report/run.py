@@ -202,6 +202,37 @@ def shipped_weights(
     return hists, title
 
 
+SAMPLES = "generations"  # the (S, 2) prompt/continuation artifact of language-model cells
+
+
+def sample_outputs(
+    store: Store, df: pd.DataFrame, rec: Recommendation | None
+) -> tuple[pd.DataFrame, str] | None:
+    """Prompts and continuations of the dense control and of every pruned curve at one level
+    (the recommended one, else the highest swept), lowest seed; None when cells stored none."""
+    has = [cid for cid in df["cell_id"] if store.artifact_names(cid, SAMPLES)]
+    if not has:
+        return None
+    rows = df[df["cell_id"].isin(has)].sort_values("seed")
+    pruned = rows[rows["method"] != "dense"]
+    if pruned.empty:
+        return None
+    level = rec.level if rec is not None and rec.level is not None else pruned["level"].max()
+    at = pruned[np.isclose(pruned["level"].to_numpy(float), level)]
+    labels = curve_labels(df).loc[at.index]
+    columns: dict[str, np.ndarray] = {}
+    dense = rows[rows["method"] == "dense"]
+    if len(dense):
+        gen = store.artifact(dense.iloc[0]["cell_id"], SAMPLES)  # (S, 2)
+        columns = {"prompt": gen[:, 0], "dense": gen[:, 1]}
+    for idx, row in at.drop_duplicates(subset=[*CONFIG_COLUMNS[:4]], keep="first").iterrows():
+        gen = store.artifact(row["cell_id"], SAMPLES)
+        columns.setdefault("prompt", gen[:, 0])
+        columns[str(labels.loc[idx])] = gen[:, 1]
+    title = f"greedy continuations of test-text openings; pruned models at level {level:g}"
+    return pd.DataFrame(columns), title
+
+
 def knee_sentence(level: float | None, knee: float | None) -> str:
     """Why the recommendation and the tipping point of its curve differ, in one sentence.
 
@@ -298,6 +329,7 @@ def report_run(
         }
     with Store(run_dir, create=False) as store:
         weights = shipped_weights(store, df, rec)
+        samples = sample_outputs(store, df, rec)
     extras = ReportExtras(
         knees=knees,
         recommendation=None if rec is None else recommendation_view(rec, knee_note),
@@ -312,5 +344,7 @@ def report_run(
         forgotten_preds=pies["preds"] if pies else None,
         title=f"prunelab report: {spec.get('model')} on {spec.get('data', {}).get('name')}",
         original=original,
+        samples=samples[0] if samples else None,
+        samples_title=samples[1] if samples else "",
     )
     return build_report(run_dir, credit(df), extras), rec  # curves at achieved levels, too

@@ -24,8 +24,9 @@ from prunelab.recover.finetune import Objective, TrainConfig, train
 from prunelab.sources import memory, user
 from prunelab.sources.data import load_dataset
 from prunelab.sources.data.base import DataBundle
+from prunelab.sources.hf import load_causal_lm
 from prunelab.sources.keras import load_keras
-from prunelab.sources.models import build_model, load_or_train
+from prunelab.sources.models import PRETRAINED, build_model, load_or_train
 from prunelab.sources.models.cache import default_cache_dir, load_weights, save_weights
 from prunelab.sources.onnx_import import load_onnx
 from prunelab.sources.readers import read_data
@@ -33,9 +34,10 @@ from prunelab.sources.readers import read_data
 
 def load_bundle(
     name: str, loader: str | None, reader: str | None = None, path: str | None = None, **kwargs: Any
-) -> DataBundle:
+) -> Any:
     """The data of a sweep: a registered dataset, a built-in reader, the user's loader, or
-    in-memory splits."""
+    in-memory splits (a :class:`DataBundle`, or a task kind's own bundle such as scenes or
+    token windows)."""
     if reader is not None:
         if path is None:
             raise PrunelabError(f"data reader '{reader}' needs a path")
@@ -51,8 +53,8 @@ KERAS_SUFFIXES = (".keras", ".h5")
 
 
 def is_model_file(model: str) -> bool:
-    """A Keras (``.keras``/``.h5``) or ONNX file: its own weights are the dense model."""
-    return model.endswith((*KERAS_SUFFIXES, ".onnx"))
+    """A Keras (``.keras``/``.h5``), ONNX or GGUF file: its own weights are the dense model."""
+    return model.endswith((*KERAS_SUFFIXES, ".onnx", ".gguf"))
 
 
 def is_builtin(model: str) -> bool:
@@ -66,6 +68,8 @@ def _model_file(model: str, data: DataBundle) -> nn.Module:
     model = str(user.local_file(Path(model)))
     if not Path(model).is_file():
         raise PrunelabError(f"model file {model} not found")
+    if model.endswith(".gguf"):  # a causal LM (transformers dequantises it to float32)
+        return load_causal_lm(model)
     example = data.test.x[:4]
     if model.endswith(KERAS_SUFFIXES):
         # prunelab's images are (N, C, H, W); Keras takes (N, H, W, C): the converted model
@@ -104,7 +108,9 @@ def dense_model(
     if is_builtin(model):
         if weights is not None:
             return user.load_weights(architecture(model, data), weights)
-        return load_or_train(model, data, dense_cfg, cache_dir, seed=seed)
+        if model in PRETRAINED:  # shipped weights: the dense model as it comes
+            return architecture(model, data)
+        return load_or_train(model, data, dense_cfg, cache_dir, seed=seed, task=task)
     net = architecture(model, data)
     if weights is not None:
         net = user.load_weights(net, weights)

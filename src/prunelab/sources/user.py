@@ -217,7 +217,9 @@ def _as_split(obj: Any, name: str, source: str) -> Split:
             f"data '{source}': {name} labels must be integer class ids of shape (N,), got "
             f"{tuple(y.shape)} {y.dtype}"
         )
-    return Split(x.float(), y.long())
+    # token ids (int64/int32) stay integer: an embedding layer indexes with them
+    ids = x.dtype in (torch.int64, torch.int32)
+    return Split(x.long() if ids else x.float(), y.long())
 
 
 def load_data(loader: str | Callable[[], Any]) -> DataBundle:

@@ -6,6 +6,7 @@ so any executor — sequential, process pool, Ray — can run cells in any order
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -25,6 +26,7 @@ from prunelab.errors import PrunelabError
 from prunelab.measure.metrics import evaluate, predict
 from prunelab.measure.metrics.base import DEFAULT_METRICS
 from prunelab.measure.metrics.robustness import RobustnessSuite, reference_context
+from prunelab.measure.metrics.size import size_counts
 from prunelab.prune.allocation import ALLOCATIONS
 from prunelab.prune.apply import apply_masks, get_masks, layer_sparsity
 from prunelab.prune.criteria import compute_scores
@@ -43,7 +45,7 @@ from prunelab.sources.data.base import kfold_bundle
 from prunelab.sweep.ladder import cached_scores
 from prunelab.sweep.model_aware import MODEL_AWARE, resolve_allocation
 from prunelab.sweep.spec import DataSpec, SweepSpec, TaskSpec
-from prunelab.tasks import ClassificationTask, Task, make_task
+from prunelab.tasks import TASKS, ClassificationTask, Task, make_task
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
 TRAIN_EVAL_SIZE = 5000  # train rows evaluated for the overfitting gap
@@ -118,7 +120,7 @@ def expand_cells(spec: SweepSpec) -> list[Cell]:
         "metrics": spec.metrics,
         "calibration_batches": spec.calibration_batches,
         "prune_last": spec.prune_last,
-        "include": spec.include,
+        "include": spec.include or TASKS.get(spec.task.kind).default_include,
         "exclude": spec.exclude,
         "search_trials": spec.search_trials,
         "weights": spec.weights,
@@ -170,10 +172,10 @@ def expand_cells(spec: SweepSpec) -> list[Cell]:
 
 @dataclass
 class Context:
-    """What all cells of a sweep share: data, the task, the dense weights and outputs."""
+    """What all cells of a sweep share: data, the task, the dense model and its outputs."""
 
-    data: DataBundle
-    dense_state: dict[str, torch.Tensor]
+    data: Any  # a DataBundle for classification; the task kind's own bundle otherwise
+    dense: nn.Module  # the dense model every cell starts from (copied, never changed)
     reference: dict[str, Any]  # split -> the dense model's outputs (logits for classification)
     train_eval: Any = None
     dense_metrics: dict[str, float] = field(default_factory=dict)  # the model as given
@@ -184,7 +186,6 @@ class Context:
 
     @classmethod
     def build(cls, cell: Cell, cache_dir: Any = None) -> Context:
-        task = task_of(cell)
         data = resolve.load_bundle(
             cell.data.name,
             cell.data.loader,
@@ -192,8 +193,15 @@ class Context:
             cell.data.path,
             **cell.data.loader_kwargs(),
         )
+        task = task_of(cell, data)
+        classify = isinstance(task, ClassificationTask)
+        if classify and not isinstance(data, DataBundle):
+            raise PrunelabError(
+                f"a {task.kind} task needs labelled (x, y) data; dataset '{cell.data.name}' "
+                f"gives {type(data).__name__} (set [task] kind)"
+            )
         check = None
-        if isinstance(task, ClassificationTask):
+        if classify:
             check = partial(task.check_model, split=data.test, num_classes=data.num_classes)
         dense = resolve.dense_model(
             cell.model,
@@ -205,20 +213,23 @@ class Context:
             cache_dir,
             seed=cell.data.seed,
             check=check,
-        )
+        ).eval()
         if not select_targets(dense, cell.include or None, cell.exclude or None, cell.prune_last):
             raise PrunelabError(
                 f"model '{cell.model}' has nothing to prune: no Linear or Conv weights "
                 "(check include/exclude)"
             )
-        state = {k: v.clone() for k, v in dense.state_dict().items()}
+        task = task.with_dense(dense)
         data_hash = data.fingerprint()  # of the data as given (before any fold split)
         if cell.fold >= 0:  # the dense model is the same for every fold; the splits are not
+            if not isinstance(data, DataBundle):
+                raise PrunelabError(f"folds need (x, y) data; a {task.kind} task has none")
             data = kfold_bundle(data, cell.folds, cell.fold, cell.data.seed)
-        if not isinstance(task, ClassificationTask):
+        if not classify:
             reference = {s: task.predict(dense, getattr(data, s)) for s in ("test", "val")}
             metrics = task.evaluate(dense, data.test, reference["test"], reference["test"])
-            return cls(data, state, reference, None, metrics, {}, task=task, data_hash=data_hash)
+            metrics.update(size_counts(dense))
+            return cls(data, dense, reference, None, metrics, {}, task=task, data_hash=data_hash)
         train_eval = data.train.subset(TRAIN_EVAL_SIZE)
         reference = {
             "test": predict(dense, data.test.x),
@@ -233,21 +244,19 @@ class Context:
         )
         metrics = task.evaluate(dense, data.test, reference["test"], reference["test"])
         return cls(
-            data, state, reference, train_eval, metrics, robust, task=task, data_hash=data_hash
+            data, dense, reference, train_eval, metrics, robust, task=task, data_hash=data_hash
         )
 
     def dense_model(self, cell: Cell) -> nn.Module:
-        model = resolve.architecture(cell.model, self.data)
-        model.load_state_dict(self.dense_state)
-        return model
+        """A fresh copy of the dense model (each cell prunes its own)."""
+        return copy.deepcopy(self.dense)
 
 
-def task_of(cell: Cell) -> Task:
+def task_of(cell: Cell, data: Any = None) -> Task:
     """The cell's task object (custom metrics loaded from their import paths)."""
     t = cell.task
-    return make_task(
-        t.kind, t.primary, tuple((c.name, c.path, c.higher_is_better) for c in t.custom)
-    )
+    custom = tuple((c.name, c.path, c.higher_is_better) for c in t.custom)
+    return make_task(t.kind, t.primary, custom, data)
 
 
 def source_hash(spec: SweepSpec) -> str:
@@ -371,9 +380,9 @@ def _measure_task(
     row.update(task.evaluate(model, ctx.data.test, ctx.reference["test"], outputs))
     val = task.evaluate(model, ctx.data.val, ctx.reference["val"])
     row.update({f"val_{k}": v for k, v in val.items()})
-    row["params"] = sum(p.numel() for p in model.parameters())
-    row["nonzeros"] = sum(int((p != 0).sum()) for p in model.parameters())
-    return {}
+    targets = select_targets(model, cell.include or None, cell.exclude or None, cell.prune_last)
+    row.update(size_counts(model, targets.values()))  # sparsity over the prunable layers
+    return task.artifacts(model, ctx.data.test, outputs)
 
 
 def _allocation(cell: Cell, ctx: Context, model: nn.Module, gen: torch.Generator):
@@ -415,7 +424,8 @@ def _prune(cell: Cell, ctx: Context, model: nn.Module, gen: torch.Generator) -> 
     masks = select_masks(scores, cell.level, allocation, structure)
     example = ctx.task.example_input(ctx.data.test)
     if isinstance(structure, Channels):  # the channels must be physically removable: say now
-        plan_from_masks(model, example, masks)
+        # masks as the slim copy will be: coupled channels and those reaching an output kept
+        masks = {**masks, **plan_from_masks(model, example, masks).masks(model)}
     apply_masks(model, masks)
     if isinstance(structure, Channels):  # the masked model computes what its slim copy will
         silence_removed_channels(model, example)

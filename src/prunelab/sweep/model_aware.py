@@ -26,6 +26,7 @@ from prunelab.prune.allocation import (
 )
 from prunelab.prune.allocation.plan import fixed_per_layer, plan_from_counts, sizes_of
 from prunelab.recover.finetune import TrainConfig
+from prunelab.tasks import ClassificationTask
 
 MODEL_AWARE = tuple(n for n in ALLOCATIONS.names() if isinstance(ALLOCATIONS.get(n), ModelAware))
 SENSITIVITY_VAL_ROWS = 2500
@@ -40,10 +41,17 @@ def sensitivity_table(ctx: Any, dense: nn.Module, scores: dict[str, Tensor], key
     """The dense model's sensitivity table for these scores, memoised in the sweep context."""
 
     if key not in ctx.memo:
-        ctx.memo[key] = sensitivity_analysis(
-            dense, scores, ctx.data.val.subset(SENSITIVITY_VAL_ROWS)
-        )
+        ctx.memo[key] = layer_sensitivity(ctx, dense, scores)
     return ctx.memo[key]
+
+
+def layer_sensitivity(ctx: Any, dense: nn.Module, scores: dict[str, Tensor]):
+    """The sensitivity scan on the first validation rows, in the task's own metric
+    (accuracy for classification, the primary metric otherwise)."""
+    task = ctx.task
+    val = task.subset(ctx.data.val, SENSITIVITY_VAL_ROWS)
+    metric = "accuracy" if isinstance(task, ClassificationTask) else task.primary
+    return sensitivity_analysis(dense, scores, val, metric=metric, task=task)
 
 
 def resolve_allocation(

@@ -13,11 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from prunelab.decide.sensitivity import sensitivity_analysis
 from prunelab.prune.criteria import compute_scores
 from prunelab.prune.targets import select_targets
 from prunelab.sweep.cell import Cell, CellResult, Context, Progress, run_cell
-from prunelab.sweep.model_aware import SENSITIVITY_VAL_ROWS
+from prunelab.sweep.model_aware import layer_sensitivity
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,7 @@ def run_scan_job(job: ScanJob, ctx: Context) -> list[dict]:
 
     dense, targets = _targets(job.cell, ctx)
     scores = compute_scores(dense, {job.layer: targets[job.layer]}, "magnitude")
-    table = sensitivity_analysis(dense, scores, ctx.data.val.subset(SENSITIVITY_VAL_ROWS))
+    table = layer_sensitivity(ctx, dense, scores)
     return table.to_dict("records")
 
 

@@ -78,6 +78,13 @@ class DataSpec:
     loader: str | None = None
     reader: str | None = None  # a built-in reader of a common layout: folder, idx, npz, csv
     path: str | None = None  # what the reader reads
+    options: tuple[tuple[str, Any], ...] = ()  # a registered dataset's own options (TOML table)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.options, dict):  # from TOML/CLI: stored sorted, hashable
+            object.__setattr__(self, "options", tuple(sorted(self.options.items())))
+        else:
+            object.__setattr__(self, "options", tuple(tuple(kv) for kv in self.options))
 
     def loader_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {"seed": self.seed}
@@ -85,6 +92,7 @@ class DataSpec:
             kw.update(
                 data_dir=self.data_dir, train_limit=self.train_limit, test_limit=self.test_limit
             )
+        kw.update(dict(self.options))
         return kw
 
 
@@ -102,7 +110,7 @@ class TaskSpec:
     """What the model is for: the task kind, its primary metric and any custom metrics."""
 
     kind: str = "classification"
-    primary: str = "accuracy"
+    primary: str | None = None  # None: the kind's own (accuracy, perplexity, map50, ...)
     custom: tuple[CustomMetricSpec, ...] = ()
 
 
@@ -282,6 +290,12 @@ def absolute_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     for key in ("loader", "data_dir", "path"):
         if isinstance(data.get(key), str):
             data[key] = _absolute(data[key], base) if key == "loader" else str(base / data[key])
+    options = dict(data.get("options", {}))
+    for key in ("path", "data_dir"):  # a dataset's own file options are relative too
+        if isinstance(options.get(key), str):
+            options[key] = str(base / options[key])
+    if options:
+        data["options"] = options
     if data:
         raw["data"] = data
     task = dict(raw.get("task", {}))

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -43,6 +44,25 @@ class Task(ABC):
 
     kind: ClassVar[str]
     primary: str
+    fidelity: ClassVar[str]  # the metric comparing the pruned model with the dense one
+    default_include: ClassVar[tuple[str, ...]] = ()  # targets when the user names none
+
+    @classmethod
+    def for_data(cls, data: Any, **kwargs: Any) -> Task:
+        """The task for a sweep's data (a kind that needs e.g. the class count reads it here)."""
+        return cls(**kwargs)
+
+    def with_dense(self, dense: nn.Module) -> Task:
+        """The task once the dense model is known (a distillation target); ``self`` by default."""
+        return self
+
+    def subset(self, split: Any, n: int) -> Any:
+        """The first ``n`` examples of ``split`` (quick scans)."""
+        return split.subset(n)
+
+    def artifacts(self, model: nn.Module, split: Any, outputs: Any) -> dict[str, np.ndarray]:
+        """Arrays a cell stores for the report (a few detections, generations); none by default."""
+        return {}
 
     @abstractmethod
     def metric_infos(self) -> tuple[MetricInfo, ...]:
@@ -88,5 +108,6 @@ class Task(ABC):
         return {
             "kind": self.kind,
             "primary": self.primary,
+            "fidelity": self.fidelity,
             "metrics": {m.name: m.higher_is_better for m in self.metric_infos()},
         }

@@ -67,6 +67,7 @@ class ClassificationTask(Task):
     """
 
     kind: ClassVar[str] = "classification"
+    fidelity: ClassVar[str] = "agreement"
     primary: str = "accuracy"
     metrics: tuple[str, ...] = DEFAULT_METRICS
     custom: tuple[CustomMetric, ...] = field(default=())
@@ -146,3 +147,17 @@ class ClassificationTask(Task):
             )
         if not torch.isfinite(outputs).all():
             raise PrunelabError("the model's outputs contain NaN or Inf on the test split")
+
+
+@dataclass(frozen=True)
+class TextClassificationTask(ClassificationTask):
+    """Classification of token-id sequences (N, T) by a transformer encoder with a head.
+
+    The metrics are the classification ones; image-only measures (corruption robustness) are
+    skipped because the inputs are not images.
+
+    >>> TextClassificationTask().kind, TextClassificationTask().primary
+    ('text-classification', 'accuracy')
+    """
+
+    kind: ClassVar[str] = "text-classification"

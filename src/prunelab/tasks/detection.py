@@ -1,10 +1,10 @@
 """The ``detection`` task: boxes and class labels per image, the detector's own loss, COCO mAP.
 
-A split is a :class:`~prunelab.sources.scenes.SceneSet`; a batch is a smaller ``SceneSet``.
+A split is a :class:`~prunelab.sources.data.scenes.SceneSet`; a batch is a smaller ``SceneSet``.
 Predictions are per-image :class:`~prunelab.measure.detection.Detections`; the dense
 model's predictions are the reference for ``fidelity_map50`` (no labels needed).
 
->>> from prunelab.sources.scenes import load_scenes
+>>> from prunelab.sources.data.scenes import load_scenes
 >>> scenes = load_scenes("digit-scenes", n_train=8, n_val=4, n_test=4)
 >>> task = DetectionTask(scenes.num_classes)
 >>> model = build_model("detector-tiny", scenes.input_shape, scenes.num_classes)
@@ -25,6 +25,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from prunelab.errors import PrunelabError
 from prunelab.measure.detection import (
     Detections,
     coco_map,
@@ -32,10 +33,10 @@ from prunelab.measure.detection import (
     precision_recall,
 )
 from prunelab.recover.finetune import TrainConfig, make_optimizer
+from prunelab.sources.data.scenes import SceneBundle, SceneSet
 from prunelab.sources.models import detector as _detector
 from prunelab.sources.models.cache import default_cache_dir, load_weights, save_weights
 from prunelab.sources.models.zoo import build_model
-from prunelab.sources.scenes import SceneBundle, SceneSet
 from prunelab.tasks.base import MetricInfo, Task
 
 log = logging.getLogger(__name__)
@@ -63,14 +64,29 @@ class DetectionTask(Task):
     """
 
     kind: ClassVar[str] = "detection"
-    primary = "map50"
+    fidelity: ClassVar[str] = "fidelity_map50"
 
     def __init__(
-        self, num_classes: int, score_threshold: float = 0.3, eval_batch_size: int = 256
+        self,
+        num_classes: int,
+        score_threshold: float = 0.3,
+        eval_batch_size: int = 256,
+        primary: str = "map50",
     ) -> None:
         self.num_classes = num_classes
+        self.primary = primary
+        self.info(primary)
         self.score_threshold = score_threshold
         self.eval_batch_size = eval_batch_size
+
+    @classmethod
+    def for_data(cls, data: SceneBundle, **kwargs: object) -> DetectionTask:
+        """The task for a scene set: its class count."""
+        if not isinstance(data, SceneBundle):
+            raise PrunelabError(
+                f"a detection task needs scene data (boxes per image), got {type(data).__name__}"
+            )
+        return cls(data.num_classes, **kwargs)  # type: ignore[arg-type]
 
     def metric_infos(self) -> tuple[MetricInfo, ...]:
         return METRICS

@@ -12,11 +12,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from prunelab.errors import PrunelabError
 from prunelab.measure.language import DenseReference, dense_reference, evaluate_lm
+from prunelab.sources.data.corpora import tokenizer_for
+from prunelab.sources.hf import DECODER_PATTERNS
 from prunelab.tasks.base import MetricInfo, Task
 
 LM_METRICS = (
@@ -43,9 +46,18 @@ class CausalLMTask(Task):
     """
 
     kind: ClassVar[str] = "causal-lm"
+    fidelity: ClassVar[str] = "next_token_agreement"
+    default_include: ClassVar[tuple[str, ...]] = DECODER_PATTERNS
     primary: str = "perplexity"
     top_k: int = 64  # dense log-probs kept per position for the KL
     eval_batch_size: int = 2
+    tokenizer: str | None = None  # decodes the sample generations (a TokenBundle's tokenizer)
+    samples: int = 3  # test windows whose opening is continued greedily for the report
+
+    @classmethod
+    def for_data(cls, data: Any, **kwargs: Any) -> CausalLMTask:
+        """The task for token windows: their tokenizer decodes the sample generations."""
+        return cls(tokenizer=getattr(data, "tokenizer", None), **kwargs)
 
     def __post_init__(self) -> None:
         if self.primary not in {m.name for m in LM_METRICS}:
@@ -91,3 +103,41 @@ class CausalLMTask(Task):
 
     def example_input(self, split: Tensor) -> Tensor:
         return split[:1]
+
+    def subset(self, split: Tensor, n: int) -> Tensor:
+        return split[:n]
+
+    @torch.no_grad()
+    def artifacts(self, model: nn.Module, split: Tensor, outputs: Any) -> dict[str, np.ndarray]:
+        """``generations``: the openings of a few test windows and the model's greedy
+        continuations (decoded when the tokenizer is known, else token ids as text)."""
+        prompts = split[: self.samples, :PROMPT_TOKENS]  # (S, P)
+        was_training = model.training
+        model.eval()
+        try:
+            ids = greedy_continue(model, prompts, GENERATED_TOKENS)  # (S, G)
+        finally:
+            model.train(was_training)
+        decode = _decoder(self.tokenizer)
+        rows = [[decode(p), decode(g)] for p, g in zip(prompts.tolist(), ids.tolist())]
+        return {"generations": np.array(rows, dtype=str)}  # (S, 2): prompt, continuation
+
+
+PROMPT_TOKENS = 12
+GENERATED_TOKENS = 16
+
+
+def greedy_continue(model: nn.Module, prompts: Tensor, n: int) -> Tensor:
+    """(S, n) greedy next tokens after each prompt (S, P), without a KV cache (any model)."""
+    ids = prompts
+    for _ in range(n):
+        nxt = _logits(model, ids)[:, -1].argmax(-1, keepdim=True)  # (S, 1)
+        ids = torch.cat([ids, nxt], dim=1)  # (S, P + k)
+    return ids[:, prompts.shape[1] :]
+
+
+def _decoder(tokenizer: str | None):
+    if tokenizer is None:
+        return lambda ids: " ".join(map(str, ids))
+    tok = tokenizer_for(tokenizer)
+    return lambda ids: tok.decode(ids, skip_special_tokens=True)

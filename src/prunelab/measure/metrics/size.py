@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 from torch.nn.utils import parametrize
 
@@ -9,15 +11,34 @@ from prunelab.measure.metrics.base import Evaluation, metric
 from prunelab.prune.targets import PRUNABLE_TYPES
 
 
-def _prunable_weights(ev: Evaluation) -> list[torch.Tensor]:
-    return [m.weight.detach() for m in ev.model.modules() if isinstance(m, PRUNABLE_TYPES)]
-
-
 @metric("sparsity", higher_is_better=True)
 def sparsity(ev: Evaluation) -> float:
     """Fraction of exact zeros over all Linear/Conv weights."""
-    ws = _prunable_weights(ev)
+    return weight_sparsity(ev.model)
+
+
+def weight_sparsity(
+    model: torch.nn.Module, layers: Collection[torch.nn.Module] | None = None
+) -> float:
+    """Fraction of exact zeros over all Linear/Conv weights, or over ``layers``' weights
+    (masks applied)."""
+    mods = layers if layers is not None else model.modules()
+    ws = [m.weight.detach() for m in mods if isinstance(m, PRUNABLE_TYPES)]
     return sum(int((w == 0).sum()) for w in ws) / sum(w.numel() for w in ws)
+
+
+def size_counts(
+    model: torch.nn.Module, layers: Collection[torch.nn.Module] | None = None
+) -> dict[str, float]:
+    """``sparsity`` (over ``layers`` when given: the pruned ones), ``nonzeros`` and ``params``
+    of any model (masks applied)."""
+    with torch.no_grad():
+        ps = _effective_params(model)
+        return {
+            "sparsity": weight_sparsity(model, layers),
+            "nonzeros": float(sum(int((p != 0).sum()) for p in ps)),
+            "params": float(sum(p.numel() for p in ps)),
+        }
 
 
 @metric("nonzeros", higher_is_better=False)

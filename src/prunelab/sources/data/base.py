@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -127,5 +128,15 @@ def load_dataset(name: str, **kwargs: object) -> DataBundle:
 
     >>> load_dataset("digits").num_classes
     10
+    >>> load_dataset("digits", colour=True)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    prunelab.errors.PrunelabError: dataset 'digits' has no option 'colour'; valid: seed, ...
     """
-    return DATASETS.get(name)(**kwargs)
+    loader = DATASETS.get(name)
+    params = inspect.signature(loader).parameters
+    for key in kwargs:
+        if key not in params:
+            raise PrunelabError(
+                f"dataset '{name}' has no option '{key}'; valid: {', '.join(params)}"
+            )
+    return loader(**kwargs)

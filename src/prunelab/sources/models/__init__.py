@@ -6,10 +6,11 @@ from prunelab.sources.models.cache import (
     load_weights,
     save_weights,
 )
-from prunelab.sources.models.zoo import MODELS, build_model
+from prunelab.sources.models.zoo import MODELS, PRETRAINED, build_model
 
 __all__ = [
     "MODELS",
+    "PRETRAINED",
     "default_cache_dir",
     "build_model",
     "load_or_train",
@@ -17,4 +18,5 @@ __all__ = [
     "save_weights",
 ]
 from prunelab.sources.models import detector as _detector  # noqa: F401  (registers detector-tiny)
+from prunelab.sources.models import pretrained as _pretrained  # noqa: F401  (minilm, smollm2-135m)
 from prunelab.sources.models import resnet as _resnet  # noqa: F401  (registers resnet-tiny)

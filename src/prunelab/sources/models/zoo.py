@@ -8,10 +8,12 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from prunelab.errors import PrunelabError
 from prunelab.registry import Registry
 
 Builder = Callable[[tuple[int, ...], int], nn.Module]
-MODELS: Registry[Builder] = Registry("model")
+MODELS: Registry[Builder] = Registry("model")  # trained (or fine-tuned) on the sweep's data
+PRETRAINED: Registry[Callable[[], nn.Module]] = Registry("pretrained model")  # used as shipped
 
 
 @MODELS.register("lenet300")
@@ -68,6 +70,12 @@ def build_model(
     >>> sum(p.numel() for p in build_model("cnn", (1, 28, 28), 10).parameters())
     421642
     """
+    if name in PRETRAINED:
+        return PRETRAINED.get(name)()
+    if name not in MODELS:
+        raise PrunelabError(
+            f"unknown model '{name}'; valid: {', '.join(sorted([*MODELS, *PRETRAINED]))}"
+        )
     builder = MODELS.get(name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from prunelab.errors import PrunelabError
-from prunelab.registry import Registry
+from prunelab.sources.data.base import DATASETS
 from prunelab.sources.data.fashion_mnist import CLASSES, DEFAULT_DIR, FILES, _find, read_idx
 
 
@@ -182,7 +182,6 @@ def make_scenes(
 
 
 SceneLoader = Callable[..., SceneBundle]
-SCENE_SETS: Registry[SceneLoader] = Registry("scene set")
 
 
 def _bundle(
@@ -203,7 +202,7 @@ def _bundle(
     return SceneBundle(name, train, val, test, classes)
 
 
-@SCENE_SETS.register("fashion-scenes")
+@DATASETS.register("fashion-scenes")
 def load_fashion_scenes(
     n_train: int = 6000,
     n_val: int = 500,
@@ -227,7 +226,7 @@ def load_fashion_scenes(
     return _bundle("fashion-scenes", part("train"), part("test"), sizes, canvas, CLASSES, seed)
 
 
-@SCENE_SETS.register("digit-scenes")
+@DATASETS.register("digit-scenes")
 def load_digit_scenes(
     n_train: int = 400, n_val: int = 50, n_test: int = 100, canvas: int = 32, seed: int = 0
 ) -> SceneBundle:
@@ -251,4 +250,7 @@ def load_scenes(name: str, **kwargs: object) -> SceneBundle:
     >>> load_scenes("digit-scenes", n_train=4, n_val=2, n_test=2).num_classes
     10
     """
-    return SCENE_SETS.get(name)(**kwargs)
+    bundle = DATASETS.get(name)(**kwargs)
+    if not isinstance(bundle, SceneBundle):
+        raise PrunelabError(f"dataset '{name}' is not a scene set (boxes per image)")
+    return bundle

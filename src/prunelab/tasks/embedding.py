@@ -1,0 +1,114 @@
+"""Sentence embeddings as a task: the dense encoder's embeddings are the target.
+
+A split is a :class:`~prunelab.sources.data.base.Split` of token ids (labels unused). Metrics
+compare the pruned encoder's embeddings with the dense encoder's on the same sentences:
+``cosine_to_dense`` (mean row-wise cosine, primary), ``cosine_min``, ``neighbour_overlap``
+(top-10 nearest neighbours kept) and ``similarity_spearman`` (rank correlation of all pairwise
+similarities). Recovery distils: the loss is ``1 - cos(model(x), dense(x))``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
+
+import torch
+from scipy.stats import spearmanr
+from torch import Tensor, nn
+
+from prunelab.errors import PrunelabError
+from prunelab.measure.metrics import predict
+from prunelab.nlp.fidelity import cosine_to_reference, neighbour_overlap
+from prunelab.sources.data.base import Split
+from prunelab.tasks.base import MetricInfo, Task
+
+METRICS = (
+    MetricInfo("cosine_to_dense", True, "mean cosine of each embedding to the dense one"),
+    MetricInfo("cosine_min", True, "worst sentence's cosine to its dense embedding"),
+    MetricInfo("neighbour_overlap", True, "fraction of each sentence's 10 dense neighbours kept"),
+    MetricInfo("similarity_spearman", True, "rank correlation of pairwise similarities"),
+)
+PAIRS = 200_000  # pairwise similarities sampled for the rank correlation
+
+
+def pairwise_spearman(emb: Tensor, ref: Tensor) -> float:
+    """Spearman correlation between the upper-triangle cosine similarities of two embeddings.
+
+    >>> r = torch.tensor([[1., 0.], [.6, .8], [0., 1.]])
+    >>> round(pairwise_spearman(r, r), 6)
+    1.0
+    """
+    e = nn.functional.normalize(emb.double(), dim=1)
+    r = nn.functional.normalize(ref.double(), dim=1)
+    i, j = torch.triu_indices(len(e), len(e), offset=1)  # (P,), (P,)
+    if len(i) > PAIRS:
+        keep = torch.randperm(len(i), generator=torch.Generator().manual_seed(0))[:PAIRS]
+        i, j = i[keep], j[keep]
+    a = (e[i] * e[j]).sum(1)  # (P,) cosine of each pair
+    b = (r[i] * r[j]).sum(1)
+    return float(spearmanr(a.numpy(), b.numpy()).statistic)
+
+
+@dataclass(frozen=True)
+class SentenceEmbeddingTask(Task):
+    """Fidelity of a sentence encoder's embeddings to the dense encoder's.
+
+    >>> t = SentenceEmbeddingTask()
+    >>> t.primary, t.info("cosine_to_dense").higher_is_better
+    ('cosine_to_dense', True)
+    """
+
+    kind: ClassVar[str] = "sentence-embedding"
+    fidelity: ClassVar[str] = "neighbour_overlap"
+    default_include: ClassVar[tuple[str, ...]] = ("*encoder.layer.*",)
+    primary: str = "cosine_to_dense"
+    teacher: nn.Module | None = None  # the dense encoder, frozen (set by with_dense)
+
+    def __post_init__(self) -> None:
+        self.info(self.primary)
+
+    def with_dense(self, dense: nn.Module) -> Task:
+        teacher = copy.deepcopy(dense).eval().requires_grad_(False)
+        return replace(self, teacher=teacher)
+
+    def metric_infos(self) -> tuple[MetricInfo, ...]:
+        return METRICS
+
+    def batches(
+        self, split: Split, batch_size: int, generator: torch.Generator | None
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        return split.batches(batch_size, shuffle=generator is not None, generator=generator)
+
+    def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
+        if self.teacher is None:
+            raise PrunelabError("sentence-embedding recovery distils from the dense encoder")
+        x = batch[0]  # (B, T) token ids
+        with torch.no_grad():
+            target = self.teacher(x)  # (B, D)
+        return (1 - nn.functional.cosine_similarity(model(x), target, dim=1)).mean()
+
+    def inputs(self, batch: tuple[Tensor, Tensor]) -> Tensor:
+        return batch[0]
+
+    def predict(self, model: nn.Module, split: Split) -> Tensor:
+        return predict(model, split.x)  # (N, D) embeddings
+
+    def evaluate(
+        self, model: nn.Module, split: Split, reference: Any | None, outputs: Any | None = None
+    ) -> dict[str, float]:
+        """Fidelity metrics against ``reference`` (the dense embeddings); NaN without one."""
+        if reference is None:
+            return {m.name: float("nan") for m in METRICS}
+        emb = self.predict(model, split) if outputs is None else outputs
+        cos = cosine_to_reference(emb, reference)
+        return {
+            "cosine_to_dense": float(cos.mean()),
+            "cosine_min": float(cos.min()),
+            "neighbour_overlap": neighbour_overlap(emb, reference, min(10, len(emb) - 1)),
+            "similarity_spearman": pairwise_spearman(emb, reference),
+        }
+
+    def example_input(self, split: Split) -> Tensor:
+        return split.x[:1]
