@@ -25,10 +25,12 @@ from prunelab.decide.weightstats import nonzero_histograms
 from prunelab.errors import PrunelabError
 from prunelab.measure.metrics import evaluate, predict
 from prunelab.measure.metrics.base import DEFAULT_METRICS
+from prunelab.measure.metrics.efficiency import compare_latency
+from prunelab.measure.metrics.latency import LARGE_BATCH, LATENCY_METRICS
 from prunelab.measure.metrics.robustness import RobustnessSuite, reference_context
 from prunelab.measure.metrics.size import size_counts
 from prunelab.prune.allocation import ALLOCATIONS
-from prunelab.prune.apply import apply_masks, get_masks, layer_sparsity
+from prunelab.prune.apply import apply_masks, folded_copy, get_masks, layer_sparsity
 from prunelab.prune.criteria import compute_scores
 from prunelab.prune.masks import level_reached, select_masks
 from prunelab.prune.reconstruct import RECONSTRUCTORS
@@ -36,6 +38,7 @@ from prunelab.prune.sequential import prune_sequential
 from prunelab.prune.structure import NM, Channels, parse_structure
 from prunelab.prune.surgery.channel_plan import plan_from_masks
 from prunelab.prune.surgery.exits import silence_removed_channels
+from prunelab.prune.surgery.slim import slim
 from prunelab.prune.targets import select_targets
 from prunelab.recover.finetune import TrainConfig, train
 from prunelab.recover.schedules import canonical_schedule, parse_schedule, run_schedule
@@ -368,6 +371,8 @@ def _measure_classification(
     row.update({f"val_{k}": v for k, v in val.items()})
     tr = evaluate(model, ctx.train_eval, ctx.reference["train"], ("accuracy", "loss"))
     row.update({f"train_{k}": v for k, v in tr.items()})
+    if _is_channels(cell) and LATENCY_METRICS[0] in test_metrics:
+        row.update(_latency(ctx, model, True, (1, LARGE_BATCH)))  # time the slim copy
     return {"test_preds": logits.argmax(1).to(torch.int16).numpy()}
 
 
@@ -382,7 +387,26 @@ def _measure_task(
     row.update({f"val_{k}": v for k, v in val.items()})
     targets = select_targets(model, cell.include or None, cell.exclude or None, cell.prune_last)
     row.update(size_counts(model, targets.values()))  # sparsity over the prunable layers
+    if LATENCY_METRICS[0] in cell.metrics:  # real time is decided at batch 1
+        row.update(_latency(ctx, model, _is_channels(cell), (1,)))
     return task.artifacts(model, ctx.data.test, outputs)
+
+
+def _is_channels(cell: Cell) -> bool:
+    return cell.method != "dense" and isinstance(parse_structure(cell.structure), Channels)
+
+
+def _latency(
+    ctx: Context, model: nn.Module, channels: bool, batches: tuple[int, ...]
+) -> dict[str, float]:
+    """Measured latency of what would ship: the slimmed copy for channel cells, the
+    mask-folded model otherwise (median ms per batch size, frames per second at batch 1)."""
+    example = ctx.task.example_input(ctx.data.test)[:1]
+    timed = slim(model, example, get_masks(model)) if channels else folded_copy(model)
+    lat = compare_latency({"m": timed}, example, batches)["m"]
+    out = {f"latency_b{b}_ms": lat[b].median_ms for b in batches}
+    out.update(fps_b1=1000.0 / lat[1].median_ms, latency_threads=float(lat[1].threads))
+    return out
 
 
 def _allocation(cell: Cell, ctx: Context, model: nn.Module, gen: torch.Generator):
