@@ -17,6 +17,7 @@ import json
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -58,6 +59,7 @@ class Bench:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args, self.rows, self.t0 = args, [], time.perf_counter()
+        self.on_row: Callable[[], None] | None = None  # called after every row (saves files)
         self.data = load_rotten_tomatoes(
             max_length=64, train_limit=args.train_n, test_limit=args.test_n
         )
@@ -99,6 +101,8 @@ class Bench:
     def add(self, row: dict) -> None:
         self.rows.append(row)
         print(fmt(row), flush=True)
+        if self.on_row is not None:
+            self.on_row()
 
 
 def fmt(r: dict) -> str:
@@ -233,9 +237,11 @@ def run_sentiment(args: argparse.Namespace, header: str) -> None:
         (out.with_suffix(".json")).write_text(json.dumps(state, indent=1))
         out.write_text(markdown(state, b))
 
+    b.on_row = save
     state["structured"] = run_structured(b)
     save()
-    if not args.no_dense_long:
+    run_unstructured(b)
+    if not args.no_dense_long:  # the dense model given the structured arm's recovery budget
         m = copy.deepcopy(b.dense)
         s = b.recover(m, None, args.structured_epochs, distil=False)
         b.add(
@@ -247,9 +253,6 @@ def run_sentiment(args: argparse.Namespace, header: str) -> None:
                 "secs": s,
             }
         )
-        save()
-    run_unstructured(b)
-    save()
 
 
 def markdown(state: dict, b: Bench) -> str:
@@ -331,7 +334,7 @@ def header(args: argparse.Namespace) -> str:
         f"# Sentiment case study — {platform.processor() or platform.machine()}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads (shared machine)\n\nCommand: `PRUNELAB_CACHE=.cache/prunelab "
         f"PYTHONPATH=src python benchmarks/language.py --part sentiment --threads {args.threads} "
-        f"--train-n {args.train_n}`"
+        f"--train-n {args.train_n} --recover-steps {args.recover_steps}`"
     )
 
 
