@@ -48,6 +48,7 @@ from prunelab.prune.sequential import prune_sequential
 from prunelab.prune.surgery import prune_channels
 from prunelab.prune.targets import select_targets
 from prunelab.recover.finetune import TrainConfig
+from prunelab.sources.data.scenes import SceneSet, load_scenes
 from prunelab.sources.models.detector import detection_loss
 from prunelab.sources.models.mtcnn import (
     Cascade,
@@ -56,7 +57,6 @@ from prunelab.sources.models.mtcnn import (
     load_mtcnn,
     propose,
 )
-from prunelab.sources.data.scenes import SceneSet, load_scenes
 from prunelab.tasks.detection import DetectionTask, fit, load_or_train_detector
 
 DENSE_CFG = TrainConfig(epochs=12, lr=2e-3, optimizer="adamw", batch_size=32, weight_decay=1e-4)

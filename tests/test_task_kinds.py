@@ -123,7 +123,7 @@ def _encoder_files(tmp: Path) -> dict[str, str]:
     model = "from prunelab.nlp import tiny_bert\n\n\ndef build():\n    return tiny_bert(seed=0)\n"
     data = """
 import torch
-from prunelab.sources.hf import minilm_tokenizer
+from prunelab.sources.minilm import minilm_tokenizer
 from prunelab.sources.data.corpora import package_file
 
 
@@ -224,3 +224,49 @@ def test_detection_sweep_scan_recommend_report(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     assert (out / "plots" / "curve_map50.png").is_file()
     assert (out / "plots" / "sensitivity.png").is_file()
+
+
+SENTIMENT_TOML = """
+model = "bert-tiny-sentiment"
+methods = ["magnitude", "wanda"]
+allocations = ["uniform"]
+structures = ["unstructured", "heads+ffn"]
+levels = [0.3, 0.6]
+sensitivity_scan = false
+[data]
+name = "rotten-tomatoes"
+[data.options]
+train_limit = 768
+test_limit = 256
+max_length = 32
+[task]
+kind = "text-classification"
+[dense]
+epochs = 3
+batch_size = 32
+lr = 0.001
+[finetune]
+epochs = 0
+"""
+
+
+def test_text_classification_sweep_heads_removed_physically(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path / "cache"))
+    out = _run(tmp_path, SENTIMENT_TOML, {})
+    df = load_results(out).set_index(["method", "structure", "level"])
+    dense = df.loc[("dense", "-", 0.0)]
+    assert dense["agreement"] == 1.0 and 0.5 < dense["accuracy"] <= 1.0
+    for method in ("magnitude", "wanda"):
+        unst = df.loc[(method, "unstructured", 0.6)]
+        assert unst["params"] == dense["params"]  # masks: same shapes
+        assert unst["sparsity"] == pytest.approx(0.6, abs=0.02)
+        heads = df.loc[(method, "heads+ffn", 0.6)]
+        assert heads["params"] < dense["params"]  # heads and neurons physically gone
+        assert heads["agreement"] < 1.0
+    with Store(out, create=False) as store:
+        assert store.get_meta("task")["kind"] == "text-classification"
+    res = runner.invoke(app, ["recommend", str(out), "--max-drop", "5"])
+    assert res.exit_code == 0 and "accuracy" in res.output, res.output
+    res = runner.invoke(app, ["report", str(out)])
+    assert res.exit_code == 0, res.output
+    assert (out / "plots" / "curve_accuracy.png").is_file()

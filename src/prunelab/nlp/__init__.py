@@ -8,7 +8,7 @@ from prunelab.nlp.distill import DistillConfig, distill
 from prunelab.nlp.encoder import TextEncoder, encoder_targets, load_minilm, tiny_bert
 from prunelab.nlp.fetch import fetch_text_data
 from prunelab.nlp.fidelity import fidelity, neighbour_overlap
-from prunelab.nlp.heads import fraction_for_speedup, prune_structured
+from prunelab.nlp.heads import fraction_for_speedup, prune_heads_ffn, prune_structured
 from prunelab.nlp.persist import load_encoder, save_encoder
 from prunelab.nlp.prune import prune_encoder, token_batches
 from prunelab.nlp.surgery import encoder_macs
@@ -32,6 +32,7 @@ __all__ = [
     "neighbour_overlap",
     "probe_accuracy",
     "prune_encoder",
+    "prune_heads_ffn",
     "prune_structured",
     "save_encoder",
     "similarity_spearman",

@@ -16,7 +16,8 @@ from torch import Tensor, nn
 
 from prunelab.errors import PrunelabError
 from prunelab.prune.targets import select_targets
-from prunelab.sources.hf import minilm_package, minilm_tokenizer
+from prunelab.sources.minilm import minilm_package, minilm_tokenizer
+from prunelab.sources.minilm import transformers_module as _transformers
 
 ENCODER_PATTERNS = ("*encoder.layer.*",)  # attention projections and FFN; no embeddings/norms
 ATTENTION_PATTERNS = (
@@ -83,14 +84,6 @@ class TextEncoder(nn.Module):
     @property
     def embedding_dim(self) -> int:
         return int(self.bert.config.hidden_size)
-
-
-def _transformers():
-    try:
-        import transformers
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise PrunelabError("NLP support needs the 'hf' extra: pip install 'prunelab[hf]'") from e
-    return transformers
 
 
 def load_minilm() -> TextEncoder:

@@ -4,6 +4,10 @@ Group scores come from any registered per-weight criterion (magnitude, wanda, ..
 score is the sum of its weights' scores in query/key/value rows and output-projection columns,
 a neuron's the sum over its FFN input row and output column; each matrix's scores are first
 divided by their mean so the four projections weigh the same.
+
+Any model holding BERT-style blocks works (a bare :class:`TextEncoder`, a text classifier around
+one): :func:`transformer_blocks` finds them. :func:`prune_heads_ffn` is the sweep's entry: a
+*level* is the fraction of the blocks' Linear parameters to remove physically.
 """
 
 from __future__ import annotations
@@ -13,10 +17,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from prunelab.errors import PrunelabError
-from prunelab.nlp.encoder import TextEncoder, encoder_layers, encoder_targets
+from prunelab.nlp.encoder import TextEncoder
 from prunelab.nlp.surgery import remove_heads, remove_neurons
 from prunelab.prune.criteria import compute_scores
 
@@ -31,29 +35,72 @@ class BlockPlan:
     ffn: tuple[int, ...]
 
 
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """The BERT-style blocks (``.attention.self``, ``.intermediate``, ``.output``) in order.
+
+    >>> from prunelab.nlp.encoder import tiny_bert
+    >>> len(transformer_blocks(tiny_bert()))
+    2
+    """
+    blocks = [
+        m
+        for m in model.modules()
+        if all(hasattr(m, a) for a in ("attention", "intermediate", "output"))
+        and hasattr(m.attention, "self")
+    ]
+    if not blocks:
+        raise PrunelabError("no BERT-style blocks (.attention.self / .intermediate) in the model")
+    return blocks
+
+
+BLOCK_LINEARS = (
+    "attention.self.query",
+    "attention.self.key",
+    "attention.self.value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+)
+
+
+def block_targets(model: nn.Module) -> dict[str, nn.Module]:
+    """q/k/v/o and FFN Linear layers of every block, by their names in ``model``."""
+    blocks = {id(b) for b in transformer_blocks(model)}
+    return {
+        f"{name}.{sub}": m.get_submodule(sub)
+        for name, m in model.named_modules()
+        if id(m) in blocks
+        for sub in BLOCK_LINEARS
+    }
+
+
 def group_scores(
-    encoder: TextEncoder,
+    model: nn.Module,
     method: str = "magnitude",
     calibration: Iterable[tuple[Tensor, Tensor]] | None = None,
     generator: torch.Generator | None = None,
 ) -> list[dict[str, Tensor]]:
-    """Per block: ``{"heads": (H,), "ffn": (F,)}`` importance scores (higher = keep)."""
-    targets = encoder_targets(encoder)
-    scores = compute_scores(encoder, targets, method, generator, calibration)
-    out = []
-    for i, layer in enumerate(encoder_layers(encoder)):
+    """Per block: ``{"heads": (H,), "ffn": (F,)}`` importance scores (higher = keep).
 
-        def s(suffix: str, i: int = i) -> Tensor:
-            name = next(n for n in scores if n.endswith(f"layer.{i}.{suffix}"))
-            t = scores[name]
+    ``calibration`` batches are ``(x, y)``: ``model(x)`` for input statistics (wanda), and
+    ``cross_entropy(model(x), y)`` for gradients (taylor) of a classifier.
+    """
+    targets = block_targets(model)
+    scores = compute_scores(model, targets, method, generator, calibration)
+    names = {id(m): n for n, m in targets.items()}
+    out = []
+    for layer in transformer_blocks(model):
+
+        def s(lin: nn.Module) -> Tensor:
+            t = scores[names[id(lin)]]
             return t / t.mean().clamp(min=1e-30)
 
         attn = layer.attention.self
         h, d = attn.num_attention_heads, attn.attention_head_size
-        qkv = sum(s(f"attention.self.{p}").sum(1) for p in ("query", "key", "value"))  # (H*d,)
-        o = s("attention.output.dense").sum(0)  # (H*d,)
+        qkv = sum(s(p).sum(1) for p in (attn.query, attn.key, attn.value))  # (H*d,)
+        o = s(layer.attention.output.dense).sum(0)  # (H*d,)
         heads = (qkv + o).view(h, d).sum(1)  # (H*d,) -> (H, d) -> (H,)
-        ffn = s("intermediate.dense").sum(1) + s("output.dense").sum(0)  # (F,)
+        ffn = s(layer.intermediate.dense).sum(1) + s(layer.output.dense).sum(0)  # (F,)
         out.append({"heads": heads, "ffn": ffn})
     return out
 
@@ -83,15 +130,15 @@ def plan_uniform(
     return plans
 
 
-def apply_plan(encoder: TextEncoder, plans: list[BlockPlan]) -> TextEncoder:
-    """Physically remove everything not in ``plans`` (in place); returns the encoder."""
-    layers = encoder_layers(encoder)
+def apply_plan(model: nn.Module, plans: list[BlockPlan]) -> nn.Module:
+    """Physically remove everything not in ``plans`` (in place); returns the model."""
+    layers = transformer_blocks(model)
     if len(plans) != len(layers):
         raise PrunelabError(f"plan has {len(plans)} blocks, model has {len(layers)}")
     for layer, plan in zip(layers, plans):
         remove_heads(layer, torch.tensor(plan.heads))
         remove_neurons(layer, torch.tensor(plan.ffn))
-    return encoder
+    return model
 
 
 def _block_macs(d_model: int, heads: int, head_size: int, ffn: int, seq_len: int) -> int:
@@ -103,7 +150,7 @@ def _block_macs(d_model: int, heads: int, head_size: int, ffn: int, seq_len: int
 def planned_mac_ratio(encoder: TextEncoder, fraction: float, seq_len: int) -> float:
     """Block MACs after removing ``fraction`` of heads and of FFN neurons, over MACs now."""
     before = after = 0
-    for layer in encoder_layers(encoder):
+    for layer in transformer_blocks(encoder):
         attn = layer.attention.self
         d_model = layer.attention.output.dense.out_features
         h, dh = attn.num_attention_heads, attn.attention_head_size
@@ -119,7 +166,7 @@ def fraction_for_speedup(encoder: TextEncoder, mac_reduction: float, seq_len: in
     """Smallest structured fraction (grid of 1/H) giving ≥ ``mac_reduction``× fewer block MACs."""
     if mac_reduction < 1:
         raise PrunelabError(f"MAC reduction must be >= 1, got {mac_reduction}")
-    h = encoder_layers(encoder)[0].attention.self.num_attention_heads
+    h = transformer_blocks(encoder)[0].attention.self.num_attention_heads
     for k in range(4 * h):
         f = k / (4 * h)
         if planned_mac_ratio(encoder, f, seq_len) <= 1 / mac_reduction + 1e-9:
@@ -138,4 +185,75 @@ def prune_structured(
     plans = plan_uniform(group_scores(encoder, method, calibration, generator), fraction, fraction)
     apply_plan(encoder, plans)
     log.info("kept heads %s", [len(p.heads) for p in plans])
+    return plans
+
+
+def block_params(layer: nn.Module) -> int:
+    """Parameters (weights and biases) of one block's six Linear layers."""
+    return sum(p.numel() for sub in BLOCK_LINEARS for p in layer.get_submodule(sub).parameters())
+
+
+def plan_counts(layer: nn.Module, level: float, ffn: bool = True) -> tuple[int, int]:
+    """(heads, neurons) to remove from one block so ``level`` of its Linear params go.
+
+    Heads are rounded to whole heads first; FFN neurons then make up the rest (``ffn=False``:
+    heads only, ``level`` = fraction of heads). At least one head and one neuron stay.
+
+    >>> from prunelab.nlp.encoder import tiny_bert
+    >>> plan_counts(tiny_bert(heads=4, hidden=32, intermediate=64).bert.encoder.layer[0], 0.6)
+    (2, 45)
+    """
+    if not 0.0 <= level < 1.0:
+        raise PrunelabError(f"structured level must be in [0, 1), got {level}")
+    attn = layer.attention.self
+    h, dh = attn.num_attention_heads, attn.attention_head_size
+    d, f = layer.output.dense.out_features, layer.intermediate.dense.out_features
+    heads = min(h - 1, round(level * h))
+    if not ffn:
+        return heads, 0
+    per_head = 4 * d * dh + 3 * dh  # q/k/v rows with biases, output-projection columns
+    per_neuron = 2 * d + 1  # FFN input row with bias, output column
+    rest = level * block_params(layer) - heads * per_head
+    return heads, min(f - 1, max(0, round(rest / per_neuron)))
+
+
+def plan_level(
+    model: nn.Module, scores: list[dict[str, Tensor]], level: float, ffn: bool = True
+) -> list[BlockPlan]:
+    """Per block, keep the highest-scoring heads/neurons after removing :func:`plan_counts`."""
+    plans = []
+    for layer, s in zip(transformer_blocks(model), scores, strict=True):
+        drop_h, drop_f = plan_counts(layer, level, ffn)
+        kh = torch.topk(s["heads"], s["heads"].numel() - drop_h).indices
+        kf = torch.topk(s["ffn"], s["ffn"].numel() - drop_f).indices
+        plans.append(BlockPlan(tuple(sorted(kh.tolist())), tuple(sorted(kf.tolist()))))
+    return plans
+
+
+def prune_heads_ffn(
+    model: nn.Module,
+    level: float,
+    method: str = "magnitude",
+    calibration: Iterable[tuple[Tensor, Tensor]] | None = None,
+    generator: torch.Generator | None = None,
+    ffn: bool = True,
+) -> list[BlockPlan]:
+    """Remove ``level`` of every block's Linear parameters as whole heads + FFN neurons.
+
+    Importance comes from ``method`` on the model as it is (the dense model, in a sweep); the
+    same fraction is removed from every block; the modules are replaced by smaller ones in
+    place (``model`` keeps working, with fewer parameters and MACs).
+
+    >>> from prunelab.nlp.encoder import tiny_bert
+    >>> enc = tiny_bert(heads=4)
+    >>> before = sum(block_params(b) for b in transformer_blocks(enc))
+    >>> _ = prune_heads_ffn(enc, 0.6)
+    >>> round(1 - sum(block_params(b) for b in transformer_blocks(enc)) / before, 2)
+    0.6
+    """
+    plans = plan_level(model, group_scores(model, method, calibration, generator), level, ffn)
+    apply_plan(model, plans)
+    log.info(
+        "kept heads %s, neurons %s", [len(p.heads) for p in plans], [len(p.ffn) for p in plans]
+    )
     return plans

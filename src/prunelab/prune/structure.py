@@ -44,10 +44,18 @@ class Channels:
 
 @dataclass(frozen=True)
 class Heads:
-    """Whole attention heads of transformer blocks, removable physically."""
+    """Whole attention heads of transformer blocks, removed physically; with ``ffn``, also
+    whole FFN neurons ("heads+ffn"), and the level is the fraction of the blocks' Linear
+    parameters removed (see :func:`prunelab.nlp.heads.prune_heads_ffn`).
+
+    >>> str(Heads()), str(Heads(ffn=True))
+    ('heads', 'heads+ffn')
+    """
+
+    ffn: bool = False
 
     def __str__(self) -> str:
-        return "heads"
+        return "heads+ffn" if self.ffn else "heads"
 
 
 Structure = Unstructured | NM | Channels | Heads
@@ -66,10 +74,13 @@ def parse_structure(text: str) -> Structure:
         return Channels()
     if t == "heads":
         return Heads()
+    if t in ("heads+ffn", "heads+neurons"):
+        return Heads(ffn=True)
     if ":" in t:
         n, _, m = t.partition(":")
         if n.isdigit() and m.isdigit():
             return NM(int(n), int(m))
     raise PrunelabError(
-        f"unknown structure '{text}'; valid: unstructured, N:M (e.g. 2:4), channels, heads"
+        f"unknown structure '{text}'; valid: unstructured, N:M (e.g. 2:4), channels, heads, "
+        "heads+ffn"
     )

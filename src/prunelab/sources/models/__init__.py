@@ -20,3 +20,4 @@ __all__ = [
 from prunelab.sources.models import detector as _detector  # noqa: F401  (registers detector-tiny)
 from prunelab.sources.models import pretrained as _pretrained  # noqa: F401  (minilm, smollm2-135m)
 from prunelab.sources.models import resnet as _resnet  # noqa: F401  (registers resnet-tiny)
+from prunelab.sources.models import text as _text  # noqa: F401  (registers the text classifiers)
