@@ -224,6 +224,15 @@ def test_detection_sweep_scan_recommend_report(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     assert (out / "plots" / "curve_map50.png").is_file()
     assert (out / "plots" / "sensitivity.png").is_file()
+    # the channel cell ships physically smaller (its stored metrics reproduced first)
+    slim = tmp_path / "slim.safetensors"
+    cell = ["--cell", chan["cell_id"]]
+    res = runner.invoke(app, ["export", str(out), "--format", "slim", *cell, "--out", str(slim)])
+    assert res.exit_code == 0, res.output
+    assert f"params {int(chan['params']):,}" not in res.output  # fewer than the masked count
+    onnx_path = str(tmp_path / "d.onnx")
+    onnx = runner.invoke(app, ["export", str(out), "--format", "onnx", *cell, "--out", onnx_path])
+    assert onnx.exit_code == 0 and "max |diff|" in onnx.output, onnx.output
 
 
 SENTIMENT_TOML = """

@@ -251,6 +251,10 @@ def save_onnx(model: nn.Module, example: Tensor, path: Path | str, atol: float =
             warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript exporter on purpose
             _onnx_export(tmp)
 
+    with torch.no_grad():
+        n_out = len(_outputs(work.eval()(example)))
+    names = ["logits"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
+
     def _onnx_export(tmp: Path) -> None:
         torch.onnx.export(
             work,
@@ -258,8 +262,8 @@ def save_onnx(model: nn.Module, example: Tensor, path: Path | str, atol: float =
             str(tmp),
             dynamo=False,
             input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            output_names=names,
+            dynamic_axes={"input": {0: "batch"}, **{n: {0: "batch"} for n in names}},
         )
 
     diffs = []
@@ -286,9 +290,18 @@ def onnx_max_diff(model: nn.Module, path: Path | str, x: Tensor) -> float:
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     with torch.no_grad():
-        ref = model.eval()(x).numpy()
-    got = sess.run(None, {"input": x.numpy()})[0]
-    return float(np.abs(got - ref).max())
+        refs = _outputs(model.eval()(x))
+    gots = sess.run(None, {"input": x.numpy()})
+    if len(gots) != len(refs):
+        raise PrunelabError(f"ONNX model has {len(gots)} outputs, torch {len(refs)}")
+    return max(float(np.abs(g - r.numpy()).max()) for g, r in zip(gots, refs))
+
+
+def _outputs(out: Tensor | tuple | list) -> list[Tensor]:
+    """A model's output as a flat list of tensors (detectors return several)."""
+    if isinstance(out, Tensor):
+        return [out]
+    return [t for o in out for t in _outputs(o)]
 
 
 def save_slimmed(model: nn.Module, example: Tensor, path: Path | str, base: object) -> Exported:

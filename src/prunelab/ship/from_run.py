@@ -26,6 +26,7 @@ from prunelab.ship.export import (
     save_sparse,
 )
 from prunelab.ship.keras import save_keras
+from prunelab.sources.data.base import Split
 from prunelab.sweep.cell import Cell, Context, run_cell
 from prunelab.sweep.spec import CustomMetricSpec, DataSpec, TaskSpec
 from prunelab.sweep.store import Store
@@ -95,7 +96,7 @@ def compare_rows(stored: Mapping[str, Any], fresh: Mapping[str, Any]) -> list[st
     measured latency is not compared)."""
     bad = []
     for key, old in stored.items():
-        if key.startswith("latency_"):
+        if key.startswith(("latency_", "fps_")):
             continue  # measured times vary from run to run; nothing to reproduce
         new = fresh.get(key)
         if isinstance(old, float) and isinstance(new, (int, float)):
@@ -137,8 +138,10 @@ def export_cell(
     diff = compare_rows(stored, result.row)
     if diff:
         raise PrunelabError(f"cell {cid} does not reproduce ({'; '.join(diff[:3])}); not exporting")
-    model, test_x = result.model, ctx.data.test.x
+    model = result.model
     assert model is not None
+    test = ctx.data.test  # example inputs: the test rows, or the task's example (scenes, text)
+    test_x = test.x if isinstance(test, Split) else ctx.task.example_input(test)
     if fmt == "sparse":
         return save_sparse(model, out)
     if fmt == "onnx":

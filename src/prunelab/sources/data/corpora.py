@@ -82,6 +82,7 @@ def package_file(package: str, relative: str, hint: str) -> Path:
 def windows_of(ids: Tensor, seq_len: int, max_windows: int | None) -> Tensor:
     """(n, seq_len) non-overlapping windows of a 1-D id tensor, at most ``max_windows``.
 
+    >>> import torch
     >>> windows_of(torch.arange(10), 3, None).tolist()
     [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
     """
