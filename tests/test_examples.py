@@ -11,6 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from prunelab.sweep.cell import expand_cells
+from prunelab.sweep.spec import load_spec, spec_from_dict
+from prunelab.tasks import TASKS
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
 # optional extras an example needs; it is skipped (with the reason) where they are missing
@@ -71,3 +75,18 @@ def test_pytorch_example_cli_and_notebook(tmp_path):
     assert "original (as given)" in out and "report:" in out
     out = run("notebook.py", str(tmp_path / "nb"))
     assert "exported:" in out and (tmp_path / "nb" / "model-sparse.safetensors").is_file()
+
+
+TASK_EXAMPLES = sorted((ROOT / "examples" / "tasks").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", TASK_EXAMPLES, ids=[p.stem for p in TASK_EXAMPLES])
+def test_task_examples_are_valid_sweeps(path):
+    """Each task kind's example parses, names registered pieces, and expands to its cells
+    (running them needs the real models: see README; tests/test_task_kinds.py runs each kind
+    on tiny models)."""
+    spec = spec_from_dict(load_spec(path))
+    spec.validate_names()
+    assert spec.task.kind in TASKS
+    cells = expand_cells(spec)
+    assert {c.method for c in cells} >= {"dense", *spec.methods}

@@ -16,10 +16,11 @@ from prunelab.recover.schedules import SCHEDULES
 from prunelab.report import curve_labels
 from prunelab.report.run import run_task
 from prunelab.sources.data import DATASETS
-from prunelab.sources.models import MODELS
+from prunelab.sources.models.zoo import model_names
 from prunelab.sweep import SweepSpec, expand_cells, make_executor, run_sweep
 from prunelab.sweep.contexts import ContextCache
 from prunelab.sweep.store import Store, load_results
+from prunelab.tasks import TASKS
 
 
 def registries() -> dict[str, list[str]]:
@@ -27,11 +28,12 @@ def registries() -> dict[str, list[str]]:
     return {
         "methods": sorted([*CRITERIA.names(), *RECONSTRUCTORS.names()]),
         "allocations": ALLOCATIONS.names(),
-        "structures": ["unstructured", "N:M (e.g. 2:4)", "channels"],
+        "structures": ["unstructured", "N:M (e.g. 2:4)", "channels", "heads", "heads+ffn"],
         "schedules": SCHEDULES.names(),
         "metrics": METRICS.names(),
         "datasets": DATASETS.names(),
-        "models": MODELS.names(),
+        "models": model_names(),
+        "tasks": TASKS.names(),
     }
 
 

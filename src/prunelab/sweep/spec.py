@@ -19,7 +19,7 @@ from prunelab.recover.finetune import TrainConfig
 from prunelab.recover.schedules import parse_schedule
 from prunelab.sources.data import DATASETS
 from prunelab.sources.memory import MEMORY_PREFIX
-from prunelab.sources.models import MODELS
+from prunelab.sources.models.zoo import check_model_name
 from prunelab.sources.readers import READERS
 from prunelab.sources.resolve import is_model_file
 from prunelab.sources.user import is_import_path, load_object
@@ -162,7 +162,7 @@ class SweepSpec:
                     "(the pretrained dense model), or train_dense = true to train it from scratch"
                 )
         elif not self.model.startswith(MEMORY_PREFIX) and not is_model_file(self.model):
-            MODELS.get(self.model)
+            check_model_name(self.model)
         if self.weights is not None:
             if self.train_dense:
                 raise PrunelabError("weights are the dense model: drop train_dense with weights")

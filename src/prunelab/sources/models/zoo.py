@@ -62,6 +62,17 @@ def mlp_tiny(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     )
 
 
+def model_names() -> list[str]:
+    """Every built-in model: trained on the sweep's data or pretrained, sorted."""
+    return sorted([*MODELS, *PRETRAINED])
+
+
+def check_model_name(name: str) -> None:
+    """One clear line naming every built-in model when ``name`` is none of them."""
+    if name not in MODELS and name not in PRETRAINED:
+        raise PrunelabError(f"unknown model '{name}'; valid: {', '.join(model_names())}")
+
+
 def build_model(
     name: str, input_shape: tuple[int, ...], num_classes: int, seed: int = 0
 ) -> nn.Module:
@@ -72,10 +83,7 @@ def build_model(
     """
     if name in PRETRAINED:
         return PRETRAINED.get(name)()
-    if name not in MODELS:
-        raise PrunelabError(
-            f"unknown model '{name}'; valid: {', '.join(sorted([*MODELS, *PRETRAINED]))}"
-        )
+    check_model_name(name)
     builder = MODELS.get(name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
