@@ -16,7 +16,7 @@ from prunelab.recover.finetune import TrainConfig
 from prunelab.sweep import DataSpec, SweepSpec, expand_cells, make_executor, run_sweep
 from prunelab.sweep.executors import SequentialExecutor
 from prunelab.sweep.ray_executor import check_reachable, import_ray
-from prunelab.sweep.store import Store, load_artifact, load_results
+from prunelab.sweep.store import Store, drop_measured, load_artifact, load_results
 
 SPEC = SweepSpec(
     model="mlp-tiny",
@@ -56,7 +56,7 @@ def local_run(tmp_path_factory, cache_dir) -> Path:
 
 
 def _rows(run_dir: Path):
-    df = load_results(run_dir).drop(columns="duration_s")  # column order follows finish order
+    df = load_results(run_dir).pipe(drop_measured)  # column order follows finish order
     return df[sorted(df.columns)].sort_values("cell_id").reset_index(drop=True)
 
 

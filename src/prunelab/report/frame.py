@@ -30,6 +30,8 @@ NOT_METRICS = frozenset(
         "ft_epochs",
         "layer_sparsity",
         "duration_s",
+        "prune_s",
+        "peak_rss_mib",
         "achieved_level",  # the level reached (prunelab.decide.levels), not a quality
         "requested",  # the level asked for, when ``level`` is the credited one
         "latency_threads",

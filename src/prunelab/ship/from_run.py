@@ -29,7 +29,7 @@ from prunelab.ship.keras import save_keras
 from prunelab.sources.data.base import Split
 from prunelab.sweep.cell import Cell, Context, run_cell
 from prunelab.sweep.spec import CustomMetricSpec, DataSpec, TaskSpec
-from prunelab.sweep.store import Store
+from prunelab.sweep.store import Store, is_measured
 
 FORMATS = ("sparse", "slim", "onnx", "keras")
 REL_TOL = 1e-6  # thread counts may differ between the sweep's workers and the export process
@@ -93,11 +93,11 @@ def find_cell(
 
 def compare_rows(stored: Mapping[str, Any], fresh: Mapping[str, Any]) -> list[str]:
     """Keys whose recomputed value differs from the stored one (floats to ``REL_TOL``;
-    measured latency is not compared)."""
+    measured times and memory are not compared)."""
     bad = []
     for key, old in stored.items():
-        if key.startswith(("latency_", "fps_")):
-            continue  # measured times vary from run to run; nothing to reproduce
+        if is_measured(key):
+            continue  # times and memory vary from run to run; nothing to reproduce
         new = fresh.get(key)
         if isinstance(old, float) and isinstance(new, (int, float)):
             same = (math.isnan(old) and math.isnan(new)) or math.isclose(

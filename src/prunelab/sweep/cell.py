@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -321,7 +322,9 @@ def run_cell(
         row["trajectory"] = json.dumps(trajectory)
     else:
         if cell.method != "dense":
+            t0 = time.perf_counter()
             records = _prune(cell, ctx, model, gen)
+            row["prune_s"] = time.perf_counter() - t0  # scoring, calibration, reconstruction
             if cell.finetune.epochs > 0:  # before fine-tuning: the cheap metrics only
                 pre = _cheap_metrics(ctx, model)
                 row.update({f"oneshot_{k}": v for k, v in pre.items()})
@@ -336,6 +339,8 @@ def run_cell(
     row["layer_sparsity"] = json.dumps(layer_sparsity(model))
     if cell.method != "dense":  # what the cell reached, in level units (adaptive may stop short)
         row["achieved_level"] = level_reached(get_masks(model), parse_structure(cell.structure))
+    # peak resident memory of this process so far (Linux reports KiB): the bound a run needs
+    row["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     hists = {f"weight_hist/{n}": h.to_array() for n, h in nonzero_histograms(model).items()}
     artifacts = {**artifacts, **hists}
     return CellResult(

@@ -171,3 +171,22 @@ def load_artifact(run_dir: Path | str, cell_id: str, name: str) -> np.ndarray:
     """One stored numpy artefact of a cell (e.g. ``test_preds``)."""
     with Store(Path(run_dir), create=False) as store:
         return store.artifact(cell_id, name)
+
+
+#: Row columns that are measurements of the machine (times, memory), not of the model: they
+#: differ between two runs of the same cell and are never compared for reproducibility.
+MEASURED_PREFIXES = ("duration_s", "latency_", "fps_", "prune_s", "peak_rss_")
+
+
+def is_measured(column: str) -> bool:
+    """True for a machine measurement column (see :data:`MEASURED_PREFIXES`).
+
+    >>> is_measured("latency_b1_ms"), is_measured("accuracy")
+    (True, False)
+    """
+    return column.startswith(MEASURED_PREFIXES)
+
+
+def drop_measured(df):  # pandas.DataFrame -> pandas.DataFrame
+    """``df`` without its machine-measurement columns (for comparing two runs' results)."""
+    return df.drop(columns=[c for c in df.columns if is_measured(c)])
