@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -221,3 +221,50 @@ def fidelity_map50(
         return math.nan  # the dense detector found nothing to be faithful to
     truth = [Detections(t.boxes, torch.ones_like(t.scores), t.labels) for t in truth]
     return coco_map(preds, truth, num_classes)["map50"]
+
+
+def detection_artifacts(
+    preds: Sequence[Detections], n: int = 6, prefix: str = "det"
+) -> dict[str, np.ndarray]:
+    """The first ``n`` images' detections as store artefacts (what a report draws later).
+
+    Per image ``i``: ``{prefix}_boxes/{i}`` float32 (K_i, 4) xyxy pixels, ``{prefix}_scores/{i}``
+    float32 (K_i,), ``{prefix}_labels/{i}`` int64 (K_i,). Ground truth goes in with another
+    prefix (``det_truth``; scores are then all 1). :func:`detections_from_artifacts` inverts it.
+
+    >>> d = Detections(torch.tensor([[1., 2., 3., 4.]]), torch.tensor([0.5]), torch.tensor([7]))
+    >>> sorted(detection_artifacts([d]))
+    ['det_boxes/0', 'det_labels/0', 'det_scores/0']
+    """
+    out: dict[str, np.ndarray] = {}
+    for i, d in enumerate(preds[:n]):
+        out[f"{prefix}_boxes/{i}"] = d.boxes.detach().cpu().numpy().astype(np.float32)
+        out[f"{prefix}_scores/{i}"] = d.scores.detach().cpu().numpy().astype(np.float32)
+        out[f"{prefix}_labels/{i}"] = d.labels.detach().cpu().numpy().astype(np.int64)
+    return out
+
+
+def detections_from_artifacts(
+    artifacts: Mapping[str, np.ndarray], prefix: str = "det"
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per image, in index order, ``(boxes (K, 4), scores (K,), labels (K,))`` numpy arrays
+    from :func:`detection_artifacts`' names; other artefacts are ignored.
+
+    >>> d = Detections(torch.tensor([[1., 2., 3., 4.]]), torch.tensor([0.5]), torch.tensor([7]))
+    >>> [x.tolist() for x in detections_from_artifacts(detection_artifacts([d]))[0]]
+    [[[1.0, 2.0, 3.0, 4.0]], [0.5], [7]]
+    """
+    index: set[int] = set()
+    for name in artifacts:
+        head, _, i = name.rpartition("/")
+        if head in (f"{prefix}_boxes", f"{prefix}_scores", f"{prefix}_labels") and i.isdigit():
+            index.add(int(i))
+    if index != set(range(len(index))):
+        raise PrunelabError(f"'{prefix}' detection artefacts skip images: have {sorted(index)}")
+    try:
+        return [
+            tuple(artifacts[f"{prefix}_{part}/{i}"] for part in ("boxes", "scores", "labels"))
+            for i in range(len(index))
+        ]
+    except KeyError as e:
+        raise PrunelabError(f"detection artefact {e} is missing") from None

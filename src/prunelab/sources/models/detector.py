@@ -165,3 +165,33 @@ def decode(
         keep = batched_nms(boxes[i, cell], s, label, iou_threshold)[:max_det]
         out.append(Detections(boxes[i, cell[keep]], s[keep], label[keep]))
     return out
+
+
+def distillation_loss(
+    student: tuple[Tensor, Tensor], teacher: tuple[Tensor, Tensor], min_score: float = 0.1
+) -> Tensor:
+    """Match a (dense) teacher detector's raw outputs; add it to :func:`detection_loss`.
+
+    Classes: the Bernoulli KL from the teacher's per-class probabilities to the student's,
+    summed over cells and classes. Boxes: GIoU between the decoded student and teacher boxes on
+    cells where the teacher scores some class ``>= min_score``, weighted by that score. Both
+    are divided by the number of such cells (as the detection loss is by its positives).
+
+    >>> out = (torch.zeros(1, 2, 4, 4), torch.zeros(1, 4, 4, 4))
+    >>> float(distillation_loss(out, out))  # identical outputs: nothing to learn
+    0.0
+    """
+    cls_s, reg_s = student
+    cls_t, reg_t = teacher
+    b, k, h, w = cls_s.shape
+    p_t = cls_t.sigmoid()
+    ent = F.binary_cross_entropy(p_t, p_t, reduction="none")  # teacher's own entropy
+    kl = F.binary_cross_entropy_with_logits(cls_s, p_t, reduction="none") - ent  # (B, K, H, W)
+    weight = p_t.amax(1).flatten(1)  # (B, H*W) teacher's best class score per cell
+    keep = weight >= min_score  # (B, P)
+    n = max(int(keep.sum()), 1)
+    centers = cell_centers(h, w).expand(b, -1, -1)[keep]  # (n, 2)
+    box_s = decode_boxes(reg_s.flatten(2).transpose(1, 2)[keep], centers)  # (n, 4)
+    box_t = decode_boxes(reg_t.flatten(2).transpose(1, 2)[keep], centers)  # (n, 4)
+    box = (weight[keep] * giou_loss(box_s, box_t)).sum()
+    return (kl.clamp(min=0).sum() + box) / n
