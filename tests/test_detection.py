@@ -22,7 +22,14 @@ from prunelab.prune.surgery import ChannelPlan, prune_channels
 from prunelab.prune.targets import select_targets
 from prunelab.recover.finetune import TrainConfig
 from prunelab.sources.data.scenes import SceneSet, load_scenes, make_scenes, tight_box
-from prunelab.sources.models.detector import TinyDetector, assign, cell_centers, decode
+from prunelab.sources.models.detector import (
+    TinyDetector,
+    assign,
+    cell_centers,
+    decode,
+    decode_boxes,
+    distillation_loss,
+)
 from prunelab.sources.models.mtcnn import RNet, _whc_to_chw
 from prunelab.tasks.detection import DetectionTask, fit, truth_of
 
@@ -297,3 +304,26 @@ def test_masked_detector_recovers_with_its_own_loss_and_stays_sparse(digit_scene
     weights = [m.weight for m in select_targets(masked).values()]
     zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
     assert zeros == pytest.approx(0.8, abs=0.01)  # masked weights stayed exactly zero
+
+
+def test_distillation_pulls_student_outputs_to_the_teachers() -> None:
+    g = torch.Generator().manual_seed(0)
+    teacher = (torch.randn(2, 3, 4, 4, generator=g) * 3, torch.randn(2, 4, 4, 4, generator=g))
+    assert float(distillation_loss(teacher, teacher)) == pytest.approx(0.0, abs=1e-6)
+    cls = torch.zeros(2, 3, 4, 4, requires_grad=True)
+    reg = torch.zeros(2, 4, 4, 4, requires_grad=True)
+    opt = torch.optim.Adam([cls, reg], lr=0.1)
+    with torch.no_grad():
+        first = float(distillation_loss((cls, reg), teacher))
+    for _ in range(300):
+        opt.zero_grad()
+        distillation_loss((cls, reg), teacher).backward()
+        opt.step()
+    with torch.no_grad():
+        assert first > 0.5 and float(distillation_loss((cls, reg), teacher)) < 0.05 * first
+    torch.testing.assert_close(cls.sigmoid(), teacher[0].sigmoid(), atol=0.02, rtol=0)
+    kept = (teacher[0].sigmoid().amax(1) >= 0.1).flatten(1)  # (2, 16): box term's cells
+    centers = cell_centers(4, 4).expand(2, -1, -1)[kept]  # (n, 2)
+    box_s = decode_boxes(reg.detach().flatten(2).transpose(1, 2)[kept], centers)  # (n, 4)
+    box_t = decode_boxes(teacher[1].flatten(2).transpose(1, 2)[kept], centers)  # (n, 4)
+    assert kept.sum() > 10 and (box_s - box_t).abs().max() < 0.5  # pixels
