@@ -22,6 +22,9 @@ or ``apt-get download darknet && dpkg-deb -x darknet_*.deb x``), ``bus.jpg``/``z
 from the ``ultralytics`` wheel and ``astronaut.png`` from the ``scikit-image`` wheel
 (``pip download --no-deps``, then unzip the files). Tables go to
 ``benchmarks/results/detection.md``.
+
+The target run (coupled importance, non-uniform allocations, distillation, a dense control
+with the same fine-tuning) and the N:M ladder are in ``benchmarks/detection_target.py``.
 """
 
 from __future__ import annotations
