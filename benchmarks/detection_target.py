@@ -370,6 +370,44 @@ def nm_rows(args: argparse.Namespace) -> list[str]:
     return out + ["", f"Test scenes 0-5, boxes scoring >= 0.3: ![grid]({path.name})"]
 
 
+# the channel widths the target runs chose (their logs); latency depends on shapes only
+SHAPES = {
+    "L1 filter / coupled, uniform (75.2 % removed)": (8, 16, 16, 32, 32, 63, 63, 32, 32, 32, 32),
+    "coupled, global (75.1 %)": (8, 14, 12, 26, 32, 69, 65, 25, 29, 35, 42),
+    "coupled, sensitivity (75.1 %)": (16, 32, 24, 32, 28, 32, 32, 48, 48, 32, 48),
+    "coupled, sensitivity (params + MACs) (82.5 %)": (12, 16, 16, 32, 32, 32, 32, 32, 33, 32, 48),
+}
+LAYERS = ("stem.0", "stage1.0.0", "stage1.1.0", "stage2.0.0", "stage2.1.0", "stage3.0.0",
+          "stage3.1.0", "fuse.0.0", "fuse.1.0", "cls_branch.0", "box_branch.0")  # fmt: skip
+
+
+def latency_rows(args: argparse.Namespace) -> list[str]:
+    """Batch-1 latency of the chosen shapes alone (no training running in this process)."""
+    scenes = load_scenes("fashion-scenes", n_train=6000, n_val=500, n_test=1000, seed=0)
+    dense = load_or_train_detector(scenes, dense_cfg())
+    x1 = scenes.test.images[:1]
+    sizes = {n: m.out_channels for n, m in dense.named_modules() if isinstance(m, nn.Conv2d)}
+    models = {"dense": dense}
+    for name, widths in SHAPES.items():
+        keep = {n: range(sizes[n]) for n in sizes} | {n: range(w) for n, w in zip(LAYERS, widths)}
+        models[name] = slim(dense, x1, ChannelPlan.from_dict(keep, sizes)).eval()
+    lat = compare_latency(models, x1, batch_sizes=(1,), warmup=50, repeats=args.repeats, threads=1)
+    base = lat["dense"][1]
+    out = [
+        "| shape | params | MACs | median ms | p10 ms | speed-up (paired median) | "
+        "speed-up (p10) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, m in models.items():
+        t = lat[name][1]
+        out.append(
+            f"| {name} | {count_params(m)[0]:,} | {count_macs(m, x1).dense / 1e6:.1f}M | "
+            f"{t.median_ms:.2f} | {t.p10_ms:.2f} | {paired_ratio(base, t):.2f}x | "
+            f"{base.p10_ms / t.p10_ms:.2f}x |"
+        )
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--params-target", type=float, default=0.75)
@@ -384,14 +422,14 @@ def main() -> None:
     p.add_argument("--candidates", nargs="*", default=CANDIDATES, choices=CANDIDATES)
     p.add_argument("--no-control", dest="control", action="store_false")
     p.add_argument("--out", default=None, help="results file name")
-    p.add_argument("--only", choices=("target", "nm"), default="target")
+    p.add_argument("--only", choices=("target", "nm", "latency"), default="target")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(1)
-    rows = target_rows(args) if args.only == "target" else nm_rows(args)
+    rows = {"target": target_rows, "nm": nm_rows, "latency": latency_rows}[args.only](args)
     text = "\n".join(rows)
     print(text)
-    name = args.out or ("detection-target.md" if args.only == "target" else "detection-nm.md")
+    name = args.out or f"detection-{args.only}.md"
     (Path(__file__).parent / "results" / name).write_text(text + "\n")
 
 
