@@ -58,8 +58,8 @@ from prunelab.prune.surgery.importance import coupled_row_scores
 from prunelab.prune.targets import select_targets
 from prunelab.recover.finetune import TrainConfig, train
 from prunelab.report.detections import plot_detection_grid
+from prunelab.sources.data.scenes import SceneBundle, SceneSet, load_scenes
 from prunelab.sources.models.detector import detection_loss, distillation_loss
-from prunelab.sources.scenes import SceneBundle, SceneSet, load_scenes
 from prunelab.tasks.detection import DetectionTask, load_or_train_detector, truth_of
 
 log = logging.getLogger("detection_target")
