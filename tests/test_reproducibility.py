@@ -82,6 +82,7 @@ def test_score_cache_changes_no_result(ladder_cells):
     cached = [run_cell(c, ctx).row for c in cells]
     assert score_entries(ctx.memo) == 3  # one score set per method, shared by 6 cells each
     uncached = [run_cell(c, dataclasses.replace(ctx, memo={})).row for c in cells]
+
     def model_only(rows: list[dict]) -> list[dict]:  # machine measurements differ per run
         return [{k: v for k, v in r.items() if not is_measured(k)} for r in rows]
 

@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from prunelab.cli import app
+from prunelab.report.detections import PANEL_PX
 from prunelab.sources.user import load_object
 from prunelab.sweep.run import SCAN_KEY
 from prunelab.sweep.store import Store, load_results
@@ -224,6 +225,15 @@ def test_detection_sweep_scan_recommend_report(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     assert (out / "plots" / "curve_map50.png").is_file()
     assert (out / "plots" / "sensitivity.png").is_file()
+    # the grid: truth | dense | each pruned curve, on the first test scenes
+    assert "Detections, dense vs pruned" in (out / "report.html").read_text()
+    grid = (out / "plots" / "detections.png").read_bytes()
+    width, height = int.from_bytes(grid[16:20], "big"), int.from_bytes(grid[20:24], "big")
+    assert (width, height) == (4 * PANEL_PX, 6 * PANEL_PX)  # truth, dense, 2 curves x 6 scenes
+    with Store(out, create=False) as store:
+        dense_id = dense["cell_id"]
+        assert store.artifact(dense_id, "det_images").shape == (6, 1, 32, 32)
+        assert len(store.artifact(dense_id, "det_classes")) == 10
     # the channel cell ships physically smaller (its stored metrics reproduced first)
     slim = tmp_path / "slim.safetensors"
     cell = ["--cell", chan["cell_id"]]

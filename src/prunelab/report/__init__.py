@@ -15,6 +15,7 @@ import pandas as pd
 
 from prunelab.errors import PrunelabError
 from prunelab.report import plots
+from prunelab.report.detections import plot_detection_grid
 from prunelab.report.extras import ReportExtras, ReportPaths
 from prunelab.report.frame import (
     curve_labels,
@@ -86,6 +87,14 @@ def make_plots(df: pd.DataFrame, plot_dir: Path, extras: ReportExtras) -> dict[s
             plot_dir / "forgotten.png",
             extras.forgotten_preds,
             extras.class_names,
+        )
+    if extras.detection_images is not None and extras.detection_columns:
+        out["detections"] = plot_detection_grid(
+            extras.detection_images,
+            extras.detection_columns,
+            extras.class_names or (),
+            extras.detection_titles or (),
+            plot_dir / "detections.png",
         )
     return out
 

@@ -23,6 +23,8 @@ class ReportExtras:
       shipped model's weights); ``weights_title`` names whose they are.
     - ``forgotten_images`` (N, 1, H, W), ``forgotten_labels`` (N,), ``forgotten_preds`` (N,).
     - ``retained``: the retained-intelligence summary (``prunelab.decide.preservation``).
+    - ``detection_images`` with ``detection_columns`` (per model, per image ``(boxes, scores,
+      labels)``) and ``detection_titles``: a grid of detections, truth | dense | pruned.
     - ``samples``: sample outputs side by side (e.g. greedy generations: prompt, dense, each
       pruned curve at one level); ``samples_title`` says which level.
     - ``spec``: the sweep spec (JSON-able mapping) shown at the top; ``title``: page title.
@@ -43,6 +45,9 @@ class ReportExtras:
     title: str | None = None
     original: dict[str, float] | None = None  # the model as given (no fine-tune)
     retained: pd.DataFrame | None = None  # retained-intelligence summary, one row per level
+    detection_images: np.ndarray | None = None  # (N, C, H, W) in [0, 1]
+    detection_columns: Sequence[Sequence[tuple]] | None = None  # per model: per image detections
+    detection_titles: Sequence[str] | None = None
     samples: pd.DataFrame | None = None  # the task's sample outputs, dense vs pruned, by column
     samples_title: str = ""
 

@@ -30,6 +30,7 @@ SECTIONS = {
     "efficiency": "Efficiency",
     "weights": "Weight histograms",
     "forgotten": "Forgotten examples",
+    "detections": "Detections, dense vs pruned",
     "samples": "Sample outputs, dense vs pruned",
     "results": "All results",
 }
@@ -280,6 +281,7 @@ def render_html(df: pd.DataFrame, plots: Mapping[str, Path], extras: ReportExtra
             "No weight histograms: no level was recommended, or the run predates stored ones.",
         ),
         _figure_section("forgotten", plots, "No forgotten examples were given."),
+        _figure_section("detections", plots, "") if "detections" in plots else "",
         _samples(extras),
         _results(df),
     ]

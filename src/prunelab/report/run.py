@@ -28,6 +28,7 @@ from prunelab.decide.preservation import summarize_results
 from prunelab.decide.weightstats import WeightHistogram
 from prunelab.errors import PrunelabError
 from prunelab.report import build_report
+from prunelab.report.detections import stored_detections
 from prunelab.report.extras import ReportExtras, ReportPaths
 from prunelab.report.frame import curve_labels
 from prunelab.sources import resolve
@@ -213,8 +214,27 @@ def sample_outputs(
     """Prompts and continuations of the dense control and of every pruned curve at one level
     (the recommended one, else the highest swept), lowest seed; None when cells stored none."""
     has = [cid for cid in df["cell_id"] if store.artifact_names(cid, SAMPLES)]
-    if not has:
+    picked = _shown_cells(df, has, rec)
+    if picked is None:
         return None
+    dense, shown, level = picked
+    columns: dict[str, np.ndarray] = {}
+    if dense is not None:
+        gen = store.artifact(dense["cell_id"], SAMPLES)  # (S, 2)
+        columns = {"prompt": gen[:, 0], "dense": gen[:, 1]}
+    for label, cid in shown:
+        gen = store.artifact(cid, SAMPLES)
+        columns.setdefault("prompt", gen[:, 0])
+        columns[label] = gen[:, 1]
+    title = f"greedy continuations of test-text openings; pruned models at level {level:g}"
+    return pd.DataFrame(columns), title
+
+
+def _shown_cells(
+    df: pd.DataFrame, has: list[str], rec: Recommendation | None
+) -> tuple[pd.Series | None, list[tuple[str, str]], float] | None:
+    """The dense control's row and (curve label, cell id) of every pruned curve at one level
+    (the recommended one, else the highest swept), lowest seed, among cells in ``has``."""
     rows = df[df["cell_id"].isin(has)].sort_values("seed")
     pruned = rows[rows["method"] != "dense"]
     if pruned.empty:
@@ -222,17 +242,31 @@ def sample_outputs(
     level = rec.level if rec is not None and rec.level is not None else pruned["level"].max()
     at = pruned[np.isclose(pruned["level"].to_numpy(float), level)]
     labels = curve_labels(df).loc[at.index]
-    columns: dict[str, np.ndarray] = {}
+    at = at.assign(_label=labels).drop_duplicates(subset="_label", keep="first")
     dense = rows[rows["method"] == "dense"]
-    if len(dense):
-        gen = store.artifact(dense.iloc[0]["cell_id"], SAMPLES)  # (S, 2)
-        columns = {"prompt": gen[:, 0], "dense": gen[:, 1]}
-    for idx, row in at.drop_duplicates(subset=[*CONFIG_COLUMNS[:4]], keep="first").iterrows():
-        gen = store.artifact(row["cell_id"], SAMPLES)
-        columns.setdefault("prompt", gen[:, 0])
-        columns[str(labels.loc[idx])] = gen[:, 1]
-    title = f"greedy continuations of test-text openings; pruned models at level {level:g}"
-    return pd.DataFrame(columns), title
+    shown = [(str(r["_label"]), r["cell_id"]) for _, r in at.iterrows()]
+    return (dense.iloc[0] if len(dense) else None), shown, float(level)
+
+
+def detection_grid(
+    store: Store, df: pd.DataFrame, rec: Recommendation | None
+) -> dict[str, Any] | None:
+    """Images, true boxes and the detections of the dense control and each pruned curve at the
+    shown level (see :func:`_shown_cells`), for the report's grid; None without detections."""
+    has = [cid for cid in df["cell_id"] if store.artifact_names(cid, "det_images")]
+    picked = _shown_cells(df, has, rec)
+    if picked is None or picked[0] is None:
+        return None
+    dense, shown, level = picked
+    images = store.artifact(dense["cell_id"], "det_images").astype(np.float32) / 255.0
+    columns = [stored_detections(store, dense["cell_id"], "det_truth")]
+    columns.append(stored_detections(store, dense["cell_id"]))
+    titles = ["truth", "dense"]
+    for label, cid in shown:
+        columns.append(stored_detections(store, cid))
+        titles.append(f"{label} @{level:g}")
+    classes = [str(c) for c in store.artifact(dense["cell_id"], "det_classes")]
+    return {"images": images, "columns": columns, "titles": titles, "classes": classes}
 
 
 def knee_sentence(level: float | None, knee: float | None) -> str:
@@ -332,6 +366,7 @@ def report_run(
     with Store(run_dir, create=False) as store:
         weights = shipped_weights(store, df, rec)
         samples = sample_outputs(store, df, rec)
+        grid = detection_grid(store, df, rec)
     extras = ReportExtras(
         knees=knees,
         recommendation=None if rec is None else recommendation_view(rec, knee_note),
@@ -347,6 +382,10 @@ def report_run(
         title=f"prunelab report: {spec.get('model')} on {spec.get('data', {}).get('name')}",
         original=original,
         samples=samples[0] if samples else None,
+        detection_images=grid["images"] if grid else None,
+        detection_columns=grid["columns"] if grid else None,
+        detection_titles=grid["titles"] if grid else None,
+        class_names=grid["classes"] if grid else None,
         samples_title=samples[1] if samples else "",
     )
     return build_report(run_dir, credit(df), extras), rec  # curves at achieved levels, too

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -29,6 +30,7 @@ from prunelab.errors import PrunelabError
 from prunelab.measure.detection import (
     Detections,
     coco_map,
+    detection_artifacts,
     fidelity_map50,
     precision_recall,
 )
@@ -40,6 +42,7 @@ from prunelab.sources.models.zoo import build_model
 from prunelab.tasks.base import MetricInfo, Task
 
 log = logging.getLogger(__name__)
+GRID_IMAGES = 6  # test scenes whose detections every cell stores for the report
 
 METRICS = (
     MetricInfo("map50", True, "COCO mAP at IoU 0.5"),
@@ -72,8 +75,10 @@ class DetectionTask(Task):
         score_threshold: float = 0.3,
         eval_batch_size: int = 256,
         primary: str = "map50",
+        class_names: tuple[str, ...] = (),
     ) -> None:
         self.num_classes = num_classes
+        self.class_names = class_names or tuple(str(i) for i in range(num_classes))
         self.primary = primary
         self.info(primary)
         self.score_threshold = score_threshold
@@ -86,7 +91,7 @@ class DetectionTask(Task):
             raise PrunelabError(
                 f"a detection task needs scene data (boxes per image), got {type(data).__name__}"
             )
-        return cls(data.num_classes, **kwargs)  # type: ignore[arg-type]
+        return cls(data.num_classes, class_names=data.classes, **kwargs)  # type: ignore[arg-type]
 
     def metric_infos(self) -> tuple[MetricInfo, ...]:
         return METRICS
@@ -153,6 +158,20 @@ class DetectionTask(Task):
 
     def example_input(self, split: SceneSet) -> Tensor:
         return split.images[:1]
+
+    def artifacts(
+        self, model: nn.Module, split: SceneSet, outputs: list[Detections]
+    ) -> dict[str, np.ndarray]:
+        """The first :data:`GRID_IMAGES` test scenes' detections, with the images (uint8) and
+        their true boxes, for the report's grid of dense vs pruned detections."""
+        n = min(GRID_IMAGES, len(split))
+        images = (split.images[:n] * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+        return {
+            **detection_artifacts(outputs, n),
+            **detection_artifacts(truth_of(split.subset(n)), n, prefix="det_truth"),
+            "det_images": images,  # (n, C, H, W) uint8
+            "det_classes": np.array(self.class_names, dtype=str),
+        }
 
 
 def fit(
