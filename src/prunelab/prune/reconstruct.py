@@ -117,7 +117,8 @@ def _upper_cholesky_of_inverse(h: Tensor) -> Tensor:
     low, info = torch.linalg.cholesky_ex(h)
     if int(info) != 0:
         raise PrunelabError("Hessian is not positive definite; raise SparseGPTConfig.percdamp")
-    hinv = torch.cholesky_inverse(low)  # (cols, cols)
+    eye = torch.eye(h.shape[0], dtype=h.dtype)
+    hinv = torch.cholesky_solve(eye, low)  # (cols, cols); ~10× faster than cholesky_inverse on CPU
     up, info = torch.linalg.cholesky_ex(hinv, upper=True)
     if int(info) != 0:
         raise PrunelabError("H⁻¹ is not positive definite; raise SparseGPTConfig.percdamp")
@@ -201,7 +202,8 @@ def _obs_block(
             low = torch.topk(s, nm.m - nm.n, dim=1, largest=False).indices  # (rows, m-n)
             pruned[:, i : i + nm.m].scatter_(1, low, True)
         e = w1[:, i] * pruned[:, i] / d[i]  # (rows,) scaled error of the pruned weights
-        w1[:, i:].addr_(e, h1[i, i:], alpha=-1)  # w1[:, i:] -= e ⊗ h1[i, i:]; kept: e = 0
+        w1[:, i:].sub_(torch.outer(e, h1[i, i:]))  # kept: e = 0; (addr_ on this strided view
+        # is ~25× slower on CPU)
         err[:, i] = e
     w[:, i1:i2] = w1.masked_fill_(pruned, 0.0)  # pruned columns are ~0 now; make them exact
     return pruned, err
