@@ -46,7 +46,8 @@ from prunelab.prune.apply import apply_masks, layer_sparsity
 from prunelab.prune.criteria import compute_scores
 from prunelab.prune.masks import select_masks
 from prunelab.prune.progress import layer_progress
-from prunelab.prune.sequential import prune_sequential
+from prunelab.prune.reconstruct import SparseGPTConfig
+from prunelab.prune.sequential import SequentialConfig, prune_sequential
 from prunelab.prune.structure import NM, Unstructured
 from prunelab.sources.hf import decoder_targets, load_causal_lm, load_tokenizer, smollm2_gguf
 from prunelab.sources.models.cache import default_cache_dir
@@ -242,17 +243,32 @@ def run_minilm(args) -> list[dict]:
     for method, structure in [(m, s) for s in structures for m in methods]:
         enc = copy.deepcopy(dense)
         t = time.perf_counter()
-        prune_sequential(
-            enc, encoder_targets(enc), token_batches(enc, calib_s), method, 0.5, structure
-        )
+        with PeakRSS() as mem:
+            prune_sequential(
+                enc,
+                encoder_targets(enc),
+                token_batches(enc, calib_s),
+                method,
+                0.5,
+                structure,
+                SequentialConfig(sparsegpt=SparseGPTConfig(percdamp=args.minilm_damp)),
+            )
         secs = time.perf_counter() - t
+        damp = f", damp {args.minilm_damp}" if method == "sparsegpt" else ""
         fid = fidelity(enc.encode(evals), ref, k=10)
         label = str(structure) if isinstance(structure, NM) else "50% unstructured"
         rows.append(
-            {"method": method, "structure": label, "calib": calib_label, "secs": secs, **fid}
+            {
+                "method": method,
+                "structure": label,
+                "calib": calib_label + damp,
+                "secs": secs,
+                "rss": mem.peak,
+                **fid,
+            }
         )
         print(
-            f"| {method} | {label} | {calib_label} | {fid['cos_mean']:.3f} | "
+            f"| {method} | {label} | {calib_label + damp} | {fid['cos_mean']:.3f} | "
             f"{fid['cos_min']:.3f} | {fid['knn@10']:.3f} | {secs:.1f} |",
             flush=True,
         )
@@ -267,7 +283,8 @@ def write_markdown(path: Path, header: str, lm: list[dict], meta: dict, minilm: 
         "## SmolLM2-135M-Instruct (GGUF Q4_1 dequantised to float32), one-shot, no fine-tuning",
         "",
         f"Perplexity on lee_background documents 150–299: {meta['eval_tokens']:,} predicted tokens in windows of 512 "
-        f"(SmolLM2 tokenizer, no special tokens); calibration: documents 0–149, {meta['calib_tokens']:,} tokens in windows of 512. "
+        f"(SmolLM2 tokenizer, no special tokens); calibration (column *calibration*, windows × tokens): documents 0–149 (*lee*, disjoint from the evaluation text; "
+        f"rows with 4×512 are the previous run's, `language.prev-*.json`, measured before SparseGPT's CPU speed-up, 1 thread, load 8–10). "
         f"All 210 decoder Linear layers pruned, lm_head kept. Agreement = fraction of positions where the pruned model's argmax "
         f"equals the dense one; KL = mean KL(dense ‖ pruned) per token over the dense top-64 tokens plus one rest bin (a lower bound "
         f"of the full KL). Time = pruning only (calibration passes included); RSS = peak resident memory of the whole process "
@@ -314,11 +331,11 @@ def write_markdown(path: Path, header: str, lm: list[dict], meta: dict, minilm: 
         "36 encoder Linear layers pruned sequentially (blocks in order); calibration sentences as stated (disjoint from the evaluation ones); evaluation: cosine of "
         "1,000 held-out movie-review sentences' embeddings to the dense embeddings (target for SparseGPT: ≥ 0.95).",
         "",
-        "| method | structure | calibration | cos mean | cos min | knn@10 | prune s |",
-        "|---|---|---|---|---|---|---|",
+        "| method | structure | calibration | cos mean | cos min | knn@10 | prune s | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r['method']} | {r['structure']} | {r.get('calib', '256 Lee news sentences')} | {r['cos_mean']:.3f} | {r['cos_min']:.3f} | {r['knn@10']:.3f} | {r['secs']:.1f} |"
+        f"| {r['method']} | {r['structure']} | {r.get('calib', '256 Lee news sentences')} | {r['cos_mean']:.3f} | {r['cos_min']:.3f} | {r['knn@10']:.3f} | {r['secs']:.1f} | {r.get('rss', float('nan')):.0f} |"
         for r in minilm
     ]
     path.write_text("\n".join(lines) + "\n")
@@ -337,6 +354,7 @@ def main() -> None:
     ap.add_argument("--minilm-calib", type=int, default=256, help="MiniLM calibration sentences")
     ap.add_argument("--minilm-source", choices=("news", "movies"), default="news")
     ap.add_argument("--minilm-methods", default="magnitude,wanda,sparsegpt")
+    ap.add_argument("--minilm-damp", type=float, default=0.01, help="SparseGPT dampening")
     ap.add_argument("--minilm-unstructured-only", action="store_true")
     ap.add_argument("--magnitude-70", action="store_true", help="also magnitude at 70 %% ± OWL")
     ap.add_argument("--eval-windows", type=int, default=16, help="512-token evaluation windows")
@@ -345,6 +363,7 @@ def main() -> None:
     ap.add_argument("--calib-batch", type=int, default=4, help="calibration windows per forward")
     ap.add_argument("--methods", default="magnitude,wanda,sparsegpt", help="SmolLM2 methods")
     ap.add_argument("--one-pass", action="store_true", help="also Wanda from one dense pass")
+    ap.add_argument("--tag", default="", help="suffix of the part's JSON file name")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -367,7 +386,7 @@ def main() -> None:
         if args.quick:
             return
         state["note"] = note
-        (results / f"language.{args.part}.json").write_text(json.dumps(state, indent=1))
+        (results / f"language.{args.part}{args.tag}.json").write_text(json.dumps(state, indent=1))
         if args.part == "all":
             write_markdown(results / "language.md", f"{header}\n\n{note}", **_tables(state))
 
@@ -406,6 +425,7 @@ def combine(results: Path, header: str) -> None:
             {"50% unstructured": 0, "2:4": 1}.get(r["structure"], 2),
             {"-": 0, "uniform": 1}.get(r["alloc"], 2),
             order.get(r["method"], 9),
+            int(r.get("calib", "4×").split("×")[0] if r.get("calib", "-") != "-" else 0),
         ),
     )
     body = {"lm": dense + pruned, "meta": meta}
