@@ -150,7 +150,7 @@ def run_smollm2(args, on_row) -> tuple[list[dict], dict]:
         model = copy.deepcopy(dense)
         targets = decoder_targets(model)
         with PeakRSS() as mem:
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), time.process_time()
             if method == "wanda (one pass)":
                 apply_masks(model, select_masks(wanda_scores, sparsity, "row", structure))
             else:
@@ -158,7 +158,7 @@ def run_smollm2(args, on_row) -> tuple[list[dict], dict]:
                     prune_sequential(
                         model, targets, calib, method, sparsity, structure, progress=progress
                     )
-            secs = time.perf_counter() - t
+            secs, cpu = time.perf_counter() - t, time.process_time() - cpu
         sp = layer_sparsity(model, targets)
         level = sum(sp[n] * m.weight.numel() for n, m in targets.items()) / sum(
             m.weight.numel() for m in targets.values()
@@ -172,6 +172,7 @@ def run_smollm2(args, on_row) -> tuple[list[dict], dict]:
                 "alloc": alloc,
                 "calib": f"{n_cal}×512 {args.calib_source}" if method != "magnitude" else "-",
                 **_lm_row(model, evalw, ref, secs, mem.peak),
+                "cpu": cpu,
             }
         )
         print(_lm_fmt(rows[-1], rows[0]["ppl"]), flush=True)
@@ -217,8 +218,12 @@ def _lm_row(model, windows, ref, secs: float, peak: float) -> dict:
 def _lm_fmt(r: dict, dense_ppl: float) -> str:
     return (
         f"| {r['method']} | {r['structure']} | {r['alloc']} | {r.get('calib', '4×512 lee')} | {r['ppl']:.2f} | {r['ppl'] / dense_ppl:.2f}× | "
-        f"{r['agree']:.3f} | {r['kl']:.3f} | {r['secs']:.0f} | {r['rss']:.0f} |"
+        f"{r['agree']:.3f} | {r['kl']:.3f} | {r['secs']:.0f} | {_cpu(r)} | {r['rss']:.0f} |"
     )
+
+
+def _cpu(r: dict) -> str:
+    return f"{r['cpu']:.0f}" if "cpu" in r else "–"
 
 
 def minilm_calibration(args, sent, rest) -> tuple[list[str], str]:
@@ -287,7 +292,7 @@ def write_markdown(path: Path, header: str, lm: list[dict], meta: dict, minilm: 
         f"rows with 4×512 are the previous run's, `language.prev-*.json`, measured before SparseGPT's CPU speed-up, 1 thread, load 8–10). "
         f"All 210 decoder Linear layers pruned, lm_head kept. Agreement = fraction of positions where the pruned model's argmax "
         f"equals the dense one; KL = mean KL(dense ‖ pruned) per token over the dense top-64 tokens plus one rest bin (a lower bound "
-        f"of the full KL). Time = pruning only (calibration passes included); RSS = peak resident memory of the whole process "
+        f"of the full KL). Time = pruning only (calibration passes included), wall clock on the shared machine; prune CPU s = CPU seconds the process used meanwhile (both threads; about twice the wall time an idle 2-core machine would need; – where not recorded); RSS = peak resident memory of the whole process "
         f"(dense model + the pruned copy) during pruning. Model load {meta['load_s']:.0f} s.",
         "",
         "Every method runs through the same sequential driver (blocks in order, calibration propagated through the "
@@ -295,8 +300,8 @@ def write_markdown(path: Path, header: str, lm: list[dict], meta: dict, minilm: 
         "dense calibration pass. OWL: λ = 0.08, M = 5 (the paper's LLaMA settings), outlier ratios from the dense model's "
         "Wanda scores, one level per decoder block, plain mean over blocks = 70 %.",
         "",
-        "| method | structure | allocation | calibration | perplexity | × dense | agreement | KL | prune s | peak RSS MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| method | structure | allocation | calibration | perplexity | × dense | agreement | KL | prune s | prune CPU s | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [_lm_fmt(r, d) for r in lm]
     lines += [
