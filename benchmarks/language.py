@@ -217,9 +217,14 @@ def _lm_row(model, windows, ref, secs: float, peak: float) -> dict:
 
 def _lm_fmt(r: dict, dense_ppl: float) -> str:
     return (
-        f"| {r['method']} | {r['structure']} | {r['alloc']} | {r.get('calib', '4×512 lee')} | {r['ppl']:.2f} | {r['ppl'] / dense_ppl:.2f}× | "
+        f"| {r['method']} | {r['structure']} | {r['alloc']} | {_calib(r)} | {r['ppl']:.2f} | {r['ppl'] / dense_ppl:.2f}× | "
         f"{r['agree']:.3f} | {r['kl']:.3f} | {r['secs']:.0f} | {_cpu(r)} | {r['rss']:.0f} |"
     )
+
+
+def _calib(r: dict) -> str:
+    """Calibration windows × 512 and source; rows of the previous run (no field) used 4 × 512."""
+    return r.get("calib", "-" if r["method"] in ("dense", "magnitude") else "4×512 lee")
 
 
 def _cpu(r: dict) -> str:
@@ -311,6 +316,7 @@ def write_markdown(path: Path, header: str, lm: list[dict], meta: dict, minilm: 
         "| method | SmolLM2 50 % | OPT-125M 50 % (SLiM) | SmolLM2 2:4 | OPT-125M 2:4 |",
         "|---|---|---|---|---|",
     ]
+    # rows are sorted by calibration size: the largest calibration measured wins
     by = {(r["method"], r["structure"], r["alloc"]): r["ppl"] / d for r in lm}
     for m in ("magnitude", "wanda", "sparsegpt"):
         o24 = f"{OPT125M_24[m] / OPT125M['dense']:.2f}×" if m in OPT125M_24 else "–"
@@ -430,7 +436,7 @@ def combine(results: Path, header: str) -> None:
             {"50% unstructured": 0, "2:4": 1}.get(r["structure"], 2),
             {"-": 0, "uniform": 1}.get(r["alloc"], 2),
             order.get(r["method"], 9),
-            int(r.get("calib", "4×").split("×")[0] if r.get("calib", "-") != "-" else 0),
+            int(_calib(r).split("×")[0]) if _calib(r) != "-" else 0,
         ),
     )
     body = {"lm": dense + pruned, "meta": meta}
@@ -445,9 +451,10 @@ def combine(results: Path, header: str) -> None:
         }.values()
     )
     note = (
-        f"Run as {len(parts)} parts in parallel on the shared 2-core machine (its load average "
-        "was 8–10 during the runs, so times are inflated), then `--combine`; each part prunes "
-        f"its own copy of the same dense model. Parts: {notes}"
+        f"Run as {len(parts)} parts (`results/language.*.json`) on the shared 2-core machine "
+        "(load average 7–11 during every run: wall times are inflated several-fold; *prune CPU s* "
+        "is the load-independent measure), then `--combine`; each part prunes its own copy of "
+        f"the same dense model. Parts: {notes}"
     )
     title = header.split("\n\nCommand:")[0]
     write_markdown(results / "language.md", f"{title}\n\n{note}", minilm=minilm, **body)
