@@ -227,6 +227,10 @@ def _calib(r: dict) -> str:
     return r.get("calib", "-" if r["method"] in ("dense", "magnitude") else "4×512 lee")
 
 
+def _rss(r: dict) -> str:
+    return f"{r['rss']:.0f}" if "rss" in r else "–"
+
+
 def _cpu(r: dict) -> str:
     return f"{r['cpu']:.0f}" if "cpu" in r else "–"
 
@@ -346,7 +350,7 @@ def write_markdown(path: Path, header: str, lm: list[dict], meta: dict, minilm: 
         "|---|---|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r['method']} | {r['structure']} | {r.get('calib', '256 Lee news sentences')} | {r['cos_mean']:.3f} | {r['cos_min']:.3f} | {r['knn@10']:.3f} | {r['secs']:.1f} | {r.get('rss', float('nan')):.0f} |"
+        f"| {r['method']} | {r['structure']} | {r.get('calib', '256 Lee news sentences')} | {r['cos_mean']:.3f} | {r['cos_min']:.3f} | {r['knn@10']:.3f} | {r['secs']:.1f} | {_rss(r)} |"
         for r in minilm
     ]
     path.write_text("\n".join(lines) + "\n")

@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_model
 from torch import nn
 
 from prunelab.errors import PrunelabError
@@ -109,8 +110,6 @@ def save_dense(model: nn.Module, path: Path) -> None:
     shared by tied modules (``lm_head`` = ``embed_tokens``) are stored once; loading the
     directory ties them again.
     """
-    from safetensors.torch import save_model
-
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
