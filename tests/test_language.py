@@ -19,6 +19,7 @@ from prunelab.measure.language import (
     token_windows,
 )
 from prunelab.prune.sequential import prune_sequential
+from prunelab.sources import hf
 
 transformers = pytest.importorskip("transformers")
 
@@ -87,3 +88,31 @@ def test_windows_and_greedy_generations_with_a_real_tokenizer():
         isinstance(o, str) and len(tok(o, add_special_tokens=False)["input_ids"]) <= 10
         for o in outs
     )
+
+
+def test_gguf_dense_cache_dequantises_once_and_reloads_identical_tied_logits(tmp_path, monkeypatch):
+    gguf = tmp_path / "models" / "tiny.Q4_1.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"stand-in for a GGUF file")
+    dense = tiny_llama(tied=True)
+    dequantised, real = [], hf._from_source
+
+    def from_source(directory, name, dtype):  # the GGUF step is stubbed, the cache read is real
+        if name is None:
+            return real(directory, name, dtype)
+        dequantised.append(name)
+        return copy.deepcopy(dense)
+
+    monkeypatch.setattr(hf, "_from_source", from_source)
+    cache = tmp_path / "cache"
+    hf.load_causal_lm(gguf, cache_dir=cache)
+    again = hf.load_causal_lm(gguf, cache_dir=cache)
+    assert dequantised == ["tiny.Q4_1.gguf"]  # the second load read the cache
+    assert again.lm_head.weight is again.model.embed_tokens.weight  # still tied
+    assert len(list(cache.iterdir())) == 1
+    ids = torch.randint(0, 64, (2, 10), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(again(ids).logits, dense(ids).logits)
+    gguf.write_bytes(b"another GGUF file")  # new content, new cache entry
+    hf.load_causal_lm(gguf, cache_dir=cache)
+    assert len(dequantised) == 2 and len(list(cache.iterdir())) == 2

@@ -6,6 +6,9 @@ against a hand-rolled reference, and OWL levels averaging to the target."""
 from __future__ import annotations
 
 import copy
+import io
+import logging
+import sys
 
 import pytest
 import torch
@@ -15,6 +18,7 @@ from torch import nn
 from prunelab.prune.allocation.owl import owl, owl_sparsities
 from prunelab.prune.criteria import compute_scores
 from prunelab.prune.masks import select_masks
+from prunelab.prune.progress import layer_progress
 from prunelab.prune.reconstruct import InputStats, SparseGPTConfig, sparsegpt
 from prunelab.prune.sequential import SequentialConfig, prune_sequential
 from prunelab.prune.structure import NM, Unstructured
@@ -111,6 +115,54 @@ def test_sparsegpt_obs_update_literal():
     torch.testing.assert_close(new, torch.tensor([[0.0, 3.25]]))
 
 
+def _reference_fasterprune(w, h, sparsity, prune_n=0, prune_m=0, blocksize=128, percdamp=0.01):
+    """IST-DASLab/sparsegpt ``SparseGPT.fasterprune`` transcribed (float64, no quantiser),
+    except ``tmp < thresh``: the reference's ``<=`` prunes one weight more per block."""
+    w, h = w.clone().double(), h.clone().double()
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1
+    w[:, dead] = 0
+    h += percdamp * torch.mean(torch.diag(h)) * torch.eye(h.shape[0], dtype=h.dtype)
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    for i1 in range(0, w.shape[1], blocksize):
+        i2 = min(i1 + blocksize, w.shape[1])
+        w1, q1, err1 = (
+            w[:, i1:i2].clone(),
+            torch.zeros_like(w[:, i1:i2]),
+            torch.zeros_like(w[:, i1:i2]),
+        )
+        hinv1 = hinv[i1:i2, i1:i2]
+        if prune_n == 0:
+            tmp = w1**2 / torch.diag(hinv1).reshape((1, -1)) ** 2
+            mask1 = tmp < torch.sort(tmp.flatten())[0][int(tmp.numel() * sparsity)]
+        else:
+            mask1 = torch.zeros_like(w1) == 1
+        for i in range(i2 - i1):
+            if prune_n != 0 and i % prune_m == 0:
+                tmp = w1[:, i : i + prune_m] ** 2 / torch.diag(hinv1)[i : i + prune_m] ** 2
+                mask1.scatter_(1, i + torch.topk(tmp, prune_n, dim=1, largest=False)[1], True)
+            q = w1[:, i].clone()
+            q[mask1[:, i]] = 0
+            q1[:, i] = q
+            err = (w1[:, i] - q) / hinv1[i, i]
+            w1[:, i:] -= err.unsqueeze(1).matmul(hinv1[i, i:].unsqueeze(0))
+            err1[:, i] = err
+        w[:, i1:i2] = q1
+        w[:, i2:] -= err1.matmul(hinv[i1:i2, i2:])
+    return w
+
+
+@pytest.mark.parametrize("structure", [Unstructured(), NM(2, 4)])
+def test_sparsegpt_equals_the_reference_implementation(structure):
+    x = _correlated_inputs(300, 192, 11).double()  # 192 columns: one full and one partial block
+    w = torch.randn(24, 192, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+    args = (2, 4) if isinstance(structure, NM) else ()
+    expected = _reference_fasterprune(w, _hessian(x), 0.5, *args)
+    new, keep = sparsegpt(w, _hessian(x), 0.5, structure, SparseGPTConfig(dtype=torch.float64))
+    assert torch.equal(keep, expected != 0)
+    torch.testing.assert_close(new, expected, rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize("structure", [None, NM(2, 4)])
 def test_sparsegpt_reconstructs_a_linear_layer_better_than_magnitude_and_wanda(structure):
     torch.manual_seed(0)
@@ -196,6 +248,20 @@ def test_llama_blocks_are_found_and_every_layer_is_pruned_exactly():
     for name, module in targets.items():
         assert int((module.weight == 0).sum()) == round(0.5 * module.weight.numel()), name
         assert torch.equal(masks[name], module.weight != 0)
+
+
+def test_layer_progress_draws_one_bar_and_logs_without_tqdm(monkeypatch, caplog):
+    out, model = io.StringIO(), tiny_llama()
+    with layer_progress("wanda 50%", file=out) as bar:
+        prune_sequential(model, _decoder_targets(model), _ids(), "wanda", 0.5, progress=bar)
+    assert "wanda 50%" in out.getvalue() and "14/14" in out.getvalue()  # 2 blocks × 7 Linear
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # tqdm absent: log lines instead
+    with caplog.at_level(logging.INFO, logger="prunelab.prune.progress"):
+        with layer_progress("magnitude") as progress:
+            for i in range(1, 15):
+                progress(i, 14, f"layer{i}")
+    lines = [r.getMessage() for r in caplog.records if r.name == "prunelab.prune.progress"]
+    assert len(lines) == 14 and lines[-1].startswith("magnitude: 14/14 layers (layer14)")
 
 
 def test_llama_two_four_pattern_per_layer():

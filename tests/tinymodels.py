@@ -6,8 +6,9 @@ import torch
 from torch import nn
 
 
-def tiny_llama(vocab: int = 64, initializer_range: float = 0.2) -> nn.Module:
-    """A 2-layer Llama from a config (needs transformers), seeded, in eval mode."""
+def tiny_llama(vocab: int = 64, initializer_range: float = 0.2, tied: bool = False) -> nn.Module:
+    """A 2-layer Llama from a config (needs transformers), seeded, in eval mode; ``tied``: the
+    output head shares the embedding matrix (as SmolLM2's)."""
     import transformers
 
     cfg = transformers.LlamaConfig(
@@ -19,6 +20,7 @@ def tiny_llama(vocab: int = 64, initializer_range: float = 0.2) -> nn.Module:
         num_key_value_heads=2,
         max_position_embeddings=64,
         initializer_range=initializer_range,
+        tie_word_embeddings=tied,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)

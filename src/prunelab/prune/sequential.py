@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,12 +29,12 @@ from prunelab.prune.apply import apply_masks
 from prunelab.prune.calibration import LayerContext
 from prunelab.prune.criteria import CRITERIA
 from prunelab.prune.masks import Masks, select_masks
+from prunelab.prune.progress import Progress
 from prunelab.prune.reconstruct import RECONSTRUCTORS, InputStats, SparseGPTConfig
 from prunelab.prune.structure import NM, Structure, Unstructured
 from prunelab.prune.walk import find_blocks, walk_blocks, walk_layers
 
 log = logging.getLogger(__name__)
-Progress = Callable[[int, int, str], None]  # (layers done, layers total, layer name)
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,8 @@ def prune_sequential(
     progress: Progress | None = None,
 ) -> Masks:
     """Prune ``targets`` of ``model`` in place, layer after layer; returns the masks.
+
+    ``progress`` is called after each layer (a bar: :func:`prunelab.prune.progress.layer_progress`).
 
     ``calibration`` is a sequence of model inputs (a tensor, an ``(x, y)`` pair or a dict of
     keyword arguments each). ``sparsity`` is one fraction or one per target (an allocation

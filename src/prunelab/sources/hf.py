@@ -1,21 +1,28 @@
 """Hugging Face causal LMs, offline: a local model directory or a GGUF file.
 
 GGUF weights are dequantised to float32 by transformers (needs the ``gguf`` and
-``accelerate`` packages, extra ``llm``); that float32 model is the dense model. Nothing is
-fetched from a hub: every load passes ``local_files_only=True``.
+``accelerate`` packages, extra ``llm``); that float32 model is the dense model. Dequantising
+takes a minute or two, so ``load_causal_lm(gguf, cache_dir=...)`` keeps the dense model once as
+a safetensors directory keyed by the GGUF file's content hash (tied weights stay tied) and
+loads it in seconds afterwards. Nothing is fetched from a hub: every load passes
+``local_files_only=True``.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
+import shutil
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_model
 from torch import nn
 
 from prunelab.errors import PrunelabError
 from prunelab.prune.targets import select_targets
+from prunelab.sources.user import file_hash
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +77,52 @@ def load_tokenizer(source: str | Path):
     )
 
 
-def load_causal_lm(source: str | Path, dtype: torch.dtype = torch.float32) -> nn.Module:
-    """A causal LM in eval mode from a local directory or GGUF file; float32 by default."""
+def load_causal_lm(
+    source: str | Path, dtype: torch.dtype = torch.float32, cache_dir: Path | None = None
+) -> nn.Module:
+    """A causal LM in eval mode from a local directory or GGUF file; float32 by default.
+
+    With ``cache_dir``, a GGUF file's dequantised model is saved there once (safetensors, see
+    :func:`dense_cache_path`) and later calls load that copy instead of dequantising again.
+    """
     directory, gguf = split_source(source)
     if not directory.is_dir() or (gguf and not (directory / gguf).is_file()):
         raise PrunelabError(f"no local model at {source}")
+    if gguf and cache_dir is not None:
+        cached = dense_cache_path(Path(source), dtype, cache_dir)
+        if not (cached / "config.json").is_file():
+            save_dense(_from_source(directory, gguf, dtype), cached)
+        return _from_source(cached, None, dtype)
+    return _from_source(directory, gguf, dtype)
+
+
+def dense_cache_path(gguf: Path, dtype: torch.dtype, cache_dir: Path) -> Path:
+    """``cache_dir/dense-<gguf stem>-<dtype>-<content hash[:16]>``: where its dense copy lives."""
+    dt = str(dtype).removeprefix("torch.")
+    return Path(cache_dir) / f"dense-{gguf.stem}-{dt}-{file_hash(gguf)[:16]}"
+
+
+def save_dense(model: nn.Module, path: Path) -> None:
+    """Save ``model`` as a plain transformers directory (``config.json`` + ``model.safetensors``)
+    at ``path``, atomically (temp dir + rename).
+
+    The GGUF origin is dropped from the config (the weights are already float), and tensors
+    shared by tied modules (``lm_head`` = ``embed_tokens``) are stored once; loading the
+    directory ties them again.
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)
+    (tmp / "config.json").write_text(json.dumps(config, indent=1))
+    save_model(model, str(tmp / "model.safetensors"))
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.replace(path)
+    log.info("cached the dense model in %s", path)
+
+
+def _from_source(directory: Path, gguf: str | None, dtype: torch.dtype) -> nn.Module:
     if gguf:
         for extra in ("gguf", "accelerate"):
             if importlib.util.find_spec(extra) is None:
@@ -83,7 +131,8 @@ def load_causal_lm(source: str | Path, dtype: torch.dtype = torch.float32) -> nn
     model = _transformers().AutoModelForCausalLM.from_pretrained(
         str(directory), dtype=dtype, local_files_only=True, **kwargs
     )
-    log.info("loaded %s (%d parameters)", source, sum(p.numel() for p in model.parameters()))
+    n = sum(p.numel() for p in model.parameters())
+    log.info("loaded %s (%d parameters)", directory / (gguf or ""), n)
     return model.eval()
 
 

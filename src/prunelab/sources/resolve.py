@@ -69,7 +69,7 @@ def _model_file(model: str, data: DataBundle) -> nn.Module:
     if not Path(model).is_file():
         raise PrunelabError(f"model file {model} not found")
     if model.endswith(".gguf"):  # a causal LM (transformers dequantises it to float32)
-        return load_causal_lm(model)
+        return load_causal_lm(model, cache_dir=default_cache_dir())
     example = data.test.x[:4]
     if model.endswith(KERAS_SUFFIXES):
         # prunelab's images are (N, C, H, W); Keras takes (N, H, W, C): the converted model

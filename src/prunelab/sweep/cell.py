@@ -323,7 +323,7 @@ def run_cell(
     else:
         if cell.method != "dense":
             t0 = time.perf_counter()
-            records = _prune(cell, ctx, model, gen)
+            records = _prune(cell, ctx, model, gen, progress)
             row["prune_s"] = time.perf_counter() - t0  # scoring, calibration, reconstruction
             if cell.finetune.epochs > 0:  # before fine-tuning: the cheap metrics only
                 pre = _cheap_metrics(ctx, model)
@@ -427,7 +427,9 @@ def _allocation(cell: Cell, ctx: Context, model: nn.Module, gen: torch.Generator
     return structure, scores, allocation, records
 
 
-def _reconstruct(cell: Cell, ctx: Context, model: nn.Module, gen: torch.Generator) -> None:
+def _reconstruct(
+    cell: Cell, ctx: Context, model: nn.Module, gen: torch.Generator, progress: Progress | None
+) -> None:
     """SparseGPT-style: prune layer after layer, updating the kept weights (no score cache).
 
     Per-layer fractions come from the cell's allocation over the dense model's magnitudes
@@ -444,13 +446,24 @@ def _reconstruct(cell: Cell, ctx: Context, model: nn.Module, gen: torch.Generato
         scores = compute_scores(model, targets, "magnitude", gen)
         counts = ALLOCATIONS.get(cell.allocation)(scores, cell.level)
         sparsity = {n: counts[n] / scores[n].numel() for n in targets}
-    prune_sequential(model, targets, calib, cell.method, sparsity, structure, generator=gen)
+    on_layer = (
+        (lambda done, total, name: progress("prune layers", done, total)) if progress else None
+    )
+    prune_sequential(
+        model, targets, calib, cell.method, sparsity, structure, generator=gen, progress=on_layer
+    )
 
 
-def _prune(cell: Cell, ctx: Context, model: nn.Module, gen: torch.Generator) -> dict[str, Any]:
+def _prune(
+    cell: Cell,
+    ctx: Context,
+    model: nn.Module,
+    gen: torch.Generator,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
     """One-shot: score, allocate and mask ``model`` in place; returns run-level records."""
     if cell.method in RECONSTRUCTORS:
-        _reconstruct(cell, ctx, model, gen)
+        _reconstruct(cell, ctx, model, gen, progress)
         return {}
     if isinstance(st := parse_structure(cell.structure), Heads):  # physical heads (+FFN)
         calib = list(islice(ctx.task.batches(ctx.data.train, 32, gen), cell.calibration_batches))

@@ -14,6 +14,7 @@ from torch import nn
 
 from prunelab.nlp.encoder import load_minilm
 from prunelab.sources.hf import load_causal_lm, smollm2_gguf
+from prunelab.sources.models.cache import default_cache_dir
 from prunelab.sources.models.zoo import PRETRAINED
 
 
@@ -25,5 +26,5 @@ def minilm() -> nn.Module:
 
 @PRETRAINED.register("smollm2-135m")
 def smollm2_135m() -> nn.Module:
-    """SmolLM2-135M-Instruct, float32, eval mode."""
-    return load_causal_lm(smollm2_gguf())
+    """SmolLM2-135M-Instruct, float32, eval mode (dequantised once, then cached)."""
+    return load_causal_lm(smollm2_gguf(), cache_dir=default_cache_dir())
