@@ -144,7 +144,7 @@ def test_recommend_report_and_exports_reload(run_dir, user_dir, tmp_path):
     df = load_results(run_dir)
     dense = df[df.method == "dense"].val_accuracy.mean()
     mag = df[df.method == "magnitude"].groupby("level").val_accuracy.mean()
-    assert dense - mag[0.5] < 0.1 and dense - mag[0.9] > 0.3  # so 0.5 holds and 0.9 breaks
+    assert dense - mag[0.5] < 0.1 and dense - mag[0.9] > 0.25  # 0.5 holds, 0.9 breaks (20 pt)
     assert res.output.startswith("Ship sparsity 0.5 (method=magnitude")
     out = tmp_path / "m90.safetensors"
     res = _export(run_dir, "sparse", out)

@@ -22,7 +22,7 @@ from torch import nn
 
 from prunelab.errors import PrunelabError
 from prunelab.prune.targets import select_targets
-from prunelab.sources.user import file_hash
+from prunelab.sources.hashing import file_hash
 
 log = logging.getLogger(__name__)
 

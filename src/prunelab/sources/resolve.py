@@ -24,6 +24,7 @@ from prunelab.recover.finetune import Objective, TrainConfig, train
 from prunelab.sources import memory, user
 from prunelab.sources.data import load_dataset
 from prunelab.sources.data.base import DataBundle
+from prunelab.sources.hashing import file_hash
 from prunelab.sources.hf import load_causal_lm
 from prunelab.sources.keras import load_keras
 from prunelab.sources.models import PRETRAINED, build_model, load_or_train
@@ -153,9 +154,9 @@ def fingerprint(
     if model.startswith(memory.MEMORY_PREFIX):
         out["model"] = model
     if is_model_file(model) and Path(model).is_file():
-        out["model_file"] = user.file_hash(model)
+        out["model_file"] = file_hash(model)
     if weights is not None:
-        out["weights"] = user.file_hash(weights)
+        out["weights"] = file_hash(weights)
     if loader is not None and user.is_import_path(loader):
         out["data_code"] = user.code_hash(loader)
     for path in extra:

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import os
@@ -29,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from prunelab.errors import PrunelabError
 from prunelab.sources import memory
 from prunelab.sources.data.base import DataBundle, Split
+from prunelab.sources.hashing import file_hash
 from prunelab.sources.memory import MEMORY_PREFIX
 
 SPLITS = ("train", "val", "test")
@@ -114,15 +114,6 @@ def local_file(path: Path) -> Path:
         if (Path.cwd() / relative).exists():
             return Path.cwd() / relative
     return path
-
-
-def file_hash(path: Path | str) -> str:
-    """SHA-256 of a file's bytes (hex)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def code_hash(path: str) -> str:
