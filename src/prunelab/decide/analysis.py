@@ -173,18 +173,14 @@ def tipping_points(
         ref = dense
         if "ft_epochs" in config and (dense["ft_epochs"] == g["ft_epochs"].iloc[0]).any():
             ref = dense[dense["ft_epochs"] == g["ft_epochs"].iloc[0]]  # same fine-tune budget
+        names = dict(zip(config, key if isinstance(key, tuple) else (key,)))
+        if g["level"].nunique() < 2:  # one level (an N:M pattern): no curve to bend
+            rows.append(dict(names, knee=None, onset=None, band=None, noise=None))
+            continue
         k = knee(
             np.r_[np.zeros(len(ref)), g["level"]], np.r_[ref[column], g[column]], hib, **knee_kw
         )
-        rows.append(
-            dict(
-                zip(config, key if isinstance(key, tuple) else (key,)),
-                knee=k.level,
-                onset=k.onset,
-                band=k.band,
-                noise=k.noise,
-            )
-        )
+        rows.append(dict(names, knee=k.level, onset=k.onset, band=k.band, noise=k.noise))
     return pd.DataFrame(rows)
 
 

@@ -46,6 +46,7 @@ EFFICIENCY = (
     "sparse_macs",
     "latency_b1_ms",
     "latency_b256_ms",
+    "fps_b1",
     "disk_bytes",
     "sparse_bytes",
     "compressed_bytes",
