@@ -293,11 +293,13 @@ def test_knee_reads_achieved_levels() -> None:
 
 def test_one_level_curve_has_no_knee_and_does_not_stop_the_others():
     """An N:M curve has one level: its knee is None, the unstructured curve's is found."""
-    rows = [dict(method="dense", structure="-", level=0.0, seed=0, accuracy=0.9)]
+    rows = [{"method": "dense", "structure": "-", "level": 0.0, "seed": 0, "accuracy": 0.9}]
     levels, accs = (0.5, 0.8, 0.9, 0.95, 0.98), (0.9, 0.899, 0.897, 0.80, 0.5)
     for lv, acc in zip(levels, accs):
-        rows.append(dict(method="m", structure="unstructured", level=lv, seed=0, accuracy=acc))
-    rows.append(dict(method="m", structure="2:4", level=0.5, seed=0, accuracy=0.88))
+        rows.append(
+            {"method": "m", "structure": "unstructured", "level": lv, "seed": 0, "accuracy": acc}
+        )
+    rows.append({"method": "m", "structure": "2:4", "level": 0.5, "seed": 0, "accuracy": 0.88})
     tp = tipping_points(pd.DataFrame(rows), "accuracy", split="test").set_index("structure")
     assert tp.loc["2:4", "knee"] is None or np.isnan(tp.loc["2:4", "knee"])
     alone = knee([0.0, *levels], [0.9, *accs]).level  # the curve without the N:M one
