@@ -125,7 +125,7 @@ def _encoder_files(tmp: Path) -> dict[str, str]:
     data = """
 import torch
 from prunelab.sources.minilm import minilm_tokenizer
-from prunelab.sources.data.corpora import package_file
+from prunelab.sources.packages import package_file
 
 
 def load():

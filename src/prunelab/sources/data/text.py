@@ -17,8 +17,8 @@ from torch import Tensor
 
 from prunelab.errors import PrunelabError
 from prunelab.sources.data.base import DATASETS, DataBundle, Split
-from prunelab.sources.data.corpora import package_file
 from prunelab.sources.minilm import minilm_tokenizer
+from prunelab.sources.packages import package_file
 
 LABELS = {"rotten": 0, "fresh": 1}
 CORPUS = ("data", "rotten_tomatoes_corpus_full.csv.bz2")
