@@ -160,7 +160,14 @@ def run_smollm2(args, on_row) -> tuple[list[dict], dict]:
             else:
                 with layer_progress(f"{method} {structure} {alloc}") as progress:
                     prune_sequential(
-                        model, targets, calib, method, sparsity, structure, progress=progress
+                        model,
+                        targets,
+                        calib,
+                        method,
+                        sparsity,
+                        structure,
+                        config=SequentialConfig(staged=args.staged),
+                        progress=progress,
                     )
             secs, cpu = time.perf_counter() - t, time.process_time() - cpu
         sp = layer_sparsity(model, targets)
@@ -174,7 +181,9 @@ def run_smollm2(args, on_row) -> tuple[list[dict], dict]:
                 if isinstance(structure, NM)
                 else f"{level:.0%} unstructured",
                 "alloc": alloc,
-                "calib": f"{n_cal}×512 {args.calib_source}" if method != "magnitude" else "-",
+                "calib": f"{n_cal}×512 {args.calib_source}{' staged' if args.staged else ''}"
+                if method != "magnitude"
+                else "-",
                 **_lm_row(model, evalw, ref, secs, mem.peak),
                 "cpu": cpu,
             }
@@ -200,7 +209,8 @@ def _plans(args, wanda_scores) -> list[tuple]:
         plans += [(m, Unstructured(), "-", 0.5) for m in reversed(methods)]
         if args.one_pass:
             plans.append(("wanda (one pass)", Unstructured(), "-", 0.5))
-        plans += [(m, NM(2, 4), "-", 0.5) for m in methods]
+        if not args.skip_nm:
+            plans += [(m, NM(2, 4), "-", 0.5) for m in methods]
     if args.part in ("all", "llm70"):
         owl = owl_sparsities(wanda_scores, 0.7, lam=args.owl_lambda, m=args.owl_m)
         for m in methods if args.magnitude_70 else methods[1:]:
@@ -269,7 +279,9 @@ def run_minilm(args) -> list[dict]:
                 method,
                 0.5,
                 structure,
-                SequentialConfig(sparsegpt=SparseGPTConfig(percdamp=args.minilm_damp)),
+                SequentialConfig(
+                    staged=args.staged, sparsegpt=SparseGPTConfig(percdamp=args.minilm_damp)
+                ),
             )
         secs = time.perf_counter() - t
         damp = f", damp {args.minilm_damp}" if method == "sparsegpt" else ""
@@ -385,6 +397,8 @@ def main() -> None:
     ap.add_argument("--methods", default="magnitude,wanda,sparsegpt", help="SmolLM2 methods")
     ap.add_argument("--one-pass", action="store_true", help="also Wanda from one dense pass")
     ap.add_argument("--tag", default="", help="suffix of the part's JSON file name")
+    ap.add_argument("--staged", action="store_true", help="true-sequential stages in a block")
+    ap.add_argument("--skip-nm", action="store_true", help="llm50 without the 2:4 rows")
     add_sentiment_args(ap)  # --part sentiment: see benchmarks/sentiment.py
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

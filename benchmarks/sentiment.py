@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import statistics
 import time
@@ -41,14 +42,16 @@ RESULTS = Path(__file__).parent / "results"
 
 def add_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--model", default="minilm-sentiment")
-    ap.add_argument("--train-n", type=int, default=2048, help="training sentences used")
+    ap.add_argument("--train-n", type=int, default=None, help="training sentences (all: 10,246)")
     ap.add_argument("--test-n", type=int, default=None, help="val/test sentences (all: 1,281)")
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--schedule", default="linear", help="lr schedule of every training run")
+    ap.add_argument("--warmup", type=float, default=0.1, help="warmup fraction of the steps")
     ap.add_argument("--recover-steps", type=int, default=16, help="unstructured recovery")
     ap.add_argument("--structured-level", type=float, default=0.62)
     ap.add_argument("--structured-epochs", type=float, default=2.0)
     ap.add_argument("--levels", default="0.5,0.7,0.9")
-    ap.add_argument("--methods", default="magnitude,wanda,sparsegpt")
+    ap.add_argument("--sentiment-methods", default="magnitude,wanda,sparsegpt")
     ap.add_argument("--timing-repeats", type=int, default=15)
     ap.add_argument("--structured-both", action="store_true", help="also recover without KD")
     ap.add_argument("--no-dense-long", action="store_true", help="skip the 2-epoch dense control")
@@ -64,14 +67,24 @@ class Bench:
             max_length=64, train_limit=args.train_n, test_limit=args.test_n
         )
         self.len = {s: token_lengths(getattr(self.data, s).x) for s in ("train", "val", "test")}
-        self.cfg = TrainConfig(
-            epochs=1.0, lr=args.lr, optimizer="adamw", batch_size=32, weight_decay=0.01
-        )
+        self.cfg = self.train_config(1.0)
         t = time.perf_counter()
         self.dense = load_or_train(args.model, self.data, self.cfg)
         self.dense_s = time.perf_counter() - t
         self.ref = {s: self.logits(self.dense, s) for s in ("train", "val", "test")}
         self.task = ClassificationTask()
+
+    def train_config(self, epochs: float) -> TrainConfig:
+        a = self.args
+        return TrainConfig(
+            epochs=epochs,
+            lr=a.lr,
+            optimizer="adamw",
+            batch_size=32,
+            weight_decay=0.01,
+            schedule=a.schedule,
+            warmup=a.warmup,
+        )
 
     def logits(self, model: nn.Module, split: str) -> torch.Tensor:
         return predict_logits(model, getattr(self.data, split).x, 64, self.len[split])
@@ -85,9 +98,7 @@ class Bench:
         """Fine-tune (masks fixed) with length-grouped batches; returns seconds taken."""
         n = len(self.data.train)
         ep = steps * 32 / n if steps is not None else epochs
-        cfg = TrainConfig(
-            epochs=ep, lr=self.args.lr, optimizer="adamw", batch_size=32, weight_decay=0.01
-        )
+        cfg = self.train_config(ep)
         obj = Distillation(self.ref["train"] if distil else None, lengths=self.len["train"])
         t = time.perf_counter()
         if ep > 0:
@@ -122,7 +133,7 @@ def run_unstructured(b: Bench) -> None:
     b.add({"arm": "dense control", "recovery": f"{steps} steps", **b.score(ctrl), "secs": s})
     calib = [x for x, _ in b.calibration()]
     for level in [float(v) for v in b.args.levels.split(",")]:
-        for method in b.args.methods.split(","):
+        for method in b.args.sentiment_methods.split(","):
             m = copy.deepcopy(b.dense)
             t = time.perf_counter()
             prune_sequential(
@@ -213,6 +224,7 @@ def throughput(b: Bench, models: dict[str, nn.Module]) -> dict:
         "paired_ratio": ratio,
         "repeats": b.args.timing_repeats,
         "threads": torch.get_num_threads(),
+        "load": os.getloadavg()[0],
         "mean_tokens": float(token_lengths(torch.cat(batches)).float().mean()),
     }
 
@@ -229,7 +241,13 @@ def run_sentiment(args: argparse.Namespace, header: str) -> None:
             "secs": b.dense_s,
         }
     )
-    state: dict = {"rows": b.rows, "structured": None, "args": vars(args), "header": header}
+    state: dict = {
+        "rows": b.rows,
+        "structured": None,
+        "args": vars(args),
+        "header": header,
+        "load": os.getloadavg(),
+    }
     out = RESULTS / ("sentiment.quick.md" if args.quick else "sentiment.md")
 
     def save() -> None:
@@ -266,9 +284,11 @@ def markdown(state: dict, b: Bench) -> str:
         f"seeded 80/10/10 split; used: the first {len(d.train):,} training sentences (of 10,246), "
         f"{len(d.val):,} validation, {len(d.test):,} test; MiniLM tokenizer, max_length 64. "
         f"Dense: `{a['model']}` (pretrained encoder, mean pooling, dropout 0.1, linear head) fine-tuned 1 epoch, "
-        f"AdamW lr {a['lr']:g}, weight decay 0.01, batch 32 (cached by `load_or_train`, {b.dense_s:.0f} s). "
-        "Every recovery: same optimizer and lr, length-grouped batches of 32 (masks held fixed). "
-        "The machine (2 CPU cores) was shared with three other engineers' jobs: times are inflated and noisy.",
+        f"AdamW lr {a['lr']:g} ({a.get('schedule', 'constant')} schedule, warmup {a.get('warmup', 0):g} of the steps), "
+        f"weight decay 0.01, batch 32 (cached by `load_or_train`, {b.dense_s:.0f} s). "
+        "Every recovery: the same optimizer, lr and schedule, length-grouped batches of 32 (masks held fixed). "
+        f"Load average at the start {state['load'][0]:.1f}, at the throughput measurement "
+        f"{state['structured']['throughput']['load'] if state['structured'] else float('nan'):.1f} (2 CPU cores).",
         "",
         f"Dense test accuracy **{100 * dense['accuracy']:.2f} %** vs the frozen-embedding linear probe ~{PROBE} %.",
         "",
@@ -332,9 +352,10 @@ def main() -> None:
 def header(args: argparse.Namespace) -> str:
     return (
         f"# Sentiment case study — {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads (shared machine)\n\nCommand: `PRUNELAB_CACHE=.cache/prunelab "
+        f"{torch.get_num_threads()} threads\n\nCommand: `PRUNELAB_CACHE=.cache/prunelab "
         f"PYTHONPATH=src python benchmarks/language.py --part sentiment --threads {args.threads} "
-        f"--train-n {args.train_n} --recover-steps {args.recover_steps}`"
+        + (f"--train-n {args.train_n} " if args.train_n else "")
+        + f"--recover-steps {args.recover_steps} --schedule {args.schedule} --warmup {args.warmup:g}`"
     )
 
 
