@@ -22,7 +22,7 @@ from prunelab.prune.progress import layer_progress
 from prunelab.prune.reconstruct import InputStats, SparseGPTConfig, sparsegpt
 from prunelab.prune.sequential import SequentialConfig, prune_sequential
 from prunelab.prune.structure import NM, Unstructured
-from prunelab.prune.walk import find_blocks
+from prunelab.prune.walk import block_stages, find_blocks, record_block_calls
 
 transformers = pytest.importorskip("transformers")
 
@@ -395,3 +395,60 @@ def test_cnn_layer_walk_prunes_convolutions_exactly_and_beats_magnitude():
         with torch.no_grad():
             errors[method] = float(torch.linalg.norm(model(x) - dense(x)))
     assert errors["sparsegpt"] < errors["magnitude"], errors
+
+
+# --- staged ("true sequential") walk inside a block ------------------------------------------
+
+
+def test_block_stages_group_layers_by_shared_input_in_execution_order():
+    llama, bert = tiny_llama(), _tiny_bert()
+    ids = _ids()[0]
+    calls = {}
+    for name, model, blocks in (("llama", llama, "model.layers"), ("bert", bert, "encoder.layer")):
+        layers = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+        block = model.get_submodule(blocks)[0]
+        inside = {n: m for n, m in layers.items() if n.startswith(blocks + ".0.")}
+        record = record_block_calls(model, model.get_submodule(blocks), [ids])[0][0]
+        hidden = record[0][0] if record[0] else record[1]["hidden_states"]
+        stages = block_stages(block, inside, (hidden, *record))
+        calls[name] = [[n.split(".0.")[1] for n in stage] for stage in stages]
+    assert calls["llama"] == [
+        ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+        ["self_attn.o_proj"],
+        ["mlp.gate_proj", "mlp.up_proj"],
+        ["mlp.down_proj"],
+    ]
+    assert calls["bert"] == [
+        ["attention.self.query", "attention.self.key", "attention.self.value"],
+        ["attention.output.dense"],
+        ["intermediate.dense"],
+        ["output.dense"],
+    ]
+
+
+def test_staged_walk_calibrates_the_attention_output_on_pruned_qkv():
+    dense, ids = tiny_llama(), _ids()
+    staged, flat = copy.deepcopy(dense), copy.deepcopy(dense)
+    prune_sequential(staged, _decoder_targets(staged), ids, "sparsegpt", 0.5,
+                     config=SequentialConfig(staged=True))  # fmt: skip
+    prune_sequential(flat, _decoder_targets(flat), ids, "sparsegpt", 0.5)
+    attn = lambda m: m.model.layers[0].self_attn  # noqa: E731
+    for proj in ("q_proj", "k_proj", "v_proj"):  # the first stage sees the same inputs
+        torch.testing.assert_close(
+            getattr(attn(staged), proj).weight, getattr(attn(flat), proj).weight
+        )
+    # by hand: dense model with the staged q/k/v weights, o_proj's inputs, one SparseGPT call
+    ref = copy.deepcopy(dense)
+    with torch.no_grad():
+        for proj in ("q_proj", "k_proj", "v_proj"):
+            getattr(attn(ref), proj).weight.copy_(getattr(attn(staged), proj).weight)
+        stats = InputStats(attn(ref).o_proj, True)
+        handle = attn(ref).o_proj.register_forward_hook(lambda _m, i, _o: stats.add(i[0]))
+        for x in ids:
+            ref(x)
+        handle.remove()
+        expected, _ = sparsegpt(attn(dense).o_proj.weight, stats.hessian(), 0.5)
+    torch.testing.assert_close(attn(staged).o_proj.weight, expected, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(attn(staged).o_proj.weight, attn(flat).o_proj.weight, atol=1e-4)
+    for name, module in _decoder_targets(staged).items():
+        assert int((module.weight == 0).sum()) == round(0.5 * module.weight.numel()), name

@@ -40,9 +40,12 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class SequentialConfig:
     """How the walk runs: ``blocks`` = "auto", a ModuleList's name, or None (layer by layer);
+    ``staged``: inside a block, layers sharing an input are pruned before the next ones are
+    calibrated ("true sequential", :func:`prunelab.prune.walk.block_stages`);
     ``comparison`` = "row" or "layer" for criteria; SparseGPT's own settings."""
 
     blocks: str | None = "auto"
+    staged: bool = False
     comparison: str = "row"
     sparsegpt: SparseGPTConfig = SparseGPTConfig()
 
@@ -105,7 +108,7 @@ def prune_sequential(
             if blocks is None:
                 walk_layers(model, targets, calibration, full, prune_one)
             else:
-                walk_blocks(model, targets, calibration, blocks, full, prune_one)
+                walk_blocks(model, targets, calibration, blocks, full, prune_one, config.staged)
     finally:
         model.train(was_training)
     return masks

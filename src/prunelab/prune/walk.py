@@ -6,7 +6,8 @@
 - :func:`walk_blocks` (targets inside the children of one ``nn.ModuleList``, e.g. transformer
   blocks): one dense pass records every block's call arguments, then block ``i`` runs alone on
   the hidden states produced by the already-pruned blocks ``< i``; its targets are calibrated
-  together, handed to ``prune_one``, and the pruned block's outputs feed block ``i + 1``.
+  together (or stage by stage: :func:`block_stages`), handed to ``prune_one``, and the pruned
+  block's outputs feed block ``i + 1``.
 
 Both call ``prune_one(layer name, InputStats)`` in order; pruning itself lives in
 :mod:`prunelab.prune.sequential`.
@@ -118,8 +119,12 @@ def walk_blocks(
     blocks_name: str,
     full: bool,
     prune_one: PruneOne,
+    staged: bool = False,
 ) -> None:
-    """Block mode: calibrate, prune, then re-run each block to feed the next one."""
+    """Block mode: calibrate, prune, then re-run each block to feed the next one.
+
+    ``staged``: the block's layers are calibrated and pruned stage by stage
+    (:func:`block_stages`), each stage on the outputs of the pruned stages before it."""
     blocks = model.get_submodule(blocks_name)
     if not isinstance(blocks, nn.ModuleList):
         raise PrunelabError(f"'{blocks_name}' is not an nn.ModuleList")
@@ -130,22 +135,83 @@ def walk_blocks(
     calls = record_block_calls(model, blocks, calibration)  # [block][batch] -> (args, kwargs)
     hidden = [_hidden(args, kwargs) for args, kwargs in calls[0]]
     for i, block in enumerate(blocks):
-        inside = [t for t in targets if owner[t] == i]
-        stats = {t: InputStats(targets[t], full) for t in inside}
-        handles = [
-            targets[t].register_forward_hook(lambda _m, inp, _o, s=stats[t]: s.add(inp[0]))
-            for t in inside
-        ]
-        try:
-            for h, (args, kwargs) in zip(hidden, calls[i]):
-                _call_block(block, h, args, kwargs)
-        finally:
-            for handle in handles:
-                handle.remove()
-        for t in inside:
-            prune_one(t, stats.pop(t))  # each statistic is freed once its layer is pruned
+        inside = {t: targets[t] for t in targets if owner[t] == i}
+        if inside:
+            run = [(h, a, k) for h, (a, k) in zip(hidden, calls[i])]
+            groups = block_stages(block, inside, run[0]) if staged else [list(inside)]
+            for group in groups:
+                stats = _block_stats(block, {t: inside[t] for t in group}, run, full)
+                for t in group:
+                    prune_one(t, stats.pop(t))  # each statistic is freed once its layer is pruned
         if i + 1 < len(blocks):
             hidden = [_call_block(block, h, a, k) for h, (a, k) in zip(hidden, calls[i])]
+
+
+def _block_stats(
+    block: nn.Module, layers: dict[str, nn.Module], run: list[tuple], full: bool
+) -> dict[str, InputStats]:
+    """Input statistics of ``layers`` over the block's calibration calls; each pass stops
+    once every one of them has seen its input."""
+    stats = {t: InputStats(m, full) for t, m in layers.items()}
+    seen: set[str] = set()
+
+    def hook(t: str) -> Callable[..., None]:
+        def fn(_m: nn.Module, inp: tuple[Tensor, ...], _o: Any) -> None:
+            stats[t].add(inp[0])
+            seen.add(t)
+            if len(seen) == len(stats):
+                raise _Stop
+
+        return fn
+
+    handles = [m.register_forward_hook(hook(t)) for t, m in layers.items()]
+    try:
+        for h, args, kwargs in run:
+            seen.clear()
+            try:
+                _call_block(block, h, args, kwargs)
+            except _Stop:
+                pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return stats
+
+
+def block_stages(
+    block: nn.Module, layers: dict[str, nn.Module], call: tuple[Tensor, tuple, dict]
+) -> list[list[str]]:
+    """``layers`` of one block grouped by shared input, in execution order ("true sequential":
+    q/k/v, then the attention output, then gate/up, then down for a Llama block).
+
+    Layers called one after another on the same input tensor form one stage; a later stage
+    is calibrated on inputs that have passed through the already-pruned earlier stages.
+    """
+    order: list[tuple[str, Tensor]] = []
+    handles = [
+        m.register_forward_hook(
+            lambda _m, inp, _o, t=t: order.append((t, inp[0])) if t not in dict(order) else None
+        )
+        for t, m in layers.items()
+    ]
+    try:
+        _call_block(block, *call)
+    finally:
+        for handle in handles:
+            handle.remove()
+    missing = [t for t in layers if t not in dict(order)]
+    if missing:
+        raise PrunelabError(f"the block never calls layers {missing[:5]}")
+    stages: list[list[str]] = []
+    last: Tensor | None = None
+    for t, x in order:
+        same = last is not None and x is last
+        if same:
+            stages[-1].append(t)
+        else:
+            stages.append([t])
+        last = x
+    return stages
 
 
 def record_block_calls(
