@@ -146,3 +146,56 @@ def test_masks_refuse_wrong_layer_or_shape(trained_tiny):
         apply_masks(trained_tiny, {"nope": torch.ones(2, dtype=torch.bool)})
     with pytest.raises(PrunelabError, match="does not fit layer '1'"):
         apply_masks(trained_tiny, {"1": torch.ones(3, 3, dtype=torch.bool)})
+
+
+def _step_sizes(model: nn.Module, digits, cfg: TrainConfig) -> list[float]:
+    """Mean absolute weight change of each optimizer step of ``train``."""
+    weights = list(model.parameters())
+    last, sizes = [w.detach().clone() for w in weights], []
+
+    def on_step(_step: int, _total: int) -> None:
+        now = [w.detach().clone() for w in weights]
+        sizes.append(float(torch.cat([(a - b).abs().flatten() for a, b in zip(now, last)]).mean()))
+        last[:] = now
+
+    train(model, digits.train, cfg, torch.Generator().manual_seed(0), on_step=on_step)
+    return sizes
+
+
+def test_lr_schedule_warms_up_and_decays_the_actual_steps(trained_tiny, digits):
+    # Adam's steps are ~lr per weight: warmup halves the first, linear decay shrinks the last
+    steps = 8 / math.ceil(len(digits.train) / 64)  # 8 optimizer steps of 64 images
+    base = TrainConfig(epochs=steps, lr=1e-3, batch_size=64)
+    flat = _step_sizes(copy.deepcopy(trained_tiny), digits, base)
+    sched = TrainConfig(epochs=steps, lr=1e-3, batch_size=64, schedule="linear", warmup=0.25)
+    ramp = _step_sizes(copy.deepcopy(trained_tiny), digits, sched)
+    assert len(flat) == len(ramp) == 8
+    assert ramp[0] == pytest.approx(0.5 * flat[0], rel=0.05)  # same first batch, half the lr
+    assert ramp[-1] < 0.3 * flat[-1]  # lr factor 1/6 at the last step
+    assert [round(sched.lr_factor(s, 8), 3) for s in (0, 1, 2, 7)] == [0.5, 1.0, 1.0, 0.167]
+    cosine = TrainConfig(schedule="cosine")
+    assert cosine.lr_factor(0, 10) == 1.0 and cosine.lr_factor(5, 10) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        ({"schedule": "step"}, r"unknown lr schedule 'step'; valid: constant, linear, cosine"),
+        ({"warmup": 1.0}, r"warmup is a fraction of the steps in \[0, 1\), got 1.0"),
+    ],
+)
+def test_bad_lr_schedule_is_refused(kw, message):
+    with pytest.raises(PrunelabError, match=message):
+        TrainConfig(**kw)
+
+
+def test_default_schedule_keeps_cache_keys_made_before_schedules_existed():
+    # dense models cached (and cells stored) before the schedule fields keep their keys
+    old = {"epochs": 5, "lr": 1e-3, "optimizer": "adam", "batch_size": 128,
+           "weight_decay": 0.0, "momentum": 0.9}  # fmt: skip
+    assert TrainConfig(epochs=5).identity() == old
+    assert TrainConfig(epochs=5, schedule="linear").identity() == {
+        **old,
+        "schedule": "linear",
+        "warmup": 0.0,
+    }

@@ -16,6 +16,7 @@ from prunelab.sources.data.base import Split
 
 log = logging.getLogger(__name__)
 
+SCHEDULES = ("constant", "linear", "cosine")
 StepCallback = Callable[[int, int], None]  # (step, total_steps) -> None, called after each step
 
 
@@ -29,7 +30,11 @@ class Objective(Protocol):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How to (re)train: ``epochs`` may be fractional (0.5 = half an epoch of steps)."""
+    """How to (re)train: ``epochs`` may be fractional (0.5 = half an epoch of steps).
+
+    The learning rate follows ``schedule`` ("constant", "linear" decay to 0, "cosine" decay to
+    0) after a linear ``warmup`` over that fraction of the steps (the usual transformer
+    fine-tuning recipe is ``schedule = "linear", warmup = 0.1``)."""
 
     epochs: float = 1.0
     lr: float = 1e-3
@@ -37,6 +42,8 @@ class TrainConfig:
     batch_size: int = 128
     weight_decay: float = 0.0
     momentum: float = 0.9
+    schedule: str = "constant"
+    warmup: float = 0.0
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.epochs) or self.epochs < 0:
@@ -47,6 +54,35 @@ class TrainConfig:
             raise PrunelabError(f"batch size must be >= 1, got {self.batch_size}")
         if self.optimizer not in ("adam", "sgd", "adamw"):
             raise PrunelabError(f"unknown optimizer '{self.optimizer}'; valid: adam, adamw, sgd")
+        if self.schedule not in SCHEDULES:
+            raise PrunelabError(
+                f"unknown lr schedule '{self.schedule}'; valid: {', '.join(SCHEDULES)}"
+            )
+        if not 0 <= self.warmup < 1:
+            raise PrunelabError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that identify a training run (cache keys, cell ids). The schedule fields
+        appear only when set, so keys made before they existed stay valid."""
+        out = dict(self.__dict__)
+        if self.schedule == "constant" and self.warmup == 0:
+            del out["schedule"], out["warmup"]
+        return out
+
+    def lr_factor(self, step: int, total: int) -> float:
+        """Multiplier of ``lr`` for optimizer step ``step`` (0-based) of ``total``.
+
+        >>> cfg = TrainConfig(schedule="linear", warmup=0.25)
+        >>> [round(cfg.lr_factor(s, 8), 3) for s in range(8)]
+        [0.5, 1.0, 1.0, 0.833, 0.667, 0.5, 0.333, 0.167]
+        """
+        warm = math.ceil(self.warmup * total)
+        if step < warm:
+            return (step + 1) / warm
+        if self.schedule == "constant":
+            return 1.0
+        done = (step - warm) / max(total - warm, 1)  # 0 at the first step after warmup
+        return 1 - done if self.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * done))
 
     def total_steps(self, n_examples: int) -> int:
         return math.ceil(self.epochs * math.ceil(n_examples / self.batch_size))
@@ -84,6 +120,7 @@ def train(
         return float("nan")
     loss_fn = loss_fn or nn.functional.cross_entropy
     opt = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cfg.lr_factor(s, total))
     model.train()
     step, running, count = 0, 0.0, 0
     while step < total:
@@ -96,6 +133,7 @@ def train(
                 raise PrunelabError(f"training diverged: loss is {loss.item()} at step {step}")
             loss.backward()
             opt.step()
+            sched.step()
             step += 1
             running, count = running + loss.item(), count + 1
             if on_step is not None:

@@ -127,7 +127,7 @@ def dense_model(
         {
             "code": user.code_hash(model),
             "data": data.fingerprint(),
-            "cfg": dense_cfg.__dict__,
+            "cfg": dense_cfg.identity(),
             "seed": seed,
         },
         sort_keys=True,

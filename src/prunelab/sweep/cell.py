@@ -89,7 +89,9 @@ class Cell:
 
     @property
     def cell_id(self) -> str:
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        fields = {**dataclasses.asdict(self), "dense": self.dense.identity()}
+        fields["finetune"] = self.finetune.identity()  # ids made before schedules stay valid
+        blob = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
     @property

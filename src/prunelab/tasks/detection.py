@@ -219,7 +219,7 @@ def load_or_train_detector(
     """The dense detector for ``scenes``: from the safetensors cache, else trained and cached."""
     model = build_model(model_name, scenes.input_shape, scenes.num_classes, seed=seed)
     blob = json.dumps(
-        {"model": model_name, "data": scenes.fingerprint(), "cfg": cfg.__dict__, "seed": seed},
+        {"model": model_name, "data": scenes.fingerprint(), "cfg": cfg.identity(), "seed": seed},
         sort_keys=True,
     )
     key = hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -60,7 +60,7 @@ def check_finite(model: nn.Module) -> None:
 
 def cache_key(model_name: str, data: DataBundle, cfg: TrainConfig, seed: int) -> str:
     blob = json.dumps(
-        {"model": model_name, "data": data.fingerprint(), "cfg": cfg.__dict__, "seed": seed},
+        {"model": model_name, "data": data.fingerprint(), "cfg": cfg.identity(), "seed": seed},
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
