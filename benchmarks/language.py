@@ -268,6 +268,13 @@ def run_minilm(args) -> list[dict]:
     rows = []
     structures = (Unstructured(),) if args.minilm_unstructured_only else (Unstructured(), NM(2, 4))
     methods = args.minilm_methods.split(",")
+    level: float | dict[str, float] = 0.5
+    if args.minilm_alloc == "owl":  # OWL levels from the dense encoder's Wanda scores
+        scores = compute_scores(
+            dense, encoder_targets(dense), "wanda", calibration=token_batches(dense, calib_s)
+        )
+        level = owl_sparsities(scores, 0.5, lam=args.owl_lambda, m=args.owl_m)
+        structures = (Unstructured(),)
     for method, structure in [(m, s) for s in structures for m in methods]:
         enc = copy.deepcopy(dense)
         t = time.perf_counter()
@@ -277,7 +284,7 @@ def run_minilm(args) -> list[dict]:
                 encoder_targets(enc),
                 token_batches(enc, calib_s),
                 method,
-                0.5,
+                level,
                 structure,
                 SequentialConfig(
                     staged=args.staged, sparsegpt=SparseGPTConfig(percdamp=args.minilm_damp)
@@ -285,6 +292,7 @@ def run_minilm(args) -> list[dict]:
             )
         secs = time.perf_counter() - t
         damp = f", damp {args.minilm_damp}" if method == "sparsegpt" else ""
+        damp += ", OWL levels" if args.minilm_alloc == "owl" else ""
         fid = fidelity(enc.encode(evals), ref, k=10)
         label = str(structure) if isinstance(structure, NM) else "50% unstructured"
         rows.append(
@@ -389,6 +397,7 @@ def main() -> None:
     ap.add_argument("--minilm-methods", default="magnitude,wanda,sparsegpt")
     ap.add_argument("--minilm-damp", type=float, default=0.01, help="SparseGPT dampening")
     ap.add_argument("--minilm-unstructured-only", action="store_true")
+    ap.add_argument("--minilm-alloc", choices=("uniform", "owl"), default="uniform")
     ap.add_argument("--magnitude-70", action="store_true", help="also magnitude at 70 %% ± OWL")
     ap.add_argument("--eval-windows", type=int, default=16, help="512-token evaluation windows")
     ap.add_argument("--calib-windows", type=int, default=64, help="512-token calibration windows")
