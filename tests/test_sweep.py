@@ -15,6 +15,7 @@ import pytest
 from prunelab import TrainConfig
 from prunelab.errors import PrunelabError
 from prunelab.sweep import DataSpec, SweepSpec, expand_cells, make_executor, run_sweep
+from prunelab.sweep.contexts import ContextCache
 from prunelab.sweep.spec import parse_levels
 from prunelab.sweep.store import Store, load_results
 
@@ -71,7 +72,6 @@ def test_sensitivity_scan_jobs_equal_one_scan_and_are_redone_when_missing(tmp_pa
     from prunelab.decide.sensitivity import sensitivity_analysis
     from prunelab.prune.criteria import compute_scores
     from prunelab.prune.targets import select_targets
-    from prunelab.sweep.contexts import ContextCache
     from prunelab.sweep.model_aware import SENSITIVITY_VAL_ROWS
     from prunelab.sweep.run import SCAN_KEY
 
@@ -224,3 +224,12 @@ def test_sigkill_midway_then_rerun_loses_and_duplicates_nothing(tmp_path, cache_
         kept = {cid: t for cid, t in times.items() if cid in survivors.index}
     assert len(kept) == len(survivors)  # the rows written before the kill were not redone
     assert (final.loc[survivors.index, "accuracy"] == survivors["accuracy"]).all()
+
+
+def test_dense_training_reports_its_steps_once_and_not_when_cached(tmp_path):
+    cell = expand_cells(tiny_spec(dense=TrainConfig(epochs=0.5, batch_size=100)))[0]
+    steps: list[tuple[int, int]] = []
+    ContextCache(tmp_path, on_step=lambda done, total: steps.append((done, total))).get(cell)
+    assert steps == [(i, 6) for i in range(1, 7)]  # 0.5 × ceil(1,197 / 100) = 6 steps
+    ContextCache(tmp_path, on_step=lambda done, total: steps.append((done, total))).get(cell)
+    assert len(steps) == 6  # the second context loads the cached dense model

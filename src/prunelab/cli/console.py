@@ -41,9 +41,6 @@ def run_sweep_with_progress(
     spec: SweepSpec, out: Path, executor_name: str, workers: int, address: str | None, quiet: bool
 ) -> None:
     console = Console(stderr=True)
-    contexts = ContextCache(None)
-    executor = make_executor(executor_name, workers, address=address, contexts=contexts)
-
     total = len(expand_cells(spec))
     with Progress(
         TextColumn("{task.description}"),
@@ -55,6 +52,14 @@ def run_sweep_with_progress(
     ) as bars:
         overall = bars.add_task("cells", total=total)
         current = bars.add_task("preparing (dense model, data)", total=None)
+
+        def on_dense_step(done: int, steps: int) -> None:
+            bars.update(
+                current, description="training the dense model", completed=done, total=steps
+            )
+
+        contexts = ContextCache(None, on_step=on_dense_step)
+        executor = make_executor(executor_name, workers, address=address, contexts=contexts)
 
         def on_cell(cell, result) -> None:
             bars.advance(overall)

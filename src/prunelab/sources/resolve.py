@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from prunelab.errors import PrunelabError
-from prunelab.recover.finetune import Objective, TrainConfig, train
+from prunelab.recover.finetune import Objective, StepCallback, TrainConfig, train
 from prunelab.sources import memory, user
 from prunelab.sources.data import load_dataset
 from prunelab.sources.data.base import DataBundle
@@ -101,17 +101,19 @@ def dense_model(
     cache_dir: Path | None = None,
     seed: int = 0,
     check: Callable[[nn.Module], None] | None = None,
+    on_step: StepCallback | None = None,
 ) -> nn.Module:
     """The dense model every cell starts from (see the module docstring for the rules).
 
-    ``check(model)`` runs on the user's model before any training (outputs fit the labels).
+    ``check(model)`` runs on the user's model before any training (outputs fit the labels);
+    ``on_step(step, total)`` after each step of a dense training (a progress bar).
     """
     if is_builtin(model):
         if weights is not None:
             return user.load_weights(architecture(model, data), weights)
         if model in PRETRAINED:  # shipped weights: the dense model as it comes
             return architecture(model, data)
-        return load_or_train(model, data, dense_cfg, cache_dir, seed=seed, task=task)
+        return load_or_train(model, data, dense_cfg, cache_dir, seed, task, on_step)
     net = architecture(model, data)
     if weights is not None:
         net = user.load_weights(net, weights)
@@ -136,7 +138,7 @@ def dense_model(
     path = Path(cache_dir or default_cache_dir()) / f"dense-user-{key}.safetensors"
     if path.exists():
         return load_weights(net, path)
-    train(net, data.train, dense_cfg, torch.Generator().manual_seed(seed), task=task)
+    train(net, data.train, dense_cfg, torch.Generator().manual_seed(seed), on_step, task=task)
     save_weights(net, path)
     return net
 

@@ -42,7 +42,7 @@ from prunelab.prune.surgery.channel_plan import plan_from_masks
 from prunelab.prune.surgery.exits import silence_removed_channels
 from prunelab.prune.surgery.slim import slim
 from prunelab.prune.targets import select_targets
-from prunelab.recover.finetune import TrainConfig, train
+from prunelab.recover.finetune import StepCallback, TrainConfig, train
 from prunelab.recover.schedules import canonical_schedule, parse_schedule, run_schedule
 from prunelab.sources import resolve
 from prunelab.sources.data import DataBundle
@@ -192,7 +192,11 @@ class Context:
     data_hash: str = ""  # fingerprint of the data as given (checked when a sweep resumes)
 
     @classmethod
-    def build(cls, cell: Cell, cache_dir: Any = None) -> Context:
+    def build(
+        cls, cell: Cell, cache_dir: Any = None, on_step: StepCallback | None = None
+    ) -> Context:
+        """Data, task and dense model of ``cell``'s sweep; ``on_step(step, total)`` follows a
+        dense training when one is needed (not cached)."""
         data = resolve.load_bundle(
             cell.data.name,
             cell.data.loader,
@@ -220,6 +224,7 @@ class Context:
             cache_dir,
             seed=cell.data.seed,
             check=check,
+            on_step=on_step,
         ).eval()
         if not select_targets(dense, cell.include or None, cell.exclude or None, cell.prune_last):
             raise PrunelabError(

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from prunelab.errors import PrunelabError
-from prunelab.recover.finetune import Objective, TrainConfig, train
+from prunelab.recover.finetune import Objective, StepCallback, TrainConfig, train
 from prunelab.sources.data.base import DataBundle
 from prunelab.sources.models.zoo import build_model
 
@@ -73,9 +73,11 @@ def load_or_train(
     cache_dir: Path | None = None,
     seed: int = 0,
     task: Objective | None = None,
+    on_step: StepCallback | None = None,
 ) -> nn.Module:
     """The dense reference model: loaded from ``cache_dir`` when trained before, else trained
-    (on ``task``'s loss; cross-entropy on ``(x, y)`` batches without one).
+    (on ``task``'s loss; cross-entropy on ``(x, y)`` batches without one; ``on_step(step,
+    total)`` after each optimizer step, e.g. a progress bar).
 
     >>> from prunelab.sources.data import load_dataset
     >>> import tempfile
@@ -90,6 +92,6 @@ def load_or_train(
         return load_weights(model, path)
     log.info("training dense %s for %d epochs", model_name, cfg.epochs)
     if cfg.epochs > 0:
-        train(model, data.train, cfg, torch.Generator().manual_seed(seed), task=task)
+        train(model, data.train, cfg, torch.Generator().manual_seed(seed), on_step, task=task)
     save_weights(model, path)
     return model
