@@ -230,10 +230,15 @@ def _lm_row(model, windows, ref, secs: float, peak: float) -> dict:
 
 
 def _lm_fmt(r: dict, dense_ppl: float) -> str:
+    d = r.get("dense_ppl") or dense_ppl  # the dense model on the same evaluation tokens
     return (
-        f"| {r['method']} | {r['structure']} | {r['alloc']} | {_calib(r)} | {r['ppl']:.2f} | {r['ppl'] / dense_ppl:.2f}× | "
+        f"| {r['method']} | {r['structure']} | {r['alloc']} | {_calib(r)} | {_eval(r)} | {r['ppl']:.2f} | {r['ppl'] / d:.2f}× | "
         f"{r['agree']:.3f} | {r['kl']:.3f} | {r['secs']:.0f} | {_cpu(r)} | {r['rss']:.0f} |"
     )
+
+
+def _eval(r: dict) -> str:
+    return f"{r['eval_tokens']:,}" if r.get("eval_tokens") else "–"
 
 
 def _calib(r: dict) -> str:
@@ -293,6 +298,7 @@ def run_minilm(args) -> list[dict]:
         secs = time.perf_counter() - t
         damp = f", damp {args.minilm_damp}" if method == "sparsegpt" else ""
         damp += ", OWL levels" if args.minilm_alloc == "owl" else ""
+        damp += ", staged" if args.staged else ""
         fid = fidelity(enc.encode(evals), ref, k=10)
         label = str(structure) if isinstance(structure, NM) else "50% unstructured"
         rows.append(
@@ -333,8 +339,8 @@ def write_markdown(path: Path, header: str, lm: list[dict], meta: dict, minilm: 
         "dense calibration pass. OWL: λ = 0.08, M = 5 (the paper's LLaMA settings), outlier ratios from the dense model's "
         "Wanda scores, one level per decoder block, plain mean over blocks = 70 %.",
         "",
-        "| method | structure | allocation | calibration | perplexity | × dense | agreement | KL | prune s | prune CPU s | peak RSS MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| method | structure | allocation | calibration | eval tokens | perplexity | × dense | agreement | KL | prune s | prune CPU s | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [_lm_fmt(r, d) for r in lm]
     lines += [
@@ -345,7 +351,9 @@ def write_markdown(path: Path, header: str, lm: list[dict], meta: dict, minilm: 
         "|---|---|---|---|---|",
     ]
     # rows are sorted by calibration size: the largest calibration measured wins
-    by = {(r["method"], r["structure"], r["alloc"]): r["ppl"] / d for r in lm}
+    by = {
+        (r["method"], r["structure"], r["alloc"]): r["ppl"] / (r.get("dense_ppl") or d) for r in lm
+    }
     for m in ("magnitude", "wanda", "sparsegpt"):
         o24 = f"{OPT125M_24[m] / OPT125M['dense']:.2f}×" if m in OPT125M_24 else "–"
         lines.append(
@@ -458,8 +466,12 @@ def _tables(state: dict) -> dict:
 def combine(results: Path, header: str) -> None:
     """Merge the parts' JSON (run in parallel) into one language.md."""
     parts = [json.loads(p.read_text()) for p in sorted(results.glob("language.*.json"))]
+    for p in parts:  # every row is compared with the dense model on its own part's eval text
+        d = next((r["ppl"] for r in p["lm"] if r["method"] == "dense"), None)
+        for r in p["lm"]:
+            r["dense_ppl"], r["eval_tokens"] = d, p["meta"].get("eval_tokens")
     lm = [r for p in parts for r in p["lm"]]
-    dense = [r for r in lm if r["method"] == "dense"][:1]
+    dense = list({r["eval_tokens"]: r for r in lm if r["method"] == "dense"}.values())
     meta = next(p["meta"] for p in parts if p["meta"])
     for p in parts:
         meta["gens"] = {**p["meta"].get("gens", {}), **meta["gens"]}
