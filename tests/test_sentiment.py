@@ -28,7 +28,7 @@ from prunelab.sources.data.text import (
     split_rows,
 )
 from prunelab.sources.models import build_model, load_or_train
-from prunelab.tasks import ClassificationTask
+from prunelab.tasks import ClassificationTask, TextClassificationTask
 
 pytest.importorskip("transformers")
 
@@ -158,3 +158,15 @@ def test_length_batches_cover_every_row_once_with_similar_lengths():
     assert sorted(torch.cat(batches).tolist()) == list(range(500))
     spread = torch.stack([lengths[b].max() - lengths[b].min() for b in batches]).float()
     assert spread.mean() < 10  # random batches of 32 would span ~50 tokens
+
+
+def test_text_task_batches_by_length_and_predicts_in_row_order(small, tuned):
+    task = TextClassificationTask()
+    lengths = (small.train.x != 0).sum(1)
+    batches = list(task.batches(small.train, 32, torch.Generator().manual_seed(0)))
+    rows = torch.cat([x for x, _ in batches])
+    assert sorted(map(tuple, rows.tolist())) == sorted(map(tuple, small.train.x.tolist()))
+    spread = [int((x != 0).sum(1).max() - (x != 0).sum(1).min()) for x, _ in batches]
+    assert max(spread) < int(lengths.max() - lengths.min())  # grouped, not random
+    plain = [predict_logits(tuned, x) for x in small.test.x.split(7)]  # row order, no grouping
+    torch.testing.assert_close(task.predict(tuned, small.test), torch.cat(plain))

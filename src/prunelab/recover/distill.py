@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from prunelab.errors import PrunelabError
+from prunelab.measure.metrics.base import predict
 from prunelab.sources.data.base import Split
 from prunelab.sources.data.text import length_batches
 
@@ -84,23 +85,8 @@ class Distillation:
 def predict_logits(
     model: nn.Module, x: Tensor, batch_size: int = 64, lengths: Tensor | None = None
 ) -> Tensor:
-    """(N, K) logits in row order, in eval mode; batches grouped by ``lengths`` when given."""
-    was = model.training
-    model.eval()
-    try:
-        order = (
-            length_batches(lengths, batch_size)
-            if lengths is not None
-            else list(torch.arange(len(x)).split(batch_size))
-        )
-        out: Tensor | None = None
-        for idx in order:
-            logits = model(x[idx]).float()  # (b, K)
-            if out is None:
-                out = torch.empty(len(x), logits.shape[1])
-            out[idx] = logits
-    finally:
-        model.train(was)
-    if out is None:
+    """(N, K) float logits in row order, in eval mode; batches grouped by ``lengths`` when
+    given (:func:`prunelab.measure.metrics.base.predict`)."""
+    if not len(x):
         raise PrunelabError("predict_logits needs at least one row")
-    return out
+    return predict(model, x, batch_size, lengths).float()

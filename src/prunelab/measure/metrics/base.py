@@ -95,13 +95,22 @@ def metric(name: str, higher_is_better: bool, needs_reference: bool = False):
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: Tensor, batch_size: int = 256) -> Tensor:
-    """Logits of ``model`` on ``x`` in eval mode, batched."""
+def predict(
+    model: nn.Module, x: Tensor, batch_size: int = 256, lengths: Tensor | None = None
+) -> Tensor:
+    """Logits of ``model`` on ``x`` in eval mode, batched; in row order.
+
+    ``lengths`` (e.g. non-pad tokens per row): rows of similar length are batched together,
+    so a model that trims padding per batch (prunelab's text encoders) computes less.
+    """
     was_training = model.training
     model.eval()
+    n = x.shape[0]
+    order = torch.argsort(lengths, stable=True) if lengths is not None else torch.arange(n)
     try:
         run = runner(model, x)  # a frozen TorchScript copy when safe (prunelab.measure.inference)
-        out = torch.cat([run(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+        out = torch.cat([run(x[idx]) for idx in order.split(batch_size)])
+        out = out[torch.argsort(order)] if lengths is not None else out
     except RuntimeError as e:
         raise PrunelabError(
             f"model cannot run on data of shape {tuple(x.shape)}: {str(e).splitlines()[0]}"
