@@ -486,6 +486,7 @@ def combine(results: Path, header: str) -> None:
             {"-": 0, "uniform": 1}.get(r["alloc"], 2),
             order.get(r["method"], 9),
             int(_calib(r).split("×")[0]) if _calib(r) != "-" else 0,
+            r.get("eval_tokens") or 0,  # ties: the larger evaluation wins the side-by-side
         ),
     )
     body = {"lm": dense + pruned, "meta": meta}
@@ -500,10 +501,12 @@ def combine(results: Path, header: str) -> None:
         }.values()
     )
     note = (
-        f"Run as {len(parts)} parts (`results/language.*.json`) on the shared 2-core machine "
-        "(load average 7–11 during every run: wall times are inflated several-fold; *prune CPU s* "
-        "is the load-independent measure), then `--combine`; each part prunes its own copy of "
-        f"the same dense model. Parts: {notes}"
+        f"Run as {len(parts)} parts (`results/language.*.json`) on the 2-core machine, then "
+        "`--combine`; each part prunes its own copy of the same dense model and is compared with "
+        "the dense model on its own evaluation tokens. The load differs per part (the 2026-12-02 "
+        "parts say theirs; the earlier ones ran at load average 7–11, so their wall times are "
+        "inflated several-fold and *prune CPU s* is the load-independent measure). "
+        f"Parts: {notes}"
     )
     title = header.split("\n\nCommand:")[0]
     write_markdown(results / "language.md", f"{title}\n\n{note}", minilm=minilm, **body)

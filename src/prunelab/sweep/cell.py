@@ -24,7 +24,6 @@ from torch import nn
 
 from prunelab.decide.weightstats import nonzero_histograms
 from prunelab.errors import PrunelabError
-from prunelab.measure.metrics import evaluate, predict
 from prunelab.measure.metrics.base import DEFAULT_METRICS
 from prunelab.measure.metrics.efficiency import compare_latency
 from prunelab.measure.metrics.latency import LARGE_BATCH, LATENCY_METRICS
@@ -244,9 +243,9 @@ class Context:
             return cls(data, dense, reference, None, metrics, {}, task=task, data_hash=data_hash)
         train_eval = data.train.subset(TRAIN_EVAL_SIZE)
         reference = {
-            "test": predict(dense, data.test.x),
-            "val": predict(dense, data.val.x),
-            "train": predict(dense, train_eval.x),
+            "test": task.predict(dense, data.test),
+            "val": task.predict(dense, data.val),
+            "train": task.predict(dense, train_eval),
         }
         task.check_outputs(reference["test"], data.test)
         robust = (
@@ -384,7 +383,7 @@ def _measure_classification(
     val_names = tuple(dict.fromkeys(VAL_METRICS + (task.primary,)))
     val = task.evaluate(model, ctx.data.val, ctx.reference["val"], names=val_names)
     row.update({f"val_{k}": v for k, v in val.items()})
-    tr = evaluate(model, ctx.train_eval, ctx.reference["train"], ("accuracy", "loss"))
+    tr = task.evaluate(model, ctx.train_eval, ctx.reference["train"], names=("accuracy", "loss"))
     row.update({f"train_{k}": v for k, v in tr.items()})
     if _is_channels(cell) and LATENCY_METRICS[0] in test_metrics:
         row.update(_latency(ctx, model, True, (1, LARGE_BATCH)))  # time the slim copy
