@@ -286,6 +286,19 @@ def test_text_classification_sweep_heads_removed_physically(tmp_path, monkeypatc
         assert heads["agreement"] < 1.0
     with Store(out, create=False) as store:
         assert store.get_meta("task")["kind"] == "text-classification"
+    # the summary (printed again when the finished sweep is resumed) shows what was cut out
+    res = runner.invoke(app, ["sweep", "--config", str(tmp_path / "sweep.toml"), "--out", str(out)])
+    assert res.exit_code == 0 and "removed" in res.output, res.output
+    summary = {
+        tuple(cells[:2]): [float(v) for v in cells[2:]]
+        for line in res.output.splitlines()
+        if len(cells := [c.strip() for c in line.strip("│┃ ").split("│")]) == 6
+        and cells[0] == "0.6"
+    }
+    heads = 1 - df.loc[("wanda", "heads+ffn", 0.6)]["params"] / dense["params"]
+    assert summary[("0.6", "wanda · heads+ffn")][3] == pytest.approx(heads, abs=1e-4)
+    assert heads > 0  # a share of the whole model, embeddings included
+    assert summary[("0.6", "wanda · unstructured")][3] == 0.0  # masked, not removed
     res = runner.invoke(app, ["recommend", str(out), "--max-drop", "5"])
     assert res.exit_code == 0 and "accuracy" in res.output, res.output
     res = runner.invoke(app, ["report", str(out)])

@@ -77,20 +77,24 @@ def run_sweep_with_progress(
 
 
 def print_summary(run_dir: Path, console: Console) -> None:
-    """Level × method table: the task's primary and fidelity metrics and the achieved
-    sparsity, mean over seeds."""
+    """Level × method table: the task's primary and fidelity metrics, the achieved sparsity
+    (zeros in the pruned layers) and the parameters physically removed (heads, neurons,
+    channels cut out of the model), mean over seeds."""
 
     df = load_results(run_dir)
     df["curve"] = curve_labels(df)
-    pruned = df[df["method"] != "dense"]
     task = run_task(run_dir)
-    cols = list(dict.fromkeys([task["primary"], task.get("fidelity", "agreement"), "sparsity"]))
-    cols = [c for c in cols if c in df.columns]
+    with Store(run_dir, create=False) as store:
+        original = store.get_meta("dense_metrics") or {}
+    dense_params = original.get("params") or df.loc[df["method"] == "dense", "params"].mean()
+    if "params" in df.columns and dense_params > 0:
+        df["removed"] = 1 - df["params"] / dense_params
+    pruned = df[df["method"] != "dense"]
+    cols = [task["primary"], task.get("fidelity", "agreement"), "sparsity", "removed"]
+    cols = [c for c in dict.fromkeys(cols) if c in df.columns]
     table = Table(title=f"{run_dir}: test metrics (mean over seeds)")
     for col in ("level", "method", *cols):
         table.add_column(col, justify="left" if col == "method" else "right")
-    with Store(run_dir, create=False) as store:
-        original = store.get_meta("dense_metrics") or {}
     if task["primary"] in original:
         table.add_row("0", "original (as given)", *(_fmt(original.get(c)) for c in cols))
     dense = df[df["method"] == "dense"]
