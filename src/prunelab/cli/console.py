@@ -86,8 +86,8 @@ def print_summary(run_dir: Path, console: Console) -> None:
     task = run_task(run_dir)
     with Store(run_dir, create=False) as store:
         original = store.get_meta("dense_metrics") or {}
-    dense_params = original.get("params") or df.loc[df["method"] == "dense", "params"].mean()
-    if "params" in df.columns and dense_params > 0:
+    if "params" in df.columns:  # the model as given, else the dense control
+        dense_params = original.get("params") or df.loc[df["method"] == "dense", "params"].mean()
         df["removed"] = 1 - df["params"] / dense_params
     pruned = df[df["method"] != "dense"]
     cols = [task["primary"], task.get("fidelity", "agreement"), "sparsity", "removed"]

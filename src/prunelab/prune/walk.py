@@ -187,26 +187,27 @@ def block_stages(
     Layers called one after another on the same input tensor form one stage; a later stage
     is calibrated on inputs that have passed through the already-pruned earlier stages.
     """
-    order: list[tuple[str, Tensor]] = []
-    handles = [
-        m.register_forward_hook(
-            lambda _m, inp, _o, t=t: order.append((t, inp[0])) if t not in dict(order) else None
-        )
-        for t, m in layers.items()
-    ]
+    first_input: dict[str, Tensor] = {}  # in call order
+
+    def hook(t: str) -> Callable[..., None]:
+        def fn(_m: nn.Module, inp: tuple[Tensor, ...], _o: Any) -> None:
+            first_input.setdefault(t, inp[0])  # a hook must return None (not replace outputs)
+
+        return fn
+
+    handles = [m.register_forward_hook(hook(t)) for t, m in layers.items()]
     try:
         _call_block(block, *call)
     finally:
         for handle in handles:
             handle.remove()
-    missing = [t for t in layers if t not in dict(order)]
+    missing = [t for t in layers if t not in first_input]
     if missing:
         raise PrunelabError(f"the block never calls layers {missing[:5]}")
     stages: list[list[str]] = []
     last: Tensor | None = None
-    for t, x in order:
-        same = last is not None and x is last
-        if same:
+    for t, x in first_input.items():
+        if x is last:
             stages[-1].append(t)
         else:
             stages.append([t])

@@ -88,8 +88,11 @@ class Cell:
 
     @property
     def cell_id(self) -> str:
-        fields = {**dataclasses.asdict(self), "dense": self.dense.identity()}
-        fields["finetune"] = self.finetune.identity()  # ids made before schedules stay valid
+        fields = {  # identity(): ids made before lr schedules existed stay valid
+            **dataclasses.asdict(self),
+            "dense": self.dense.identity(),
+            "finetune": self.finetune.identity(),
+        }
         blob = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 

@@ -109,8 +109,7 @@ def predict(
     order = torch.argsort(lengths, stable=True) if lengths is not None else torch.arange(n)
     try:
         run = runner(model, x)  # a frozen TorchScript copy when safe (prunelab.measure.inference)
-        out = torch.cat([run(x[idx]) for idx in order.split(batch_size)])
-        out = out[torch.argsort(order)] if lengths is not None else out
+        out = torch.cat([run(x[idx]) for idx in order.split(batch_size)])[torch.argsort(order)]
     except RuntimeError as e:
         raise PrunelabError(
             f"model cannot run on data of shape {tuple(x.shape)}: {str(e).splitlines()[0]}"
