@@ -41,17 +41,19 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from prunelab.measure.detection import Detections, coco_map
+from prunelab.measure.detection import coco_map
 from prunelab.measure.metrics.efficiency import compare_latency, count_macs, count_params
 from prunelab.prune.apply import apply_masks, make_permanent
 from prunelab.prune.calibration import LayerContext, collect
 from prunelab.prune.criteria import CRITERIA, compute_scores
-from prunelab.prune.masks import select_masks
 from prunelab.prune.sequential import prune_sequential
+from prunelab.prune.structures import select_masks
 from prunelab.prune.surgery import prune_channels
 from prunelab.prune.targets import select_targets
-from prunelab.recover.finetune import TrainConfig
+from prunelab.recover.dense import load_or_train
+from prunelab.recover.finetune import train
 from prunelab.sources.data.scenes import SceneSet, load_scenes
+from prunelab.sources.models.boxes import Detections
 from prunelab.sources.models.detector import detection_loss
 from prunelab.sources.models.mtcnn import (
     Cascade,
@@ -60,9 +62,12 @@ from prunelab.sources.models.mtcnn import (
     load_mtcnn,
     propose,
 )
-from prunelab.tasks.detection import DetectionTask, fit, load_or_train_detector
+from prunelab.tasks.detection import DetectionTask
+from prunelab.training import TrainConfig
 
-DENSE_CFG = TrainConfig(epochs=12, lr=2e-3, optimizer="adamw", batch_size=32, weight_decay=1e-4)
+DENSE_CFG = TrainConfig(
+    epochs=12, lr=2e-3, optimizer="adamw", batch_size=32, weight_decay=1e-4, schedule="cosine"
+)
 CHANNEL_LEVELS = (0.3, 0.5, 0.6, 0.7)
 UNSTRUCTURED_LEVELS = (0.5, 0.8, 0.9)
 HEADER = (
@@ -91,17 +96,17 @@ def scene_rows(args: argparse.Namespace) -> list[str]:
     scenes = load_scenes("fashion-scenes", n_train=6000, n_val=500, n_test=1000, seed=0)
     task = DetectionTask(scenes.num_classes)
     t0 = time.time()
-    dense = load_or_train_detector(scenes, DENSE_CFG)
+    dense = load_or_train("detector-tiny", scenes, DENSE_CFG, task=DetectionTask(scenes.num_classes))
     logging.info("dense detector ready in %.0f s", time.time() - t0)
     test = scenes.test.subset(args.test_scenes)
     ref = task.predict(dense, test)
     x1 = task.example_input(test)
-    recover = TrainConfig(args.recover_epochs, 5e-4, "adamw", 32, 1e-4)
+    recover = TrainConfig(args.recover_epochs, 5e-4, "adamw", 32, 1e-4, schedule="cosine")
     models: dict[str, nn.Module] = {"dense": dense}
     for s in args.channel_levels:
         small, _ = prune_channels(dense, x1, s, "magnitude", "uniform")
         models[f"channels {s:.0%} one-shot"] = copy.deepcopy(small).eval()
-        fit(small, task, scenes.train, recover, torch.Generator().manual_seed(1))
+        train(small, scenes.train, recover, torch.Generator().manual_seed(1), task=task)
         models[f"channels {s:.0%} + {args.recover_epochs:g} ep"] = small.eval()
     unstructured_ep = args.unstructured_epochs
     calib = scenes.val.subset(256)
@@ -117,8 +122,7 @@ def scene_rows(args: argparse.Namespace) -> list[str]:
                 prune_sequential(m, select_targets(m), inputs, "sparsegpt", s)
             else:
                 m = apply_masks(copy.deepcopy(dense), select_masks(scores, s, "global"))
-            fit(m, task, scenes.train, TrainConfig(unstructured_ep, 5e-4, "adamw", 32, 1e-4),
-                torch.Generator().manual_seed(1))  # fmt: skip
+            train(m, scenes.train, TrainConfig(unstructured_ep, 5e-4, "adamw", 32, 1e-4, schedule="cosine"), torch.Generator().manual_seed(1), task=task)  # fmt: skip
             models[f"unstructured {method} {s:.0%} + {unstructured_ep:g} ep"] = make_permanent(m)
     lat = compare_latency(models, x1, batch_sizes=(1,), warmup=20, repeats=args.repeats, threads=1)
     n_dense = count_params(dense)[1]
@@ -141,7 +145,7 @@ def latency_rows(repeats: int) -> list[str]:
     """Batch-1 forward latency of the dense and channel-slimmed detectors, measured apart from
     training (a slimmed model's latency depends on its shapes, not on recovery)."""
     scenes = load_scenes("fashion-scenes", n_train=6000, n_val=500, n_test=1000, seed=0)
-    dense = load_or_train_detector(scenes, DENSE_CFG)
+    dense = load_or_train("detector-tiny", scenes, DENSE_CFG, task=DetectionTask(scenes.num_classes))
     x1 = scenes.test.images[:1]
     models = {"dense": dense}
     for s in CHANNEL_LEVELS:
@@ -315,7 +319,7 @@ def main() -> None:
     torch.set_num_threads(1)
     if args.only == "dense":
         scenes = load_scenes("fashion-scenes", n_train=6000, n_val=500, n_test=1000, seed=0)
-        load_or_train_detector(scenes, DENSE_CFG)
+        load_or_train("detector-tiny", scenes, DENSE_CFG, task=DetectionTask(scenes.num_classes))
         return
     env = f"torch {torch.__version__}, {platform.machine()}, 1 thread for latency and training"
     out = ["# Detection under pruning", "", f"Environment: {env}.", ""]

@@ -51,16 +51,17 @@ from prunelab.measure.metrics.efficiency import (
 from prunelab.prune.allocation.sensitivity import sensitivity_plan
 from prunelab.prune.apply import apply_masks, make_permanent
 from prunelab.prune.criteria import compute_scores
-from prunelab.prune.masks import select_masks
-from prunelab.prune.structure import NM
+from prunelab.prune.structures import NM, select_masks
 from prunelab.prune.surgery import ChannelPlan, plan_channels, slim, trace_channels
 from prunelab.prune.surgery.importance import coupled_row_scores
 from prunelab.prune.targets import select_targets
-from prunelab.recover.finetune import TrainConfig, train
+from prunelab.recover.dense import load_or_train
+from prunelab.recover.finetune import train
 from prunelab.report.detections import plot_detection_grid
 from prunelab.sources.data.scenes import SceneBundle, SceneSet, load_scenes
 from prunelab.sources.models.detector import detection_loss, distillation_loss
-from prunelab.tasks.detection import DetectionTask, load_or_train_detector, truth_of
+from prunelab.tasks.detection import DetectionTask, truth_of
+from prunelab.training import TrainConfig
 
 log = logging.getLogger("detection_target")
 SCAN_LEVELS = (0.25, 0.5, 0.75)
@@ -285,7 +286,7 @@ HEADER = [
 def target_rows(args: argparse.Namespace) -> list[str]:
     scenes = load_scenes("fashion-scenes", n_train=6000, n_val=500, n_test=1000, seed=0)
     task = DetectionTask(scenes.num_classes)
-    dense = load_or_train_detector(scenes, dense_cfg())
+    dense = load_or_train("detector-tiny", scenes, dense_cfg(), task=DetectionTask(scenes.num_classes))
     x1 = task.example_input(scenes.test)
     ref_val, ref_test = task.predict(dense, scenes.val), task.predict(dense, scenes.test)
     results: dict[str, tuple[nn.Module, dict, dict]] = {}
@@ -341,7 +342,7 @@ def nm_rows(args: argparse.Namespace) -> list[str]:
     M divides), one-shot and after ``--nm-epochs``; and a grid of their test detections."""
     scenes = load_scenes("fashion-scenes", n_train=6000, n_val=500, n_test=1000, seed=0)
     task = DetectionTask(scenes.num_classes)
-    dense = load_or_train_detector(scenes, dense_cfg())
+    dense = load_or_train("detector-tiny", scenes, dense_cfg(), task=DetectionTask(scenes.num_classes))
     x1 = task.example_input(scenes.test)
     refs = [(scenes.val, task.predict(dense, scenes.val))]
     refs.append((scenes.test, task.predict(dense, scenes.test)))
@@ -384,7 +385,7 @@ LAYERS = ("stem.0", "stage1.0.0", "stage1.1.0", "stage2.0.0", "stage2.1.0", "sta
 def latency_rows(args: argparse.Namespace) -> list[str]:
     """Batch-1 latency of the chosen shapes alone (no training running in this process)."""
     scenes = load_scenes("fashion-scenes", n_train=6000, n_val=500, n_test=1000, seed=0)
-    dense = load_or_train_detector(scenes, dense_cfg())
+    dense = load_or_train("detector-tiny", scenes, dense_cfg(), task=DetectionTask(scenes.num_classes))
     x1 = scenes.test.images[:1]
     sizes = {n: m.out_channels for n, m in dense.named_modules() if isinstance(m, nn.Conv2d)}
     models = {"dense": dense}

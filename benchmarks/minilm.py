@@ -1,7 +1,7 @@
 """Prune all-MiniLM-L6-v2 (unstructured, 2:4, heads+FFN) and measure what it still knows.
 
 Run: PYTHONPATH=src python benchmarks/minilm.py [--quick]
-Needs the text data: ``python -c "from prunelab.nlp import fetch_text_data as f; f(CACHE)"``
+Needs the text data: ``python -c "from prunelab.sources.data.fetch import fetch_text_data as f; f(CACHE)"``
 with CACHE = $PRUNELAB_CACHE or ~/.cache/prunelab.
 """
 
@@ -13,10 +13,10 @@ import sys
 import time
 
 import torch
+from minilm_study import BenchConfig, run_bench
 
-from prunelab.nlp.bench import BenchConfig, run_bench
-from prunelab.nlp.distill import DistillConfig
 from prunelab.sources.models.cache import default_cache_dir
+from prunelab.training import TrainConfig
 
 ANCHOR = {0.3: 0.93, 0.5: 0.74, 0.7: 0.43}  # ANCHORS.md: one-shot magnitude, mean cosine
 
@@ -45,7 +45,7 @@ def main() -> None:
         probe_n=args.probe_n,
         distill_n=args.distill_n,
         throughput_n=args.throughput_n,
-        distill=DistillConfig(epochs=args.distill_epochs, lr=1e-4, batch_size=32),
+        distill=TrainConfig(args.distill_epochs, 1e-4, "adamw", 32),
     )
     if args.quick:
         cfg = BenchConfig(
@@ -53,7 +53,7 @@ def main() -> None:
             probe_n=600,
             distill_n=800,
             levels=(0.5,),
-            distill=DistillConfig(epochs=1, lr=1e-4, batch_size=32),
+            distill=TrainConfig(1, 1e-4, "adamw", 32),
         )
     print(
         f"# all-MiniLM-L6-v2 pruning — {platform.processor() or platform.machine()}, "
@@ -62,7 +62,7 @@ def main() -> None:
     print(
         f"probe sentences {cfg.probe_n} (half fit / half test), calibration {cfg.calib_n}, "
         f"distillation {cfg.distill_n} sentences x {cfg.distill.epochs} epochs "
-        f"(lr {cfg.distill.lr}, {cfg.distill.loss} loss); Lee 50 docs / 1,225 pairs\n"
+        f"(lr {cfg.distill.lr}, cosine loss); Lee 50 docs / 1,225 pairs\n"
     )
     print(
         "| method | structure | distill | cos mean | cos min | top-10 overlap | sentiment acc "

@@ -43,15 +43,15 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils import prune as tprune
 
+from prunelab.data import DataBundle
 from prunelab.measure.inference import ENGINES, set_engine
-from prunelab.recover.finetune import TrainConfig
-from prunelab.sources.data import DataBundle
 from prunelab.sweep import Context, SweepSpec, make_executor, run_sweep
-from prunelab.sweep.contexts import ContextCache
+from prunelab.sweep.context import ContextCache
 from prunelab.sweep.executors import SequentialExecutor
 from prunelab.sweep.ladder import score_entries
 from prunelab.sweep.spec import DataSpec
 from prunelab.sweep.store import load_results
+from prunelab.training import TrainConfig
 
 METHODS = ("magnitude", "random", "taylor", "wanda")
 
@@ -125,9 +125,9 @@ def naive_ladder(spec: SweepSpec, ctx) -> tuple[float, dict[str, float]]:
     """
     start = time.perf_counter()
     parts = dict.fromkeys(("scores", "copy+prune", "predict+metrics"), 0.0)
-    dense = ctx.dense_model(_any_cell(spec))
+    dense = ctx.dense_copy()
     data = ctx.data
-    splits = (data.test, data.val, ctx.train_eval)
+    splits = (data.test, data.val, ctx.refs["train_split"])
     refs = [plain_predict(dense, split.x) for split in splits]  # dense outputs once
     for method in spec.methods:
         t = time.perf_counter()
@@ -179,8 +179,9 @@ def limit_eval(ctx: Context, n: int) -> Context:
     """The same dense model, evaluated on the first ``n`` rows of test/val/train-eval only."""
     d = ctx.data
     data = DataBundle(d.name, d.train, d.val.subset(n), d.test.subset(n), d.num_classes)
-    ref = {k: v[:n] for k, v in ctx.reference.items()}
-    return Context(data, ctx.dense_state, ref, ctx.train_eval.subset(n), ctx.dense_metrics)
+    refs = {k: ctx.refs[k][:n] for k in ("test", "val", "train")}
+    refs.update(train_split=ctx.refs["train_split"].subset(n), robustness=ctx.refs["robustness"])
+    return Context(data, ctx.dense, ctx.task, refs, ctx.example, ctx.dense_metrics)
 
 
 def timed_sweep(spec, executor, contexts, out: Path) -> float:
@@ -219,7 +220,8 @@ def run_variant(args, out: Path) -> dict:
         contexts._items[_any_cell(spec).context_key()] = ctx  # the benchmark's own context
     info = {
         "setup": time.perf_counter() - t0,
-        "rows": f"test {len(ctx.data.test)}, val {len(ctx.data.val)}, train {len(ctx.train_eval)}",
+        "rows": f"test {len(ctx.data.test)}, val {len(ctx.data.val)}, "
+        f"train {len(ctx.refs['train_split'])}",
         "note": "",
     }
     n = len(spec.levels) * len(spec.methods)

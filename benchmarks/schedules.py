@@ -27,10 +27,11 @@ from pathlib import Path
 import torch
 
 from prunelab.measure.metrics import evaluate, predict
-from prunelab.recover.finetune import TrainConfig, train
+from prunelab.recover.dense import load_or_train
+from prunelab.recover.finetune import train
 from prunelab.recover.schedules import parse_schedule, run_schedule
 from prunelab.sources.data import load_dataset
-from prunelab.sources.models import load_or_train
+from prunelab.training import TrainConfig
 
 # ANCHORS.md: torch global_unstructured L1 on the CNN, accuracy after 1 fine-tune epoch
 ANCHOR_CNN_1EP = {0.90: 91.12, 0.95: 90.74, 0.98: 88.95}

@@ -24,16 +24,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from prunelab.measure.metrics import predict
 from prunelab.measure.metrics.efficiency import round_order
-from prunelab.nlp.encoder import encoder_targets
-from prunelab.nlp.heads import block_params, prune_heads_ffn, transformer_blocks
 from prunelab.prune.sequential import prune_sequential
-from prunelab.prune.structure import Unstructured
-from prunelab.recover.distill import Distillation, predict_logits
-from prunelab.recover.finetune import TrainConfig, train
+from prunelab.prune.structures import Unstructured
+from prunelab.prune.surgery.heads import block_params, prune_heads_ffn, transformer_blocks
+from prunelab.prune.targets import encoder_targets
+from prunelab.recover.dense import load_or_train
+from prunelab.recover.distill import Distilled
+from prunelab.recover.finetune import train
 from prunelab.sources.data.text import length_batches, load_rotten_tomatoes, token_lengths
-from prunelab.sources.models import load_or_train
-from prunelab.tasks import ClassificationTask
+from prunelab.tasks import ClassificationTask, TextClassificationTask
+from prunelab.training import TrainConfig
 
 PROBE = 75.5  # frozen-embedding logistic-regression probe on the same sentences (issue 15)
 METRICS = ("accuracy", "macro_f1", "ece", "agreement")
@@ -87,7 +89,7 @@ class Bench:
         )
 
     def logits(self, model: nn.Module, split: str) -> torch.Tensor:
-        return predict_logits(model, getattr(self.data, split).x, 64, self.len[split])
+        return predict(model, getattr(self.data, split).x, 64, self.len[split]).float()
 
     def score(self, model: nn.Module, split: str = "test") -> dict[str, float]:
         out = self.logits(model, split)
@@ -99,7 +101,8 @@ class Bench:
         n = len(self.data.train)
         ep = steps * 32 / n if steps is not None else epochs
         cfg = self.train_config(ep)
-        obj = Distillation(self.ref["train"] if distil else None, lengths=self.len["train"])
+        text = TextClassificationTask()  # length-grouped batches, cross-entropy
+        obj = Distilled(text, self.dense.eval(), 0.5, 2.0) if distil else text
         t = time.perf_counter()
         if ep > 0:
             train(model, self.data.train, cfg, torch.Generator().manual_seed(1), task=obj)

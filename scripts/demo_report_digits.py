@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from prunelab import evaluate, load_dataset, load_or_train, prune
-from prunelab.recover.finetune import TrainConfig
 from prunelab.report import ReportExtras, build_report
+from prunelab.training import TrainConfig
 
 METHODS = ("magnitude", "wanda", "random")
 LEVELS = (0.5, 0.75, 0.9, 0.95, 0.98, 0.99)

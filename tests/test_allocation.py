@@ -12,7 +12,7 @@ from torch import nn
 from prunelab import ALLOCATIONS, PrunelabError, compute_scores, select_masks, select_targets
 from prunelab.prune.allocation import ModelAware, RankedScores
 from prunelab.prune.allocation.layerwise import Bounds, bounded, erk_densities, lamp_scores
-from prunelab.prune.structure import Channels
+from prunelab.prune.structures import Channels
 
 LADDER = (0.0, 0.1, 0.5, 0.8, 0.9, 0.95, 0.99)
 # Overall prune count vs round(s * total): pooled orderings are exact; uniform rounds each layer.

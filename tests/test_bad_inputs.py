@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from prunelab import DataBundle, PrunelabError, Split, build_model, evaluate, prune
 from prunelab.cli import app
 from prunelab.prune.masks import nm_masks
-from prunelab.prune.structure import NM
+from prunelab.prune.structures import NM
 from prunelab.prune.targets import select_targets
 from prunelab.ship.export import load_sparse, save_sparse
 from prunelab.sources.models import load_weights, save_weights

@@ -257,9 +257,13 @@ def test_recommend_reports_when_no_level_holds(run_dir):
     assert "No level meets the tolerance" in result.output
 
 
-def test_recommend_needs_exactly_one_tolerance(run_dir):
-    result = invoke("recommend", str(run_dir))
-    assert result.exit_code == 2 and "exactly one of --max-drop" in result.output
+def test_recommend_takes_one_tolerance_or_the_tasks_default(run_dir):
+    both = invoke("recommend", str(run_dir), "--max-drop", "1", "--min-value", "0.5")
+    assert both.exit_code == 2 and "one of --max-drop or --min-value" in both.output
+    default = invoke("recommend", str(run_dir))  # classification: 0.5 points of accuracy
+    explicit = invoke("recommend", str(run_dir), "--max-drop", "0.5")
+    assert "0.5 points of accuracy (0.005)" in default.output
+    assert default.output == explicit.output
 
 
 def test_sensitivity_allocation_in_a_sweep_stores_its_table(tmp_path, cache_dir):
@@ -377,7 +381,9 @@ def test_kfold_cross_validation_decides_with_folds_x_seeds(tmp_path, monkeypatch
 def test_sparsegpt_in_a_sweep_updates_kept_weights(tmp_path, monkeypatch):
     """methods = sparsegpt: exact sparsity per level, and the kept weights are *changed*
     (reconstruction), unlike magnitude's, which keeps them as they were."""
-    from prunelab.sweep.cell import Context, expand_cells, run_cell
+    from prunelab.sweep.cell import run_cell
+    from prunelab.sweep.context import Context
+    from prunelab.sweep.plan import expand_cells
     from prunelab.sweep.spec import spec_from_dict
 
     monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path / "cache"))
@@ -396,7 +402,7 @@ def test_sparsegpt_in_a_sweep_updates_kept_weights(tmp_path, monkeypatch):
     )
     cells = [c for c in expand_cells(spec) if c.method != "dense"]
     ctx = Context.build(cells[0])
-    dense = ctx.dense_model(cells[0])
+    dense = ctx.dense_copy()
     for cell in cells:
         res = run_cell(cell, ctx, keep_model=True)
         assert res.row["sparsity"] == pytest.approx(cell.level, abs=2e-3)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from prunelab import CRITERIA, PrunelabError, compute_scores, select_targets
-from prunelab.prune.masks import select_masks
+from prunelab.prune.structures import select_masks
 
 
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -6,22 +6,15 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from prunelab.measure.detection import (
-    Detections,
-    batched_nms,
-    box_iou,
-    coco_map,
-    fidelity_map50,
-    nms,
-    precision_recall,
-)
+from prunelab.measure.detection import coco_map, fidelity_map50, precision_recall
 from prunelab.prune.apply import apply_masks
 from prunelab.prune.criteria import compute_scores
-from prunelab.prune.masks import select_masks
+from prunelab.prune.structures import select_masks
 from prunelab.prune.surgery import ChannelPlan, prune_channels
 from prunelab.prune.targets import select_targets
-from prunelab.recover.finetune import TrainConfig
+from prunelab.recover.finetune import train
 from prunelab.sources.data.scenes import SceneSet, load_scenes, make_scenes, tight_box
+from prunelab.sources.models.boxes import Detections, batched_nms, box_iou, nms
 from prunelab.sources.models.detector import (
     TinyDetector,
     assign,
@@ -31,7 +24,8 @@ from prunelab.sources.models.detector import (
     distillation_loss,
 )
 from prunelab.sources.models.mtcnn import RNet, _whc_to_chw
-from prunelab.tasks.detection import DetectionTask, fit, truth_of
+from prunelab.tasks.detection import DetectionTask, truth_of
+from prunelab.training import TrainConfig
 
 
 def dets(boxes: list[list[float]], labels: list[int], scores: list[float] | None = None):
@@ -219,7 +213,8 @@ def test_task_trains_and_scores_itself(digit_scenes) -> None:
     torch.manual_seed(0)
     model = TinyDetector(1, 10, width=4)
     before = task.mean_loss(model, digit_scenes.train)
-    fit(model, task, digit_scenes.train, TrainConfig(12, 1e-2, "adam", 16), torch.Generator())
+    cfg = TrainConfig(12, 1e-2, "adam", 16, schedule="cosine")
+    train(model, digit_scenes.train, cfg, torch.Generator(), task=task)
     assert task.mean_loss(model, digit_scenes.train) < 0.8 * before
     ref = task.predict(model, digit_scenes.val)
     res = task.evaluate(model, digit_scenes.val, ref, outputs=ref)
@@ -299,7 +294,8 @@ def test_masked_detector_recovers_with_its_own_loss_and_stays_sparse(digit_scene
     scores = compute_scores(model, select_targets(model), "magnitude")
     masked = apply_masks(model, select_masks(scores, 0.8, "global"))
     before = task.mean_loss(masked, digit_scenes.train)
-    fit(masked, task, digit_scenes.train, TrainConfig(4, 1e-2, "adam", 16), torch.Generator())
+    cfg = TrainConfig(4, 1e-2, "adam", 16, schedule="cosine")
+    train(masked, digit_scenes.train, cfg, torch.Generator(), task=task)
     assert task.mean_loss(masked, digit_scenes.train) < before
     weights = [m.weight for m in select_targets(masked).values()]
     zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)

@@ -7,12 +7,9 @@ import pytest
 import torch
 
 from prunelab.errors import PrunelabError
-from prunelab.measure.detection import (
-    Detections,
-    detection_artifacts,
-    detections_from_artifacts,
-)
+from prunelab.measure.detection import detection_artifacts, detections_from_artifacts
 from prunelab.report.detections import PANEL_PX, plot_detection_grid, stored_detections
+from prunelab.sources.models.boxes import Detections
 from prunelab.sweep.store import RUN_ID, Store
 
 pytest.importorskip("matplotlib")

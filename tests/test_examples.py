@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from prunelab.sweep.cell import expand_cells
+from prunelab.sweep.plan import expand_cells
 from prunelab.sweep.spec import load_spec, spec_from_dict
 from prunelab.tasks import TASKS
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from prunelab import Channels, PrunelabError, build_model, load_dataset, prune
 from prunelab.cli import app
 from prunelab.measure.metrics import predict
-from prunelab.prune.surgery import rebuild
+from prunelab.ship.architecture import rebuild
 from prunelab.ship.export import (
     load_sparse,
     onnx_max_diff,
@@ -111,7 +111,7 @@ def test_exported_files_get_normal_permissions(tmp_path):
     import os
     import stat
 
-    from prunelab.prune.surgery import BaseModel
+    from prunelab.ship.architecture import BaseModel
     from prunelab.ship.export import save_slimmed
 
     model = build_model("mlp-tiny", (1, 8, 8), 10, seed=1)
@@ -309,7 +309,7 @@ def test_cli_export_refuses_a_cell_that_does_not_reproduce(run_dir, tmp_path):
 
 
 def test_slim_export_needs_channel_cell(tmp_path):
-    from prunelab.prune.surgery import BaseModel
+    from prunelab.ship.architecture import BaseModel
     from prunelab.ship.export import save_slimmed
 
     m = build_model("mlp-tiny", (1, 8, 8), 10)

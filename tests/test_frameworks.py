@@ -19,10 +19,11 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 import prunelab
+from prunelab.data import Split
 from prunelab.errors import PrunelabError
-from prunelab.recover.finetune import TrainConfig, train
-from prunelab.sources.data.base import Split
+from prunelab.recover.finetune import train
 from prunelab.sources.readers import read_csv, read_data, read_idx_dir, read_image_folder, read_npz
+from prunelab.training import TrainConfig
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 HAS_KERAS = importlib.util.find_spec("keras") is not None

@@ -15,7 +15,7 @@ from prunelab.measure import inference
 from prunelab.measure.inference import runner, set_engine
 from prunelab.measure.metrics import evaluate, predict
 from prunelab.prune.allocation import RankedScores
-from prunelab.prune.masks import select_masks
+from prunelab.prune.structures import select_masks
 from prunelab.sources.models import build_model
 
 

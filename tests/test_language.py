@@ -74,7 +74,7 @@ def test_fidelity_of_a_model_to_itself_and_of_a_pruned_copy(windows):
 
 
 def test_windows_and_greedy_generations_with_a_real_tokenizer():
-    from prunelab.sources.minilm import minilm_tokenizer
+    from prunelab.sources.models.encoder import minilm_tokenizer
 
     tok = minilm_tokenizer()
     text = "the cat sat on the mat and the dog sat on the log " * 4

@@ -124,6 +124,35 @@ def test_no_import_circles():
     assert _cycles(graph) == []
 
 
+def _package(module: str) -> str:
+    """The top-level package (or ground-floor module) a module belongs to."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def package_graph() -> dict[str, set[str]]:
+    """Top-level package -> the top-level packages its modules import at module level."""
+    graph: dict[str, set[str]] = {}
+    for name, path in MODULES.items():
+        src = _package(name)
+        for target in _top_level_edges(name, path):
+            if _package(target) != src and name != "prunelab":  # the public API imports all
+                graph.setdefault(src, set()).add(_package(target))
+    return graph
+
+
+def test_no_import_circles_between_packages():
+    """Stages form a layered DAG: no package imports one that imports it back, even through
+    other packages (a module-level cycle test would miss measure -> ship -> measure when the
+    modules involved differ)."""
+    assert _cycles(package_graph()) == []
+
+
+def test_package_cycle_finder_sees_a_package_loop():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}}
+    assert _cycles(graph) == [["a", "b", "c"]]
+
+
 def _local_imports(path: Path) -> list[str]:
     """'line: module' for every import inside a function that is not an optional extra."""
     found = []

@@ -53,8 +53,8 @@ def test_pruned_metrics_equal_hand_computed_values():
     import torch
     from torch import nn
 
+    from prunelab.data import Split
     from prunelab.prune.apply import apply_masks
-    from prunelab.sources.data.base import Split
 
     dense = nn.Sequential(nn.Flatten(), nn.Linear(2, 2, bias=False))
     dense[1].weight.data = torch.tensor([[1.0, 1.0], [0.0, 2.0]])

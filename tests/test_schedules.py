@@ -13,9 +13,9 @@ from prunelab.errors import PrunelabError
 from prunelab.measure.metrics import evaluate
 from prunelab.prune.apply import apply_masks, get_masks
 from prunelab.prune.masks import mask_sparsity
-from prunelab.prune.structure import NM, Channels
+from prunelab.prune.structures import NM, Channels
 from prunelab.prune.targets import select_targets
-from prunelab.recover.finetune import TrainConfig, train
+from prunelab.recover.finetune import train
 from prunelab.recover.schedules import (
     SCHEDULES,
     Adaptive,
@@ -35,6 +35,7 @@ from prunelab.recover.schedules.oneshot import _rewind
 from prunelab.recover.schedules.regrow import effective_grads
 from prunelab.sources.data import load_dataset
 from prunelab.sources.models import build_model
+from prunelab.training import TrainConfig
 
 CASES = {
     "oneshot": OneShot(),

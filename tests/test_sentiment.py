@@ -10,15 +10,17 @@ import torch
 from torch import nn
 
 from prunelab.errors import PrunelabError
-from prunelab.nlp.encoder import encoder_targets
-from prunelab.nlp.heads import block_params, prune_heads_ffn, transformer_blocks
-from prunelab.nlp.surgery import zero_heads, zero_neurons
 from prunelab.prune.api import prune
 from prunelab.prune.apply import layer_sparsity
 from prunelab.prune.sequential import prune_sequential
-from prunelab.prune.structure import Heads, Unstructured, parse_structure
-from prunelab.recover.distill import Distillation, predict_logits
-from prunelab.recover.finetune import TrainConfig, train
+from prunelab.prune.structures import Heads, Unstructured, parse_structure
+from prunelab.prune.surgery.encoder import zero_heads, zero_neurons
+from prunelab.prune.surgery.heads import block_params, prune_heads_ffn, transformer_blocks
+from prunelab.prune.targets import encoder_targets
+from prunelab.recover.dense import load_or_train
+from prunelab.measure.metrics import predict
+from prunelab.recover.distill import Distilled
+from prunelab.recover.finetune import train
 from prunelab.sources.data import load_dataset
 from prunelab.sources.data.text import (
     corpus_path,
@@ -27,8 +29,9 @@ from prunelab.sources.data.text import (
     read_corpus,
     split_rows,
 )
-from prunelab.sources.models import build_model, load_or_train
+from prunelab.sources.models import build_model
 from prunelab.tasks import ClassificationTask, TextClassificationTask
+from prunelab.training import TrainConfig
 
 pytest.importorskip("transformers")
 
@@ -134,9 +137,16 @@ def test_heads_ffn_removes_the_level_physically_and_equals_the_masked_model(smal
     assert not torch.allclose(predict_logits(slim, x), predict_logits(dense, x), atol=1e-3)
 
 
+def predict_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return predict(model, x, 64).float()  # (N, K) in row order
+
+
 def test_distillation_trains_toward_the_teacher_logits(small, tuned):
-    y = small.train.y
-    teacher = torch.stack([torch.zeros(len(y)), 3.0 * (2 * y - 1)], 1)  # (N, 2): confident labels
+    sharp = copy.deepcopy(tuned).eval()  # a teacher far from the student: 5x sharper logits
+    with torch.no_grad():
+        sharp.head.weight.mul_(5.0)
+        sharp.head.bias.mul_(5.0)
+    teacher = predict_logits(sharp, small.train.x)  # (N, 2)
     slim = copy.deepcopy(tuned)
     prune_heads_ffn(slim, 0.6)
 
@@ -146,7 +156,7 @@ def test_distillation_trains_toward_the_teacher_logits(small, tuned):
         return float(nn.functional.kl_div(s, t, log_target=True, reduction="batchmean"))
 
     before = kl()
-    obj = Distillation(teacher, alpha=0.0, lengths=(small.train.x != 0).sum(1))
+    obj = Distilled(TextClassificationTask(), sharp, weight=1.0)  # the soft loss only
     cfg = TrainConfig(epochs=2, lr=2e-3, optimizer="adamw", batch_size=32)
     train(slim, small.train, cfg, torch.Generator().manual_seed(0), task=obj)
     assert kl() < before - 0.05

@@ -9,20 +9,18 @@ from torch import Tensor, nn
 from prunelab import PrunelabError, build_model, select_masks
 from prunelab.measure.metrics.efficiency import count_macs
 from prunelab.prune.criteria import compute_scores
-from prunelab.prune.structure import Channels
+from prunelab.prune.structures import Channels
 from prunelab.prune.surgery import (
-    BaseModel,
     ChannelPlan,
     plan_channels,
     plan_from_masks,
     prune_channels,
-    rebuild,
-    save_slim,
     slim,
     trace_channels,
 )
 from prunelab.prune.surgery.importance import group_scores, slice_scores
 from prunelab.prune.targets import select_targets
+from prunelab.ship.architecture import BaseModel, rebuild, save_slim
 
 # Where each producer's channels leave their conv(-BN) pair in resnet-tiny.
 RESNET_EXITS = {

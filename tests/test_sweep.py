@@ -15,7 +15,7 @@ import pytest
 from prunelab import TrainConfig
 from prunelab.errors import PrunelabError
 from prunelab.sweep import DataSpec, SweepSpec, expand_cells, make_executor, run_sweep
-from prunelab.sweep.contexts import ContextCache
+from prunelab.sweep.context import ContextCache
 from prunelab.sweep.spec import parse_levels
 from prunelab.sweep.store import Store, load_results
 
@@ -82,7 +82,7 @@ def test_sensitivity_scan_jobs_equal_one_scan_and_are_redone_when_missing(tmp_pa
     run_sweep(spec, tmp_path / "pool", make_executor("local", workers=2))  # jobs in workers
     cell = expand_cells(spec)[0]
     ctx = ContextCache(cache_dir).get(cell)
-    dense = ctx.dense_model(cell)
+    dense = ctx.dense_copy()
     scores = compute_scores(dense, select_targets(dense), "magnitude")
     whole = sensitivity_analysis(dense, scores, ctx.data.val.subset(SENSITIVITY_VAL_ROWS))
     with Store(tmp_path / "seq") as a, Store(tmp_path / "pool") as b:

@@ -122,10 +122,13 @@ def test_causal_lm_generations_reach_the_report(lm_run):
 def _encoder_files(tmp: Path) -> dict[str, str]:
     """A tiny BERT sentence encoder (weights saved: they are the dense model) and its data:
     Hamlet's lines tokenised by the MiniLM tokenizer."""
-    model = "from prunelab.nlp import tiny_bert\n\n\ndef build():\n    return tiny_bert(seed=0)\n"
+    model = (
+        "from prunelab.sources.models.encoder import tiny_bert\n\n\n"
+        "def build():\n    return tiny_bert(seed=0)\n"
+    )
     data = """
 import torch
-from prunelab.sources.minilm import minilm_tokenizer
+from prunelab.sources.models.encoder import minilm_tokenizer
 from prunelab.sources.packages import package_file
 
 

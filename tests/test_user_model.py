@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 import prunelab
 import prunelab.sources.user
 from prunelab.cli import app
-from prunelab.prune.surgery import rebuild
+from prunelab.ship.architecture import rebuild
 from prunelab.sources.user import load_object
 from prunelab.sweep.store import Store, load_results
 
@@ -427,7 +427,7 @@ def test_custom_metric_from_a_file_pickles_by_path(tmp_path):
 def test_remote_ray_workers_get_the_users_files(user_dir, tmp_path, monkeypatch):
     """A remote cluster gets the folder of the user's files as working_dir; on the worker the
     driver's absolute paths resolve inside it (simulated: the original folder is gone)."""
-    from prunelab.sweep.cell import expand_cells
+    from prunelab.sweep.plan import expand_cells
     from prunelab.sweep.ray_executor import code_runtime_env
     from prunelab.sweep.spec import load_spec, spec_from_dict
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 import prunelab
-from prunelab.recover.finetune import TrainConfig
+from prunelab.training import TrainConfig
 
 here = Path(__file__).parent
 sys.path.insert(0, str(here))

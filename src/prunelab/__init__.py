@@ -7,18 +7,27 @@
 
 import types
 
+from prunelab.data import DataBundle, Split
 from prunelab.errors import PrunelabError
 from prunelab.measure.metrics import METRICS, evaluate
 from prunelab.prune.allocation import ALLOCATIONS
 from prunelab.prune.api import prune
 from prunelab.prune.apply import apply_masks, get_masks, layer_sparsity, make_permanent
 from prunelab.prune.criteria import CRITERIA, compute_scores
-from prunelab.prune.masks import select_masks
-from prunelab.prune.structure import NM, Channels, Heads, Unstructured, parse_structure
+from prunelab.prune.structures import (
+    NM,
+    Channels,
+    Heads,
+    Unstructured,
+    parse_structure,
+    select_masks,
+)
 from prunelab.prune.targets import select_targets
-from prunelab.recover.finetune import TrainConfig, train
-from prunelab.sources.data import DATASETS, DataBundle, Split, load_dataset
-from prunelab.sources.models import MODELS, build_model, load_or_train
+from prunelab.recover.dense import load_or_train
+from prunelab.recover.finetune import train
+from prunelab.sources.data import DATASETS, load_dataset
+from prunelab.sources.models import MODELS, build_model
+from prunelab.training import TrainConfig
 
 __version__ = "0.1.0"
 __all__ = [

@@ -8,7 +8,7 @@ run with the sequential executor; for worker processes or Ray, name the model by
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +16,9 @@ import pandas as pd
 from torch import Tensor, nn
 
 from prunelab.decide.analysis import Recommendation
+from prunelab.decide.units import Units
 from prunelab.errors import PrunelabError
-from prunelab.recover.finetune import TrainConfig
-from prunelab.report.run import report_run, run_recommendation, run_task
+from prunelab.report.run import report_run, run_recommendation, run_units
 from prunelab.ship.export import Exported
 from prunelab.ship.from_run import export_cell
 from prunelab.sources import memory
@@ -27,6 +27,7 @@ from prunelab.sweep.executors import make_executor
 from prunelab.sweep.run import SweepOutcome, run_sweep
 from prunelab.sweep.spec import CustomMetricSpec, DataSpec, SweepSpec, TaskSpec
 from prunelab.sweep.store import load_results
+from prunelab.training import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -34,9 +35,19 @@ class SweepResult:
     """What :func:`sweep` made: the run directory and ways to read, decide, report, export."""
 
     run_dir: Path
-    outcome: SweepOutcome
-    primary: str = "accuracy"
-    directions: Mapping[str, bool] = field(default_factory=dict)
+    outcome: SweepOutcome | None = None  # None: a finished run reopened (:meth:`open`)
+
+    @classmethod
+    def open(cls, run_dir: Path | str) -> SweepResult:
+        """A finished (or partial) run, reopened from its directory."""
+        run_dir = Path(run_dir)
+        run_units(run_dir)  # one clear error when the directory holds no run
+        return cls(run_dir)
+
+    @property
+    def units(self) -> Units:
+        """The run's metric directions, units and default tolerance (its task's)."""
+        return run_units(self.run_dir)
 
     def results(self) -> pd.DataFrame:
         """One row per cell (dense controls and pruned cells)."""
@@ -44,18 +55,15 @@ class SweepResult:
 
     def recommend(
         self,
-        max_drop: float | None = 0.5,
+        max_drop: float | None = None,
         min_value: float | None = None,
         metric: str | None = None,
     ) -> Recommendation:
-        """Highest sparsity within ``max_drop`` (points for accuracy-like metrics, else units)."""
-        if min_value is not None:
-            max_drop = None
-        return run_recommendation(
-            self.results(), metric or self.primary, max_drop, min_value, self.directions
-        )
+        """Highest sparsity within ``max_drop`` (points for fractions such as accuracy, else the
+        metric's units; None: the task's default tolerance)."""
+        return run_recommendation(self.results(), self.units, metric, max_drop, min_value)
 
-    def report(self, max_drop: float = 0.5) -> Path:
+    def report(self, max_drop: float | None = None) -> Path:
         """Write plots, summary.md and report.html; returns the HTML page's path."""
         paths, _ = report_run(self.run_dir, None, max_drop)
         return paths.html
@@ -158,5 +166,4 @@ def sweep(
     run_dir = Path(out)
     ex = None if workers == 1 and executor == "local" else make_executor(executor, workers)
     outcome = run_sweep(spec, run_dir, executor=ex)
-    task = run_task(run_dir)
-    return SweepResult(run_dir, outcome, task["primary"], task["metrics"])
+    return SweepResult(run_dir, outcome)

@@ -14,9 +14,9 @@ import typer
 from prunelab.cli.console import registries, run_sweep_with_progress
 from prunelab.errors import PrunelabError
 from prunelab.measure import inference
-from prunelab.nlp.fetch import fetch_text_data as fetch
-from prunelab.report.run import report_run, run_recommendation, run_task
+from prunelab.report.run import report_run, run_recommendation, run_units
 from prunelab.ship.from_run import export_cell
+from prunelab.sources.data.fetch import fetch_text_data as fetch
 from prunelab.sources.models import default_cache_dir
 from prunelab.sweep import load_spec, spec_from_dict
 from prunelab.sweep.spec import absolute_paths, parse_levels
@@ -98,7 +98,10 @@ def sweep(
     executor: Annotated[str, typer.Option(help="local or ray")] = "local",
     address: Annotated[str | None, typer.Option(help="Ray cluster address")] = None,
     report: Annotated[bool, typer.Option(help="write the report when done")] = True,
-    max_drop: Annotated[float, typer.Option(help="report tolerance, in points")] = 0.5,
+    max_drop: Annotated[
+        float | None,
+        typer.Option(help="report tolerance: points for fractions, else units (task default)"),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
     latency: Annotated[
         bool, typer.Option("--latency", help="measure each cell's latency (batch 1 and 256)")
@@ -157,7 +160,7 @@ def sweep(
         _write_report(out, max_drop=max_drop)
 
 
-def _write_report(run_dir: Path, metric: str | None = None, max_drop: float | None = 0.5) -> None:
+def _write_report(run_dir: Path, metric: str | None = None, max_drop: float | None = None) -> None:
 
     paths, rec = report_run(run_dir, metric, max_drop)
     if rec is not None:
@@ -173,8 +176,9 @@ def report(
         str | None, typer.Option(help="metric for tipping points and advice (task's primary)")
     ] = None,
     max_drop: Annotated[
-        float, typer.Option(help="tolerated drop: points for accuracy-like metrics, else units")
-    ] = 0.5,
+        float | None,
+        typer.Option(help="tolerated drop: points for fractions (accuracy, mAP), else units"),
+    ] = None,
 ) -> None:
     """Write plots, summary.md and report.html for a finished (or partial) sweep."""
     if not run_dir.is_dir():
@@ -187,7 +191,8 @@ def report(
 def recommend(
     run_dir: Annotated[Path, typer.Argument(help="a sweep's run directory")],
     max_drop: Annotated[
-        float | None, typer.Option(help="tolerated drop vs dense, in points")
+        float | None,
+        typer.Option(help="tolerated drop vs dense: points for fractions, else metric units"),
     ] = None,
     min_value: Annotated[float | None, typer.Option(help="or: minimum metric value (0-1)")] = None,
     metric: Annotated[
@@ -198,16 +203,15 @@ def recommend(
 
     if not run_dir.is_dir():
         raise PrunelabError(f"run directory {run_dir} does not exist")
-    if (max_drop is None) == (min_value is None):
-        raise PrunelabError("give exactly one of --max-drop (points) or --min-value")
-    task = run_task(run_dir)
-    rec = run_recommendation(
-        load_results(run_dir), metric or task["primary"], max_drop, min_value, task["metrics"]
-    )
+    if max_drop is not None and min_value is not None:
+        raise PrunelabError("give one of --max-drop or --min-value, not both")
+    units = run_units(run_dir)
+    rec = run_recommendation(load_results(run_dir), units, metric, max_drop, min_value)
     typer.echo(rec.summary())
     if len(rec.evidence):
-        cols = [c for c in rec.evidence.columns if c not in ("structure", "schedule")]
-        typer.echo(rec.evidence[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        ev = rec.evidence
+        cols = [c for c in ev.columns if c not in ("schedule",) or ev[c].nunique() > 1]
+        typer.echo(ev[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if rec.level is None:
         raise typer.Exit(1)
 
@@ -241,7 +245,9 @@ def fetch_text_data(
 def export(
     run_dir: Annotated[Path, typer.Argument(help="a sweep's run directory")],
     out: Annotated[Path, typer.Option(help="output file (never overwritten)")],
-    fmt: Annotated[str, typer.Option("--format", help="sparse, slim or onnx")] = "sparse",
+    fmt: Annotated[
+        str, typer.Option("--format", help="an export format (`prunelab list formats`)")
+    ] = "sparse",
     cell: Annotated[str | None, typer.Option(help="cell id (see results)")] = None,
     level: Annotated[float | None, typer.Option(help="sparsity level of the cell")] = None,
     method: Annotated[str | None, typer.Option(help="method of the cell")] = None,

@@ -12,13 +12,15 @@ from prunelab.measure.metrics import METRICS
 from prunelab.prune.allocation import ALLOCATIONS
 from prunelab.prune.criteria import CRITERIA
 from prunelab.prune.reconstruct import RECONSTRUCTORS
+from prunelab.prune.structures import structure_names
 from prunelab.recover.schedules import SCHEDULES
 from prunelab.report import curve_labels
-from prunelab.report.run import run_task
+from prunelab.report.run import run_units
+from prunelab.ship import FORMATS
 from prunelab.sources.data import DATASETS
 from prunelab.sources.models.zoo import model_names
 from prunelab.sweep import SweepSpec, expand_cells, make_executor, run_sweep
-from prunelab.sweep.contexts import ContextCache
+from prunelab.sweep.context import ContextCache
 from prunelab.sweep.store import Store, load_results
 from prunelab.tasks import TASKS
 
@@ -28,10 +30,11 @@ def registries() -> dict[str, list[str]]:
     return {
         "methods": sorted([*CRITERIA.names(), *RECONSTRUCTORS.names()]),
         "allocations": ALLOCATIONS.names(),
-        "structures": ["unstructured", "N:M (e.g. 2:4)", "channels", "heads", "heads+ffn"],
+        "structures": structure_names(),
         "schedules": SCHEDULES.names(),
         "metrics": METRICS.names(),
         "datasets": DATASETS.names(),
+        "formats": FORMATS.names(),
         "models": model_names(),
         "tasks": TASKS.names(),
     }
@@ -83,19 +86,16 @@ def print_summary(run_dir: Path, console: Console) -> None:
 
     df = load_results(run_dir)
     df["curve"] = curve_labels(df)
-    task = run_task(run_dir)
+    units = run_units(run_dir)
     with Store(run_dir, create=False) as store:
         original = store.get_meta("dense_metrics") or {}
-    if "params" in df.columns:  # the model as given, else the dense control
-        dense_params = original.get("params") or df.loc[df["method"] == "dense", "params"].mean()
-        df["removed"] = 1 - df["params"] / dense_params
     pruned = df[df["method"] != "dense"]
-    cols = [task["primary"], task.get("fidelity", "agreement"), "sparsity", "removed"]
+    cols = [units.primary, units.fidelity, "sparsity", "removed"]
     cols = [c for c in dict.fromkeys(cols) if c in df.columns]
     table = Table(title=f"{run_dir}: test metrics (mean over seeds)")
     for col in ("level", "method", *cols):
         table.add_column(col, justify="left" if col == "method" else "right")
-    if task["primary"] in original:
+    if units.primary in original:
         table.add_row("0", "original (as given)", *(_fmt(original.get(c)) for c in cols))
     dense = df[df["method"] == "dense"]
     if len(dense):

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,31 +34,22 @@ import pandas as pd
 import torch
 
 from prunelab.decide.levels import credit as _credit
+from prunelab.decide.units import Units
 from prunelab.errors import PrunelabError
-from prunelab.measure.metrics import METRICS
+from prunelab.tasks import make_task
 
 log = logging.getLogger(__name__)
 CONFIG_COLUMNS = ("method", "allocation", "structure", "schedule", "ft_epochs")
-FRACTION_METRICS = frozenset({"accuracy", "macro_f1", "agreement"})
-
-
-def higher_is_better(metric: str, directions: Mapping[str, bool] | None = None) -> bool:
-    """The metric's direction: from ``directions`` (a task's, stored with a run) or the registry.
-
-    >>> higher_is_better("loss"), higher_is_better("f2", {"f2": True})
-    (False, True)
-    """
-    if directions is not None and metric in directions:
-        return bool(directions[metric])
-    if metric in METRICS:
-        return METRICS.get(metric).higher_is_better
-    known = sorted({*METRICS.names(), *(directions or {})})
-    raise PrunelabError(f"unknown metric '{metric}'; valid: {', '.join(known)}")
 
 
 def points(p: float) -> float:
     """Percentage points to a fraction: ``points(0.5) == 0.005`` (CLI ``--max-drop 0.5``)."""
     return p / 100.0
+
+
+def default_units() -> Units:
+    """Units of a classification run (the default task), from its metric infos."""
+    return Units.from_task(make_task().describe())
 
 
 @dataclass(frozen=True)
@@ -155,7 +146,7 @@ def tipping_points(
     df: pd.DataFrame,
     metric: str = "accuracy",
     split: str = "val",
-    directions: Mapping[str, bool] | None = None,
+    units: Units | None = None,
     **knee_kw: float,
 ) -> pd.DataFrame:
     """One :func:`knee` per configuration curve, the dense controls as level 0 of each, on
@@ -166,8 +157,11 @@ def tipping_points(
     column = _column(metric, split)
     config = _check_results(df, column)
     df = _credit(df)
-    hib = higher_is_better(metric, directions)
+    units = units or default_units()
+    hib = units.higher_is_better(metric)
     dense = df[df["method"] == "dense"]
+    if "min_fall" not in knee_kw and not units.unit(metric).fraction:  # 0.5 % of dense
+        knee_kw["min_fall"] = 0.005 * abs(float(dense[column].mean()))
     rows = []
     for key, g in df[df["method"] != "dense"].groupby(config, dropna=False):
         ref = dense
@@ -281,27 +275,29 @@ def _paired(df: pd.DataFrame, column: str, sign: float) -> pd.Series:
 
 
 def _check_tolerance(
-    metric: str, max_drop: float | None, min_value: float | None, hib: bool = True
+    units: Units, metric: str, max_drop: float | None, min_value: float | None, dense: float
 ) -> str:
     if (max_drop is None) == (min_value is None):
         raise PrunelabError("give exactly one of max_drop or min_value")
+    fraction = units.unit(metric).fraction
     if max_drop is not None:
         if not max_drop >= 0:
             raise PrunelabError(f"max_drop must be >= 0, got {max_drop}")
-        if metric in FRACTION_METRICS and max_drop >= 1:
+        if fraction and max_drop >= 1:
             raise PrunelabError(
                 f"max_drop is in {metric} units (a fraction), got {max_drop}; "
                 f"for percentage points use points({max_drop:g})"
             )
-        if metric in FRACTION_METRICS and max_drop > 0.1:
+        if fraction and max_drop > 0.1:
             log.warning(
                 "max_drop %g is %g percentage points of %s; is that intended?",
                 max_drop,
                 100 * max_drop,
                 metric,
             )
-        return f"max drop {max_drop:g} in {metric}"
-    if not hib:
+        units.check_alive(metric, max_drop, dense)
+        return f"max drop {units.describe_tolerance(max_drop, metric)}"
+    if not units.higher_is_better(metric):
         raise PrunelabError(
             f"min_value needs a higher-is-better metric; {metric} is lower-is-better: use max_drop"
         )
@@ -356,7 +352,7 @@ def recommend(
     confidence: float = 0.95,
     split: str = "val",
     seed: int = 0,
-    directions: Mapping[str, bool] | None = None,
+    units: Units | None = None,
 ) -> Recommendation:
     """Highest sparsity whose metric holds with confidence, and the configuration reaching it.
 
@@ -368,11 +364,13 @@ def recommend(
     level too (a contiguous run from dense). Ties between configurations at the same level go
     to the better mean metric. Levels are those the cells achieved (:func:`credited_levels`).
     """
-    sign = 1.0 if higher_is_better(metric, directions) else -1.0
+    units = units or default_units()
+    sign = units.sign(metric)
     folds = int(df["folds"].max()) if "folds" in df.columns and df["folds"].notna().any() else 0
-    tolerance = _check_tolerance(metric, max_drop, min_value, sign > 0)
     column = _column(metric, split)
     config = _check_results(df, column)
+    dense_value = float(df.loc[df["method"] == "dense", column].mean())
+    tolerance = _check_tolerance(units, metric, max_drop, min_value, dense_value)
     ev = _evidence(_credit(df), config, metric, column, confidence, seed, sign)
     if ev.empty:
         raise PrunelabError("results have no pruned rows (only dense controls)")

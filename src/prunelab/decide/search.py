@@ -29,14 +29,15 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from prunelab.data import DataBundle
 from prunelab.errors import PrunelabError
 from prunelab.measure.metrics import METRICS, evaluate
 from prunelab.prune.allocation.plan import Plan, counts_from_plan, sizes_of
 from prunelab.prune.apply import apply_masks
 from prunelab.prune.criteria import compute_scores
 from prunelab.prune.masks import check_sparsity, masks_from_counts
-from prunelab.recover.finetune import TrainConfig, train
-from prunelab.sources.data.base import DataBundle
+from prunelab.recover.finetune import train
+from prunelab.training import TrainConfig
 
 log = logging.getLogger(__name__)
 

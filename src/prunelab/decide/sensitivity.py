@@ -14,19 +14,20 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from prunelab.data import Split
 from prunelab.errors import PrunelabError
 from prunelab.measure.metrics import METRICS, evaluate, predict
 from prunelab.prune.apply import folded_copy
 from prunelab.prune.masks import masks_from_counts
-from prunelab.sources.data.base import Split
-from prunelab.tasks.base import Task
-from prunelab.tasks.classification import ClassificationTask
+
+if TYPE_CHECKING:
+    from prunelab.tasks.base import Task
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def _measure(
 ) -> tuple[Callable[[], dict[str, float]], float]:
     """A closure scoring ``model`` on ``data`` against its current (dense) outputs, and the
     metric's sign (+1 when higher is better)."""
-    if task is None or isinstance(task, ClassificationTask):  # the registered metrics
+    if task is None:  # the registered metrics
         spec = METRICS.get(metric)
         reference = predict(model, data.x)
         return (

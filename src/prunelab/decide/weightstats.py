@@ -23,11 +23,11 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
+from prunelab.data import Split
 from prunelab.errors import PrunelabError
 from prunelab.measure.metrics import predict
 from prunelab.prune.apply import folded_copy
 from prunelab.prune.targets import select_targets
-from prunelab.sources.data.base import Split
 
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 

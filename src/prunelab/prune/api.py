@@ -10,8 +10,8 @@ from torch import Tensor, nn
 from prunelab.prune.allocation import Allocation
 from prunelab.prune.apply import apply_masks
 from prunelab.prune.criteria import compute_scores
-from prunelab.prune.masks import Masks, check_sparsity, select_masks
-from prunelab.prune.structure import Channels, Structure, Unstructured
+from prunelab.prune.masks import Masks, check_sparsity
+from prunelab.prune.structures import Channels, Structure, Unstructured, select_masks
 from prunelab.prune.targets import select_targets
 
 

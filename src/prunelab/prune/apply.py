@@ -121,3 +121,19 @@ def layer_sparsity(
         targets = {n: m for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)}
     with torch.no_grad():
         return {n: float((m.weight == 0).float().mean()) for n, m in targets.items()}
+
+
+def plain_state(model: nn.Module) -> dict[str, Tensor]:
+    """The state dict as the original architecture names it (masks made permanent on a copy).
+
+    Floating zeros are canonical ``+0.0`` (``-0.0`` compares equal and computes the same).
+    """
+    if any(parametrize.is_parametrized(m) for m in model.modules()):
+        model = folded_copy(model)
+    out = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().contiguous().clone()
+        if v.is_floating_point():
+            v[v == 0] = 0.0  # -0.0 -> +0.0
+        out[k] = v
+    return out

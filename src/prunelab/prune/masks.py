@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from prunelab.errors import PrunelabError
 from prunelab.prune.allocation import ALLOCATIONS, Allocation, ranked
-from prunelab.prune.structure import NM, Channels, Structure, Unstructured
+
+if TYPE_CHECKING:
+    from prunelab.prune.structures import NM
 
 log = logging.getLogger(__name__)
 Masks = dict[str, Tensor]
@@ -21,7 +24,9 @@ def check_sparsity(sparsity: float) -> float:
     return float(sparsity)
 
 
-def masks_from_counts(scores: dict[str, Tensor], counts: dict[str, int]) -> Masks:
+def masks_from_counts(
+    scores: dict[str, Tensor], counts: dict[str, int], quiet: bool = False
+) -> Masks:
     """Drop the ``counts[layer]`` lowest-scoring weights of each layer (stable: ties by index).
 
     >>> masks_from_counts({"a": torch.tensor([[3., 1.], [2., 4.]])}, {"a": 2})["a"]
@@ -34,7 +39,7 @@ def masks_from_counts(scores: dict[str, Tensor], counts: dict[str, int]) -> Mask
         keep = torch.ones(flat.numel(), dtype=torch.bool)
         keep[scores.order(name)[: counts[name]]] = False
         masks[name] = keep.view(s.shape)
-        if counts[name] >= flat.numel():
+        if counts[name] >= flat.numel() and not quiet:
             log.warning("layer %s is pruned completely (sparsity 1.0)", name)
     return masks
 
@@ -60,6 +65,7 @@ def nm_masks(scores: dict[str, Tensor], nm: NM) -> Masks:
 
     Groups run along the flattened input dimension (in_features, or in_channels*kh*kw).
 
+    >>> from prunelab.prune.structures import NM
     >>> nm_masks({"a": torch.tensor([[4., 1., 3., 2.]])}, NM(2, 4))["a"].tolist()
     [[True, False, True, False]]
     """
@@ -79,51 +85,18 @@ def nm_masks(scores: dict[str, Tensor], nm: NM) -> Masks:
 
 
 def channel_masks(
-    scores: dict[str, Tensor], sparsity: float, allocation: str | Allocation
+    scores: dict[str, Tensor], sparsity: float, allocation: str | Allocation, quiet: bool = False
 ) -> Masks:
-    """Remove whole output channels (rows), ranked by the sum of their weights' scores."""
+    """Remove whole output channels (rows), ranked by the sum of their weights' scores
+    (``quiet``: no warning for a layer losing every row, as when probing levels)."""
     alloc = resolve(allocation)
     if getattr(alloc, "per_row", False):
         raise PrunelabError("allocation 'row' prunes inside rows; use it with unstructured")
     rows = {n: s.reshape(s.shape[0], -1).sum(1) for n, s in scores.items()}  # (out,)
     counts = alloc(rows, sparsity)
-    keep_rows = masks_from_counts(rows, counts)
+    keep_rows = masks_from_counts(rows, counts, quiet)
     shape = {n: (-1,) + (1,) * (s.dim() - 1) for n, s in scores.items()}
     return {n: keep_rows[n].view(shape[n]).expand_as(s).clone() for n, s in scores.items()}
-
-
-def select_masks(
-    scores: dict[str, Tensor],
-    sparsity: float,
-    allocation: str | Allocation = "global",
-    structure: Structure = Unstructured(),
-) -> Masks:
-    """Threshold scores into masks for one sparsity level.
-
-    ``allocation`` is a registered name or an :data:`~prunelab.prune.allocation.Allocation` callable
-    (e.g. one built from a sensitivity table or a searched plan).
-
-    For N:M the sparsity is fixed by the pattern (``1 - n/m``) and must match.
-
-    >>> s = {"a": torch.tensor([1., 2., 3., 4.])}
-    >>> select_masks(s, 0.5)["a"].tolist()
-    [False, False, True, True]
-    """
-    sparsity = check_sparsity(sparsity)
-    if isinstance(structure, NM):
-        if abs(sparsity - structure.sparsity) > 1e-9:
-            raise PrunelabError(
-                f"N:M {structure} fixes sparsity at {structure.sparsity:g}, got {sparsity:g}"
-            )
-        return nm_masks(scores, structure)
-    if isinstance(structure, Channels):
-        return channel_masks(scores, sparsity, allocation)
-    if not isinstance(structure, Unstructured):
-        raise PrunelabError(f"structure '{structure}' needs a model-specific pruner (heads)")
-    alloc = resolve(allocation)
-    if getattr(alloc, "per_row", False):
-        return row_masks(scores, sparsity)
-    return masks_from_counts(scores, alloc(scores, sparsity))
 
 
 def resolve(allocation: str | Allocation) -> Allocation:
@@ -135,18 +108,3 @@ def mask_sparsity(masks: Masks) -> float:
     total = sum(m.numel() for m in masks.values())
     kept = sum(int(m.sum()) for m in masks.values())
     return 1 - kept / total
-
-
-def level_reached(masks: Masks, structure: Structure = Unstructured()) -> float:
-    """The sparsity ``masks`` reach, in the units a level is asked in: the fraction of masked
-    weights, or for :class:`Channels` the fraction of whole output channels removed.
-
-    >>> level_reached({"a": torch.tensor([[True, True], [False, False]])}, Channels())
-    0.5
-    """
-    if not masks:
-        return 0.0
-    if isinstance(structure, Channels):
-        gone = [(~m.reshape(m.shape[0], -1)).all(1) for m in masks.values()]  # (out,) each
-        return sum(int(g.sum()) for g in gone) / sum(g.numel() for g in gone)
-    return mask_sparsity(masks)

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from prunelab.errors import PrunelabError
 from prunelab.prune.calibration import _input_sqsum
-from prunelab.prune.structure import NM, Structure, Unstructured
+from prunelab.prune.structures import NM, Structure, Unstructured
 from prunelab.registry import Registry
 
 

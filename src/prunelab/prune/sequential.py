@@ -25,13 +25,13 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from prunelab.errors import PrunelabError
+from prunelab.progress import LayerProgress
 from prunelab.prune.apply import apply_masks
 from prunelab.prune.calibration import LayerContext
 from prunelab.prune.criteria import CRITERIA
-from prunelab.prune.masks import Masks, select_masks
-from prunelab.prune.progress import Progress
+from prunelab.prune.masks import Masks
 from prunelab.prune.reconstruct import RECONSTRUCTORS, InputStats, SparseGPTConfig
-from prunelab.prune.structure import NM, Structure, Unstructured
+from prunelab.prune.structures import NM, Structure, Unstructured, select_masks
 from prunelab.prune.walk import find_blocks, walk_blocks, walk_layers
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def prune_sequential(
     structure: Structure = Unstructured(),
     config: SequentialConfig = SequentialConfig(),
     generator: torch.Generator | None = None,
-    progress: Progress | None = None,
+    progress: LayerProgress | None = None,
 ) -> Masks:
     """Prune ``targets`` of ``model`` in place, layer after layer; returns the masks.
 

@@ -8,6 +8,8 @@ import torch
 from torch import nn
 
 from prunelab.errors import PrunelabError
+from prunelab.sources.hf import DECODER_PATTERNS
+from prunelab.sources.models.encoder import ENCODER_PATTERNS, TextEncoder
 
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -50,3 +52,28 @@ def select_targets(
         if not torch.isfinite(_weight(module)).all():
             raise PrunelabError(f"layer '{name}' has NaN or Inf weights; refusing to prune")
     return found
+
+
+def decoder_targets(model: nn.Module) -> dict[str, nn.Module]:
+    """The Linear layers inside the decoder blocks (attention and MLP); embeddings, norms and
+    the output head (``lm_head``, often tied to the embeddings) are left dense."""
+    return select_targets(model, include=DECODER_PATTERNS)
+
+
+def encoder_targets(
+    encoder: TextEncoder, attention: bool = True, ffn: bool = True
+) -> dict[str, nn.Module]:
+    """Linear layers of the transformer blocks: q/k/v/o projections and/or FFN in/out.
+
+    Embeddings, LayerNorms and any pooler are never included.
+    """
+
+    found = select_targets(encoder, include=ENCODER_PATTERNS)
+    out = {}
+    for name, module in found.items():
+        is_attn = ".attention." in name
+        if (is_attn and attention) or (not is_attn and ffn):
+            out[name] = module
+    if not out:
+        raise PrunelabError("no encoder targets selected (attention=False and ffn=False?)")
+    return out

@@ -1,92 +1,70 @@
-"""Recovery objectives for classifiers: cross-entropy, optionally distilled from the dense model.
+"""Distillation from the dense model: one recovery objective for every task kind.
 
-:class:`Distillation` satisfies :class:`prunelab.recover.finetune.Objective`, so
-``train(model, split, cfg, generator, task=Distillation(...))`` uses it. The loss is
-``alpha · CE(labels) + (1 − alpha) · T² · KL(softmax(teacher / T) ‖ softmax(student / T))``
-(Hinton et al. 2015); without teacher logits it is plain cross-entropy. With ``lengths`` (for
-token-id inputs) the batches group rows of similar length, which a model that trims padding
-(:class:`prunelab.nlp.encoder.TextEncoder`) computes faster.
+:class:`Distilled` wraps a task: on each of the task's own batches the loss is
+``(1 - weight) · task.loss + weight · task.soft_loss(student, teacher, T)``, the teacher being the
+dense model, frozen, in eval mode. What "close to the teacher" means belongs to the task:
+``T²·KL`` of logits for classification (Hinton et al. 2015) and of next-token distributions for
+language models, ``1 - cos`` of embeddings for encoders, the teacher's class probabilities and
+boxes for the built-in detector. A sweep selects it with ``[finetune] distill = 0.5``
+(``temperature = 2``); the dense control then gets the same objective, so the comparison stays
+fair.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from prunelab.errors import PrunelabError
-from prunelab.measure.metrics.base import predict
-from prunelab.sources.data.base import Split
-from prunelab.sources.data.text import length_batches
+from prunelab.training import Objective, TrainConfig
 
 
-@dataclass(frozen=True)
-class Distillation:
-    """Training objective over a fixed split; ``teacher`` (N, K) rows follow the split's rows.
+@dataclass(frozen=True, eq=False)
+class Distilled:
+    """A task's loss mixed with distillation from ``teacher`` (satisfies ``Objective``).
 
-    >>> m = nn.Linear(3, 2)
-    >>> split = Split(torch.randn(8, 3), torch.tensor([0, 1] * 4))
-    >>> obj = Distillation(teacher=m(split.x).detach(), alpha=0.0)
-    >>> batch = next(iter(obj.batches(split, 8, None)))
-    >>> round(float(obj.loss(m, batch).detach()), 6)
+    >>> from prunelab.tasks import make_task
+    >>> m = nn.Linear(3, 2); task = make_task()
+    >>> obj = Distilled(task, m, weight=1.0)
+    >>> batch = (torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))
+    >>> round(float(obj.loss(m, batch).detach()), 6)  # the student is the teacher
     0.0
     """
 
-    teacher: Tensor | None = None  # (N, K) dense logits of the training rows
-    alpha: float = 0.5
+    task: Any  # a prunelab.tasks.Task
+    teacher: nn.Module
+    weight: float = 0.5
     temperature: float = 2.0
-    lengths: Tensor | None = None  # (N,) per-row lengths for length-grouped batches
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.alpha <= 1.0:
-            raise PrunelabError(f"distillation alpha must be in [0, 1], got {self.alpha}")
+        if not 0.0 <= self.weight <= 1.0:
+            raise PrunelabError(f"distillation weight must be in [0, 1], got {self.weight}")
         if self.temperature <= 0:
             raise PrunelabError(f"temperature must be > 0, got {self.temperature}")
 
-    def batches(
-        self, split: Split, batch_size: int, generator: torch.Generator | None
-    ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        """(x, y, teacher logits or an empty tensor) per batch; shuffled with a generator."""
-        n = len(split)
-        for given in (self.teacher, self.lengths):
-            if given is not None and len(given) != n:
-                raise PrunelabError(f"objective has {len(given)} rows, the split {n}")
-        if self.lengths is not None:
-            order = length_batches(self.lengths, batch_size, generator)
-        else:
-            perm = torch.randperm(n, generator=generator) if generator else torch.arange(n)
-            order = list(perm.split(batch_size))
-        for idx in order:
-            t = self.teacher[idx] if self.teacher is not None else torch.empty(0)
-            yield split.x[idx], split.y[idx], t
+    def batches(self, split: Any, batch_size: int, generator: torch.Generator | None) -> Iterator:
+        return self.task.batches(split, batch_size, generator)
 
-    def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor, Tensor]) -> Tensor:
-        x, y, teacher = batch
-        logits = model(x)  # (B, K)
-        ce = nn.functional.cross_entropy(logits, y)
-        if self.teacher is None or self.alpha == 1.0:
-            return ce
-        t = self.temperature
-        kd = nn.functional.kl_div(
-            nn.functional.log_softmax(logits / t, dim=1),
-            nn.functional.log_softmax(teacher / t, dim=1),
-            log_target=True,
-            reduction="batchmean",
-        )
-        return self.alpha * ce + (1 - self.alpha) * t * t * kd
+    def inputs(self, batch: Any) -> Any:
+        return self.task.inputs(batch)
 
-    def inputs(self, batch: tuple[Tensor, Tensor, Tensor]) -> Tensor:
-        return batch[0]
+    def loss(self, model: nn.Module, batch: Any) -> Tensor:
+        out = self.task.forward(model, batch)
+        with torch.no_grad():
+            target = self.task.forward(self.teacher, batch)
+        soft = self.task.soft_loss(out, target, self.temperature)
+        if self.weight == 1.0:
+            return soft
+        return (1 - self.weight) * self.task.loss_of(out, batch) + self.weight * soft
 
 
-@torch.no_grad()
-def predict_logits(
-    model: nn.Module, x: Tensor, batch_size: int = 64, lengths: Tensor | None = None
-) -> Tensor:
-    """(N, K) float logits in row order, in eval mode; batches grouped by ``lengths`` when
-    given (:func:`prunelab.measure.metrics.base.predict`)."""
-    if not len(x):
-        raise PrunelabError("predict_logits needs at least one row")
-    return predict(model, x, batch_size, lengths).float()
+def recovery_objective(task: Any, dense: nn.Module, cfg: TrainConfig) -> Objective:
+    """What recovery minimises under ``cfg``: the task's loss, or it distilled from ``dense``
+    when ``cfg.distill`` > 0 (``dense`` is read in eval mode and never changed)."""
+    if cfg.distill == 0:
+        return task
+    return Distilled(task, dense.eval(), cfg.distill, cfg.temperature)

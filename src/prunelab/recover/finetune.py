@@ -3,89 +3,17 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
 
+from prunelab.data import Split
 from prunelab.errors import PrunelabError
-from prunelab.sources.data.base import Split
+from prunelab.training import Objective, StepCallback, TrainConfig
 
 log = logging.getLogger(__name__)
-
-SCHEDULES = ("constant", "linear", "cosine")
-StepCallback = Callable[[int, int], None]  # (step, total_steps) -> None, called after each step
-
-
-class Objective(Protocol):
-    """What training needs of a task (:class:`prunelab.tasks.Task` satisfies it)."""
-
-    def batches(self, split: Any, batch_size: int, generator: torch.Generator | None) -> Any: ...
-
-    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor: ...
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How to (re)train: ``epochs`` may be fractional (0.5 = half an epoch of steps).
-
-    The learning rate follows ``schedule`` ("constant", "linear" decay to 0, "cosine" decay to
-    0) after a linear ``warmup`` over that fraction of the steps (the usual transformer
-    fine-tuning recipe is ``schedule = "linear", warmup = 0.1``)."""
-
-    epochs: float = 1.0
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    batch_size: int = 128
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    schedule: str = "constant"
-    warmup: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not math.isfinite(self.epochs) or self.epochs < 0:
-            raise PrunelabError(f"fine-tune epochs must be >= 0, got {self.epochs}")
-        if not self.lr > 0:
-            raise PrunelabError(f"learning rate must be > 0, got {self.lr}")
-        if self.batch_size < 1:
-            raise PrunelabError(f"batch size must be >= 1, got {self.batch_size}")
-        if self.optimizer not in ("adam", "sgd", "adamw"):
-            raise PrunelabError(f"unknown optimizer '{self.optimizer}'; valid: adam, adamw, sgd")
-        if self.schedule not in SCHEDULES:
-            raise PrunelabError(
-                f"unknown lr schedule '{self.schedule}'; valid: {', '.join(SCHEDULES)}"
-            )
-        if not 0 <= self.warmup < 1:
-            raise PrunelabError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
-
-    def identity(self) -> dict[str, Any]:
-        """The fields that identify a training run (cache keys, cell ids). The schedule fields
-        appear only when set, so keys made before they existed stay valid."""
-        out = dict(self.__dict__)
-        if self.schedule == "constant" and self.warmup == 0:
-            del out["schedule"], out["warmup"]
-        return out
-
-    def lr_factor(self, step: int, total: int) -> float:
-        """Multiplier of ``lr`` for optimizer step ``step`` (0-based) of ``total``.
-
-        >>> cfg = TrainConfig(schedule="linear", warmup=0.25)
-        >>> [round(cfg.lr_factor(s, 8), 3) for s in range(8)]
-        [0.5, 1.0, 1.0, 0.833, 0.667, 0.5, 0.333, 0.167]
-        """
-        warm = math.ceil(self.warmup * total)
-        if step < warm:
-            return (step + 1) / warm
-        if self.schedule == "constant":
-            return 1.0
-        done = (step - warm) / max(total - warm, 1)  # 0 at the first step after warmup
-        return 1 - done if self.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * done))
-
-    def total_steps(self, n_examples: int) -> int:
-        return math.ceil(self.epochs * math.ceil(n_examples / self.batch_size))
 
 
 def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:

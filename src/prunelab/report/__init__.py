@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from prunelab.decide.analysis import default_units
 from prunelab.errors import PrunelabError
 from prunelab.report import plots
 from prunelab.report.detections import plot_detection_grid
 from prunelab.report.extras import ReportExtras, ReportPaths
 from prunelab.report.frame import (
     curve_labels,
-    higher_is_better,
     metric_columns,
     pareto_cost_column,
     pareto_mask,
@@ -36,7 +36,6 @@ __all__ = [
     "ReportPaths",
     "build_report",
     "curve_labels",
-    "higher_is_better",
     "make_plots",
     "metric_columns",
     "pareto_mask",
@@ -46,8 +45,10 @@ __all__ = [
 
 
 def _curve_plots(df: pd.DataFrame, plot_dir: Path, extras: ReportExtras) -> dict[str, Path]:
-
+    """One curve figure per metric the run's units know (its direction decides the band)."""
     tolerances = extras.tolerances or {}
+    units = extras.units or default_units()
+    original = extras.original or {}
     labels = set(curve_labels(df))
     knees = {k: v for k, v in (extras.knees or {}).items() if k in labels}
     if len(knees) < len(extras.knees or {}):
@@ -57,10 +58,11 @@ def _curve_plots(df: pd.DataFrame, plot_dir: Path, extras: ReportExtras) -> dict
         )
     out = {}
     for m in metric_columns(df):
-        if df.loc[df["method"] != "dense", m].notna().any():
+        if m in units.metrics and df.loc[df["method"] != "dense", m].notna().any():
             out[f"curve_{m}"] = plot_metric_curves(
-                df, m, plot_dir / f"curve_{m}.png", knees, tolerances.get(m)
-            )
+                df, m, plot_dir / f"curve_{m}.png", knees, tolerances.get(m),
+                units.higher_is_better(m), original.get(m),
+            )  # fmt: skip
     return out
 
 
@@ -68,8 +70,10 @@ def make_plots(df: pd.DataFrame, plot_dir: Path, extras: ReportExtras) -> dict[s
     """Write every figure the data and extras allow; returns {figure name: PNG path}."""
 
     out = _curve_plots(df, plot_dir, extras)
-    if pareto_cost_column(df) and "accuracy" in df.columns:
-        out["pareto"] = plots.plot_pareto(df, plot_dir / "pareto.png")
+    units = extras.units or default_units()
+    primary = units.primary
+    if pareto_cost_column(df) and primary in df.columns and units.higher_is_better(primary):
+        out["pareto"] = plots.plot_pareto(df, plot_dir / "pareto.png", primary)
     if extras.sensitivity is not None and len(extras.sensitivity):
         out["sensitivity"] = plots.plot_sensitivity(
             extras.sensitivity, plot_dir / "sensitivity.png", extras.sensitivity_label
@@ -122,6 +126,7 @@ def build_report(
         run_dir / "summary.md",
         title=extras.title or "prunelab summary",
         original=extras.original,
+        units=extras.units or default_units(),
     )
     html = run_dir / "report.html"
     html.write_text(render_html(df, plots, extras), encoding="utf-8")

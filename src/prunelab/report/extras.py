@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from prunelab.decide.units import Units
+
 
 @dataclass(frozen=True, eq=False)
 class ReportExtras:
@@ -28,6 +30,7 @@ class ReportExtras:
     - ``samples``: sample outputs side by side (e.g. greedy generations: prompt, dense, each
       pruned curve at one level); ``samples_title`` says which level.
     - ``spec``: the sweep spec (JSON-able mapping) shown at the top; ``title``: page title.
+    - ``units``: the run's metric directions and units (:class:`~prunelab.decide.units.Units`).
     """
 
     knees: Mapping[str, float] | None = None
@@ -50,6 +53,7 @@ class ReportExtras:
     detection_titles: Sequence[str] | None = None
     samples: pd.DataFrame | None = None  # the task's sample outputs, dense vs pruned, by column
     samples_title: str = ""
+    units: Units | None = None
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 
 from prunelab.errors import PrunelabError
-from prunelab.measure.metrics import METRICS
 
 #: Columns that identify a curve (a "method" in the report's sense), in label order.
 CURVE_KEYS = ("method", "allocation", "structure", "schedule", "ft_epochs")
@@ -40,12 +39,17 @@ NOT_METRICS = frozenset(
 #: Size/cost columns: shown in the efficiency table and Pareto plot, not as curves.
 EFFICIENCY = (
     "sparsity",
+    "model_sparsity",
+    "removed",
     "nonzeros",
     "params",
     "macs",
     "sparse_macs",
     "latency_b1_ms",
     "latency_b256_ms",
+    "dense_latency_b1_ms",
+    "dense_latency_b256_ms",
+    "speedup_b1",
     "fps_b1",
     "disk_bytes",
     "sparse_bytes",
@@ -54,7 +58,6 @@ EFFICIENCY = (
 #: Curves are drawn first for these, then for any other metric column alphabetically.
 PREFERRED = ("accuracy", "agreement", "kl", "macro_f1", "loss")
 _PREFIXES = ("val_", "oneshot_", "train_")
-_LOWER_IS_BETTER = frozenset({"loss", "kl", "ece", "nll", "brier", "forgetting", "flip_rate"})
 DENSE = "dense"
 
 
@@ -104,15 +107,6 @@ def metric_columns(df: pd.DataFrame) -> list[str]:
     ]
     first = [c for c in PREFERRED if c in found]
     return first + sorted(c for c in found if c not in first)
-
-
-def higher_is_better(metric: str) -> bool:
-    """Direction of a metric: the metric registry when it knows the name, else a name list."""
-
-    base = metric.removeprefix("val_").removeprefix("oneshot_")
-    if base in METRICS:
-        return METRICS.get(base).higher_is_better
-    return base not in _LOWER_IS_BETTER and not base.startswith(("latency", "disk", "macs"))
 
 
 def with_labels(df: pd.DataFrame) -> pd.DataFrame:

@@ -23,7 +23,6 @@ from prunelab.report.frame import (
     aggregate,
     curve_labels,
     dense_value,
-    higher_is_better,
     pareto_cost_column,
     pareto_mask,
     with_labels,
@@ -102,11 +101,23 @@ def _sparsity_axis(ax: Axes, levels: np.ndarray) -> None:
     ax.grid(True, alpha=0.3)
 
 
-def _dense_reference(ax: Axes, dense: float, metric: str, tolerance: float | None) -> None:
-    ax.axhline(dense, color="black", linestyle="--", linewidth=1.2, label=f"dense {dense:.4g}")
+def _references(
+    ax: Axes, dense: float | None, original: float | None, tolerance: float | None, hib: bool
+) -> None:
+    """The original model (as given) and the dense control as two labelled lines; the
+    tolerance band on the worse side of the dense control."""
+    if original is not None and np.isfinite(original):
+        ax.axhline(
+            original, color="0.35", linestyle=":", linewidth=1.4, label=f"original {original:.4g}"
+        )
+    if dense is None:
+        return
+    ax.axhline(
+        dense, color="black", linestyle="--", linewidth=1.2, label=f"dense control {dense:.4g}"
+    )
     if tolerance is not None:
-        sign = "−" if higher_is_better(metric) else "+"
-        edge = dense - tolerance if sign == "−" else dense + tolerance
+        sign = "−" if hib else "+"
+        edge = dense - tolerance if hib else dense + tolerance
         ax.axhspan(
             min(dense, edge),
             max(dense, edge),
@@ -145,12 +156,15 @@ def plot_metric_curves(
     out: Path | str,
     knees: Mapping[str, float] | None = None,
     tolerance: float | None = None,
+    higher_is_better: bool = True,
+    original: float | None = None,
 ) -> Path:
     """Plot ``metric`` vs sparsity, one line per curve (mean over seeds, min–max band).
 
     ``knees`` maps a curve label (see :func:`prunelab.report.frame.curve_labels`) to its
-    tipping-point level, drawn as a star; ``tolerance`` shades dense ± allowed drop.
-    Returns the PNG path.
+    tipping-point level, drawn as a star; the original model (as given) and the dense control
+    are reference lines; ``tolerance`` shades the allowed drop on the worse side of the dense
+    control (below it when higher is better, above it otherwise). Returns the PNG path.
     """
     agg = aggregate(df, metric)
     if agg.empty:
@@ -167,18 +181,18 @@ def plot_metric_curves(
         ax.fill_between(x, g["min"], g["max"], color=colors[curve], alpha=0.18, linewidth=0)
         if knees and curve in knees and knees[curve] is not None:
             _mark_knee(ax, x, g["mean"].to_numpy(), float(knees[curve]), colors[curve])
-    dense = dense_value(df, metric)
-    if dense is not None:
-        _dense_reference(ax, dense, metric, tolerance)
+    _references(ax, dense_value(df, metric), original, tolerance, higher_is_better)
     _sparsity_axis(ax, agg["level"].to_numpy())
-    arrow = "higher is better" if higher_is_better(metric) else "lower is better"
+    arrow = "higher is better" if higher_is_better else "lower is better"
     ax.set_ylabel(f"{metric} ({arrow})")
     ax.set_title(f"{metric} vs sparsity — mean over seeds, band = min–max", fontsize=10)
     _legend(fig, ax)
     return _save(fig, out)
 
 
-def plot_pareto(df: pd.DataFrame, out: Path | str, metric: str = "accuracy") -> Path:
+def plot_pareto(
+    df: pd.DataFrame, out: Path | str, metric: str = "accuracy", higher_is_better: bool = True
+) -> Path:
     """Scatter every cell as (cost, ``metric``) and connect the Pareto-optimal ones.
 
     Cost is ``macs`` when present, else ``nonzeros`` (log axis). Returns the PNG path.
@@ -187,7 +201,7 @@ def plot_pareto(df: pd.DataFrame, out: Path | str, metric: str = "accuracy") -> 
     if cost_col is None or metric not in df.columns:
         raise PrunelabError(f"pareto plot needs 'nonzeros' or 'macs' and '{metric}' columns")
     rows = with_labels(df).dropna(subset=[cost_col, metric])
-    if not higher_is_better(metric):
+    if not higher_is_better:
         raise PrunelabError(f"pareto plot expects a higher-is-better metric, got '{metric}'")
     fig = _figure()
     ax = fig.add_subplot()

@@ -8,23 +8,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from prunelab.decide.analysis import (
-    CONFIG_COLUMNS,
-    FRACTION_METRICS,
-    Recommendation,
-    points,
-    recommend,
-    tipping_points,
-)
+from prunelab.decide.analysis import CONFIG_COLUMNS, Recommendation, recommend, tipping_points
 from prunelab.decide.levels import credit
 from prunelab.decide.preservation import summarize_results
+from prunelab.decide.units import Units
 from prunelab.decide.weightstats import WeightHistogram
 from prunelab.errors import PrunelabError
 from prunelab.report import build_report
@@ -39,13 +32,10 @@ log = logging.getLogger(__name__)
 
 
 def knees_by_label(
-    df: pd.DataFrame,
-    metric: str = "accuracy",
-    split: str = "val",
-    directions: Mapping[str, bool] | None = None,
+    df: pd.DataFrame, metric: str, units: Units, split: str = "val"
 ) -> dict[str, float]:
     """{curve label (as the plots name curves): knee level} for curves that have a knee."""
-    tp = tipping_points(df, metric, split, directions)
+    tp = tipping_points(df, metric, split, units)
     labels = curve_labels(df)
     cols = [c for c in CONFIG_COLUMNS if c in df.columns and c in tp.columns]
     out = {}
@@ -56,29 +46,43 @@ def knees_by_label(
     return out
 
 
-def run_task(run_dir: Path) -> dict[str, Any]:
-    """The task a run stored (kind, primary metric, directions); classification for old runs."""
+def run_units(run_dir: Path) -> Units:
+    """The run's metric directions and units, from the task description it stored."""
     with Store(run_dir, create=False) as store:
         task = store.get_meta("task")
-    return task or {"kind": "classification", "primary": "accuracy", "metrics": {}}
+    return Units.from_task(task or default_units_task())
+
+
+def default_units_task() -> dict[str, Any]:
+    """Runs that stored no task were classification runs."""
+    return {"kind": "classification", "primary": "accuracy", "metrics": {}}
+
+
+def tolerance_of(units: Units, metric: str, max_drop: float | None) -> float:
+    """A tolerance as given (points for a fraction, else the metric's units) in metric units;
+    without one, the task's default for its primary metric (0.5 points for other fractions)."""
+    if max_drop is not None:
+        return units.max_drop(max_drop, metric)  # type: ignore[return-value]
+    if metric == units.primary and units.tolerance is not None:
+        return units.tolerance
+    if units.unit(metric).fraction:
+        return 0.005
+    raise PrunelabError(f"'{metric}' has no default tolerance: give --max-drop in its units")
 
 
 def run_recommendation(
     df: pd.DataFrame,
-    metric: str = "accuracy",
-    max_drop_points: float | None = 0.5,
+    units: Units,
+    metric: str | None = None,
+    max_drop: float | None = None,
     min_value: float | None = None,
-    directions: Mapping[str, bool] | None = None,
 ) -> Recommendation:
-    """:func:`prunelab.decide.analysis.recommend` with the CLI's units.
-
-    ``max_drop_points`` is in percentage points for the 0-1 metrics (accuracy, macro-F1,
-    agreement) and in the metric's own units for every other metric.
-    """
-    max_drop = max_drop_points
-    if max_drop is not None and metric in FRACTION_METRICS:
-        max_drop = points(max_drop)
-    return recommend(df, metric, max_drop=max_drop, min_value=min_value, directions=directions)
+    """:func:`prunelab.decide.analysis.recommend` with the CLI's units: ``max_drop`` is in
+    percentage points for fractions (accuracy, mAP, cosine) and in the metric's own units
+    otherwise; None is the task's default tolerance."""
+    metric = metric or units.primary
+    drop = None if min_value is not None else tolerance_of(units, metric, max_drop)
+    return recommend(df, metric, max_drop=drop, min_value=min_value, units=units)
 
 
 def sensitivity_frame(store: Store) -> pd.DataFrame | None:
@@ -293,11 +297,9 @@ def knee_sentence(level: float | None, knee: float | None) -> str:
     )
 
 
-def _curve_knee(
-    df: pd.DataFrame, rec: Recommendation, directions: Mapping[str, bool]
-) -> float | None:
+def _curve_knee(df: pd.DataFrame, rec: Recommendation, units: Units) -> float | None:
     """The tipping point of the recommended configuration's curve (validation split)."""
-    tp = tipping_points(df, rec.metric, rec.split, directions)
+    tp = tipping_points(df, rec.metric, rec.split, units)
     for c, v in (rec.config or {}).items():
         if c in tp.columns:
             tp = tp[tp[c] == v]
@@ -326,17 +328,18 @@ def recommendation_view(rec: Recommendation, knee_note: str = "") -> dict[str, o
 
 
 def report_run(
-    run_dir: Path | str, metric: str | None = None, max_drop_points: float | None = 0.5
+    run_dir: Path | str, metric: str | None = None, max_drop: float | None = None
 ) -> tuple[ReportPaths, Recommendation | None]:
     """Write plots, summary.md and report.html for ``run_dir``; return them and the advice.
 
-    ``metric`` defaults to the primary metric of the run's task.
+    ``metric`` defaults to the primary metric of the run's task, ``max_drop`` (points for a
+    fraction, else metric units) to the task's default tolerance.
     """
 
     run_dir = Path(run_dir)
-    task = run_task(run_dir)
-    metric = metric or task["primary"]
-    directions = task["metrics"]
+    units = run_units(run_dir)
+    metric = metric or units.primary
+    tolerance = tolerance_of(units, metric, max_drop)
     df = load_results(run_dir)
     with Store(run_dir, create=False) as store:
         spec = json.loads(json.dumps(store.get_meta("spec")))
@@ -352,17 +355,14 @@ def report_run(
             log.warning("no retained-intelligence summary: %s", e)
     rec, knees, knee_note = None, {}, ""
     try:
-        knees = knees_by_label(df, metric, directions=directions)
-        rec = run_recommendation(df, metric, max_drop_points, directions=directions)
+        knees = knees_by_label(df, metric, units)
+        rec = recommend(df, metric, max_drop=tolerance, units=units)
         if rec.level is not None:
-            knee_note = knee_sentence(rec.level, _curve_knee(df, rec, directions))
+            knee_note = knee_sentence(rec.level, _curve_knee(df, rec, units))
     except PrunelabError as e:  # e.g. a partial run without dense rows yet
+        if "dead model" in str(e):
+            raise
         log.warning("no recommendation: %s", e)
-    tolerance = None
-    if max_drop_points is not None:
-        tolerance = {
-            metric: points(max_drop_points) if metric in FRACTION_METRICS else max_drop_points
-        }
     with Store(run_dir, create=False) as store:
         weights = shipped_weights(store, df, rec)
         samples = sample_outputs(store, df, rec)
@@ -370,7 +370,7 @@ def report_run(
     extras = ReportExtras(
         knees=knees,
         recommendation=None if rec is None else recommendation_view(rec, knee_note),
-        tolerances=tolerance,
+        tolerances={metric: tolerance},
         sensitivity=sens,
         weights=weights[0] if weights else None,
         weights_title=weights[1] if weights else "",
@@ -387,5 +387,6 @@ def report_run(
         detection_titles=grid["titles"] if grid else None,
         class_names=grid["classes"] if grid else None,
         samples_title=samples[1] if samples else "",
+        units=units,
     )
     return build_report(run_dir, credit(df), extras), rec  # curves at achieved levels, too

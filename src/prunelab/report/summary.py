@@ -1,4 +1,5 @@
-"""A Markdown summary of a sweep: dense baseline, level x method table, best method per level."""
+"""A Markdown summary of a sweep: dense baseline, level x method table, best method per level,
+all in the run's own primary metric (accuracy, mAP, perplexity, ...)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,9 @@ from typing import Any
 
 import pandas as pd
 
+from prunelab.decide.units import Units
 from prunelab.report.frame import DENSE, dense_value
-from prunelab.report.tables import SUMMARY_METRICS, best_per_level, summary_table
-
-_DENSE_METRICS = ("accuracy", "agreement", "kl", "macro_f1", "loss")
+from prunelab.report.tables import best_per_level, summary_table
 
 
 def mean_std(mean: float, std: float) -> str:
@@ -31,7 +31,14 @@ def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(_cell(v) for v in r) + " |" for r in rows]
 
 
-def _dense_lines(df: pd.DataFrame, original: Mapping[str, float] | None = None) -> list[str]:
+def _shown(units: Units) -> list[str]:
+    """The summary's metrics: the primary, the fidelity one, then the level's sparsity."""
+    return list(dict.fromkeys((units.primary, units.fidelity, "sparsity")))
+
+
+def _dense_lines(
+    df: pd.DataFrame, units: Units, original: Mapping[str, float] | None = None
+) -> list[str]:
     """The model as given (no fine-tuning) next to the dense control (fine-tuned, same budget)."""
     dense = df[df["method"] == DENSE]
     if dense.empty:
@@ -43,7 +50,7 @@ def _dense_lines(df: pd.DataFrame, original: Mapping[str, float] | None = None) 
             f"{original[m]:.4f}" if m in original else "–",
             mean_std(dense[m].mean(), dense[m].std(ddof=1) if len(dense) > 1 else 0.0),
         ]
-        for m in _DENSE_METRICS
+        for m in _shown(units)[:2]
         if m in dense.columns
     ]
     header = ["metric", "original model (as given)", f"dense control ({len(dense)} seed(s))"]
@@ -54,9 +61,9 @@ def _dense_lines(df: pd.DataFrame, original: Mapping[str, float] | None = None) 
     return [note, ""] + _md_table(header, rows)
 
 
-def _level_lines(df: pd.DataFrame) -> list[str]:
-    table = summary_table(df)
-    metrics = [m for m in SUMMARY_METRICS if f"{m}_mean" in table.columns]
+def _level_lines(df: pd.DataFrame, units: Units) -> list[str]:
+    table = summary_table(df, _shown(units))
+    metrics = [m for m in _shown(units) if f"{m}_mean" in table.columns]
     header = ["level", "method"] + metrics + ["seeds"]
     rows = [
         [f"{r.level:g}", r.curve]
@@ -67,10 +74,10 @@ def _level_lines(df: pd.DataFrame) -> list[str]:
     return _md_table(header, rows)
 
 
-def _best_lines(df: pd.DataFrame, metric: str) -> list[str]:
+def _best_lines(df: pd.DataFrame, metric: str, units: Units) -> list[str]:
     if metric not in df.columns or (df["method"] != DENSE).sum() == 0:
         return [f"_No pruned rows with '{metric}'._"]
-    best = best_per_level(df, metric)
+    best = best_per_level(df, metric, units.higher_is_better(metric))
     dense = dense_value(df, metric)
     header = ["level", "best method", f"{metric} (mean)"] + ([] if dense is None else ["vs dense"])
     rows = [
@@ -83,20 +90,25 @@ def _best_lines(df: pd.DataFrame, metric: str) -> list[str]:
 
 def render_summary(
     df: pd.DataFrame,
+    units: Units,
     title: str = "prunelab sweep summary",
-    metric: str = "accuracy",
     original: Mapping[str, float] | None = None,
 ) -> str:
-    """The Markdown text: dense baseline, results by level (mean ± std over seeds), best method.
+    """The Markdown text in the run's primary metric (``units.primary``): dense baseline,
+    results by level (mean ± std over seeds), best method per level.
 
+    >>> from prunelab.decide.analysis import default_units
     >>> df = pd.DataFrame({"method": ["dense", "magnitude"], "level": [0.0, 0.5],
     ...                    "seed": [0, 0], "accuracy": [0.9, 0.8]})
-    >>> "| 0.5 | magnitude | 0.8000 ± 0.0000 | 1 |" in render_summary(df)
+    >>> "| 0.5 | magnitude | 0.8000 ± 0.0000 | 1 |" in render_summary(df, default_units())
     True
     """
-    lines = [f"# {title}", "", "## Dense baseline", ""] + _dense_lines(df, original)
-    lines += ["", "## Results by level (mean ± std over seeds)", ""] + _level_lines(df)
-    lines += ["", f"## Best method per level (by {metric})", ""] + _best_lines(df, metric)
+    metric = units.primary
+    arrow = "higher is better" if units.higher_is_better(metric) else "lower is better"
+    lines = [f"# {title}", "", f"Primary metric: **{metric}** ({arrow}).", ""]
+    lines += ["## Dense baseline", ""] + _dense_lines(df, units, original)
+    lines += ["", "## Results by level (mean ± std over seeds)", ""] + _level_lines(df, units)
+    lines += ["", f"## Best method per level (by {metric})", ""] + _best_lines(df, metric, units)
     return "\n".join(lines) + "\n"
 
 

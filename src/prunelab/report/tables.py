@@ -9,12 +9,11 @@ import pandas as pd
 from prunelab.report.frame import (
     CURVE_KEYS,
     DENSE,
-    higher_is_better,
     require_columns,
     with_labels,
 )
 
-SUMMARY_METRICS = ("accuracy", "agreement", "sparsity")
+SUMMARY_METRICS = ("accuracy", "agreement", "sparsity")  # a classification run's columns
 _SPEED = (
     ("macs", "MAC speedup"),
     ("sparse_macs", "sparse-MAC speedup (theoretical)"),
@@ -41,12 +40,14 @@ def summary_table(df: pd.DataFrame, metrics: Sequence[str] = SUMMARY_METRICS) ->
     return out.reset_index().sort_values(["level", "curve"], ignore_index=True)
 
 
-def best_per_level(df: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
+def best_per_level(
+    df: pd.DataFrame, metric: str = "accuracy", higher_is_better: bool = True
+) -> pd.DataFrame:
     """The curve with the best mean ``metric`` at each pruned level (columns level, curve, mean)."""
     require_columns(df, ("method", "level", metric))
     table = summary_table(df[df["method"] != DENSE], [metric])
     pick = table.groupby("level")[f"{metric}_mean"]
-    idx = pick.idxmax() if higher_is_better(metric) else pick.idxmin()
+    idx = pick.idxmax() if higher_is_better else pick.idxmin()
     best = table.loc[idx.to_numpy(), ["level", "curve", f"{metric}_mean"]]
     return best.rename(columns={f"{metric}_mean": "mean"}).reset_index(drop=True)
 

@@ -1,16 +1,8 @@
 """Export a pruned model: compact sparse checkpoint, slimmed dense model, or ONNX.
 
-Sparse format (one safetensors file, no pickles). For each tensor of the state dict either
-
-* ``NAME`` — the tensor as is (when that is smaller), or
-* ``NAME::mask`` (uint8, ``np.packbits`` of "value has any non-zero bit", row-major) plus
-  ``NAME::values`` (the non-zero values, in order, same dtype).
-
-The header metadata ``prunelab.sparse`` holds ``{"format": 1, "tensors": {name: {"shape",
-"dtype", "encoding"}}}``. The mask is taken on the *bit pattern*, so ``-0.0`` and every other
-value reload bit-exactly. Masking by multiplication leaves ``-0.0`` where a negative weight was
-pruned; :func:`plain_state` writes every zero as ``+0.0`` (the same value, and the same outputs),
-so the file holds one zero, not two.
+Sparse format: one safetensors file in the encoding of :mod:`prunelab.sparse` (bitmask +
+non-zero values, reloads bit-exactly; no pickles). :func:`plain_state` writes every zero as
+``+0.0``, so the file holds one zero, not two.
 
 >>> import tempfile
 >>> from torch import nn
@@ -30,110 +22,23 @@ import logging
 import os
 import tempfile
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
 from prunelab.errors import PrunelabError
-from prunelab.prune.apply import folded_copy, get_masks
-from prunelab.prune.surgery import save_slim, slim
+from prunelab.prune.apply import folded_copy, get_masks, plain_state
+from prunelab.prune.surgery import slim
+from prunelab.ship.architecture import BaseModel, save_slim
+from prunelab.ship.formats import FORMATS, Exported, ExportJob
 from prunelab.sources.models.cache import check_finite
+from prunelab.sparse import FORMAT, META_KEY, decode_sparse, encode_sparse, encoded_size, header
 
 log = logging.getLogger(__name__)
-META_KEY = "prunelab.sparse"
-FORMAT = 1
-
-
-@dataclass(frozen=True)
-class Exported:
-    """What an export wrote: the file, its size, and the dense safetensors size for scale."""
-
-    path: Path
-    bytes: int
-    dense_bytes: int
-    detail: str = ""
-
-    @property
-    def ratio(self) -> float:
-        return self.bytes / self.dense_bytes
-
-
-def plain_state(model: nn.Module) -> dict[str, Tensor]:
-    """The state dict as the original architecture names it (masks made permanent on a copy).
-
-    Floating zeros are canonical ``+0.0`` (``-0.0`` compares equal and computes the same).
-    """
-    if any(parametrize.is_parametrized(m) for m in model.modules()):
-        model = folded_copy(model)
-    out = {}
-    for k, v in model.state_dict().items():
-        v = v.detach().contiguous().clone()
-        if v.is_floating_point():
-            v[v == 0] = 0.0  # -0.0 -> +0.0
-        out[k] = v
-    return out
-
-
-def _nonzero_bits(t: Tensor) -> Tensor:
-    """Bool (numel,): True where the element has any non-zero bit (so -0.0 counts as kept)."""
-    raw = t.contiguous().view(-1).view(torch.uint8)  # (numel * itemsize,)
-    return raw.view(-1, t.element_size()).ne(0).any(1)  # (numel,)
-
-
-def encode_sparse(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict]:
-    """State dict -> (tensors to store, metadata). Each tensor takes the smaller encoding."""
-    out: dict[str, Tensor] = {}
-    meta: dict[str, dict] = {}
-    for name, t in state.items():
-        if "::" in name:
-            raise PrunelabError(f"tensor name '{name}' contains '::', reserved by the format")
-        info = {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
-        keep = _nonzero_bits(t)
-        nnz = int(keep.sum())
-        packed_bytes = (t.numel() + 7) // 8 + nnz * t.element_size()
-        if t.numel() > 0 and packed_bytes < t.numel() * t.element_size():
-            bits = np.packbits(keep.numpy())  # (ceil(numel / 8),) uint8
-            out[f"{name}::mask"] = torch.from_numpy(bits)
-            out[f"{name}::values"] = t.reshape(-1)[keep].clone()  # (nnz,)
-            info["encoding"] = "bitmask"
-        else:
-            out[name] = t
-            info["encoding"] = "dense"
-        meta[name] = info
-    return out, {"format": FORMAT, "tensors": meta}
-
-
-def decode_sparse(tensors: dict[str, Tensor], meta: dict) -> dict[str, Tensor]:
-    """Inverse of :func:`encode_sparse`; raises PrunelabError on inconsistent contents."""
-    state = {}
-    for name, info in meta["tensors"].items():
-        shape = tuple(int(s) for s in info["shape"])
-        numel = int(np.prod(shape, dtype=np.int64))
-        if info["encoding"] == "dense":
-            t = tensors.get(name)
-            if t is None or tuple(t.shape) != shape:
-                raise PrunelabError(f"sparse checkpoint: tensor '{name}' missing or misshapen")
-            state[name] = t
-            continue
-        bits, values = tensors.get(f"{name}::mask"), tensors.get(f"{name}::values")
-        if bits is None or values is None or bits.numel() != (numel + 7) // 8:
-            raise PrunelabError(f"sparse checkpoint: mask/values of '{name}' missing or misshapen")
-        keep = torch.from_numpy(np.unpackbits(bits.numpy(), count=numel).astype(bool))
-        if int(keep.sum()) != values.numel():
-            raise PrunelabError(
-                f"sparse checkpoint: '{name}' has {values.numel()} values for "
-                f"{int(keep.sum())} mask bits"
-            )
-        flat = torch.zeros(numel, dtype=values.dtype)
-        flat[keep] = values
-        state[name] = flat.view(shape)  # (numel,) -> shape
-    return state
 
 
 def _umask() -> int:
@@ -188,8 +93,7 @@ def sparse_bytes(model: nn.Module) -> int:
     >>> sparse_bytes(m) == save_sparse(m, p).bytes == p.stat().st_size
     True
     """
-    tensors, meta = encode_sparse(plain_state(model))
-    return len(save(tensors, metadata={META_KEY: json.dumps(meta)}))
+    return encoded_size(plain_state(model))
 
 
 def save_sparse(model: nn.Module, path: Path | str) -> Exported:
@@ -197,7 +101,7 @@ def save_sparse(model: nn.Module, path: Path | str) -> Exported:
     path = Path(path)
     state = plain_state(model)
     tensors, meta = encode_sparse(state)
-    _publish(path, lambda tmp: save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)}))
+    _publish(path, lambda tmp: save_file(tensors, str(tmp), metadata=header(meta)))
     size = path.stat().st_size
     return Exported(path, size, dense_bytes(state))
 
@@ -326,3 +230,27 @@ def save_slimmed(model: nn.Module, example: Tensor, path: Path | str, base: obje
         dense_bytes(plain_state(model)),
         f"params {sum(p.numel() for p in small.parameters()):,}",
     )
+
+
+@FORMATS.register("sparse")
+def _sparse(job: ExportJob, out: Path) -> Exported:
+    """Bitmask + non-zero values in one safetensors file; reloads bit-exactly."""
+    return save_sparse(job.model, out)
+
+
+@FORMATS.register("onnx")
+def _onnx(job: ExportJob, out: Path) -> Exported:
+    """ONNX, checked against torch in onnxruntime."""
+    return save_onnx(job.model, job.examples, out)
+
+
+@FORMATS.register("slim")
+def _slim(job: ExportJob, out: Path) -> Exported:
+    """Channels physically removed; safetensors + JSON architecture (``rebuild`` reloads)."""
+    if job.structure is None or job.structure.name != "channels":
+        raise PrunelabError(
+            "slim export needs a channel-pruned cell (structure 'channels'); use --format "
+            "sparse for unstructured or N:M sparsity"
+        )
+    base = BaseModel(job.source, job.input_shape, job.num_classes)  # type: ignore[arg-type]
+    return save_slimmed(job.model, job.examples[:1], out, base)

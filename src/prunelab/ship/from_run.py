@@ -15,41 +15,12 @@ from typing import Any
 
 from prunelab.errors import PrunelabError
 from prunelab.measure import inference
-from prunelab.prune.surgery import BaseModel
-from prunelab.recover.finetune import TrainConfig
-from prunelab.ship.export import (
-    Exported,
-    dense_bytes,
-    plain_state,
-    save_onnx,
-    save_slimmed,
-    save_sparse,
-)
-from prunelab.ship.keras import save_keras
-from prunelab.sources.data.base import Split
-from prunelab.sweep.cell import Cell, Context, run_cell
-from prunelab.sweep.spec import CustomMetricSpec, DataSpec, TaskSpec
+from prunelab.ship.formats import FORMATS, Exported, ExportJob
+from prunelab.sweep.cell import Cell, run_cell
+from prunelab.sweep.context import Context
 from prunelab.sweep.store import Store, is_measured
 
-FORMATS = ("sparse", "slim", "onnx", "keras")
 REL_TOL = 1e-6  # thread counts may differ between the sweep's workers and the export process
-
-
-def cell_from_json(raw: Mapping[str, Any]) -> Cell:
-    """Rebuild a :class:`Cell` from the JSON the store keeps (lists back to tuples)."""
-    kw = dict(raw)
-    try:
-        kw["data"] = DataSpec(**kw["data"])
-        kw["dense"], kw["finetune"] = TrainConfig(**kw["dense"]), TrainConfig(**kw["finetune"])
-        for name in ("metrics", "include", "exclude"):
-            kw[name] = tuple(kw.get(name, ()))
-        if "task" in kw:
-            task = dict(kw["task"])
-            custom = tuple(CustomMetricSpec(**c) for c in task.pop("custom", ()))
-            kw["task"] = TaskSpec(**task, custom=custom)
-        return Cell(**kw)
-    except (KeyError, TypeError) as e:
-        raise PrunelabError(f"stored cell is not readable by this prunelab version: {e}") from None
 
 
 def find_cell(
@@ -77,7 +48,7 @@ def find_cell(
                 and (seed is None or row["seed"] == seed)
             )
         if ok:
-            hits.append((cid, cell_from_json(json.loads(cell_json)), row))
+            hits.append((cid, Cell.from_json(json.loads(cell_json)), row))
     if not hits:
         raise PrunelabError(f"no finished cell in {store.run_dir} matches the selection")
     if len(hits) > 1:
@@ -123,15 +94,12 @@ def export_cell(
     seed: int | None = None,
 ) -> Exported:
     """Re-run a stored cell, verify its metrics, and export its model in ``fmt``."""
-    if fmt not in FORMATS:
-        raise PrunelabError(f"unknown export format '{fmt}'; valid: {', '.join(FORMATS)}")
+    write = FORMATS.get(fmt)  # an unknown format fails here, naming the valid ones
     if out.exists() and not overwrite:
         raise PrunelabError(f"{out} exists; choose another --out (files are never overwritten)")
     with Store(run_dir, create=False) as store:
         cid, cell, stored = find_cell(store, cell_id, level, method, allocation, seed)
         engine = (store.get_meta("env") or {}).get("engine", "auto")
-    if cell.method == "dense" and fmt == "slim":
-        raise PrunelabError("the dense control has no removed channels; use --format sparse/onnx")
     ctx = Context.build(cell, cache_dir)
     with inference.using_engine(engine):  # evaluate as the sweep did, so metrics can match
         result = run_cell(cell, ctx, keep_model=True)
@@ -140,19 +108,12 @@ def export_cell(
         raise PrunelabError(f"cell {cid} does not reproduce ({'; '.join(diff[:3])}); not exporting")
     model = result.model
     assert model is not None
-    test = ctx.data.test  # example inputs: the test rows, or the task's example (scenes, text)
-    test_x = test.x if isinstance(test, Split) else ctx.task.example_input(test)
-    if fmt == "sparse":
-        return save_sparse(model, out)
-    if fmt == "onnx":
-        return save_onnx(model, test_x[:64], out)
-    if fmt == "keras":
-        if not cell.model.endswith((".keras", ".h5")):
-            raise PrunelabError(
-                f"--format keras needs a Keras source model; this run's is {cell.model}"
-            )
-        path = save_keras(model, cell.model, out, check_inputs=test_x[:4])
-        return Exported(path, path.stat().st_size, dense_bytes(plain_state(model)))
-
-    base = BaseModel(cell.model, ctx.data.input_shape, ctx.data.num_classes)
-    return save_slimmed(model, test_x[:1], out, base)
+    job = ExportJob(
+        model,
+        ctx.task.example_input(ctx.data.test, 64),  # example inputs of the task's dtype
+        cell.structure,
+        cell.model,
+        getattr(ctx.data, "input_shape", None),
+        getattr(ctx.data, "num_classes", None),
+    )
+    return write(job, out)

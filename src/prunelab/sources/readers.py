@@ -28,9 +28,9 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from prunelab.data import DataBundle, Split
 from prunelab.errors import PrunelabError
 from prunelab.registry import Registry
-from prunelab.sources.data.base import DataBundle, Split
 from prunelab.sources.data.fashion_mnist import read_idx
 
 PathLike = str | os.PathLike[str]

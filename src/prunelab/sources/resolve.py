@@ -10,25 +10,22 @@
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
+from prunelab.data import DataBundle
 from prunelab.errors import PrunelabError
-from prunelab.recover.finetune import Objective, StepCallback, TrainConfig, train
 from prunelab.sources import memory, user
 from prunelab.sources.data import load_dataset
-from prunelab.sources.data.base import DataBundle
 from prunelab.sources.hashing import file_hash
 from prunelab.sources.hf import load_causal_lm
 from prunelab.sources.keras import load_keras
-from prunelab.sources.models import PRETRAINED, build_model, load_or_train
-from prunelab.sources.models.cache import default_cache_dir, load_weights, save_weights
+from prunelab.sources.models import PRETRAINED, build_model
+from prunelab.sources.models.cache import default_cache_dir
 from prunelab.sources.onnx_import import load_onnx
 from prunelab.sources.readers import read_data
 
@@ -91,56 +88,45 @@ def architecture(model: str, data: DataBundle) -> nn.Module:
     return build_model(model, data.input_shape, data.num_classes)
 
 
-def dense_model(
+@dataclass(frozen=True)
+class DenseSource:
+    """The dense model as its source gives it. ``cache`` is None when its weights *are* the dense
+    model; otherwise prunelab trains it first (:func:`prunelab.recover.dense.trained`), cached
+    under ``cache`` (a name, and the parts of its key besides the training config and seed)."""
+
+    module: nn.Module
+    cache: tuple[str, dict[str, str]] | None = None
+
+
+def dense_source(
     model: str,
     weights: str | None,
     data: DataBundle,
-    dense_cfg: TrainConfig,
     train_dense: bool | None,
-    task: Objective,
-    cache_dir: Path | None = None,
     seed: int = 0,
     check: Callable[[nn.Module], None] | None = None,
-    on_step: StepCallback | None = None,
-) -> nn.Module:
-    """The dense model every cell starts from (see the module docstring for the rules).
+) -> DenseSource:
+    """Where the dense model every cell starts from comes from (rules: the module docstring).
 
-    ``check(model)`` runs on the user's model before any training (outputs fit the labels);
-    ``on_step(step, total)`` after each step of a dense training (a progress bar).
+    ``check(model)`` runs on the user's model before any training (outputs fit the labels).
     """
     if is_builtin(model):
         if weights is not None:
-            return user.load_weights(architecture(model, data), weights)
+            return DenseSource(user.load_weights(architecture(model, data), weights))
         if model in PRETRAINED:  # shipped weights: the dense model as it comes
-            return architecture(model, data)
-        return load_or_train(model, data, dense_cfg, cache_dir, seed, task, on_step)
+            return DenseSource(architecture(model, data))
+        net = build_model(model, data.input_shape, data.num_classes, seed=seed)
+        return DenseSource(net, (model, {"model": model, "data": data.fingerprint()}))
     net = architecture(model, data)
     if weights is not None:
         net = user.load_weights(net, weights)
     if check is not None:
         check(net)
-    if weights is not None:
-        return net
-    if model.startswith(memory.MEMORY_PREFIX) or is_model_file(model):
-        return net  # the object as handed over: its current weights are the dense model
+    if weights is not None or model.startswith(memory.MEMORY_PREFIX) or is_model_file(model):
+        return DenseSource(net)  # the object as handed over: its weights are the dense model
     if not train_dense:
         raise PrunelabError(f"model '{model}' has no weights and train_dense is off")
-    blob = json.dumps(
-        {
-            "code": user.code_hash(model),
-            "data": data.fingerprint(),
-            "cfg": dense_cfg.identity(),
-            "seed": seed,
-        },
-        sort_keys=True,
-    )
-    key = hashlib.sha256(blob.encode()).hexdigest()[:16]
-    path = Path(cache_dir or default_cache_dir()) / f"dense-user-{key}.safetensors"
-    if path.exists():
-        return load_weights(net, path)
-    train(net, data.train, dense_cfg, torch.Generator().manual_seed(seed), on_step, task=task)
-    save_weights(net, path)
-    return net
+    return DenseSource(net, ("user", {"code": user.code_hash(model), "data": data.fingerprint()}))
 
 
 def fingerprint(

@@ -25,9 +25,9 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from prunelab.data import DataBundle, Split
 from prunelab.errors import PrunelabError
 from prunelab.sources import memory
-from prunelab.sources.data.base import DataBundle, Split
 from prunelab.sources.hashing import file_hash
 from prunelab.sources.memory import MEMORY_PREFIX
 

@@ -17,8 +17,9 @@ import torch
 
 from prunelab.errors import PrunelabError
 from prunelab.measure.inference import engine, set_engine
-from prunelab.sweep.cell import Cell, CellResult, Progress
-from prunelab.sweep.contexts import ContextCache
+from prunelab.progress import Progress
+from prunelab.sweep.cell import Cell, CellResult
+from prunelab.sweep.context import ContextCache
 from prunelab.sweep.ray_executor import RayExecutor
 from prunelab.sweep.scan import run_item
 

@@ -21,24 +21,18 @@ from torch import Tensor, nn
 
 from prunelab.prune.allocation import RankedScores
 from prunelab.prune.criteria import compute_scores
-from prunelab.prune.structure import Channels, parse_structure
-from prunelab.prune.surgery.importance import coupled_row_scores
 
 if TYPE_CHECKING:
-    from prunelab.sources.data import Split
     from prunelab.sweep.cell import Cell
-
-Batches = list[tuple[Tensor, Tensor]]
 
 
 def score_key(cell: Cell) -> tuple:
     """What the dense model's scores depend on: everything but the level and allocation."""
-    channels = isinstance(parse_structure(cell.structure), Channels)
     return (
         "scores",
         cell.method,
         cell.seed,
-        channels,
+        cell.structure.score_family,
         cell.calibration_batches,
         cell.include,
         cell.exclude,
@@ -51,11 +45,12 @@ def cached_scores(
     memo: dict[tuple, Any] | None,
     model: nn.Module,
     targets: dict[str, nn.Module],
-    train: Split,
+    train: Any,
     gen: torch.Generator,
-    task: Any = None,
-) -> tuple[Batches, dict[str, Tensor]]:
-    """(calibration batches, scores) of the dense ``model`` for ``cell``, memoised in ``memo``.
+    task: Any,
+) -> tuple[list[Any], dict[str, Tensor]]:
+    """(calibration batches, scores as the cell's structure ranks them) of the dense ``model``
+    for ``cell``, memoised in ``memo``.
 
     ``memo=None`` disables the cache. On a hit, ``gen`` is set to the state it had after
     scoring, as if the scores had just been computed.
@@ -65,16 +60,10 @@ def cached_scores(
         calib, scores, state = memo[key]
         gen.set_state(state.clone())
         return calib, scores
-    if task is None or task.kind == "classification":  # the same batches as ever
-        batches = train.batches(128, shuffle=True, generator=gen)
-        task = None
-    else:
-        batches = task.batches(train, 128, gen)
-    calib = list(islice(batches, cell.calibration_batches))
+    calib = list(islice(task.batches(train, 128, gen), cell.calibration_batches))
     scores = compute_scores(model, targets, cell.method, gen, calib, task=task)
-    if isinstance(parse_structure(cell.structure), Channels):  # coupled, as Torch-Pruning's
-        example = (task.inputs(calib[0]) if task is not None else calib[0][0])[:1]
-        scores = coupled_row_scores(model, example, scores, norm_scales=cell.method == "magnitude")
+    example = task.inputs(calib[0])[:1]  # (1, ...) traces channel coupling
+    scores = cell.structure.group_scores(model, example, scores, cell.method)
     if memo is not None:
         scores = RankedScores(scores)  # sort orders computed once, shared by every level
         memo[key] = (calib, scores, gen.get_state().clone())

@@ -25,8 +25,7 @@ from prunelab.prune.allocation import (
     uniform,
 )
 from prunelab.prune.allocation.plan import fixed_per_layer, plan_from_counts, sizes_of
-from prunelab.recover.finetune import TrainConfig
-from prunelab.tasks import ClassificationTask
+from prunelab.training import TrainConfig
 
 MODEL_AWARE = tuple(n for n in ALLOCATIONS.names() if isinstance(ALLOCATIONS.get(n), ModelAware))
 SENSITIVITY_VAL_ROWS = 2500
@@ -46,12 +45,9 @@ def sensitivity_table(ctx: Any, dense: nn.Module, scores: dict[str, Tensor], key
 
 
 def layer_sensitivity(ctx: Any, dense: nn.Module, scores: dict[str, Tensor]):
-    """The sensitivity scan on the first validation rows, in the task's own metric
-    (accuracy for classification, the primary metric otherwise)."""
-    task = ctx.task
-    val = task.subset(ctx.data.val, SENSITIVITY_VAL_ROWS)
-    metric = "accuracy" if isinstance(task, ClassificationTask) else task.primary
-    return sensitivity_analysis(dense, scores, val, metric=metric, task=task)
+    """The sensitivity scan on the first validation rows, in the task's primary metric."""
+    val = ctx.task.subset(ctx.data.val, SENSITIVITY_VAL_ROWS)
+    return sensitivity_analysis(dense, scores, val, metric=ctx.task.primary, task=ctx.task)
 
 
 def resolve_allocation(

@@ -29,10 +29,11 @@ import torch
 from prunelab.errors import PrunelabError
 from prunelab.measure import inference
 from prunelab.measure.inference import set_engine
+from prunelab.progress import Progress
 from prunelab.sources.memory import MEMORY_PREFIX
 from prunelab.sources.user import SOURCE_ROOT_ENV, is_import_path
-from prunelab.sweep.cell import Cell, CellResult, Context, Progress
-from prunelab.sweep.contexts import ContextCache
+from prunelab.sweep.cell import Cell, CellResult
+from prunelab.sweep.context import Context, ContextCache
 from prunelab.sweep.scan import ScanJob, run_item
 
 log = logging.getLogger(__name__)

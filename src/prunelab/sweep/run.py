@@ -13,15 +13,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from prunelab.errors import PrunelabError
 from prunelab.measure import inference
+from prunelab.progress import Progress
 from prunelab.sources import resolve
-from prunelab.sweep.cell import Cell, CellResult, Progress, expand_cells
-from prunelab.sweep.contexts import ContextCache
+from prunelab.sweep.cell import Cell, CellResult
+from prunelab.sweep.context import ContextCache
 from prunelab.sweep.executors import Executor, SequentialExecutor
+from prunelab.sweep.plan import expand_cells
 from prunelab.sweep.scan import ScanJob, scan_jobs
 from prunelab.sweep.spec import SweepSpec
 from prunelab.sweep.store import RUN_ID, Store
@@ -117,13 +118,12 @@ def run_sweep(
         if store.get_meta("dense_metrics") is None:
             ctx = contexts.get(cells[0])
             store.set_meta("env", environment())
-            _record_engine_failures(store, ctx.dense_model(cells[0]))
+            _record_engine_failures(store, ctx.dense_copy())
             store.set_meta("data_hash", ctx.data_hash)
             store.set_meta("dense_metrics", ctx.dense_metrics)
-            store.set_meta("task", ctx.task.describe())
-            if hasattr(ctx.data.test, "y"):
-                labels = ctx.data.test.y.numpy().astype(np.int16)
-                store.put_artifact(RUN_ID, "test_labels", labels)
+            store.set_meta("task", ctx.task.describe(ctx.dense_metrics.get(ctx.task.primary)))
+            for name, arr in ctx.task.run_artifacts(ctx.data).items():
+                store.put_artifact(RUN_ID, name, arr)
         elif pending:
             ctx = contexts.get(pending[0])
             if ctx.data_hash != store.get_meta("data_hash"):
@@ -155,7 +155,7 @@ def run_sweep(
                 on_cell(cell, result)
         if pending and isinstance(executor, SequentialExecutor):  # pruned models, this process
             ctx = executor.contexts.get(pending[0])
-            _record_engine_failures(store, ctx.dense_model(pending[0]))
+            _record_engine_failures(store, ctx.dense_copy())
     return SweepOutcome(run_dir, len(cells), len(cells) - len(pending), len(pending))
 
 

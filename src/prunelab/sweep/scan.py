@@ -13,9 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from prunelab.progress import Progress
 from prunelab.prune.criteria import compute_scores
 from prunelab.prune.targets import select_targets
-from prunelab.sweep.cell import Cell, CellResult, Context, Progress, run_cell
+from prunelab.sweep.cell import Cell, CellResult, run_cell
+from prunelab.sweep.context import Context
 from prunelab.sweep.model_aware import layer_sensitivity
 
 
@@ -36,7 +38,7 @@ class ScanJob:
 
 def _targets(cell: Cell, ctx: Context) -> tuple[Any, dict]:
 
-    dense = ctx.dense_model(cell)
+    dense = ctx.dense_copy()
     return dense, select_targets(dense, cell.include or None, cell.exclude or None, cell.prune_last)
 
 

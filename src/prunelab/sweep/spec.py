@@ -14,8 +14,7 @@ from prunelab.measure.metrics import METRICS
 from prunelab.measure.metrics.latency import LATENCY_METRICS
 from prunelab.prune.criteria import CRITERIA
 from prunelab.prune.reconstruct import RECONSTRUCTORS
-from prunelab.prune.structure import parse_structure
-from prunelab.recover.finetune import TrainConfig
+from prunelab.prune.structures import parse_structure
 from prunelab.recover.schedules import parse_schedule
 from prunelab.sources.data import DATASETS
 from prunelab.sources.memory import MEMORY_PREFIX
@@ -25,6 +24,9 @@ from prunelab.sources.resolve import is_model_file
 from prunelab.sources.user import is_import_path, load_object
 from prunelab.sweep.model_aware import check_allocation
 from prunelab.tasks import TASKS
+from prunelab.training import TrainConfig
+
+LATENCY = LATENCY_METRICS[0]  # in a spec's metrics: time every cell (``latency = true``)
 
 
 def parse_levels(text: str) -> tuple[float, ...]:
@@ -113,6 +115,13 @@ class TaskSpec:
     primary: str | None = None  # None: the kind's own (accuracy, perplexity, map50, ...)
     custom: tuple[CustomMetricSpec, ...] = ()
 
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> TaskSpec:
+        """The spec from plain data (a TOML table or stored JSON)."""
+        raw = dict(raw)
+        custom = tuple(CustomMetricSpec(**c) for c in raw.pop("custom", ()))
+        return cls(**raw, custom=custom)
+
 
 @dataclass(frozen=True)
 class SweepSpec:
@@ -186,8 +195,14 @@ class SweepSpec:
                 CRITERIA.get(m)
         for a in self.allocations:
             check_allocation(a)
-        for s in self.structures:
-            parse_structure(s)
+        structures = [parse_structure(s) for s in self.structures]
+        for m in self.methods:
+            for st in structures:
+                if m in RECONSTRUCTORS and not st.reconstructable:
+                    raise PrunelabError(
+                        f"method '{m}' reconstructs weights layer by layer; structure '{st}' "
+                        "cannot be pruned that way (sweep them separately)"
+                    )
         for s in self.schedules:
             parse_schedule(s)
         for m in self.metrics:
@@ -231,9 +246,7 @@ def spec_from_dict(raw: dict[str, Any]) -> SweepSpec:
             if key == "data":
                 kw[key] = DataSpec(**value)
             elif key == "task":
-                value = dict(value)
-                custom = tuple(CustomMetricSpec(**c) for c in value.pop("custom", ()))
-                kw[key] = TaskSpec(**value, custom=custom)
+                kw[key] = TaskSpec.from_dict(value)
             elif key in ("dense", "finetune"):
                 kw[key] = TrainConfig(**value)
             elif key == "levels":

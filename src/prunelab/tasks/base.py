@@ -1,10 +1,15 @@
 """The task seam: what a model is *for*, so nothing downstream talks to logits or labels.
 
 A :class:`Task` says how to fine-tune (``loss`` on a batch), how to predict a whole split, which
-metrics it reports with their direction (higher/lower is better), which one is primary, and how
+metrics it reports with their direction (higher/lower is better) and units (a fraction is read
+in percentage points), which one is primary and what tolerance on it is the default, and how
 the pruned model's outputs compare with the dense model's (fidelity metrics take the dense
-outputs as ``reference``). Cells, schedules, the store, the recommendation and the report work
+outputs as ``reference``). It also measures a cell (:meth:`Task.measure`) and gives example
+inputs of its own dtype. Cells, schedules, the store, the recommendation and the report work
 through it; image/tabular classification is one kind (:mod:`prunelab.tasks.classification`).
+
+Adding a task kind: one file here with a registered :class:`Task` subclass, one line in
+``tasks/__init__.py``; ``tests/test_task_contract.py`` runs the shared contract over every kind.
 """
 
 from __future__ import annotations
@@ -23,7 +28,10 @@ from prunelab.errors import PrunelabError
 
 @dataclass(frozen=True)
 class MetricInfo:
-    """A metric a task reports: its name and direction.
+    """A metric a task reports: its name, direction and units.
+
+    ``fraction``: a 0-1 quantity, so tolerances on it are given in percentage points; ``dead``:
+    the value of a model that has lost everything (chance accuracy, mAP 0), when known.
 
     >>> MetricInfo("loss", higher_is_better=False).sign
     -1.0
@@ -32,6 +40,8 @@ class MetricInfo:
     name: str
     higher_is_better: bool
     doc: str = ""
+    fraction: bool = False
+    dead: float | None = None
 
     @property
     def sign(self) -> float:
@@ -46,6 +56,40 @@ class Task(ABC):
     primary: str
     fidelity: ClassVar[str]  # the metric comparing the pruned model with the dense one
     default_include: ClassVar[tuple[str, ...]] = ()  # targets when the user names none
+    tolerance_points: ClassVar[float] = 0.5  # default max drop of a fraction primary, in points
+    latency_batches: ClassVar[tuple[int, ...]] = (1,)  # batch sizes ``latency = true`` times
+    supports_schedules: ClassVar[bool] = False  # iterative/gradual/regrow/adaptive recovery
+
+    def default_tolerance(self, dense_value: float) -> float:
+        """The default max drop of the primary metric, in its own units: ``tolerance_points``
+        points for a fraction; 5 % of the dense value otherwise (e.g. perplexity)."""
+        info = self.info(self.primary)
+        return self.tolerance_points / 100 if info.fraction else 0.05 * abs(dense_value)
+
+    def check_model(self, model: nn.Module, data: Any) -> None:  # noqa: B027 (optional hook)
+        """One clear error when the user's model cannot serve this task (before any training)."""
+
+    def fold(self, data: Any, k: int, fold: int, seed: int) -> Any:
+        """Fold ``fold`` of ``k`` for cross-validation; kinds without (x, y) data refuse."""
+        raise PrunelabError(f"folds need (x, y) data; a {self.kind} task has none")
+
+    def references(self, dense: nn.Module, data: Any) -> dict[str, Any]:
+        """The dense model's outputs every cell is compared with, per split ('test', 'val')."""
+        return {s: self.predict(dense, getattr(data, s)) for s in ("test", "val")}
+
+    def measure(
+        self, model: nn.Module, data: Any, refs: dict[str, Any], extra: tuple[str, ...] = ()
+    ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """A cell's task columns — test metrics, ``val_*`` metrics — and its stored arrays.
+        ``extra`` names further metrics a sweep asked for (kinds that have them compute them)."""
+        outputs = self.predict(model, data.test)
+        row = self.evaluate(model, data.test, refs["test"], outputs)
+        row.update({f"val_{k}": v for k, v in self.evaluate(model, data.val, refs["val"]).items()})
+        return row, self.artifacts(model, data.test, outputs)
+
+    def quick(self, model: nn.Module, data: Any, refs: dict[str, Any]) -> dict[str, float]:
+        """The cheap test metrics of a one-shot model, before recovery (``oneshot_*``)."""
+        return self.evaluate(model, data.test, refs["test"])
 
     @classmethod
     def for_data(cls, data: Any, **kwargs: Any) -> Task:
@@ -60,6 +104,10 @@ class Task(ABC):
         """The first ``n`` examples of ``split`` (quick scans)."""
         return split.subset(n)
 
+    def run_artifacts(self, data: Any) -> dict[str, np.ndarray]:
+        """Arrays the whole run stores once (e.g. the test labels); none by default."""
+        return {}
+
     def artifacts(self, model: nn.Module, split: Any, outputs: Any) -> dict[str, np.ndarray]:
         """Arrays a cell stores for the report (a few detections, generations); none by default."""
         return {}
@@ -72,9 +120,21 @@ class Task(ABC):
     def batches(self, split: Any, batch_size: int, generator: torch.Generator | None) -> Iterator:
         """Mini-batches of ``split``; shuffled iff ``generator`` is given."""
 
+    def forward(self, model: nn.Module, batch: Any) -> Any:
+        """The model's raw outputs on one batch (what the loss and distillation compare)."""
+        return model(self.inputs(batch))
+
     @abstractmethod
+    def loss_of(self, outputs: Any, batch: Any) -> Tensor:
+        """The scalar training loss of outputs :meth:`forward` gave on ``batch``."""
+
     def loss(self, model: nn.Module, batch: Any) -> Tensor:
         """The scalar training loss of ``model`` on one batch (what recovery minimises)."""
+        return self.loss_of(self.forward(model, batch), batch)
+
+    def soft_loss(self, student: Any, teacher: Any, temperature: float) -> Tensor:
+        """How far a student's outputs are from the dense teacher's (distillation)."""
+        raise PrunelabError(f"a {self.kind} task has no distillation loss; set distill = 0")
 
     @abstractmethod
     def inputs(self, batch: Any) -> Any:
@@ -91,8 +151,14 @@ class Task(ABC):
         """Every metric of :meth:`metric_infos` (fidelity ones need ``reference``)."""
 
     @abstractmethod
-    def example_input(self, split: Any) -> Tensor:
-        """A small input batch (tracing, ONNX export, latency)."""
+    def example_input(self, split: Any, n: int = 1) -> Tensor:
+        """The first ``n`` inputs of ``split``, of the model's own dtype (tracing, ONNX export,
+        latency)."""
+
+    def described_infos(self) -> tuple[MetricInfo, ...]:
+        """Every metric a cell of this kind may store (the metric infos, and any further
+        metrics a sweep can ask for)."""
+        return self.metric_infos()
 
     def info(self, name: str) -> MetricInfo:
         """The :class:`MetricInfo` of metric ``name``; one clear error when the task lacks it."""
@@ -103,11 +169,39 @@ class Task(ABC):
             )
         return infos[name]
 
-    def describe(self) -> dict[str, Any]:
-        """JSON-able description stored with a run: kind, primary, every metric's direction."""
+    def describe(self, dense_value: float | None = None) -> dict[str, Any]:
+        """JSON-able description stored with a run: kind, primary, default tolerance (metric
+        units, from the dense model's primary value) and every metric's direction and units —
+        the one place the report, summary, recommendation and CLI read them from."""
+        infos = {m.name: m for m in (*self.described_infos(), *FOOTPRINT)}
         return {
             "kind": self.kind,
             "primary": self.primary,
             "fidelity": self.fidelity,
-            "metrics": {m.name: m.higher_is_better for m in self.metric_infos()},
+            "tolerance": None if dense_value is None else self.default_tolerance(dense_value),
+            "metrics": {
+                n: {"higher_is_better": m.higher_is_better, "fraction": m.fraction, "dead": m.dead}
+                for n, m in infos.items()
+            },
         }
+
+
+#: The columns every cell has whatever its kind (:mod:`prunelab.measure.footprint`).
+FOOTPRINT = (
+    MetricInfo("sparsity", True, "zeros among the pruned layers' weights", fraction=True),
+    MetricInfo("model_sparsity", True, "zeros among all the model's parameters", fraction=True),
+    MetricInfo("achieved_level", True, "the level reached, in the units levels are asked in"),
+    MetricInfo("removed", True, "share of the dense parameters the shipped model lacks", True),
+    MetricInfo("nonzeros", False, "non-zero parameters of the whole model"),
+    MetricInfo("params", False, "parameters of the whole model (fewer only when cut out)"),
+    MetricInfo("macs", False, "multiply-accumulates per example of the shipped model"),
+    MetricInfo("sparse_macs", False, "MACs per example counting non-zero weights only"),
+    MetricInfo("sparse_bytes", False, "bytes of the sparse checkpoint (bitmask + values)"),
+    MetricInfo("latency_b1_ms", False, "median ms per forward pass at batch 1 (shipped model)"),
+    MetricInfo("latency_b256_ms", False, "median ms per forward pass at batch 256"),
+    MetricInfo("dense_latency_b1_ms", False, "the dense model, timed in the same loop"),
+    MetricInfo("dense_latency_b256_ms", False, "the dense model at batch 256, same loop"),
+    MetricInfo("speedup_b1", True, "paired ratio dense / shipped latency at batch 1"),
+    MetricInfo("fps_b1", True, "examples per second at batch 1"),
+    MetricInfo("latency_threads", False, "torch threads the times were measured with"),
+)

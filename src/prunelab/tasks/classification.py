@@ -11,16 +11,24 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from prunelab.data import DataBundle, Split, kfold_bundle
 from prunelab.errors import PrunelabError
 from prunelab.measure.metrics import METRICS, evaluate, predict
 from prunelab.measure.metrics.base import DEFAULT_METRICS
-from prunelab.sources.data.base import Split
+from prunelab.measure.metrics.robustness import RobustnessSuite, reference_context
 from prunelab.sources.data.text import length_batches, token_lengths
 from prunelab.sources.user import load_object
-from prunelab.tasks.base import MetricInfo, Task
+from prunelab.tasks.base import FOOTPRINT, MetricInfo, Task
+
+TRAIN_EVAL_SIZE = 5000  # training rows evaluated for the overfitting gap
+VAL_METRICS = ("accuracy", "loss", "agreement", "kl")
+TRAIN_METRICS = ("accuracy", "loss")
+PRESERVATION = ("ece", "brier", "worst_class_drop", "robustness_gap")
+ROBUSTNESS_EXAMPLES = 1000  # test rows the corruption suite runs on
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,20 @@ class CustomMetric:
             ) from None
 
 
+def logit_kl(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+    """``T² · KL(softmax(t / T) ‖ softmax(s / T))`` over the last dim, mean over the rest.
+
+    >>> x = torch.tensor([[1., 2.], [0., 3.]])
+    >>> float(logit_kl(x, x, 2.0))
+    0.0
+    """
+    t = temperature
+    s = nn.functional.log_softmax(student.flatten(0, -2) / t, dim=-1)  # (N, K)
+    r = nn.functional.log_softmax(teacher.flatten(0, -2) / t, dim=-1)
+    kl = nn.functional.kl_div(s, r, log_target=True, reduction="batchmean")
+    return t * t * kl
+
+
 def _custom_from_path(name: str, path: str, higher_is_better: bool) -> CustomMetric:
     return CustomMetric(name, load_object(path), higher_is_better, path)
 
@@ -69,9 +91,12 @@ class ClassificationTask(Task):
 
     kind: ClassVar[str] = "classification"
     fidelity: ClassVar[str] = "agreement"
+    supports_schedules: ClassVar[bool] = True
+    latency_batches: ClassVar[tuple[int, ...]] = (1, 256)
     primary: str = "accuracy"
     metrics: tuple[str, ...] = DEFAULT_METRICS
     custom: tuple[CustomMetric, ...] = field(default=())
+    chance: float | None = None  # the majority class's share of the test labels: a dead model's
 
     def __post_init__(self) -> None:
         for name in self.metrics:
@@ -83,20 +108,97 @@ class ClassificationTask(Task):
                 f"{', '.join(sorted(names))}"
             )
 
+    @classmethod
+    def for_data(cls, data: Any, **kwargs: Any) -> ClassificationTask:
+        """The task for labelled (x, y) data: the majority class's share is the dead accuracy."""
+        if data is None:
+            return cls(**kwargs)
+        if not isinstance(data, DataBundle):
+            raise PrunelabError(
+                f"a {cls.kind} task needs labelled (x, y) data; the data gives "
+                f"{type(data).__name__} (set [task] kind)"
+            )
+        counts = torch.bincount(data.test.y, minlength=data.num_classes)
+        return cls(chance=float(counts.max()) / len(data.test), **kwargs)
+
     def metric_infos(self) -> tuple[MetricInfo, ...]:
+        dead = {"accuracy": self.chance, "agreement": self.chance, "macro_f1": 0.0}
         reg = tuple(
-            MetricInfo(n, METRICS.get(n).higher_is_better, METRICS.get(n).doc) for n in self.metrics
+            MetricInfo(n, m.higher_is_better, m.doc, m.fraction, dead.get(n))
+            for n in self.metrics
+            if (m := METRICS.get(n))
         )
         return reg + tuple(MetricInfo(c.name, c.higher_is_better) for c in self.custom)
+
+    def described_infos(self) -> tuple[MetricInfo, ...]:
+        """The task's metrics and every other registered one a sweep may ask for."""
+        own = self.metric_infos()
+        names = {m.name for m in own}
+        rest = (METRICS.get(n) for n in METRICS.names() if n not in names)
+        return own + tuple(MetricInfo(m.name, m.higher_is_better, m.doc, m.fraction) for m in rest)
+
+    def run_artifacts(self, data: DataBundle) -> dict[str, np.ndarray]:
+        """The test labels (for forgotten examples and per-class damage in the report)."""
+        return {"test_labels": data.test.y.numpy().astype(np.int16)}
+
+    def check_model(self, model: nn.Module, data: DataBundle) -> None:
+        """Run ``model`` on a few test rows and check its outputs fit the labels."""
+        head = data.test.subset(32)
+        self.check_outputs(self.predict(model, head), head, data.num_classes)
+
+    def fold(self, data: DataBundle, k: int, fold: int, seed: int) -> DataBundle:
+        return kfold_bundle(data, k, fold, seed)
+
+    def references(self, dense: nn.Module, data: DataBundle) -> dict[str, Any]:
+        """Dense logits on test, validation and the first training rows (the overfitting gap),
+        and the dense model's corruption profile for image inputs (robustness gap)."""
+        train = data.train.subset(TRAIN_EVAL_SIZE)
+        refs: dict[str, Any] = {
+            "test": self.predict(dense, data.test),
+            "val": self.predict(dense, data.val),
+            "train": self.predict(dense, train),
+            "train_split": train,
+            "robustness": {},
+        }
+        self.check_outputs(refs["test"], data.test)
+        if data.test.x.dim() == 4:
+            suite = RobustnessSuite(max_examples=ROBUSTNESS_EXAMPLES)
+            refs["robustness"] = reference_context(dense, data.test, suite)
+        return refs
+
+    def measure(
+        self, model: nn.Module, data: DataBundle, refs: dict[str, Any], extra: tuple[str, ...] = ()
+    ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """Test metrics (quality, calibration, class damage, robustness; sizes come from the
+        footprint), validation and train metrics, and the test predictions (for PIEs)."""
+        preservation = PRESERVATION if refs["robustness"] else PRESERVATION[:-1]
+        skip = {m.name for m in FOOTPRINT}
+        wanted = (*(m.name for m in self.metric_infos()), *preservation, *extra)
+        names = tuple(n for n in dict.fromkeys(wanted) if n not in skip)
+        logits = self.predict(model, data.test)  # (N, K), shared by the metrics and the preds
+        row = self.evaluate(model, data.test, refs["test"], logits, names, refs["robustness"])
+        val_names = tuple(dict.fromkeys(VAL_METRICS + (self.primary,)))
+        val = self.evaluate(model, data.val, refs["val"], names=val_names)
+        row.update({f"val_{k}": v for k, v in val.items()})
+        train = self.evaluate(model, refs["train_split"], refs["train"], names=TRAIN_METRICS)
+        row.update({f"train_{k}": v for k, v in train.items()})
+        return row, {"test_preds": logits.argmax(1).to(torch.int16).numpy()}
+
+    def quick(self, model: nn.Module, data: DataBundle, refs: dict[str, Any]) -> dict[str, float]:
+        names = tuple(n for n in DEFAULT_METRICS if n not in {m.name for m in FOOTPRINT})
+        return self.evaluate(model, data.test, refs["test"], names=names)
 
     def batches(
         self, split: Split, batch_size: int, generator: torch.Generator | None
     ) -> Iterator[tuple[Tensor, Tensor]]:
         return split.batches(batch_size, shuffle=generator is not None, generator=generator)
 
-    def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
-        x, y = batch
-        return nn.functional.cross_entropy(model(x), y)
+    def loss_of(self, outputs: Tensor, batch: tuple[Tensor, Tensor]) -> Tensor:
+        return nn.functional.cross_entropy(outputs, batch[1])
+
+    def soft_loss(self, student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+        """``T² · KL(softmax(teacher / T) ‖ softmax(student / T))`` (Hinton et al. 2015)."""
+        return logit_kl(student, teacher, temperature)
 
     def inputs(self, batch: tuple[Tensor, Tensor]) -> Tensor:
         return batch[0]
@@ -126,13 +228,8 @@ class ClassificationTask(Task):
                 out[n] = custom[n](logits, split.y)
         return out
 
-    def example_input(self, split: Split) -> Tensor:
-        return split.x[:1]
-
-    def check_model(self, model: nn.Module, split: Split, num_classes: int) -> None:
-        """Run ``model`` on a few rows and check its outputs fit the labels (before training)."""
-        head = split.subset(32)
-        self.check_outputs(self.predict(model, head), head, num_classes)
+    def example_input(self, split: Split, n: int = 1) -> Tensor:
+        return split.x[:n]
 
     def check_outputs(self, outputs: Tensor, split: Split, num_classes: int | None = None) -> None:
         """One clear line when the model's outputs cannot be scored against the labels."""

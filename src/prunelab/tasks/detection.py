@@ -7,6 +7,7 @@ model's predictions are the reference for ``fidelity_map50`` (no labels needed).
 >>> from prunelab.sources.data.scenes import load_scenes
 >>> scenes = load_scenes("digit-scenes", n_train=8, n_val=4, n_test=4)
 >>> task = DetectionTask(scenes.num_classes)
+>>> from prunelab.sources.models.zoo import build_model
 >>> model = build_model("detector-tiny", scenes.input_shape, scenes.num_classes)
 >>> sorted(task.evaluate(model, scenes.val, None))
 ['fidelity_map50', 'loss', 'map', 'map50', 'precision', 'recall']
@@ -14,12 +15,9 @@ model's predictions are the reference for ``fidelity_map50`` (no labels needed).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 from collections.abc import Iterator
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -28,28 +26,27 @@ from torch import Tensor, nn
 
 from prunelab.errors import PrunelabError
 from prunelab.measure.detection import (
-    Detections,
     coco_map,
     detection_artifacts,
     fidelity_map50,
     precision_recall,
 )
-from prunelab.recover.finetune import TrainConfig, make_optimizer
 from prunelab.sources.data.scenes import SceneBundle, SceneSet
 from prunelab.sources.models import detector as _detector
-from prunelab.sources.models.cache import default_cache_dir, load_weights, save_weights
-from prunelab.sources.models.zoo import build_model
+from prunelab.sources.models.boxes import Detections
 from prunelab.tasks.base import MetricInfo, Task
 
 log = logging.getLogger(__name__)
 GRID_IMAGES = 6  # test scenes whose detections every cell stores for the report
 
 METRICS = (
-    MetricInfo("map50", True, "COCO mAP at IoU 0.5"),
-    MetricInfo("map", True, "COCO mAP averaged over IoU 0.50:0.05:0.95"),
-    MetricInfo("precision", True, "precision of detections scoring >= the score threshold"),
-    MetricInfo("recall", True, "recall of detections scoring >= the score threshold"),
-    MetricInfo("fidelity_map50", True, "mAP@0.5 against the dense detector's detections"),
+    MetricInfo("map50", True, "COCO mAP at IoU 0.5", fraction=True, dead=0.0),
+    MetricInfo("map", True, "COCO mAP averaged over IoU 0.50:0.05:0.95", True, 0.0),
+    MetricInfo("precision", True, "precision of detections scoring >= the score threshold", True),
+    MetricInfo("recall", True, "recall of detections scoring >= the score threshold", True, 0.0),
+    MetricInfo(
+        "fidelity_map50", True, "mAP@0.5 against the dense detector's detections", True, 0.0
+    ),
     MetricInfo("loss", False, "the detector's training loss (focal + GIoU), mean per batch"),
 )
 
@@ -105,8 +102,12 @@ class DetectionTask(Task):
         for i in range(0, n, batch_size):
             yield split.take(order[i : i + batch_size])
 
-    def loss(self, model: nn.Module, batch: SceneSet) -> Tensor:
-        return _detector.detection_loss(model(batch.images), batch.boxes, batch.labels)
+    def loss_of(self, outputs: tuple[Tensor, Tensor], batch: SceneSet) -> Tensor:
+        return _detector.detection_loss(outputs, batch.boxes, batch.labels)
+
+    def soft_loss(self, student: tuple, teacher: tuple, temperature: float) -> Tensor:
+        """The teacher's class probabilities and boxes on its confident cells."""
+        return _detector.distillation_loss(student, teacher)
 
     def inputs(self, batch: SceneSet) -> Tensor:
         return batch.images
@@ -156,8 +157,8 @@ class DetectionTask(Task):
         res["loss"] = self.mean_loss(model, split)
         return res
 
-    def example_input(self, split: SceneSet) -> Tensor:
-        return split.images[:1]
+    def example_input(self, split: SceneSet, n: int = 1) -> Tensor:
+        return split.images[:n]
 
     def artifacts(
         self, model: nn.Module, split: SceneSet, outputs: list[Detections]
@@ -172,63 +173,3 @@ class DetectionTask(Task):
             "det_images": images,  # (n, C, H, W) uint8
             "det_classes": np.array(self.class_names, dtype=str),
         }
-
-
-def fit(
-    model: nn.Module,
-    task: Task,
-    split: SceneSet,
-    cfg: TrainConfig,
-    generator: torch.Generator,
-) -> float:
-    """Train ``model`` in place on ``task.loss`` for ``cfg.epochs``; the last epoch's mean loss.
-
-    Cosine-decayed learning rate; masked weights (parametrizations) stay masked.
-    """
-    total = cfg.total_steps(len(split))
-    if total == 0:
-        return math.nan
-    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
-    model.train()
-    step, losses = 0, []
-    while step < total:
-        losses = []
-        for batch in task.batches(split, cfg.batch_size, generator):
-            opt.zero_grad(set_to_none=True)
-            loss = task.loss(model, batch)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
-            step += 1
-            if step >= total:
-                break
-        log.info("step %d/%d: loss %.4f", step, total, sum(losses) / len(losses))
-    model.eval()
-    return sum(losses) / len(losses)
-
-
-def load_or_train_detector(
-    scenes: SceneBundle,
-    cfg: TrainConfig,
-    model_name: str = "detector-tiny",
-    cache_dir: Path | None = None,
-    seed: int = 0,
-) -> nn.Module:
-    """The dense detector for ``scenes``: from the safetensors cache, else trained and cached."""
-    model = build_model(model_name, scenes.input_shape, scenes.num_classes, seed=seed)
-    blob = json.dumps(
-        {"model": model_name, "data": scenes.fingerprint(), "cfg": cfg.identity(), "seed": seed},
-        sort_keys=True,
-    )
-    key = hashlib.sha256(blob.encode()).hexdigest()[:16]
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = cache_dir / f"dense-{model_name}-{key}.safetensors"
-    if path.exists():
-        log.info("loading cached dense detector %s", path)
-        return load_weights(model, path).eval()
-    task = DetectionTask(scenes.num_classes)
-    fit(model, task, scenes.train, cfg, torch.Generator().manual_seed(seed))
-    save_weights(model, path)
-    return model.eval()

@@ -18,17 +18,21 @@ import torch
 from scipy.stats import spearmanr
 from torch import Tensor, nn
 
+from prunelab.data import Split
 from prunelab.errors import PrunelabError
+from prunelab.measure.fidelity import cosine_to_reference, neighbour_overlap
 from prunelab.measure.metrics import predict
-from prunelab.nlp.fidelity import cosine_to_reference, neighbour_overlap
-from prunelab.sources.data.base import Split
 from prunelab.tasks.base import MetricInfo, Task
 
 METRICS = (
-    MetricInfo("cosine_to_dense", True, "mean cosine of each embedding to the dense one"),
-    MetricInfo("cosine_min", True, "worst sentence's cosine to its dense embedding"),
-    MetricInfo("neighbour_overlap", True, "fraction of each sentence's 10 dense neighbours kept"),
-    MetricInfo("similarity_spearman", True, "rank correlation of pairwise similarities"),
+    MetricInfo(
+        "cosine_to_dense", True, "mean cosine of each embedding to the dense one", True, 0.0
+    ),
+    MetricInfo("cosine_min", True, "worst sentence's cosine to its dense embedding", True),
+    MetricInfo(
+        "neighbour_overlap", True, "fraction of each sentence's 10 dense neighbours kept", True, 0.0
+    ),
+    MetricInfo("similarity_spearman", True, "rank correlation of pairwise similarities", True, 0.0),
 )
 PAIRS = 200_000  # pairwise similarities sampled for the rank correlation
 
@@ -81,13 +85,17 @@ class SentenceEmbeddingTask(Task):
     ) -> Iterator[tuple[Tensor, Tensor]]:
         return split.batches(batch_size, shuffle=generator is not None, generator=generator)
 
-    def loss(self, model: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
+    def loss_of(self, outputs: Tensor, batch: tuple[Tensor, Tensor]) -> Tensor:
+        """Recovery distils: ``1 - cos`` to the dense encoder's embeddings (no labels)."""
         if self.teacher is None:
             raise PrunelabError("sentence-embedding recovery distils from the dense encoder")
-        x = batch[0]  # (B, T) token ids
         with torch.no_grad():
-            target = self.teacher(x)  # (B, D)
-        return (1 - nn.functional.cosine_similarity(model(x), target, dim=1)).mean()
+            target = self.teacher(batch[0])  # (B, D) from (B, T) token ids
+        return self.soft_loss(outputs, target, 1.0)
+
+    def soft_loss(self, student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+        """Mean ``1 - cos`` between student and teacher embeddings (B, D)."""
+        return (1 - nn.functional.cosine_similarity(student, teacher, dim=1)).mean()
 
     def inputs(self, batch: tuple[Tensor, Tensor]) -> Tensor:
         return batch[0]
@@ -110,5 +118,5 @@ class SentenceEmbeddingTask(Task):
             "similarity_spearman": pairwise_spearman(emb, reference),
         }
 
-    def example_input(self, split: Split) -> Tensor:
-        return split.x[:1]
+    def example_input(self, split: Split, n: int = 1) -> Tensor:
+        return split.x[:n]

@@ -21,11 +21,14 @@ from prunelab.measure.language import DenseReference, dense_reference, evaluate_
 from prunelab.sources.data.corpora import tokenizer_for
 from prunelab.sources.hf import DECODER_PATTERNS
 from prunelab.tasks.base import MetricInfo, Task
+from prunelab.tasks.classification import logit_kl
 
 LM_METRICS = (
     MetricInfo("perplexity", False, "exp(mean NLL per predicted token)"),
     MetricInfo("nll", False, "mean negative log-likelihood per predicted token (nats)"),
-    MetricInfo("next_token_agreement", True, "fraction of positions with the dense argmax"),
+    MetricInfo(
+        "next_token_agreement", True, "fraction of positions with the dense argmax", True, 0.0
+    ),
     MetricInfo("kl_to_dense", False, "mean KL(dense || model), dense top-k + rest"),
 )
 FIDELITY = frozenset({"next_token_agreement", "kl_to_dense"})
@@ -77,8 +80,15 @@ class CausalLMTask(Task):
         for i in range(0, len(order), batch_size):
             yield split[order[i : i + batch_size]]  # (B, seq_len)
 
-    def loss(self, model: nn.Module, batch: Tensor) -> Tensor:
-        logits = _logits(model, batch)[:, :-1]  # (B, T-1, V) predicts tokens 1..T-1
+    def forward(self, model: nn.Module, batch: Tensor) -> Tensor:
+        return _logits(model, batch)  # (B, T, V)
+
+    def soft_loss(self, student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+        """Token-level ``T² · KL`` of the next-token distributions (B, T, V)."""
+        return logit_kl(student, teacher, temperature)
+
+    def loss_of(self, outputs: Tensor, batch: Tensor) -> Tensor:
+        logits = outputs[:, :-1]  # (B, T-1, V) predicts tokens 1..T-1
         return nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]),  # (B*(T-1), V)
             batch[:, 1:].reshape(-1),  # (B*(T-1),)
@@ -101,8 +111,8 @@ class CausalLMTask(Task):
         score = evaluate_lm(model, split, reference, self.eval_batch_size).as_dict()
         return {m.name: score[m.name] for m in LM_METRICS if m.name in score}
 
-    def example_input(self, split: Tensor) -> Tensor:
-        return split[:1]
+    def example_input(self, split: Tensor, n: int = 1) -> Tensor:
+        return split[:n]
 
     def subset(self, split: Tensor, n: int) -> Tensor:
         return split[:n]

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from prunelab.data import Split
 from prunelab.errors import PrunelabError
 from prunelab.measure.inference import runner
 from prunelab.registry import Registry
-from prunelab.sources.data.base import Split
 
 
 @dataclass
@@ -73,6 +73,7 @@ class Metric:
     higher_is_better: bool
     needs_reference: bool = False
     doc: str = ""
+    fraction: bool = False  # a 0-1 quantity: tolerances on it are given in percentage points
 
     def __call__(self, ev: Evaluation) -> float:
         return float(self.fn(ev))
@@ -81,14 +82,16 @@ class Metric:
 METRICS: Registry[Metric] = Registry("metric")
 
 
-def metric(name: str, higher_is_better: bool, needs_reference: bool = False):
-    """Register a metric function ``fn(ev) -> float`` (decorator)."""
+def metric(
+    name: str, higher_is_better: bool, needs_reference: bool = False, fraction: bool = False
+):
+    """Register a metric function ``fn(ev) -> float`` (decorator); ``fraction``: its values are
+    a 0-1 quantity (accuracy, agreement), so tolerances on it are read in percentage points."""
 
     def deco(fn: Callable[[Evaluation], float]) -> Callable[[Evaluation], float]:
         doc = (fn.__doc__ or "").strip().splitlines()
-        METRICS.add(
-            name, Metric(name, fn, higher_is_better, needs_reference, doc[0] if doc else "")
-        )
+        first = doc[0] if doc else ""
+        METRICS.add(name, Metric(name, fn, higher_is_better, needs_reference, first, fraction))
         return fn
 
     return deco

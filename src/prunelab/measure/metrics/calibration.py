@@ -74,13 +74,13 @@ def brier_score(probs: Tensor, labels: Tensor) -> float:
     return float(((probs.double() - onehot) ** 2).sum(1).mean())
 
 
-@metric("ece", higher_is_better=False)
+@metric("ece", higher_is_better=False, fraction=True)
 def ece(ev: Evaluation) -> float:
     """Expected calibration error of the top-1 confidence, 15 equal-width bins."""
     return expected_calibration_error(F.softmax(ev.logits.double(), 1), ev.labels)
 
 
-@metric("delta_ece", higher_is_better=False, needs_reference=True)
+@metric("delta_ece", higher_is_better=False, needs_reference=True, fraction=True)
 def delta_ece(ev: Evaluation) -> float:
     """ECE of the model minus ECE of the dense reference (positive = worse calibrated)."""
     ref = F.softmax(ev.need_reference("delta_ece").double(), 1)

@@ -38,7 +38,7 @@ def per_class_recall(preds: Tensor, labels: Tensor, num_classes: int) -> Tensor:
     return out
 
 
-@metric("worst_class_drop", higher_is_better=False, needs_reference=True)
+@metric("worst_class_drop", higher_is_better=False, needs_reference=True, fraction=True)
 def worst_class_drop(ev: Evaluation) -> float:
     """Largest per-class recall drop versus the dense reference (fraction; may be < 0)."""
     k = ev.logits.shape[1]

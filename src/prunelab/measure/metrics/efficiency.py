@@ -25,9 +25,9 @@ from torch.nn.utils import parametrize
 from prunelab.errors import PrunelabError
 from prunelab.measure.metrics.base import Evaluation, metric
 from prunelab.measure.metrics.size import _effective_params
-from prunelab.prune.apply import folded_copy
+from prunelab.prune.apply import folded_copy, plain_state
 from prunelab.prune.targets import PRUNABLE_TYPES
-from prunelab.ship.export import sparse_bytes as size
+from prunelab.sparse import encoded_size
 
 
 @dataclass(frozen=True)
@@ -187,7 +187,7 @@ def compare_latency(
         for m in models.values():
             m.eval()
         for bs in batch_sizes:
-            x = torch.randn((bs, *example_input.shape[1:]), generator=generator)  # (bs, ...)
+            x = batch_of(example_input, bs, generator)  # (bs, ...)
             times = _interleaved(models, x, warmup, repeats)
             for n, t in times.items():
                 q = statistics.quantiles(t, n=10) if len(t) > 1 else [t[0]] * 9
@@ -198,6 +198,19 @@ def compare_latency(
         for n, m in models.items():
             m.train(modes[n])
     return out
+
+
+def batch_of(example: Tensor, size: int, generator: torch.Generator) -> Tensor:
+    """``size`` rows for timing: float inputs as seeded noise of the example's shape (values do
+    not change a dense model's time), anything else (token ids) as the example's own rows,
+    repeated as needed, so every model gets inputs of its own dtype.
+
+    >>> batch_of(torch.tensor([[1, 2], [3, 4]]), 3, torch.Generator()).tolist()
+    [[1, 2], [3, 4], [1, 2]]
+    """
+    if example.is_floating_point():
+        return torch.randn((size, *example.shape[1:]), generator=generator)
+    return example[torch.arange(size) % example.shape[0]]
 
 
 def round_order(names: list[str], r: int) -> list[str]:
@@ -314,7 +327,7 @@ def disk_bytes(ev: Evaluation) -> float:
 def sparse_bytes(ev: Evaluation) -> float:
     """Bytes of the sparse checkpoint ``prunelab export`` writes (bitmask + non-zero values)."""
 
-    return float(size(ev.model))
+    return float(encoded_size(plain_state(ev.model)))
 
 
 @metric("compressed_bytes", higher_is_better=False)

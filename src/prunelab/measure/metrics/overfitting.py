@@ -24,7 +24,7 @@ def _acc_loss(ev: Evaluation, split_name: str, metric_name: str) -> tuple[float,
     return ev.cache[key]  # type: ignore[return-value]
 
 
-@metric("train_val_gap", higher_is_better=False)
+@metric("train_val_gap", higher_is_better=False, fraction=True)
 def train_val_gap(ev: Evaluation) -> float:
     """Train accuracy minus validation accuracy (positive = fits train better)."""
     return _acc_loss(ev, "train", "train_val_gap")[0] - _acc_loss(ev, "val", "train_val_gap")[0]

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from prunelab.data import Split
 from prunelab.errors import PrunelabError
 from prunelab.measure.corruptions import CORRUPTIONS, SEVERITIES, corrupt, pixel_bounds
 from prunelab.measure.metrics.base import Evaluation, metric, predict
-from prunelab.sources.data.base import Split
 
 SUITE_KEY = "robustness_suite"  # Evaluation.cache key of a RobustnessSuite (optional)
 REFERENCE_KEY = "reference_robustness"  # cache key of the dense model's profile
@@ -138,19 +138,19 @@ def _reference(ev: Evaluation, name: str) -> dict[str, float]:
     return ev.cache[REFERENCE_KEY]  # type: ignore[return-value]
 
 
-@metric("corrupt_accuracy", higher_is_better=True)
+@metric("corrupt_accuracy", higher_is_better=True, fraction=True)
 def corrupt_accuracy(ev: Evaluation) -> float:
     """Mean accuracy over corruptions x severities (noise, blur, contrast, occlusion; 1..3)."""
     return _own(ev, "corrupt_accuracy")["mean_corrupt"]
 
 
-@metric("corruption_drop", higher_is_better=False)
+@metric("corruption_drop", higher_is_better=False, fraction=True)
 def corruption_drop(ev: Evaluation) -> float:
     """Clean accuracy minus mean corrupted accuracy, on the same examples."""
     return _own(ev, "corruption_drop")["drop"]
 
 
-@metric("robustness_gap", higher_is_better=False, needs_reference=True)
+@metric("robustness_gap", higher_is_better=False, needs_reference=True, fraction=True)
 def robustness_gap(ev: Evaluation) -> float:
     """Corruption drop of the model minus that of the dense model (accuracy points / 100)."""
     return _own(ev, "robustness_gap")["drop"] - _reference(ev, "robustness_gap")["drop"]

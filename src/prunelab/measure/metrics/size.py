@@ -11,7 +11,7 @@ from prunelab.measure.metrics.base import Evaluation, metric
 from prunelab.prune.targets import PRUNABLE_TYPES
 
 
-@metric("sparsity", higher_is_better=True)
+@metric("sparsity", higher_is_better=True, fraction=True)
 def sparsity(ev: Evaluation) -> float:
     """Fraction of exact zeros over all Linear/Conv weights."""
     return weight_sparsity(ev.model)

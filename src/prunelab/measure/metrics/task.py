@@ -8,13 +8,13 @@ import torch.nn.functional as F
 from prunelab.measure.metrics.base import Evaluation, metric
 
 
-@metric("accuracy", higher_is_better=True)
+@metric("accuracy", higher_is_better=True, fraction=True)
 def accuracy(ev: Evaluation) -> float:
     """Top-1 accuracy."""
     return float((ev.preds == ev.labels).float().mean())
 
 
-@metric("macro_f1", higher_is_better=True)
+@metric("macro_f1", higher_is_better=True, fraction=True)
 def macro_f1(ev: Evaluation) -> float:
     """Unweighted mean of per-class F1 over the classes present in labels or predictions."""
     k = ev.logits.shape[1]
@@ -33,7 +33,7 @@ def loss(ev: Evaluation) -> float:
     return float(F.cross_entropy(ev.logits.double(), ev.labels))
 
 
-@metric("agreement", higher_is_better=True, needs_reference=True)
+@metric("agreement", higher_is_better=True, needs_reference=True, fraction=True)
 def agreement(ev: Evaluation) -> float:
     """Fraction of examples where pruned and dense models predict the same class."""
     return float((ev.preds == ev.need_reference("agreement").argmax(1)).float().mean())

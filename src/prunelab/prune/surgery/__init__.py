@@ -15,20 +15,15 @@ from prunelab.prune.surgery.channel_plan import (
     row_scores,
 )
 from prunelab.prune.surgery.graph import ChannelGraph, trace_channels
-from prunelab.prune.surgery.io import BaseModel, read_architecture, rebuild, save_slim
 from prunelab.prune.surgery.slim import prune_channels, slim
 
 __all__ = [
-    "BaseModel",
     "ChannelGraph",
     "ChannelPlan",
     "plan_channels",
     "plan_from_masks",
     "prune_channels",
-    "read_architecture",
-    "rebuild",
     "row_scores",
-    "save_slim",
     "slim",
     "trace_channels",
 ]

@@ -11,15 +11,15 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from prunelab.prune.structure import Structure, Unstructured
-from prunelab.recover.finetune import StepCallback, TrainConfig
+from prunelab.data import DataBundle
+from prunelab.prune.structures import Structure, Unstructured
 from prunelab.recover.schedules.adaptive import Adaptive, Tolerance
 from prunelab.recover.schedules.base import SCHEDULES, PruneJob, Schedule, ScheduleResult
 from prunelab.recover.schedules.gradual import Gradual, polynomial_sparsity
 from prunelab.recover.schedules.oneshot import Iterative, OneShot, round_sparsities
 from prunelab.recover.schedules.parse import canonical_schedule, format_schedule, parse_schedule
 from prunelab.recover.schedules.regrow import Regrow, drop_and_grow
-from prunelab.sources.data.base import DataBundle
+from prunelab.training import StepCallback, TrainConfig
 
 
 def run_schedule(

@@ -17,16 +17,17 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import Tensor, nn
 
+from prunelab.data import DataBundle, Split
 from prunelab.errors import PrunelabError
 from prunelab.measure.metrics.base import predict
 from prunelab.prune.apply import apply_masks, get_masks
 from prunelab.prune.criteria import CRITERIA, compute_scores
-from prunelab.prune.masks import Masks, check_sparsity, mask_sparsity, select_masks
-from prunelab.prune.structure import NM, Channels, Structure, Unstructured
+from prunelab.prune.masks import Masks, check_sparsity, mask_sparsity
+from prunelab.prune.structures import Structure, Unstructured
 from prunelab.prune.targets import select_targets
-from prunelab.recover.finetune import StepCallback, TrainConfig, train
+from prunelab.recover.finetune import train
 from prunelab.registry import Registry
-from prunelab.sources.data.base import DataBundle, Split
+from prunelab.training import StepCallback, TrainConfig
 
 Trajectory = list[dict[str, Any]]
 
@@ -103,8 +104,9 @@ class Pruner:
         for name, s in scores.items():
             if name in current:
                 scores[name] = s.masked_fill(~current[name], -math.inf)
-        return select_masks(
-            scores, check_sparsity(sparsity), self.job.allocation, self.job.structure
+        example = self.job.data.val.x[:1]  # (1, ...) traces channel removals
+        return self.job.structure.masks_at(
+            self.model, example, scores, check_sparsity(sparsity), self.job.allocation
         )
 
     def prune_to(self, sparsity: float) -> Masks:
@@ -169,16 +171,15 @@ def restore(model: nn.Module, state: dict[str, Tensor]) -> None:
     model.load_state_dict(state, strict=True)
 
 
-def check_job(
-    job: PruneJob, name: str, structures: tuple[type, ...] = (Unstructured, Channels)
-) -> None:
-    """Reject combinations a schedule cannot honour, in one line."""
+def check_job(job: PruneJob, name: str, fixed: bool = False) -> None:
+    """Reject combinations a schedule cannot honour, in one line (``fixed``: the schedule
+    accepts a structure that fixes its level, such as N:M)."""
     check_sparsity(job.target_sparsity)
-    if not isinstance(job.structure, structures):
-        valid = ", ".join(str(t()) for t in structures if t is not NM)
+    st = job.structure
+    if not (st.schedulable or (fixed and st.fixed_level is not None)):
         raise PrunelabError(
-            f"schedule '{name}' cannot prune {job.structure} sparsity "
-            f"(it passes through intermediate levels); valid: {valid}"
+            f"schedule '{name}' cannot prune {st} sparsity (it passes through intermediate "
+            "levels); valid: unstructured, channels"
         )
     if job.reference_logits is not None and job.reference_logits.shape[0] != len(job.data.val):
         raise PrunelabError(

@@ -10,7 +10,6 @@ from torch import nn
 
 from prunelab.errors import PrunelabError
 from prunelab.prune.apply import apply_masks, get_masks
-from prunelab.prune.structure import NM, Channels, Unstructured
 from prunelab.recover.schedules.base import (
     SCHEDULES,
     PruneJob,
@@ -38,7 +37,7 @@ class OneShot:
     name: ClassVar[str] = "oneshot"
 
     def run(self, model: nn.Module, job: PruneJob) -> ScheduleResult:
-        check_job(job, self.name, (Unstructured, Channels, NM))
+        check_job(job, self.name, fixed=True)
         pruner = Pruner(model, job)
         masks = pruner.prune_to(job.target_sparsity)
         traj: list[dict] = []

@@ -19,7 +19,7 @@ from torch.nn.utils import parametrize
 from prunelab.errors import PrunelabError
 from prunelab.prune.apply import apply_masks
 from prunelab.prune.masks import mask_sparsity
-from prunelab.prune.structure import Unstructured
+from prunelab.prune.structures import Unstructured
 from prunelab.recover.schedules.base import (
     SCHEDULES,
     PruneJob,
@@ -98,7 +98,11 @@ class Regrow:
             raise PrunelabError("regrow needs every_steps >= 1 and updates >= 1")
 
     def run(self, model: nn.Module, job: PruneJob) -> ScheduleResult:
-        check_job(job, self.name, (Unstructured,))
+        check_job(job, self.name)
+        if job.structure != Unstructured():
+            raise PrunelabError(
+                f"schedule '{self.name}' supports unstructured sparsity only, not {job.structure}"
+            )
         total = job.with_epochs(job.train_cfg.epochs).total_steps(len(job.data.train))
         end = round(self.end_frac * total)
         dt = self.every_steps or max(1, end // self.updates)

@@ -5,6 +5,6 @@ from prunelab.sources.data import digits as _digits  # noqa: F401  (registers "d
 from prunelab.sources.data import fashion_mnist as _fashion_mnist  # noqa: F401  (registers "fashion-mnist")
 from prunelab.sources.data import scenes as _scenes  # noqa: F401  (digit-scenes, fashion-scenes)
 from prunelab.sources.data import text as _text  # noqa: F401  (registers "rotten-tomatoes")
-from prunelab.sources.data.base import DATASETS, DataBundle, Split, load_dataset
+from prunelab.sources.data.base import DATASETS, load_dataset
 
-__all__ = ["DATASETS", "DataBundle", "Split", "load_dataset"]
+__all__ = ["DATASETS", "load_dataset"]

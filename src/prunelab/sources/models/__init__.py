@@ -1,8 +1,7 @@
-"""Reference models and dense training with a safetensors cache."""
+"""Reference models (a registry), pretrained models that ship in packages, weights on disk."""
 
 from prunelab.sources.models.cache import (
     default_cache_dir,
-    load_or_train,
     load_weights,
     save_weights,
 )
@@ -13,7 +12,6 @@ __all__ = [
     "PRETRAINED",
     "default_cache_dir",
     "build_model",
-    "load_or_train",
     "load_weights",
     "save_weights",
 ]

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from prunelab.measure.detection import Detections, batched_nms
+from prunelab.sources.models.boxes import Detections, batched_nms
 from prunelab.sources.models.zoo import MODELS
 
 STRIDE = 4  # output grid cell size in input pixels

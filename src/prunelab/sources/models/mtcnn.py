@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from prunelab.errors import PrunelabError
-from prunelab.measure.detection import Detections, nms
+from prunelab.sources.models.boxes import Detections, nms
 
 
 def _block(c_in: int, c_out: int, k: int) -> tuple[nn.Conv2d, nn.PReLU]:

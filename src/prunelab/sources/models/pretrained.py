@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from prunelab.nlp.encoder import load_minilm
 from prunelab.sources.hf import load_causal_lm, smollm2_gguf
 from prunelab.sources.models.cache import default_cache_dir
+from prunelab.sources.models.encoder import load_minilm
 from prunelab.sources.models.zoo import PRETRAINED
 
 

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from prunelab.nlp.encoder import TextEncoder, load_minilm
-from prunelab.sources.minilm import minilm_tokenizer, transformers_module
+from prunelab.sources.models.encoder import (
+    TextEncoder,
+    load_minilm,
+    minilm_tokenizer,
+    transformers_module,
+)
 from prunelab.sources.models.zoo import MODELS
 
 

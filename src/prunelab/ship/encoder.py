@@ -15,8 +15,9 @@ from safetensors.torch import load_file, save_file
 from torch.nn.utils import parametrize
 
 from prunelab.errors import PrunelabError
-from prunelab.nlp.encoder import TextEncoder, _transformers, encoder_layers
-from prunelab.nlp.surgery import block_shape, remove_heads, remove_neurons
+from prunelab.prune.surgery.encoder import block_shape, remove_heads, remove_neurons
+from prunelab.sources.hf import transformers_module
+from prunelab.sources.models.encoder import TextEncoder, encoder_layers
 
 
 def save_encoder(encoder: TextEncoder, path: str | Path) -> Path:
@@ -44,7 +45,7 @@ def load_encoder(path: str | Path) -> TextEncoder:
     src = Path(path)
     if not (src / "blocks.json").is_file():
         raise PrunelabError(f"{src} is not a saved prunelab encoder (no blocks.json)")
-    tr = _transformers()
+    tr = transformers_module()
     cfg = tr.BertConfig.from_json_file(str(src / "config.json"))
     meta = json.loads((src / "blocks.json").read_text())
     with torch.random.fork_rng(devices=[]):

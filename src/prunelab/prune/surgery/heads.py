@@ -20,9 +20,9 @@ import torch
 from torch import Tensor, nn
 
 from prunelab.errors import PrunelabError
-from prunelab.nlp.encoder import TextEncoder
-from prunelab.nlp.surgery import remove_heads, remove_neurons
 from prunelab.prune.criteria import compute_scores
+from prunelab.prune.surgery.encoder import remove_heads, remove_neurons
+from prunelab.sources.models.encoder import TextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class BlockPlan:
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
     """The BERT-style blocks (``.attention.self``, ``.intermediate``, ``.output``) in order.
 
-    >>> from prunelab.nlp.encoder import tiny_bert
+    >>> from prunelab.sources.models.encoder import tiny_bert
     >>> len(transformer_blocks(tiny_bert()))
     2
     """
@@ -197,9 +197,10 @@ def plan_counts(layer: nn.Module, level: float, ffn: bool = True) -> tuple[int, 
     """(heads, neurons) to remove from one block so ``level`` of its Linear params go.
 
     Heads are rounded to whole heads first; FFN neurons then make up the rest (``ffn=False``:
-    heads only, ``level`` = fraction of heads). At least one head and one neuron stay.
+    heads only, as many as come closest to ``level`` of the parameters). At least one head and
+    one neuron stay.
 
-    >>> from prunelab.nlp.encoder import tiny_bert
+    >>> from prunelab.sources.models.encoder import tiny_bert
     >>> plan_counts(tiny_bert(heads=4, hidden=32, intermediate=64).bert.encoder.layer[0], 0.6)
     (2, 45)
     """
@@ -208,11 +209,11 @@ def plan_counts(layer: nn.Module, level: float, ffn: bool = True) -> tuple[int, 
     attn = layer.attention.self
     h, dh = attn.num_attention_heads, attn.attention_head_size
     d, f = layer.output.dense.out_features, layer.intermediate.dense.out_features
-    heads = min(h - 1, round(level * h))
-    if not ffn:
-        return heads, 0
     per_head = 4 * d * dh + 3 * dh  # q/k/v rows with biases, output-projection columns
     per_neuron = 2 * d + 1  # FFN input row with bias, output column
+    if not ffn:  # heads only: as close to the level of the block's parameters as heads go
+        return min(h - 1, round(level * block_params(layer) / per_head)), 0
+    heads = min(h - 1, round(level * h))
     rest = level * block_params(layer) - heads * per_head
     return heads, min(f - 1, max(0, round(rest / per_neuron)))
 
@@ -244,7 +245,7 @@ def prune_heads_ffn(
     same fraction is removed from every block; the modules are replaced by smaller ones in
     place (``model`` keeps working, with fewer parameters and MACs).
 
-    >>> from prunelab.nlp.encoder import tiny_bert
+    >>> from prunelab.sources.models.encoder import tiny_bert
     >>> enc = tiny_bert(heads=4)
     >>> before = sum(block_params(b) for b in transformer_blocks(enc))
     >>> _ = prune_heads_ffn(enc, 0.6)

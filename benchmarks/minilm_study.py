@@ -1,4 +1,4 @@
-"""The MiniLM pruning study as a library function (``benchmarks/minilm.py`` prints it).
+"""The MiniLM pruning study (``benchmarks/minilm.py`` prints it).
 
 One dense all-MiniLM-L6-v2 is loaded once; every configuration starts from a deep copy, is
 pruned (unstructured / 2:4 masks, or heads+FFN removed), optionally distilled toward the dense
@@ -18,16 +18,29 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from prunelab.nlp.distill import DistillConfig, distill
-from prunelab.nlp.encoder import TextEncoder, encoder_targets, load_minilm
-from prunelab.nlp.fidelity import fidelity
-from prunelab.nlp.heads import fraction_for_speedup, prune_structured
-from prunelab.nlp.prune import prune_encoder, token_batches
-from prunelab.nlp.surgery import encoder_macs
-from prunelab.nlp.tasks import probe_accuracy, similarity_spearman
-from prunelab.nlp.textdata import load_background, load_sentiment, load_similarity, split_indices
+from prunelab.data import Split
+from prunelab.measure.fidelity import fidelity, probe_accuracy, similarity_spearman
+from prunelab.prune.api import prune
 from prunelab.prune.apply import make_permanent
-from prunelab.prune.structure import NM, Structure, Unstructured
+from prunelab.prune.structures import NM, Structure, Unstructured
+from prunelab.prune.surgery.encoder import encoder_macs
+from prunelab.prune.surgery.heads import fraction_for_speedup, prune_structured
+from prunelab.prune.targets import encoder_targets
+from prunelab.recover.finetune import train
+from prunelab.sources.data.textdata import (
+    load_background,
+    load_sentiment,
+    load_similarity,
+    split_indices,
+)
+from prunelab.sources.models.encoder import (
+    ENCODER_PATTERNS,
+    TextEncoder,
+    load_minilm,
+    token_batches,
+)
+from prunelab.tasks import SentenceEmbeddingTask
+from prunelab.training import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +53,9 @@ class BenchConfig:
     probe_n: int = 2000  # movie sentences: half fit the probe, half test it; all score fidelity
     calib_n: int = 256  # unlabeled sentences for Wanda input norms
     distill_n: int = 3000  # unlabeled sentences for distillation (disjoint from the probe)
-    distill: DistillConfig = field(default_factory=lambda: DistillConfig(2, 1e-4, 32))
+    distill: TrainConfig = field(
+        default_factory=lambda: TrainConfig(2, 1e-4, "adamw", 32)
+    )  # recovery: the embedding task's loss, 1 - cos to the dense encoder
     levels: tuple[float, ...] = (0.3, 0.5, 0.7)
     methods: tuple[str, ...] = ("magnitude", "wanda")
     mac_reduction: float = 2.0
@@ -94,6 +109,21 @@ def throughput(enc: TextEncoder, ids: list[Tensor], repeats: int = 3) -> float:
     return sum(b.shape[0] for b in ids) / best
 
 
+def distill(enc: TextEncoder, dense: TextEncoder, ids: Tensor, cfg: TrainConfig) -> None:
+    """Recover ``enc`` toward the dense embeddings of ``ids`` (the sentence-embedding task's
+    loss), dropout off as the study always ran it."""
+    task = SentenceEmbeddingTask(teacher=dense.eval())
+    saved = {m: m.p for m in enc.modules() if isinstance(m, torch.nn.Dropout)}
+    for m in saved:
+        m.p = 0.0
+    try:
+        split = Split(ids, torch.zeros(len(ids), dtype=torch.long))
+        train(enc, split, cfg, torch.Generator().manual_seed(0), task=task)
+    finally:
+        for m, p in saved.items():
+            m.p = p
+
+
 def measure(enc: TextEncoder, ctx: Context) -> dict[str, float]:
     emb, docs = enc.encode(ctx.probe), enc.encode(ctx.docs)
     h = len(ctx.probe) // 2
@@ -106,7 +136,8 @@ def measure(enc: TextEncoder, ctx: Context) -> dict[str, float]:
 
 def _masked(method: str, level: float, structure: Structure) -> Callable:
     def run(enc: TextEncoder, ctx: Context) -> None:
-        prune_encoder(enc, method, level, structure, calibration_sentences=ctx.calib)
+        calib = token_batches(enc, ctx.calib) if method == "wanda" else None
+        prune(enc, method, level, "uniform", structure, calib, include=ENCODER_PATTERNS)
 
     return run
 
@@ -142,7 +173,7 @@ def run_bench(cfg: BenchConfig, on_row: Callable[[dict], None] | None = None) ->
     seq = round(
         float(sum(int((b != ctx.dense.pad_id).sum()) for b in ids)) / sum(b.shape[0] for b in ids)
     )  # mean tokens per sentence
-    teacher = ctx.dense.encode(ctx.distill_text) if cfg.distill.epochs > 0 else None
+    ids = ctx.dense.tokenize(ctx.distill_text)  # (N, T); batches trimmed to their longest row
     dense_macs = encoder_macs(ctx.dense.bert, seq)
     fraction = fraction_for_speedup(ctx.dense, cfg.mac_reduction, seq)
     rows = [
@@ -163,7 +194,7 @@ def run_bench(cfg: BenchConfig, on_row: Callable[[dict], None] | None = None) ->
         t = time.perf_counter()
         prune_fn(enc, ctx)
         if dist:
-            distill(enc, ctx.distill_text, teacher, cfg.distill, torch.Generator().manual_seed(0))
+            distill(enc, ctx.dense, ids, cfg.distill)
         make_permanent(enc)
         secs = time.perf_counter() - t
         zeros = sum(int((m.weight == 0).sum()) for m in encoder_targets(enc).values())

@@ -1,0 +1,100 @@
+"""Every registered task kind passes one contract, on a tiny seeded model and data of its kind:
+its metrics declare direction and units, the stored description says the same, its loss trains,
+its example inputs have the data's dtype, and it measures a cell (task columns and arrays).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from prunelab.data import DataBundle, Split
+from prunelab.decide.units import Units
+from prunelab.sources.data.corpora import TokenBundle
+from prunelab.sources.data.scenes import load_scenes
+from prunelab.sources.models.zoo import build_model
+from prunelab.tasks import TASKS, make_task
+from tinymodels import tiny_llama
+
+KINDS = TASKS.names()
+
+
+def _ids(n: int, t: int, seed: int, vocab: int = 64) -> torch.Tensor:
+    return torch.randint(1, vocab, (n, t), generator=torch.Generator().manual_seed(seed))
+
+
+def _case(kind: str):
+    """(task, dense model, data) for one kind, tiny and seeded."""
+    if kind == "classification":
+        data = build_data(torch.randn(96, 1, 8, 8), 10)
+        return make_task(kind, data=data), build_model("mlp-tiny", (1, 8, 8), 10, seed=0), data
+    if kind == "detection":
+        data = load_scenes("digit-scenes", n_train=16, n_val=8, n_test=8)
+        model = build_model("detector-tiny", data.input_shape, data.num_classes, seed=0)
+        return make_task(kind, data=data), model, data
+    if kind == "causal-lm":
+        data = TokenBundle("ids", _ids(8, 16, 0), _ids(4, 16, 1), _ids(4, 16, 2), "minilm")
+        return make_task(kind, data=data), tiny_llama(), data
+    pytest.importorskip("transformers")
+    from prunelab.sources.models.encoder import tiny_bert
+    from prunelab.sources.models.text import TextClassifier
+
+    ids = _ids(48, 12, 3, 1000)
+    data = DataBundle("ids", *(Split(ids[i::3], torch.arange(16) % 2) for i in range(3)), 2)
+    enc = tiny_bert(seed=0)
+    model = TextClassifier(enc, 2).eval() if kind == "text-classification" else enc
+    task = make_task(kind, data=data).with_dense(model)
+    return task, model, data
+
+
+def build_data(x: torch.Tensor, k: int) -> DataBundle:
+    y = torch.arange(len(x)) % k
+    return DataBundle("tiny", Split(x[:48], y[:48]), Split(x[48:72], y[48:72]),
+                      Split(x[72:], y[72:]), k)  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_task_contract(kind):
+    task, model, data = _case(kind)
+    infos = task.metric_infos()
+    names = [m.name for m in infos]
+    assert len(names) == len(set(names)) and task.primary in names and task.fidelity in names
+    # the stored description is JSON and says what the infos say
+    ref = task.predict(model, data.test)
+    dense_value = task.evaluate(model, data.test, ref, ref)[task.primary]
+    desc = json.loads(json.dumps(task.describe(dense_value)))
+    units = Units.from_task(desc)
+    for m in infos:
+        assert units.higher_is_better(m.name) == m.higher_is_better
+        assert units.unit(m.name).fraction == m.fraction
+    assert desc["tolerance"] > 0 and units.tolerance == task.default_tolerance(dense_value)
+    # evaluate: every metric, finite where defined; the dense model is perfectly faithful
+    got = task.evaluate(model, data.test, ref, ref)
+    assert set(names) <= set(got)
+    assert all(isinstance(v, float) for v in got.values())
+    fid = got[task.fidelity]
+    assert math.isnan(fid) or fid == pytest.approx(1.0, abs=1e-5)
+    # the loss trains: a finite scalar with gradients, the same through forward + loss_of
+    batch = next(iter(task.batches(data.train, 4, torch.Generator().manual_seed(0))))
+    model.train()
+    loss = task.loss(model, batch)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    with torch.no_grad():
+        out = task.forward(model, batch)
+        assert float(task.loss_of(out, batch)) == pytest.approx(float(task.loss(model, batch)))
+        assert float(task.soft_loss(out, out, 2.0)) == pytest.approx(0.0, abs=1e-3)
+    # example inputs of the data's own dtype, as many as asked
+    ex = task.example_input(data.test, 3)
+    assert len(ex) == 3 and ex.dtype == task.inputs(batch).dtype
+    # measuring a cell: the task's test and validation columns, arrays for the report
+    refs = task.references(model, data)
+    row, arrays = task.measure(model, data, refs)
+    assert task.primary in row and f"val_{task.primary}" in row
+    assert all(hasattr(a, "dtype") for a in arrays.values())
