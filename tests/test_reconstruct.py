@@ -255,11 +255,11 @@ def test_layer_progress_draws_one_bar_and_logs_without_tqdm(monkeypatch, caplog)
         prune_sequential(model, _decoder_targets(model), _ids(), "wanda", 0.5, progress=bar)
     assert "wanda 50%" in out.getvalue() and "14/14" in out.getvalue()  # 2 blocks × 7 Linear
     monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # tqdm absent: log lines instead
-    with caplog.at_level(logging.INFO, logger="prunelab.prune.progress"):
+    with caplog.at_level(logging.INFO, logger="prunelab.progress"):
         with layer_progress("magnitude") as progress:
             for i in range(1, 15):
                 progress(i, 14, f"layer{i}")
-    lines = [r.getMessage() for r in caplog.records if r.name == "prunelab.prune.progress"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "prunelab.progress"]
     assert len(lines) == 14 and lines[-1].startswith("magnitude: 14/14 layers (layer14)")
 
 

@@ -6,6 +6,7 @@ prints is recomputed here independently from that table.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -17,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from prunelab.decide.analysis import default_units
 from prunelab.errors import PrunelabError
 from prunelab.report import ReportExtras, build_report, curve_labels, pareto_mask
 from prunelab.report.frame import aggregate, metric_columns
@@ -117,18 +119,16 @@ def test_writes_valid_distinct_pngs(report):
     assert len(set(blobs.values())) == len(blobs)  # every figure is a different image
 
 
-def test_curve_figure_draws_one_line_per_curve_and_the_marks_asked_for(tmp_path, monkeypatch):
-    import prunelab.report.plots as plots
+def test_curve_figure_draws_one_line_per_curve_and_the_marks_asked_for():
+    from prunelab.report.plots import curve_figure
 
-    figures = []
-    real_save = plots._save
-    monkeypatch.setattr(plots, "_save", lambda fig, out: figures.append(fig) or real_save(fig, out))
     df = synthetic_results()
-    plots.plot_metric_curves(df, "accuracy", tmp_path / "a.png", {"random": 0.9}, tolerance=0.02)
-    ax = figures[0].axes[0]
+    fig = curve_figure(df, "accuracy", {"random": 0.9}, tolerance=0.02, original=0.93)
+    ax = fig.axes[0]
     lines = {ln.get_label(): ln for ln in ax.lines if not ln.get_label().startswith("_")}
     mean = df[df.method == "dense"].accuracy.mean()
-    assert set(lines) == {"magnitude", "random", f"dense {mean:.4g}"}
+    # both references: the original model as given and the dense control
+    assert set(lines) == {"magnitude", "random", f"dense control {mean:.4g}", "original 0.93"}
     stars = [ln for ln in ax.lines if ln.get_marker() == "*"]
     assert len(stars) == 1 and list(stars[0].get_xdata()) == [1.0]  # random's knee, 90 %
     assert stars[0].get_color() == lines["random"].get_color()
@@ -136,6 +136,13 @@ def test_curve_figure_draws_one_line_per_curve_and_the_marks_asked_for(tmp_path,
     assert np.allclose(lines["magnitude"].get_ydata(), want.to_numpy())
     assert len(ax.collections) == 2 and len(ax.patches) == 1  # two min-max bands, one tolerance
     assert ax.get_legend_handles_labels()[1][-1] == "tolerance: dense − 0.02"
+    assert "higher is better" in ax.get_ylabel()
+    low = curve_figure(df, "kl", tolerance=0.1, higher_is_better=False).axes[0]
+    assert "lower is better" in low.get_ylabel()
+    (band,) = low.patches  # above the dense control: a higher KL is worse
+    dense_kl = df[df.method == "dense"].kl.mean()
+    assert band.get_bbox().y0 == pytest.approx(dense_kl)
+    assert band.get_bbox().y1 == pytest.approx(dense_kl + 0.1)
 
 
 def test_html_sections_images_escaping_and_no_external_urls(report):
@@ -198,9 +205,13 @@ def test_best_method_per_level_and_direction():
     best = best_per_level(df, "accuracy")
     means = df[df.method != "dense"].groupby(["level", "method"])["accuracy"].mean().unstack()
     assert list(best["curve"]) == list(means.idxmax(axis=1))
-    worst_kl = best_per_level(df, "kl")  # lower is better: magnitude (more robust) wins
+    worst_kl = best_per_level(df, "kl", higher_is_better=False)  # magnitude (more robust) wins
     assert set(worst_kl["curve"]) == {"magnitude"}
-    assert "## Best method per level (by accuracy)" in render_summary(df)
+    units = default_units()
+    assert "## Best method per level (by accuracy)" in render_summary(df, units)
+    kl_units = dataclasses.replace(units, primary="kl")  # a lower-is-better primary
+    text = render_summary(df, kl_units)
+    assert "Primary metric: **kl** (lower is better)" in text and "(by kl)" in text
 
 
 def test_pareto_mask_on_hand_made_points():

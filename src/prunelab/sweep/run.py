@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import platform
@@ -144,7 +143,7 @@ def run_sweep(
             cell = item
             store.put_cell(
                 cell.cell_id,
-                {**json.loads(json.dumps(cell.__dict__, default=_plain))},
+                cell.to_json(),
                 result.row,
                 result.duration_s,
                 result.artifacts,
@@ -166,10 +165,3 @@ def _record_engine_failures(store: Store, model: torch.nn.Module) -> None:
     env = store.get_meta("env") or {}
     if failed and env.get("engine_failures") != failed:
         store.set_meta("env", {**env, "engine_failures": failed})
-
-
-def _plain(obj: object) -> object:
-
-    if dataclasses.is_dataclass(obj):
-        return dataclasses.asdict(obj)  # type: ignore[arg-type]
-    raise TypeError(f"cannot serialise {type(obj)}")

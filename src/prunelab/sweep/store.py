@@ -175,7 +175,15 @@ def load_artifact(run_dir: Path | str, cell_id: str, name: str) -> np.ndarray:
 
 #: Row columns that are measurements of the machine (times, memory), not of the model: they
 #: differ between two runs of the same cell and are never compared for reproducibility.
-MEASURED_PREFIXES = ("duration_s", "latency_", "fps_", "prune_s", "peak_rss_")
+MEASURED_PREFIXES = (
+    "duration_s",
+    "latency_",
+    "dense_latency_",
+    "speedup_",
+    "fps_",
+    "prune_s",
+    "peak_rss_",
+)
 
 
 def is_measured(column: str) -> bool:

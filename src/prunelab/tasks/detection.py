@@ -65,6 +65,7 @@ class DetectionTask(Task):
 
     kind: ClassVar[str] = "detection"
     fidelity: ClassVar[str] = "fidelity_map50"
+    tolerance_points: ClassVar[float] = 1.0  # one point of mAP
 
     def __init__(
         self,

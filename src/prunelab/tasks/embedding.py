@@ -66,6 +66,7 @@ class SentenceEmbeddingTask(Task):
 
     kind: ClassVar[str] = "sentence-embedding"
     fidelity: ClassVar[str] = "neighbour_overlap"
+    tolerance_points: ClassVar[float] = 1.0  # one point of mean cosine
     default_include: ClassVar[tuple[str, ...]] = ("*encoder.layer.*",)
     primary: str = "cosine_to_dense"
     teacher: nn.Module | None = None  # the dense encoder, frozen (set by with_dense)
