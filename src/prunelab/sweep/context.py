@@ -34,7 +34,7 @@ class Context:
     task: Task
     refs: dict[str, Any]  # the task's references: the dense model's outputs per split, ...
     example: Any  # one input row of the task's dtype (tracing, MAC counts)
-    dense_metrics: dict[str, float] = field(default_factory=dict)  # the model as given, on test
+    dense_metrics: dict[str, float] = field(default_factory=dict)  # see measure_original
     memo: dict[tuple, Any] = field(default_factory=dict)  # per-process: scores, scans
     data_hash: str = ""  # fingerprint of the data as given (checked when a sweep resumes)
 
@@ -69,13 +69,24 @@ class Context:
             data = task.fold(data, cell.folds, cell.fold, d.seed)
         refs = task.references(dense, data)
         example = task.example_input(data.test)
-        metrics = task.evaluate(dense, data.test, refs["test"], refs["test"])
-        metrics.update(footprint(dense, dense, None, targets.values(), example, dense))
-        return cls(data, dense, task, refs, example, metrics, data_hash=data_hash)
+        return cls(data, dense, task, refs, example, data_hash=data_hash)
 
     def dense_copy(self) -> nn.Module:
         """A fresh copy of the dense model (each cell prunes its own)."""
         return copy.deepcopy(self.dense)
+
+    def measure_original(self, cell: Cell) -> dict[str, float]:
+        """The model as given, measured as a cell is (the task's test, ``val_`` and ``train_``
+        columns, the footprint), so every curve of the report can show it; memoised in
+        ``dense_metrics``. Only the driver asks, once per run, so workers never pay for it."""
+        if not self.dense_metrics:
+            dense = self.dense
+            row, _ = self.task.measure(dense, self.data, self.refs, cell.metrics)
+            targets = select_targets(dense, cell.include or None, cell.exclude or None,
+                                     cell.prune_last)  # fmt: skip
+            row.update(footprint(dense, dense, None, targets.values(), self.example, dense))
+            self.dense_metrics = row
+        return self.dense_metrics
 
 
 def task_of(cell: Cell, data: Any = None) -> Task:
