@@ -4,6 +4,7 @@ beside the dense control in every picture of the report."""
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 from typer.testing import CliRunner
@@ -80,24 +81,45 @@ def test_every_reference_figure_of_a_real_run_shows_the_original_and_the_dense_c
         assert list(lines[f"dense control {want_dense:.4g}"]) == pytest.approx([want_dense] * 2)
 
 
-def test_phase_lines_come_at_most_every_30_seconds_and_the_estimate_follows_the_pace():
+def test_a_quiet_phase_is_named_every_30_seconds_and_the_estimate_follows_the_pace():
     t = [0.0]
     lines: list[str] = []
     view = LogLines(4, 1, lambda: "accuracy", lines.append, now=lambda: t[0])
     for step in range(1, 101):  # a 100-step dense training, one step a second
         t[0] += 1.0
         view.on_dense_step(step, 100)
+        view.tick()  # what the background thread does every few seconds
+    assert lines[0] == "sweep: 4 cells, 1 finished earlier (skipped); preparing the data and " \
+        "the dense model"  # fmt: skip
     assert lines[1] == "training the dense model: 100 steps"
-    assert lines[2:5] == [f"training the dense model: step {s}/100 ({s}%)" for s in (31, 61, 91)]
+    assert lines[2:5] == [
+        f"  training the dense model: step {s}/100, {when} elapsed"
+        for s, when in ((31, "0:00:31"), (61, "0:01:01"), (91, "0:01:31"))
+    ]
     assert lines[5] == "dense model trained: 100 steps in 0:01:39"
     t[0] += 10.0
-    view.on_step("fine-tune", 3, 10)  # 10 s after the last line: too soon
+    view.on_step("fine-tune", 3, 10)
+    view.tick()  # 10 s after the last line: too soon
     assert len(lines) == 6
     view.on_cell("a", 20.0, {"accuracy": 0.91234})  # started 20 s ago; 2 left at 20 s each
     assert lines[6] == "[2/4] 0:01:50 elapsed, ~0:00:40 left | a (20.0 s) | accuracy 0.9123"
     t[0] += 20.0
     view.on_cell("b", 20.0, {"accuracy": 0.5})  # 2 cells in 40 s: the last one takes ~20 s
     assert lines[7] == "[3/4] 0:02:10 elapsed, ~0:00:20 left | b (20.0 s) | accuracy 0.5000"
-    t[0] += 31.0
     view.on_step("prune layers", 5, 30)
-    assert lines[8] == "  prune layers 5/30, 0:02:41 elapsed"
+    t[0] += 29.0
+    view.tick()
+    assert len(lines) == 8
+    t[0] += 1.0
+    view.tick()
+    assert lines[8] == "  prune layers 5/30, 0:02:40 elapsed"
+
+
+def test_the_background_thread_names_a_silent_phase():
+    lines: list[str] = []
+    with LogLines(1, 0, lambda: None, lines.append, every_s=0.05) as view:
+        view.on_step("measuring the original model", 0, 1)
+        deadline = time.monotonic() + 10
+        while len(lines) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert lines[1].startswith("  measuring the original model 0/1, 0:00:00 elapsed")

@@ -69,11 +69,13 @@ def tracked(tmp_path_factory):
         with pytest.raises(Stop), tracking(track, out) as tracker:
             run_sweep(spec_from_dict(raw), out, on_cell=stop_after_two, tracker=tracker)
         with Store(out, create=False) as store:
-            parent = store.get_meta("track")[f"mlflow sqlite:///{out.resolve()}/mlruns.db"]
-        parent = parent["parent_run_id"]
+            sweep_id = store.get_meta("sweep_id")
+        exp = client.get_experiment_by_name("prunelab").experiment_id
+        (stopped,) = client.search_runs([exp], f"tags.`prunelab.sweep_id` = '{sweep_id}'")
+        assert stopped.info.status == "KILLED"
+        parent = stopped.info.run_id
         before = {r.data.tags["prunelab.cell_id"]: r.info.run_id for r in _children(client, parent)}
         # a cell half logged when the process died: unfinished, so logged again on resume
-        exp = client.get_run(parent).info.experiment_id
         client.create_run(exp, tags={"mlflow.parentRunId": parent, "prunelab.cell_id": "x"})
         runner = CliRunner()
         resumed = runner.invoke(app, ["sweep", "--config", str(cfg), "--out", str(out), "-q"])
@@ -117,7 +119,7 @@ def test_resumes_add_no_duplicates_and_keep_the_runs_logged_before(tracked):
     assert "x" not in now  # the half-logged run is gone
     assert {k: now[k] for k in before} == before  # the same runs, not logged twice
     exp = client.get_run(parent).info.experiment_id
-    parents = client.search_runs([exp], "tags.`prunelab.run_dir` != ''")
+    parents = client.search_runs([exp], "tags.`prunelab.sweep_id` != ''")
     assert [p.info.run_id for p in parents] == [parent]  # one sweep run, reused
 
 

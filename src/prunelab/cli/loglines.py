@@ -1,18 +1,20 @@
 """Progress for a log file: plain lines instead of bars when stderr is not a terminal.
 
 ``prunelab sweep ... > log 2>&1`` gets one line per finished cell (count, elapsed time, an
-estimate of the time left, the cell and its primary metric) and, for long phases (training
-the dense model, fine-tuning, pruning layer by layer, the sensitivity scan), a line at most
-every :data:`EVERY_S` seconds, so a log never goes quiet for long.
+estimate of the time left, the cell and its primary metric), a line when the dense model's
+training starts and ends, and, whenever nothing was printed for :data:`EVERY_S` seconds, one
+line naming what runs (training the dense model at step k, fine-tuning, pruning layer k of n,
+the sensitivity scan, measuring the original model), so a log never goes quiet for long.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-EVERY_S = 30.0  # the most often a phase prints a line (cells always print theirs)
+EVERY_S = 30.0  # the longest a log stays quiet while something runs
 
 
 def clock(seconds: float) -> str:
@@ -39,7 +41,8 @@ class LogLines:
     """The sweep's progress as plain lines through ``echo`` (one call per line).
 
     ``total`` cells of which ``finished`` were done before this run (resumed); ``primary()``
-    names the metric to show once the run knows its task (None until then).
+    names the metric to show once the run knows its task (None until then). Used as a context
+    manager, a background thread calls :meth:`tick` so that quiet phases are named too.
     """
 
     def __init__(
@@ -54,45 +57,54 @@ class LogLines:
         self.total, self.done, self.ran = total, finished, 0
         self.primary, self.echo, self.now, self.every_s = primary, echo, now, every_s
         self.start = self.last = now()
+        self.phase = "preparing the data and the dense model"  # what runs now
         self.cells_start: float | None = None  # when the first cell that ran here started
         self.dense_start: float | None = None
-        echo(
-            f"sweep: {total} cells, {finished} finished earlier (skipped); "
-            "preparing the data and the dense model"
-        )
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+        self._line(f"sweep: {total} cells, {finished} finished earlier (skipped); {self.phase}")
 
     def __enter__(self) -> LogLines:
+        self._beat = threading.Thread(target=self._beating, name="prunelab-log", daemon=True)
+        self._beat.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        pass
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join()
+
+    def _beating(self) -> None:
+        while not self._stop.wait(min(self.every_s, 5.0)):
+            self.tick()
 
     def _line(self, text: str) -> None:
-        self.last = self.now()
-        self.echo(text)
+        with self._lock:
+            self.last = self.now()
+            self.echo(text)
 
-    def _due(self) -> bool:
-        return self.now() - self.last >= self.every_s
+    def tick(self) -> None:
+        """A line naming what runs, when nothing was printed for ``every_s`` seconds."""
+        if self.now() - self.last >= self.every_s:
+            self._line(f"  {self.phase}, {clock(self.now() - self.start)} elapsed")
 
     def on_dense_step(self, step: int, steps: int) -> None:
-        """Dense training: a line at the first step, then at most every ``every_s``, and one
-        when it ends."""
+        """Dense training: a line when it starts and when it ends."""
+        self.phase = f"training the dense model: step {step}/{steps}"
         if self.dense_start is None:
             self.dense_start = self.now()
             self._line(f"training the dense model: {steps} steps")
-        elif step == steps:
+        if step == steps:
             took = clock(self.now() - self.dense_start)
             self._line(f"dense model trained: {steps} steps in {took}")
-        elif self._due():
-            self._line(f"training the dense model: step {step}/{steps} ({step / steps:.0%})")
 
     def on_step(self, phase: str, done: int, total: int) -> None:
-        """A phase inside a cell or a scan job: a line at most every ``every_s`` seconds."""
-        if self._due():
-            self._line(f"  {phase} {done}/{total}, {clock(self.now() - self.start)} elapsed")
+        """A phase inside a cell or a scan job: named by the next :meth:`tick` that is due."""
+        self.phase = f"{phase} {done}/{total}"
 
     def on_cell(self, label: str, duration_s: float, row: dict[str, Any]) -> None:
-        """One line per finished cell: ``[k/total] elapsed, ~left | cell | primary value``."""
+        """One line per finished cell: ``[k/total] elapsed, ~left | cell (s) | primary``."""
         now = self.now()
         if self.cells_start is None:
             self.cells_start = now - duration_s
@@ -106,3 +118,4 @@ class LogLines:
             f"[{self.done}/{self.total}] {clock(now - self.start)} elapsed, {eta} | "
             f"{label} ({duration_s:.1f} s){shown}"
         )
+        self.phase = f"running the cells: {self.done}/{self.total} done"

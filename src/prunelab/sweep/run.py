@@ -7,6 +7,7 @@ import logging
 import platform
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
@@ -30,7 +31,6 @@ from prunelab.track import TrackedCell, TrackedSweep, Tracker
 
 log = logging.getLogger(__name__)
 SCAN_KEY = "sensitivity/magnitude/dense"  # store meta: the dense model's sensitivity table
-TRACK_KEY = "track"  # store meta: {tracker and store: its state (run ids)}
 OnCell = Callable[[Cell, CellResult], None]
 
 
@@ -125,6 +125,8 @@ def run_sweep(
             store.set_meta("env", environment())
             _record_engine_failures(store, ctx.dense_copy())
             store.set_meta("data_hash", ctx.data_hash)
+            if progress is not None:  # a full measurement: minutes for a language model
+                progress("measuring the original model", 0, 1)
             original = ctx.measure_original(cells[0])
             store.set_meta("dense_metrics", original)  # the model as given
             store.set_meta("task", ctx.task.describe(original.get(ctx.task.primary)))
@@ -143,6 +145,8 @@ def run_sweep(
         if spec.sensitivity_scan and store.get_meta(SCAN_KEY) is None:
             jobs = scan_jobs(cells[0], contexts.get(cells[0]))  # first: the longest items
         scanned: dict[str, list[dict]] = {}
+        if progress is not None and pending:  # until the executor reports (pools do not)
+            progress("running the cells", 0, len(pending))
         for item, result in executor.map([*jobs, *pending], progress):
             if isinstance(item, ScanJob):
                 scanned[item.layer] = result
@@ -173,15 +177,16 @@ def run_sweep(
 
 
 def _start_tracking(store: Store, tracker: Tracker) -> None:
-    """Open the sweep's run in the tracker (the same one when resuming: its ids are kept in
-    the store's ``track`` meta) and log the finished cells it lacks."""
-    states = store.get_meta(TRACK_KEY) or {}
-    sweep = TrackedSweep(
-        store.run_dir, store.get_meta("spec"), store.get_meta("dense_metrics") or {},
-        store.get_meta("task") or {},
+    """Open the sweep's run in the tracker (found again by the sweep's id when resuming) and
+    log the finished cells it lacks."""
+    sweep_id = store.get_meta("sweep_id")
+    if sweep_id is None:
+        sweep_id = uuid.uuid4().hex
+        store.set_meta("sweep_id", sweep_id)
+    tracker.start(
+        TrackedSweep(sweep_id, store.run_dir, store.get_meta("spec"),
+                     store.get_meta("dense_metrics") or {}, store.get_meta("task") or {})
     )  # fmt: skip
-    states[tracker.where] = tracker.start(sweep, states.get(tracker.where))
-    store.set_meta(TRACK_KEY, states)
     logged = tracker.logged()
     for cell_id, raw, row, duration, finished_at in store.cells():
         if cell_id not in logged:

@@ -3,10 +3,11 @@
 A tracker logs a sweep to an experiment-tracking service: one run for the sweep (its spec,
 the original model's metrics, the report) and one run per cell (its configuration as params,
 its row's numbers and per-layer sparsity as metrics). The sweep driver
-(:func:`prunelab.sweep.run.run_sweep`) hands it plain records and keeps what the tracker
-returns from :meth:`Tracker.start` (its run ids) in the store, so a resumed sweep logs to the
-same runs and never logs a cell twice. Adding a tracker (e.g. Weights & Biases) is one module
-with a ``@TRACKERS.register(name)`` factory and its import line in ``track/__init__.py``.
+(:func:`prunelab.sweep.run.run_sweep`) hands it plain records; the sweep's run is found again
+by the sweep's id (kept in the store), and the cells it holds by their ids, so a resumed sweep
+logs to the same run and never logs a cell twice. Adding a tracker (e.g. Weights & Biases)
+is one module with a ``@TRACKERS.register(name)`` factory and its import line in
+``track/__init__.py``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from prunelab.registry import Registry
 class TrackedSweep:
     """What a tracker logs once per sweep."""
 
+    sweep_id: str  # made once per run directory (store meta ``sweep_id``)
     run_dir: Path
     spec: Mapping[str, Any]  # the sweep spec as stored (JSON)
     original: Mapping[str, float]  # the model as given, measured like a cell
@@ -48,11 +50,9 @@ class TrackedCell:
 class Tracker(Protocol):
     """An open connection to one tracking store, for one sweep."""
 
-    where: str  # the tracker and its store's address: the key its state is kept under
-
-    def start(self, sweep: TrackedSweep, state: Mapping[str, Any] | None) -> dict[str, Any]:
-        """Open the sweep's run (the one ``state`` names, from an earlier start, if it still
-        exists; else a new one) and return the state to keep for the next start."""
+    def start(self, sweep: TrackedSweep) -> None:
+        """Open the sweep's run: the one tagged with ``sweep.sweep_id`` if the store has it
+        (a resumed sweep), else a new one."""
         ...
 
     def logged(self) -> set[str]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from prunelab.track.base import TRACKERS, TrackedCell, TrackedSweep, metrics_of,
 DB_FILE = "mlruns.db"
 ARTIFACTS = "mlartifacts"
 CELL_TAG = "prunelab.cell_id"
+SWEEP_TAG = "prunelab.sweep_id"
 PARENT_TAG = "mlflow.parentRunId"
 MAX_PARAM = 6000  # characters of a param value MLflow keeps
 
@@ -68,7 +69,6 @@ class MlflowTracker:
                 "(scripts/setup.sh installs it)"
             ) from None
         self.uri = uri or default_uri(run_dir)
-        self.where = f"mlflow {self.uri}"
         self.run_dir = Path(run_dir)
         self.parent: str | None = None
         self.experiment = ""
@@ -96,17 +96,20 @@ class MlflowTracker:
             )
         return found.experiment_id
 
-    def start(self, sweep: TrackedSweep, state: Mapping[str, Any] | None) -> dict[str, Any]:
-        return self._call(lambda: self._start(sweep, state or {}))
+    def start(self, sweep: TrackedSweep) -> None:
+        self._call(lambda: self._start(sweep))
 
-    def _start(self, sweep: TrackedSweep, state: Mapping[str, Any]) -> dict[str, Any]:
+    def _start(self, sweep: TrackedSweep) -> None:
         self.experiment = self._experiment()
-        parent = state.get("parent_run_id")
-        if parent and self._active(parent):
-            self.client.update_run(parent, status="RUNNING")
-            self.parent = parent
-            return {"experiment_id": self.experiment, "parent_run_id": parent}
+        found = self.client.search_runs(
+            [self.experiment], f"tags.`{SWEEP_TAG}` = '{sweep.sweep_id}'", max_results=1
+        )
+        if found:  # a resumed sweep: its run again
+            self.parent = found[0].info.run_id
+            self.client.update_run(self.parent, status="RUNNING")
+            return
         tags = {
+            SWEEP_TAG: sweep.sweep_id,
             "prunelab.run_dir": str(sweep.run_dir.resolve()),
             "prunelab.task": str(sweep.task.get("kind", "")),
             "prunelab.primary": str(sweep.task.get("primary", "")),
@@ -116,14 +119,6 @@ class MlflowTracker:
         original = {f"original/{k}": v for k, v in metrics_of(sweep.original).items()}
         self._log(self.parent, params_of(sweep.spec), original, time.time())
         self.client.log_dict(self.parent, dict(sweep.spec), "spec.json")
-        return {"experiment_id": self.experiment, "parent_run_id": self.parent}
-
-    def _active(self, run_id: str) -> bool:
-        try:
-            run = self.client.get_run(run_id)
-        except Exception:  # deleted for good, or another store
-            return False
-        return run.info.lifecycle_stage == "active" and run.info.experiment_id == self.experiment
 
     def _children(self) -> list[Any]:
         runs, token = [], None
