@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from prunelab.cli.console import registries, run_sweep_with_progress
+from prunelab.device import placement_options
 from prunelab.errors import PrunelabError
 from prunelab.measure import inference
 from prunelab.report.extras import ReportPaths
@@ -119,6 +120,12 @@ def sweep(
         str | None,
         typer.Option(help="the tracker's store (default: sqlite:///OUT/mlruns.db) or server URL"),
     ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="where models compute: cpu (default), auto, cuda[:i], mps")
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="language models only: bfloat16 or float16")
+    ] = None,
 ) -> None:
     """Prune a model at a ladder of sparsity levels with each method, fine-tune, measure, store."""
 
@@ -128,6 +135,7 @@ def sweep(
 
     raw: dict[str, Any] = load_spec(config) if config else {}
     raw, track_spec = track_options(raw, track, track_uri)
+    raw, where = placement_options(raw, device, dtype)
     flag_paths = {"model": model, "weights": None if weights is None else str(weights)}
     if data is not None:
         flag_paths["data"] = data
@@ -166,7 +174,7 @@ def sweep(
     spec = spec_from_dict(raw)
 
     with tracking(track_spec, out) as tracker:
-        run_sweep_with_progress(spec, out, executor, workers, address, quiet, tracker)
+        run_sweep_with_progress(spec, out, executor, workers, address, quiet, tracker, where)
         if report:
             paths = _write_report(out, max_drop=max_drop)
             if tracker is not None:

@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from prunelab.cli.loglines import LogLines
+from prunelab.device import Placement
 from prunelab.measure.metrics import METRICS
 from prunelab.prune.allocation import ALLOCATIONS
 from prunelab.prune.criteria import CRITERIA
@@ -53,9 +54,11 @@ def run_sweep_with_progress(
     address: str | None,
     quiet: bool,
     tracker: Tracker | None = None,
+    where: Placement | None = None,
 ) -> None:
-    """Run the sweep showing its progress: bars on a terminal, plain lines in a log (stderr
-    not a terminal), nothing when ``quiet``; then the summary table."""
+    """Run the sweep on ``where`` (device, dtype) showing its progress: bars on a terminal,
+    plain lines in a log (stderr not a terminal), nothing when ``quiet``; then the summary
+    table."""
     console = Console(stderr=True)
     cells = expand_cells(spec)
     if quiet or console.is_terminal:
@@ -63,7 +66,7 @@ def run_sweep_with_progress(
     else:
         view = LogLines(len(cells), _finished(out, cells), _primary_of(out), _echo_err)
     with view:
-        contexts = ContextCache(None, on_step=view.on_dense_step)
+        contexts = ContextCache(None, on_step=view.on_dense_step, where=where)
         executor = make_executor(executor_name, workers, address=address, contexts=contexts)
         outcome = run_sweep(
             spec, out, executor, on_cell=lambda c, r: view.on_cell(c.label, r.duration_s, r.row),

@@ -52,7 +52,7 @@ def _coco_dets(preds: Sequence[Detections]) -> np.ndarray:
         img = torch.full((len(p), 1), i + 1, dtype=torch.float64)
         cls = p.labels.double()[:, None] + 1  # COCO category ids start at 1
         rows.append(torch.cat([img, xywh, p.scores.double()[:, None], cls], 1))  # (K, 7)
-    return torch.cat(rows).numpy() if rows else np.zeros((0, 7))  # (sum K, 7)
+    return torch.cat(rows).cpu().numpy() if rows else np.zeros((0, 7))  # (sum K, 7)
 
 
 def coco_map(

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from prunelab.device import Placement
 from prunelab.errors import PrunelabError
 from prunelab.measure import inference
 from prunelab.progress import Progress
@@ -104,15 +105,18 @@ def run_sweep(
     cache_dir: Path | None = None,
     contexts: ContextCache | None = None,
     tracker: Tracker | None = None,
+    where: Placement | None = None,
 ) -> SweepOutcome:
     """Run every unfinished cell of ``spec`` and persist results in ``run_dir``.
 
     Re-running the same spec on the same directory resumes: finished cells are skipped.
     With a ``tracker`` (:func:`prunelab.track.tracking`), every finished cell the tracker's
     store lacks is logged to it, each once: those finished before, then each as it lands.
+    ``where`` (:class:`prunelab.device.Placement`) is the device and dtype the sweep computes
+    in (the CPU by default; ``contexts``' when they are given).
     """
     run_dir = Path(run_dir)
-    contexts = contexts or ContextCache(cache_dir)
+    contexts = contexts or ContextCache(cache_dir, where=where)
     executor = executor or SequentialExecutor(cache_dir, contexts)
     with Store(run_dir) as store:
         _claim_run_dir(store, spec)
