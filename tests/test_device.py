@@ -13,6 +13,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import prunelab
+from prunelab import TrainConfig, build_model, load_dataset
 from prunelab.cli import app
 from prunelab.data import DataBundle, Split
 from prunelab.device import Placement, placement_options, resolve_device, to_device
@@ -21,7 +23,7 @@ from prunelab.prune import reconstruct
 from prunelab.prune.criteria import base as criteria_base
 from prunelab.sweep import spec_from_dict
 from prunelab.sweep.context import Context, ContextCache
-from prunelab.sweep.executors import SequentialExecutor
+from prunelab.sweep.executors import SequentialExecutor, make_executor
 from prunelab.sweep.run import run_sweep
 from prunelab.sweep.store import load_results
 
@@ -197,3 +199,75 @@ def test_cli_device_flag_and_toml_key(tmp_path, monkeypatch):
             .startswith("error: device 'cuda': this machine has no CUDA GPU")
         )
         assert not (tmp_path / "c").exists()  # refused before any work
+
+
+def test_python_api_takes_a_device(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path / "cache"))
+    d = load_dataset("digits")
+    model = build_model("mlp-tiny", d.input_shape, d.num_classes, seed=0)
+    splits = {s: (getattr(d, s).x, getattr(d, s).y) for s in ("train", "val", "test")}
+    result = prunelab.sweep(
+        model, **splits, levels=[0.5], finetune=TrainConfig(epochs=0), out=tmp_path / "nb",
+        device="cpu",
+    )  # fmt: skip
+    assert sorted(result.results()["method"]) == ["dense", "magnitude"]
+    with pytest.raises(PrunelabError, match="unknown device 'gpu0'"):
+        prunelab.sweep(model, **splits, out=tmp_path / "x", device="gpu0")
+    assert not (tmp_path / "x").exists()  # refused before any work
+
+
+def test_ray_cells_ask_for_a_gpu_when_the_device_is_one():
+    pytest.importorskip("ray")
+    gpu = make_executor("ray", 2, where=Placement(torch.device("cuda")))  # no GPU is touched
+    assert (gpu.gpus_per_cell, make_executor("ray", 2).gpus_per_cell) == (1.0, 0.0)
+
+
+TINY_LM = """
+import torch
+import transformers
+
+
+def build():
+    cfg = transformers.LlamaConfig(
+        vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(cfg)
+"""
+
+
+def test_a_language_model_sweeps_in_bfloat16(tmp_path, monkeypatch):
+    """``--dtype bfloat16``: the dense model is trained in float32, then cast; every cell's
+    model stays in bfloat16 and perplexity is still measured (in float32 from the logits)."""
+    pytest.importorskip("transformers")
+    monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "tiny_lm.py").write_text(TINY_LM)
+    raw = {
+        "model": f"{tmp_path}/tiny_lm.py:build",
+        "train_dense": True,
+        "methods": ["wanda", "sparsegpt"],
+        "allocations": ["uniform"],
+        "levels": [0.5],
+        "sensitivity_scan": False,
+        "data": {
+            "name": "hamlet",
+            "options": {"tokenizer": "minilm", "seq_len": 32, "max_windows": 40},
+        },
+        "task": {"kind": "causal-lm"},
+        "dense": {"epochs": 1, "batch_size": 8, "lr": 0.01},
+        "finetune": {"epochs": 0},
+    }
+    models: list[torch.nn.Module] = []
+    real_copy = Context.dense_copy
+    monkeypatch.setattr(Context, "dense_copy", lambda self: _kept(real_copy(self), models))
+    where = Placement(torch.device("cpu"), torch.bfloat16)
+    out = tmp_path / "run"
+    run_sweep(spec_from_dict(raw), out, where=where)
+    floats = [(n, t) for m in models for n, t in tensors(m) if t.is_floating_point()]
+    assert len(models) >= 3 and floats
+    assert {t.dtype for _, t in floats} == {torch.bfloat16}
+    df = load_results(out).set_index("method")
+    assert set(df.index) == {"dense", "wanda", "sparsegpt"}
+    assert (df["perplexity"] > 1).all() and df["perplexity"].notna().all()
+    assert df.loc["wanda", "sparsity"] == pytest.approx(0.5, abs=0.01)
