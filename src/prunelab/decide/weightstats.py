@@ -45,7 +45,7 @@ def describe(x: Tensor, near_zero: float = 0.1) -> dict[str, float]:
     centred = v - mean
     m2 = float(centred.pow(2).mean())
     kurt = float(centred.pow(4).mean()) / m2**2 - 3.0 if m2 > 0 else 0.0
-    q = torch.quantile(v, torch.tensor(QUANTILES, dtype=v.dtype)).tolist()
+    q = torch.quantile(v, torch.tensor(QUANTILES, dtype=v.dtype, device=v.device)).tolist()
     out = {
         "n": float(v.numel()),
         "mean": mean,

@@ -53,7 +53,8 @@ METRICS = (
 
 def truth_of(split: SceneSet) -> list[Detections]:
     """The split's labelled boxes as ground-truth detections (score 1)."""
-    return [Detections(b, torch.ones(len(b)), y) for b, y in zip(split.boxes, split.labels)]
+    pairs = zip(split.boxes, split.labels)
+    return [Detections(b, torch.ones(len(b), device=b.device), y) for b, y in pairs]
 
 
 class DetectionTask(Task):
