@@ -29,7 +29,7 @@ pip_install() {
 pip_install --upgrade pip
 # torch is pinned in the same command as everything that depends on it (an unpinned torch
 # would pull a multi-GB CUDA build).
-pip_install "torch==2.13.0" -e ".[dev,ray,hf,llm,search,onnx,keras,detection]"
+pip_install "torch==2.13.0" -e ".[dev,ray,hf,llm,search,onnx,keras,detection,track]"
 # ONNX import (prunelab.sources.onnx_import): onnx2torch without its dependencies, whose
 # torchvision would replace the CPU torch; prunelab imports it without torchvision.
 pip_install --no-deps "onnx2torch==1.5.15"

@@ -29,6 +29,7 @@ OPTIONAL = (
     "tqdm",
     "PIL",
     "scattertext",
+    "mlflow",
 )
 
 

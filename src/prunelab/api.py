@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from prunelab.decide.analysis import Recommendation
 from prunelab.decide.units import Units
+from prunelab.device import Placement
 from prunelab.errors import PrunelabError
 from prunelab.report.run import report_run, run_recommendation, run_units
 from prunelab.ship.export import Exported
@@ -119,6 +120,8 @@ def sweep(
     workers: int = 1,
     executor: str = "local",
     sensitivity_scan: bool = False,
+    device: str = "cpu",
+    dtype: str | None = None,
 ) -> SweepResult:
     """Sweep the user's ``model`` over ``levels`` × ``methods`` × ...; persist and return results.
 
@@ -126,8 +129,11 @@ def sweep(
     ``"file.py:build"`` (with ``weights``). Data: ``train``/``val``/``test`` as torch Datasets,
     DataLoaders or ``(x, y)`` tensor pairs, or ``data="my_data.py:load"``. ``metrics`` adds
     custom metrics ``{name: fn(logits, labels) -> float}`` (or ``(fn, higher_is_better)``);
-    ``primary`` chooses the metric the recommendation uses.
+    ``primary`` chooses the metric the recommendation uses. ``device`` (``cpu``, ``auto``,
+    ``cuda[:i]``, ``mps``) is where models compute; ``dtype`` (``bfloat16``, ``float16``) casts
+    a language model.
     """
+    where = Placement.parse(device, dtype)  # a missing GPU fails before any work
     in_memory = isinstance(model, nn.Module)
     if in_memory:
         model_name = memory.keep(memory.model_key(model), model)
@@ -164,6 +170,7 @@ def sweep(
         sensitivity_scan=sensitivity_scan,
     )
     run_dir = Path(out)
-    ex = None if workers == 1 and executor == "local" else make_executor(executor, workers)
-    outcome = run_sweep(spec, run_dir, executor=ex)
+    local = workers == 1 and executor == "local"
+    ex = None if local else make_executor(executor, workers, where=where)
+    outcome = run_sweep(spec, run_dir, executor=ex, where=where)
     return SweepResult(run_dir, outcome)

@@ -76,8 +76,8 @@ class DataBundle:
         """A short hash of all splits, recorded with every run for reproducibility."""
         h = hashlib.sha256()
         for s in (self.train, self.val, self.test):
-            h.update(s.x.contiguous().numpy().tobytes())
-            h.update(s.y.contiguous().numpy().tobytes())
+            h.update(s.x.cpu().contiguous().numpy().tobytes())
+            h.update(s.y.cpu().contiguous().numpy().tobytes())
         return h.hexdigest()[:16]
 
 

@@ -48,6 +48,7 @@ def encode_sparse(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict]:
     for name, t in state.items():
         if "::" in name:
             raise PrunelabError(f"tensor name '{name}' contains '::', reserved by the format")
+        t = t.detach().cpu()  # a checkpoint does not depend on where the model ran
         info = {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
         keep = _nonzero_bits(t)
         nnz = int(keep.sum())

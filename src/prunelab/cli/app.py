@@ -12,8 +12,10 @@ from typing import Annotated, Any
 import typer
 
 from prunelab.cli.console import registries, run_sweep_with_progress
+from prunelab.device import placement_options
 from prunelab.errors import PrunelabError
 from prunelab.measure import inference
+from prunelab.report.extras import ReportPaths
 from prunelab.report.run import report_run, run_recommendation, run_units
 from prunelab.ship.from_run import export_cell
 from prunelab.sources.data.fetch import fetch_text_data as fetch
@@ -21,6 +23,7 @@ from prunelab.sources.models import default_cache_dir
 from prunelab.sweep import load_spec, spec_from_dict
 from prunelab.sweep.spec import absolute_paths, parse_levels
 from prunelab.sweep.store import load_results
+from prunelab.track import track_options, tracking
 
 app = typer.Typer(
     add_completion=False,
@@ -110,6 +113,19 @@ def sweep(
         str | None,
         typer.Option(help="evaluation: auto (compiled copy when safe) or eager; $PRUNELAB_ENGINE"),
     ] = None,
+    track: Annotated[
+        str | None, typer.Option(help="log each cell to an experiment tracker: mlflow")
+    ] = None,
+    track_uri: Annotated[
+        str | None,
+        typer.Option(help="the tracker's store (default: sqlite:///OUT/mlruns.db) or server URL"),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="where models compute: cpu (default), auto, cuda[:i], mps")
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="language models only: bfloat16 or float16")
+    ] = None,
 ) -> None:
     """Prune a model at a ladder of sparsity levels with each method, fine-tune, measure, store."""
 
@@ -118,6 +134,8 @@ def sweep(
     inference.engine()  # a bad $PRUNELAB_ENGINE fails here too (executors pass it to workers)
 
     raw: dict[str, Any] = load_spec(config) if config else {}
+    raw, track_spec = track_options(raw, track, track_uri)
+    raw, where = placement_options(raw, device, dtype)
     flag_paths = {"model": model, "weights": None if weights is None else str(weights)}
     if data is not None:
         flag_paths["data"] = data
@@ -155,17 +173,24 @@ def sweep(
             raw[key] = {**raw.get(key, {}), "epochs": epochs}
     spec = spec_from_dict(raw)
 
-    run_sweep_with_progress(spec, out, executor, workers, address, quiet)
-    if report:
-        _write_report(out, max_drop=max_drop)
+    with tracking(track_spec, out) as tracker:
+        run_sweep_with_progress(spec, out, executor, workers, address, quiet, tracker, where)
+        if report:
+            paths = _write_report(out, max_drop=max_drop)
+            if tracker is not None:
+                tracker.log_files([paths.html, paths.summary], "report")
+                tracker.log_files(list(paths.plots.values()), "report/plots")
 
 
-def _write_report(run_dir: Path, metric: str | None = None, max_drop: float | None = None) -> None:
+def _write_report(
+    run_dir: Path, metric: str | None = None, max_drop: float | None = None
+) -> ReportPaths:
 
     paths, rec = report_run(run_dir, metric, max_drop)
     if rec is not None:
         typer.echo(rec.summary())
     typer.echo(f"report: {paths.html}")
+    return paths
 
 
 @app.command()

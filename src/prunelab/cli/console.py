@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from prunelab.cli.loglines import LogLines
+from prunelab.device import Placement
 from prunelab.measure.metrics import METRICS
 from prunelab.prune.allocation import ALLOCATIONS
 from prunelab.prune.criteria import CRITERIA
@@ -21,8 +26,9 @@ from prunelab.sources.data import DATASETS
 from prunelab.sources.models.zoo import model_names
 from prunelab.sweep import SweepSpec, expand_cells, make_executor, run_sweep
 from prunelab.sweep.context import ContextCache
-from prunelab.sweep.store import Store, load_results
+from prunelab.sweep.store import DB_NAME, Store, load_results
 from prunelab.tasks import TASKS
+from prunelab.track import Tracker
 
 
 def registries() -> dict[str, list[str]]:
@@ -41,42 +47,99 @@ def registries() -> dict[str, list[str]]:
 
 
 def run_sweep_with_progress(
-    spec: SweepSpec, out: Path, executor_name: str, workers: int, address: str | None, quiet: bool
+    spec: SweepSpec,
+    out: Path,
+    executor_name: str,
+    workers: int,
+    address: str | None,
+    quiet: bool,
+    tracker: Tracker | None = None,
+    where: Placement | None = None,
 ) -> None:
+    """Run the sweep on ``where`` (device, dtype) showing its progress: bars on a terminal,
+    plain lines in a log (stderr not a terminal), nothing when ``quiet``; then the summary
+    table."""
     console = Console(stderr=True)
-    total = len(expand_cells(spec))
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        disable=quiet,
-    ) as bars:
-        overall = bars.add_task("cells", total=total)
-        current = bars.add_task("preparing (dense model, data)", total=None)
-
-        def on_dense_step(done: int, steps: int) -> None:
-            bars.update(
-                current, description="training the dense model", completed=done, total=steps
-            )
-
-        contexts = ContextCache(None, on_step=on_dense_step)
+    cells = expand_cells(spec)
+    if quiet or console.is_terminal:
+        view: Any = _Bars(console, len(cells), disable=quiet)
+    else:
+        view = LogLines(len(cells), _finished(out, cells), _primary_of(out), _echo_err)
+    with view:
+        contexts = ContextCache(None, on_step=view.on_dense_step, where=where)
         executor = make_executor(executor_name, workers, address=address, contexts=contexts)
-
-        def on_cell(cell, result) -> None:
-            bars.advance(overall)
-            bars.update(current, description=f"done: {cell.label}", completed=0)
-
-        def on_step(phase: str, done: int, steps: int) -> None:
-            bars.update(current, description=phase, completed=done, total=steps)
-
         outcome = run_sweep(
-            spec, out, executor, on_cell=on_cell, progress=on_step, contexts=contexts
-        )
-        bars.update(overall, completed=total)
+            spec, out, executor, on_cell=lambda c, r: view.on_cell(c.label, r.duration_s, r.row),
+            progress=view.on_step, contexts=contexts, tracker=tracker,
+        )  # fmt: skip
     console.print(f"{outcome.ran} cells ran, {outcome.skipped} resumed from {out}")
     print_summary(out, console)
+
+
+class _Bars:
+    """Rich progress bars: cells done, and the phase now running (a terminal)."""
+
+    def __init__(self, console: Console, total: int, disable: bool) -> None:
+        self.total = total
+        self.bars = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            disable=disable,
+        )
+        self.overall = self.bars.add_task("cells", total=total)
+        self.current = self.bars.add_task("preparing (dense model, data)", total=None)
+
+    def __enter__(self) -> _Bars:
+        self.bars.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self.bars.update(self.overall, completed=self.total)
+        self.bars.__exit__(*exc)
+
+    def on_dense_step(self, done: int, steps: int) -> None:
+        self.bars.update(
+            self.current, description="training the dense model", completed=done, total=steps
+        )
+
+    def on_step(self, phase: str, done: int, steps: int) -> None:
+        self.bars.update(self.current, description=phase, completed=done, total=steps)
+
+    def on_cell(self, label: str, duration_s: float, row: dict[str, Any]) -> None:
+        self.bars.advance(self.overall)
+        self.bars.update(self.current, description=f"done: {label}", completed=0)
+
+
+def _finished(out: Path, cells: list) -> int:
+    """How many of ``cells`` the run directory holds already (a resumed sweep)."""
+    if not (out / DB_NAME).exists():
+        return 0
+    with Store(out, create=False) as store:
+        return len(store.finished_ids() & {c.cell_id for c in cells})
+
+
+def _primary_of(out: Path) -> Callable[[], str | None]:
+    """The run's primary metric, read from its task description once the run stored it."""
+    known: list[str] = []
+
+    def primary() -> str | None:
+        if not known:
+            with Store(out, create=False) as store:
+                task = store.get_meta("task")
+            if task is None:
+                return None
+            known.append(task.get("primary", "accuracy"))
+        return known[0]
+
+    return primary
+
+
+def _echo_err(line: str) -> None:
+    typer.echo(line, err=True)
 
 
 def print_summary(run_dir: Path, console: Console) -> None:

@@ -47,7 +47,8 @@ class LevelRecords:
 
     def recalls(self, labels: Tensor, num_classes: int) -> np.ndarray:
         """Per-class recall of each seed, (S, K)."""
-        return torch.stack([per_class_recall(p, labels, num_classes) for p in self.preds]).numpy()
+        recalls = [per_class_recall(p, labels, num_classes) for p in self.preds]
+        return torch.stack(recalls).cpu().numpy()  # (S, K)
 
 
 @dataclass(frozen=True)

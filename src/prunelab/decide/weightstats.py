@@ -45,7 +45,7 @@ def describe(x: Tensor, near_zero: float = 0.1) -> dict[str, float]:
     centred = v - mean
     m2 = float(centred.pow(2).mean())
     kurt = float(centred.pow(4).mean()) / m2**2 - 3.0 if m2 > 0 else 0.0
-    q = torch.quantile(v, torch.tensor(QUANTILES, dtype=v.dtype)).tolist()
+    q = torch.quantile(v, torch.tensor(QUANTILES, dtype=v.dtype, device=v.device)).tolist()
     out = {
         "n": float(v.numel()),
         "mean": mean,
@@ -79,7 +79,7 @@ def histograms(
     items = [(n, "weight", m.weight) for n, m in select_targets(model).items()]
     items += [(n, "score", s) for n, s in (scores or {}).items()]
     for name, kind, x in items:
-        counts, edges = np.histogram(x.detach().double().flatten().numpy(), bins=bins)
+        counts, edges = np.histogram(x.detach().double().flatten().cpu().numpy(), bins=bins)
         frames.append(
             pd.DataFrame(
                 {
@@ -122,7 +122,7 @@ def nonzero_histograms(model: nn.Module, bins: int = 60) -> dict[str, WeightHist
     """
     out = {}
     for name, module in select_targets(model).items():
-        w = module.weight.detach().double().flatten().numpy()
+        w = module.weight.detach().double().flatten().cpu().numpy()
         nz = w[w != 0]
         lo, hi = (float(nz.min()), float(nz.max())) if nz.size else (0.0, 0.0)
         counts, edges = np.histogram(nz, bins=bins, range=(lo, hi) if hi > lo else None)

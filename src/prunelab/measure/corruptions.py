@@ -106,10 +106,12 @@ def corrupt(
     if severity not in SEVERITIES:
         raise PrunelabError(f"severity must be one of {SEVERITIES}, got {severity}")
     fn = CORRUPTIONS.get(name)
+    device, x = x.device, x.cpu()  # the same seeded corruption whatever the device
     lo, hi = pixel_range if pixel_range is not None else pixel_bounds(x)
-    scale = torch.as_tensor(hi, dtype=x.dtype) - torch.as_tensor(lo, dtype=x.dtype)
+    lo, hi = torch.as_tensor(lo, dtype=x.dtype).cpu(), torch.as_tensor(hi, dtype=x.dtype).cpu()
+    scale = hi - lo
     if bool((scale <= 0).any()):
         raise PrunelabError("cannot map images to pixel space: constant input (max == min)")
     x01 = (x - lo) / scale
     out = fn(x01, severity, torch.Generator().manual_seed(seed)).clamp(0.0, 1.0)
-    return out * scale + lo
+    return (out * scale + lo).to(device)

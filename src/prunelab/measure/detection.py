@@ -49,10 +49,10 @@ def _coco_dets(preds: Sequence[Detections]) -> np.ndarray:
     for i, p in enumerate(preds):
         b = p.boxes.detach().double()
         xywh = torch.cat([b[:, :2], b[:, 2:] - b[:, :2]], 1)  # (K, 4)
-        img = torch.full((len(p), 1), i + 1, dtype=torch.float64)
+        img = torch.full((len(p), 1), i + 1, dtype=torch.float64, device=b.device)
         cls = p.labels.double()[:, None] + 1  # COCO category ids start at 1
         rows.append(torch.cat([img, xywh, p.scores.double()[:, None], cls], 1))  # (K, 7)
-    return torch.cat(rows).numpy() if rows else np.zeros((0, 7))  # (sum K, 7)
+    return torch.cat(rows).cpu().numpy() if rows else np.zeros((0, 7))  # (sum K, 7)
 
 
 def coco_map(
@@ -109,7 +109,7 @@ def precision_recall(
             continue
         iou = box_iou(p.boxes.float(), t.boxes.float())  # (P, T)
         iou[p.labels[:, None] != t.labels[None, :]] = -1
-        free = torch.ones(len(t), dtype=torch.bool)
+        free = torch.ones(len(t), dtype=torch.bool, device=iou.device)
         for i in p.scores.argsort(descending=True).tolist():
             cand = torch.where(free, iou[i], torch.full_like(iou[i], -1))
             j = int(cand.argmax())

@@ -77,8 +77,8 @@ def probe_accuracy(
     if train_emb.shape[0] != len(train_y) or test_emb.shape[0] != len(test_y):
         raise PrunelabError("probe embeddings and labels differ in length")
     clf = LogisticRegression(C=c, max_iter=2000)
-    clf.fit(train_emb.double().numpy(), train_y)
-    return float((clf.predict(test_emb.double().numpy()) == test_y).mean())
+    clf.fit(train_emb.double().cpu().numpy(), train_y)
+    return float((clf.predict(test_emb.double().cpu().numpy()) == test_y).mean())
 
 
 def similarity_spearman(doc_emb: Tensor, human: np.ndarray) -> float:
@@ -91,6 +91,6 @@ def similarity_spearman(doc_emb: Tensor, human: np.ndarray) -> float:
         raise PrunelabError(f"human matrix {human.shape} does not match {n} documents")
     e = doc_emb.double()
     e = e / e.norm(dim=1, keepdim=True).clamp(min=1e-12)
-    sim = (e @ e.T).numpy()  # (N, N)
+    sim = (e @ e.T).cpu().numpy()  # (N, N)
     iu = np.triu_indices(n, 1)
     return float(spearmanr(sim[iu], human[iu]).statistic)

@@ -36,7 +36,7 @@ def masks_from_counts(
     masks, scores = {}, ranked(scores)
     for name, s in scores.items():
         flat = s.flatten()
-        keep = torch.ones(flat.numel(), dtype=torch.bool)
+        keep = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)
         keep[scores.order(name)[: counts[name]]] = False
         masks[name] = keep.view(s.shape)
         if counts[name] >= flat.numel() and not quiet:

@@ -117,7 +117,7 @@ def _upper_cholesky_of_inverse(h: Tensor) -> Tensor:
     low, info = torch.linalg.cholesky_ex(h)
     if int(info) != 0:
         raise PrunelabError("Hessian is not positive definite; raise SparseGPTConfig.percdamp")
-    eye = torch.eye(h.shape[0], dtype=h.dtype)
+    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
     hinv = torch.cholesky_solve(eye, low)  # (cols, cols); ~10× faster than cholesky_inverse on CPU
     up, info = torch.linalg.cholesky_ex(hinv, upper=True)
     if int(info) != 0:
@@ -138,7 +138,7 @@ def _block_counts(rows: int, cols: int, sparsity: float, blocksize: int) -> list
 
 def _lowest(scores: Tensor, k: int) -> Tensor:
     """Boolean mask of the ``k`` lowest scores (ties by position)."""
-    flat = torch.zeros(scores.numel(), dtype=torch.bool)
+    flat = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
     flat[torch.argsort(scores.flatten(), stable=True)[:k]] = True
     return flat.view(scores.shape)
 
@@ -175,7 +175,7 @@ def sparsegpt(
     if not isinstance(structure, NM | Unstructured):
         raise PrunelabError(f"SparseGPT supports unstructured and N:M, not '{structure}'")
     counts = _block_counts(rows, cols, sparsity, config.blocksize)
-    keep = torch.ones(rows, cols, dtype=torch.bool)
+    keep = torch.ones(rows, cols, dtype=torch.bool, device=w.device)
     for b, i1 in enumerate(range(0, cols, config.blocksize)):
         i2 = min(i1 + config.blocksize, cols)
         pruned, err = _obs_block(w, hinv, dead, i1, i2, None if nm else counts[b], nm)

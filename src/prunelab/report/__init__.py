@@ -9,7 +9,9 @@ Reads the results table only (``prunelab.sweep.store.load_results(run_dir)``), n
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -26,8 +28,10 @@ from prunelab.report.frame import (
     require_columns,
 )
 from prunelab.report.html import render_html
-from prunelab.report.plots import plot_metric_curves
 from prunelab.report.summary import render_summary, write_summary
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +43,16 @@ __all__ = [
     "make_plots",
     "metric_columns",
     "pareto_mask",
+    "reference_figures",
     "render_html",
     "render_summary",
 ]
 
 
-def _curve_plots(df: pd.DataFrame, plot_dir: Path, extras: ReportExtras) -> dict[str, Path]:
-    """One curve figure per metric the run's units know (its direction decides the band)."""
+def reference_figures(df: pd.DataFrame, extras: ReportExtras) -> Iterator[tuple[str, Figure]]:
+    """The figures that show the original model (as given) and the dense control as reference
+    lines: one curve per metric the run's units know (its direction decides the band), and
+    the Pareto front of the primary metric. Yields (name, figure) one at a time."""
     tolerances = extras.tolerances or {}
     units = extras.units or default_units()
     original = extras.original or {}
@@ -56,24 +63,21 @@ def _curve_plots(df: pd.DataFrame, plot_dir: Path, extras: ReportExtras) -> dict
             "tipping points for unknown curves ignored: %s",
             ", ".join(sorted(set(extras.knees) - labels)),
         )
-    out = {}
     for m in metric_columns(df):
         if m in units.metrics and df.loc[df["method"] != "dense", m].notna().any():
-            out[f"curve_{m}"] = plot_metric_curves(
-                df, m, plot_dir / f"curve_{m}.png", knees, tolerances.get(m),
-                units.higher_is_better(m), original.get(m),
-            )  # fmt: skip
-    return out
+            hib = units.higher_is_better(m)
+            fig = plots.curve_figure(df, m, knees, tolerances.get(m), hib, original.get(m))
+            yield f"curve_{m}", fig
+    primary = units.primary
+    if pareto_cost_column(df) and primary in df.columns and units.higher_is_better(primary):
+        yield "pareto", plots.pareto_figure(df, primary, True, original.get(primary))
 
 
 def make_plots(df: pd.DataFrame, plot_dir: Path, extras: ReportExtras) -> dict[str, Path]:
     """Write every figure the data and extras allow; returns {figure name: PNG path}."""
 
-    out = _curve_plots(df, plot_dir, extras)
-    units = extras.units or default_units()
-    primary = units.primary
-    if pareto_cost_column(df) and primary in df.columns and units.higher_is_better(primary):
-        out["pareto"] = plots.plot_pareto(df, plot_dir / "pareto.png", primary)
+    figures = reference_figures(df, extras)
+    out = {name: plots.save(fig, plot_dir / f"{name}.png") for name, fig in figures}
     if extras.sensitivity is not None and len(extras.sensitivity):
         out["sensitivity"] = plots.plot_sensitivity(
             extras.sensitivity, plot_dir / "sensitivity.png", extras.sensitivity_label

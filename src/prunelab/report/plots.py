@@ -59,7 +59,8 @@ def _figure(width: float = 7.0, height: float = 4.2) -> Figure:
     return fig
 
 
-def _save(fig: Figure, out: Path | str) -> Path:
+def save(fig: Figure, out: Path | str) -> Path:
+    """Write ``fig`` to ``out`` as PNG (folders made as needed); returns the path."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format="png")
@@ -199,15 +200,30 @@ def plot_metric_curves(
     original: float | None = None,
 ) -> Path:
     """:func:`curve_figure` written to ``out`` (PNG); returns the path."""
-    return _save(curve_figure(df, metric, knees, tolerance, higher_is_better, original), out)
+    return save(curve_figure(df, metric, knees, tolerance, higher_is_better, original), out)
 
 
 def plot_pareto(
-    df: pd.DataFrame, out: Path | str, metric: str = "accuracy", higher_is_better: bool = True
+    df: pd.DataFrame,
+    out: Path | str,
+    metric: str = "accuracy",
+    higher_is_better: bool = True,
+    original: float | None = None,
 ) -> Path:
-    """Scatter every cell as (cost, ``metric``) and connect the Pareto-optimal ones.
+    """:func:`pareto_figure` written to ``out`` (PNG); returns the path."""
+    return save(pareto_figure(df, metric, higher_is_better, original), out)
 
-    Cost is ``macs`` when present, else ``nonzeros`` (log axis). Returns the PNG path.
+
+def pareto_figure(
+    df: pd.DataFrame,
+    metric: str = "accuracy",
+    higher_is_better: bool = True,
+    original: float | None = None,
+) -> Figure:
+    """Scatter every cell as (cost, ``metric``) and connect the Pareto-optimal ones; the
+    original model (as given) and the dense control are reference lines, as on the curves.
+
+    Cost is ``macs`` when present, else ``nonzeros`` (log axis).
     """
     cost_col = pareto_cost_column(df)
     if cost_col is None or metric not in df.columns:
@@ -235,13 +251,14 @@ def plot_pareto(
     ax.scatter(
         best[cost_col], best[metric], s=60, facecolors="none", edgecolors="crimson", zorder=5
     )
+    _references(ax, dense_value(df, metric), original, None, higher_is_better)
     ax.set_xscale("log")
     ax.set_xlabel(f"{cost_col} (log scale; fewer is cheaper)")
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} vs {cost_col} — every cell; Pareto-optimal cells circled", fontsize=10)
     ax.grid(True, alpha=0.3, which="both")
     _legend(fig, ax)
-    return _save(fig, out)
+    return fig
 
 
 def plot_sensitivity(sens: pd.DataFrame, out: Path | str, value_name: str = "value") -> Path:
@@ -272,7 +289,7 @@ def plot_sensitivity(sens: pd.DataFrame, out: Path | str, value_name: str = "val
     ax.set_xlabel("layer sparsity")
     ax.set_title(f"layer sensitivity — {value_name}", fontsize=10)
     fig.colorbar(im, ax=ax, label=value_name)
-    return _save(fig, out)
+    return save(fig, out)
 
 
 def plot_weight_histograms(
@@ -308,7 +325,7 @@ def plot_weight_histograms(
         ax.tick_params(labelsize=7)
         ax.locator_params(axis="x", nbins=5)
     fig.suptitle(title, fontsize=10)
-    return _save(fig, out)
+    return save(fig, out)
 
 
 def plot_example_grid(
@@ -343,4 +360,4 @@ def plot_example_grid(
     fig.suptitle(
         "label → pruned model's prediction" if preds is not None else "examples", fontsize=9
     )
-    return _save(fig, out)
+    return save(fig, out)

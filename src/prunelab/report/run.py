@@ -335,6 +335,15 @@ def report_run(
     ``metric`` defaults to the primary metric of the run's task, ``max_drop`` (points for a
     fraction, else metric units) to the task's default tolerance.
     """
+    df, extras, rec = run_extras(run_dir, metric, max_drop)
+    return build_report(run_dir, df, extras), rec
+
+
+def run_extras(
+    run_dir: Path | str, metric: str | None = None, max_drop: float | None = None
+) -> tuple[pd.DataFrame, ReportExtras, Recommendation | None]:
+    """What :func:`report_run` draws from: the results table (pruned cells credited at the
+    level they achieved), the report's extras read from the store, and the advice."""
 
     run_dir = Path(run_dir)
     units = run_units(run_dir)
@@ -389,4 +398,4 @@ def report_run(
         samples_title=samples[1] if samples else "",
         units=units,
     )
-    return build_report(run_dir, credit(df), extras), rec  # curves at achieved levels, too
+    return credit(df), extras, rec  # curves at achieved levels, too

@@ -65,7 +65,7 @@ def save_slim(model: nn.Module, path: Path | str, base: BaseModel) -> Path:
         "num_classes": base.num_classes,
         "layers": layer_sizes(model),
     }
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     save_file(state, str(path), metadata={META_KEY: json.dumps(arch)})
     return path
 

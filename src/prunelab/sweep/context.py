@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
+from prunelab.device import Placement, to_device
 from prunelab.errors import PrunelabError
 from prunelab.measure.footprint import footprint
 from prunelab.prune.targets import select_targets
@@ -34,16 +36,24 @@ class Context:
     task: Task
     refs: dict[str, Any]  # the task's references: the dense model's outputs per split, ...
     example: Any  # one input row of the task's dtype (tracing, MAC counts)
-    dense_metrics: dict[str, float] = field(default_factory=dict)  # the model as given, on test
+    dense_metrics: dict[str, float] = field(default_factory=dict)  # see measure_original
     memo: dict[tuple, Any] = field(default_factory=dict)  # per-process: scores, scans
     data_hash: str = ""  # fingerprint of the data as given (checked when a sweep resumes)
+    device: torch.device = torch.device("cpu")  # where the model, data and references live
 
     @classmethod
     def build(
-        cls, cell: Cell, cache_dir: Path | None = None, on_step: StepCallback | None = None
+        cls,
+        cell: Cell,
+        cache_dir: Path | None = None,
+        on_step: StepCallback | None = None,
+        where: Placement | None = None,
     ) -> Context:
-        """Data, task and dense model of ``cell``'s sweep; ``on_step(step, total)`` follows a
+        """Data, task and dense model of ``cell``'s sweep, on ``where``'s device and in its
+        dtype (the CPU and the model's own by default); ``on_step(step, total)`` follows a
         dense training when one is needed (not cached)."""
+        where = where or Placement()
+        device = where.device
         d = cell.data
         data = resolve.load_bundle(d.name, d.loader, d.reader, d.path, **d.loader_kwargs())
         task = task_of(cell, data)
@@ -51,12 +61,15 @@ class Context:
             cell.model, cell.weights, data, cell.train_dense, d.seed,
             lambda m: task.check_model(m, data),
         )  # fmt: skip
-        dense = src.module
+        data_hash = data.fingerprint()  # of the data as given (before any fold split)
+        data = to_device(data, device)  # every batch is then sliced on the device
+        dense = src.module.to(device)
         if src.cache is not None:
             name, key = src.cache
             key = {**key, "cfg": cell.dense.identity(), "seed": d.seed}
             dense = trained(dense, name, key, data, cell.dense, cache_dir, d.seed, task, on_step)
-        dense = dense.eval()
+        example = task.example_input(data.test)
+        dense = _in_dtype(dense.eval(), where.dtype, example)
         targets = select_targets(dense, cell.include or None, cell.exclude or None, cell.prune_last)
         if not targets:
             raise PrunelabError(
@@ -64,18 +77,41 @@ class Context:
                 "(check include/exclude)"
             )
         task = task.with_dense(dense)
-        data_hash = data.fingerprint()  # of the data as given (before any fold split)
         if cell.fold >= 0:  # the dense model is the same for every fold; the splits are not
             data = task.fold(data, cell.folds, cell.fold, d.seed)
         refs = task.references(dense, data)
-        example = task.example_input(data.test)
-        metrics = task.evaluate(dense, data.test, refs["test"], refs["test"])
-        metrics.update(footprint(dense, dense, None, targets.values(), example, dense))
-        return cls(data, dense, task, refs, example, metrics, data_hash=data_hash)
+        return cls(data, dense, task, refs, example, data_hash=data_hash, device=device)
 
     def dense_copy(self) -> nn.Module:
         """A fresh copy of the dense model (each cell prunes its own)."""
         return copy.deepcopy(self.dense)
+
+    def measure_original(self, cell: Cell) -> dict[str, float]:
+        """The model as given, measured as a cell is (the task's test, ``val_`` and ``train_``
+        columns, the footprint), so every curve of the report can show it; memoised in
+        ``dense_metrics``. Only the driver asks, once per run, so workers never pay for it."""
+        if not self.dense_metrics:
+            dense = self.dense
+            row, _ = self.task.measure(dense, self.data, self.refs, cell.metrics)
+            targets = select_targets(dense, cell.include or None, cell.exclude or None,
+                                     cell.prune_last)  # fmt: skip
+            row.update(footprint(dense, dense, None, targets.values(), self.example, dense))
+            self.dense_metrics = row
+        return self.dense_metrics
+
+
+def _in_dtype(model: nn.Module, dtype: torch.dtype | None, example: Any) -> nn.Module:
+    """``model`` cast to ``dtype`` (trained in its own); only a model that reads token ids
+    can be, since float inputs would no longer match its weights."""
+    if dtype is None:
+        return model
+    if example.is_floating_point():
+        raise PrunelabError(
+            f"dtype {str(dtype).removeprefix('torch.')} is for models that read token ids "
+            f"(language models); this model reads {str(example.dtype).removeprefix('torch.')} "
+            "inputs: drop --dtype"
+        )
+    return model.to(dtype)
 
 
 def task_of(cell: Cell, data: Any = None) -> Task:
@@ -88,8 +124,14 @@ def task_of(cell: Cell, data: Any = None) -> Task:
 class ContextCache:
     """Contexts built at most once per process and sweep (data, dense model, dense outputs)."""
 
-    def __init__(self, cache_dir: Path | None, on_step: StepCallback | None = None) -> None:
+    def __init__(
+        self,
+        cache_dir: Path | None,
+        on_step: StepCallback | None = None,
+        where: Placement | None = None,
+    ) -> None:
         self.cache_dir, self.on_step = cache_dir, on_step  # on_step: dense training progress
+        self.where = where or Placement()  # every context's device and dtype
         self._items: dict[tuple, Context] = {}
 
     def get(self, item: Any) -> Context:
@@ -97,5 +139,5 @@ class ContextCache:
         key = item.context_key()
         if key not in self._items:
             cell = item if isinstance(item, Cell) else item.cell
-            self._items[key] = Context.build(cell, self.cache_dir, self.on_step)
+            self._items[key] = Context.build(cell, self.cache_dir, self.on_step, self.where)
         return self._items[key]

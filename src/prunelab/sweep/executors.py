@@ -15,6 +15,7 @@ from typing import Protocol
 
 import torch
 
+from prunelab.device import Placement
 from prunelab.errors import PrunelabError
 from prunelab.measure.inference import engine, set_engine
 from prunelab.progress import Progress
@@ -46,12 +47,12 @@ class SequentialExecutor:
 _WORKER_CONTEXTS: ContextCache | None = None  # one per worker process, set by its initializer
 
 
-def _init_worker(cache_dir: Path | None, threads: int, engine: str) -> None:
+def _init_worker(cache_dir: Path | None, threads: int, engine: str, where: Placement) -> None:
     global _WORKER_CONTEXTS
 
     torch.set_num_threads(threads)
     set_engine(engine)
-    _WORKER_CONTEXTS = ContextCache(cache_dir)
+    _WORKER_CONTEXTS = ContextCache(cache_dir, where=where)
 
 
 def _run_in_worker(cell: Cell) -> CellResult:
@@ -60,11 +61,15 @@ def _run_in_worker(cell: Cell) -> CellResult:
 
 
 class ProcessPoolCellExecutor:
-    """Runs cells in ``workers`` spawned processes, each with cores/workers torch threads."""
+    """Runs cells in ``workers`` spawned processes, each with cores/workers torch threads, each
+    on ``where``'s device (they share it)."""
 
-    def __init__(self, workers: int, cache_dir: Path | None = None) -> None:
+    def __init__(
+        self, workers: int, cache_dir: Path | None = None, where: Placement | None = None
+    ) -> None:
         self.workers = workers
         self.cache_dir = cache_dir
+        self.where = where or Placement()
 
     def map(
         self, cells: Sequence[Cell], progress: Progress | None = None
@@ -77,7 +82,7 @@ class ProcessPoolCellExecutor:
             self.workers,
             mp_context=mp.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(self.cache_dir, threads, engine()),
+            initargs=(self.cache_dir, threads, engine(), self.where),
         ) as pool:
             pending: dict[Future, Cell] = {pool.submit(_run_in_worker, c): c for c in cells}
             while pending:
@@ -92,17 +97,22 @@ def make_executor(
     cache_dir: Path | None = None,
     address: str | None = None,
     contexts: ContextCache | None = None,
+    where: Placement | None = None,
 ) -> Executor:
-    """``local`` (sequential when workers == 1, else a process pool) or ``ray``."""
+    """``local`` (sequential when workers == 1, else a process pool) or ``ray``, running cells
+    on ``where``'s device (``contexts``' when they are given; the CPU by default)."""
 
     if workers < 1:
         raise PrunelabError(f"workers must be >= 1, got {workers}")
+    contexts = contexts or ContextCache(cache_dir, where=where)
+    where = contexts.where
     if name == "local":
         return (
             SequentialExecutor(cache_dir, contexts)
             if workers == 1
-            else ProcessPoolCellExecutor(workers, cache_dir)
+            else ProcessPoolCellExecutor(workers, cache_dir, where)
         )
     if name == "ray":
-        return RayExecutor(address, workers, cache_dir, contexts)
+        gpus = 1.0 if where.device.type == "cuda" else 0.0  # a GPU per cell, as Ray schedules them
+        return RayExecutor(address, workers, cache_dir, contexts, gpus_per_cell=gpus)
     raise PrunelabError(f"unknown executor '{name}'; valid: local, ray")

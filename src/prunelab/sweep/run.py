@@ -6,6 +6,8 @@ import json
 import logging
 import platform
 import sys
+import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
@@ -14,6 +16,7 @@ from typing import Any
 
 import torch
 
+from prunelab.device import Placement
 from prunelab.errors import PrunelabError
 from prunelab.measure import inference
 from prunelab.progress import Progress
@@ -25,6 +28,7 @@ from prunelab.sweep.plan import expand_cells
 from prunelab.sweep.scan import ScanJob, scan_jobs
 from prunelab.sweep.spec import SweepSpec
 from prunelab.sweep.store import RUN_ID, Store
+from prunelab.track import TrackedCell, TrackedSweep, Tracker
 
 log = logging.getLogger(__name__)
 SCAN_KEY = "sensitivity/magnitude/dense"  # store meta: the dense model's sensitivity table
@@ -100,13 +104,19 @@ def run_sweep(
     progress: Progress | None = None,
     cache_dir: Path | None = None,
     contexts: ContextCache | None = None,
+    tracker: Tracker | None = None,
+    where: Placement | None = None,
 ) -> SweepOutcome:
     """Run every unfinished cell of ``spec`` and persist results in ``run_dir``.
 
     Re-running the same spec on the same directory resumes: finished cells are skipped.
+    With a ``tracker`` (:func:`prunelab.track.tracking`), every finished cell the tracker's
+    store lacks is logged to it, each once: those finished before, then each as it lands.
+    ``where`` (:class:`prunelab.device.Placement`) is the device and dtype the sweep computes
+    in (the CPU by default; ``contexts``' when they are given).
     """
     run_dir = Path(run_dir)
-    contexts = contexts or ContextCache(cache_dir)
+    contexts = contexts or ContextCache(cache_dir, where=where)
     executor = executor or SequentialExecutor(cache_dir, contexts)
     with Store(run_dir) as store:
         _claim_run_dir(store, spec)
@@ -119,8 +129,11 @@ def run_sweep(
             store.set_meta("env", environment())
             _record_engine_failures(store, ctx.dense_copy())
             store.set_meta("data_hash", ctx.data_hash)
-            store.set_meta("dense_metrics", ctx.dense_metrics)
-            store.set_meta("task", ctx.task.describe(ctx.dense_metrics.get(ctx.task.primary)))
+            if progress is not None:  # a full measurement: minutes for a language model
+                progress("measuring the original model", 0, 1)
+            original = ctx.measure_original(cells[0])
+            store.set_meta("dense_metrics", original)  # the model as given
+            store.set_meta("task", ctx.task.describe(original.get(ctx.task.primary)))
             for name, arr in ctx.task.run_artifacts(ctx.data).items():
                 store.put_artifact(RUN_ID, name, arr)
         elif pending:
@@ -130,10 +143,14 @@ def run_sweep(
                     f"cannot resume {store.run_dir}: the data changed since the sweep started "
                     "(results would mix old and new); use another --out directory"
                 )
+        if tracker is not None:
+            _start_tracking(store, tracker)
         jobs: list = []
         if spec.sensitivity_scan and store.get_meta(SCAN_KEY) is None:
             jobs = scan_jobs(cells[0], contexts.get(cells[0]))  # first: the longest items
         scanned: dict[str, list[dict]] = {}
+        if progress is not None and pending:  # until the executor reports (pools do not)
+            progress("running the cells", 0, len(pending))
         for item, result in executor.map([*jobs, *pending], progress):
             if isinstance(item, ScanJob):
                 scanned[item.layer] = result
@@ -150,12 +167,35 @@ def run_sweep(
             )
             for key, value in result.records.items():
                 store.set_meta(key, value)
+            if tracker is not None:
+                tracker.log_cell(
+                    TrackedCell(cell.cell_id, cell.label, cell.to_json(), result.row,
+                                result.duration_s, time.time())
+                )  # fmt: skip
             if on_cell is not None:
                 on_cell(cell, result)
         if pending and isinstance(executor, SequentialExecutor):  # pruned models, this process
             ctx = executor.contexts.get(pending[0])
             _record_engine_failures(store, ctx.dense_copy())
     return SweepOutcome(run_dir, len(cells), len(cells) - len(pending), len(pending))
+
+
+def _start_tracking(store: Store, tracker: Tracker) -> None:
+    """Open the sweep's run in the tracker (found again by the sweep's id when resuming) and
+    log the finished cells it lacks."""
+    sweep_id = store.get_meta("sweep_id")
+    if sweep_id is None:
+        sweep_id = uuid.uuid4().hex
+        store.set_meta("sweep_id", sweep_id)
+    tracker.start(
+        TrackedSweep(sweep_id, store.run_dir, store.get_meta("spec"),
+                     store.get_meta("dense_metrics") or {}, store.get_meta("task") or {})
+    )  # fmt: skip
+    logged = tracker.logged()
+    for cell_id, raw, row, duration, finished_at in store.cells():
+        if cell_id not in logged:
+            label = Cell.from_json(raw).label
+            tracker.log_cell(TrackedCell(cell_id, label, raw, row, duration, finished_at))
 
 
 def _record_engine_failures(store: Store, model: torch.nn.Module) -> None:

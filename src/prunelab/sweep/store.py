@@ -121,6 +121,14 @@ class Store:
             out.append({"cell_id": cell_id, **json.loads(row), "duration_s": duration})
         return out
 
+    def cells(self) -> list[tuple[str, dict[str, Any], dict[str, Any], float, float]]:
+        """Every finished cell as ``(cell_id, cell, row, duration_s, finished_at)``, in the
+        order they finished."""
+        rows = self._read(
+            "SELECT cell_id, cell, row, duration_s, finished_at FROM cells ORDER BY finished_at"
+        )
+        return [(c, json.loads(cell), json.loads(row), d, t) for c, cell, row, d, t in rows]
+
     def artifact(self, cell_id: str, name: str) -> np.ndarray:
         got = self._read(
             "SELECT dtype, shape, data FROM artifacts WHERE cell_id = ? AND name = ?",

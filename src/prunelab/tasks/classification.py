@@ -139,7 +139,7 @@ class ClassificationTask(Task):
 
     def run_artifacts(self, data: DataBundle) -> dict[str, np.ndarray]:
         """The test labels (for forgotten examples and per-class damage in the report)."""
-        return {"test_labels": data.test.y.numpy().astype(np.int16)}
+        return {"test_labels": data.test.y.cpu().numpy().astype(np.int16)}
 
     def check_model(self, model: nn.Module, data: DataBundle) -> None:
         """Run ``model`` on a few test rows and check its outputs fit the labels."""
@@ -182,7 +182,7 @@ class ClassificationTask(Task):
         row.update({f"val_{k}": v for k, v in val.items()})
         train = self.evaluate(model, refs["train_split"], refs["train"], names=TRAIN_METRICS)
         row.update({f"train_{k}": v for k, v in train.items()})
-        return row, {"test_preds": logits.argmax(1).to(torch.int16).numpy()}
+        return row, {"test_preds": logits.argmax(1).to(torch.int16).cpu().numpy()}
 
     def quick(self, model: nn.Module, data: DataBundle, refs: dict[str, Any]) -> dict[str, float]:
         names = tuple(n for n in DEFAULT_METRICS if n not in {m.name for m in FOOTPRINT})

@@ -53,7 +53,8 @@ METRICS = (
 
 def truth_of(split: SceneSet) -> list[Detections]:
     """The split's labelled boxes as ground-truth detections (score 1)."""
-    return [Detections(b, torch.ones(len(b)), y) for b, y in zip(split.boxes, split.labels)]
+    pairs = zip(split.boxes, split.labels)
+    return [Detections(b, torch.ones(len(b), device=b.device), y) for b, y in pairs]
 
 
 class DetectionTask(Task):
@@ -167,7 +168,7 @@ class DetectionTask(Task):
         """The first :data:`GRID_IMAGES` test scenes' detections, with the images (uint8) and
         their true boxes, for the report's grid of dense vs pruned detections."""
         n = min(GRID_IMAGES, len(split))
-        images = (split.images[:n] * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+        images = (split.images[:n] * 255).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
         return {
             **detection_artifacts(outputs, n),
             **detection_artifacts(truth_of(split.subset(n)), n, prefix="det_truth"),

@@ -52,7 +52,7 @@ def pairwise_spearman(emb: Tensor, ref: Tensor) -> float:
         i, j = i[keep], j[keep]
     a = (e[i] * e[j]).sum(1)  # (P,) cosine of each pair
     b = (r[i] * r[j]).sum(1)
-    return float(spearmanr(a.numpy(), b.numpy()).statistic)
+    return float(spearmanr(a.cpu().numpy(), b.cpu().numpy()).statistic)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from prunelab.device import synchronize
 from prunelab.errors import PrunelabError
 from prunelab.measure.metrics.base import Evaluation, metric
 from prunelab.measure.metrics.size import _effective_params
@@ -187,7 +188,7 @@ def compare_latency(
         for m in models.values():
             m.eval()
         for bs in batch_sizes:
-            x = batch_of(example_input, bs, generator)  # (bs, ...)
+            x = batch_of(example_input, bs, generator).to(example_input.device)  # (bs, ...)
             times = _interleaved(models, x, warmup, repeats)
             for n, t in times.items():
                 q = statistics.quantiles(t, n=10) if len(t) > 1 else [t[0]] * 9
@@ -241,8 +242,10 @@ def _interleaved(
     try:
         for r in range(warmup + repeats):
             for n in round_order(names, r):
+                synchronize(x.device)  # a GPU runs asynchronously: wait, then time
                 t0 = time.perf_counter()
                 models[n](x)
+                synchronize(x.device)
                 elapsed = (time.perf_counter() - t0) * 1000
                 if r >= warmup:
                     times[n].append(elapsed)

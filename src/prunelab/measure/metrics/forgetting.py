@@ -33,7 +33,7 @@ def vote_counts(preds: Tensor, num_classes: int) -> Tensor:
     if int(preds.min()) < 0 or int(preds.max()) >= num_classes:
         raise PrunelabError(f"predictions out of range [0, {num_classes})")
     n = preds.shape[1]
-    offsets = torch.arange(n).unsqueeze(0) * num_classes  # (1, N)
+    offsets = torch.arange(n, device=preds.device).unsqueeze(0) * num_classes  # (1, N)
     flat = (preds + offsets).reshape(-1)  # (S*N,) index into the (N, K) table
     return torch.bincount(flat, minlength=n * num_classes).reshape(n, num_classes)
 

@@ -81,7 +81,9 @@ class RankedScores(dict):
         key = ("pooled", tuple(self))
         if key not in self._orders:
             flat = torch.cat([s.flatten() for s in self.values()])  # (total,)
-            owner = torch.cat([torch.full((s.numel(),), i) for i, s in enumerate(self.values())])
+            owner = torch.cat(
+                [torch.full((s.numel(),), i, device=s.device) for i, s in enumerate(self.values())]
+            )
             self._orders[key] = (owner, torch.argsort(flat, stable=True))
         return self._orders[key]
 

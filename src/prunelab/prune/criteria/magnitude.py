@@ -18,4 +18,4 @@ def magnitude(weight: Tensor, ctx: LayerContext) -> Tensor:
 @criterion("random")
 def random(weight: Tensor, ctx: LayerContext) -> Tensor:
     """Uniform noise from the seeded generator: the control every method must beat."""
-    return torch.rand(weight.shape, generator=ctx.generator)
+    return torch.rand(weight.shape, generator=ctx.generator).to(weight.device)  # same draw anywhere

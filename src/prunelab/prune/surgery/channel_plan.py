@@ -66,7 +66,7 @@ class ChannelPlan:
         out = {}
         for name, idx in self.keep:
             w = modules[name].weight
-            rows = torch.zeros(w.shape[0], dtype=torch.bool)
+            rows = torch.zeros(w.shape[0], dtype=torch.bool, device=w.device)
             rows[list(idx)] = True
             out[name] = rows.view((-1,) + (1,) * (w.dim() - 1)).expand_as(w).clone()
         return out

@@ -18,8 +18,11 @@ from prunelab.errors import PrunelabError
 
 def _slice_linear(lin: nn.Linear, keep: Tensor, dim: int) -> nn.Linear:
     """A new Linear keeping indices ``keep`` of the output (dim=0) or input (dim=1) features."""
+    keep = keep.to(lin.weight.device)
     w = lin.weight.detach().index_select(dim, keep).clone()  # (out', in) or (out, in')
-    new = nn.Linear(w.shape[1], w.shape[0], bias=lin.bias is not None, dtype=w.dtype)
+    new = nn.Linear(
+        w.shape[1], w.shape[0], bias=lin.bias is not None, dtype=w.dtype, device=w.device
+    )
     with torch.no_grad():
         new.weight.copy_(w)
         if lin.bias is not None:
@@ -41,7 +44,8 @@ def head_rows(heads: Tensor, head_size: int) -> Tensor:
     >>> head_rows(torch.tensor([0, 2]), 2).tolist()
     [0, 1, 4, 5]
     """
-    return (heads.view(-1, 1) * head_size + torch.arange(head_size)).reshape(-1)  # (H', d)->(H'd,)
+    within = torch.arange(head_size, device=heads.device)  # (d,)
+    return (heads.view(-1, 1) * head_size + within).reshape(-1)  # (H', d) -> (H'd,)
 
 
 def remove_heads(layer: nn.Module, keep_heads: Tensor) -> None:

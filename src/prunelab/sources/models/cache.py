@@ -24,7 +24,7 @@ def default_cache_dir() -> Path:
 def save_weights(model: nn.Module, path: Path) -> None:
     """Write the model's state dict as safetensors, atomically (temp file + rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     tmp = path.with_suffix(path.suffix + ".tmp")
     save_file(state, str(tmp))
     tmp.replace(path)
