@@ -44,29 +44,17 @@ class Context:
     ) -> Context:
         """Data, task and dense model of ``cell``'s sweep; ``on_step(step, total)`` follows a
         dense training when one is needed (not cached)."""
-        d = cell.data
-        data = resolve.load_bundle(d.name, d.loader, d.reader, d.path, **d.loader_kwargs())
-        task = task_of(cell, data)
-        src = resolve.dense_source(
-            cell.model, cell.weights, data, cell.train_dense, d.seed,
-            lambda m: task.check_model(m, data),
-        )  # fmt: skip
-        dense = src.module
-        if src.cache is not None:
-            name, key = src.cache
-            key = {**key, "cfg": cell.dense.identity(), "seed": d.seed}
-            dense = trained(dense, name, key, data, cell.dense, cache_dir, d.seed, task, on_step)
-        dense = dense.eval()
+        base = load_dense(cell, cache_dir, on_step)
+        data, task, dense = base.data, base.task, base.model
         targets = select_targets(dense, cell.include or None, cell.exclude or None, cell.prune_last)
         if not targets:
             raise PrunelabError(
                 f"model '{cell.model}' has nothing to prune: no Linear or Conv weights "
                 "(check include/exclude)"
             )
-        task = task.with_dense(dense)
         data_hash = data.fingerprint()  # of the data as given (before any fold split)
         if cell.fold >= 0:  # the dense model is the same for every fold; the splits are not
-            data = task.fold(data, cell.folds, cell.fold, d.seed)
+            data = task.fold(data, cell.folds, cell.fold, cell.data.seed)
         refs = task.references(dense, data)
         example = task.example_input(data.test)
         metrics = task.evaluate(dense, data.test, refs["test"], refs["test"])
@@ -76,6 +64,41 @@ class Context:
     def dense_copy(self) -> nn.Module:
         """A fresh copy of the dense model (each cell prunes its own)."""
         return copy.deepcopy(self.dense)
+
+
+@dataclass(frozen=True)
+class Dense:
+    """A sweep's data, its task (knowing the dense model) and the dense model, in eval mode:
+    what exporting a stored cell needs (no references, nothing measured)."""
+
+    data: Any
+    task: Task
+    model: nn.Module
+
+    def example(self, n: int = 1) -> Any:
+        """The first ``n`` test inputs, of the task's dtype."""
+        return self.task.example_input(self.data.test, n)
+
+
+def load_dense(
+    cell: Cell, cache_dir: Path | None = None, on_step: StepCallback | None = None
+) -> Dense:
+    """The data, task and dense model of ``cell``'s sweep (the dense model trained, or read from
+    its cache, when prunelab trains it)."""
+    d = cell.data
+    data = resolve.load_bundle(d.name, d.loader, d.reader, d.path, **d.loader_kwargs())
+    task = task_of(cell, data)
+    src = resolve.dense_source(
+        cell.model, cell.weights, data, cell.train_dense, d.seed,
+        lambda m: task.check_model(m, data),
+    )  # fmt: skip
+    dense = src.module
+    if src.cache is not None:
+        name, key = src.cache
+        key = {**key, "cfg": cell.dense.identity(), "seed": d.seed}
+        dense = trained(dense, name, key, data, cell.dense, cache_dir, d.seed, task, on_step)
+    dense = dense.eval()
+    return Dense(data, task.with_dense(dense), dense)
 
 
 def task_of(cell: Cell, data: Any = None) -> Task:
