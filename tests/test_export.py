@@ -303,7 +303,8 @@ def test_cli_export_refuses_a_cell_that_does_not_reproduce(run_dir, tmp_path):
         res = runner.invoke(app, ["export", str(out), "--cell", cid, "--out", x], env=env)
         assert res.exit_code == 0, res.output  # the stored model: nothing re-run
         Path(x).unlink()
-        res = runner.invoke(app, ["export", str(out), "--cell", cid, "--out", x, "--check"], env=env)
+        check = ["export", str(out), "--cell", cid, "--out", x, "--check"]
+        res = runner.invoke(app, check, env=env)
         assert res.exit_code == 2 and "does not reproduce" in res.output
         assert "accuracy: stored 0.123" in res.output
         assert not (tmp_path / "x.safetensors").exists()
