@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -11,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from prunelab.cli import messages
 from prunelab.cli.console import registries, run_sweep_with_progress
 from prunelab.errors import PrunelabError
 from prunelab.measure import inference
@@ -278,7 +278,7 @@ def export(
 
 
 def main() -> None:  # pragma: no cover
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    messages.configure()  # one line per distinct warning or log message
     app()
 
 
