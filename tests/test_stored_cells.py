@@ -101,6 +101,36 @@ def test_export_by_structure_and_the_original_model(mlp_run, tmp_path, monkeypat
     res = runner.invoke(app, ["export", str(out), "--original", "--level", "0.5", "--out",
                               str(tmp_path / "x")], env=env)  # fmt: skip
     assert res.exit_code == 2 and "takes no cell selection" in res.output
+    readme = [  # the README's two lines, as written
+        ["export", str(out), "--level", "0.5", "--method", "magnitude", "--allocation", "global",
+         "--seed", "0", "--structure", "unstructured", "--format", "onnx", "--out",
+         str(tmp_path / "mine50.onnx")],
+        ["export", str(out), "--original", "--format", "onnx", "--out", str(tmp_path / "o.onnx")],
+    ]  # fmt: skip
+    for args in readme:
+        res = runner.invoke(app, args, env=env)
+        assert res.exit_code == 0 and "batch 1" in res.output, res.output
+
+
+def test_a_run_of_files_reopens_from_python(mlp_run, tmp_path, monkeypatch):
+    """README: ``prunelab.SweepResult.open("runs/mine")`` needs nothing more to recommend,
+    export (the stored model, no re-run) and report."""
+    import prunelab
+
+    out, env = mlp_run
+    monkeypatch.setenv("PRUNELAB_CACHE", env["PRUNELAB_CACHE"])
+    result = prunelab.SweepResult.open(out)
+    assert len(result.results()) == 4
+    rec = result.recommend(min_value=0.0, metric="agreement")  # any cell holds
+    assert rec.level == 0.5 and set(rec.evidence.structure) == {"unstructured", "2:4", "channels"}
+    _no_rerun(monkeypatch)
+    done = result.export(tmp_path / "u.safetensors", level=0.5, method="magnitude",
+                         structure="unstructured")  # fmt: skip
+    model = load_sparse(build_model("mlp-tiny", (1, 8, 8), 10), done.path)
+    cid = result.results().query("structure == 'unstructured'").cell_id.iloc[0]
+    preds = predict(model, load_dataset("digits").test.x).argmax(1).numpy()
+    assert np.array_equal(preds, load_artifact(out, cid, "test_preds"))
+    assert result.report().is_file()
 
 
 def test_check_reruns_and_compares_with_the_stored_model(mlp_run, tmp_path):

@@ -320,6 +320,9 @@ def test_a_finished_in_memory_run_reopens_in_a_new_process(user_dir, tmp_path, m
     with torch.no_grad():
         preds = pruned(x).argmax(1).numpy()
     assert (preds == load_artifact(out, cid, "test_preds")).all()  # the cell's own model
+    onnx = result.export(tmp_path / "m.onnx", level=0.5, method="magnitude",
+                         structure="unstructured", fmt="onnx")  # fmt: skip
+    assert "batch 1" in onnx.detail  # checked in onnxruntime
     original = result.export(tmp_path / "orig.safetensors", original=True)
     back = load_sparse(_user_model(user_dir), original.path)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in back.state_dict().items())
