@@ -18,7 +18,8 @@ import prunelab.ship.from_run as from_run
 from prunelab import PrunelabError, build_model, load_dataset
 from prunelab.cli import app
 from prunelab.measure.metrics import predict
-from prunelab.ship.export import load_sparse, save_onnx
+from prunelab.prune.apply import plain_state
+from prunelab.ship.export import dense_bytes, load_sparse, save_onnx
 from prunelab.sources.user import load_object
 from prunelab.sweep.snapshot import MODEL, describe
 from prunelab.sweep.store import Store, load_artifact, load_results
@@ -250,6 +251,8 @@ def test_heads_ffn_cell_exports_to_onnx_from_its_stored_plan(text_run, tmp_path,
     cell = from_run.find_cell(Store(out, create=False), df.loc["heads+ffn", "cell_id"], None,
                               None, None)[1]  # fmt: skip
     base = load_dense(cell)
+    scale = re.search(r"dense safetensors, ([\d,]+) bytes", res.output).group(1)
+    assert int(scale.replace(",", "")) == dense_bytes(plain_state(base.model))  # as given
     with Store(out, create=False) as store:
         model = rebuild(store.artifact(df.loc["heads+ffn", "cell_id"], MODEL), base.model,
                         cell.structure, base.example())  # fmt: skip

@@ -20,6 +20,7 @@ from prunelab.errors import PrunelabError
 from prunelab.measure import inference
 from prunelab.prune.apply import plain_state
 from prunelab.prune.structures import parse_structure
+from prunelab.ship.export import dense_bytes
 from prunelab.ship.formats import FORMATS, Exported, ExportJob
 from prunelab.sweep.cell import Cell, run_cell
 from prunelab.sweep.context import Context, Dense, load_dense
@@ -122,6 +123,10 @@ def _max_diff(a: Any, b: Any) -> float:
     )  # fmt: skip
 
 
+def _numel(model: Any) -> int:
+    return sum(t.numel() for t in model.state_dict().values())
+
+
 def export_cell(
     run_dir: Path,
     out: Path,
@@ -184,6 +189,8 @@ def export_cell(
         base.task.sequence_axis,
     )
     done = write(job, out)
+    if _numel(model) != _numel(base.model):  # physically smaller: scale by the model as given
+        done = replace(done, dense_bytes=dense_bytes(plain_state(base.model)))
     if note:
         done = replace(done, detail=f"{done.detail}; {note}" if done.detail else note)
     return done
