@@ -138,6 +138,51 @@ def test_cli_malformed_and_unsafe_config(good, tmp_path):
     assert res.exit_code == 2 and "unknown sweep option(s) ['__import__']" in res.output
 
 
+TABLE_CASES = [  # an unknown key in any table fails with the valid ones, before any work
+    ("top", "levls = [0.5]", r"unknown sweep option\(s\) \['levls'\]; valid: .*'levels'"),
+    ("data", "[data]\nname = 'digits'\ncolour = 1", r"\['colour'\] in \[data\]; valid: name,"),
+    ("data-limit", "[data]\nname = 'digits'\ntrain_limit = 8",
+     r"dataset 'digits' has no option 'train_limit'; valid: seed, val_size, test_size"),
+    ("data-options", "[data]\nname = 'digits'\n[data.options]\nval_sise = 8",
+     r"no option 'val_sise' \(did you mean 'val_size'\?\)"),
+    ("data-twice", "[data]\nname = 'digits'\ntest_limit = 8\n[data.options]\ntest_limit = 9",
+     r"\[data\] and \[data.options\] both give test_limit"),
+    ("reader", "[data]\nreader = 'csv'\npath = 'spec.toml'\n[data.options]\nlabl = 'y'",
+     r"data reader 'csv' has no option 'labl' \(did you mean 'label'\?\)"),
+    ("task", "[task]\nprimry = 'accuracy'", r"\['primry'\] in \[task\]; valid: kind, primary"),
+    ("task-custom", "[[task.custom]]\nname = 'f'\npath = 'm.py:f'\nhib = true",
+     r"\['hib'\] in \[task.custom\]; valid: name, path, higher_is_better"),
+    ("finetune", "[finetune]\nepoch = 1", r"\['epoch'\] in \[finetune\]; valid: epochs, lr"),
+    ("dense", "[dense]\nlearning_rate = 1", r"\['learning_rate'\] in \[dense\]; valid: epochs"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name,toml,message", TABLE_CASES, ids=[c[0] for c in TABLE_CASES])
+def test_cli_unknown_key_in_any_table(tmp_path, name, toml, message):
+    cfg = tmp_path / "spec.toml"
+    cfg.write_text(f"model = 'mlp-tiny'\n{toml}\n")
+    res = runner.invoke(app, ["sweep", "--config", str(cfg), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2, res.output
+    assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
+    assert re.search(message, res.output), res.output
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_data_limits_reach_every_dataset_that_takes_them():
+    """``[data] train_limit`` was honoured for Fashion-MNIST only (silently ignored for Rotten
+    Tomatoes); it now reaches every dataset that takes it, and fails where none does."""
+    from prunelab.sweep.spec import spec_from_dict
+
+    data = {"name": "rotten-tomatoes", "train_limit": 64, "options": {"max_length": 16}}
+    raw = {"model": "bert-tiny-sentiment", "task": {"kind": "text-classification"}, "data": data}
+    kw = spec_from_dict(raw).data.loader_kwargs()
+    assert kw == {"seed": 0, "train_limit": 64, "max_length": 16}
+    loader = Path(__file__).parents[1] / "examples" / "pytorch" / "my_data.py"
+    with pytest.raises(PrunelabError, match="data loader .* takes no options"):
+        spec_from_dict({"model": "mlp-tiny", "data": {"loader": f"{loader}:load", "seed": 1,
+                                                      "train_limit": 8}})  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "name,over,toml,message,finished",
     [

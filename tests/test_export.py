@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -93,10 +94,10 @@ def test_onnx_matches_torch(tmp_path, name):
 def test_onnx_that_fails_its_check_leaves_no_file(tmp_path, monkeypatch, failure):
     import prunelab.ship.export as export
 
-    def check(model, path, x):
+    def check(model, path, x, scaled=False):
         assert path.exists() and path.parent == tmp_path  # checked beside its final place
         if failure == "differs":
-            return 1.0
+            return 1.0, 0.5
         raise RuntimeError("[ONNXRuntimeError] : 10 : INVALID_GRAPH : broken")
 
     monkeypatch.setattr(export, "onnx_max_diff", check)
@@ -234,7 +235,11 @@ def test_export_reruns_the_cell_with_the_engine_the_sweep_recorded(run_dir, tmp_
         with using_engine("auto"):
             with pytest.raises(KeyboardInterrupt):
                 export_run.export_cell(
-                    out, tmp_path / "e.safetensors", "sparse", _cell_id(out, "unstructured", 0.5)
+                    out,
+                    tmp_path / "e.safetensors",
+                    "sparse",
+                    _cell_id(out, "unstructured", 0.5),
+                    check=True,
                 )
             assert engine() == "auto"  # restored after the re-run
         assert seen == ["eager"]
@@ -294,11 +299,12 @@ def test_cli_export_refuses_a_cell_that_does_not_reproduce(run_dir, tmp_path):
     db.execute("UPDATE cells SET row = ? WHERE cell_id = ?", (json.dumps(tampered), cid))
     db.commit()
     try:
-        res = runner.invoke(
-            app,
-            ["export", str(out), "--cell", cid, "--out", str(tmp_path / "x.safetensors")],
-            env=env,
-        )
+        x = str(tmp_path / "x.safetensors")
+        res = runner.invoke(app, ["export", str(out), "--cell", cid, "--out", x], env=env)
+        assert res.exit_code == 0, res.output  # the stored model: nothing re-run
+        Path(x).unlink()
+        check = ["export", str(out), "--cell", cid, "--out", x, "--check"]
+        res = runner.invoke(app, check, env=env)
         assert res.exit_code == 2 and "does not reproduce" in res.output
         assert "accuracy: stored 0.123" in res.output
         assert not (tmp_path / "x.safetensors").exists()

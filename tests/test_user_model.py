@@ -289,6 +289,45 @@ def test_python_api_in_memory(user_dir, tmp_path, monkeypatch):
         prunelab.sweep(model, train=train, val=val, test=test, workers=2, out=tmp_path / "x")
 
 
+def test_a_finished_in_memory_run_reopens_in_a_new_process(user_dir, tmp_path, monkeypatch):
+    """README: ``SweepResult.open(run_dir)`` reads, recommends, reports and exports a finished
+    run; a run of in-memory objects takes them again (checked by content) to export."""
+    from prunelab.ship.export import load_sparse
+    from prunelab.sources import memory
+    from prunelab.sweep.store import load_artifact
+
+    monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path / "cache"))
+    model = _user_model(user_dir)
+    train, val, test = load_object(f"{user_dir}/my_data.py:load")()
+    out = tmp_path / "nb"
+    prunelab.sweep(model, train=train, val=val, test=test, levels=[0.5], out=out)
+    monkeypatch.setattr(memory, "_OBJECTS", {})  # a new Python process: nothing held
+    result = prunelab.SweepResult.open(out)
+    assert len(result.results()) == 2 and result.recommend(max_drop=5.0).level == 0.5
+    assert result.report().is_file()
+    with pytest.raises(prunelab.PrunelabError, match="not in this process"):
+        result.export(tmp_path / "m.safetensors", level=0.5, method="magnitude")
+    other = _user_model(user_dir)
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)
+    with pytest.raises(prunelab.PrunelabError, match="not the one .* swept"):
+        prunelab.SweepResult.open(out, model=other)
+    result = prunelab.SweepResult.open(out, model=model, train=train, val=val, test=test)
+    done = result.export(tmp_path / "m.safetensors", level=0.5, method="magnitude")
+    pruned = load_sparse(_user_model(user_dir), done.path)
+    cid = result.results().query("method == 'magnitude'").cell_id.iloc[0]
+    x = torch.stack([x for x, _ in test])
+    with torch.no_grad():
+        preds = pruned(x).argmax(1).numpy()
+    assert (preds == load_artifact(out, cid, "test_preds")).all()  # the cell's own model
+    onnx = result.export(tmp_path / "m.onnx", level=0.5, method="magnitude",
+                         structure="unstructured", fmt="onnx")  # fmt: skip
+    assert "batch 1" in onnx.detail  # checked in onnxruntime
+    original = result.export(tmp_path / "orig.safetensors", original=True)
+    back = load_sparse(_user_model(user_dir), original.path)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in back.state_dict().items())
+
+
 GOOD_MODEL = EXAMPLE / "my_models.py"
 BAD_MODELS = {
     "not-a-module": "def build():\n    return 3\n",

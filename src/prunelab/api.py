@@ -27,7 +27,7 @@ from prunelab.sources.user import bundle_from
 from prunelab.sweep.executors import make_executor
 from prunelab.sweep.run import SweepOutcome, run_sweep
 from prunelab.sweep.spec import CustomMetricSpec, DataSpec, SweepSpec, TaskSpec
-from prunelab.sweep.store import load_results
+from prunelab.sweep.store import Store, load_results
 from prunelab.training import TrainConfig
 
 
@@ -39,10 +39,30 @@ class SweepResult:
     outcome: SweepOutcome | None = None  # None: a finished run reopened (:meth:`open`)
 
     @classmethod
-    def open(cls, run_dir: Path | str) -> SweepResult:
-        """A finished (or partial) run, reopened from its directory."""
+    def open(
+        cls,
+        run_dir: Path | str,
+        model: nn.Module | None = None,
+        train: Any = None,
+        val: Any = None,
+        test: Any = None,
+    ) -> SweepResult:
+        """A finished (or partial) run, reopened from its directory: results, recommend, report
+        and export work as on the result :func:`sweep` returned.
+
+        A run of in-memory objects (``prunelab.sweep(model, train=..., ...)``) needs them again
+        to export from a new process: pass the same ``model`` (its weights as they were given)
+        and ``train``/``val``/``test``; they are checked against the run's content hashes.
+
+        >>> import tempfile
+        >>> SweepResult.open(tempfile.mkdtemp())  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        prunelab.errors.PrunelabError: no results in ... (missing results.sqlite)
+        """
         run_dir = Path(run_dir)
         run_units(run_dir)  # one clear error when the directory holds no run
+        if model is not None or train is not None:
+            _hold_again(run_dir, model, (train, val, test))
         return cls(run_dir)
 
     @property
@@ -72,19 +92,53 @@ class SweepResult:
     def export(
         self,
         out: Path | str,
-        level: float,
+        level: float | None = None,
         method: str | None = None,
         fmt: str = "sparse",
         seed: int | None = None,
+        structure: str | None = None,
+        allocation: str | None = None,
+        cell: str | None = None,
+        original: bool = False,
+        check: bool = False,
     ) -> Exported:
-        """Re-run the cell at ``level`` (``method``, ``seed``) and export it (sparse, slim, onnx).
+        """Export the stored model of the cell at ``level`` (``method``, ``structure``, ...; or
+        by ``cell`` id) in ``fmt`` (sparse, slim, onnx, ...), without re-running it;
+        ``original=True`` exports the model as given; ``check=True`` also re-runs the cell and
+        refuses when its metrics do not reproduce.
 
         With several seeds and no ``seed``, the first seed's cell is exported.
         """
-        if seed is None:
+        if seed is None and cell is None and not original:
             seeds = sorted(self.results()["seed"].unique())
             seed = int(seeds[0]) if len(seeds) > 1 else None
-        return export_cell(self.run_dir, Path(out), fmt, level=level, method=method, seed=seed)
+        return export_cell(
+            self.run_dir, Path(out), fmt, cell, level, method, allocation, seed=seed,
+            structure=structure, original=original, check=check,
+        )  # fmt: skip
+
+
+def _hold_again(run_dir: Path, model: nn.Module | None, splits: tuple[Any, Any, Any]) -> None:
+    """Hold a reopened in-memory run's model and data in this process again, under the names
+    its cells carry (their content hashes: other objects fail with one line)."""
+    with Store(run_dir, create=False) as store:
+        spec = store.get_meta("spec") or {}
+    if model is not None:
+        key = memory.model_key(model)
+        if key != spec.get("model"):
+            raise PrunelabError(
+                f"this model is not the one {run_dir} swept (content {key}, the run's "
+                f"{spec.get('model')})"
+            )
+        memory.keep(key, model)
+    if any(s is not None for s in splits):
+        if any(s is None for s in splits):
+            raise PrunelabError("give all of train=, val= and test= (the run's data)")
+        bundle = bundle_from(splits, "SweepResult.open(train=..., val=..., test=...)")
+        key = f"{memory.MEMORY_PREFIX}data-{bundle.fingerprint()}"
+        if key != (spec.get("data") or {}).get("loader"):
+            raise PrunelabError(f"this data is not the data {run_dir} swept (content {key})")
+        memory.keep(key, bundle)
 
 
 def _custom(metrics: Mapping[str, Callable[[Tensor, Tensor], float] | tuple] | None):

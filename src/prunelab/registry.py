@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator
+import inspect
+from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
 from prunelab.errors import PrunelabError
@@ -62,3 +63,22 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def check_options(what: str, fn: Callable, options: Iterable[str], skip: int = 0) -> None:
+    """One line naming the valid ones when ``options`` holds a name ``fn`` takes no keyword
+    for (its first ``skip`` parameters are not options).
+
+    >>> def load(path, seed=0, limit=None): ...
+    >>> check_options("reader 'x'", load, ["seed", "limt"], skip=1)
+    Traceback (most recent call last):
+    ...
+    prunelab.errors.PrunelabError: reader 'x' has no option 'limt' (did you mean 'limit'?); \
+valid: seed, limit
+    """
+    valid = list(inspect.signature(fn).parameters)[skip:]
+    for key in options:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise PrunelabError(f"{what} has no option '{key}'{hint}; valid: {', '.join(valid)}")

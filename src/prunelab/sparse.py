@@ -41,6 +41,28 @@ def _nonzero_bits(t: Tensor) -> Tensor:
     return raw.view(-1, t.element_size()).ne(0).any(1)  # (numel,)
 
 
+def pack_bits(keep: Tensor) -> Tensor:
+    """A boolean tensor as ``np.packbits`` of its row-major elements: (ceil(numel / 8),) uint8.
+
+    >>> pack_bits(torch.tensor([[True, False], [False, True]])).tolist()
+    [144]
+    """
+    return torch.from_numpy(np.packbits(keep.reshape(-1).numpy().astype(bool)))
+
+
+def unpack_bits(bits: Tensor, shape: tuple[int, ...] | list[int]) -> Tensor:
+    """Inverse of :func:`pack_bits`: the boolean tensor of ``shape``; one error on a misfit.
+
+    >>> unpack_bits(torch.tensor([144], dtype=torch.uint8), (2, 2)).tolist()
+    [[True, False], [False, True]]
+    """
+    numel = int(np.prod(shape, dtype=np.int64))
+    if bits.dtype != torch.uint8 or bits.numel() != (numel + 7) // 8:
+        raise PrunelabError(f"{bits.numel()} packed bytes do not fit a mask of {tuple(shape)}")
+    keep = np.unpackbits(bits.numpy(), count=numel).astype(bool)
+    return torch.from_numpy(keep).view(*shape)  # (numel,) -> shape
+
+
 def encode_sparse(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict]:
     """State dict -> (tensors to store, metadata). Each tensor takes the smaller encoding."""
     out: dict[str, Tensor] = {}
@@ -54,8 +76,7 @@ def encode_sparse(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict]:
         nnz = int(keep.sum())
         packed_bytes = (t.numel() + 7) // 8 + nnz * t.element_size()
         if t.numel() > 0 and packed_bytes < t.numel() * t.element_size():
-            bits = np.packbits(keep.numpy())  # (ceil(numel / 8),) uint8
-            out[f"{name}::mask"] = torch.from_numpy(bits)
+            out[f"{name}::mask"] = pack_bits(keep)  # (ceil(numel / 8),) uint8
             out[f"{name}::values"] = t.reshape(-1)[keep].clone()  # (nnz,)
             info["encoding"] = "bitmask"
         else:
@@ -80,7 +101,7 @@ def decode_sparse(tensors: dict[str, Tensor], meta: dict) -> dict[str, Tensor]:
         bits, values = tensors.get(f"{name}::mask"), tensors.get(f"{name}::values")
         if bits is None or values is None or bits.numel() != (numel + 7) // 8:
             raise PrunelabError(f"sparse checkpoint: mask/values of '{name}' missing or misshapen")
-        keep = torch.from_numpy(np.unpackbits(bits.numpy(), count=numel).astype(bool))
+        keep = unpack_bits(bits, (numel,))
         if int(keep.sum()) != values.numel():
             raise PrunelabError(
                 f"sparse checkpoint: '{name}' has {values.numel()} values for "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -11,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from prunelab.cli import messages
 from prunelab.cli.console import registries, run_sweep_with_progress
 from prunelab.device import placement_options
 from prunelab.errors import PrunelabError
@@ -278,12 +278,24 @@ def export(
     method: Annotated[str | None, typer.Option(help="method of the cell")] = None,
     allocation: Annotated[str | None, typer.Option(help="allocation of the cell")] = None,
     seed: Annotated[int | None, typer.Option(help="seed of the cell")] = None,
+    structure: Annotated[
+        str | None, typer.Option(help="structure of the cell (unstructured, 2:4, heads+ffn, ...)")
+    ] = None,
+    original: Annotated[
+        bool, typer.Option("--original", help="export the model as given (no cell)")
+    ] = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="also re-run the cell; refuse if it does not reproduce")
+    ] = False,
 ) -> None:
-    """Re-run one cell, check it reproduces its stored metrics, and export its model."""
+    """Export one cell's stored model (or the original model) in a format; --check re-runs it."""
 
     if not run_dir.is_dir():
         raise PrunelabError(f"run directory {run_dir} does not exist")
-    done = export_cell(run_dir, out, fmt, cell, level, method, allocation, seed=seed)
+    done = export_cell(
+        run_dir, out, fmt, cell, level, method, allocation, seed=seed, structure=structure,
+        original=original, check=check,
+    )  # fmt: skip
     typer.echo(
         f"{fmt}: {done.path} {done.bytes:,} bytes ({100 * done.ratio:.1f}% of the dense "
         f"safetensors, {done.dense_bytes:,} bytes){' ' + done.detail if done.detail else ''}"
@@ -291,7 +303,7 @@ def export(
 
 
 def main() -> None:  # pragma: no cover
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    messages.configure()  # one line per distinct warning or log message
     app()
 
 

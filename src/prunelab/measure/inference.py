@@ -11,6 +11,8 @@ scale ~2x where eager max-pooling is memory-bound (``benchmarks/scale.py``).
 Safety rules (a wrong answer is worse than a slow one):
 
 * **script, never trace**: control flow is kept; a model TorchScript cannot compile runs eagerly.
+  Models built of transformers modules are not tried (they never script, and trying makes
+  transformers print notices that do not apply): they run eagerly by design, quietly.
 * models with forward hooks or pre-hooks run eagerly (a frozen graph would not call them).
 * the compiled copy is checked against eager PyTorch on the first rows it is used for; outputs
   that differ by more than ``rtol=1e-4`` of their scale make the model run eagerly from then on.
@@ -75,6 +77,7 @@ _engine: str | None = None
 _cache: weakref.WeakKeyDictionary[nn.Module, tuple] = weakref.WeakKeyDictionary()
 _uncompilable: set[tuple] = set()  # module-class trees TorchScript refused
 _failures: dict[tuple, tuple[str, str]] = {}  # model code -> (class name, why it runs eagerly)
+EAGER_PACKAGES = ("transformers.",)  # modules TorchScript never compiles: eager, no attempt
 
 
 def engine() -> str:
@@ -162,6 +165,14 @@ def _compile(model: nn.Module) -> Any:
         return None
 
 
+def _eager_by_design(model: nn.Module) -> str | None:
+    """Why ``model`` is not worth compiling (a module from :data:`EAGER_PACKAGES`), or None."""
+    for m in model.modules():
+        if type(m).__module__.startswith(EAGER_PACKAGES):
+            return f"{type(m).__qualname__} is a transformers module (TorchScript cannot script it)"
+    return None
+
+
 def _code(model: nn.Module) -> tuple:
     """A model's module classes, mask parametrizations left out: the dense model and its
     pruned copies are one model class."""
@@ -172,12 +183,14 @@ def _code(model: nn.Module) -> tuple:
     )
 
 
-def _fell_back(model: nn.Module, why: str) -> None:
-    """Remember why ``model``'s class runs eagerly; warn the first time for each class."""
+def _fell_back(model: nn.Module, why: str, expected: bool = False) -> None:
+    """Remember why ``model``'s class runs eagerly; warn the first time for each class (only
+    log it, when eager is the ``expected`` choice)."""
     key = _code(model)
     if key not in _failures:
         name = key[0].__qualname__
-        log.warning("evaluating %s eagerly, not compiled (slower): %s", name, why)
+        say = log.info if expected else log.warning
+        say("evaluating %s eagerly, not compiled (slower): %s", name, why)
         _failures[key] = (name, why)
 
 
@@ -211,6 +224,10 @@ def runner(model: nn.Module, x: Tensor) -> Callable[[Tensor], Any]:
     hit = _cache.get(model)
     if hit is not None and hit[0] == structure and _unchanged(model, hit[1]):
         return hit[2] or model
+    by_design = _eager_by_design(model)
+    if by_design is not None:
+        _fell_back(model, by_design, expected=True)
+        return model
     try:
         with torch.no_grad():
             expected = model(x[:CHECK_ROWS])

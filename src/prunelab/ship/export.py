@@ -23,6 +23,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -140,56 +141,117 @@ def load_sparse(model: nn.Module, path: Path | str) -> nn.Module:
     return model
 
 
-def save_onnx(model: nn.Module, example: Tensor, path: Path | str, atol: float = 1e-5) -> Exported:
-    """Export to ONNX (TorchScript exporter) and check onnxruntime matches torch within ``atol``.
+CHECK_LENGTHS = (8, 40, 100)  # sequence lengths an ONNX export of a token model is checked at
 
-    The file is checked before it appears at ``path``: when onnxruntime cannot load it or its
-    outputs differ, PrunelabError is raised and no file is left. The batch dimension is dynamic.
+
+def at_length(x: Tensor, axis: int, length: int) -> Tensor:
+    """``x`` cut or tiled along ``axis`` to ``length`` (real tokens, repeated when longer).
+
+    >>> at_length(torch.tensor([[1, 2, 3]]), 1, 7).tolist(), at_length(torch.arange(4)[None], 1, 2)
+    ([[1, 2, 3, 1, 2, 3, 1]], tensor([[0, 1]]))
+    """
+    reps = -(-length // x.shape[axis])  # ceil
+    tiled = x.repeat(*[reps if d == axis else 1 for d in range(x.dim())])
+    return tiled.narrow(axis, 0, length)
+
+
+def check_inputs(
+    model: nn.Module, example: Tensor, sequence_axis: int | None
+) -> list[tuple[str, Tensor]]:
+    """What an ONNX export is checked on: batch 1 and the whole example, and for token models
+    the example at each of :data:`CHECK_LENGTHS` too (lengths torch itself cannot run, e.g.
+    past the model's positions, are left out)."""
+    out = [(f"batch {len(example)}", example), ("batch 1", example[:1])]
+    if sequence_axis is None:
+        return out
+    for n in CHECK_LENGTHS:
+        x = at_length(example, sequence_axis, n)
+        try:
+            with torch.no_grad():
+                model(x[:2])
+        except Exception:  # noqa: BLE001 - the model's own limit: nothing to compare
+            continue
+        out.append((f"length {n}", x))
+    return out
+
+
+def _dynamic_axes(
+    model: nn.Module, example: Tensor, names: list[str], sequence_axis: int | None
+) -> dict[str, dict[int, str]]:
+    """Batch axes everywhere; the sequence axis of the input and each output axis that follows
+    it (found by running two lengths)."""
+    axes: dict[str, dict[int, str]] = {"input": {0: "batch"}, **{n: {0: "batch"} for n in names}}
+    if sequence_axis is None:
+        return axes
+    axes["input"][sequence_axis] = "sequence"
+    t = example.shape[sequence_axis]
+    with torch.no_grad():
+        a = _outputs(model(example[:1]))
+        b = _outputs(model(at_length(example[:1], sequence_axis, t + 3)))
+    for name, x, y in zip(names, a, b):
+        for d in range(1, x.dim()):
+            if x.shape[d] != y.shape[d]:
+                axes[name][d] = "sequence"
+    return axes
+
+
+def save_onnx(
+    model: nn.Module,
+    example: Tensor,
+    path: Path | str,
+    atol: float = 1e-5,
+    sequence_axis: int | None = None,
+) -> Exported:
+    """Export to ONNX (TorchScript exporter) and check onnxruntime matches torch.
+
+    The batch axis is dynamic, and for token inputs (``sequence_axis``) the sequence axis too.
+    Before the file appears at ``path`` it is checked at batch 1 and the example's batch, and
+    for token inputs at lengths :data:`CHECK_LENGTHS` as well: every output within ``atol`` times
+    its scale (at least 1). When onnxruntime cannot load it or an output differs,
+    PrunelabError is raised and no file is left.
     """
     path = Path(path)
     state = plain_state(model)
     work = folded_copy(model)
-
-    def write(tmp: Path) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript exporter on purpose
-            _onnx_export(tmp)
-
     with torch.no_grad():
         n_out = len(_outputs(work.eval()(example)))
     names = ["logits"] if n_out == 1 else [f"output_{i}" for i in range(n_out)]
+    axes = _dynamic_axes(work, example, names, sequence_axis)
+    inputs = check_inputs(work, example, sequence_axis)
 
-    def _onnx_export(tmp: Path) -> None:
-        torch.onnx.export(
-            work,
-            (example,),
-            str(tmp),
-            dynamo=False,
-            input_names=["input"],
-            output_names=names,
-            dynamic_axes={"input": {0: "batch"}, **{n: {0: "batch"} for n in names}},
-        )
+    def write(tmp: Path) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TorchScript exporter on purpose; tracer notices
+            torch.onnx.export(work, (example,), str(tmp), dynamo=False, input_names=["input"],
+                              output_names=names, dynamic_axes=axes)  # fmt: skip
 
-    diffs = []
+    worst: list[float] = []
 
     def check(tmp: Path) -> None:  # before the file is published: a failed check leaves none
-        try:
-            diffs.append(onnx_max_diff(work, tmp, example))
-        except Exception as e:  # noqa: BLE001 - onnxruntime's own error types
-            why = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise PrunelabError(f"onnxruntime cannot run the export of {path}: {why}") from None
-        if not diffs[-1] <= atol:
-            raise PrunelabError(
-                f"ONNX export {path} differs from torch by {diffs[-1]:.3g} (> {atol:g}); "
-                "nothing written"
-            )
+        for what, x in inputs:
+            try:
+                diff, scale = onnx_max_diff(work, tmp, x, scaled=True)
+            except Exception as e:  # noqa: BLE001 - onnxruntime's own error types
+                why = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise PrunelabError(
+                    f"onnxruntime cannot run the export of {path} at {what}: {why}"
+                ) from None
+            if not diff <= atol * max(scale, 1.0):
+                raise PrunelabError(
+                    f"ONNX export {path} differs from torch by {diff:.3g} at {what} "
+                    f"(> {atol:g} x {max(scale, 1.0):.3g}); nothing written"
+                )
+            worst.append(diff)
 
     _publish(path, write, check)
-    return Exported(path, path.stat().st_size, dense_bytes(state), f"max |diff| {diffs[-1]:.2e}")
+    checked = ", ".join(w for w, _ in inputs)
+    detail = f"max |diff| {max(worst):.2e} (checked at {checked})"
+    return Exported(path, path.stat().st_size, dense_bytes(state), detail)
 
 
-def onnx_max_diff(model: nn.Module, path: Path | str, x: Tensor) -> float:
-    """Max absolute difference between torch and onnxruntime outputs on ``x``."""
+def onnx_max_diff(model: nn.Module, path: Path | str, x: Tensor, scaled: bool = False) -> Any:
+    """Max absolute difference between torch and onnxruntime outputs on ``x`` (``scaled=True``:
+    also the largest absolute torch output, the scale a tolerance is relative to)."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -198,7 +260,12 @@ def onnx_max_diff(model: nn.Module, path: Path | str, x: Tensor) -> float:
     gots = sess.run(None, {"input": x.numpy()})
     if len(gots) != len(refs):
         raise PrunelabError(f"ONNX model has {len(gots)} outputs, torch {len(refs)}")
-    return max(float(np.abs(g - r.numpy()).max()) for g, r in zip(gots, refs))
+    for g, r in zip(gots, refs):
+        if tuple(g.shape) != tuple(r.shape):
+            raise PrunelabError(f"ONNX output of shape {tuple(g.shape)}, torch {tuple(r.shape)}")
+    diff = max(float(np.abs(g - r.numpy()).max(initial=0.0)) for g, r in zip(gots, refs))
+    scale = max(float(r.abs().max()) if r.numel() else 0.0 for r in refs)
+    return (diff, scale) if scaled else diff
 
 
 def _outputs(out: Tensor | tuple | list) -> list[Tensor]:
@@ -240,8 +307,8 @@ def _sparse(job: ExportJob, out: Path) -> Exported:
 
 @FORMATS.register("onnx")
 def _onnx(job: ExportJob, out: Path) -> Exported:
-    """ONNX, checked against torch in onnxruntime."""
-    return save_onnx(job.model, job.examples, out)
+    """ONNX with dynamic batch (and sequence) axes, checked against torch in onnxruntime."""
+    return save_onnx(job.model, job.examples, out, sequence_axis=job.sequence_axis)
 
 
 @FORMATS.register("slim")

@@ -43,6 +43,7 @@ class ExportJob:
     source: str = ""  # the run's model: a registry name, an import path or a file
     input_shape: tuple[int, ...] | None = None
     num_classes: int | None = None
+    sequence_axis: int | None = None  # the input axis of variable length (token ids), if any
 
 
 Format = Callable[[ExportJob, Path], Exported]

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from prunelab.data import DataBundle, Split
 from prunelab.errors import PrunelabError
-from prunelab.registry import Registry
+from prunelab.registry import Registry, check_options
 from prunelab.sources.data.fashion_mnist import read_idx
 
 PathLike = str | os.PathLike[str]
@@ -41,8 +41,11 @@ READERS: Registry[Reader] = Registry("data reader")
 
 
 def read_data(reader: str, path: PathLike, **options: object) -> DataBundle:
-    """Read ``path`` with the built-in reader named ``reader`` (see :data:`READERS`)."""
-    return READERS.get(reader)(path, **options)
+    """Read ``path`` with the built-in reader named ``reader`` (see :data:`READERS`); an option
+    it does not take fails with the valid ones."""
+    fn = READERS.get(reader)
+    check_options(f"data reader '{reader}'", fn, options, skip=1)
+    return fn(path, **options)
 
 
 def split_seeded(x: Tensor, y: Tensor, fractions: dict[str, float], seed: int) -> dict[str, Split]:

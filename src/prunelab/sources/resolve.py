@@ -39,9 +39,15 @@ def load_bundle(
     if reader is not None:
         if path is None:
             raise PrunelabError(f"data reader '{reader}' needs a path")
-        return read_data(reader, path, seed=kwargs.get("seed", 0))
+        return read_data(reader, path, **kwargs)
     if loader is None:
         return load_dataset(name, **kwargs)
+    given = sorted(k for k in kwargs if k != "seed")
+    if given:
+        raise PrunelabError(
+            f"data loader '{loader}' takes no options (got {', '.join(given)}): it returns "
+            "(train, val, test) as it is; options belong to a dataset name or a reader"
+        )
     if loader.startswith(memory.MEMORY_PREFIX):
         return memory.get(loader)  # splits handed to prunelab.sweep(), already a DataBundle
     return user.load_data(loader)

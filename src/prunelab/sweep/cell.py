@@ -2,7 +2,9 @@
 
 :func:`run_cell` reads as the pipeline: prune (the structure, one shot, or the schedule) →
 recover (fine-tune; the dense control gets the same budget) → measure (the task's metrics, the
-footprint every kind shares, latency when asked). It is pure given its inputs (a :class:`Cell`
+footprint every kind shares, latency when asked) → keep (the model itself, compactly: what its
+structure kept and the weights recovery changed, :mod:`prunelab.sweep.snapshot`, so an export
+needs no re-run). It is pure given its inputs (a :class:`Cell`
 and the shared :class:`~prunelab.sweep.context.Context`), so any executor — sequential,
 process pool, Ray — can run cells in any order. Nothing here asks what kind a task or a
 structure is: each kind answers for itself.
@@ -37,6 +39,7 @@ from prunelab.recover.schedules import format_schedule, parse_schedule, run_sche
 from prunelab.sources.hashing import content_key
 from prunelab.sweep.ladder import cached_scores
 from prunelab.sweep.model_aware import MODEL_AWARE, resolve_allocation
+from prunelab.sweep.snapshot import MODEL, snapshot
 from prunelab.sweep.spec import LATENCY, DataSpec, TaskSpec
 from prunelab.training import TrainConfig
 
@@ -171,6 +174,7 @@ def run_cell(
             objective = recovery_objective(ctx.task, ctx.dense, cell.finetune)
             train(model, ctx.data.train, cell.finetune, gen, on_step=on_step, task=objective)
     artifacts = _measure(cell, ctx, model, row)
+    artifacts[MODEL] = snapshot(model, ctx.dense, cell.structure, ctx.example)
     return CellResult(
         row, artifacts, time.perf_counter() - start, records, model if keep_model else None
     )

@@ -54,31 +54,19 @@ class Context:
         dense training when one is needed (not cached)."""
         where = where or Placement()
         device = where.device
-        d = cell.data
-        data = resolve.load_bundle(d.name, d.loader, d.reader, d.path, **d.loader_kwargs())
-        task = task_of(cell, data)
-        src = resolve.dense_source(
-            cell.model, cell.weights, data, cell.train_dense, d.seed,
-            lambda m: task.check_model(m, data),
-        )  # fmt: skip
-        data_hash = data.fingerprint()  # of the data as given (before any fold split)
-        data = to_device(data, device)  # every batch is then sliced on the device
-        dense = src.module.to(device)
-        if src.cache is not None:
-            name, key = src.cache
-            key = {**key, "cfg": cell.dense.identity(), "seed": d.seed}
-            dense = trained(dense, name, key, data, cell.dense, cache_dir, d.seed, task, on_step)
-        example = task.example_input(data.test)
-        dense = _in_dtype(dense.eval(), where.dtype, example)
+        base = load_dense(cell, cache_dir, on_step, device)
+        data, data_hash = base.data, base.data_hash
+        example = base.task.example_input(data.test)
+        dense = _in_dtype(base.model, where.dtype, example)
+        task = base.task.with_dense(dense)
         targets = select_targets(dense, cell.include or None, cell.exclude or None, cell.prune_last)
         if not targets:
             raise PrunelabError(
                 f"model '{cell.model}' has nothing to prune: no Linear or Conv weights "
                 "(check include/exclude)"
             )
-        task = task.with_dense(dense)
         if cell.fold >= 0:  # the dense model is the same for every fold; the splits are not
-            data = task.fold(data, cell.folds, cell.fold, d.seed)
+            data = task.fold(data, cell.folds, cell.fold, cell.data.seed)
         refs = task.references(dense, data)
         return cls(data, dense, task, refs, example, data_hash=data_hash, device=device)
 
@@ -112,6 +100,48 @@ def _in_dtype(model: nn.Module, dtype: torch.dtype | None, example: Any) -> nn.M
             "inputs: drop --dtype"
         )
     return model.to(dtype)
+
+
+@dataclass(frozen=True)
+class Dense:
+    """A sweep's data, its task (knowing the dense model) and the dense model, in eval mode:
+    what exporting a stored cell needs (no references, nothing measured)."""
+
+    data: Any
+    task: Task
+    model: nn.Module
+    data_hash: str = ""  # fingerprint of the data as given
+
+    def example(self, n: int = 1) -> Any:
+        """The first ``n`` test inputs, of the task's dtype."""
+        return self.task.example_input(self.data.test, n)
+
+
+def load_dense(
+    cell: Cell,
+    cache_dir: Path | None = None,
+    on_step: StepCallback | None = None,
+    device: torch.device | None = None,
+) -> Dense:
+    """The data, task and dense model of ``cell``'s sweep on ``device`` (the CPU by default;
+    the dense model trained there, or read from its cache, when prunelab trains it)."""
+    d = cell.data
+    data = resolve.load_bundle(d.name, d.loader, d.reader, d.path, **d.loader_kwargs())
+    task = task_of(cell, data)
+    src = resolve.dense_source(
+        cell.model, cell.weights, data, cell.train_dense, d.seed,
+        lambda m: task.check_model(m, data),
+    )  # fmt: skip
+    data_hash = data.fingerprint()  # of the data as given, on the CPU (before any fold split)
+    device = device or torch.device("cpu")
+    data = to_device(data, device)  # every batch is then sliced on the device
+    dense = src.module.to(device)
+    if src.cache is not None:
+        name, key = src.cache
+        key = {**key, "cfg": cell.dense.identity(), "seed": d.seed}
+        dense = trained(dense, name, key, data, cell.dense, cache_dir, d.seed, task, on_step)
+    dense = dense.eval()
+    return Dense(data, task.with_dense(dense), dense, data_hash)
 
 
 def task_of(cell: Cell, data: Any = None) -> Task:

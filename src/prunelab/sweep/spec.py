@@ -16,6 +16,7 @@ from prunelab.prune.criteria import CRITERIA
 from prunelab.prune.reconstruct import RECONSTRUCTORS
 from prunelab.prune.structures import parse_structure
 from prunelab.recover.schedules import parse_schedule
+from prunelab.registry import check_options
 from prunelab.sources.data import DATASETS
 from prunelab.sources.memory import MEMORY_PREFIX
 from prunelab.sources.models.zoo import check_model_name
@@ -89,11 +90,15 @@ class DataSpec:
             object.__setattr__(self, "options", tuple(tuple(kv) for kv in self.options))
 
     def loader_kwargs(self) -> dict[str, Any]:
+        """The keywords the dataset or reader is called with: ``seed``, ``data_dir`` and the
+        limits when set, and the options (a name given both ways fails)."""
         kw: dict[str, Any] = {"seed": self.seed}
-        if self.name == "fashion-mnist":
-            kw.update(
-                data_dir=self.data_dir, train_limit=self.train_limit, test_limit=self.test_limit
-            )
+        given = {"data_dir": self.data_dir, "train_limit": self.train_limit,
+                 "test_limit": self.test_limit}  # fmt: skip
+        kw.update({k: v for k, v in given.items() if v is not None})
+        twice = sorted(set(kw) & {k for k, _ in self.options})
+        if twice:
+            raise PrunelabError(f"[data] and [data.options] both give {', '.join(twice)}")
         kw.update(dict(self.options))
         return kw
 
@@ -117,10 +122,31 @@ class TaskSpec:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> TaskSpec:
-        """The spec from plain data (a TOML table or stored JSON)."""
-        raw = dict(raw)
-        custom = tuple(CustomMetricSpec(**c) for c in raw.pop("custom", ()))
-        return cls(**raw, custom=custom)
+        """The spec from plain data (a TOML table or stored JSON); unknown keys fail."""
+        raw = dict(table(dict, "task", raw))
+        custom = tuple(table(CustomMetricSpec, "task.custom", c) for c in raw.pop("custom", ()))
+        return table(cls, "task", {**raw, "custom": custom})
+
+
+def table(cls: Any, name: str, raw: Any) -> Any:
+    """``cls(**raw)`` for the TOML table ``[name]``: a key ``cls`` has no field for fails in one
+    line with the valid ones (``cls=dict``: only checks that ``raw`` is a table).
+
+    >>> table(CustomMetricSpec, "task.custom", {"name": "f1", "pth": "m.py:f1"})
+    Traceback (most recent call last):
+    ...
+    prunelab.errors.PrunelabError: unknown key(s) ['pth'] in [task.custom]; valid: name, path, \
+higher_is_better
+    """
+    if not isinstance(raw, dict):
+        raise PrunelabError(f"[{name}] must be a table of keys, got {raw!r}")
+    if cls is dict:
+        return raw
+    valid = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(valid))
+    if unknown:
+        raise PrunelabError(f"unknown key(s) {unknown} in [{name}]; valid: {', '.join(valid)}")
+    return cls(**raw)
 
 
 @dataclass(frozen=True)
@@ -183,10 +209,18 @@ class SweepSpec:
             READERS.get(self.data.reader)
             if self.data.path is None or not Path(self.data.path).exists():
                 raise PrunelabError(f"data path {self.data.path} not found")
+            check_options(f"data reader '{self.data.reader}'", READERS.get(self.data.reader),
+                          self.data.loader_kwargs(), skip=1)  # fmt: skip
         elif self.data.loader is not None:
             load_object(self.data.loader)
+            extra = sorted(k for k in self.data.loader_kwargs() if k != "seed")
+            if extra:
+                raise PrunelabError(
+                    f"data loader '{self.data.loader}' takes no options (got {', '.join(extra)})"
+                )
         else:
-            DATASETS.get(self.data.name)
+            check_options(f"dataset '{self.data.name}'", DATASETS.get(self.data.name),
+                          self.data.loader_kwargs())  # fmt: skip
         TASKS.get(self.task.kind)
         for c in self.task.custom:
             load_object(c.path)
@@ -244,11 +278,11 @@ def spec_from_dict(raw: dict[str, Any]) -> SweepSpec:
     try:
         for key, value in raw.items():
             if key == "data":
-                kw[key] = DataSpec(**value)
+                kw[key] = table(DataSpec, "data", value)
             elif key == "task":
                 kw[key] = TaskSpec.from_dict(value)
             elif key in ("dense", "finetune"):
-                kw[key] = TrainConfig(**value)
+                kw[key] = table(TrainConfig, key, value)
             elif key == "levels":
                 kw[key] = (
                     parse_levels(value) if isinstance(value, str) else tuple(map(float, value))

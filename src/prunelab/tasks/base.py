@@ -59,6 +59,7 @@ class Task(ABC):
     tolerance_points: ClassVar[float] = 0.5  # default max drop of a fraction primary, in points
     latency_batches: ClassVar[tuple[int, ...]] = (1,)  # batch sizes ``latency = true`` times
     supports_schedules: ClassVar[bool] = False  # iterative/gradual/regrow/adaptive recovery
+    sequence_axis: ClassVar[int | None] = None  # the input axis of variable length (tokens)
 
     def default_tolerance(self, dense_value: float) -> float:
         """The default max drop of the primary metric, in its own units: ``tolerance_points``

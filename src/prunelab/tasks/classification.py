@@ -259,6 +259,7 @@ class TextClassificationTask(ClassificationTask):
     """
 
     kind: ClassVar[str] = "text-classification"
+    sequence_axis: ClassVar[int | None] = 1  # (N, T) token ids: T varies
 
     def batches(
         self, split: Split, batch_size: int, generator: torch.Generator | None

@@ -65,6 +65,7 @@ class SentenceEmbeddingTask(Task):
     """
 
     kind: ClassVar[str] = "sentence-embedding"
+    sequence_axis: ClassVar[int | None] = 1  # (N, T) token ids: T varies
     fidelity: ClassVar[str] = "neighbour_overlap"
     tolerance_points: ClassVar[float] = 1.0  # one point of mean cosine
     default_include: ClassVar[tuple[str, ...]] = ("*encoder.layer.*",)

@@ -49,6 +49,7 @@ class CausalLMTask(Task):
     """
 
     kind: ClassVar[str] = "causal-lm"
+    sequence_axis: ClassVar[int | None] = 1  # (N, T) token ids: T varies
     fidelity: ClassVar[str] = "next_token_agreement"
     default_include: ClassVar[tuple[str, ...]] = DECODER_PATTERNS
     primary: str = "perplexity"

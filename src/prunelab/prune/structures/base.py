@@ -12,7 +12,10 @@ in which structures differ, so the sweep has nothing to switch on:
   in: **the fraction of the prunable targets' weights that are gone** (masked to zero, or
   physically removed);
 * :meth:`~Structure.shipped` — the model as it would ship (masks folded; channels cut out), which
-  is what latency times and exports write.
+  is what latency times and exports write;
+* :meth:`~Structure.kept` / :meth:`~Structure.restore` — what a pruned model keeps, as plain
+  tensors a run stores with each cell (masks; the heads and FFN neurons each block kept), and
+  the same pruning made again on the dense model from them (export needs no re-run).
 
 Adding a structure: one file in this package with a registered class, one import line in
 ``__init__.py``, and the contract suite (``tests/test_structures_contract.py``) covers it.
@@ -31,7 +34,7 @@ from torch import Tensor, nn
 from prunelab.errors import PrunelabError
 from prunelab.progress import LayerProgress
 from prunelab.prune.allocation import Allocation
-from prunelab.prune.apply import folded_copy, get_masks
+from prunelab.prune.apply import apply_masks, folded_copy, get_masks
 from prunelab.prune.masks import Masks, mask_sparsity
 from prunelab.registry import Registry
 
@@ -112,6 +115,17 @@ class Structure(ABC):
     def shipped(self, model: nn.Module, example: Any) -> nn.Module:
         """The model as it ships: masks folded into plain weights (a copy)."""
         return folded_copy(model)
+
+    def kept(self, model: nn.Module) -> dict[str, Tensor]:
+        """What the pruned ``model`` keeps, as plain tensors: its boolean masks by layer name
+        (a physical structure: the indices it kept)."""
+        return get_masks(model)
+
+    def restore(self, model: nn.Module, kept: dict[str, Tensor], example: Any) -> None:
+        """Prune the dense ``model`` in place as :meth:`kept` recorded (weights stay dense:
+        recovery and reconstruction changed them after pruning, and a run stores those apart)."""
+        apply_masks(model, kept)
+        self.finish(model, example)
 
     def __str__(self) -> str:
         return self.name

@@ -11,13 +11,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from prunelab.errors import PrunelabError
 from prunelab.prune.allocation import Allocation
 from prunelab.prune.masks import Masks
 from prunelab.prune.structures.base import STRUCTURES, Pruning, Structure
-from prunelab.prune.surgery.heads import block_params, prune_heads_ffn, transformer_blocks
+from prunelab.prune.surgery.encoder import kept_indices
+from prunelab.prune.surgery.heads import (
+    BlockPlan,
+    apply_plan,
+    block_params,
+    prune_heads_ffn,
+    transformer_blocks,
+)
 
 CALIBRATION_BATCH = 32  # rows per calibration batch for the group scores
 
@@ -54,6 +62,29 @@ class Heads(Structure):
 
     def shipped(self, model: nn.Module, example: Any) -> nn.Module:
         return model  # already physically smaller
+
+    def kept(self, model: nn.Module) -> dict[str, Tensor]:
+        """Per block ``i``: ``"i.heads"`` and ``"i.ffn"``, the indices it kept (int64).
+
+        >>> from prunelab.sources.models.encoder import tiny_bert
+        >>> enc = tiny_bert(heads=4); _ = prune_heads_ffn(enc, 0.5)
+        >>> {k: len(v) for k, v in Heads(ffn=True).kept(enc).items()}
+        {'0.heads': 2, '0.ffn': 32, '1.heads': 2, '1.ffn': 32}
+        """
+        out = {}
+        for i, layer in enumerate(transformer_blocks(model)):
+            heads, ffn = kept_indices(layer)
+            out[f"{i}.heads"], out[f"{i}.ffn"] = torch.tensor(heads), torch.tensor(ffn)
+        return out
+
+    def restore(self, model: nn.Module, kept: dict[str, Tensor], example: Any) -> None:
+        n = len(transformer_blocks(model))
+        try:
+            plans = [BlockPlan(tuple(kept[f"{i}.heads"].tolist()), tuple(kept[f"{i}.ffn"].tolist()))
+                     for i in range(n)]  # fmt: skip
+        except KeyError as e:
+            raise PrunelabError(f"stored plan has no block {e} of the model's {n}") from None
+        apply_plan(model, plans)
 
 
 STRUCTURES.add("heads", lambda spelling: Heads())

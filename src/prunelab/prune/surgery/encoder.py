@@ -5,6 +5,11 @@ itself. A head h of a block owns rows ``h*d:(h+1)*d`` of query/key/value and the
 the attention output projection; FFN neuron j owns row j of ``intermediate.dense`` and column j
 of ``output.dense``. Removing them gives exactly the model in which those columns of the output
 projections are zero (tested), with fewer parameters and MACs.
+
+Each removal remembers what stayed, as indices into the block as it was first built (plain
+attributes :data:`KEPT_HEADS` on the self-attention module and :data:`KEPT_NEURONS` on the FFN's
+``intermediate``, outside the state dict): :func:`kept_indices` reads them, so a run can store a
+pruned model's plan and rebuild it from the dense model (``prunelab.sweep.snapshot``).
 """
 
 from __future__ import annotations
@@ -29,6 +34,31 @@ def _slice_linear(lin: nn.Linear, keep: Tensor, dim: int) -> nn.Linear:
             b = lin.bias.detach()
             new.bias.copy_(b.index_select(0, keep) if dim == 0 else b)
     return new
+
+
+KEPT_HEADS = "prunelab_kept_heads"
+KEPT_NEURONS = "prunelab_kept_neurons"
+
+
+def _remember(module: nn.Module, attr: str, keep: Tensor, before: int) -> None:
+    """Record ``keep`` (indices into the module's current ``before`` units) as indices into the
+    units it was first built with."""
+    original = getattr(module, attr, tuple(range(before)))
+    setattr(module, attr, tuple(original[i] for i in keep.tolist()))
+
+
+def kept_indices(layer: nn.Module) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(heads, FFN neurons) one block keeps, as indices into the block as first built.
+
+    >>> from prunelab.sources.models.encoder import tiny_bert
+    >>> layer = tiny_bert(heads=4).bert.encoder.layer[0]
+    >>> remove_heads(layer, torch.tensor([0, 2, 3])); remove_heads(layer, torch.tensor([1, 2]))
+    >>> kept_indices(layer)[0]
+    (2, 3)
+    """
+    attn, inter = layer.attention.self, layer.intermediate
+    heads = getattr(attn, KEPT_HEADS, tuple(range(attn.num_attention_heads)))
+    return heads, getattr(inter, KEPT_NEURONS, tuple(range(inter.dense.out_features)))
 
 
 def _check_plain(*mods: nn.Module) -> None:
@@ -58,6 +88,7 @@ def remove_heads(layer: nn.Module, keep_heads: Tensor) -> None:
     if keep_heads.max() >= attn.num_attention_heads or keep_heads.min() < 0:
         raise PrunelabError(f"head index out of range 0..{attn.num_attention_heads - 1}")
     _check_plain(attn.query, attn.key, attn.value, out)
+    _remember(attn, KEPT_HEADS, keep_heads, attn.num_attention_heads)
     rows = head_rows(keep_heads, attn.attention_head_size)
     attn.query = _slice_linear(attn.query, rows, 0)
     attn.key = _slice_linear(attn.key, rows, 0)
@@ -76,6 +107,7 @@ def remove_neurons(layer: nn.Module, keep: Tensor) -> None:
     if keep.max() >= inter.out_features or keep.min() < 0:
         raise PrunelabError(f"neuron index out of range 0..{inter.out_features - 1}")
     _check_plain(inter, out)
+    _remember(layer.intermediate, KEPT_NEURONS, keep, inter.out_features)
     layer.intermediate.dense = _slice_linear(inter, keep, 0)
     layer.output.dense = _slice_linear(out, keep, 1)
 

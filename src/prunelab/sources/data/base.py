@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 
 from prunelab.data import DataBundle
-from prunelab.errors import PrunelabError
-from prunelab.registry import Registry
+from prunelab.registry import Registry, check_options
 
 Loader = Callable[..., DataBundle]
 DATASETS: Registry[Loader] = Registry("dataset")
@@ -23,10 +21,5 @@ def load_dataset(name: str, **kwargs: object) -> DataBundle:
     prunelab.errors.PrunelabError: dataset 'digits' has no option 'colour'; valid: seed, ...
     """
     loader = DATASETS.get(name)
-    params = inspect.signature(loader).parameters
-    for key in kwargs:
-        if key not in params:
-            raise PrunelabError(
-                f"dataset '{name}' has no option '{key}'; valid: {', '.join(params)}"
-            )
+    check_options(f"dataset '{name}'", loader, kwargs)
     return loader(**kwargs)

@@ -65,7 +65,9 @@ class TextEncoder(nn.Module):
     def forward(self, input_ids: Tensor) -> Tensor:
         """(B, T) padded token ids -> (B, D) sentence embeddings."""
         used = (input_ids != self.pad_id).any(0).nonzero()
-        ids = input_ids[:, : int(used.max()) + 1] if used.numel() else input_ids  # trim padding
+        ids = input_ids
+        if used.numel() and not torch.jit.is_tracing():  # trim padding (a traced graph, as ONNX
+            ids = input_ids[:, : int(used.max()) + 1]  # exports it, would bake the length in)
         mask = (ids != self.pad_id).long()  # (B, T)
         hidden = self.bert(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, D)
         m = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
