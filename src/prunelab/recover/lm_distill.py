@@ -81,7 +81,7 @@ def distill_decoder(
     ``train_embeddings``; every other parameter trains.
     """
     emb = student.get_input_embeddings() if hasattr(student, "get_input_embeddings") else None
-    frozen = [] if train_embeddings or emb is None else [p for p in emb.parameters()]
+    frozen = [] if train_embeddings or emb is None else list(emb.parameters())
     flags = [p.requires_grad for p in frozen]
     for p in frozen:
         p.requires_grad_(False)
