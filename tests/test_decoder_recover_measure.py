@@ -90,6 +90,23 @@ class Favours(torch.nn.Module):
         return logits
 
 
+def test_shared_context_cache_matches_whole_sequences():
+    model = tiny_decoder()
+    g = torch.Generator().manual_seed(5)
+    items = [
+        ClozeItem(
+            tuple(torch.randint(1, 96, (6,), generator=g).tolist()),
+            ((3,), (4, 5, 6), (7, 8), (9,)),
+            i % 4,
+        )
+        for i in range(5)
+    ]
+    shared = choice_logprobs(model, items, batch_size=4)  # same context length: cached path
+    mixed = [ClozeItem(items[0].context[1:], items[0].choices, 0)] + items[1:]
+    separate = choice_logprobs(model, mixed, batch_size=16)  # unequal contexts: whole path
+    assert torch.allclose(shared[1:], separate[1:], atol=1e-5)
+
+
 def test_score_cloze_follows_the_likelihood():
     items = [ClozeItem((1, 2), ((3,), (7,), (9,)), 1), ClozeItem((4,), ((7, 7), (5,), (6,)), 0)]
     s = score_cloze(Favours(7), items)

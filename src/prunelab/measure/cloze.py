@@ -21,6 +21,7 @@ than sampling noise.
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -81,8 +82,9 @@ def cloze_items(
     context_tokens: int = 48,
     generator: torch.Generator | None = None,
 ) -> list[ClozeItem]:
-    """Up to ``n_items`` items (a seeded sample of all qualifying sentences) with
-    ``choices - 1`` distractors each, tokenised without special tokens."""
+    """Up to ``n_items`` items (a seeded sample of the qualifying sentences with at least
+    ``context_tokens`` tokens before the answer) with ``choices - 1`` distractors each,
+    tokenised without special tokens."""
     pairs = final_words(documents)
     pool = sorted({w for _, w in pairs}, key=str.lower)
     if len(pool) < choices:
@@ -98,6 +100,8 @@ def cloze_items(
         answer = int(torch.randint(choices, (1,), generator=g))
         words.insert(answer, word)
         ctx = _ids(tokenizer, before)[-context_tokens:]
+        if len(ctx) < context_tokens:  # every context the same length: one batch shares it
+            continue
         items.append(
             ClozeItem(tuple(ctx), tuple(tuple(_ids(tokenizer, " " + w)) for w in words), answer)
         )
@@ -109,39 +113,81 @@ def _ids(tokenizer, text: str) -> list[int]:
 
 
 @torch.no_grad()
-def choice_logprobs(model: nn.Module, items: Sequence[ClozeItem], batch_size: int = 8) -> Tensor:
+def choice_logprobs(model: nn.Module, items: Sequence[ClozeItem], batch_size: int = 16) -> Tensor:
     """(items, choices) summed log-probability of each choice after its context.
 
-    Every (context + choice) sequence is right-padded into one batch; with causal attention
-    the padding never reaches the scored positions."""
-    seqs = [(it.context, c) for it in items for c in it.choices]
-    out = torch.empty(len(seqs), dtype=torch.float64)
+    Items of equal context length run their contexts once with a KV cache, copied to every
+    choice (``batch_repeat_interleave``); choices are right-padded, which causal attention
+    never lets reach the scored positions. Other items, or a model without a KV cache,
+    run each (context + choice) sequence whole (slower, same numbers)."""
+    n_choices = len(items[0].choices)
+    if any(len(it.choices) != n_choices for it in items):
+        raise PrunelabError("every cloze item needs the same number of choices")
+    out = torch.empty(len(items), n_choices, dtype=torch.float64)
     was = model.training
     model.eval()
     try:
-        step = batch_size * len(items[0].choices)
-        for s in range(0, len(seqs), step):
-            out[s : s + step] = _score(model, seqs[s : s + step])
+        for s in range(0, len(items), batch_size):
+            chunk = items[s : s + batch_size]
+            same = len({len(it.context) for it in chunk}) == 1
+            out[s : s + len(chunk)] = _shared(model, chunk) if same else _whole(model, chunk)
     finally:
         model.train(was)
-    return out.view(len(items), -1)  # (items * choices,) -> (items, choices)
+    return out
 
 
-def _score(model: nn.Module, seqs: list[tuple[tuple[int, ...], tuple[int, ...]]]) -> Tensor:
-    width = max(len(c) + len(k) for c, k in seqs)
-    ids = torch.zeros(len(seqs), width, dtype=torch.long)  # (S, width), right-padded
-    for r, (c, k) in enumerate(seqs):
-        ids[r, : len(c) + len(k)] = torch.tensor(c + k)
-    out = model(input_ids=ids, use_cache=False)
-    logp = torch.log_softmax((out.logits if hasattr(out, "logits") else out).double(), -1)
-    scores = []
+def _pad(rows: Sequence[Sequence[int]]) -> Tensor:
+    ids = torch.zeros(len(rows), max(len(r) for r in rows), dtype=torch.long)  # right-padded
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+    return ids
+
+
+def _logits(out) -> Tensor:
+    return out.logits if hasattr(out, "logits") else out
+
+
+def _cache_arg(model: nn.Module) -> str:
+    """``cache`` (transformers >= 5.x) or the older ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _shared(model: nn.Module, items: Sequence[ClozeItem]) -> Tensor:
+    """Contexts (B, C) once with a cache, then the B·k choices on top of copies of it."""
+    k = len(items[0].choices)
+    out = model(input_ids=torch.tensor([it.context for it in items]), use_cache=True)  # (B, C)
+    cache = getattr(out, "past_key_values", None)
+    if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+        return _whole(model, items)
+    first = torch.log_softmax(_logits(out)[:, -1].double(), -1)  # (B, V) predicts choice[0]
+    cache.batch_repeat_interleave(k)  # (B, ...) -> (B·k, ...), row b·k + j = item b, choice j
+    choices = [c for it in items for c in it.choices]
+    rest = torch.log_softmax(
+        _logits(
+            model(input_ids=_pad(choices), use_cache=True, **{_cache_arg(model): cache})
+        ).double(),
+        -1,
+    )  # (B·k, L, V)
+    scores = torch.empty(len(choices), dtype=torch.float64)
+    for r, c in enumerate(choices):
+        later = rest[r, torch.arange(len(c) - 1), torch.tensor(c[1:], dtype=torch.long)]
+        scores[r] = first[r // k, c[0]] + later.sum()
+    return scores.view(len(items), k)  # (B·k,) -> (B, k)
+
+
+def _whole(model: nn.Module, items: Sequence[ClozeItem]) -> Tensor:
+    seqs = [(it.context, c) for it in items for c in it.choices]
+    logp = torch.log_softmax(
+        _logits(model(input_ids=_pad([a + b for a, b in seqs]), use_cache=False)).double(), -1
+    )
+    scores = torch.empty(len(seqs), dtype=torch.float64)
     for r, (c, k) in enumerate(seqs):
         pos = torch.arange(len(c) - 1, len(c) + len(k) - 1)  # positions predicting the choice
-        scores.append(logp[r, pos, torch.tensor(k)].sum())
-    return torch.stack(scores)
+        scores[r] = logp[r, pos, torch.tensor(k)].sum()
+    return scores.view(len(items), -1)  # (items·k,) -> (items, k)
 
 
-def score_cloze(model: nn.Module, items: Sequence[ClozeItem], batch_size: int = 8) -> ClozeScore:
+def score_cloze(model: nn.Module, items: Sequence[ClozeItem], batch_size: int = 16) -> ClozeScore:
     """Accuracy of ``model`` on ``items`` (the report's entry point).
 
     >>> import transformers
