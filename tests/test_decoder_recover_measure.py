@@ -157,11 +157,14 @@ def test_distillation_pulls_the_pruned_model_back_towards_dense():
     before = evaluate_lm(student, windows, ref).kl
     emb = student.get_input_embeddings().weight.detach().clone()
     cfg = TrainConfig(epochs=15, lr=3e-3, batch_size=4)
-    distill_decoder(student, windows, ref, cfg, torch.Generator().manual_seed(0))
+    rec = distill_decoder(student, windows, ref, cfg, torch.Generator().manual_seed(0))
+    assert rec.steps == rec.planned_steps == 30
     after = evaluate_lm(student, windows, ref).kl
     assert after < 0.7 * before
     assert torch.equal(student.get_input_embeddings().weight, emb)  # frozen by default
     assert student.get_input_embeddings().weight.requires_grad  # and restored after
+    short = distill_decoder(copy.deepcopy(student), windows, ref, cfg, None, max_seconds=0.0)
+    assert short.steps == 1 and short.planned_steps == 30
     obj = LogitDistillation(ref)
     with pytest.raises(PrunelabError, match="reference has 8 windows"):
         next(iter(obj.batches(windows[:4], 2, None)))

@@ -16,6 +16,7 @@ SmolLM2), which saves a third of the vocabulary projection's backward pass.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -73,21 +74,52 @@ def distill_decoder(
     generator: torch.Generator,
     train_embeddings: bool = False,
     on_step: StepCallback | None = None,
-) -> float:
+    max_seconds: float | None = None,
+) -> Recovery:
     """Distil ``student`` towards ``reference`` (the dense model on ``windows``) in place.
 
-    ``cfg.epochs`` × ``len(windows)`` / ``cfg.batch_size`` optimizer steps; returns the mean
-    loss of the last epoch. Embeddings (and a tied ``lm_head``) are frozen unless
-    ``train_embeddings``; every other parameter trains.
+    At most ``cfg.epochs`` × ``len(windows)`` / ``cfg.batch_size`` optimizer steps, and no
+    new step once ``max_seconds`` have passed (a wall-clock budget; the learning-rate
+    schedule is planned for all steps, so pair a budget with a constant rate). Embeddings
+    (and a tied ``lm_head``) are frozen unless ``train_embeddings``; every other parameter
+    trains.
     """
     emb = student.get_input_embeddings() if hasattr(student, "get_input_embeddings") else None
     frozen = [] if train_embeddings or emb is None else list(emb.parameters())
     flags = [p.requires_grad for p in frozen]
     for p in frozen:
         p.requires_grad_(False)
+    t0, steps = time.perf_counter(), [0, cfg.total_steps(len(windows))]
+
+    def step(done: int, total: int) -> None:
+        steps[0] = done
+        if on_step is not None:
+            on_step(done, total)
+        if max_seconds is not None and time.perf_counter() - t0 > max_seconds and done < total:
+            raise _OutOfTime
+
+    objective = LogitDistillation(reference)
     try:
-        return train(student, windows, cfg, generator, on_step, task=LogitDistillation(reference))
+        loss = train(student, windows, cfg, generator, step, task=objective)
+    except _OutOfTime:
+        loss = float("nan")
     finally:
         for p, f in zip(frozen, flags):
             p.requires_grad_(f)
         student.eval()
+    return Recovery(steps[0], steps[1], time.perf_counter() - t0, loss)
+
+
+class _OutOfTime(Exception):
+    """Raised after an optimizer step once the wall-clock budget is spent."""
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What :func:`distill_decoder` did: steps run of those planned, seconds, and the mean
+    loss of the last full epoch (NaN when the time budget ended training first)."""
+
+    steps: int
+    planned_steps: int
+    seconds: float
+    loss: float
