@@ -105,6 +105,30 @@ def test_structures_registry_lists_choices():
         prune_decoder(tiny_decoder(), [ids()], "chanels", 0.3)
 
 
+def test_equal_sized_gqa_options_keep_the_better_heads():
+    """6 heads in 3 KV groups (as SmolLM2's 9 in 3): removing one query head per group and
+    removing one whole group remove the same parameters; the better-scoring heads stay."""
+    cfg = transformers.LlamaConfig(
+        vocab_size=96,
+        hidden_size=48,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=6,
+        num_key_value_heads=3,
+        head_dim=8,
+    )
+    model, x = transformers.LlamaForCausalLM(cfg).eval(), ids()
+    stats = calibrate(model, [x])
+    scores = fluctuation_scores(model, stats)
+    scores[0]["heads"] = torch.tensor([5.0, 4.0, 1.0, 0.5, 0.2, 0.1], dtype=torch.float64)
+    scores[1]["heads"] = torch.tensor([5.0, 0.1, 4.0, 0.1, 3.0, 0.1], dtype=torch.float64)
+    three_heads = 3 * 2 * 48 * 8  # q rows + o columns of 3 heads = k + v rows of 1 group + 2 heads
+    level = three_heads / (decoder_linear_params(model) / 2)
+    plan = DECODER_STRUCTURES.get("heads")(model, scores, stats, level)
+    assert (plan.layers[0].kv_heads, plan.layers[0].q_heads) == ((0, 1), (0, 1, 2, 3))
+    assert (plan.layers[1].kv_heads, plan.layers[1].q_heads) == ((0, 1, 2), (0, 2, 4))
+
+
 def test_block_removal_equals_skipping_the_block():
     model, x = tiny_decoder(layers=3), ids()
     plan = DecoderPlan((LayerPlan((0, 1), (0, 1, 2, 3), tuple(range(64))), None, None))

@@ -188,9 +188,12 @@ def _layer_plan(
     n_rep = shape["heads"] // shape["kv_heads"]
     opts = attention_options(layer)
     gap = min(abs(rem - attn_target) for *_, rem in opts)
-    tied = [(g, r, rem) for g, r, rem in opts if abs(rem - attn_target) == gap]
-    plans = {rem: keep_heads(s["heads"], n_rep, g, r) for g, r, rem in tied}  # same rem if tied
-    removed, heads = max(plans.items(), key=lambda kv: float(s["heads"][list(kv[1].q_heads)].sum()))
+    tied = [
+        (rem, keep_heads(s["heads"], n_rep, g, r))
+        for g, r, rem in opts
+        if abs(rem - attn_target) == gap
+    ]
+    removed, heads = max(tied, key=lambda t: float(s["heads"][list(t[1].q_heads)].sum()))
     rest = 0.0 if total is None else total - removed
     n_drop = min(shape["ffn"] - 1, max(0, round(rest / u["ffn"])))
     keep = torch.topk(s["ffn"], shape["ffn"] - n_drop).indices.sort().values
