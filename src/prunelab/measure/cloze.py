@@ -156,7 +156,7 @@ def _shared(model: nn.Module, items: Sequence[ClozeItem]) -> Tensor:
     """Contexts (B, C) once with a cache, then the B·k choices on top of copies of it."""
     k = len(items[0].choices)
     out = model(input_ids=torch.tensor([it.context for it in items]), use_cache=True)  # (B, C)
-    cache = getattr(out, "past_key_values", None)
+    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)  # 5.x name first
     if cache is None or not hasattr(cache, "batch_repeat_interleave"):
         return _whole(model, items)
     first = torch.log_softmax(_logits(out)[:, -1].double(), -1)  # (B, V) predicts choice[0]
