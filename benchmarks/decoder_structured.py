@@ -37,6 +37,7 @@ from prunelab.sources.models.cache import default_cache_dir
 
 RESULTS = Path(__file__).parent / "results"
 JSON = RESULTS / "decoder-structured.json"
+EXPORT_JSON = RESULTS / "decoder-export.json"  # benchmarks/decoder_export.py
 
 
 def add_args(ap) -> None:
@@ -323,6 +324,20 @@ def markdown(state: dict, command: str) -> list[str]:
             lines.append(
                 f"\n*{name}*: {s['rounds']} rounds, {s['seconds']:.0f} s, load average {s['load_before']:.1f} "
                 f"before / {s['load_after']:.1f} after, {s['threads']} threads."
+            )
+    if EXPORT_JSON.is_file():
+        lines += [
+            "",
+            "Export (`PRUNELAB_CACHE=.cache/prunelab PYTHONPATH=src python benchmarks/decoder_export.py`: "
+            "hand-made GQA-valid plans on SmolLM2, exported with `export_decoder`, reloaded with "
+            "`AutoModelForCausalLM`, logits compared on 64 tokens):",
+            "",
+            "| plan | Linear params removed | written as | loaded class | model.safetensors MiB (dense 513) | max abs logit diff |",
+            "|---|---|---|---|---|---|",
+        ]
+        for e in json.loads(EXPORT_JSON.read_text()):
+            lines.append(
+                f"| {e['plan']} | {e['removed']:.4f} | {e['config']} | {e['class']} | {e['mib']:.0f} | {e['max_abs_diff']:.1e} |"
             )
     flagged = state.get("divergent")
     if flagged is not None:
