@@ -28,7 +28,13 @@ import torch
 from prunelab.measure.cloze import cloze_items, divergent_levels, score_cloze
 from prunelab.measure.generation import compare_generation, paired_speedup
 from prunelab.measure.language import dense_reference, evaluate_lm, token_windows
-from prunelab.prune.surgery.decoder import decoder_layers, layer_shape
+from prunelab.prune.surgery.decoder import (
+    DecoderPlan,
+    LayerPlan,
+    apply_plan,
+    decoder_layers,
+    layer_shape,
+)
 from prunelab.prune.surgery.decoder_plan import calibrate, prune_decoder
 from prunelab.recover.finetune import TrainConfig
 from prunelab.recover.lm_distill import distill_decoder
@@ -55,6 +61,11 @@ def add_args(ap) -> None:
     ap.add_argument("--struct-lr", type=float, default=2e-4)
     ap.add_argument("--cloze-items", type=int, default=120)
     ap.add_argument("--speed-rounds", type=int, default=3)
+    ap.add_argument(
+        "--speed-only",
+        action="store_true",
+        help="time same-shape copies of every layout in the JSON (no pruning, no scoring)",
+    )
 
 
 def documents(cache: Path) -> tuple[list[str], list[str], list[str]]:
@@ -267,6 +278,41 @@ def speed(b: Bench, args, keys: list[str], name: str) -> None:
     b.save()
 
 
+def same_shape(dense, row: dict):
+    """A copy of ``dense`` with the row's layout (the first blocks, heads, neurons; zero
+    compensation biases where the row's structure adds them): its speed is the row's."""
+    blocks, counts = row["layout"].split(" blocks, ")
+    if " · " in counts:
+        raise ValueError(f"per-layer layout {counts} needs its plan")
+    h, kv, f = (int(c) for c in counts.split("/"))
+    r, n_rep = h // kv, dense.config.num_attention_heads // dense.config.num_key_value_heads
+    q = tuple(g * n_rep + j for g in range(kv) for j in range(r))  # first r heads of each group
+    layer = LayerPlan(tuple(range(kv)), q, tuple(range(f)))
+    model = copy.deepcopy(dense)
+    n = len(decoder_layers(model))
+    plan = DecoderPlan(tuple(layer if i < int(blocks) else None for i in range(n)))
+    width = row["structure"] != "blocks"
+    zeros = torch.zeros(dense.config.hidden_size)
+    apply_plan(model, plan, dict.fromkeys(range(n), (zeros, zeros)) if width else {})
+    return model
+
+
+def run_speed_only(args) -> dict:
+    """Dense and a same-shape copy of every distinct layout in the JSON, one speed loop."""
+    state = json.loads(JSON.read_text())
+    dense = load_causal_lm(smollm2_gguf(), cache_dir=default_cache_dir())
+    b = Bench.__new__(Bench)
+    b.args, b.state, b.dense, b.models = args, state, dense, {}
+    for row in state["rows"][1:]:
+        key = f"{row['structure']}:{row['level']:g}"
+        b.models.setdefault(key, same_shape(dense, row))
+    speed(b, args, list(b.models), "speed")
+    state["speed"]["note"] = "same-shape copies (weights do not change the time)"
+    b.state["divergent"] = divergent(state["rows"])
+    b.save()
+    return state
+
+
 def markdown(state: dict, command: str) -> list[str]:
     """The section of ``language.md`` for the structured rows (empty without rows)."""
     rows = state.get("rows", [])
@@ -323,7 +369,8 @@ def markdown(state: dict, command: str) -> list[str]:
             s = state[name]
             lines.append(
                 f"\n*{name}*: {s['rounds']} rounds, {s['seconds']:.0f} s, load average {s['load_before']:.1f} "
-                f"before / {s['load_after']:.1f} after, {s['threads']} threads."
+                f"before / {s['load_after']:.1f} after, {s['threads']} threads"
+                + (f"; {s['note']}." if s.get("note") else ".")
             )
     if EXPORT_JSON.is_file():
         lines += [

@@ -37,7 +37,7 @@ import torch
 from decoder_structured import JSON as STRUCTURED_JSON
 from decoder_structured import add_args as add_structured_args
 from decoder_structured import markdown as structured_markdown
-from decoder_structured import run_structured
+from decoder_structured import run_speed_only, run_structured
 from sentiment import add_args as add_sentiment_args
 from sentiment import header as sentiment_header
 from sentiment import run_sentiment
@@ -448,7 +448,10 @@ def main() -> None:
     print(header)
     results = Path(__file__).parent / "results"
     if args.part == "structured":
-        run_structured(args, PeakRSS)
+        if args.speed_only:
+            run_speed_only(args)
+        else:
+            run_structured(args, PeakRSS)
         if not args.quick:
             combine(results, header)
         return
