@@ -365,7 +365,7 @@ def markdown(state: dict, command: str) -> list[str]:
             f"{r.get('rss', 0):.0f} | {r.get('load', 0):.1f} |"
         )
     for name in ("speed_target", "speed"):
-        if name in state:
+        if state.get(name, {}).get("rounds"):
             s = state[name]
             lines.append(
                 f"\n*{name}*: {s['rounds']} rounds, {s['seconds']:.0f} s, load average {s['load_before']:.1f} "
