@@ -307,7 +307,11 @@ def run_speed_only(args) -> dict:
         key = f"{row['structure']}:{row['level']:g}"
         b.models.setdefault(key, same_shape(dense, row))
     speed(b, args, list(b.models), "speed")
-    state["speed"]["note"] = "same-shape copies (weights do not change the time)"
+    state["speed"]["note"] = (
+        "same-shape copies (weights do not change the time), `language.py "
+        + " ".join(args.argv)
+        + "`"
+    )
     b.state["divergent"] = divergent(state["rows"])
     b.save()
     return state
