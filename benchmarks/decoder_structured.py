@@ -390,6 +390,16 @@ def markdown(state: dict, command: str) -> list[str]:
             lines.append(
                 f"| {e['plan']} | {e['removed']:.4f} | {e['config']} | {e['class']} | {e['mib']:.0f} | {e['max_abs_diff']:.1e} |"
             )
+    for r in rows[1:]:
+        sp = speeds.get(f"{r['structure']}:{r['level']:g}")
+        if r.get("recovery", "none") != "none" and sp:
+            ok = r["ppl"] / dense["ppl"] <= 1.5 and sp["decode"] >= 1.4
+            lines.append(
+                f"\nTarget (≥ 1.4× decode tokens/s at ≤ 1.5× dense perplexity after ≤ 30 min of "
+                f"recovery), {r['structure']} {r['achieved']:.2f}, {r['recovery']}: "
+                f"{r['ppl'] / dense['ppl']:.2f}× perplexity, {sp['decode']:.2f}× decode, "
+                f"{sp['prefill']:.2f}× prefill — **{'met' if ok else 'missed'}** (single seed)."
+            )
     flagged = state.get("divergent")
     if flagged is not None:
         lines.append(
