@@ -349,7 +349,9 @@ def markdown(state: dict, command: str) -> list[str]:
         "2 threads, sdpa attention: *decode* = 64 greedy tokens after a 64-token prompt with a KV cache, "
         "*prefill* = one 512-token forward filling the cache; ratios are medians over rounds of the "
         "paired (same round) ratio. *load* = 1-minute load average when the row was written (the 2 "
-        "cores were shared with other jobs throughout).",
+        "cores were shared with other jobs throughout). *peak RSS* = the whole process while the row was "
+        "pruned or recovered (dense model, teacher references and every pruned model kept for the "
+        "speed loop, so it grows down the table).",
         "",
         "| structure | level asked → achieved | layout | params removed | recovery | perplexity | × dense | agreement | KL | cloze acc | decode tok/s | × dense | prefill s | × dense | prune s | recover s | peak RSS MiB | load |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -391,7 +393,8 @@ def markdown(state: dict, command: str) -> list[str]:
                 f"| {e['plan']} | {e['removed']:.4f} | {e['config']} | {e['class']} | {e['mib']:.0f} | {e['max_abs_diff']:.1e} |"
             )
     for r in rows[1:]:
-        sp = speeds.get(f"{r['structure']}:{r['level']:g}")
+        key = f"{r['structure']}:{r['level']:g}"
+        sp = state.get("speed_target", {}).get("models", {}).get(key) or speeds.get(key)
         if r.get("recovery", "none") != "none" and sp:
             ok = r["ppl"] / dense["ppl"] <= 1.5 and sp["decode"] >= 1.4
             lines.append(
