@@ -21,9 +21,11 @@ import copy
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import Tensor, nn
 
 from prunelab.measure.cloze import cloze_items, divergent_levels, score_cloze
 from prunelab.measure.generation import compare_generation, paired_speedup
@@ -36,10 +38,12 @@ from prunelab.prune.surgery.decoder import (
     layer_shape,
 )
 from prunelab.prune.surgery.decoder_plan import calibrate, prune_decoder
-from prunelab.recover.finetune import TrainConfig
-from prunelab.recover.lm_distill import distill_decoder
+from prunelab.recover.distill import Distilled
+from prunelab.recover.finetune import train
 from prunelab.sources.hf import load_causal_lm, load_tokenizer, smollm2_gguf
 from prunelab.sources.models.cache import default_cache_dir
+from prunelab.tasks import CausalLMTask
+from prunelab.training import StepCallback, TrainConfig
 
 RESULTS = Path(__file__).parent / "results"
 JSON = RESULTS / "decoder-structured.json"
@@ -163,15 +167,14 @@ def run_structured(args, peak_rss) -> dict:
     }
     target = _rows(args.struct_target)[0]
     prune_row(b, stats, *target)
-    teacher = dense_reference(b.dense, b.recw, k=64)  # once, shared by every recovery
-    recover_row(b, teacher, *target, minutes=0.2 if args.quick else args.target_minutes)
+    recover_row(b, *target, minutes=0.2 if args.quick else args.target_minutes)
     speed(b, args, [f"{target[0]}:{target[1]:g}"], "speed_target")
     rest = [r for r in _rows(args.struct_rows) if r != target]
     for structure, level in rest:
         prune_row(b, stats, structure, level)
     for structure, level in _rows(args.struct_recover):
         if (structure, level) != target:
-            recover_row(b, teacher, structure, level, 0.2 if args.quick else args.struct_minutes)
+            recover_row(b, structure, level, 0.2 if args.quick else args.struct_minutes)
     speed(b, args, list(b.models), "speed")
     b.state["divergent"] = divergent(b.state["rows"])
     b.save()
@@ -200,13 +203,73 @@ def prune_row(b: Bench, stats, structure: str, level: float) -> None:
     )
 
 
-def recover_row(b: Bench, teacher, structure: str, level: float, minutes: float) -> None:
+def distill_decoder(
+    student: nn.Module,
+    windows: Tensor,
+    dense: nn.Module,
+    cfg: TrainConfig,
+    generator: torch.Generator,
+    train_embeddings: bool = False,
+    on_step: StepCallback | None = None,
+    max_seconds: float | None = None,
+) -> Recovery:
+    """Distil ``student`` towards ``dense`` on ``windows`` in place (prunelab's one distillation:
+    the causal-LM task's KL over the dense top-64 tokens plus a rest bin, temperature 1).
+
+    At most ``cfg.epochs`` × ``len(windows)`` / ``cfg.batch_size`` optimizer steps, and no
+    new step once ``max_seconds`` have passed (a wall-clock budget; the learning-rate
+    schedule is planned for all steps, so pair a budget with a constant rate). Embeddings
+    (and a tied ``lm_head``) are frozen unless ``train_embeddings``; every other parameter
+    trains.
+    """
+    emb = student.get_input_embeddings() if hasattr(student, "get_input_embeddings") else None
+    frozen = [] if train_embeddings or emb is None else list(emb.parameters())
+    flags = [p.requires_grad for p in frozen]
+    for p in frozen:
+        p.requires_grad_(False)
+    t0, steps = time.perf_counter(), [0, cfg.total_steps(len(windows))]
+
+    def step(done: int, total: int) -> None:
+        steps[0] = done
+        if on_step is not None:
+            on_step(done, total)
+        if max_seconds is not None and time.perf_counter() - t0 > max_seconds and done < total:
+            raise _OutOfTime
+
+    objective = Distilled(CausalLMTask(), dense.eval(), weight=1.0, temperature=1.0)
+    try:
+        loss = train(student, windows, cfg, generator, step, task=objective)
+    except _OutOfTime:
+        loss = float("nan")
+    finally:
+        for p, f in zip(frozen, flags):
+            p.requires_grad_(f)
+        student.eval()
+    return Recovery(steps[0], steps[1], time.perf_counter() - t0, loss)
+
+
+class _OutOfTime(Exception):
+    """Raised after an optimizer step once the wall-clock budget is spent."""
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What :func:`distill_decoder` did: steps run of those planned, seconds, and the mean
+    loss of the last full epoch (NaN when the time budget ended training first)."""
+
+    steps: int
+    planned_steps: int
+    seconds: float
+    loss: float
+
+
+def recover_row(b: Bench, structure: str, level: float, minutes: float) -> None:
     """Distil the row's model in place for at most ``minutes`` and score it again."""
     model = b.models[f"{structure}:{level:g}"]
     cfg = TrainConfig(epochs=50, lr=b.args.struct_lr, optimizer="adamw", batch_size=2)
     with b.PeakRSS() as mem:
         rec = distill_decoder(
-            model, b.recw, teacher, cfg, torch.Generator().manual_seed(0), max_seconds=minutes * 60
+            model, b.recw, b.dense, cfg, torch.Generator().manual_seed(0), max_seconds=minutes * 60
         )
     first = next(r for r in b.state["rows"] if (r["structure"], r["level"]) == (structure, level))
     keep = ("structure", "level", "achieved", "layout", "prune_s", "params_removed")

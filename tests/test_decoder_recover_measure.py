@@ -19,8 +19,10 @@ from prunelab.measure.cloze import (
 from prunelab.measure.generation import compare_generation, paired_speedup
 from prunelab.measure.language import dense_reference, evaluate_lm
 from prunelab.prune.surgery.decoder_plan import prune_decoder
-from prunelab.recover.finetune import TrainConfig
-from prunelab.recover.lm_distill import LogitDistillation, distill_decoder
+from prunelab.recover.distill import Distilled
+from prunelab.recover.finetune import train
+from prunelab.tasks import CausalLMTask
+from prunelab.training import TrainConfig
 
 transformers = pytest.importorskip("transformers")
 
@@ -149,22 +151,19 @@ def test_generation_speed_pairs_rounds():
 
 
 def test_distillation_pulls_the_pruned_model_back_towards_dense():
+    """The one distillation (recover.distill.Distilled with the causal-LM task's top-k KL)
+    recovers a structurally pruned decoder towards the dense one, without labels."""
     dense = tiny_decoder()
     windows = torch.randint(0, 96, (8, 24), generator=torch.Generator().manual_seed(3))
     ref = dense_reference(dense, windows, k=96)  # k = vocabulary: the exact KL
     student = copy.deepcopy(dense)
     prune_decoder(student, [windows], "heads+ffn", 0.5)
     before = evaluate_lm(student, windows, ref).kl
-    emb = student.get_input_embeddings().weight.detach().clone()
+    task = CausalLMTask(top_k=96)
+    with torch.no_grad():  # the training loss is the KL the evaluation reports
+        out, teach = task.forward(student, windows), task.forward(dense, windows)
+        assert float(task.soft_loss(out, teach, 1.0)) == pytest.approx(before, rel=1e-4)
     cfg = TrainConfig(epochs=15, lr=3e-3, batch_size=4)
-    rec = distill_decoder(student, windows, ref, cfg, torch.Generator().manual_seed(0))
-    assert rec.steps == rec.planned_steps == 30
-    after = evaluate_lm(student, windows, ref).kl
-    assert after < 0.7 * before
-    assert torch.equal(student.get_input_embeddings().weight, emb)  # frozen by default
-    assert student.get_input_embeddings().weight.requires_grad  # and restored after
-    short = distill_decoder(copy.deepcopy(student), windows, ref, cfg, None, max_seconds=0.0)
-    assert short.steps == 1 and short.planned_steps == 30
-    obj = LogitDistillation(ref)
-    with pytest.raises(PrunelabError, match="reference has 8 windows"):
-        next(iter(obj.batches(windows[:4], 2, None)))
+    obj = Distilled(task, dense.eval(), weight=1.0, temperature=1.0)
+    train(student, windows, cfg, torch.Generator().manual_seed(0), task=obj)
+    assert evaluate_lm(student, windows, ref).kl < 0.7 * before

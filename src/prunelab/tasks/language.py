@@ -17,11 +17,10 @@ import torch
 from torch import Tensor, nn
 
 from prunelab.errors import PrunelabError
-from prunelab.measure.language import DenseReference, dense_reference, evaluate_lm
+from prunelab.measure.language import DenseReference, coarse_kl, dense_reference, evaluate_lm
 from prunelab.sources.data.corpora import tokenizer_for
 from prunelab.sources.hf import DECODER_PATTERNS
 from prunelab.tasks.base import MetricInfo, Task
-from prunelab.tasks.classification import logit_kl
 
 LM_METRICS = (
     MetricInfo("perplexity", False, "exp(mean NLL per predicted token)"),
@@ -84,8 +83,13 @@ class CausalLMTask(Task):
         return _logits(model, batch)  # (B, T, V)
 
     def soft_loss(self, student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
-        """Token-level ``T² · KL`` of the next-token distributions (B, T, V)."""
-        return logit_kl(student, teacher, temperature)
+        """``T² ·`` mean per-token KL(dense ‖ model) over the dense top-k tokens plus one bin
+        for the rest (the quantity ``kl_to_dense`` reports), logits (B, T, V) at ``T``."""
+        t = temperature
+        ref = torch.log_softmax(teacher[:, :-1].float() / t, dim=-1)  # (B, T-1, V)
+        top_logp, top_ids = ref.topk(min(self.top_k, ref.shape[-1]), dim=-1)  # (B, T-1, k)
+        logp = torch.log_softmax(student[:, :-1].float() / t, dim=-1)
+        return t * t * coarse_kl(top_logp, top_ids, logp).mean().float()
 
     def loss_of(self, outputs: Tensor, batch: Tensor) -> Tensor:
         logits = outputs[:, :-1]  # (B, T-1, V) predicts tokens 1..T-1
