@@ -9,7 +9,9 @@ model; one layer's statistics at a time). Masks are attached by
 
 A method is either a reconstruction (``sparsegpt``, :data:`RECONSTRUCTORS`) or any registered
 criterion needing at most ``input_norm`` (``magnitude``, ``wanda``, ...), thresholded per
-output row (Wanda's comparison group) or per layer.
+output row (Wanda's comparison group) or per layer. Independently of the method,
+``SequentialConfig(refine=RefineConfig())`` re-fits each layer's kept weights once its mask is
+chosen (ADMM / CG, :mod:`prunelab.prune.refine`), before later layers are calibrated.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from prunelab.prune.criteria import CRITERIA
 from prunelab.prune.masks import Masks, select_masks
 from prunelab.prune.progress import Progress
 from prunelab.prune.reconstruct import RECONSTRUCTORS, InputStats, SparseGPTConfig
+from prunelab.prune.refine import RefineConfig, refine
 from prunelab.prune.structure import NM, Structure, Unstructured
 from prunelab.prune.walk import find_blocks, walk_blocks, walk_layers
 
@@ -42,12 +45,14 @@ class SequentialConfig:
     """How the walk runs: ``blocks`` = "auto", a ModuleList's name, or None (layer by layer);
     ``staged``: inside a block, layers sharing an input are pruned before the next ones are
     calibrated ("true sequential", :func:`prunelab.prune.walk.block_stages`);
-    ``comparison`` = "row" or "layer" for criteria; SparseGPT's own settings."""
+    ``comparison`` = "row" or "layer" for criteria; SparseGPT's own settings; ``refine``:
+    re-fit every layer's kept weights after its mask is chosen (None: leave them)."""
 
     blocks: str | None = "auto"
     staged: bool = False
     comparison: str = "row"
     sparsegpt: SparseGPTConfig = SparseGPTConfig()
+    refine: RefineConfig | None = None
 
     def __post_init__(self) -> None:
         if self.comparison not in ("row", "layer"):
@@ -79,7 +84,7 @@ def prune_sequential(
     >>> [int(k.sum()) for k in masks.values()]
     [8, 4]
     """
-    full, stats_needed = _method_needs(method)
+    full, stats_needed = _method_needs(method, config)
     if stats_needed and not calibration:
         raise PrunelabError(f"method '{method}' needs calibration inputs")
     levels = _levels(targets, sparsity, structure)
@@ -114,13 +119,15 @@ def prune_sequential(
     return masks
 
 
-def _method_needs(method: str) -> tuple[bool, bool]:
+def _method_needs(method: str, config: SequentialConfig) -> tuple[bool, bool]:
     """(needs the full Hessian, needs any calibration statistics) for ``method``."""
     if method in RECONSTRUCTORS:
         return True, True
     needs = CRITERIA.get(method).needs
     if needs - {"input_norm"}:
         raise PrunelabError(f"method '{method}' needs {sorted(needs)}; not sequential")
+    if config.refine is not None:
+        return True, True
     return False, bool(needs)
 
 
@@ -148,20 +155,44 @@ def _prune_layer(
     config: SequentialConfig,
     generator: torch.Generator,
 ) -> Tensor:
-    """One layer's keep mask; a reconstruction also rewrites the layer's kept weights."""
+    """One layer's keep mask; a reconstruction or a refinement also rewrites the layer's
+    kept weights."""
     weight = module.weight.detach()
     if method in RECONSTRUCTORS:
         assert stats is not None
         rebuild = RECONSTRUCTORS.get(method)
         new, keep = rebuild(weight, stats.hessian(), sparsity, structure, config.sparsegpt)
-        target = (
-            module.parametrizations.weight.original  # type: ignore[union-attr]
-            if parametrize.is_parametrized(module, "weight")
-            else module.weight
-        )
-        target.copy_(new)
-        return keep
+    else:
+        keep = _criterion_mask(weight, stats, method, sparsity, structure, config, generator)
+        new = None
+    if config.refine is not None:
+        assert stats is not None
+        new = refine(weight, keep, stats.hessian(), config.refine, start=new)
+    if new is not None:
+        _write_weight(module, new)
+    return keep
+
+
+def _criterion_mask(
+    weight: Tensor,
+    stats: InputStats | None,
+    method: str,
+    sparsity: float,
+    structure: Structure,
+    config: SequentialConfig,
+    generator: torch.Generator,
+) -> Tensor:
     ctx = LayerContext(generator, input_norm=stats.input_norm() if stats is not None else None)
     scores = CRITERIA.get(method).fn(weight, ctx).to(torch.float64)
     allocation = "row" if config.comparison == "row" else "uniform"
     return select_masks({"layer": scores}, sparsity, allocation, structure)["layer"]
+
+
+def _write_weight(module: nn.Module, new: Tensor) -> None:
+    """Overwrite the layer's weight (under its mask parametrization, if any)."""
+    target = (
+        module.parametrizations.weight.original  # type: ignore[union-attr]
+        if parametrize.is_parametrized(module, "weight")
+        else module.weight
+    )
+    target.copy_(new)
