@@ -81,21 +81,27 @@ class InputStats:
 
     ``full=True`` keeps ``X^T X`` (SparseGPT's Hessian); otherwise only the per-feature sum of
     squares that Wanda's ``‖X_j‖`` needs (per input channel for convolutions, as in
-    :mod:`prunelab.prune.calibration`).
+    :mod:`prunelab.prune.calibration`). When :meth:`add` is also given the dense model's input
+    for the same rows, ``X_dense^T X`` is kept too (:meth:`cross`).
     """
 
     def __init__(self, module: nn.Module, full: bool) -> None:
         self.module, self.full, self.count = module, full, 0
         self.xtx: Tensor | None = None
         self.sqsum: Tensor | None = None
+        self.xdx: Tensor | None = None
 
-    def add(self, x: Tensor) -> None:
+    def add(self, x: Tensor, dense_x: Tensor | None = None) -> None:
         x = x.detach().float()
         if self.full:
             rows = layer_input_rows(self.module, x)  # (n, cols)
             self.count += rows.shape[0]
             xtx = rows.T @ rows  # (cols, cols)
             self.xtx = xtx if self.xtx is None else self.xtx + xtx
+            if dense_x is not None:
+                dense_rows = layer_input_rows(self.module, dense_x.detach().float())  # (n, cols)
+                xdx = dense_rows.T @ rows  # (cols, cols)
+                self.xdx = xdx if self.xdx is None else self.xdx + xdx
         sq = _input_sqsum(self.module, x)  # (in,) / (C,)
         self.sqsum = sq if self.sqsum is None else self.sqsum + sq
 
@@ -104,6 +110,10 @@ class InputStats:
         if self.xtx is None:
             raise PrunelabError("no calibration inputs reached this layer")
         return self.xtx * (2.0 / self.count)
+
+    def cross(self) -> Tensor | None:
+        """``2/n · X_dense^T X`` (cols, cols) when dense inputs were given, else None."""
+        return None if self.xdx is None else self.xdx * (2.0 / self.count)
 
     def input_norm(self) -> Tensor:
         """‖X_j‖₂ per input feature (channel): what Wanda multiplies |W| by."""

@@ -174,6 +174,34 @@ REFINERS.add("admm", admm)
 REFINERS.add("cg", _cg)
 
 
+def output_matching_weight(
+    weight: Tensor, hessian: Tensor, cross: Tensor, percdamp: float = 0.01
+) -> Tensor:
+    """The dense weights that best map the pruned model's inputs ``X`` to the dense model's
+    outputs ``W X_dense`` ("asymmetric" calibration, as GPTAQ does for quantisation):
+    ``argmin_V ‖V X - W X_dense‖² + λ‖V - W‖² = (W C + λW)(H + λI)⁻¹`` with
+    ``H = 2/n·XᵀX``, ``C = 2/n·X_denseᵀX`` and ``λ = percdamp·mean diag(H)``.
+
+    Pruning and refining this ``V`` against ``H`` minimises ``‖Ŵ X - W X_dense‖²``: every
+    layer also corrects the error the pruned layers before it left in its inputs.
+
+    >>> h = torch.eye(2)
+    >>> w = torch.tensor([[1., 2.]])
+    >>> torch.allclose(output_matching_weight(w, h, h), w)  # same inputs: W itself
+    True
+    """
+    rows = weight.shape[0]
+    w = weight.detach().reshape(rows, -1).to(hessian.dtype)  # (out, cols)
+    h = hessian.clone()
+    dead = h.diagonal() == 0
+    h[dead, dead] = 1.0
+    damp = percdamp * h.diagonal().mean()
+    h.diagonal().add_(damp)
+    rhs = (w @ cross + damp * w).T  # (cols, out)
+    v = torch.cholesky_solve(rhs, torch.linalg.cholesky(h)).T  # (out, cols)
+    return v.to(weight.dtype).reshape(weight.shape)
+
+
 def layer_error(weight: Tensor, dense: Tensor, hessian: Tensor) -> float:
     """``tr((Ŵ - W) H (Ŵ - W)ᵀ)``: with ``H = 2/n·XᵀX`` this is ``2/n · ‖ŴX - WX‖²``.
 

@@ -11,7 +11,11 @@ A method is either a reconstruction (``sparsegpt``, :data:`RECONSTRUCTORS`) or a
 criterion needing at most ``input_norm`` (``magnitude``, ``wanda``, ...), thresholded per
 output row (Wanda's comparison group) or per layer. Independently of the method,
 ``SequentialConfig(refine=RefineConfig())`` re-fits each layer's kept weights once its mask is
-chosen (ADMM / CG, :mod:`prunelab.prune.refine`), before later layers are calibrated.
+chosen (ADMM / CG, :mod:`prunelab.prune.refine`), before later layers are calibrated;
+``target="dense"`` makes every layer match the dense model's outputs from the pruned model's
+inputs (correcting upstream error); ``block_fit=BlockFitConfig()`` re-fits each block's kept
+weights against the dense outputs with Adam once its layers are pruned
+(:mod:`prunelab.prune.blockfit`).
 """
 
 from __future__ import annotations
@@ -28,14 +32,15 @@ from torch.nn.utils import parametrize
 
 from prunelab.errors import PrunelabError
 from prunelab.prune.apply import apply_masks
+from prunelab.prune.blockfit import BlockFitConfig, fit_block
 from prunelab.prune.calibration import LayerContext
 from prunelab.prune.criteria import CRITERIA
 from prunelab.prune.masks import Masks, select_masks
 from prunelab.prune.progress import Progress
 from prunelab.prune.reconstruct import RECONSTRUCTORS, InputStats, SparseGPTConfig
-from prunelab.prune.refine import RefineConfig, refine
+from prunelab.prune.refine import RefineConfig, output_matching_weight, refine
 from prunelab.prune.structure import NM, Structure, Unstructured
-from prunelab.prune.walk import find_blocks, walk_blocks, walk_layers
+from prunelab.prune.walk import AfterBlock, find_blocks, walk_blocks, walk_layers
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +51,25 @@ class SequentialConfig:
     ``staged``: inside a block, layers sharing an input are pruned before the next ones are
     calibrated ("true sequential", :func:`prunelab.prune.walk.block_stages`);
     ``comparison`` = "row" or "layer" for criteria; SparseGPT's own settings; ``refine``:
-    re-fit every layer's kept weights after its mask is chosen (None: leave them)."""
+    re-fit every layer's kept weights after its mask is chosen (None: leave them);
+    ``target``: each layer imitates its own dense weights on the inputs it now gets
+    ("local", SparseGPT's objective) or the dense model's layer outputs ("dense",
+    :func:`prunelab.prune.refine.output_matching_weight`; block walk only); ``block_fit``:
+    re-fit each block after its layers are pruned (block walk only)."""
 
     blocks: str | None = "auto"
     staged: bool = False
     comparison: str = "row"
     sparsegpt: SparseGPTConfig = SparseGPTConfig()
     refine: RefineConfig | None = None
+    target: str = "local"
+    block_fit: BlockFitConfig | None = None
 
     def __post_init__(self) -> None:
         if self.comparison not in ("row", "layer"):
             raise PrunelabError(f"comparison must be 'row' or 'layer', got '{self.comparison}'")
+        if self.target not in ("local", "dense"):
+            raise PrunelabError(f"target must be 'local' or 'dense', got '{self.target}'")
 
 
 def prune_sequential(
@@ -111,9 +124,16 @@ def prune_sequential(
                 return masks
             blocks = find_blocks(model, targets) if config.blocks == "auto" else config.blocks
             if blocks is None:
+                if config.target == "dense" or config.block_fit is not None:
+                    raise PrunelabError("target='dense' and block_fit need a block walk")
                 walk_layers(model, targets, calibration, full, prune_one)
             else:
-                walk_blocks(model, targets, calibration, blocks, full, prune_one, config.staged)
+                walk_blocks(
+                    model, targets, calibration, blocks, full, prune_one, config.staged,
+                    paired=config.target == "dense",
+                    after_block=_block_fitter(targets, config.block_fit, generator),
+                    fit_to=config.block_fit.target if config.block_fit else "dense",
+                )  # fmt: skip
     finally:
         model.train(was_training)
     return masks
@@ -126,9 +146,9 @@ def _method_needs(method: str, config: SequentialConfig) -> tuple[bool, bool]:
     needs = CRITERIA.get(method).needs
     if needs - {"input_norm"}:
         raise PrunelabError(f"method '{method}' needs {sorted(needs)}; not sequential")
-    if config.refine is not None:
+    if config.refine is not None or config.target == "dense":
         return True, True
-    return False, bool(needs)
+    return False, bool(needs) or config.block_fit is not None
 
 
 def _levels(
@@ -158,6 +178,11 @@ def _prune_layer(
     """One layer's keep mask; a reconstruction or a refinement also rewrites the layer's
     kept weights."""
     weight = module.weight.detach()
+    if config.target == "dense":
+        assert stats is not None and stats.cross() is not None
+        weight = output_matching_weight(
+            weight, stats.hessian(), stats.cross(), config.sparsegpt.percdamp
+        )
     if method in RECONSTRUCTORS:
         assert stats is not None
         rebuild = RECONSTRUCTORS.get(method)
@@ -168,6 +193,8 @@ def _prune_layer(
     if config.refine is not None:
         assert stats is not None
         new = refine(weight, keep, stats.hessian(), config.refine, start=new)
+    if new is None and config.target == "dense":
+        new = weight * keep
     if new is not None:
         _write_weight(module, new)
     return keep
@@ -186,6 +213,25 @@ def _criterion_mask(
     scores = CRITERIA.get(method).fn(weight, ctx).to(torch.float64)
     allocation = "row" if config.comparison == "row" else "uniform"
     return select_masks({"layer": scores}, sparsity, allocation, structure)["layer"]
+
+
+def _block_fitter(
+    targets: dict[str, nn.Module], config: BlockFitConfig | None, generator: torch.Generator
+) -> AfterBlock | None:
+    """The walk's ``after_block`` for ``config``: Adam on the block's pruned layers."""
+    if config is None:
+        return None
+
+    def after_block(index: int, block: nn.Module, run: list[tuple], wanted: list[Tensor]) -> None:
+        inside = {id(m) for m in block.modules()}
+        layers = [m for m in targets.values() if id(m) in inside]
+        t0 = time.perf_counter()
+        losses = fit_block(block, layers, run, wanted, config, generator)
+        if losses:
+            log.info("block %d fit: mse %.3g -> %.3g, %.1fs", index, losses[0], losses[-1],
+                     time.perf_counter() - t0)  # fmt: skip
+
+    return after_block
 
 
 def _write_weight(module: nn.Module, new: Tensor) -> None:

@@ -15,6 +15,7 @@ Both call ``prune_one(layer name, InputStats)`` in order; pruning itself lives i
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -112,6 +113,11 @@ def execution_order(model: nn.Module, targets: dict[str, nn.Module], batch: Any)
     return seen
 
 
+AfterBlock = Callable[[int, nn.Module, list[tuple[Tensor, tuple, dict]], list[Tensor]], None]
+"""``(block index, the pruned block, its calibration calls [(hidden, args, kwargs)], the
+outputs wanted from it per call)``: called once a block's targets are all pruned."""
+
+
 def walk_blocks(
     model: nn.Module,
     targets: dict[str, nn.Module],
@@ -120,11 +126,22 @@ def walk_blocks(
     full: bool,
     prune_one: PruneOne,
     staged: bool = False,
+    *,
+    paired: bool = False,
+    after_block: AfterBlock | None = None,
+    fit_to: str = "dense",
 ) -> None:
     """Block mode: calibrate, prune, then re-run each block to feed the next one.
 
     ``staged``: the block's layers are calibrated and pruned stage by stage
-    (:func:`block_stages`), each stage on the outputs of the pruned stages before it."""
+    (:func:`block_stages`), each stage on the outputs of the pruned stages before it.
+    ``paired``: the dense model's hidden states are carried beside the pruned ones and each
+    layer's statistics also get its dense-model inputs (:meth:`InputStats.cross`).
+    ``after_block`` is then handed the pruned block with the outputs wanted from it:
+    the dense model's (``fit_to="dense"``) or the dense block's on the pruned inputs
+    (``"local"``)."""
+    if fit_to not in ("dense", "local"):
+        raise PrunelabError(f"fit_to must be 'dense' or 'local', got '{fit_to}'")
     blocks = model.get_submodule(blocks_name)
     if not isinstance(blocks, nn.ModuleList):
         raise PrunelabError(f"'{blocks_name}' is not an nn.ModuleList")
@@ -134,48 +151,90 @@ def walk_blocks(
         raise PrunelabError(f"layers {outside[:5]} lie outside the blocks '{blocks_name}'")
     calls = record_block_calls(model, blocks, calibration)  # [block][batch] -> (args, kwargs)
     hidden = [_hidden(args, kwargs) for args, kwargs in calls[0]]
+    keep_dense = paired or (after_block is not None and fit_to == "dense")
+    dense_hidden = list(hidden) if keep_dense else []
     for i, block in enumerate(blocks):
         inside = {t: targets[t] for t in targets if owner[t] == i}
+        run = [(h, a, k) for h, (a, k) in zip(hidden, calls[i])]
+        dense_run = [(h, a, k) for h, (a, k) in zip(dense_hidden, calls[i])]
+        reference = copy.deepcopy(block) if inside and (keep_dense or after_block) else block
         if inside:
-            run = [(h, a, k) for h, (a, k) in zip(hidden, calls[i])]
             groups = block_stages(block, inside, run[0]) if staged else [list(inside)]
             for group in groups:
-                stats = _block_stats(block, {t: inside[t] for t in group}, run, full)
+                layers = {t: inside[t] for t in group}
+                pairs = (reference, dense_run) if paired else None
+                stats = _block_stats(block, layers, run, full, pairs)
                 for t in group:
                     prune_one(t, stats.pop(t))  # each statistic is freed once its layer is pruned
+        wanted: list[Tensor] = []
+        if inside and after_block is not None:
+            wanted = [call_block(reference, *c) for c in (dense_run if fit_to == "dense" else run)]
+            after_block(i, block, run, wanted)
         if i + 1 < len(blocks):
-            hidden = [_call_block(block, h, a, k) for h, (a, k) in zip(hidden, calls[i])]
+            if keep_dense:
+                dense_hidden = (
+                    wanted if wanted and fit_to == "dense" else
+                    [call_block(reference, *c) for c in dense_run]
+                )  # fmt: skip
+            hidden = [call_block(block, *c) for c in run]
 
 
 def _block_stats(
-    block: nn.Module, layers: dict[str, nn.Module], run: list[tuple], full: bool
+    block: nn.Module,
+    layers: dict[str, nn.Module],
+    run: list[tuple],
+    full: bool,
+    pairs: tuple[nn.Module, list[tuple]] | None = None,
 ) -> dict[str, InputStats]:
     """Input statistics of ``layers`` over the block's calibration calls; each pass stops
-    once every one of them has seen its input."""
+    once every one of them has seen its input. With ``pairs = (dense block, dense calls)``
+    each call first runs the dense block to record the same layers' dense-model inputs."""
     stats = {t: InputStats(m, full) for t, m in layers.items()}
+    dense_in: dict[str, Tensor] = {}
     seen: set[str] = set()
 
-    def hook(t: str) -> Callable[..., None]:
+    def hook(t: str, record: bool) -> Callable[..., None]:
         def fn(_m: nn.Module, inp: tuple[Tensor, ...], _o: Any) -> None:
-            stats[t].add(inp[0])
+            if record:
+                dense_in.setdefault(t, inp[0])
+            else:
+                stats[t].add(inp[0], dense_in.get(t))
             seen.add(t)
             if len(seen) == len(stats):
                 raise _Stop
 
         return fn
 
-    handles = [m.register_forward_hook(hook(t)) for t, m in layers.items()]
+    handles = [m.register_forward_hook(hook(t, False)) for t, m in layers.items()]
+    if pairs is not None:
+        twins = _twins(block, pairs[0], layers)
+        handles += [twins[t].register_forward_hook(hook(t, True)) for t in layers]
     try:
-        for h, args, kwargs in run:
+        for j, call in enumerate(run):
+            if pairs is not None:
+                dense_in.clear()
+                seen.clear()
+                _run_until_stop(pairs[0], pairs[1][j])
             seen.clear()
-            try:
-                _call_block(block, h, args, kwargs)
-            except _Stop:
-                pass
+            _run_until_stop(block, call)
     finally:
         for handle in handles:
             handle.remove()
     return stats
+
+
+def _run_until_stop(block: nn.Module, call: tuple[Tensor, tuple, dict]) -> None:
+    """Run ``block`` on one call until the hooks have seen every layer they wait for."""
+    try:
+        call_block(block, *call)
+    except _Stop:
+        pass
+
+
+def _twins(block: nn.Module, twin: nn.Module, layers: dict[str, nn.Module]) -> dict[str, nn.Module]:
+    """The modules of ``twin`` (a copy of ``block``) at the places of ``layers`` in ``block``."""
+    where = {id(m): name for name, m in block.named_modules()}
+    return {t: twin.get_submodule(where[id(m)]) for t, m in layers.items()}
 
 
 def block_stages(
@@ -197,7 +256,7 @@ def block_stages(
 
     handles = [m.register_forward_hook(hook(t)) for t, m in layers.items()]
     try:
-        _call_block(block, *call)
+        call_block(block, *call)
     finally:
         for handle in handles:
             handle.remove()
@@ -262,7 +321,7 @@ def _replace_hidden(args: tuple, kwargs: dict, hidden: Tensor | None) -> tuple[t
     return args, {**kwargs, "hidden_states": hidden}
 
 
-def _call_block(block: nn.Module, hidden: Tensor, args: tuple, kwargs: dict) -> Tensor:
+def call_block(block: nn.Module, hidden: Tensor, args: tuple, kwargs: dict) -> Tensor:
     """Run one block on ``hidden`` with its recorded other arguments; its hidden output."""
     args, kwargs = _replace_hidden(args, kwargs, hidden)
     out = block(*args, **kwargs)
