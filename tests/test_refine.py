@@ -14,6 +14,7 @@ from tinymodels import tiny_llama
 from torch import nn
 
 from prunelab.errors import PrunelabError
+from prunelab.prune.admm import AdmmConfig, admm_prune
 from prunelab.prune.apply import apply_masks
 from prunelab.prune.blockfit import BlockFitConfig, fit_block
 from prunelab.prune.masks import select_masks
@@ -48,6 +49,15 @@ def _direct(w: torch.Tensor, keep: torch.Tensor, h: torch.Tensor, damp: float) -
 
 def _output_error(x: torch.Tensor, w: torch.Tensor, dense: torch.Tensor) -> float:
     return float(torch.linalg.norm(x @ w.T - x @ dense.T))  # ‖ŴX - WX‖
+
+
+def _llama_ids(batches: int = 8, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 64, (2, 32), generator=g) for _ in range(batches)]
+
+
+def _llama_targets(model: nn.Module) -> dict[str, nn.Module]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and ".layers." in n}
 
 
 STRUCTURES = [Unstructured(), NM(2, 4)]
@@ -142,6 +152,34 @@ def test_conv_weights_are_refined_in_their_flattened_layout():
     )
 
 
+# --- ADMM with gradual mask selection ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("structure", STRUCTURES, ids=str)
+def test_gradual_admm_prunes_exactly_and_beats_refined_sparsegpt(structure):
+    x = _correlated_inputs(512, 64, 7)
+    w = torch.randn(32, 64, generator=torch.Generator().manual_seed(0))
+    h = _hessian(x)
+    new, keep = admm_prune(w, h, 0.5, structure)
+    assert int((~keep).sum()) == w.numel() // 2 and torch.all(new[~keep] == 0)
+    if isinstance(structure, NM):
+        assert torch.all(keep.view(32, 16, 4).sum(-1) == 2)
+    sgpt, sgpt_keep = sparsegpt(w, h, 0.5, structure)
+    refined = refine(w, sgpt_keep, h, start=sgpt)
+    assert _output_error(x, new, w) < _output_error(x, refined, w) < _output_error(x, sgpt, w)
+
+
+def test_gradual_admm_is_a_sequential_method_and_rejects_bad_configs():
+    dense, ids = tiny_llama(), _llama_ids(2)
+    model = copy.deepcopy(dense)
+    masks = prune_sequential(model, _llama_targets(model), ids, "admm", 0.5, NM(2, 4))
+    for name, module in _llama_targets(model).items():
+        assert torch.all(masks[name].view(module.weight.shape[0], -1, 4).sum(-1) == 2)
+        assert torch.all(module.weight[~masks[name]] == 0)
+    with pytest.raises(PrunelabError):
+        AdmmConfig(iters=10, gradual=12)
+
+
 # --- through the sequential walk --------------------------------------------------------------
 
 
@@ -190,15 +228,6 @@ def test_output_matching_weight_is_the_ridge_least_squares_fit_of_the_dense_outp
     stats.add(x[120:], x_dense[120:])
     torch.testing.assert_close(stats.cross(), cross.float(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(output_matching_weight(w, h, h), w)  # same inputs: W itself
-
-
-def _llama_ids(batches: int = 8, seed: int = 0) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, 64, (2, 32), generator=g) for _ in range(batches)]
-
-
-def _llama_targets(model: nn.Module) -> dict[str, nn.Module]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear) and ".layers." in n}
 
 
 def _logit_error(model: nn.Module, dense: nn.Module, ids: list[torch.Tensor]) -> float:

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from prunelab.errors import PrunelabError
+from prunelab.prune.admm import AdmmConfig, admm_prune
 from prunelab.prune.calibration import _input_sqsum
 from prunelab.prune.structure import NM, Structure, Unstructured
 from prunelab.registry import Registry
@@ -238,3 +239,20 @@ def _saliency(w: Tensor, d: Tensor, dead: Tensor) -> Tensor:
 Reconstructor = Callable[[Tensor, Tensor, float, Structure, SparseGPTConfig], tuple[Tensor, Tensor]]
 RECONSTRUCTORS: Registry[Reconstructor] = Registry("reconstruction method")
 RECONSTRUCTORS.add("sparsegpt", sparsegpt)
+
+
+def _admm(
+    weight: Tensor, hessian: Tensor, sparsity: float, structure: Structure, config: SparseGPTConfig
+) -> tuple[Tensor, Tensor]:
+    """``admm`` (Boža 2024's gradual ADMM, :mod:`prunelab.prune.admm`) with its published
+    iteration settings; SparseGPT's dampening and dtype."""
+    return admm_prune(
+        weight,
+        hessian,
+        sparsity,
+        structure,
+        AdmmConfig(percdamp=config.percdamp, dtype=config.dtype),
+    )
+
+
+RECONSTRUCTORS.add("admm", _admm)
