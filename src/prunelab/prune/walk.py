@@ -159,13 +159,8 @@ def walk_blocks(
         dense_run = [(h, a, k) for h, (a, k) in zip(dense_hidden, calls[i])]
         reference = copy.deepcopy(block) if inside and (keep_dense or after_block) else block
         if inside:
-            groups = block_stages(block, inside, run[0]) if staged else [list(inside)]
-            for group in groups:
-                layers = {t: inside[t] for t in group}
-                pairs = (reference, dense_run) if paired else None
-                stats = _block_stats(block, layers, run, full, pairs)
-                for t in group:
-                    prune_one(t, stats.pop(t))  # each statistic is freed once its layer is pruned
+            pairs = (reference, dense_run) if paired else None
+            _prune_block(block, inside, run, full, prune_one, staged, pairs)
         wanted: list[Tensor] = []
         if inside and after_block is not None:
             wanted = [call_block(reference, *c) for c in (dense_run if fit_to == "dense" else run)]
@@ -177,6 +172,23 @@ def walk_blocks(
                     [call_block(reference, *c) for c in dense_run]
                 )  # fmt: skip
             hidden = [call_block(block, *c) for c in run]
+
+
+def _prune_block(
+    block: nn.Module,
+    inside: dict[str, nn.Module],
+    run: list[tuple],
+    full: bool,
+    prune_one: PruneOne,
+    staged: bool,
+    pairs: tuple[nn.Module, list[tuple]] | None,
+) -> None:
+    """Calibrate and prune one block's targets, all at once or stage by stage."""
+    groups = block_stages(block, inside, run[0]) if staged else [list(inside)]
+    for group in groups:
+        stats = _block_stats(block, {t: inside[t] for t in group}, run, full, pairs)
+        for t in group:
+            prune_one(t, stats.pop(t))  # each statistic is freed once its layer is pruned
 
 
 def _block_stats(
