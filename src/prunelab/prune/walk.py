@@ -15,7 +15,6 @@ Both call ``prune_one(layer name, InputStats)`` in order; pruning itself lives i
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -157,21 +156,46 @@ def walk_blocks(
         inside = {t: targets[t] for t in targets if owner[t] == i}
         run = [(h, a, k) for h, (a, k) in zip(hidden, calls[i])]
         dense_run = [(h, a, k) for h, (a, k) in zip(dense_hidden, calls[i])]
-        reference = copy.deepcopy(block) if inside and (keep_dense or after_block) else block
+        # everything the dense block gives is taken before it is pruned
+        dense_in, dense_out = _dense_pass(block, inside if paired else {}, dense_run)
+        local_out = (
+            [call_block(block, *c) for c in run]
+            if inside and after_block is not None and fit_to == "local"
+            else []
+        )
         if inside:
-            pairs = (reference, dense_run) if paired else None
-            _prune_block(block, inside, run, full, prune_one, staged, pairs)
-        wanted: list[Tensor] = []
-        if inside and after_block is not None:
-            wanted = [call_block(reference, *c) for c in (dense_run if fit_to == "dense" else run)]
-            after_block(i, block, run, wanted)
+            _prune_block(block, inside, run, full, prune_one, staged, dense_in)
+            del dense_in  # the dense inputs are only needed while the block is calibrated
+            if after_block is not None:
+                after_block(i, block, run, dense_out if fit_to == "dense" else local_out)
         if i + 1 < len(blocks):
-            if keep_dense:
-                dense_hidden = (
-                    wanted if wanted and fit_to == "dense" else
-                    [call_block(reference, *c) for c in dense_run]
-                )  # fmt: skip
+            dense_hidden = dense_out
             hidden = [call_block(block, *c) for c in run]
+
+
+def _dense_pass(
+    block: nn.Module, layers: dict[str, nn.Module], calls: list[tuple]
+) -> tuple[dict[str, list[Tensor]], list[Tensor]]:
+    """Run the (still dense) ``block`` on ``calls``: each of ``layers``' inputs per call
+    (layers sharing an input share the tensor) and the block's outputs."""
+    inputs: dict[str, list[Tensor]] = {t: [] for t in layers}
+
+    def hook(t: str) -> Callable[..., None]:
+        def fn(_m: nn.Module, inp: tuple[Tensor, ...], _o: Any) -> None:
+            if len(inputs[t]) < len(outputs) + 1:  # the first call per batch only
+                inputs[t].append(inp[0])
+
+        return fn
+
+    outputs: list[Tensor] = []
+    handles = [m.register_forward_hook(hook(t)) for t, m in layers.items()]
+    try:
+        for call in calls:
+            outputs.append(call_block(block, *call))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return inputs, outputs
 
 
 def _prune_block(
@@ -181,12 +205,12 @@ def _prune_block(
     full: bool,
     prune_one: PruneOne,
     staged: bool,
-    pairs: tuple[nn.Module, list[tuple]] | None,
+    dense_in: dict[str, list[Tensor]],
 ) -> None:
     """Calibrate and prune one block's targets, all at once or stage by stage."""
     groups = block_stages(block, inside, run[0]) if staged else [list(inside)]
     for group in groups:
-        stats = _block_stats(block, {t: inside[t] for t in group}, run, full, pairs)
+        stats = _block_stats(block, {t: inside[t] for t in group}, run, full, dense_in)
         for t in group:
             prune_one(t, stats.pop(t))  # each statistic is freed once its layer is pruned
 
@@ -196,38 +220,30 @@ def _block_stats(
     layers: dict[str, nn.Module],
     run: list[tuple],
     full: bool,
-    pairs: tuple[nn.Module, list[tuple]] | None = None,
+    dense_in: dict[str, list[Tensor]] | None = None,
 ) -> dict[str, InputStats]:
     """Input statistics of ``layers`` over the block's calibration calls; each pass stops
-    once every one of them has seen its input. With ``pairs = (dense block, dense calls)``
-    each call first runs the dense block to record the same layers' dense-model inputs."""
+    once every one of them has seen its input. ``dense_in[layer][call]``: the dense model's
+    inputs of the same layers, paired with them (:meth:`InputStats.cross`)."""
     stats = {t: InputStats(m, full) for t, m in layers.items()}
-    dense_in: dict[str, Tensor] = {}
     seen: set[str] = set()
+    current = [0]  # the call being run
 
-    def hook(t: str, record: bool) -> Callable[..., None]:
+    def hook(t: str) -> Callable[..., None]:
         def fn(_m: nn.Module, inp: tuple[Tensor, ...], _o: Any) -> None:
-            if record:
-                dense_in.setdefault(t, inp[0])
-            else:
-                stats[t].add(inp[0], dense_in.get(t))
+            paired = dense_in[t][current[0]] if dense_in and t in dense_in else None
+            stats[t].add(inp[0], paired)
             seen.add(t)
             if len(seen) == len(stats):
                 raise _Stop
 
         return fn
 
-    handles = [m.register_forward_hook(hook(t, False)) for t, m in layers.items()]
-    if pairs is not None:
-        twins = _twins(block, pairs[0], layers)
-        handles += [twins[t].register_forward_hook(hook(t, True)) for t in layers]
+    handles = [m.register_forward_hook(hook(t)) for t, m in layers.items()]
     try:
         for j, call in enumerate(run):
-            if pairs is not None:
-                dense_in.clear()
-                seen.clear()
-                _run_until_stop(pairs[0], pairs[1][j])
             seen.clear()
+            current[0] = j
             _run_until_stop(block, call)
     finally:
         for handle in handles:
@@ -241,12 +257,6 @@ def _run_until_stop(block: nn.Module, call: tuple[Tensor, tuple, dict]) -> None:
         call_block(block, *call)
     except _Stop:
         pass
-
-
-def _twins(block: nn.Module, twin: nn.Module, layers: dict[str, nn.Module]) -> dict[str, nn.Module]:
-    """The modules of ``twin`` (a copy of ``block``) at the places of ``layers`` in ``block``."""
-    where = {id(m): name for name, m in block.named_modules()}
-    return {t: twin.get_submodule(where[id(m)]) for t, m in layers.items()}
 
 
 def block_stages(
