@@ -240,7 +240,7 @@ def parse_variant(variant: str, args) -> tuple[str, SequentialConfig]:
     after each layer's mask, dense-model targets, block reconstruction (Adam)."""
     method, *extras = variant.split("+")
     unknown = set(extras) - {"admm", "cg", "dense", "block"}
-    if unknown or method not in ("magnitude", "wanda", "sparsegpt"):
+    if unknown or method not in ("magnitude", "wanda", "sparsegpt", "admm-grad"):
         raise SystemExit(f"unknown variant '{variant}' (method[+admm|+cg][+dense][+block])")
     refine = next((m for m in ("admm", "cg") if m in extras), None)
     config = SequentialConfig(

@@ -172,7 +172,7 @@ def test_gradual_admm_prunes_exactly_and_beats_refined_sparsegpt(structure):
 def test_gradual_admm_is_a_sequential_method_and_rejects_bad_configs():
     dense, ids = tiny_llama(), _llama_ids(2)
     model = copy.deepcopy(dense)
-    masks = prune_sequential(model, _llama_targets(model), ids, "admm", 0.5, NM(2, 4))
+    masks = prune_sequential(model, _llama_targets(model), ids, "admm-grad", 0.5, NM(2, 4))
     for name, module in _llama_targets(model).items():
         assert torch.all(masks[name].view(module.weight.shape[0], -1, 4).sum(-1) == 2)
         assert torch.all(module.weight[~masks[name]] == 0)

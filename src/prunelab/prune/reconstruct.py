@@ -244,7 +244,7 @@ RECONSTRUCTORS.add("sparsegpt", sparsegpt)
 def _admm(
     weight: Tensor, hessian: Tensor, sparsity: float, structure: Structure, config: SparseGPTConfig
 ) -> tuple[Tensor, Tensor]:
-    """``admm`` (Boža 2024's gradual ADMM, :mod:`prunelab.prune.admm`) with its published
+    """``admm-grad`` (Boža 2024's gradual ADMM, :mod:`prunelab.prune.admm`) with its published
     iteration settings; SparseGPT's dampening and dtype."""
     return admm_prune(
         weight,
@@ -255,4 +255,4 @@ def _admm(
     )
 
 
-RECONSTRUCTORS.add("admm", _admm)
+RECONSTRUCTORS.add("admm-grad", _admm)
