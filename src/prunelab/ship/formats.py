@@ -43,6 +43,7 @@ class ExportJob:
     source: str = ""  # the run's model: a registry name, an import path or a file
     input_shape: tuple[int, ...] | None = None
     num_classes: int | None = None
+    dense: nn.Module | None = None  # the dense model (sizes of what was removed), when known
 
 
 Format = Callable[[ExportJob, Path], Exported]

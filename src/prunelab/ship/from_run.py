@@ -115,5 +115,6 @@ def export_cell(
         cell.model,
         getattr(ctx.data, "input_shape", None),
         getattr(ctx.data, "num_classes", None),
+        ctx.dense,
     )
     return write(job, out)

@@ -11,6 +11,10 @@
 
 Weights are ``model.safetensors`` only (the tied ``lm_head`` stored once). The tokenizer is
 saved beside them when given.
+
+Export format ``hf-decoder`` (``prunelab export RUN --format hf-decoder``) writes a sweep's cell
+this way — a ``decoder-*`` cell, or any Llama-style cell with its masks folded — reloads the
+directory with transformers and checks its logits against the pruned model's.
 """
 
 from __future__ import annotations
@@ -19,12 +23,18 @@ import json
 import shutil
 from pathlib import Path
 
+import torch
 from safetensors.torch import save_model
 from torch import nn
 
 from prunelab.errors import PrunelabError
+from prunelab.prune.apply import plain_state
 from prunelab.prune.surgery.decoder import decoder_layers, layer_shape
 from prunelab.ship import pruned_llama
+from prunelab.ship.export import dense_bytes
+from prunelab.ship.formats import FORMATS, Exported, ExportJob
+
+CHECK_ATOL = 1e-4  # max |logit difference| between the reloaded and the pruned model
 
 MODELING_FILE = "modeling_pruned_llama.py"
 
@@ -126,3 +136,23 @@ def load_decoder(path: str | Path) -> nn.Module:
     return transformers.AutoModelForCausalLM.from_pretrained(
         str(path), local_files_only=True, trust_remote_code=remote
     ).eval()
+
+
+@FORMATS.register("hf-decoder")
+def _hf_decoder(job: ExportJob, out: Path) -> Exported:
+    """A directory ``AutoModelForCausalLM`` loads; reloaded and its logits checked."""
+    model = job.model if job.structure is None else job.structure.shipped(job.model, job.examples)
+    if hasattr(model, "config") and not hasattr(model.config, "num_key_value_heads"):
+        raise PrunelabError("format hf-decoder needs a Llama-style decoder (a causal-lm cell)")
+    export_decoder(model, out)
+    ids = job.examples[:2]  # (2, T) token ids
+    with torch.no_grad():
+        want = model(input_ids=ids, use_cache=False).logits
+        got = load_decoder(out)(input_ids=ids, use_cache=False).logits
+    diff = float((want - got).abs().max())
+    if diff > CHECK_ATOL:
+        shutil.rmtree(out, ignore_errors=True)
+        raise PrunelabError(f"the reloaded decoder differs by {diff:.2e}; nothing written")
+    size = (out / "model.safetensors").stat().st_size
+    dense = job.dense if job.dense is not None else model
+    return Exported(out, size, dense_bytes(plain_state(dense)), f"max |diff| {diff:.2e}")
