@@ -217,11 +217,9 @@ def test_summary_flags_cloze_drops_where_perplexity_holds():
 
 def test_export_a_structured_decoder_cell_reloads_in_transformers(run, tmp_path):
     cell = _cell(run, "flap", "decoder-heads+ffn")
-    (cid,) = [c for c, v in _cells(run).items() if v == cell]
     out = tmp_path / "pruned"
-    res = runner.invoke(
-        app, ["export", str(run), "--cell", cid, "--format", "hf-decoder", "--out", str(out)]
-    )
+    args = ["--level", "0.5", "--method", "flap", "--format", "hf-decoder", "--out", str(out)]
+    res = runner.invoke(app, ["export", str(run), *args])  # the README's route
     assert res.exit_code == 0, res.output
     assert "hf-decoder" in res.output and "max |diff|" in res.output
     ctx = Context.build(cell)

@@ -1,7 +1,8 @@
 """What a structure is: the granularity of pruning, and everything that differs by it.
 
 A :class:`Structure` is a frozen dataclass registered under its spelling in :data:`STRUCTURES`
-(``unstructured``, ``2:4``/any N:M, ``channels``, ``heads``, ``heads+ffn``). It owns the steps
+(``unstructured``, ``2:4``/any N:M, ``channels``, ``heads``, ``heads+ffn``,
+``decoder-heads``, ``decoder-ffn``, ``decoder-heads+ffn``, ``decoder-blocks``). It owns the steps
 in which structures differ, so the sweep has nothing to switch on:
 
 * :meth:`~Structure.prune` — one-shot pruning of a model (masks, or physical removal) from a
