@@ -94,6 +94,18 @@ def run(tmp_path_factory) -> Iterator[Path]:
         yield out
 
 
+@pytest.fixture(scope="module")
+def contexts(run) -> dict[tuple, Context]:
+    """One context per context key (every cell of this sweep shares the dense model)."""
+    return {}
+
+
+def _context(contexts: dict[tuple, Context], cell: Cell) -> Context:
+    if cell.context_key() not in contexts:
+        contexts[cell.context_key()] = Context.build(cell)
+    return contexts[cell.context_key()]
+
+
 def _cells(run: Path) -> dict[str, Cell]:
     with Store(run, create=False) as store:
         rows = store._read("SELECT cell_id, cell FROM cells")
@@ -124,11 +136,11 @@ def test_decoder_structures_run_once_under_their_own_method(run):
     assert len(df[df["structure"].str.startswith("decoder-")]) == 2  # not once per method
 
 
-def test_decoder_cells_are_credited_with_what_they_removed(run):
+def test_decoder_cells_are_credited_with_what_they_removed(run, contexts):
     df = credit(load_results(run)).set_index("structure")
     for structure in ("decoder-heads+ffn", "decoder-blocks"):
         cell = _cell(run, "block-influence" if "blocks" in structure else "flap", structure)
-        ctx = Context.build(cell)
+        ctx = _context(contexts, cell)
         model = run_cell(cell, ctx, keep_model=True).model
         removed = 1 - decoder_linear_params(model) / decoder_linear_params(ctx.dense)
         assert df.loc[structure, "level"] == pytest.approx(removed, abs=1e-3)  # credited, 3 d.p.
@@ -136,9 +148,9 @@ def test_decoder_cells_are_credited_with_what_they_removed(run):
         assert df.loc[structure, "params"] < df.loc["-", "params"]  # physically smaller
 
 
-def test_wanda_in_a_causal_lm_sweep_is_sequential_and_per_row(run):
+def test_wanda_in_a_causal_lm_sweep_is_sequential_and_per_row(run, contexts):
     cell = _cell(run, "wanda", "unstructured", "uniform")
-    ctx = Context.build(cell)
+    ctx = _context(contexts, cell)
     model = run_cell(cell, ctx, keep_model=True).model
     masks = get_masks(model)
     # Wanda's reference driver: layers in order on inputs through the pruned layers, per row
@@ -151,9 +163,9 @@ def test_wanda_in_a_causal_lm_sweep_is_sequential_and_per_row(run):
         assert (keep.sum(1) == keep.shape[1] // 2).all()
 
 
-def test_owl_takes_its_layer_levels_from_wanda_scores(run):
+def test_owl_takes_its_layer_levels_from_wanda_scores(run, contexts):
     cell = _cell(run, "sparsegpt", "unstructured", "owl")
-    ctx = Context.build(cell)
+    ctx = _context(contexts, cell)
     model = run_cell(cell, ctx, keep_model=True).model
     got = {n: 1 - float(k.float().mean()) for n, k in get_masks(model).items()}
     dense = ctx.dense_copy()
@@ -166,7 +178,7 @@ def test_owl_takes_its_layer_levels_from_wanda_scores(run):
     assert len({round(v, 3) for v in got.values()}) > 1  # non-uniform: OWL did allocate
 
 
-def test_cloze_is_measured_beside_perplexity_in_every_row(run):
+def test_cloze_is_measured_beside_perplexity_in_every_row(run, contexts):
     df = load_results(run)
     assert df["cloze_accuracy"].between(0, 1).all()
     n = df["cloze_items"].iloc[0]
@@ -181,7 +193,7 @@ def test_cloze_is_measured_beside_perplexity_in_every_row(run):
     dense = df[df["method"] == "dense"].iloc[0]
     # the items are built from the held-out test windows, decoded; the row scores the model
     cell = _cells(run)[dense["cell_id"]]
-    ctx = Context.build(cell)
+    ctx = _context(contexts, cell)
     items = ctx.refs["cloze"]
     assert len(items) == dense["cloze_items"] and all(len(it.choices) == 4 for it in items)
     text = tokenizer_for("minilm").decode(ctx.data.test.flatten().tolist())
@@ -215,14 +227,14 @@ def test_summary_flags_cloze_drops_where_perplexity_holds():
     assert "Flagged:" in text and "wanda @ 0.3" in text
 
 
-def test_export_a_structured_decoder_cell_reloads_in_transformers(run, tmp_path):
+def test_export_a_structured_decoder_cell_reloads_in_transformers(run, contexts, tmp_path):
     cell = _cell(run, "flap", "decoder-heads+ffn")
     out = tmp_path / "pruned"
     args = ["--level", "0.5", "--method", "flap", "--format", "hf-decoder", "--out", str(out)]
     res = runner.invoke(app, ["export", str(run), *args])  # the README's route
     assert res.exit_code == 0, res.output
     assert "hf-decoder" in res.output and "max |diff|" in res.output
-    ctx = Context.build(cell)
+    ctx = _context(contexts, cell)
     pruned = run_cell(cell, ctx, keep_model=True).model
     reloaded = load_decoder(out)
     cfg = reloaded.config
