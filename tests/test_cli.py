@@ -158,7 +158,7 @@ def test_list_shows_every_registry():
     lines = dict(line.split(": ", 1) for line in result.output.splitlines())
     assert {"methods", "allocations", "metrics", "datasets", "models"} <= set(lines)
     assert (
-        lines["methods"] == "magnitude, random, sparsegpt, taylor, wanda"
+        lines["methods"] == "admm-grad, magnitude, random, sparsegpt, taylor, wanda"
     )  # no snip: it ranks as taylor
     assert "global" in lines["allocations"].split(", ") and "lamp" in lines["allocations"]
     assert {"fashion-mnist", "digits"} <= set(lines["datasets"].split(", "))

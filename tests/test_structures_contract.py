@@ -16,10 +16,15 @@ from prunelab import PrunelabError, compute_scores, select_targets
 from prunelab.data import Split
 from prunelab.prune.oneshot import prune_once
 from prunelab.prune.structures import STRUCTURES, Pruning, Structure, parse_structure
+from prunelab.prune.surgery.decoder import decoder_linear_params
 from prunelab.prune.surgery.heads import block_params, transformer_blocks
 
 SPELLINGS = {"unstructured": "unstructured", "n:m": "2:4", "channels": "channels",
-             "heads": "heads", "heads+ffn": "heads+ffn"}  # fmt: skip
+             "heads": "heads", "heads+ffn": "heads+ffn", "decoder-heads": "decoder-heads",
+             "decoder-ffn": "decoder-ffn", "decoder-heads+ffn": "decoder-heads+ffn",
+             "decoder-blocks": "decoder-blocks"}  # fmt: skip
+# heads alone reach at most the attention's share of a block: ask for what they can give
+LEVELS = {"heads": 0.3, "decoder-heads": 0.2}
 
 
 def test_every_registered_structure_has_a_spelling_here():
@@ -49,6 +54,19 @@ def _mlp() -> tuple[nn.Module, torch.Tensor]:
     return model, torch.randn(64, 16, generator=torch.Generator().manual_seed(1))
 
 
+def _llama() -> tuple[nn.Module, torch.Tensor]:
+    pytest.importorskip("transformers")
+    from tinymodels import tiny_llama
+
+    ids = torch.randint(0, 64, (32, 12), generator=torch.Generator().manual_seed(2))
+    return tiny_llama(), ids
+
+
+def _out(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = model(x)
+    return out.logits if hasattr(out, "logits") else out  # a causal LM's logits (B, T, V)
+
+
 def _bert() -> tuple[nn.Module, torch.Tensor]:
     pytest.importorskip("transformers")
     from prunelab.sources.models.encoder import tiny_bert
@@ -62,18 +80,18 @@ def _bert() -> tuple[nn.Module, torch.Tensor]:
 def test_structure_contract(name):
     st = parse_structure(SPELLINGS[name])
     assert parse_structure(str(st)) == st  # the spelling round-trips
-    physical = st.physical
-    dense, x = _bert() if physical else _mlp()
+    physical, decoder = st.physical, name.startswith("decoder-")
+    dense, x = _llama() if decoder else _bert() if physical else _mlp()
     model = copy.deepcopy(dense)
-    # heads alone reach at most the attention's share of a block: ask for what they can give
-    level = st.fixed_level if st.fixed_level is not None else 0.3 if name == "heads" else 0.5
+    level = st.fixed_level if st.fixed_level is not None else LEVELS.get(name, 0.5)
     targets = select_targets(model, prune_last=st.prunes_last)
     prune_once(model, st, _job(model, targets, level, x, structure=st))
     got = st.achieved(model, dense, x[:1])
     # credited with what it removed, in the shared unit, close to what was asked
     if physical:
-        before = sum(block_params(b) for b in transformer_blocks(dense))
-        after = sum(block_params(b) for b in transformer_blocks(model))
+        count = decoder_linear_params if decoder else (
+            lambda m: sum(block_params(b) for b in transformer_blocks(m)))  # fmt: skip
+        before, after = count(dense), count(model)
         assert got == pytest.approx(1 - after / before)
         assert sum(p.numel() for p in model.parameters()) < sum(
             p.numel() for p in dense.parameters()
@@ -81,7 +99,7 @@ def test_structure_contract(name):
     assert abs(got - level) < 0.08, (name, got)
     shipped = st.shipped(model, x[:1])
     with torch.no_grad():  # what ships computes what the pruned model computes
-        assert torch.allclose(shipped(x), model(x), atol=1e-5)
+        assert torch.allclose(_out(shipped, x), _out(model, x), atol=1e-5)
     if name == "channels":  # physically smaller when shipped: weights gone, as credited
         w = [m.weight.numel() for m in shipped.modules() if isinstance(m, nn.Linear)]
         d = [m.weight.numel() for m in dense.modules() if isinstance(m, nn.Linear)]

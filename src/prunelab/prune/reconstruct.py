@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from prunelab.errors import PrunelabError
+from prunelab.prune.admm import AdmmConfig, admm_prune
 from prunelab.prune.calibration import _input_sqsum
 from prunelab.prune.structures import NM, Structure, Unstructured
 from prunelab.registry import Registry
@@ -81,21 +82,27 @@ class InputStats:
 
     ``full=True`` keeps ``X^T X`` (SparseGPT's Hessian); otherwise only the per-feature sum of
     squares that Wanda's ``‖X_j‖`` needs (per input channel for convolutions, as in
-    :mod:`prunelab.prune.calibration`).
+    :mod:`prunelab.prune.calibration`). When :meth:`add` is also given the dense model's input
+    for the same rows, ``X_dense^T X`` is kept too (:meth:`cross`).
     """
 
     def __init__(self, module: nn.Module, full: bool) -> None:
         self.module, self.full, self.count = module, full, 0
         self.xtx: Tensor | None = None
         self.sqsum: Tensor | None = None
+        self.xdx: Tensor | None = None
 
-    def add(self, x: Tensor) -> None:
+    def add(self, x: Tensor, dense_x: Tensor | None = None) -> None:
         x = x.detach().float()
         if self.full:
             rows = layer_input_rows(self.module, x)  # (n, cols)
             self.count += rows.shape[0]
             xtx = rows.T @ rows  # (cols, cols)
             self.xtx = xtx if self.xtx is None else self.xtx + xtx
+            if dense_x is not None:
+                dense_rows = layer_input_rows(self.module, dense_x.detach().float())  # (n, cols)
+                xdx = dense_rows.T @ rows  # (cols, cols)
+                self.xdx = xdx if self.xdx is None else self.xdx + xdx
         sq = _input_sqsum(self.module, x)  # (in,) / (C,)
         self.sqsum = sq if self.sqsum is None else self.sqsum + sq
 
@@ -104,6 +111,10 @@ class InputStats:
         if self.xtx is None:
             raise PrunelabError("no calibration inputs reached this layer")
         return self.xtx * (2.0 / self.count)
+
+    def cross(self) -> Tensor | None:
+        """``2/n · X_dense^T X`` (cols, cols) when dense inputs were given, else None."""
+        return None if self.xdx is None else self.xdx * (2.0 / self.count)
 
     def input_norm(self) -> Tensor:
         """‖X_j‖₂ per input feature (channel): what Wanda multiplies |W| by."""
@@ -228,3 +239,20 @@ def _saliency(w: Tensor, d: Tensor, dead: Tensor) -> Tensor:
 Reconstructor = Callable[[Tensor, Tensor, float, Structure, SparseGPTConfig], tuple[Tensor, Tensor]]
 RECONSTRUCTORS: Registry[Reconstructor] = Registry("reconstruction method")
 RECONSTRUCTORS.add("sparsegpt", sparsegpt)
+
+
+def _admm(
+    weight: Tensor, hessian: Tensor, sparsity: float, structure: Structure, config: SparseGPTConfig
+) -> tuple[Tensor, Tensor]:
+    """``admm-grad`` (Boža 2024's gradual ADMM, :mod:`prunelab.prune.admm`) with its published
+    iteration settings; SparseGPT's dampening and dtype."""
+    return admm_prune(
+        weight,
+        hessian,
+        sparsity,
+        structure,
+        AdmmConfig(percdamp=config.percdamp, dtype=config.dtype),
+    )
+
+
+RECONSTRUCTORS.add("admm-grad", _admm)

@@ -112,6 +112,11 @@ def execution_order(model: nn.Module, targets: dict[str, nn.Module], batch: Any)
     return seen
 
 
+AfterBlock = Callable[[int, nn.Module, list[tuple[Tensor, tuple, dict]], list[Tensor]], None]
+"""``(block index, the pruned block, its calibration calls [(hidden, args, kwargs)], the
+outputs wanted from it per call)``: called once a block's targets are all pruned."""
+
+
 def walk_blocks(
     model: nn.Module,
     targets: dict[str, nn.Module],
@@ -120,11 +125,22 @@ def walk_blocks(
     full: bool,
     prune_one: PruneOne,
     staged: bool = False,
+    *,
+    paired: bool = False,
+    after_block: AfterBlock | None = None,
+    fit_to: str = "dense",
 ) -> None:
     """Block mode: calibrate, prune, then re-run each block to feed the next one.
 
     ``staged``: the block's layers are calibrated and pruned stage by stage
-    (:func:`block_stages`), each stage on the outputs of the pruned stages before it."""
+    (:func:`block_stages`), each stage on the outputs of the pruned stages before it.
+    ``paired``: the dense model's hidden states are carried beside the pruned ones and each
+    layer's statistics also get its dense-model inputs (:meth:`InputStats.cross`).
+    ``after_block`` is then handed the pruned block with the outputs wanted from it:
+    the dense model's (``fit_to="dense"``) or the dense block's on the pruned inputs
+    (``"local"``)."""
+    if fit_to not in ("dense", "local"):
+        raise PrunelabError(f"fit_to must be 'dense' or 'local', got '{fit_to}'")
     blocks = model.get_submodule(blocks_name)
     if not isinstance(blocks, nn.ModuleList):
         raise PrunelabError(f"'{blocks_name}' is not an nn.ModuleList")
@@ -134,30 +150,89 @@ def walk_blocks(
         raise PrunelabError(f"layers {outside[:5]} lie outside the blocks '{blocks_name}'")
     calls = record_block_calls(model, blocks, calibration)  # [block][batch] -> (args, kwargs)
     hidden = [_hidden(args, kwargs) for args, kwargs in calls[0]]
+    keep_dense = paired or (after_block is not None and fit_to == "dense")
+    dense_hidden = list(hidden) if keep_dense else []
     for i, block in enumerate(blocks):
         inside = {t: targets[t] for t in targets if owner[t] == i}
+        run = [(h, a, k) for h, (a, k) in zip(hidden, calls[i])]
+        dense_run = [(h, a, k) for h, (a, k) in zip(dense_hidden, calls[i])]
+        # everything the dense block gives is taken before it is pruned
+        dense_in, dense_out = _dense_pass(block, inside if paired else {}, dense_run)
+        local_out = (
+            [call_block(block, *c) for c in run]
+            if inside and after_block is not None and fit_to == "local"
+            else []
+        )
         if inside:
-            run = [(h, a, k) for h, (a, k) in zip(hidden, calls[i])]
-            groups = block_stages(block, inside, run[0]) if staged else [list(inside)]
-            for group in groups:
-                stats = _block_stats(block, {t: inside[t] for t in group}, run, full)
-                for t in group:
-                    prune_one(t, stats.pop(t))  # each statistic is freed once its layer is pruned
+            _prune_block(block, inside, run, full, prune_one, staged, dense_in)
+            del dense_in  # the dense inputs are only needed while the block is calibrated
+            if after_block is not None:
+                after_block(i, block, run, dense_out if fit_to == "dense" else local_out)
         if i + 1 < len(blocks):
-            hidden = [_call_block(block, h, a, k) for h, (a, k) in zip(hidden, calls[i])]
+            dense_hidden = dense_out
+            hidden = [call_block(block, *c) for c in run]
 
 
-def _block_stats(
-    block: nn.Module, layers: dict[str, nn.Module], run: list[tuple], full: bool
-) -> dict[str, InputStats]:
-    """Input statistics of ``layers`` over the block's calibration calls; each pass stops
-    once every one of them has seen its input."""
-    stats = {t: InputStats(m, full) for t, m in layers.items()}
-    seen: set[str] = set()
+def _dense_pass(
+    block: nn.Module, layers: dict[str, nn.Module], calls: list[tuple]
+) -> tuple[dict[str, list[Tensor]], list[Tensor]]:
+    """Run the (still dense) ``block`` on ``calls``: each of ``layers``' inputs per call
+    (layers sharing an input share the tensor) and the block's outputs."""
+    inputs: dict[str, list[Tensor]] = {t: [] for t in layers}
 
     def hook(t: str) -> Callable[..., None]:
         def fn(_m: nn.Module, inp: tuple[Tensor, ...], _o: Any) -> None:
-            stats[t].add(inp[0])
+            if len(inputs[t]) < len(outputs) + 1:  # the first call per batch only
+                inputs[t].append(inp[0])
+
+        return fn
+
+    outputs: list[Tensor] = []
+    handles = [m.register_forward_hook(hook(t)) for t, m in layers.items()]
+    try:
+        for call in calls:
+            outputs.append(call_block(block, *call))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return inputs, outputs
+
+
+def _prune_block(
+    block: nn.Module,
+    inside: dict[str, nn.Module],
+    run: list[tuple],
+    full: bool,
+    prune_one: PruneOne,
+    staged: bool,
+    dense_in: dict[str, list[Tensor]],
+) -> None:
+    """Calibrate and prune one block's targets, all at once or stage by stage."""
+    groups = block_stages(block, inside, run[0]) if staged else [list(inside)]
+    for group in groups:
+        stats = _block_stats(block, {t: inside[t] for t in group}, run, full, dense_in)
+        for t in group:
+            prune_one(t, stats.pop(t))  # each statistic is freed once its layer is pruned
+
+
+def _block_stats(
+    block: nn.Module,
+    layers: dict[str, nn.Module],
+    run: list[tuple],
+    full: bool,
+    dense_in: dict[str, list[Tensor]] | None = None,
+) -> dict[str, InputStats]:
+    """Input statistics of ``layers`` over the block's calibration calls; each pass stops
+    once every one of them has seen its input. ``dense_in[layer][call]``: the dense model's
+    inputs of the same layers, paired with them (:meth:`InputStats.cross`)."""
+    stats = {t: InputStats(m, full) for t, m in layers.items()}
+    seen: set[str] = set()
+    current = [0]  # the call being run
+
+    def hook(t: str) -> Callable[..., None]:
+        def fn(_m: nn.Module, inp: tuple[Tensor, ...], _o: Any) -> None:
+            paired = dense_in[t][current[0]] if dense_in and t in dense_in else None
+            stats[t].add(inp[0], paired)
             seen.add(t)
             if len(seen) == len(stats):
                 raise _Stop
@@ -166,16 +241,22 @@ def _block_stats(
 
     handles = [m.register_forward_hook(hook(t)) for t, m in layers.items()]
     try:
-        for h, args, kwargs in run:
+        for j, call in enumerate(run):
             seen.clear()
-            try:
-                _call_block(block, h, args, kwargs)
-            except _Stop:
-                pass
+            current[0] = j
+            _run_until_stop(block, call)
     finally:
         for handle in handles:
             handle.remove()
     return stats
+
+
+def _run_until_stop(block: nn.Module, call: tuple[Tensor, tuple, dict]) -> None:
+    """Run ``block`` on one call until the hooks have seen every layer they wait for."""
+    try:
+        call_block(block, *call)
+    except _Stop:
+        pass
 
 
 def block_stages(
@@ -197,7 +278,7 @@ def block_stages(
 
     handles = [m.register_forward_hook(hook(t)) for t, m in layers.items()]
     try:
-        _call_block(block, *call)
+        call_block(block, *call)
     finally:
         for handle in handles:
             handle.remove()
@@ -262,7 +343,7 @@ def _replace_hidden(args: tuple, kwargs: dict, hidden: Tensor | None) -> tuple[t
     return args, {**kwargs, "hidden_states": hidden}
 
 
-def _call_block(block: nn.Module, hidden: Tensor, args: tuple, kwargs: dict) -> Tensor:
+def call_block(block: nn.Module, hidden: Tensor, args: tuple, kwargs: dict) -> Tensor:
     """Run one block on ``hidden`` with its recorded other arguments; its hidden output."""
     args, kwargs = _replace_hidden(args, kwargs, hidden)
     out = block(*args, **kwargs)

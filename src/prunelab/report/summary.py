@@ -1,5 +1,7 @@
 """A Markdown summary of a sweep: dense baseline, level x method table, best method per level,
-all in the run's own primary metric (accuracy, mAP, perplexity, ...)."""
+all in the run's own primary metric (accuracy, mAP, perplexity, ...); for a language model with
+a zero-shot cloze score, cloze beside perplexity with the levels where cloze drops beyond noise
+while perplexity holds (:func:`prunelab.measure.cloze.divergent_levels`)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from prunelab.decide.units import Units
+from prunelab.measure.cloze import divergent_levels
 from prunelab.report.frame import DENSE, dense_value
 from prunelab.report.tables import best_per_level, summary_table
 
@@ -88,6 +91,38 @@ def _best_lines(df: pd.DataFrame, metric: str, units: Units) -> list[str]:
     return _md_table(header, rows)
 
 
+CLOZE = ("perplexity", "cloze_accuracy", "cloze_items")
+PPL_HOLDS = 1.25  # perplexity "holds" up to this ratio to dense (divergent_levels' default)
+
+
+def _cloze_lines(df: pd.DataFrame) -> list[str]:
+    """Cloze accuracy beside perplexity per curve and level; flags where cloze drops while
+    perplexity holds. Empty without cloze columns or a dense control."""
+    dense_rows = df[df["method"] == DENSE]
+    if any(c not in df.columns for c in CLOZE) or dense_rows[list(CLOZE)].isna().any(axis=None):
+        return []
+    if dense_rows.empty or (df["method"] != DENSE).sum() == 0:
+        return []
+    dense = {"level": 0.0, **{c: float(dense_rows[c].mean()) for c in CLOZE}}
+    table = summary_table(df[df["method"] != DENSE], list(CLOZE))
+    rows, flagged = [], []
+    for r in table.itertuples(index=False):
+        point = {"level": r.level, **{c: getattr(r, f"{c}_mean") for c in CLOZE}}
+        drop = bool(divergent_levels([point], dense, PPL_HOLDS))
+        flagged += [f"{r.curve} @ {r.level:g}"] if drop else []
+        rows.append([f"{r.level:g}", r.curve, f"{point['perplexity'] / dense['perplexity']:.2f}×",
+                     f"{point['cloze_accuracy']:.3f}", "**yes**" if drop else ""])  # fmt: skip
+    header = ["level", "method", "perplexity × dense", "cloze accuracy", "cloze drops, ppl holds"]
+    note = (
+        f"Dense cloze accuracy {dense['cloze_accuracy']:.3f} on {dense['cloze_items']:.0f} "
+        f"held-out items (chance 0.25). Flagged: perplexity ≤ {PPL_HOLDS:g}× dense while cloze "
+        "accuracy is more than 2 standard errors below dense — "
+        + (", ".join(flagged) if flagged else "none")
+        + "."
+    )
+    return ["", "## Zero-shot cloze beside perplexity", "", note, ""] + _md_table(header, rows)
+
+
 def render_summary(
     df: pd.DataFrame,
     units: Units,
@@ -109,6 +144,7 @@ def render_summary(
     lines += ["## Dense baseline", ""] + _dense_lines(df, units, original)
     lines += ["", "## Results by level (mean ± std over seeds)", ""] + _level_lines(df, units)
     lines += ["", f"## Best method per level (by {metric})", ""] + _best_lines(df, metric, units)
+    lines += _cloze_lines(df)
     return "\n".join(lines) + "\n"
 
 

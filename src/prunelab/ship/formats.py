@@ -44,6 +44,7 @@ class ExportJob:
     input_shape: tuple[int, ...] | None = None
     num_classes: int | None = None
     sequence_axis: int | None = None  # the input axis of variable length (token ids), if any
+    dense: nn.Module | None = None  # the dense model (sizes of what was removed), when known
 
 
 Format = Callable[[ExportJob, Path], Exported]

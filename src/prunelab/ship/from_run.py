@@ -187,6 +187,7 @@ def export_cell(
         getattr(base.data, "input_shape", None),
         getattr(base.data, "num_classes", None),
         base.task.sequence_axis,
+        base.model,
     )
     done = write(job, out)
     if _numel(model) != _numel(base.model):  # physically smaller: scale by the model as given

@@ -220,7 +220,8 @@ def _prune(
 
     on_layer = (lambda done, total, _: progress("prune layers", done, total)) if progress else None
     job = Pruning(cell.level, cell.method, targets, scores, allocation, cell.allocation, batches,
-                  ctx.task.inputs, ctx.example, gen, on_layer)  # fmt: skip
+                  ctx.task.inputs, ctx.example, gen, on_layer,
+                  sequential=ctx.task.sequential_calibration)  # fmt: skip
     prune_once(model, cell.structure, job)
     return records
 

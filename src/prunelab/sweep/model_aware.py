@@ -5,10 +5,14 @@ computed once per (method, seed) and reused across every level, so masks still n
 ``searched``: an Optuna search of per-layer sparsities at each level (see
 :mod:`prunelab.decide.search`),
 seeded with the global and uniform plans; its trials are stored with the run.
+An allocation that names the scores it measures outliers on (``owl``: Wanda's, as the paper)
+gets them from the dense model whatever the cell's method (magnitude, SparseGPT, ...), computed
+once per (criterion, seed) on the cell's calibration batches.
 """
 
 from __future__ import annotations
 
+from itertools import islice
 from typing import Any
 
 import torch
@@ -25,6 +29,7 @@ from prunelab.prune.allocation import (
     uniform,
 )
 from prunelab.prune.allocation.plan import fixed_per_layer, plan_from_counts, sizes_of
+from prunelab.prune.criteria import compute_scores
 from prunelab.training import TrainConfig
 
 MODEL_AWARE = tuple(n for n in ALLOCATIONS.names() if isinstance(ALLOCATIONS.get(n), ModelAware))
@@ -97,4 +102,29 @@ def resolve_allocation(
                 "trials": trials.to_dict("records"),
             }
         }
+    source = getattr(ALLOCATIONS.get(cell.allocation), "scores_from", None)
+    if source is not None and source != cell.method:
+        key = ("outlier-scores", source, cell.seed, cell.calibration_batches, tuple(targets))
+        if key not in ctx.memo:
+            ctx.memo[key] = outlier_scores(ctx, cell, dense, targets, source)
+        return scored_on(ALLOCATIONS.get(cell.allocation), ctx.memo[key]), {}
     return cell.allocation, {}
+
+
+def outlier_scores(
+    ctx: Any, cell: Any, dense: nn.Module, targets: dict[str, nn.Module], criterion: str
+) -> dict[str, Tensor]:
+    """The dense model's ``criterion`` scores on the cell's calibration batches (own seeded
+    draw, so the cell's random stream is untouched)."""
+    gen = torch.Generator().manual_seed(cell.seed)
+    calib = list(islice(ctx.task.batches(ctx.data.train, 128, gen), cell.calibration_batches))
+    return compute_scores(dense, targets, criterion, gen, calib, task=ctx.task)
+
+
+def scored_on(allocation: Allocation, outlier: dict[str, Tensor]) -> Allocation:
+    """``allocation``'s per-layer counts computed on ``outlier`` scores instead of the cell's."""
+
+    def allocate(scores: dict[str, Tensor], sparsity: float) -> dict[str, int]:
+        return allocation(outlier, sparsity)
+
+    return allocate

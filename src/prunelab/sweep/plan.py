@@ -2,7 +2,8 @@
 
 Dense controls come first (one per seed: the model fine-tuned with the same budget as every
 pruned cell). A structure that fixes its level (N:M) runs that one level, and one cell per
-configuration when it ignores the allocation.
+configuration when it ignores the allocation; one that scores by itself (decoder heads, FFN
+neurons, blocks) runs once per level under its own method name.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def expand_cells(spec: SweepSpec) -> list[Cell]:
     for st in (parse_structure(s) for s in spec.structures):
         allocations = spec.allocations if st.uses_allocation else spec.allocations[:1]
         for schedule in schedules:
-            for method in spec.methods:
+            for method in (st.own_method,) if st.own_method else spec.methods:
                 for allocation in allocations:
                     for level in st.levels(spec.levels):
                         for seed in spec.seeds:

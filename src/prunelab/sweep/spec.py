@@ -232,7 +232,7 @@ class SweepSpec:
         structures = [parse_structure(s) for s in self.structures]
         for m in self.methods:
             for st in structures:
-                if m in RECONSTRUCTORS and not st.reconstructable:
+                if m in RECONSTRUCTORS and not (st.reconstructable or st.own_method):
                     raise PrunelabError(
                         f"method '{m}' reconstructs weights layer by layer; structure '{st}' "
                         "cannot be pruned that way (sweep them separately)"

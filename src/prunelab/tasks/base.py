@@ -60,6 +60,9 @@ class Task(ABC):
     latency_batches: ClassVar[tuple[int, ...]] = (1,)  # batch sizes ``latency = true`` times
     supports_schedules: ClassVar[bool] = False  # iterative/gradual/regrow/adaptive recovery
     sequence_axis: ClassVar[int | None] = None  # the input axis of variable length (tokens)
+    # calibrated criteria (Wanda) prune layer after layer on inputs through the pruned layers,
+    # compared per output row, as SparseGPT does (Wanda's reference driver for LLMs)
+    sequential_calibration: ClassVar[bool] = False
 
     def default_tolerance(self, dense_value: float) -> float:
         """The default max drop of the primary metric, in its own units: ``tolerance_points``

@@ -4,6 +4,15 @@ Metrics (:mod:`prunelab.measure.language`): token-weighted ``perplexity`` (prima
 on the split, and, against the dense model's compact outputs (``predict``), the
 ``next_token_agreement`` and ``kl_to_dense`` (dense top-k tokens plus a rest bin). The same
 windows — one tokenisation — are scored for every model.
+
+Beside perplexity, every cell is scored on a zero-shot **cloze** task
+(:mod:`prunelab.measure.cloze`) built once per sweep from the held-out test windows: they are
+decoded back to text with the data's tokenizer, and each sentence that ends in a word of four or
+more letters becomes an item (48 tokens of context before that word, the word and three
+distractors drawn from the other sentence-final words, chance 0.25), scored by summed log-
+likelihood: ``cloze_accuracy``, ``cloze_answer_nll``, over ``cloze_items`` items. The test
+windows are never calibrated or fine-tuned on. Too little text (fewer than 4 distinct final
+words, or no item with 48 tokens of context) or an unknown tokenizer gives no cloze columns.
 """
 
 from __future__ import annotations
@@ -17,11 +26,11 @@ import torch
 from torch import Tensor, nn
 
 from prunelab.errors import PrunelabError
-from prunelab.measure.language import DenseReference, dense_reference, evaluate_lm
+from prunelab.measure.cloze import ClozeItem, cloze_items, score_cloze
+from prunelab.measure.language import DenseReference, coarse_kl, dense_reference, evaluate_lm
 from prunelab.sources.data.corpora import tokenizer_for
 from prunelab.sources.hf import DECODER_PATTERNS
 from prunelab.tasks.base import MetricInfo, Task
-from prunelab.tasks.classification import logit_kl
 
 LM_METRICS = (
     MetricInfo("perplexity", False, "exp(mean NLL per predicted token)"),
@@ -32,6 +41,18 @@ LM_METRICS = (
     MetricInfo("kl_to_dense", False, "mean KL(dense || model), dense top-k + rest"),
 )
 FIDELITY = frozenset({"next_token_agreement", "kl_to_dense"})
+CLOZE_CHOICES = 4
+CLOZE_METRICS = (
+    MetricInfo(
+        "cloze_accuracy",
+        True,
+        "zero-shot cloze on held-out sentences (log-likelihood)",
+        fraction=True,
+        dead=1 / CLOZE_CHOICES,
+    ),  # fmt: skip
+    MetricInfo("cloze_answer_nll", False, "mean NLL of the right cloze word (nats)"),
+    MetricInfo("cloze_items", True, "held-out cloze items scored"),
+)
 
 
 def _logits(model: nn.Module, ids: Tensor) -> Tensor:
@@ -52,11 +73,14 @@ class CausalLMTask(Task):
     sequence_axis: ClassVar[int | None] = 1  # (N, T) token ids: T varies
     fidelity: ClassVar[str] = "next_token_agreement"
     default_include: ClassVar[tuple[str, ...]] = DECODER_PATTERNS
+    sequential_calibration: ClassVar[bool] = True  # Wanda as its paper runs it on LLMs
     primary: str = "perplexity"
     top_k: int = 64  # dense log-probs kept per position for the KL
     eval_batch_size: int = 2
     tokenizer: str | None = None  # decodes the sample generations (a TokenBundle's tokenizer)
     samples: int = 3  # test windows whose opening is continued greedily for the report
+    cloze: int = 100  # zero-shot cloze items from the test windows (0: none)
+    cloze_context: int = 48  # tokens of context before each cloze word
 
     @classmethod
     def for_data(cls, data: Any, **kwargs: Any) -> CausalLMTask:
@@ -69,6 +93,39 @@ class CausalLMTask(Task):
 
     def metric_infos(self) -> tuple[MetricInfo, ...]:
         return LM_METRICS
+
+    def described_infos(self) -> tuple[MetricInfo, ...]:
+        return LM_METRICS + CLOZE_METRICS
+
+    def references(self, dense: nn.Module, data: Any) -> dict[str, Any]:
+        """The dense outputs per split, and ``cloze``: the items built from ``data.test``."""
+        return {**super().references(dense, data), "cloze": self.cloze_set(dense, data.test)}
+
+    def cloze_set(self, model: nn.Module, split: Tensor) -> list[ClozeItem]:
+        """Cloze items from the decoded ``split`` (one document: the windows are consecutive),
+        keeping those whose tokens ``model`` can embed; [] when none can be built."""
+        if self.cloze <= 0 or self.tokenizer is None:
+            return []
+        tok = tokenizer_for(self.tokenizer)
+        text = tok.decode(split.flatten().tolist(), skip_special_tokens=True)
+        gen = torch.Generator().manual_seed(0)
+        try:
+            items = cloze_items(tok, [text], self.cloze, CLOZE_CHOICES, self.cloze_context, gen)
+        except PrunelabError:  # too few distinct sentence-final words
+            return []
+        vocab = model.get_input_embeddings().num_embeddings
+        return [it for it in items if max(max(c) for c in (it.context, *it.choices)) < vocab]
+
+    def measure(
+        self, model: nn.Module, data: Any, refs: dict[str, Any], extra: tuple[str, ...] = ()
+    ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """The metrics of :meth:`evaluate` on test and validation, and the cloze columns."""
+        row, arrays = super().measure(model, data, refs, extra)
+        items = refs.get("cloze") or []
+        if items:
+            row.update(score_cloze(model, items, self.eval_batch_size * 8).as_dict())
+            row["cloze_items"] = float(len(items))
+        return row, arrays
 
     def batches(
         self, split: Tensor, batch_size: int, generator: torch.Generator | None
@@ -85,8 +142,13 @@ class CausalLMTask(Task):
         return _logits(model, batch)  # (B, T, V)
 
     def soft_loss(self, student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
-        """Token-level ``T² · KL`` of the next-token distributions (B, T, V)."""
-        return logit_kl(student, teacher, temperature)
+        """``T² ·`` mean per-token KL(dense ‖ model) over the dense top-k tokens plus one bin
+        for the rest (the quantity ``kl_to_dense`` reports), logits (B, T, V) at ``T``."""
+        t = temperature
+        ref = torch.log_softmax(teacher[:, :-1].float() / t, dim=-1)  # (B, T-1, V)
+        top_logp, top_ids = ref.topk(min(self.top_k, ref.shape[-1]), dim=-1)  # (B, T-1, k)
+        logp = torch.log_softmax(student[:, :-1].float() / t, dim=-1)
+        return t * t * coarse_kl(top_logp, top_ids, logp).mean().float()
 
     def loss_of(self, outputs: Tensor, batch: Tensor) -> Tensor:
         logits = outputs[:, :-1]  # (B, T-1, V) predicts tokens 1..T-1

@@ -104,10 +104,14 @@ def _feasible_scale(unit: Tensor, sparsity: float) -> float:
 @ALLOCATIONS.register("owl")
 def owl(scores: dict[str, Tensor], sparsity: float) -> dict[str, int]:
     """OWL with λ = 0.08, M = 5 (the paper's LLaMA settings), parameter-weighted around the
-    target; the criterion's scores are the outlier metric (use ``wanda`` for the paper's).
+    target; the scores given are the outlier metric (a sweep gives Wanda's, as the paper, whatever
+    the cell's method: ``owl.scores_from``).
 
     >>> owl({"b.0.fc": torch.tensor([1.] * 9 + [20.]), "b.1.fc": torch.ones(10)}, 0.5)
     {'b.0.fc': 4, 'b.1.fc': 6}
     """
     levels = owl_sparsities(scores, sparsity, weighted=True)
     return {n: round(levels[n] * s.numel()) for n, s in scores.items()}
+
+
+owl.scores_from = "wanda"  # type: ignore[attr-defined]  # a sweep measures outliers on these

@@ -1,7 +1,8 @@
 """Structures: the granularity of pruning, one registry (see :mod:`.base` for the contract).
 
->>> sorted(STRUCTURES.names())
-['channels', 'heads', 'heads+ffn', 'n:m', 'unstructured']
+>>> sorted(STRUCTURES.names())  # doctest: +NORMALIZE_WHITESPACE
+['channels', 'decoder-blocks', 'decoder-ffn', 'decoder-heads', 'decoder-heads+ffn', 'heads',
+ 'heads+ffn', 'n:m', 'unstructured']
 """
 
 import torch
@@ -16,6 +17,7 @@ from prunelab.prune.structures.base import (
     structure_names,
 )
 from prunelab.prune.structures.channels import Channels
+from prunelab.prune.structures.decoder import DecoderStructure
 from prunelab.prune.structures.heads import Heads
 from prunelab.prune.structures.masked import NM, Unstructured
 
@@ -23,6 +25,7 @@ __all__ = [
     "NM",
     "STRUCTURES",
     "Channels",
+    "DecoderStructure",
     "Heads",
     "Pruning",
     "Structure",

@@ -1,7 +1,8 @@
 """What a structure is: the granularity of pruning, and everything that differs by it.
 
 A :class:`Structure` is a frozen dataclass registered under its spelling in :data:`STRUCTURES`
-(``unstructured``, ``2:4``/any N:M, ``channels``, ``heads``, ``heads+ffn``). It owns the steps
+(``unstructured``, ``2:4``/any N:M, ``channels``, ``heads``, ``heads+ffn``,
+``decoder-heads``, ``decoder-ffn``, ``decoder-heads+ffn``, ``decoder-blocks``). It owns the steps
 in which structures differ, so the sweep has nothing to switch on:
 
 * :meth:`~Structure.prune` — one-shot pruning of a model (masks, or physical removal) from a
@@ -46,7 +47,10 @@ class Pruning:
     ``scores()`` are the dense model's scores of ``method`` on ``targets`` (already grouped by
     the structure's :meth:`Structure.group_scores`), ``allocation(scores)`` the allocation
     resolved for them (model-aware ones included), ``batches(batch_size)`` calibration batches
-    of the task, ``inputs(batch)`` a batch's model input, ``example`` a few input rows.
+    of the task, ``inputs(batch)`` a batch's model input, ``example`` a few input rows;
+    ``sequential``: a criterion that needs calibration (Wanda) prunes weight-level structures
+    layer after layer on inputs through the pruned layers, per output row, as a reconstruction
+    does (the task decides: :attr:`prunelab.tasks.base.Task.sequential_calibration`).
     """
 
     level: float
@@ -61,6 +65,7 @@ class Pruning:
     generator: torch.Generator
     progress: LayerProgress | None = None
     records: dict[str, Any] | None = None  # run-level records the allocation produced
+    sequential: bool = False  # calibrated criteria walk the layers in order (the task's choice)
 
 
 class Structure(ABC):
@@ -73,6 +78,12 @@ class Structure(ABC):
     prunes_last: ClassVar[bool] = True  # may prune the model's output layer
     score_family: ClassVar[str] = "weights"  # scores shared by structures of the same family
     reconstructable: ClassVar[bool] = False  # SparseGPT-style methods can prune it layer by layer
+
+    @property
+    def own_method(self) -> str | None:
+        """The one scoring method this structure prunes with (then a sweep runs it once, under
+        this name, instead of once per method asked), or None: it takes the sweep's methods."""
+        return None
 
     @property
     def fixed_level(self) -> float | None:

@@ -1,0 +1,476 @@
+"""Structured pruning of SmolLM2-135M that physically shrinks it: heads, FFN neurons, blocks.
+
+Run through ``benchmarks/language.py --part structured`` (flags below). For every
+(structure, level) row: FLAP fluctuation scores and ShortGPT block influence from one dense
+calibration pass (documents 0–149), physical removal with FLAP's bias compensation, then
+perplexity / agreement / KL on the usual evaluation tokens (16 × 512 of documents 150–299)
+and a zero-shot cloze (:mod:`prunelab.measure.cloze`; items from ``lee.cor`` and documents
+150–299, never seen in calibration or recovery). Rows named in ``--struct-recover`` are then
+distilled from the dense model (top-64 KL on windows of documents 0–149, embeddings frozen,
+a wall-clock budget each) and scored again. Finally every distinct architecture and the dense
+model run in one interleaved speed loop (batch-1 greedy generation with a KV cache and a 512-
+token prefill, 2 threads; paired ratios are medians over rounds).
+
+Results: ``results/decoder-structured.json`` (rewritten after every step) and a section of
+``results/language.md`` (``language.py`` adds it whenever the JSON exists).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from prunelab.measure.cloze import cloze_items, divergent_levels, score_cloze
+from prunelab.measure.generation import compare_generation, paired_speedup
+from prunelab.measure.language import dense_reference, evaluate_lm, token_windows
+from prunelab.prune.surgery.decoder import (
+    DecoderPlan,
+    LayerPlan,
+    apply_plan,
+    decoder_layers,
+    layer_shape,
+)
+from prunelab.prune.surgery.decoder_plan import calibrate, prune_decoder
+from prunelab.recover.distill import Distilled
+from prunelab.recover.finetune import train
+from prunelab.sources.hf import load_causal_lm, load_tokenizer, smollm2_gguf
+from prunelab.sources.models.cache import default_cache_dir
+from prunelab.tasks import CausalLMTask
+from prunelab.training import StepCallback, TrainConfig
+
+RESULTS = Path(__file__).parent / "results"
+JSON = RESULTS / "decoder-structured.json"
+EXPORT_JSON = RESULTS / "decoder-export.json"  # benchmarks/decoder_export.py
+
+
+def add_args(ap) -> None:
+    ap.add_argument(
+        "--struct-rows",
+        default="blocks:0.3,ffn:0.2,heads+ffn:0.2,blocks:0.2,heads:0.06,ffn:0.35,heads+ffn:0.35",
+        help="structure:level pairs, pruned one-shot from the dense model",
+    )
+    ap.add_argument("--struct-recover", default="heads+ffn:0.2,blocks:0.2")
+    ap.add_argument("--struct-minutes", type=float, default=5.0, help="recovery budget per row")
+    ap.add_argument("--struct-target", default="blocks:0.3", help="pruned and recovered first")
+    ap.add_argument("--target-minutes", type=float, default=30.0, help="its recovery budget")
+    ap.add_argument("--struct-calib", type=int, default=8, help="512-token calibration windows")
+    ap.add_argument("--struct-recover-windows", type=int, default=48, help="256-token windows")
+    ap.add_argument("--struct-lr", type=float, default=2e-4)
+    ap.add_argument("--cloze-items", type=int, default=120)
+    ap.add_argument("--speed-rounds", type=int, default=3)
+    ap.add_argument(
+        "--speed-only",
+        action="store_true",
+        help="time same-shape copies of every layout in the JSON (no pruning, no scoring)",
+    )
+
+
+def documents(cache: Path) -> tuple[list[str], list[str], list[str]]:
+    """(lee_background 0–149, lee_background 150–299, lee.cor) documents."""
+    text = cache / "text"
+    bg = [d.strip() for d in (text / "lee_background.cor").read_text("latin-1").splitlines()]
+    bg = [d for d in bg if d]
+    lee = [d.strip() for d in (text / "lee.cor").read_text("latin-1").splitlines() if d.strip()]
+    return bg[:150], bg[150:], lee
+
+
+def _rows(spec: str) -> list[tuple[str, float]]:
+    return [(s.rsplit(":", 1)[0], float(s.rsplit(":", 1)[1])) for s in spec.split(",") if s]
+
+
+def layout(model) -> str:
+    """Kept blocks and the (heads/KV heads/FFN) counts, e.g. '24 blocks, 9/3/1536'."""
+    shapes = {
+        f"{s['heads']}/{s['kv_heads']}/{s['ffn']}"
+        for s in (layer_shape(layer) for layer in decoder_layers(model))
+    }
+    return f"{len(decoder_layers(model))} blocks, " + " · ".join(sorted(shapes))
+
+
+class Bench:
+    """The dense model, data and references, and the rows measured so far."""
+
+    def __init__(self, args, peak_rss) -> None:
+        self.args, self.PeakRSS = args, peak_rss
+        cache = default_cache_dir()
+        gguf = smollm2_gguf()
+        self.tok, self.dense = load_tokenizer(gguf), load_causal_lm(gguf, cache_dir=cache)
+        calib_docs, eval_docs, lee = documents(cache)
+        n_eval = 4 if args.quick else args.eval_windows
+        self.evalw = token_windows(self.tok, "\n".join(eval_docs), 512, n_eval * 512)
+        calw = token_windows(self.tok, "\n".join(calib_docs), 512, args.struct_calib * 512)
+        self.calib = list(calw.split(2))  # (2, 512) each
+        n_rec = 8 if args.quick else args.struct_recover_windows
+        self.recw = token_windows(self.tok, "\n".join(calib_docs), 256, n_rec * 256)
+        n_items = 40 if args.quick else args.cloze_items
+        g = torch.Generator().manual_seed(0)
+        self.items = cloze_items(self.tok, lee + eval_docs, n_items, generator=g)
+        self.ref = dense_reference(self.dense, self.evalw, k=64)
+        self.state: dict = {"rows": [], "speed": {}, "argv": args.argv, "load": []}
+        self.models: dict[str, torch.nn.Module] = {}
+
+    def score(self, model) -> dict:
+        t = time.perf_counter()
+        lm = evaluate_lm(model, self.evalw, self.ref)
+        cz = score_cloze(model, self.items)
+        return {
+            "ppl": lm.perplexity,
+            "agree": lm.agreement,
+            "kl": lm.kl,
+            "cloze": cz.accuracy,
+            "cloze_nll": cz.answer_nll,
+            "cloze_items": cz.items,
+            "eval_tokens": lm.tokens,
+            "score_s": time.perf_counter() - t,
+        }
+
+    def add(self, row: dict) -> None:
+        row["load"] = os.getloadavg()[0]
+        self.state["rows"].append(row)
+        print(json.dumps({k: v for k, v in row.items() if k != "plan"}), flush=True)
+        self.save()
+
+    def save(self) -> None:
+        if not self.args.quick:
+            JSON.write_text(json.dumps(self.state, indent=1))
+
+
+def run_structured(args, peak_rss) -> dict:
+    """The target row first (prune, recover 30 min, speed against dense), then the other
+    one-shot rows, their short recoveries, and one speed loop over everything; the JSON is
+    rewritten after every step, so a stopped run keeps what it measured."""
+    b = Bench(args, peak_rss)
+    b.add(
+        {
+            "structure": "dense",
+            "level": 0.0,
+            "achieved": 0.0,
+            "layout": layout(b.dense),
+            "recovery": "none",
+            **b.score(b.dense),
+        }
+    )
+    with peak_rss() as mem:
+        t = time.perf_counter()
+        stats = calibrate(b.dense, b.calib)
+    b.state["calibration"] = {
+        "seconds": time.perf_counter() - t,
+        "tokens": sum(c.numel() for c in b.calib),
+        "rss": mem.peak,
+    }
+    target = _rows(args.struct_target)[0]
+    prune_row(b, stats, *target)
+    recover_row(b, *target, minutes=0.2 if args.quick else args.target_minutes)
+    speed(b, args, [f"{target[0]}:{target[1]:g}"], "speed_target")
+    rest = [r for r in _rows(args.struct_rows) if r != target]
+    for structure, level in rest:
+        prune_row(b, stats, structure, level)
+    for structure, level in _rows(args.struct_recover):
+        if (structure, level) != target:
+            recover_row(b, structure, level, 0.2 if args.quick else args.struct_minutes)
+    speed(b, args, list(b.models), "speed")
+    b.state["divergent"] = divergent(b.state["rows"])
+    b.save()
+    return b.state
+
+
+def prune_row(b: Bench, stats, structure: str, level: float) -> None:
+    model = copy.deepcopy(b.dense)
+    with b.PeakRSS() as mem:
+        t = time.perf_counter()
+        res = prune_decoder(model, b.calib, structure, level, stats=stats)
+        secs = time.perf_counter() - t
+    b.models[f"{structure}:{level:g}"] = model
+    b.add(
+        {
+            "structure": structure,
+            "level": level,
+            "achieved": res.level,
+            "layout": layout(model),
+            "recovery": "none",
+            "prune_s": secs + b.state["calibration"]["seconds"],
+            "rss": mem.peak,
+            "params_removed": res.params_before - res.params_after,
+            **b.score(model),
+        }
+    )
+
+
+def distill_decoder(
+    student: nn.Module,
+    windows: Tensor,
+    dense: nn.Module,
+    cfg: TrainConfig,
+    generator: torch.Generator,
+    train_embeddings: bool = False,
+    on_step: StepCallback | None = None,
+    max_seconds: float | None = None,
+) -> Recovery:
+    """Distil ``student`` towards ``dense`` on ``windows`` in place (prunelab's one distillation:
+    the causal-LM task's KL over the dense top-64 tokens plus a rest bin, temperature 1).
+
+    At most ``cfg.epochs`` × ``len(windows)`` / ``cfg.batch_size`` optimizer steps, and no
+    new step once ``max_seconds`` have passed (a wall-clock budget; the learning-rate
+    schedule is planned for all steps, so pair a budget with a constant rate). Embeddings
+    (and a tied ``lm_head``) are frozen unless ``train_embeddings``; every other parameter
+    trains.
+    """
+    emb = student.get_input_embeddings() if hasattr(student, "get_input_embeddings") else None
+    frozen = [] if train_embeddings or emb is None else list(emb.parameters())
+    flags = [p.requires_grad for p in frozen]
+    for p in frozen:
+        p.requires_grad_(False)
+    t0, steps = time.perf_counter(), [0, cfg.total_steps(len(windows))]
+
+    def step(done: int, total: int) -> None:
+        steps[0] = done
+        if on_step is not None:
+            on_step(done, total)
+        if max_seconds is not None and time.perf_counter() - t0 > max_seconds and done < total:
+            raise _OutOfTime
+
+    objective = Distilled(CausalLMTask(), dense.eval(), weight=1.0, temperature=1.0)
+    try:
+        loss = train(student, windows, cfg, generator, step, task=objective)
+    except _OutOfTime:
+        loss = float("nan")
+    finally:
+        for p, f in zip(frozen, flags):
+            p.requires_grad_(f)
+        student.eval()
+    return Recovery(steps[0], steps[1], time.perf_counter() - t0, loss)
+
+
+class _OutOfTime(Exception):
+    """Raised after an optimizer step once the wall-clock budget is spent."""
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What :func:`distill_decoder` did: steps run of those planned, seconds, and the mean
+    loss of the last full epoch (NaN when the time budget ended training first)."""
+
+    steps: int
+    planned_steps: int
+    seconds: float
+    loss: float
+
+
+def recover_row(b: Bench, structure: str, level: float, minutes: float) -> None:
+    """Distil the row's model in place for at most ``minutes`` and score it again."""
+    model = b.models[f"{structure}:{level:g}"]
+    cfg = TrainConfig(epochs=50, lr=b.args.struct_lr, optimizer="adamw", batch_size=2)
+    with b.PeakRSS() as mem:
+        rec = distill_decoder(
+            model, b.recw, b.dense, cfg, torch.Generator().manual_seed(0), max_seconds=minutes * 60
+        )
+    first = next(r for r in b.state["rows"] if (r["structure"], r["level"]) == (structure, level))
+    keep = ("structure", "level", "achieved", "layout", "prune_s", "params_removed")
+    b.add(
+        {
+            **{k: first[k] for k in keep},
+            "recovery": f"KD {rec.steps} steps × 2 × 256 tokens ({minutes:g} min budget)",
+            "recover_s": rec.seconds,
+            "rss": mem.peak,
+            **b.score(model),
+        }
+    )
+
+
+def divergent(rows: list[dict]) -> list[str]:
+    """Rows whose cloze accuracy drops beyond noise while perplexity holds (≤ 1.25× dense)."""
+    d = rows[0]
+    dense = {
+        "level": 0.0,
+        "perplexity": d["ppl"],
+        "cloze_accuracy": d["cloze"],
+        "cloze_items": d["cloze_items"],
+    }
+    pruned = [
+        {
+            "level": i,
+            "perplexity": r["ppl"],
+            "cloze_accuracy": r["cloze"],
+            "cloze_items": r["cloze_items"],
+        }
+        for i, r in enumerate(rows)
+        if i
+    ]
+    return [
+        f"{rows[i]['structure']}:{rows[i]['level']:g} ({rows[i]['recovery']})"
+        for i in divergent_levels(pruned, dense)
+    ]
+
+
+def speed(b: Bench, args, keys: list[str], name: str) -> None:
+    """One interleaved loop over the dense model and ``keys``' models (as they are now)."""
+    models = {"dense": b.dense, **{k: b.models[k] for k in keys}}
+    rounds = 1 if args.quick else args.speed_rounds
+    t, load = time.perf_counter(), os.getloadavg()[0]
+    res = compare_generation(
+        models, b.dense.config.vocab_size, rounds=rounds, warmup=1, threads=args.threads
+    )
+    out = {}
+    for key, r in res.items():
+        out[key] = {
+            "tokens_per_s": r.median_tokens_per_s,
+            "prefill_s": r.median_prefill_s,
+            "samples": {"tokens_per_s": r.tokens_per_s, "prefill_s": r.prefill_s},
+            **(
+                paired_speedup(res["dense"], r)
+                if key != "dense"
+                else {"decode": 1.0, "prefill": 1.0}
+            ),
+        }
+    b.state[name] = {
+        "models": out,
+        "rounds": rounds,
+        "seconds": time.perf_counter() - t,
+        "load_before": load,
+        "load_after": os.getloadavg()[0],
+        "threads": args.threads,
+    }
+    print(json.dumps({k: (v["decode"], v["prefill"]) for k, v in out.items()}), flush=True)
+    b.save()
+
+
+def same_shape(dense, row: dict):
+    """A copy of ``dense`` with the row's layout (the first blocks, heads, neurons; zero
+    compensation biases where the row's structure adds them): its speed is the row's."""
+    blocks, counts = row["layout"].split(" blocks, ")
+    if " · " in counts:
+        raise ValueError(f"per-layer layout {counts} needs its plan")
+    h, kv, f = (int(c) for c in counts.split("/"))
+    r, n_rep = h // kv, dense.config.num_attention_heads // dense.config.num_key_value_heads
+    q = tuple(g * n_rep + j for g in range(kv) for j in range(r))  # first r heads of each group
+    layer = LayerPlan(tuple(range(kv)), q, tuple(range(f)))
+    model = copy.deepcopy(dense)
+    n = len(decoder_layers(model))
+    plan = DecoderPlan(tuple(layer if i < int(blocks) else None for i in range(n)))
+    width = row["structure"] != "blocks"
+    zeros = torch.zeros(dense.config.hidden_size)
+    apply_plan(model, plan, dict.fromkeys(range(n), (zeros, zeros)) if width else {})
+    return model
+
+
+def run_speed_only(args) -> dict:
+    """Dense and a same-shape copy of every distinct layout in the JSON, one speed loop."""
+    state = json.loads(JSON.read_text())
+    dense = load_causal_lm(smollm2_gguf(), cache_dir=default_cache_dir())
+    b = Bench.__new__(Bench)
+    b.args, b.state, b.dense, b.models = args, state, dense, {}
+    for row in state["rows"][1:]:
+        key = f"{row['structure']}:{row['level']:g}"
+        b.models.setdefault(key, same_shape(dense, row))
+    speed(b, args, list(b.models), "speed")
+    state["speed"]["note"] = (
+        "same-shape copies (weights do not change the time), `language.py "
+        + " ".join(args.argv)
+        + "`"
+    )
+    b.state["divergent"] = divergent(state["rows"])
+    b.save()
+    return state
+
+
+def markdown(state: dict, command: str) -> list[str]:
+    """The section of ``language.md`` for the structured rows (empty without rows)."""
+    rows = state.get("rows", [])
+    if not rows:
+        return []
+    dense = rows[0]
+    speeds = {
+        **state.get("speed_target", {}).get("models", {}),
+        **state.get("speed", {}).get("models", {}),
+    }
+    cal = state.get("calibration", {})
+    lines = [
+        "## SmolLM2-135M structured: heads, FFN neurons, whole blocks physically removed",
+        "",
+        f"Command: `{command}`. Single seed (0); every verdict below is from this one run.",
+        "",
+        "Level = fraction of the 30 decoder blocks' Linear parameters removed (weights + biases; "
+        "asked → achieved, exact). Heads follow the GQA rule (whole KV groups, or the same number of "
+        "query heads in every group; layout = blocks, query heads / KV heads / FFN neurons per block). "
+        "Scores: FLAP fluctuation (Var(x)·‖W col‖²) on "
+        f"{cal.get('tokens', 0):,} calibration tokens of documents 0–149 with FLAP's bias compensation; "
+        "blocks by ShortGPT block influence. *prune s* includes the one calibration pass "
+        f"({cal.get('seconds', 0):.0f} s, shared by all rows). Perplexity, agreement and KL as in the table above "
+        f"({dense['eval_tokens']:,} tokens of documents 150–299). Cloze: {dense['cloze_items']} held-out items "
+        "(final word of a sentence from lee.cor or documents 150–299, 48 tokens of context, 4 choices, "
+        "chance 0.25), scored by summed log-likelihood. Recovery: distillation from the dense model "
+        "(KL over the dense top-64 + rest, 48 windows × 256 tokens of documents 0–149, AdamW, "
+        "embeddings frozen, batch 2), wall-clock budget as stated. Speed: one interleaved loop of "
+        "rounds (dense and the pruned models; order rotated each round; 1 warm-up round), batch 1, "
+        "2 threads, sdpa attention: *decode* = 64 greedy tokens after a 64-token prompt with a KV cache, "
+        "*prefill* = one 512-token forward filling the cache; ratios are medians over rounds of the "
+        "paired (same round) ratio. *load* = 1-minute load average when the row was written (the 2 "
+        "cores were shared with other jobs throughout). *peak RSS* = the whole process while the row was "
+        "pruned or recovered (dense model, teacher references and every pruned model kept for the "
+        "speed loop, so it grows down the table).",
+        "",
+        "| structure | level asked → achieved | layout | params removed | recovery | perplexity | × dense | agreement | KL | cloze acc | decode tok/s | × dense | prefill s | × dense | prune s | recover s | peak RSS MiB | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        key = "dense" if r["structure"] == "dense" else f"{r['structure']}:{r['level']:g}"
+        sp = speeds.get(key, {})
+        tok = f"{sp['tokens_per_s']:.1f}" if sp else "–"
+        dec = f"{sp['decode']:.2f}×" if sp else "–"
+        pre = f"{sp['prefill_s']:.2f}" if sp else "–"
+        prx = f"{sp['prefill']:.2f}×" if sp else "–"
+        lines.append(
+            f"| {r['structure']} | {r['level']:.2f} → {r['achieved']:.4f} | {r['layout']} | "
+            f"{r.get('params_removed', 0):,} | {r.get('recovery', 'none')} | {r['ppl']:.2f} | "
+            f"{r['ppl'] / dense['ppl']:.2f}× | {r['agree']:.3f} | {r['kl']:.3f} | {r['cloze']:.3f} | "
+            f"{tok} | {dec} | {pre} | {prx} | {r.get('prune_s', 0):.0f} | {r.get('recover_s', 0):.0f} | "
+            f"{r.get('rss', 0):.0f} | {r.get('load', 0):.1f} |"
+        )
+    for name in ("speed_target", "speed"):
+        if state.get(name, {}).get("rounds"):
+            s = state[name]
+            lines.append(
+                f"\n*{name}*: {s['rounds']} rounds, {s['seconds']:.0f} s, load average {s['load_before']:.1f} "
+                f"before / {s['load_after']:.1f} after, {s['threads']} threads"
+                + (f"; {s['note']}." if s.get("note") else ".")
+            )
+    if EXPORT_JSON.is_file():
+        lines += [
+            "",
+            "Export (`PRUNELAB_CACHE=.cache/prunelab PYTHONPATH=src python benchmarks/decoder_export.py`: "
+            "hand-made GQA-valid plans on SmolLM2, exported with `export_decoder`, reloaded with "
+            "`AutoModelForCausalLM`, logits compared on 64 tokens):",
+            "",
+            "| plan | Linear params removed | written as | loaded class | model.safetensors MiB (dense 513) | max abs logit diff |",
+            "|---|---|---|---|---|---|",
+        ]
+        for e in json.loads(EXPORT_JSON.read_text()):
+            lines.append(
+                f"| {e['plan']} | {e['removed']:.4f} | {e['config']} | {e['class']} | {e['mib']:.0f} | {e['max_abs_diff']:.1e} |"
+            )
+    for r in rows[1:]:
+        key = f"{r['structure']}:{r['level']:g}"
+        sp = state.get("speed_target", {}).get("models", {}).get(key) or speeds.get(key)
+        if r.get("recovery", "none") != "none" and sp:
+            ok = r["ppl"] / dense["ppl"] <= 1.5 and sp["decode"] >= 1.4
+            lines.append(
+                f"\nTarget (≥ 1.4× decode tokens/s at ≤ 1.5× dense perplexity after ≤ 30 min of "
+                f"recovery), {r['structure']} {r['achieved']:.2f}, {r['recovery']}: "
+                f"{r['ppl'] / dense['ppl']:.2f}× perplexity, {sp['decode']:.2f}× decode, "
+                f"{sp['prefill']:.2f}× prefill — **{'met' if ok else 'missed'}** (single seed)."
+            )
+    flagged = state.get("divergent")
+    if flagged is not None:
+        lines.append(
+            "\nCloze drops beyond noise (2 standard errors) while perplexity holds (≤ 1.25× dense): "
+            + (", ".join(flagged) if flagged else "none")
+            + "."
+        )
+    return lines

@@ -1,0 +1,314 @@
+"""Structured pruning of Llama-style decoders: calibrate, score, plan a level, remove.
+
+One dense pass over the calibration windows (:func:`calibrate`) records, per decoder block,
+the mean and variance of every input channel of ``o_proj`` and ``down_proj`` and the block's
+influence. From them:
+
+- **FLAP's fluctuation metric** (An et al. 2024, CASIA-IVA-Lab/FLAP ``WIFV``): channel ``c``
+  of an output projection ``W`` scores ``Var(x_c) · ‖W[:, c]‖²`` — the expected squared change
+  of the layer's output when the channel is replaced by its calibration mean. A query head
+  scores the sum over its ``head_dim`` channels (FLAP squares the per-channel metric before
+  summing; the plain sum is the expected error of removing the head and adds over heads); an
+  FFN neuron scores its ``down_proj`` channel.
+- **Bias compensation** (FLAP): the removed channels' mean contribution ``W[:, removed] ·
+  mean(x_removed)`` becomes a bias of ``o_proj``/``down_proj``. Llama projections have no
+  bias, so a compensated layer gets biases on all four attention (or three MLP) projections,
+  zeros except the compensation: that is transformers' own ``attention_bias``/``mlp_bias``
+  layout, so the pruned model still reloads as a plain ``LlamaConfig``.
+- **Block influence** (ShortGPT, Men et al. 2024): ``1 − mean_t cos(h_in_t, h_out_t)`` per
+  block; the least influential blocks are removed whole.
+
+A *level* is the fraction of the decoder blocks' Linear parameters removed (weights and biases;
+embeddings, norms and ``lm_head`` excluded); :func:`achieved_level` reports what was really
+removed (whole heads, groups, neurons and blocks cannot hit every level exactly). Structures
+(:data:`DECODER_STRUCTURES`): ``heads``, ``ffn``, ``heads+ffn`` (the same fraction of every
+block; attention in whole-GQA steps, the FFN makes up the rest) and ``blocks``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from prunelab.errors import PrunelabError
+from prunelab.prune.surgery.decoder import (
+    DecoderPlan,
+    LayerPlan,
+    apply_plan,
+    decoder_layers,
+    decoder_linear_params,
+    head_rows,
+    layer_shape,
+    linear_params,
+)
+from prunelab.registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DecoderStats:
+    """Per block: o_proj / down_proj input means and variances (float64), block influence."""
+
+    attn_mean: tuple[Tensor, ...]  # (heads * head_dim,) per block
+    attn_var: tuple[Tensor, ...]
+    mlp_mean: tuple[Tensor, ...]  # (ffn,) per block
+    mlp_var: tuple[Tensor, ...]
+    influence: Tensor  # (blocks,) 1 - mean cosine(block input, block output)
+
+
+class _Moments:
+    """Running sum and sum of squares of a layer's input channels."""
+
+    def __init__(self) -> None:
+        self.n, self.s, self.s2 = 0, 0.0, 0.0
+
+    def add(self, x: Tensor) -> None:
+        rows = x.detach().reshape(-1, x.shape[-1]).double()  # (tokens, channels)
+        self.n += rows.shape[0]
+        self.s = self.s + rows.sum(0)
+        self.s2 = self.s2 + (rows * rows).sum(0)
+
+    def mean_var(self) -> tuple[Tensor, Tensor]:
+        mean = self.s / self.n
+        return mean, (self.s2 / self.n - mean * mean).clamp(min=0)
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, calibration: Sequence[Tensor]) -> DecoderStats:
+    """One forward pass over ``calibration`` ((B, T) token-id tensors) with hooks."""
+    layers = decoder_layers(model)
+    attn, mlp = [_Moments() for _ in layers], [_Moments() for _ in layers]
+    cos_sum, cos_n = torch.zeros(len(layers), dtype=torch.float64), [0] * len(layers)
+
+    def moments(m: _Moments) -> Callable:
+        return lambda _mod, args: m.add(args[0])
+
+    def influence(i: int) -> Callable:
+        def hook(_mod: nn.Module, args: tuple, kwargs: dict, out) -> None:
+            h_in = args[0] if args else kwargs["hidden_states"]  # (B, T, D)
+            h_out = out[0] if isinstance(out, tuple | list) else out  # (B, T, D)
+            cos = nn.functional.cosine_similarity(h_in.double(), h_out.double(), dim=-1)
+            cos_sum[i] += cos.sum()  # (B, T) summed
+            cos_n[i] += cos.numel()
+
+        return hook
+
+    handles = []
+    for i, layer in enumerate(layers):
+        handles.append(layer.self_attn.o_proj.register_forward_pre_hook(moments(attn[i])))
+        handles.append(layer.mlp.down_proj.register_forward_pre_hook(moments(mlp[i])))
+        handles.append(layer.register_forward_hook(influence(i), with_kwargs=True))
+    was = model.training
+    model.eval()
+    try:
+        for ids in calibration:
+            model(input_ids=ids, use_cache=False)
+    finally:
+        model.train(was)
+        for h in handles:
+            h.remove()
+    if not calibration or not cos_n[0]:
+        raise PrunelabError("calibration never reached the decoder layers")
+    a, f = [m.mean_var() for m in attn], [m.mean_var() for m in mlp]
+    return DecoderStats(
+        tuple(x[0] for x in a),
+        tuple(x[1] for x in a),
+        tuple(x[0] for x in f),
+        tuple(x[1] for x in f),
+        1 - cos_sum / torch.tensor(cos_n, dtype=torch.float64),
+    )
+
+
+def fluctuation_scores(model: nn.Module, stats: DecoderStats) -> list[dict[str, Tensor]]:
+    """Per block ``{"heads": (H,), "ffn": (F,)}``: FLAP's ``Var(x_c)·‖W[:, c]‖²`` (higher =
+    keep), summed over each query head's channels."""
+    out = []
+    for i, layer in enumerate(decoder_layers(model)):
+        d = layer_shape(layer)["head_dim"]
+        wo = layer.self_attn.o_proj.weight.detach().double()  # (D, H*d)
+        wd = layer.mlp.down_proj.weight.detach().double()  # (D, F)
+        chan = stats.attn_var[i] * (wo * wo).sum(0)  # (H*d,)
+        out.append(
+            {
+                "heads": chan.view(-1, d).sum(1),  # (H*d,) -> (H, d) -> (H,)
+                "ffn": stats.mlp_var[i] * (wd * wd).sum(0),  # (F,)
+            }
+        )
+    return out
+
+
+def _unit_params(layer: nn.Module) -> dict[str, int]:
+    """Parameters one query head, one KV group (its k/v rows) and one FFN neuron own."""
+    attn, mlp, d = layer.self_attn, layer.mlp, layer.self_attn.head_dim
+    hidden = attn.q_proj.in_features
+    ab, mb = int(attn.q_proj.bias is not None), int(mlp.gate_proj.bias is not None)
+    return {
+        "q": 2 * hidden * d + ab * d,  # q rows (+ bias) and o columns
+        "kv": 2 * (hidden * d + ab * d),  # k and v rows (+ biases)
+        "ffn": 3 * hidden + 2 * mb,  # gate and up rows (+ biases), down column
+    }
+
+
+def attention_options(layer: nn.Module) -> list[tuple[int, int, int]]:
+    """Every GQA-valid attention size ``(kv groups kept, query heads per group, params
+    removed)``, from removing nothing to keeping one head of one group."""
+    s, u = layer_shape(layer), _unit_params(layer)
+    n_rep = s["heads"] // s["kv_heads"]
+    return [
+        (g, r, (s["kv_heads"] - g) * u["kv"] + (s["heads"] - g * r) * u["q"])
+        for g in range(s["kv_heads"], 0, -1)
+        for r in range(n_rep, 0, -1)
+    ]
+
+
+def keep_heads(scores: Tensor, n_rep: int, groups: int, per_group: int) -> LayerPlan:
+    """The best ``per_group`` query heads of each group, in the best ``groups`` groups.
+
+    >>> keep_heads(torch.tensor([1., 9., 2., 3., 4., 5.]), 3, 1, 2)
+    LayerPlan(kv_heads=(0,), q_heads=(1, 2), ffn=())
+    """
+    by_group = scores.view(-1, n_rep)  # (H,) -> (G, n_rep)
+    top = torch.topk(by_group, per_group, dim=1)  # (G, per_group)
+    best = torch.topk(top.values.sum(1), groups).indices.sort().values  # (groups,)
+    q = sorted((int(g) * n_rep + int(j)) for g in best for j in top.indices[g])
+    return LayerPlan(tuple(int(g) for g in best), tuple(q), ())
+
+
+def _layer_plan(
+    layer: nn.Module, s: dict[str, Tensor], attn_target: float, total: float | None
+) -> LayerPlan:
+    """Attention option closest to ``attn_target`` removed params (ties: the best-scoring
+    heads), then FFN neurons closest to the rest of ``total`` (None: the FFN stays whole)."""
+    shape, u = layer_shape(layer), _unit_params(layer)
+    n_rep = shape["heads"] // shape["kv_heads"]
+    opts = attention_options(layer)
+    gap = min(abs(rem - attn_target) for *_, rem in opts)
+    tied = [
+        (rem, keep_heads(s["heads"], n_rep, g, r))
+        for g, r, rem in opts
+        if abs(rem - attn_target) == gap
+    ]
+    removed, heads = max(tied, key=lambda t: float(s["heads"][list(t[1].q_heads)].sum()))
+    rest = 0.0 if total is None else total - removed
+    n_drop = min(shape["ffn"] - 1, max(0, round(rest / u["ffn"])))
+    keep = torch.topk(s["ffn"], shape["ffn"] - n_drop).indices.sort().values
+    return LayerPlan(heads.kv_heads, heads.q_heads, tuple(int(j) for j in keep))
+
+
+def _levels(level: float | Sequence[float], n: int) -> list[float]:
+    levels = [float(level)] * n if isinstance(level, int | float) else [float(x) for x in level]
+    if len(levels) != n or any(not 0.0 <= x < 1.0 for x in levels):
+        raise PrunelabError(f"need one level in [0, 1) per block ({n}), got {level}")
+    return levels
+
+
+def _width(kind: str) -> Callable[..., DecoderPlan]:
+    def plan(model: nn.Module, scores, stats: DecoderStats, level) -> DecoderPlan:
+        layers = decoder_layers(model)
+        out = []
+        for layer, s, lv in zip(layers, scores, _levels(level, len(layers))):
+            total = lv * linear_params(layer)
+            attn_p = sum(p.numel() for p in layer.self_attn.parameters())
+            attn_target = {"heads": total, "ffn": 0.0, "heads+ffn": lv * attn_p}[kind]
+            out.append(_layer_plan(layer, s, attn_target, total if kind != "heads" else None))
+        return DecoderPlan(tuple(out))
+
+    return plan
+
+
+def plan_blocks(model: nn.Module, scores, stats: DecoderStats, level) -> DecoderPlan:
+    """Remove the least influential blocks whose parameters come closest to ``level``."""
+    if not isinstance(level, int | float) or not 0.0 <= level < 1.0:
+        raise PrunelabError(f"block removal needs one level in [0, 1), got {level}")
+    layers = decoder_layers(model)
+    sizes = [linear_params(layer) for layer in layers]
+    target, cum, best, drop = level * sum(sizes), 0, (level * sum(sizes), 0), []
+    for i in torch.argsort(stats.influence).tolist()[: len(layers) - 1]:
+        cum += sizes[i]
+        drop.append(i)
+        if abs(cum - target) < best[0]:
+            best = (abs(cum - target), len(drop))
+    gone = set(drop[: best[1]])
+    return DecoderPlan(tuple(None if i in gone else _full(layer) for i, layer in enumerate(layers)))
+
+
+def _full(layer: nn.Module) -> LayerPlan:
+    s = layer_shape(layer)
+    return LayerPlan(tuple(range(s["kv_heads"])), tuple(range(s["heads"])), tuple(range(s["ffn"])))
+
+
+DECODER_STRUCTURES = Registry[Callable[..., DecoderPlan]]("decoder structure")
+for _kind in ("heads", "ffn", "heads+ffn"):
+    DECODER_STRUCTURES.add(_kind, _width(_kind))
+DECODER_STRUCTURES.add("blocks", plan_blocks)
+
+
+def compensation(model: nn.Module, plan: DecoderPlan, stats: DecoderStats) -> dict[int, tuple]:
+    """FLAP's bias per kept block: ``(W_o[:, removed] @ mean, W_down[:, removed] @ mean)``."""
+    out = {}
+    for i, (layer, p) in enumerate(zip(decoder_layers(model), plan.layers)):
+        if p is None:
+            continue
+        s = layer_shape(layer)
+        gone_q = torch.ones(s["heads"] * s["head_dim"], dtype=torch.bool)
+        gone_q[head_rows(torch.tensor(p.q_heads), s["head_dim"])] = False  # (H*d,)
+        gone_f = torch.ones(s["ffn"], dtype=torch.bool)
+        gone_f[list(p.ffn)] = False  # (F,)
+        wo, wd = layer.self_attn.o_proj.weight.detach(), layer.mlp.down_proj.weight.detach()
+        a = wo.double()[:, gone_q] @ stats.attn_mean[i][gone_q]  # (D,)
+        f = wd.double()[:, gone_f] @ stats.mlp_mean[i][gone_f]  # (D,)
+        out[i] = (a.float() if gone_q.any() else None, f.float() if gone_f.any() else None)
+    return out
+
+
+@dataclass(frozen=True)
+class DecoderPruneResult:
+    """What :func:`prune_decoder` removed."""
+
+    plan: DecoderPlan
+    level: float  # achieved fraction of the decoder blocks' Linear parameters removed
+    params_before: int
+    params_after: int
+
+
+def achieved_level(params_before: int, model: nn.Module) -> float:
+    """``1 − after / before`` over the decoder blocks' Linear parameters."""
+    return 1.0 - decoder_linear_params(model) / params_before
+
+
+def prune_decoder(
+    model: nn.Module,
+    calibration: Sequence[Tensor],
+    structure: str,
+    level: float | Sequence[float],
+    compensate: bool = True,
+    stats: DecoderStats | None = None,
+) -> DecoderPruneResult:
+    """Remove ``level`` of the decoder blocks' Linear parameters as ``structure``, in place.
+
+    ``calibration``: (B, T) token-id tensors (documents disjoint from the evaluation text);
+    ``level``: one fraction, or one per block (width structures only: non-uniform layers);
+    ``compensate``: FLAP's bias compensation (width structures); ``stats``: reuse a
+    :func:`calibrate` result of this same model (one pass serves every structure and level).
+
+    >>> import transformers
+    >>> cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+    ...     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    >>> m = transformers.LlamaForCausalLM(cfg)
+    >>> r = prune_decoder(m, [torch.randint(0, 64, (2, 8))], "heads+ffn", 0.5)
+    >>> round(r.level, 3), m.config.num_attention_heads, m.config.intermediate_size
+    (0.483, 2, 32)
+    """
+    stats = stats if stats is not None else calibrate(model, calibration)
+    before = decoder_linear_params(model)
+    plan = DECODER_STRUCTURES.get(structure)(model, fluctuation_scores(model, stats), stats, level)
+    shifts = compensation(model, plan, stats) if compensate and structure != "blocks" else {}
+    apply_plan(model, plan, shifts)
+    after = decoder_linear_params(model)
+    log.info("decoder %s at %s: kept %d of %d Linear params", structure, level, after, before)
+    return DecoderPruneResult(plan, 1.0 - after / before, before, after)

@@ -1,0 +1,169 @@
+"""Beyond perplexity for decoders: cloze scoring, generation speed, logit distillation."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from prunelab import PrunelabError
+from prunelab.measure.cloze import (
+    ClozeItem,
+    choice_logprobs,
+    cloze_items,
+    divergent_levels,
+    final_words,
+    score_cloze,
+)
+from prunelab.measure.generation import compare_generation, paired_speedup
+from prunelab.measure.language import dense_reference, evaluate_lm
+from prunelab.prune.surgery.decoder_plan import prune_decoder
+from prunelab.recover.distill import Distilled
+from prunelab.recover.finetune import train
+from prunelab.tasks import CausalLMTask
+from prunelab.training import TrainConfig
+
+transformers = pytest.importorskip("transformers")
+
+
+def tiny_decoder(seed: int = 0) -> torch.nn.Module:
+    cfg = transformers.LlamaConfig(
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(seed)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+class CharTokenizer:
+    """One token per character (ids 1..95), enough to exercise the cloze builder."""
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict:
+        return {"input_ids": [min(95, max(1, ord(c) - 31)) for c in text]}
+
+
+DOCS = [
+    "The river flooded the town. Police closed every road! Rain fell again today.",
+    "Ministers met in Canberra. The budget was delayed. Farmers asked for water?",
+]
+
+
+def test_final_words_and_items():
+    pairs = final_words(DOCS)
+    assert [w for _, w in pairs] == ["town", "road", "today", "Canberra", "delayed", "water"]
+    assert pairs[1][0] == "The river flooded the town. Police closed every"
+    items = cloze_items(CharTokenizer(), DOCS, n_items=4, choices=3, context_tokens=10)
+    assert len(items) == 4
+    for it in items:
+        assert len(it.context) == 10 and len(it.choices) == 3 and 0 <= it.answer < 3
+        assert len(set(it.choices)) == 3  # distractors differ from the answer
+    again = cloze_items(CharTokenizer(), DOCS, n_items=4, choices=3, context_tokens=10)
+    assert items == again  # seeded
+
+
+def test_choice_logprobs_match_a_direct_forward():
+    """Padding and batching do not change a choice's summed log-probability."""
+    model = tiny_decoder()
+    items = [ClozeItem((5, 6, 7, 8), ((9,), (10, 11, 12)), 1), ClozeItem((3,), ((4, 4), (7,)), 0)]
+    lp = choice_logprobs(model, items, batch_size=2)
+    with torch.no_grad():
+        ids = torch.tensor([[5, 6, 7, 8, 10, 11, 12]])
+        full = torch.log_softmax(model(input_ids=ids).logits.double(), -1)[0]
+    direct = full[3, 10] + full[4, 11] + full[5, 12]
+    assert float(lp[0, 1]) == pytest.approx(float(direct), abs=1e-6)
+
+
+class Favours(torch.nn.Module):
+    """A 'language model' whose next token is always ``token`` (logit 10, the rest 0)."""
+
+    def __init__(self, token: int, vocab: int = 16) -> None:
+        super().__init__()
+        self.token, self.vocab = token, vocab
+
+    def forward(self, input_ids: torch.Tensor, use_cache: bool = False) -> torch.Tensor:
+        logits = torch.zeros(*input_ids.shape, self.vocab)  # (B, T, V)
+        logits[..., self.token] = 10.0
+        return logits
+
+
+def test_shared_context_cache_matches_whole_sequences():
+    model = tiny_decoder()
+    g = torch.Generator().manual_seed(5)
+    items = [
+        ClozeItem(
+            tuple(torch.randint(1, 96, (6,), generator=g).tolist()),
+            ((3,), (4, 5, 6), (7, 8), (9,)),
+            i % 4,
+        )
+        for i in range(5)
+    ]
+    shared = choice_logprobs(model, items, batch_size=4)  # same context length: cached path
+    mixed = [ClozeItem(items[0].context[1:], items[0].choices, 0)] + items[1:]
+    separate = choice_logprobs(model, mixed, batch_size=16)  # unequal contexts: whole path
+    assert torch.allclose(shared[1:], separate[1:], atol=1e-5)
+
+
+def test_score_cloze_follows_the_likelihood():
+    items = [ClozeItem((1, 2), ((3,), (7,), (9,)), 1), ClozeItem((4,), ((7, 7), (5,), (6,)), 0)]
+    s = score_cloze(Favours(7), items)
+    assert s.items == 2 and s.accuracy == 1.0
+    assert s.answer_nll == pytest.approx(
+        -torch.log_softmax(torch.tensor([10.0] + [0.0] * 15), 0)[0].item() * 1.5, rel=1e-4
+    )
+    assert score_cloze(Favours(5), items).accuracy == 0.0
+
+
+def test_divergent_levels_needs_more_than_noise():
+    dense = {"level": 0.0, "perplexity": 10.0, "cloze_accuracy": 0.5, "cloze_items": 100}
+    rows = [
+        {"level": 0.1, "perplexity": 10.5, "cloze_accuracy": 0.45, "cloze_items": 100},  # noise
+        {"level": 0.2, "perplexity": 11.0, "cloze_accuracy": 0.30, "cloze_items": 100},
+        {"level": 0.3, "perplexity": 30.0, "cloze_accuracy": 0.25, "cloze_items": 100},
+    ]
+    assert divergent_levels(rows, dense) == [0.2]
+    assert divergent_levels(rows, dense, ppl_tolerance=5.0) == [0.2, 0.3]
+
+
+def test_generation_speed_pairs_rounds():
+    dense = tiny_decoder()
+    slim = copy.deepcopy(dense)
+    prune_decoder(slim, [torch.randint(0, 96, (2, 16))], "blocks", 0.5)
+    res = compare_generation(
+        {"dense": dense, "slim": slim},
+        vocab_size=96,
+        prompt_tokens=8,
+        new_tokens=4,
+        prefill_tokens=16,
+        rounds=3,
+        threads=1,
+    )
+    assert len(res["dense"].tokens_per_s) == 3 and res["slim"].threads == 1
+    ratio = paired_speedup(res["dense"], res["slim"])
+    assert set(ratio) == {"decode", "prefill"} and all(v > 0 for v in ratio.values())
+    with pytest.raises(PrunelabError):
+        compare_generation({"d": dense}, 96, rounds=0)
+
+
+def test_distillation_pulls_the_pruned_model_back_towards_dense():
+    """The one distillation (recover.distill.Distilled with the causal-LM task's top-k KL)
+    recovers a structurally pruned decoder towards the dense one, without labels."""
+    dense = tiny_decoder()
+    windows = torch.randint(0, 96, (8, 24), generator=torch.Generator().manual_seed(3))
+    ref = dense_reference(dense, windows, k=96)  # k = vocabulary: the exact KL
+    student = copy.deepcopy(dense)
+    prune_decoder(student, [windows], "heads+ffn", 0.5)
+    before = evaluate_lm(student, windows, ref).kl
+    task = CausalLMTask(top_k=96)
+    with torch.no_grad():  # the training loss is the KL the evaluation reports
+        out, teach = task.forward(student, windows), task.forward(dense, windows)
+        assert float(task.soft_loss(out, teach, 1.0)) == pytest.approx(before, rel=1e-4)
+    cfg = TrainConfig(epochs=15, lr=3e-3, batch_size=4)
+    obj = Distilled(task, dense.eval(), weight=1.0, temperature=1.0)
+    train(student, windows, cfg, torch.Generator().manual_seed(0), task=obj)
+    assert evaluate_lm(student, windows, ref).kl < 0.7 * before

@@ -1,0 +1,225 @@
+"""Structured pruning of Llama-style decoders: exact removal, GQA rule, levels, scores, export."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from prunelab import PrunelabError
+from prunelab.prune.surgery.decoder import (
+    DecoderPlan,
+    LayerPlan,
+    apply_plan,
+    decoder_layers,
+    decoder_linear_params,
+    layer_shape,
+    prune_layer,
+    zero_reference,
+)
+from prunelab.prune.surgery.decoder_plan import (
+    DECODER_STRUCTURES,
+    calibrate,
+    fluctuation_scores,
+    prune_decoder,
+)
+from prunelab.ship.hf_decoder import export_decoder, is_standard, load_decoder
+
+transformers = pytest.importorskip("transformers")
+
+
+def tiny_decoder(layers: int = 2, seed: int = 0) -> torch.nn.Module:
+    """The tests' GQA decoder: hidden 32, 4 query heads, 2 KV heads (as test_task_kinds)."""
+    cfg = transformers.LlamaConfig(
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(seed)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def ids(seed: int = 1, shape: tuple[int, int] = (2, 12)) -> torch.Tensor:
+    return torch.randint(0, 96, shape, generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model(input_ids=x, use_cache=False).logits
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [
+        LayerPlan((0, 1), (1, 3), tuple(range(0, 64, 2))),  # one query head from each group
+        LayerPlan((1,), (2, 3), tuple(range(40))),  # a whole KV group
+        LayerPlan((0,), (0,), (5,)),  # one head, one neuron
+    ],
+)
+def test_removal_equals_zeroed_columns(plan):
+    dense = tiny_decoder()
+    x = ids()
+    slim, ref = copy.deepcopy(dense), copy.deepcopy(dense)
+    prune_layer(decoder_layers(slim)[0], plan)
+    zero_reference(decoder_layers(ref)[0], plan)
+    assert (logits(slim, x) - logits(ref, x)).abs().max() <= 1e-5
+    s = layer_shape(decoder_layers(slim)[0])
+    assert (s["heads"], s["kv_heads"], s["ffn"]) == (
+        len(plan.q_heads),
+        len(plan.kv_heads),
+        len(plan.ffn),
+    )
+
+
+def test_uneven_query_heads_per_group_refused():
+    layer = decoder_layers(tiny_decoder())[0]
+    with pytest.raises(PrunelabError, match="same number"):
+        prune_layer(layer, LayerPlan((0, 1), (0, 1, 2), tuple(range(64))))
+    with pytest.raises(PrunelabError, match="removed KV groups"):
+        prune_layer(layer, LayerPlan((0,), (0, 2), tuple(range(64))))
+
+
+@pytest.mark.parametrize("structure", ["heads", "ffn", "heads+ffn", "blocks"])
+def test_levels_are_reported_exactly_and_models_generate(structure):
+    model, x = tiny_decoder(layers=4), ids()
+    before = decoder_linear_params(model)
+    r = prune_decoder(model, [x], structure, 0.25 if structure != "heads" else 0.1)
+    after = decoder_linear_params(model)
+    assert r.params_before == before and r.params_after == after
+    assert r.level == pytest.approx(1 - after / before, abs=0)
+    assert 0.05 < r.level < 0.4
+    out = model.generate(x[:1], max_new_tokens=4, do_sample=False)  # with a KV cache
+    assert out.shape == (1, x.shape[1] + 4)
+    if structure == "blocks":
+        assert model.config.num_hidden_layers == 3 and len(r.plan.kept_blocks) == 3
+
+
+def test_structures_registry_lists_choices():
+    assert DECODER_STRUCTURES.names() == ["blocks", "ffn", "heads", "heads+ffn"]
+    with pytest.raises(PrunelabError, match="valid: blocks"):
+        prune_decoder(tiny_decoder(), [ids()], "chanels", 0.3)
+
+
+def test_equal_sized_gqa_options_keep_the_better_heads():
+    """6 heads in 3 KV groups (as SmolLM2's 9 in 3): removing one query head per group and
+    removing one whole group remove the same parameters; the better-scoring heads stay."""
+    cfg = transformers.LlamaConfig(
+        vocab_size=96,
+        hidden_size=48,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=6,
+        num_key_value_heads=3,
+        head_dim=8,
+    )
+    model, x = transformers.LlamaForCausalLM(cfg).eval(), ids()
+    stats = calibrate(model, [x])
+    scores = fluctuation_scores(model, stats)
+    scores[0]["heads"] = torch.tensor([5.0, 4.0, 1.0, 0.5, 0.2, 0.1], dtype=torch.float64)
+    scores[1]["heads"] = torch.tensor([5.0, 0.1, 4.0, 0.1, 3.0, 0.1], dtype=torch.float64)
+    three_heads = 3 * 2 * 48 * 8  # q rows + o columns of 3 heads = k + v rows of 1 group + 2 heads
+    level = three_heads / (decoder_linear_params(model) / 2)
+    plan = DECODER_STRUCTURES.get("heads")(model, scores, stats, level)
+    assert (plan.layers[0].kv_heads, plan.layers[0].q_heads) == ((0, 1), (0, 1, 2, 3))
+    assert (plan.layers[1].kv_heads, plan.layers[1].q_heads) == ((0, 1, 2), (0, 2, 4))
+
+
+def test_block_removal_equals_skipping_the_block():
+    model, x = tiny_decoder(layers=3), ids()
+    plan = DecoderPlan((LayerPlan((0, 1), (0, 1, 2, 3), tuple(range(64))), None, None))
+    ref = copy.deepcopy(model)
+    apply_plan(model, plan)
+    ref.model.layers = torch.nn.ModuleList([ref.model.layers[0]])
+    ref.config.num_hidden_layers = 1
+    assert torch.equal(logits(model, x), logits(ref, x))
+
+
+def test_least_influential_block_goes_first():
+    model, x = tiny_decoder(layers=3), ids()
+    idle = decoder_layers(model)[1]  # a block whose residual branches add nothing
+    with torch.no_grad():
+        idle.self_attn.o_proj.weight.zero_()
+        idle.mlp.down_proj.weight.zero_()
+    stats = calibrate(model, [x])
+    assert float(stats.influence[1]) == pytest.approx(0.0, abs=1e-9)
+    r = prune_decoder(model, [x], "blocks", 0.3, stats=stats)
+    assert r.plan.layers[1] is None and r.plan.kept_blocks == (0, 2)
+
+
+def test_fluctuation_score_literal():
+    """Var(x_c)·‖W[:, c]‖²: a channel that never varies scores zero; sums over a head."""
+    model, x = tiny_decoder(), ids()
+    stats = calibrate(model, [x])
+    with torch.no_grad():
+        s = fluctuation_scores(model, stats)[0]
+    layer = decoder_layers(model)[0]
+    wd = layer.mlp.down_proj.weight.detach().double()
+    assert torch.allclose(s["ffn"], stats.mlp_var[0] * (wd**2).sum(0))
+    wo = layer.self_attn.o_proj.weight.detach().double()
+    head1 = (stats.attn_var[0] * (wo**2).sum(0))[8:16].sum()  # head_dim 8
+    assert float(s["heads"][1]) == pytest.approx(float(head1))
+    assert s["heads"].shape == (4,) and s["ffn"].shape == (64,)
+
+
+def test_bias_compensation_brings_outputs_closer():
+    dense, x = tiny_decoder(), ids(shape=(4, 16))
+    ref = logits(dense, x)
+    errs = {}
+    for comp in (False, True):
+        m = copy.deepcopy(dense)
+        prune_decoder(m, [x], "heads+ffn", 0.5, compensate=comp)
+        errs[comp] = float(((logits(m, x) - ref) ** 2).mean())
+        assert (decoder_layers(m)[0].mlp.down_proj.bias is not None) == comp
+    assert errs[True] < errs[False]
+
+
+@pytest.mark.parametrize(
+    "structure, level, standard",
+    [
+        ("heads+ffn", 0.5, True),  # uniform counts: a plain LlamaConfig
+        ("blocks", 0.5, True),
+        ("heads+ffn", [0.15, 0.6], False),  # per-layer counts: shipped modeling file
+        ("ffn", [0.1, 0.4], False),
+    ],
+)
+def test_export_reloads_in_transformers_with_same_outputs(tmp_path, structure, level, standard):
+    model, x = tiny_decoder(), ids()
+    dense_bytes = export_decoder(copy.deepcopy(model), tmp_path / "dense")
+    prune_decoder(model, [x], structure, level)
+    assert is_standard(model) is standard
+    path = export_decoder(model, tmp_path / "pruned")
+    files = {p.name for p in path.iterdir()}
+    assert ("modeling_pruned_llama.py" in files) is (not standard)
+    assert not any(f.endswith((".bin", ".pt", ".pth")) for f in files)
+    back = load_decoder(path)
+    assert (logits(back, x) - logits(model, x)).abs().max() <= 1e-5
+    gen = back.generate(x[:1], max_new_tokens=5, do_sample=False)
+    assert torch.equal(gen, model.generate(x[:1], max_new_tokens=5, do_sample=False))
+    size = (path / "model.safetensors").stat().st_size
+    assert size < (dense_bytes / "model.safetensors").stat().st_size
+    assert sum(p.numel() for p in back.parameters()) < sum(
+        p.numel() for p in tiny_decoder().parameters()
+    )
+
+
+def test_uniform_counts_that_llamaconfig_refuses_use_the_modeling_file(tmp_path):
+    """3 of 6 heads with hidden 36: LlamaConfig wants hidden % heads == 0 even with head_dim."""
+    cfg = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        head_dim=8,
+    )
+    model, x = transformers.LlamaForCausalLM(cfg).eval(), torch.randint(0, 64, (1, 6))
+    apply_plan(model, DecoderPlan((LayerPlan((0, 1, 2), (0, 1, 2), tuple(range(32))),)))
+    assert not is_standard(model)
+    back = load_decoder(export_decoder(model, tmp_path / "m"))
+    assert (logits(back, x) - logits(model, x)).abs().max() <= 1e-5

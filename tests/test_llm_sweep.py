@@ -1,0 +1,250 @@
+"""A causal-LM sweep from one TOML: sequential Wanda per output row, OWL on Wanda's scores,
+decoder heads/FFN/blocks removed physically (credited at the level achieved, exported to a
+directory transformers reloads), and the zero-shot cloze beside perplexity in every row and in
+the summary.
+
+A tiny seeded Llama (4 query / 2 KV heads) trained briefly on Hamlet (MiniLM tokenizer).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from itertools import islice
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from prunelab.cli import app
+from prunelab.decide.analysis import default_units
+from prunelab.decide.levels import credit
+from prunelab.measure.cloze import score_cloze
+from prunelab.prune.allocation import ALLOCATIONS
+from prunelab.prune.apply import get_masks
+from prunelab.prune.criteria import compute_scores
+from prunelab.prune.sequential import prune_sequential
+from prunelab.prune.structures import Unstructured
+from prunelab.prune.surgery.decoder import decoder_linear_params
+from prunelab.report.summary import render_summary
+from prunelab.ship.hf_decoder import load_decoder
+from prunelab.sources.data.corpora import tokenizer_for
+from prunelab.sweep.cell import Cell, run_cell
+from prunelab.sweep.context import Context
+from prunelab.sweep.store import Store, load_results
+
+pytest.importorskip("transformers")
+runner = CliRunner()
+
+TINY_LM = """
+import torch
+import transformers
+
+
+def build():
+    cfg = transformers.LlamaConfig(
+        vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(cfg)
+"""
+
+TOML = """
+model = "tiny_lm.py:build"
+train_dense = true
+methods = ["wanda", "sparsegpt"]
+allocations = ["uniform", "owl"]
+structures = ["unstructured", "decoder-heads+ffn", "decoder-blocks"]
+levels = [0.5]
+calibration_batches = 1
+sensitivity_scan = false
+[data]
+name = "hamlet"
+[data.options]
+tokenizer = "minilm"
+seq_len = 32
+max_windows = 200
+[task]
+kind = "causal-lm"
+[dense]
+epochs = 3
+batch_size = 8
+lr = 0.01
+[finetune]
+epochs = 0
+"""
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Iterator[Path]:
+    tmp = tmp_path_factory.mktemp("llm")
+    (tmp / "tiny_lm.py").write_text(TINY_LM)
+    (tmp / "sweep.toml").write_text(TOML)
+    out = tmp / "run"
+    with pytest.MonkeyPatch.context() as mp:  # the cells re-run below reuse the dense model
+        mp.setenv("PRUNELAB_CACHE", str(tmp / "cache"))
+        res = runner.invoke(
+            app, ["sweep", "--config", str(tmp / "sweep.toml"), "--out", str(out), "--quiet"]
+        )
+        assert res.exit_code == 0, res.output
+        yield out
+
+
+@pytest.fixture(scope="module")
+def contexts(run) -> dict[tuple, Context]:
+    """One context per context key (every cell of this sweep shares the dense model)."""
+    return {}
+
+
+def _context(contexts: dict[tuple, Context], cell: Cell) -> Context:
+    if cell.context_key() not in contexts:
+        contexts[cell.context_key()] = Context.build(cell)
+    return contexts[cell.context_key()]
+
+
+def _cells(run: Path) -> dict[str, Cell]:
+    with Store(run, create=False) as store:
+        rows = store._read("SELECT cell_id, cell FROM cells")
+    return {cid: Cell.from_json(json.loads(c)) for cid, c in rows}
+
+
+def _cell(run: Path, method: str, structure: str, allocation: str | None = None) -> Cell:
+    (cell,) = [
+        c
+        for c in _cells(run).values()
+        if c.method == method
+        and str(c.structure) == structure
+        and (allocation is None or c.allocation == allocation)
+    ]
+    return cell
+
+
+def _calibration(cell: Cell, ctx: Context) -> list[torch.Tensor]:
+    """The batches a cell calibrates on: its seeded generator's first draw of the train split."""
+    gen = torch.Generator().manual_seed(cell.seed)
+    return list(islice(ctx.task.batches(ctx.data.train, 128, gen), cell.calibration_batches))
+
+
+def test_decoder_structures_run_once_under_their_own_method(run):
+    df = load_results(run)
+    got = sorted(zip(df["structure"], df["method"]))
+    assert ("decoder-blocks", "block-influence") in got and ("decoder-heads+ffn", "flap") in got
+    assert len(df[df["structure"].str.startswith("decoder-")]) == 2  # not once per method
+
+
+def test_decoder_cells_are_credited_with_what_they_removed(run, contexts):
+    df = credit(load_results(run)).set_index("structure")
+    for structure in ("decoder-heads+ffn", "decoder-blocks"):
+        cell = _cell(run, "block-influence" if "blocks" in structure else "flap", structure)
+        ctx = _context(contexts, cell)
+        model = run_cell(cell, ctx, keep_model=True).model
+        removed = 1 - decoder_linear_params(model) / decoder_linear_params(ctx.dense)
+        assert df.loc[structure, "level"] == pytest.approx(removed, abs=1e-3)  # credited, 3 d.p.
+        assert abs(removed - 0.5) < 0.1  # close to what was asked
+        assert df.loc[structure, "params"] < df.loc["-", "params"]  # physically smaller
+
+
+def test_wanda_in_a_causal_lm_sweep_is_sequential_and_per_row(run, contexts):
+    cell = _cell(run, "wanda", "unstructured", "uniform")
+    ctx = _context(contexts, cell)
+    model = run_cell(cell, ctx, keep_model=True).model
+    masks = get_masks(model)
+    # Wanda's reference driver: layers in order on inputs through the pruned layers, per row
+    ref = ctx.dense_copy()
+    targets = cell.targets(ref)
+    want = prune_sequential(ref, targets, _calibration(cell, ctx), "wanda", 0.5, Unstructured())
+    assert set(masks) == set(want)
+    assert all(torch.equal(masks[n], want[n]) for n in want)
+    for keep in masks.values():  # compared within output rows: every row keeps half
+        assert (keep.sum(1) == keep.shape[1] // 2).all()
+
+
+def test_owl_takes_its_layer_levels_from_wanda_scores(run, contexts):
+    cell = _cell(run, "sparsegpt", "unstructured", "owl")
+    ctx = _context(contexts, cell)
+    model = run_cell(cell, ctx, keep_model=True).model
+    got = {n: 1 - float(k.float().mean()) for n, k in get_masks(model).items()}
+    dense = ctx.dense_copy()
+    targets = cell.targets(dense)
+    gen = torch.Generator().manual_seed(cell.seed)
+    wanda = compute_scores(dense, targets, "wanda", gen, _calibration(cell, ctx), task=ctx.task)
+    counts = ALLOCATIONS.get("owl")(wanda, 0.5)
+    want = {n: counts[n] / wanda[n].numel() for n in targets}
+    assert got == pytest.approx(want, abs=2e-3)
+    assert len({round(v, 3) for v in got.values()}) > 1  # non-uniform: OWL did allocate
+
+
+def test_cloze_is_measured_beside_perplexity_in_every_row(run, contexts):
+    df = load_results(run)
+    assert df["cloze_accuracy"].between(0, 1).all()
+    n = df["cloze_items"].iloc[0]
+    assert (df["cloze_items"] == n).all() and n >= 10
+    with Store(run, create=False) as store:
+        task = store.get_meta("task")
+    assert task["metrics"]["cloze_accuracy"] == {
+        "higher_is_better": True,
+        "fraction": True,
+        "dead": 0.25,
+    }
+    dense = df[df["method"] == "dense"].iloc[0]
+    # the items are built from the held-out test windows, decoded; the row scores the model
+    cell = _cells(run)[dense["cell_id"]]
+    ctx = _context(contexts, cell)
+    items = ctx.refs["cloze"]
+    assert len(items) == dense["cloze_items"] and all(len(it.choices) == 4 for it in items)
+    text = tokenizer_for("minilm").decode(ctx.data.test.flatten().tolist())
+    words = [tokenizer_for("minilm").decode(it.choices[it.answer]).strip() for it in items]
+    assert all(w in text for w in words)
+    score = score_cloze(ctx.dense, items)
+    assert score.accuracy == pytest.approx(dense["cloze_accuracy"])
+    assert score.answer_nll == pytest.approx(dense["cloze_answer_nll"])
+    res = runner.invoke(app, ["report", str(run)])
+    assert res.exit_code == 0, res.output
+    summary = (run / "summary.md").read_text()
+    assert "## Zero-shot cloze beside perplexity" in summary
+    assert f"{dense['cloze_accuracy']:.3f} on {dense['cloze_items']:.0f} held-out items" in summary
+
+
+def test_summary_flags_cloze_drops_where_perplexity_holds():
+    df = pd.DataFrame(
+        {
+            "method": ["dense", "wanda", "wanda", "wanda"],
+            "level": [0.0, 0.3, 0.5, 0.7],
+            "seed": [0, 0, 0, 0],
+            "perplexity": [20.0, 21.0, 22.0, 80.0],
+            "cloze_accuracy": [0.6, 0.45, 0.58, 0.3],
+            "cloze_items": [300.0] * 4,
+        }
+    )
+    text = render_summary(df, default_units())
+    lines = [ln for ln in text.splitlines() if ln.startswith("| 0.")]
+    flagged = [ln.split("|")[1].strip() for ln in lines if "**yes**" in ln]
+    assert flagged == ["0.3"]  # 0.5: within noise; 0.7: perplexity did not hold
+    assert "Flagged:" in text and "wanda @ 0.3" in text
+
+
+def test_export_a_structured_decoder_cell_reloads_in_transformers(run, contexts, tmp_path):
+    cell = _cell(run, "flap", "decoder-heads+ffn")
+    out = tmp_path / "pruned"
+    args = ["--level", "0.5", "--method", "flap", "--format", "hf-decoder", "--out", str(out)]
+    res = runner.invoke(app, ["export", str(run), *args])  # the README's route
+    assert res.exit_code == 0, res.output
+    assert "hf-decoder" in res.output and "max |diff|" in res.output
+    ctx = _context(contexts, cell)
+    pruned = run_cell(cell, ctx, keep_model=True).model
+    reloaded = load_decoder(out)
+    cfg = reloaded.config
+    assert cfg.num_attention_heads % cfg.num_key_value_heads == 0  # GQA stayed valid
+    ids = ctx.data.test[:2]
+    with torch.no_grad():
+        a = pruned(input_ids=ids, use_cache=False).logits
+        b = reloaded(input_ids=ids, use_cache=False).logits
+    assert torch.allclose(a, b, atol=1e-5)
+    assert sum(p.numel() for p in reloaded.parameters()) < sum(
+        p.numel() for p in ctx.dense.parameters()
+    )
+    assert not math.isnan(float(b.abs().max()))
