@@ -45,12 +45,10 @@ class Context:
         """Data, task and dense model of ``cell``'s sweep; ``on_step(step, total)`` follows a
         dense training when one is needed (not cached)."""
         d = cell.data
-        data = resolve.load_bundle(d.name, d.loader, d.reader, d.path, **d.loader_kwargs())
+        data = resolve.load_bundle(d.name, d.loader, d.reader, d.path, d.loader_kwargs(),
+                                   cell.model)  # fmt: skip
         task = task_of(cell, data)
-        src = resolve.dense_source(
-            cell.model, cell.weights, data, cell.train_dense, d.seed,
-            lambda m: task.check_model(m, data),
-        )  # fmt: skip
+        src = resolve.dense_source(cell.model, cell.weights, data, cell.train_dense, task, d.seed)
         dense = src.module
         if src.cache is not None:
             name, key = src.cache

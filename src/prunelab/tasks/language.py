@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from prunelab.errors import PrunelabError
 from prunelab.measure.language import DenseReference, dense_reference, evaluate_lm
 from prunelab.sources.data.corpora import tokenizer_for
-from prunelab.sources.hf import DECODER_PATTERNS
+from prunelab.sources.hf import DECODER_PATTERNS, load_causal_lm
 from prunelab.tasks.base import MetricInfo, Task
 from prunelab.tasks.classification import logit_kl
 
@@ -68,6 +68,10 @@ class CausalLMTask(Task):
 
     def metric_infos(self) -> tuple[MetricInfo, ...]:
         return LM_METRICS
+
+    def model_from_directory(self, path: str) -> nn.Module:
+        """A transformers causal-LM directory (float32)."""
+        return load_causal_lm(path)
 
     def batches(
         self, split: Tensor, batch_size: int, generator: torch.Generator | None
