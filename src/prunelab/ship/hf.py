@@ -75,9 +75,8 @@ def remote_code(base: str) -> str:
 def describe_sizes(inner: nn.Module, auto: str) -> str:
     """Update the model's config for its kept sizes; ``"standard"`` or ``"remote code"``."""
     cfg, blocks = inner.config, block_sizes(inner)
-    if not blocks or all(b == blocks[0] for b in blocks) and blocks[0]["heads"] == int(
-        cfg.num_attention_heads
-    ):
+    uniform = all(b == blocks[0] for b in blocks)
+    if not blocks or (uniform and blocks[0]["heads"] == int(cfg.num_attention_heads)):
         if blocks:
             cfg.intermediate_size = blocks[0]["ffn"]
         return "standard"

@@ -216,7 +216,10 @@ class SweepSpec:
         elif "/" in model and not model.startswith(MEMORY_PREFIX) and not is_model_file(model):
             raise PrunelabError(f"model directory {model} not found")
         elif not model.startswith(MEMORY_PREFIX) and not is_model_file(model):
-            check_model_name(model)
+            try:
+                check_model_name(model)
+            except PrunelabError as e:  # maybe a directory that is not there
+                raise PrunelabError(f"{e}; nor is there a model directory '{model}'") from None
         if weights is not None:
             if self.train_dense:
                 raise PrunelabError("weights are the dense model: drop train_dense with weights")
