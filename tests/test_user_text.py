@@ -378,3 +378,42 @@ def test_save_hf_refuses_a_model_that_is_not_transformers(tmp_path):
     with pytest.raises(PrunelabError, match="use --format sparse or onnx"):
         save_hf(torch.nn.Linear(3, 2), tmp_path / "out", torch.zeros(1, 3))
     assert not (tmp_path / "out").exists()
+
+
+def test_causal_lm_factory_with_weights_factory(tmp_path):
+    """A factory returning ``AutoModelForCausalLM.from_pretrained(dir)`` is accepted with
+    ``weights = "factory"`` (refused without, naming that option): its weights are the dense
+    model, and a change to them changes the run's fingerprint."""
+    from prunelab.sources.data import load_dataset
+    from prunelab.sources.models.encoder import minilm_tokenizer
+
+    lm = tmp_path / "lm"
+    cfg = transformers.LlamaConfig(
+        vocab_size=30522, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(str(lm))
+    minilm_tokenizer().save_pretrained(str(lm))
+    (tmp_path / "lms.py").write_text(
+        "import transformers\n\n\ndef build():\n    return transformers."
+        f"AutoModelForCausalLM.from_pretrained({str(lm)!r})\n"
+    )
+    factory = f"{tmp_path / 'lms.py'}:build"
+    (tmp_path / "c.txt").write_text("To be, or not to be, that is the question. " * 60)
+    options = {"path": str(tmp_path / "c.txt"), "tokenizer": str(lm), "seq_len": 8}
+    raw = {"model": factory, "task": {"kind": "causal-lm"},
+           "data": {"name": "text-file", "options": options}}  # fmt: skip
+    with pytest.raises(PrunelabError, match="weights = 'factory' when the factory returns it"):
+        spec_from_dict(raw).validate_names()
+    spec_from_dict({**raw, "weights": "factory"}).validate_names()
+    data = load_dataset("text-file", path=str(tmp_path / "c.txt"), tokenizer=str(lm), seq_len=8)
+    dense = resolve.dense_source(factory, "factory", data, None, make_task("causal-lm")).module
+    saved = transformers.AutoModelForCausalLM.from_pretrained(str(lm))
+    for (name, a), b in zip(dense.state_dict().items(), saved.state_dict().values()):
+        assert torch.equal(a, b), name
+    before = resolve.fingerprint(factory, "factory", None, ())["weights"]
+    with torch.no_grad():
+        saved.lm_head.weight.mul_(2.0)
+    saved.save_pretrained(str(lm))
+    assert resolve.fingerprint(factory, "factory", None, ())["weights"] != before
