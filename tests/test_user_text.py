@@ -417,3 +417,31 @@ def test_causal_lm_factory_with_weights_factory(tmp_path):
         saved.lm_head.weight.mul_(2.0)
     saved.save_pretrained(str(lm))
     assert resolve.fingerprint(factory, "factory", None, ())["weights"] != before
+
+
+def test_encoder_with_uneven_heads_exports_a_sentence_transformers_directory(tmp_path):
+    """Heads removed from a sentence encoder: the directory needs its modeling file, and
+    ``SentenceTransformer(dir, trust_remote_code=True)`` gives the pruned model's embeddings."""
+    st = pytest.importorskip("sentence_transformers")
+    from prunelab.prune.surgery.heads import BlockPlan, apply_plan
+    from prunelab.ship.hf import REMOTE_FILE, save_hf
+    from prunelab.sources.hfdir import load_sentence_encoder
+
+    folder = tmp_path / "stand-in"
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "sentence-embedding" / "make_tiny.py"), "--out",
+         str(folder), "--rows", "20"], env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    encoder = load_sentence_encoder(folder / "my-encoder")
+    apply_plan(encoder, [BlockPlan((0, 2), tuple(range(50))), BlockPlan((3,), tuple(range(9)))])
+    sentences = ["a fine, funny film", "the plot drags and the jokes fall flat " * 6]
+    save_hf(encoder, tmp_path / "out", encoder.tokenize(sentences))
+    assert (tmp_path / "out" / REMOTE_FILE).exists()
+    model = st.SentenceTransformer(str(tmp_path / "out"), device="cpu", local_files_only=True,
+                                   trust_remote_code=True)  # fmt: skip
+    with torch.no_grad():
+        want = encoder(encoder.tokenize(sentences))
+    got = torch.as_tensor(model.encode(sentences))
+    assert torch.allclose(got, want, atol=1e-5)
