@@ -358,6 +358,10 @@ def test_save_hf_writes_what_from_pretrained_loads(tiny_classifier_dir, tmp_path
     rows = [[tok.cls_token_id, *ids[: n - 2], tok.sep_token_id] for n in (8, 40, 100)]
     batch = tok.pad({"input_ids": rows}, return_tensors="pt")["input_ids"]  # (3, 100)
     done = save_hf(model, tmp_path / "out", batch)
+    mask = os.umask(0o022)
+    os.umask(mask)  # others may read what was exported, as with every format
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o777 & ~mask
+    assert (tmp_path / "out" / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~mask
     assert (tmp_path / "out" / REMOTE_FILE).exists() != standard
     assert ("trust_remote_code" in done.detail) != standard and done.bytes < done.dense_bytes
     auto = transformers.AutoModelForSequenceClassification

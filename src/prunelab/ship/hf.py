@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from prunelab.errors import PrunelabError
 from prunelab.prune.apply import folded_copy
 from prunelab.ship import hf_remote
+from prunelab.ship.export import current_umask
 from prunelab.ship.formats import FORMATS, Exported, ExportJob
 from prunelab.sources.hf import transformers_module
 from prunelab.sources.hfdir import SequenceClassifier
@@ -157,6 +158,7 @@ def save_hf(model: nn.Module, out: Path | str, examples: Tensor) -> Exported:
         diff = max_diff(plain, attr, reload(tmp, auto), examples)
         if not diff <= ATOL:
             raise PrunelabError(f"the exported directory differs from the pruned model: {diff:.2g}")
+        normal_permissions(tmp)
         tmp.replace(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -164,6 +166,14 @@ def save_hf(model: nn.Module, out: Path | str, examples: Tensor) -> Exported:
     how = "from_pretrained(dir" + ("" if kind == "standard" else ", trust_remote_code=True") + ")"
     extra = "" if tok is not None else "; no tokenizer (the factory gave none): add yours"
     return Exported(out, size, dense, f"{how}; max |diff| {diff:.1e}{extra}")
+
+
+def normal_permissions(root: Path) -> None:
+    """What a new directory and file get under the umask (0755, 0644 by default): mkdtemp and
+    safetensors create 0700 and 0600."""
+    mask = current_umask()
+    for p in [root, *root.rglob("*")]:
+        p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
 
 
 def _dense_bytes(inner: nn.Module) -> int:
