@@ -51,13 +51,17 @@ class Split:
 
 @dataclass(frozen=True)
 class DataBundle:
-    """A dataset ready for pruning experiments: train, validation and test splits."""
+    """A dataset ready for pruning experiments: train, validation and test splits.
+
+    ``pad_id``: for token-id inputs, the id that pads rows to one length (None otherwise).
+    """
 
     name: str
     train: Split
     val: Split
     test: Split
     num_classes: int
+    pad_id: int | None = None
 
     def __post_init__(self) -> None:
         for split_name in ("train", "val", "test"):
@@ -117,4 +121,5 @@ def kfold_bundle(bundle: DataBundle, k: int, fold: int, seed: int) -> DataBundle
         Split(x[held], y[held]),
         bundle.test,
         bundle.num_classes,
+        bundle.pad_id,
     )

@@ -150,7 +150,8 @@ def forgotten_examples(
             data_spec.loader,
             data_spec.reader,
             data_spec.path,
-            **data_spec.loader_kwargs(),
+            data_spec.loader_kwargs(),
+            spec.get("model"),
         )
     except (PrunelabError, KeyError, TypeError) as e:
         log.warning("forgotten-example grid skipped: %s", e)

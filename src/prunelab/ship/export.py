@@ -42,7 +42,8 @@ from prunelab.sparse import FORMAT, META_KEY, decode_sparse, encode_sparse, enco
 log = logging.getLogger(__name__)
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's umask (what a new file's permissions lose)."""
     mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
     os.umask(mask)
     return mask
@@ -61,7 +62,7 @@ def _publish(path: Path, write, check=None) -> None:
         write(tmp)
         if check is not None:
             check(tmp)
-        tmp.chmod(0o666 & ~_umask())  # mkstemp and safetensors create 0600
+        tmp.chmod(0o666 & ~current_umask())  # mkstemp and safetensors create 0600
         tmp.replace(path)
     except (OSError, SafetensorError) as e:
         errno_ = getattr(e, "errno", None)

@@ -8,6 +8,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
 
 def file_hash(path: Path | str) -> str:
     """SHA-256 of a file's bytes (hex), read in 1 MiB chunks.
@@ -34,3 +37,17 @@ def content_key(parts: Mapping[str, Any], length: int = 16) -> str:
     """
     blob = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def module_hash(model: nn.Module) -> str:
+    """SHA-256 of a module's class name and every tensor of its state (names and bytes): the
+    content key of weights that come inside a model rather than in a file.
+
+    >>> module_hash(nn.Linear(2, 2)) != module_hash(nn.Linear(2, 2))
+    True
+    """
+    h = hashlib.sha256(type(model).__qualname__.encode())
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -64,13 +64,65 @@ def split_source(source: str | Path) -> tuple[Path, str | None]:
     return path, None
 
 
+#: Files that hold a tokenizer's vocabulary (one is enough): fast, WordPiece, BPE, SentencePiece.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
+                   "sentencepiece.bpe.model")  # fmt: skip
+
+
+def is_model_dir(source: str | Path) -> bool:
+    """An existing directory given as a model: a transformers (or sentence-transformers) one.
+
+    >>> import tempfile
+    >>> is_model_dir(tempfile.mkdtemp()), is_model_dir("lenet300")
+    (True, False)
+    """
+    return Path(source).expanduser().is_dir()
+
+
+def check_model_dir(directory: str | Path) -> Path:
+    """``directory`` if it holds a transformers model (``config.json``); one line otherwise."""
+    path = Path(directory).expanduser()
+    if not path.is_dir():
+        raise PrunelabError(f"model directory {path} not found")
+    if not (path / "config.json").is_file():
+        raise PrunelabError(
+            f"{path} is not a transformers model directory (no config.json): save the model "
+            "there with model.save_pretrained(dir)"
+        )
+    return path
+
+
 def load_tokenizer(source: str | Path):
-    """The tokenizer stored with the model (directory or GGUF file)."""
+    """The tokenizer stored with the model (directory or GGUF file); one line when there is none.
+
+    transformers builds an empty tokenizer from a directory without vocabulary files (every
+    word becomes [UNK]); such a directory is refused here instead.
+    """
     directory, gguf = split_source(source)
+    if not gguf and not any((directory / f).is_file() for f in TOKENIZER_FILES):
+        raise PrunelabError(
+            f"{directory} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}): save it beside "
+            f"the model with tokenizer.save_pretrained(dir), or name one with [data.options] "
+            "tokenizer = 'path/to/dir'"
+        )
     kwargs = {"gguf_file": gguf} if gguf else {}
-    return transformers_module().AutoTokenizer.from_pretrained(
-        str(directory), local_files_only=True, **kwargs
-    )
+    try:
+        return transformers_module().AutoTokenizer.from_pretrained(
+            str(directory), local_files_only=True, **kwargs
+        )
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PrunelabError(f"cannot load the tokenizer in {source}: {why}") from None
+
+
+def pad_id_of(tokenizer, source: str | Path) -> int:
+    """The id that pads token rows: the tokenizer's pad token, else its end-of-text token."""
+    pad = tokenizer.pad_token_id
+    if pad is None:
+        pad = tokenizer.eos_token_id
+    if pad is None:
+        raise PrunelabError(f"the tokenizer of {source} has neither a pad nor an end token")
+    return int(pad)
 
 
 def load_causal_lm(
@@ -84,6 +136,8 @@ def load_causal_lm(
     directory, gguf = split_source(source)
     if not directory.is_dir() or (gguf and not (directory / gguf).is_file()):
         raise PrunelabError(f"no local model at {source}")
+    if not gguf:
+        check_model_dir(directory)
     if gguf and cache_dir is not None:
         cached = dense_cache_path(Path(source), dtype, cache_dir)
         if not (cached / "config.json").is_file():
@@ -124,11 +178,21 @@ def _from_source(directory: Path, gguf: str | None, dtype: torch.dtype) -> nn.Mo
             if importlib.util.find_spec(extra) is None:
                 raise PrunelabError(f"loading GGUF needs '{extra}': pip install 'prunelab[llm]'")
     kwargs = {"gguf_file": gguf} if gguf else {}
-    model = transformers_module().AutoModelForCausalLM.from_pretrained(
-        str(directory), dtype=dtype, local_files_only=True, **kwargs
-    )
+    auto = transformers_module().AutoModelForCausalLM
+    model = from_pretrained(auto, directory, "a causal LM", dtype=dtype, **kwargs)
     n = sum(p.numel() for p in model.parameters())
     log.info("loaded %s (%d parameters)", directory / (gguf or ""), n)
+    return model.eval()
+
+
+def from_pretrained(auto: type, directory: str | Path, what: str, **kwargs: object) -> nn.Module:
+    """``auto.from_pretrained(directory)`` (an ``Auto*`` class), offline, in eval mode; one line
+    naming the directory and what it was read as when transformers refuses it."""
+    try:
+        model = auto.from_pretrained(str(directory), local_files_only=True, **kwargs)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PrunelabError(f"cannot load {directory} as {what}: {why}") from None
     return model.eval()
 
 

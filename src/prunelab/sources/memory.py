@@ -8,13 +8,12 @@ file + weights by import path).
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
-import torch
 from torch import nn
 
 from prunelab.errors import PrunelabError
+from prunelab.sources.hashing import module_hash
 
 MEMORY_PREFIX = "memory:"
 _OBJECTS: dict[str, Any] = {}
@@ -22,11 +21,7 @@ _OBJECTS: dict[str, Any] = {}
 
 def model_key(model: nn.Module) -> str:
     """A name for ``model`` from its class and every tensor's bytes."""
-    h = hashlib.sha256(type(model).__qualname__.encode())
-    for name, t in model.state_dict().items():
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return f"{MEMORY_PREFIX}{h.hexdigest()[:20]}"
+    return f"{MEMORY_PREFIX}{module_hash(model)[:20]}"
 
 
 def keep(key: str, obj: Any) -> str:

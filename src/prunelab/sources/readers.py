@@ -8,16 +8,19 @@
 * ``npz``: arrays ``x_train/y_train`` (+ optional ``x_val/y_val``, ``x_test/y_test``) or ``x/y``;
   values as stored (cast to float32).
 * ``csv``: one row per example, a label column (strings or integers) and numeric features.
+* ``text``: labelled text in CSV/TSV/JSONL/Parquet (a ``text`` and a ``label`` column, names
+  configurable), tokenized with the model's own tokenizer (:mod:`prunelab.sources.textfiles`).
 
 Where the files do not define val/test splits they are carved from the rest with a seeded
 permutation (``val_fraction``, ``test_fraction``). Bad input fails with one PrunelabError line.
 
 >>> sorted(READERS.names())
-['csv', 'folder', 'idx', 'npz']
+['csv', 'folder', 'idx', 'npz', 'text']
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Callable
@@ -32,6 +35,7 @@ from prunelab.data import DataBundle, Split
 from prunelab.errors import PrunelabError
 from prunelab.registry import Registry, check_options
 from prunelab.sources.data.fashion_mnist import read_idx
+from prunelab.sources.textfiles import read_text_splits
 
 PathLike = str | os.PathLike[str]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -293,3 +297,30 @@ def read_csv(
     x = torch.from_numpy(features.to_numpy(dtype=np.float32).copy())  # (N, features)
     given = {"train": (x, torch.from_numpy(y.astype(np.int64)))}
     return bundle(p.stem, given, len(classes), seed, val_fraction, test_fraction)
+
+
+@READERS.register("text")
+def read_text(
+    path: PathLike,
+    tokenizer: str = "",
+    text: str = "text",
+    label: str = "label",
+    labels: tuple[str, ...] = (),
+    max_length: int = 128,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+) -> DataBundle:
+    """Labelled text (a table file, or train/val/test files in a directory) as (N, T) token ids
+    of ``tokenizer`` (a model directory; by default the sweep's model directory), right-padded
+    with its pad id. ``label = ""`` reads unlabelled text (sentence embeddings)."""
+    if not tokenizer:
+        raise PrunelabError(
+            "reader 'text' needs a tokenizer: give model = 'path/to/model-dir' (its own) or "
+            "[data.options] tokenizer = 'path/to/dir'"
+        )
+    given, k, pad = read_text_splits(path, tokenizer, text, label, max_length, tuple(labels))
+    name = Path(path).stem
+    return dataclasses.replace(
+        bundle(name, given, k, seed, val_fraction, test_fraction), pad_id=pad
+    )

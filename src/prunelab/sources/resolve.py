@@ -2,47 +2,75 @@
 
 * built-in (``"lenet300"``): the registry model, trained once and cached (content-keyed);
 * user (``"my_models.py:build"``): the user's factory; ``weights`` *are* the dense model (never
-  retrained); without weights it is trained from scratch only when asked (``train_dense``),
-  cached under the hash of its code, the data and the training config;
+  retrained) — a file, or ``"factory"`` when the factory returns its model already trained;
+  without weights it is trained from scratch only when asked (``train_dense``), cached under
+  the hash of its code, the data and the training config;
+* a model directory (``"path/to/dir"``, a transformers or sentence-transformers one): read the
+  way the task kind reads it (:meth:`ModelUse.model_from_directory`), its files the dense model;
+* a model file (Keras, ONNX, GGUF): its own weights are the dense model;
 * in-memory (``"memory:<hash>"``): a model handed to :func:`prunelab.sweep` in this process.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from torch import nn
 
 from prunelab.data import DataBundle
 from prunelab.errors import PrunelabError
 from prunelab.sources import memory, user
-from prunelab.sources.data import load_dataset
-from prunelab.sources.hashing import file_hash
-from prunelab.sources.hf import load_causal_lm
+from prunelab.sources.data import DATASETS, load_dataset
+from prunelab.sources.hashing import file_hash, module_hash
+from prunelab.sources.hf import is_model_dir, load_causal_lm
+from prunelab.sources.hfdir import directory_hash
 from prunelab.sources.keras import load_keras
 from prunelab.sources.models import PRETRAINED, build_model
 from prunelab.sources.models.cache import default_cache_dir
 from prunelab.sources.onnx_import import load_onnx
-from prunelab.sources.readers import read_data
+from prunelab.sources.readers import READERS, read_data
+
+FACTORY = "factory"  # weights = "factory": the factory's model comes trained; its weights are dense
+
+
+class ModelUse(Protocol):
+    """What the dense model's source asks of the task kind (a :class:`prunelab.tasks.Task`)."""
+
+    def model_from_directory(self, path: str) -> nn.Module: ...
+
+    def adapt(self, model: nn.Module) -> nn.Module: ...
+
+    def check_model(self, model: nn.Module, data: Any) -> None: ...
 
 
 def load_bundle(
-    name: str, loader: str | None, reader: str | None = None, path: str | None = None, **kwargs: Any
+    name: str,
+    loader: str | None,
+    reader: str | None = None,
+    path: str | None = None,
+    options: Mapping[str, Any] | None = None,
+    model: str | None = None,
 ) -> Any:
     """The data of a sweep: a registered dataset, a built-in reader, the user's loader, or
     in-memory splits (a :class:`DataBundle`, or a task kind's own bundle such as scenes or
-    token windows)."""
+    token windows).
+
+    ``options`` are the dataset's or reader's own (``seed`` among them). A reader or dataset
+    that tokenizes text uses the model directory's own tokenizer unless ``tokenizer`` is given.
+    """
+    options = dict(options or {})
     if reader is not None:
         if path is None:
             raise PrunelabError(f"data reader '{reader}' needs a path")
-        return read_data(reader, path, **kwargs)
+        return read_data(reader, path, **_with_tokenizer(READERS.get(reader), options, model))
     if loader is None:
-        return load_dataset(name, **kwargs)
-    given = sorted(k for k in kwargs if k != "seed")
+        return load_dataset(name, **_with_tokenizer(DATASETS.get(name), options, model))
+    given = sorted(k for k in options if k != "seed")
     if given:
         raise PrunelabError(
             f"data loader '{loader}' takes no options (got {', '.join(given)}): it returns "
@@ -51,6 +79,15 @@ def load_bundle(
     if loader.startswith(memory.MEMORY_PREFIX):
         return memory.get(loader)  # splits handed to prunelab.sweep(), already a DataBundle
     return user.load_data(loader)
+
+
+def _with_tokenizer(fn: Any, options: dict[str, Any], model: str | None) -> dict[str, Any]:
+    """``options`` plus ``tokenizer = model`` where ``fn`` tokenizes and the model is a
+    directory (its tokenizer is the one it was trained with)."""
+    takes = "tokenizer" in inspect.signature(fn).parameters
+    if takes and "tokenizer" not in options and model is not None and is_model_dir(model):
+        return {**options, "tokenizer": model}
+    return options
 
 
 KERAS_SUFFIXES = (".keras", ".h5")
@@ -63,7 +100,10 @@ def is_model_file(model: str) -> bool:
 
 def is_builtin(model: str) -> bool:
     return not (
-        user.is_import_path(model) or model.startswith(memory.MEMORY_PREFIX) or is_model_file(model)
+        user.is_import_path(model)
+        or model.startswith(memory.MEMORY_PREFIX)
+        or is_model_file(model)
+        or is_model_dir(model)
     )
 
 
@@ -83,12 +123,14 @@ def _model_file(model: str, data: DataBundle) -> nn.Module:
     return load_onnx(model, check_inputs=example)
 
 
-def architecture(model: str, data: DataBundle) -> nn.Module:
+def architecture(model: str, data: DataBundle, use: ModelUse) -> nn.Module:
     """A fresh model of the named architecture (weights to be loaded into it)."""
     if model.startswith(memory.MEMORY_PREFIX):
         return copy.deepcopy(memory.get(model))
     if is_model_file(model):
         return _model_file(model, data)
+    if is_model_dir(model):
+        return use.model_from_directory(model)
     if user.is_import_path(model):
         return user.build_model(model)
     return build_model(model, data.input_shape, data.num_classes)
@@ -109,26 +151,28 @@ def dense_source(
     weights: str | None,
     data: DataBundle,
     train_dense: bool | None,
+    use: ModelUse,
     seed: int = 0,
-    check: Callable[[nn.Module], None] | None = None,
 ) -> DenseSource:
     """Where the dense model every cell starts from comes from (rules: the module docstring).
 
-    ``check(model)`` runs on the user's model before any training (outputs fit the labels).
+    ``use`` is the task: it reads model directories, adapts the model to how it drives it, and
+    checks the user's model before any training (outputs fit the labels).
     """
     if is_builtin(model):
         if weights is not None:
-            return DenseSource(user.load_weights(architecture(model, data), weights))
+            return DenseSource(user.load_weights(architecture(model, data, use), weights))
         if model in PRETRAINED:  # shipped weights: the dense model as it comes
-            return DenseSource(architecture(model, data))
+            return DenseSource(architecture(model, data, use))
         net = build_model(model, data.input_shape, data.num_classes, seed=seed)
         return DenseSource(net, (model, {"model": model, "data": data.fingerprint()}))
-    net = architecture(model, data)
-    if weights is not None:
+    net = architecture(model, data, use)
+    if weights is not None and weights != FACTORY:
         net = user.load_weights(net, weights)
-    if check is not None:
-        check(net)
-    if weights is not None or model.startswith(memory.MEMORY_PREFIX) or is_model_file(model):
+    net = use.adapt(net)
+    use.check_model(net, data)
+    given = model.startswith(memory.MEMORY_PREFIX) or is_model_file(model) or is_model_dir(model)
+    if weights is not None or given:
         return DenseSource(net)  # the object as handed over: its weights are the dense model
     if not train_dense:
         raise PrunelabError(f"model '{model}' has no weights and train_dense is off")
@@ -138,7 +182,8 @@ def dense_source(
 def fingerprint(
     model: str, weights: str | None, loader: str | None, extra: tuple[str, ...]
 ) -> dict:
-    """Content hashes of the user's code, weights and data-loader files (cheap: no data read).
+    """Content hashes of the user's code, weights, model directory and data-loader files (no
+    data read; ``weights = "factory"`` builds the model once to hash its weights).
 
     A resumed sweep compares them with the stored ones and refuses on any change.
     """
@@ -149,7 +194,11 @@ def fingerprint(
         out["model"] = model
     if is_model_file(model) and Path(model).is_file():
         out["model_file"] = file_hash(model)
-    if weights is not None:
+    if is_model_dir(model):
+        out["model_dir"] = directory_hash(model)
+    if weights == FACTORY:
+        out["weights"] = module_hash(user.build_model(model))
+    elif weights is not None:
         out["weights"] = file_hash(weights)
     if loader is not None and user.is_import_path(loader):
         out["data_code"] = user.code_hash(loader)

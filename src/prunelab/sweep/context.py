@@ -126,12 +126,10 @@ def load_dense(
     """The data, task and dense model of ``cell``'s sweep on ``device`` (the CPU by default;
     the dense model trained there, or read from its cache, when prunelab trains it)."""
     d = cell.data
-    data = resolve.load_bundle(d.name, d.loader, d.reader, d.path, **d.loader_kwargs())
+    data = resolve.load_bundle(d.name, d.loader, d.reader, d.path, d.loader_kwargs(),
+                               cell.model)  # fmt: skip
     task = task_of(cell, data)
-    src = resolve.dense_source(
-        cell.model, cell.weights, data, cell.train_dense, d.seed,
-        lambda m: task.check_model(m, data),
-    )  # fmt: skip
+    src = resolve.dense_source(cell.model, cell.weights, data, cell.train_dense, task, d.seed)
     data_hash = data.fingerprint()  # of the data as given, on the CPU (before any fold split)
     device = device or torch.device("cpu")
     data = to_device(data, device)  # every batch is then sliced on the device

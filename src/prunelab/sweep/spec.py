@@ -18,10 +18,11 @@ from prunelab.prune.structures import parse_structure
 from prunelab.recover.schedules import parse_schedule
 from prunelab.registry import check_options
 from prunelab.sources.data import DATASETS
+from prunelab.sources.hf import check_model_dir, is_model_dir
 from prunelab.sources.memory import MEMORY_PREFIX
-from prunelab.sources.models.zoo import check_model_name
+from prunelab.sources.models.zoo import MODELS, PRETRAINED, check_model_name
 from prunelab.sources.readers import READERS
-from prunelab.sources.resolve import is_model_file
+from prunelab.sources.resolve import FACTORY, is_model_file
 from prunelab.sources.user import is_import_path, load_object
 from prunelab.sweep.model_aware import check_allocation
 from prunelab.tasks import TASKS
@@ -189,20 +190,7 @@ class SweepSpec:
     def validate_names(self) -> None:  # noqa: C901
         """Fail fast on unknown plug-in names, before any cell runs."""
 
-        if is_import_path(self.model):
-            load_object(self.model)  # fails now, in one line, when the path is wrong
-            if self.weights is None and not self.train_dense:
-                raise PrunelabError(
-                    f"model '{self.model}' has no weights: give weights = 'file.safetensors' "
-                    "(the pretrained dense model), or train_dense = true to train it from scratch"
-                )
-        elif not self.model.startswith(MEMORY_PREFIX) and not is_model_file(self.model):
-            check_model_name(self.model)
-        if self.weights is not None:
-            if self.train_dense:
-                raise PrunelabError("weights are the dense model: drop train_dense with weights")
-            if not Path(self.weights).is_file():
-                raise PrunelabError(f"weights file {self.weights} not found")
+        self.validate_model()
         if is_model_file(self.model) and not Path(self.model).is_file():
             raise PrunelabError(f"model file {self.model} not found")
         if self.data.reader is not None:
@@ -241,6 +229,37 @@ class SweepSpec:
             parse_schedule(s)
         for m in self.metrics:
             METRICS.get(m)
+
+    def validate_model(self) -> None:
+        """The model and its weights: a factory (with weights, a file or ``"factory"``, or
+        ``train_dense``), a model directory or file (its own weights), or a built-in name."""
+        model, weights = self.model, self.weights
+        if is_import_path(model):
+            load_object(model)  # fails now, in one line, when the path is wrong
+            if weights is None and not self.train_dense:
+                raise PrunelabError(
+                    f"model '{model}' has no weights: give weights = 'file.safetensors' (the "
+                    "pretrained dense model), weights = 'factory' when the factory returns it "
+                    "trained, or train_dense = true to train it from scratch"
+                )
+        elif is_model_dir(model):
+            check_model_dir(model)
+            if weights is not None:
+                raise PrunelabError(f"model directory {model} holds its weights: drop weights")
+        elif "/" in model and not model.startswith(MEMORY_PREFIX) and not is_model_file(model):
+            raise PrunelabError(f"model directory {model} not found")
+        elif not model.startswith(MEMORY_PREFIX) and not is_model_file(model):
+            try:
+                check_model_name(model)
+            except PrunelabError as e:  # maybe a directory that is not there
+                raise PrunelabError(f"{e}; nor is there a model directory '{model}'") from None
+        if weights is not None:
+            if self.train_dense:
+                raise PrunelabError("weights are the dense model: drop train_dense with weights")
+            if weights == FACTORY and not is_import_path(model):
+                raise PrunelabError("weights = 'factory' is for a model factory 'file.py:build'")
+            if weights != FACTORY and not Path(weights).is_file():
+                raise PrunelabError(f"weights file {weights} not found")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -324,14 +343,25 @@ def _absolute(text: str, base: Path) -> str:
     return f"{module}{sep}{attr}"
 
 
+def _is_directory(model: str, base: Path) -> bool:
+    """``model`` names a directory under ``base`` (a registered name only when spelled as a
+    path, with a ``/``)."""
+    if is_import_path(model) or ((model in MODELS or model in PRETRAINED) and "/" not in model):
+        return False
+    return (base / model).expanduser().is_dir()
+
+
 def absolute_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     """Make the user's file paths in a raw spec absolute (relative to ``base``)."""
     raw = dict(raw)
     if isinstance(raw.get("data"), str):
         raw["data"] = {"name": "user", "loader": raw["data"]}
-    if isinstance(raw.get("model"), str) and (is_import_path(raw["model"]) or "." in raw["model"]):
-        raw["model"] = _absolute(raw["model"], base)
-    if isinstance(raw.get("weights"), str):
+    model = raw.get("model")
+    if isinstance(model, str) and (is_import_path(model) or "." in model):
+        raw["model"] = _absolute(model, base)
+    if isinstance(model, str) and _is_directory(model, base):
+        raw["model"] = str((base / model).expanduser().resolve())
+    if isinstance(raw.get("weights"), str) and raw["weights"] != FACTORY:
         raw["weights"] = _absolute(raw["weights"], base)
     data = dict(raw.get("data", {}))
     for key in ("loader", "data_dir", "path"):
@@ -341,6 +371,9 @@ def absolute_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     for key in ("path", "data_dir"):  # a dataset's own file options are relative too
         if isinstance(options.get(key), str):
             options[key] = str(base / options[key])
+    tokenizer = options.get("tokenizer")  # a model directory's tokenizer, or a short name
+    if isinstance(tokenizer, str) and (base / tokenizer).expanduser().exists():
+        options["tokenizer"] = str((base / tokenizer).expanduser().resolve())
     if options:
         data["options"] = options
     if data:

@@ -73,6 +73,18 @@ class Task(ABC):
     def check_model(self, model: nn.Module, data: Any) -> None:  # noqa: B027 (optional hook)
         """One clear error when the user's model cannot serve this task (before any training)."""
 
+    def model_from_directory(self, path: str) -> nn.Module:
+        """The model saved in a directory (``model = "path/to/dir"``), read as this kind uses it."""
+        raise PrunelabError(
+            f"a {self.kind} task cannot read a model directory ({path}); directories are read by "
+            "the text-classification, sentence-embedding and causal-lm tasks"
+        )
+
+    def adapt(self, model: nn.Module) -> nn.Module:
+        """The user's model as this kind drives it (e.g. a transformers classifier wrapped so it
+        maps token ids to logits); the model itself by default."""
+        return model
+
     def fold(self, data: Any, k: int, fold: int, seed: int) -> Any:
         """Fold ``fold`` of ``k`` for cross-validation; kinds without (x, y) data refuse."""
         raise PrunelabError(f"folds need (x, y) data; a {self.kind} task has none")

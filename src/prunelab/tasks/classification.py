@@ -21,6 +21,7 @@ from prunelab.measure.metrics import METRICS, evaluate, predict
 from prunelab.measure.metrics.base import DEFAULT_METRICS
 from prunelab.measure.metrics.robustness import RobustnessSuite, reference_context
 from prunelab.sources.data.text import length_batches, token_lengths
+from prunelab.sources.hfdir import as_classifier, load_sequence_classifier
 from prunelab.sources.user import load_object
 from prunelab.tasks.base import FOOTPRINT, MetricInfo, Task
 
@@ -260,6 +261,31 @@ class TextClassificationTask(ClassificationTask):
 
     kind: ClassVar[str] = "text-classification"
     sequence_axis: ClassVar[int | None] = 1  # (N, T) token ids: T varies
+    pad_id: int = 0  # the id padding the token rows (the data's tokenizer's)
+
+    @classmethod
+    def for_data(cls, data: Any, **kwargs: Any) -> TextClassificationTask:
+        """The task for token-id data: its pad id comes with it (0 when the data has none)."""
+        pad = getattr(data, "pad_id", None)
+        return super().for_data(data, **kwargs, **({} if pad is None else {"pad_id": pad}))
+
+    def model_from_directory(self, path: str) -> nn.Module:
+        """A transformers sequence-classification directory, its tokenizer beside it."""
+        return load_sequence_classifier(path)
+
+    def adapt(self, model: nn.Module) -> nn.Module:
+        """A factory's transformers classifier, wrapped to map token ids to logits."""
+        return as_classifier(model)
+
+    def check_model(self, model: nn.Module, data: DataBundle) -> None:
+        """The model masks the data's padding (same pad id), and its outputs fit the labels."""
+        pad = getattr(model, "pad_id", None)
+        if pad is not None and pad != self.pad_id:
+            raise PrunelabError(
+                f"the model masks pad id {pad} but the data is padded with {self.pad_id}: "
+                "tokenize the data with the model's own tokenizer"
+            )
+        super().check_model(model, data)
 
     def batches(
         self, split: Split, batch_size: int, generator: torch.Generator | None
@@ -267,8 +293,8 @@ class TextClassificationTask(ClassificationTask):
         """Rows of similar length batched together (shuffled with a generator): the encoder
         trims padding per batch, so it computes less. Lengths count non-zero ids; another pad
         id only makes the grouping less tight, never the batches wrong."""
-        groups = length_batches(token_lengths(split.x), batch_size, generator)
+        groups = length_batches(token_lengths(split.x, self.pad_id), batch_size, generator)
         return ((split.x[idx], split.y[idx]) for idx in groups)
 
     def predict(self, model: nn.Module, split: Split) -> Tensor:
-        return predict(model, split.x, 128, token_lengths(split.x))  # (N, K), row order
+        return predict(model, split.x, 128, token_lengths(split.x, self.pad_id))  # (N, K)

@@ -22,6 +22,7 @@ from prunelab.data import Split
 from prunelab.errors import PrunelabError
 from prunelab.measure.fidelity import cosine_to_reference, neighbour_overlap
 from prunelab.measure.metrics import predict
+from prunelab.sources.hfdir import load_sentence_encoder
 from prunelab.tasks.base import MetricInfo, Task
 
 METRICS = (
@@ -81,6 +82,11 @@ class SentenceEmbeddingTask(Task):
 
     def metric_infos(self) -> tuple[MetricInfo, ...]:
         return METRICS
+
+    def model_from_directory(self, path: str) -> nn.Module:
+        """A sentence-transformers directory (its pooling, normalisation) or a transformers
+        one (mean pooling)."""
+        return load_sentence_encoder(path)
 
     def batches(
         self, split: Split, batch_size: int, generator: torch.Generator | None

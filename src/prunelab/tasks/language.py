@@ -29,7 +29,7 @@ from prunelab.errors import PrunelabError
 from prunelab.measure.cloze import ClozeItem, cloze_items, score_cloze
 from prunelab.measure.language import DenseReference, coarse_kl, dense_reference, evaluate_lm
 from prunelab.sources.data.corpora import tokenizer_for
-from prunelab.sources.hf import DECODER_PATTERNS
+from prunelab.sources.hf import DECODER_PATTERNS, load_causal_lm
 from prunelab.tasks.base import MetricInfo, Task
 
 LM_METRICS = (
@@ -126,6 +126,10 @@ class CausalLMTask(Task):
             row.update(score_cloze(model, items, self.eval_batch_size * 8).as_dict())
             row["cloze_items"] = float(len(items))
         return row, arrays
+
+    def model_from_directory(self, path: str) -> nn.Module:
+        """A transformers causal-LM directory (float32)."""
+        return load_causal_lm(path)
 
     def batches(
         self, split: Tensor, batch_size: int, generator: torch.Generator | None

