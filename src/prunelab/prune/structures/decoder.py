@@ -19,17 +19,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from prunelab.errors import PrunelabError
 from prunelab.prune.allocation import Allocation
 from prunelab.prune.masks import Masks
 from prunelab.prune.structures.base import STRUCTURES, Pruning, Structure
-from prunelab.prune.surgery.decoder import decoder_linear_params
+from prunelab.prune.surgery.decoder import (
+    DecoderPlan,
+    LayerPlan,
+    apply_plan,
+    decoder_layers,
+    decoder_linear_params,
+)
 from prunelab.prune.surgery.decoder_plan import prune_decoder
 
 CALIBRATION_BATCH = 8  # token windows per calibration batch (× calibration_batches)
 KINDS = ("heads", "ffn", "heads+ffn", "blocks")
+KEPT = "_prunelab_decoder_kept"  # the plan a pruned model carries (an attribute, not state)
 
 
 @dataclass(frozen=True)
@@ -66,7 +74,21 @@ class DecoderStructure(Structure):
         calib = [job.inputs(b) for b in job.batches(CALIBRATION_BATCH)]  # (B, T) token ids
         if not calib:
             raise PrunelabError(f"structure '{self}' needs calibration windows")
-        prune_decoder(model, calib, self.kind, job.level)
+        r = prune_decoder(model, calib, self.kind, job.level)
+        model.__dict__[KEPT] = _encode(r.plan, r.shifts)  # what kept() returns
+
+    def kept(self, model: nn.Module) -> dict[str, Tensor]:
+        """``"blocks"``: the original indices of the blocks kept; per kept block ``i``:
+        ``"i.kv"``, ``"i.q"``, ``"i.ffn"`` (indices kept) and its bias compensation
+        ``"i.attn_shift"`` / ``"i.mlp_shift"`` when it has one."""
+        if KEPT not in model.__dict__:
+            raise PrunelabError(f"the model was not pruned by structure '{self}'")
+        return dict(model.__dict__[KEPT])
+
+    def restore(self, model: nn.Module, kept: dict[str, Tensor], example: Any) -> None:
+        plan, shifts = _decode(kept, len(decoder_layers(model)))
+        apply_plan(model, plan, shifts)
+        model.__dict__[KEPT] = dict(kept)
 
     def achieved(self, model: nn.Module, dense: nn.Module, example: Any) -> float:
         """Fraction of the decoder blocks' Linear parameters removed."""
@@ -74,6 +96,34 @@ class DecoderStructure(Structure):
 
     def shipped(self, model: nn.Module, example: Any) -> nn.Module:
         return model  # already physically smaller
+
+
+def _encode(plan: DecoderPlan, shifts: dict) -> dict[str, Tensor]:
+    out = {"blocks": torch.tensor(plan.kept_blocks, dtype=torch.long)}
+    for i, p in enumerate(plan.layers):
+        if p is None:
+            continue
+        for key, idx in (("kv", p.kv_heads), ("q", p.q_heads), ("ffn", p.ffn)):
+            out[f"{i}.{key}"] = torch.tensor(idx, dtype=torch.long)
+        attn, mlp = shifts.get(i, (None, None))
+        for key, t in (("attn_shift", attn), ("mlp_shift", mlp)):
+            if t is not None:
+                out[f"{i}.{key}"] = t.detach().cpu().clone()
+    return out
+
+
+def _decode(kept: dict[str, Tensor], n_blocks: int) -> tuple[DecoderPlan, dict]:
+    try:
+        blocks = set(kept["blocks"].tolist())
+        layers = tuple(
+            LayerPlan(*(tuple(kept[f"{i}.{k}"].tolist()) for k in ("kv", "q", "ffn")))
+            if i in blocks else None
+            for i in range(n_blocks)
+        )  # fmt: skip
+    except KeyError as e:
+        raise PrunelabError(f"stored decoder plan lacks {e}") from None
+    shifts = {i: (kept.get(f"{i}.attn_shift"), kept.get(f"{i}.mlp_shift")) for i in blocks}
+    return DecoderPlan(layers), shifts
 
 
 for _kind in KINDS:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -274,6 +274,7 @@ class DecoderPruneResult:
     level: float  # achieved fraction of the decoder blocks' Linear parameters removed
     params_before: int
     params_after: int
+    shifts: dict = field(default_factory=dict)  # {block: (attn_shift, mlp_shift)} applied
 
 
 def achieved_level(params_before: int, model: nn.Module) -> float:
@@ -311,4 +312,4 @@ def prune_decoder(
     apply_plan(model, plan, shifts)
     after = decoder_linear_params(model)
     log.info("decoder %s at %s: kept %d of %d Linear params", structure, level, after, before)
-    return DecoderPruneResult(plan, 1.0 - after / before, before, after)
+    return DecoderPruneResult(plan, 1.0 - after / before, before, after, shifts)
