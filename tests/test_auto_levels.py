@@ -162,3 +162,16 @@ def test_cli_levels_auto_as_the_readme_writes_it(tmp_path, cache_dir):
     assert (out / SEARCH_FILE).is_file() and "Level search" in (out / "report.html").read_text()
     bad = CliRunner().invoke(app, [*args[:-1], str(tmp_path / "b"), "--levels", "auto:0.9:0.2"])
     assert bad.exit_code == 2 and "error: auto levels need 0 < low < high < 1" in bad.output
+
+
+def test_python_api_levels_auto_as_the_readme_writes_it(trained_tiny, digits, tmp_path, cache_dir):
+    import prunelab
+
+    data = {k: (getattr(digits, k).x, getattr(digits, k).y) for k in ("train", "val", "test")}
+    result = prunelab.sweep(trained_tiny, **data, levels="auto:0.3:0.95:0.05", max_drop=5,
+                            finetune=TrainConfig(epochs=0), out=tmp_path / "nb")  # fmt: skip
+    record = json.loads((tmp_path / "nb" / SEARCH_FILE).read_text())
+    assert result.recommend().level == record["configs"][0]["best"] is not None
+    assert record["max_drop"] == pytest.approx(0.05)  # 5 points, in accuracy units
+    with pytest.raises(PrunelabError, match="tolerance of levels='auto'"):
+        prunelab.sweep(trained_tiny, **data, levels=[0.5], max_drop=5, out=tmp_path / "x")

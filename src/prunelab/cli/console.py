@@ -44,7 +44,7 @@ def run_sweep_with_progress(
     spec: SweepSpec, out: Path, executor_name: str, workers: int, address: str | None, quiet: bool
 ) -> None:
     console = Console(stderr=True)
-    total = len(expand_cells(spec))
+    total = None if spec.search else len(expand_cells(spec))  # auto: as many as it asks for
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -74,7 +74,7 @@ def run_sweep_with_progress(
         outcome = run_sweep(
             spec, out, executor, on_cell=on_cell, progress=on_step, contexts=contexts
         )
-        bars.update(overall, completed=total)
+        bars.update(overall, completed=outcome.total, total=outcome.total)
     console.print(f"{outcome.ran} cells ran, {outcome.skipped} resumed from {out}")
     print_summary(out, console)
 
