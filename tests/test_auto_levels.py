@@ -53,9 +53,13 @@ def test_race_stops_a_configuration_that_cannot_beat_the_leader():
     assert climbs["good"].best == 0.9 and not climbs["good"].stopped
     bad = climbs["bad"]
     assert [p.level for p in bad.probes] == [0.5] and "cannot beat" in bad.stopped
-    close = climbs["close"]  # out at the first level where it fails and the leader holds
-    assert close.best == 0.75 and "fails at 0.875, cannot beat the leader's 0.875" in close.stopped
-    assert [p.level for p in close.probes] == [p.level for p in climbs["good"].probes[:3]]
+    close = climbs["close"]  # waits while the leader climbs, then fails at its level: out
+    assert [p.level for p in close.probes] == [0.5, 0.9] and close.best == 0.5
+    assert close.probes[1].why == "race: can it reach the leader's 0.9?"
+    assert close.stopped == "race: fails at 0.9, cannot beat the leader's 0.9"
+    climbs = search({"a": 0.6, "b": 0.9})  # the one that climbs first need not win:
+    assert climbs["a"].best == 0.6 and climbs["a"].settled  # a settles, then b climbs past it
+    assert climbs["b"].best == 0.9 and climbs["b"].probes[1].level == 0.6
 
 
 def test_verdicts_and_auto_forms():

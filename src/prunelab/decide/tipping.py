@@ -13,10 +13,10 @@ undecided on all the data) lowers the ceiling.
    nothing holds, the next one halves the level (0.25, 0.125, ... down to ``low``).
 2. **Bisect** the grid between the highest holding and the lowest failing level, until they
    are neighbours.
-3. **Race**: all configurations probe in rounds; one whose ceiling (the level below its
-   lowest failure) is under the leader's highest holding level cannot win and stops. Since
-   every configuration walks the same probes until their verdicts first differ, a loser is
-   out at the first level where it fails and the leader holds.
+3. **Race**: every configuration probes the start level; then one leader at a time climbs
+   while the others wait, and each of them next probes the level the leader settled at. One
+   whose ceiling (the level below its lowest failure) is under the leader's highest holding
+   level cannot win and stops, so a loser usually costs one or two cells.
 
 Every level below a configuration's final floor that it probed held, so the recommendation
 rule read on the stored cells (holding at every lower level) lands on the same floor.
@@ -136,26 +136,53 @@ def leader(climbs: Mapping[Hashable, Climb]) -> float | None:
     return max((c.best for c in climbs.values() if c.best is not None), default=None)
 
 
-def plan_round(
-    climbs: Mapping[Hashable, Climb],
-) -> tuple[dict[Hashable, Climb], dict[Hashable, tuple[float, str]]]:
-    """Stop the configurations that cannot beat the leader; the next probe of each other one."""
-    top = leader(climbs)
-    out: dict[Hashable, Climb] = {}
-    asks: dict[Hashable, tuple[float, str]] = {}
+def _headroom(climb: Climb) -> float:
+    """How far below the tolerance its highest holding level dropped (larger: more room)."""
+    held = [p for p in climb.probes if p.verdict == "holds" and p.level == climb.best]
+    return -(held[-1].drop or 0.0) if held else float("-inf")
+
+
+def _stop_losers(climbs: Mapping[Hashable, Climb], top: float | None) -> dict[Hashable, Climb]:
+    out = {}
     for key, climb in climbs.items():
         if not climb.done and top is not None:
             ceiling = climb.ceiling
             if ceiling is None or ceiling < top - 1e-9:
                 fails = climb.grid[climb.roof]
-                climb = dataclasses.replace(
-                    climb, stopped=f"race: fails at {fails:g}, cannot beat the leader's {top:g}"
-                )
+                why = f"race: fails at {fails:g}, cannot beat the leader's {top:g}"
+                climb = dataclasses.replace(climb, stopped=why)
         out[key] = climb
-        ask = next_probe(climb)
-        if ask is not None:
+    return out
+
+
+def plan_round(
+    climbs: Mapping[Hashable, Climb],
+) -> tuple[dict[Hashable, Climb], dict[Hashable, tuple[float, str]]]:
+    """Stop the configurations that cannot beat the leader; the next probe of the others.
+
+    The first round probes every configuration at the start level (one shared probe usually
+    separates the contenders). After it, one leader at a time climbs (the one with the most
+    headroom at the top level); the others wait, then probe the level it settled at, where they
+    either fail (and stop) or hold (and climb on from there).
+    """
+    top = leader(climbs)
+    climbs = _stop_losers(climbs, top)
+    running = {k: c for k, c in climbs.items() if not c.done}
+    if any(not c.probes for c in running.values()):
+        return climbs, {k: a for k, c in running.items() if (a := next_probe(c)) is not None}
+    front = [k for k, c in running.items() if c.best == top]
+    if front:
+        key = max(front, key=lambda k: _headroom(running[k]))
+        ask = next_probe(running[key])
+        return climbs, {} if ask is None else {key: ask}
+    asks = {}
+    for key, climb in running.items():  # every leader is settled: can the others reach it?
+        i = climb._index(top) if top is not None else -1
+        if climb.floor < i < climb.roof:
+            asks[key] = (climb.grid[i], f"race: can it reach the leader's {top:g}?")
+        elif (ask := next_probe(climb)) is not None:
             asks[key] = ask
-    return out, asks
+    return climbs, asks
 
 
 def record(climb: Climb, level: float, verdict: Verdict | Evidence, why: str = "") -> Climb:
