@@ -99,22 +99,29 @@ def run_auto_part(names: list[str], runs: int) -> None:
     print("|" + "---|" * 12)
     for name in names:
         pair = available[name]
-        grid = [one_run(make_spec(pair, levels=LADDER), tmp / f"{name}-grid-{r}".replace("/", "_"),
-                        TOLERANCES) for r in range(runs)]  # fmt: skip
+        grid: list[dict] = []
+        auto: dict[float, list[dict]] = {tol: [] for tol in TOLERANCES}
+        for r in range(runs):  # grid and auto take turns, so load drift hits both alike
+            out = tmp / f"{name}-grid-{r}".replace("/", "_")
+            grid.append(one_run(make_spec(pair, levels=LADDER), out, TOLERANCES))
+            for tol in TOLERANCES:
+                search = LevelSearch(LOW, HIGH, 0.005, tol)
+                out = tmp / f"{name}-auto{tol}-{r}".replace("/", "_")
+                auto[tol].append(one_run(make_spec(pair, search=search), out, (tol,)))
         for tol in TOLERANCES:
-            search = LevelSearch(LOW, HIGH, 0.005, tol)
-            auto = [one_run(make_spec(pair, search=search),
-                            tmp / f"{name}-auto{tol}-{r}".replace("/", "_"), (tol,))
-                    for r in range(runs)]  # fmt: skip
-            g_s = statistics.median(x["cell_s"] for x in grid)
-            a_s = statistics.median(x["cell_s"] for x in auto)
-            (gl, gm, gt), (al, am, at) = grid[0]["recs"][tol], auto[0]["recs"][tol]
-            same = gm == am and gl is not None and al is not None and abs(gl - al) <= STEP + 1e-9
-            hit = same and a_s <= 0.25 * g_s
-            verdict = "hit" if hit else ("miss: " + ("rec" if not same else "time"))
-            print(f"| {name} | {tol:g} | {grid[0]['cells']} | {auto[0]['cells']} | {g_s:.1f} | "
-                  f"{a_s:.1f} | {a_s / g_s:.0%} | {_rec(gl, gm)} | {_rec(al, am)} | {_pt(gt)} | "
-                  f"{_pt(at)} | {verdict} |", flush=True)  # fmt: skip
+            _row(name, tol, grid, auto[tol])
+
+
+def _row(name: str, tol: float, grid: list[dict], auto: list[dict]) -> None:
+    g_s = statistics.median(x["cell_s"] for x in grid)
+    a_s = statistics.median(x["cell_s"] for x in auto)
+    (gl, gm, gt), (al, am, at) = grid[0]["recs"][tol], auto[0]["recs"][tol]
+    same = gm == am and gl is not None and al is not None and abs(gl - al) <= STEP + 1e-9
+    hit = same and a_s <= 0.25 * g_s
+    verdict = "hit" if hit else ("miss: " + ("rec" if not same else "time"))
+    print(f"| {name} | {tol:g} | {grid[0]['cells']} | {auto[0]['cells']} | {g_s:.1f} | "
+          f"{a_s:.1f} | {a_s / g_s:.0%} | {_rec(gl, gm)} | {_rec(al, am)} | {_pt(gt)} | "
+          f"{_pt(at)} | {verdict} |", flush=True)  # fmt: skip
 
 
 def _rec(level: float | None, method: str | None) -> str:
