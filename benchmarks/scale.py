@@ -20,6 +20,11 @@ table gives the median and the range. Every variant produces the same kind of ro
 
     PRUNELAB_CACHE=/work/.cache/prunelab PYTHONPATH=src python benchmarks/scale.py
     PRUNELAB_CACHE=/work/.cache/prunelab PYTHONPATH=src python benchmarks/scale.py --quick
+
+``--part auto`` compares the 20-level grid with ``levels = "auto"`` instead (issue 26; see
+``benchmarks/auto_levels.py``):
+
+    PRUNELAB_CACHE=/work/.cache/prunelab PYTHONPATH=src python benchmarks/scale.py --part auto
 """
 
 from __future__ import annotations
@@ -277,6 +282,17 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="also run the per-sweep dense sensitivity scan (extra work the naive script skips)",
     )
+    ap.add_argument(
+        "--part",
+        default="engine",
+        choices=("engine", "auto"),
+        help="engine: prunelab vs the naive script; auto: the 20-level grid vs levels = auto",
+    )
+    ap.add_argument(
+        "--pairs",
+        default="user-cnn/digits (pretrained),mlp-tiny/digits,lenet300/fashion-mnist",
+        help="--part auto: model/data pairs, comma-separated (also cnn/fashion-mnist)",
+    )
     ap.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # internal
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)  # internal
     args = ap.parse_args()
@@ -288,6 +304,12 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     set_engine(args.engine)  # the executors hand it to their workers
+    if args.part == "auto":
+        from auto_levels import run_auto_part  # a sibling module of this script
+
+        torch.set_num_threads(args.threads)
+        run_auto_part(args.pairs.split(","), args.runs)
+        return
     if args.variant:  # a child: time one variant, print one JSON line
         print("RESULT " + json.dumps(run_variant(args, args.out)))
         return

@@ -19,14 +19,21 @@ from prunelab.decide.analysis import Recommendation
 from prunelab.decide.units import Units
 from prunelab.device import Placement
 from prunelab.errors import PrunelabError
-from prunelab.report.run import report_run, run_recommendation, run_units
+from prunelab.report.run import report_run, run_recommendation, run_units, search_max_drop
 from prunelab.ship.export import Exported
 from prunelab.ship.from_run import export_cell
 from prunelab.sources import memory
 from prunelab.sources.user import bundle_from
 from prunelab.sweep.executors import make_executor
 from prunelab.sweep.run import SweepOutcome, run_sweep
-from prunelab.sweep.spec import CustomMetricSpec, DataSpec, SweepSpec, TaskSpec
+from prunelab.sweep.spec import (
+    CustomMetricSpec,
+    DataSpec,
+    SweepSpec,
+    TaskSpec,
+    parse_auto,
+    parse_levels,
+)
 from prunelab.sweep.store import Store, load_results
 from prunelab.training import TrainConfig
 
@@ -81,7 +88,11 @@ class SweepResult:
         metric: str | None = None,
     ) -> Recommendation:
         """Highest sparsity within ``max_drop`` (points for fractions such as accuracy, else the
-        metric's units; None: the task's default tolerance)."""
+        metric's units; None: the tolerance of a ``levels="auto"`` search, else the task's
+        default)."""
+        if min_value is None:
+            max_drop = search_max_drop(self.run_dir, metric or self.units.primary, self.units,
+                                       max_drop)  # fmt: skip
         return run_recommendation(self.results(), self.units, metric, max_drop, min_value)
 
     def report(self, max_drop: float | None = None) -> Path:
@@ -153,6 +164,16 @@ def _custom(metrics: Mapping[str, Callable[[Tensor, Tensor], float] | tuple] | N
     return tuple(out)
 
 
+def _levels(levels: Sequence[float] | str, max_drop: float | None) -> dict[str, Any]:
+    """The spec's ``levels`` (a ladder) or ``search`` (``"auto..."``)."""
+    if isinstance(levels, str):
+        search = parse_auto(levels, max_drop)
+        return {"search": search} if search else {"levels": parse_levels(levels)}
+    if max_drop is not None:
+        raise PrunelabError("max_drop is the tolerance of levels='auto'; give it to recommend()")
+    return {"levels": tuple(float(v) for v in levels)}
+
+
 def sweep(
     model: nn.Module | str,
     train: Any = None,
@@ -161,7 +182,7 @@ def sweep(
     *,
     data: str | None = None,
     weights: str | Path | None = None,
-    levels: Sequence[float] = (0.5, 0.8, 0.9, 0.95),
+    levels: Sequence[float] | str = (0.5, 0.8, 0.9, 0.95),
     methods: Sequence[str] = ("magnitude",),
     allocations: Sequence[str] = ("global",),
     structures: Sequence[str] = ("unstructured",),
@@ -176,6 +197,7 @@ def sweep(
     sensitivity_scan: bool = False,
     device: str = "cpu",
     dtype: str | None = None,
+    max_drop: float | None = None,
 ) -> SweepResult:
     """Sweep the user's ``model`` over ``levels`` × ``methods`` × ...; persist and return results.
 
@@ -185,7 +207,9 @@ def sweep(
     custom metrics ``{name: fn(logits, labels) -> float}`` (or ``(fn, higher_is_better)``);
     ``primary`` chooses the metric the recommendation uses. ``device`` (``cpu``, ``auto``,
     ``cuda[:i]``, ``mps``) is where models compute; ``dtype`` (``bfloat16``, ``float16``) casts
-    a language model.
+    a language model. ``levels="auto"`` (or ``"auto:low:high:resolution"``) searches each
+    configuration's highest holding level within ``max_drop`` (points for a fraction; None:
+    the task's default) instead of a ladder.
     """
     where = Placement.parse(device, dtype)  # a missing GPU fails before any work
     in_memory = isinstance(model, nn.Module)
@@ -218,7 +242,7 @@ def sweep(
         allocations=tuple(allocations),
         structures=tuple(structures),
         schedules=tuple(schedules),
-        levels=tuple(float(v) for v in levels),
+        **_levels(levels, max_drop),
         seeds=tuple(seeds),
         finetune=finetune or TrainConfig(epochs=1),
         sensitivity_scan=sensitivity_scan,

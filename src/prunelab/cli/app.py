@@ -16,12 +16,12 @@ from prunelab.device import placement_options
 from prunelab.errors import PrunelabError
 from prunelab.measure import inference
 from prunelab.report.extras import ReportPaths
-from prunelab.report.run import report_run, run_recommendation, run_units
+from prunelab.report.run import report_run, run_recommendation, run_units, search_max_drop
 from prunelab.ship.from_run import export_cell
 from prunelab.sources.data.fetch import fetch_text_data as fetch
 from prunelab.sources.models import default_cache_dir
 from prunelab.sweep import load_spec, spec_from_dict
-from prunelab.sweep.spec import absolute_paths, parse_levels
+from prunelab.sweep.spec import absolute_paths, parse_auto, parse_levels
 from prunelab.sweep.store import load_results
 from prunelab.track import track_options, tracking
 
@@ -89,7 +89,10 @@ def sweep(
     ] = None,
     structures: Annotated[str | None, typer.Option(help="unstructured, 2:4, channels, ...")] = None,
     schedules: Annotated[str | None, typer.Option(help="oneshot, ...")] = None,
-    levels: Annotated[str | None, typer.Option(help="'0.5,0.8,0.9' or '0.1:0.9:0.1'")] = None,
+    levels: Annotated[
+        str | None,
+        typer.Option(help="'0.5,0.8,0.9', '0.1:0.9:0.1', or 'auto[:low:high[:resolution]]'"),
+    ] = None,
     seeds: Annotated[str | None, typer.Option(help="comma-separated seeds")] = None,
     ft_epochs: Annotated[float | None, typer.Option(help="fine-tune epochs per cell")] = None,
     dense_epochs: Annotated[float | None, typer.Option(help="dense training epochs")] = None,
@@ -157,7 +160,9 @@ def sweep(
         "metrics": _csv(metrics),
     }
     if levels is not None:
-        flags["levels"] = parse_levels(levels)
+        flags["levels"] = levels if parse_auto(levels) else parse_levels(levels)
+    if max_drop is not None and parse_auto(str(flags.get("levels") or raw.get("levels", ""))):
+        flags["max_drop"] = max_drop  # the search's tolerance (and the report's)
     if seeds is not None:
         try:
             flags["seeds"] = tuple(int(s) for s in _csv(seeds) or ())
@@ -231,6 +236,8 @@ def recommend(
     if max_drop is not None and min_value is not None:
         raise PrunelabError("give one of --max-drop or --min-value, not both")
     units = run_units(run_dir)
+    if min_value is None:  # a levels = "auto" run: the tolerance it searched with
+        max_drop = search_max_drop(run_dir, metric or units.primary, units, max_drop)
     rec = run_recommendation(load_results(run_dir), units, metric, max_drop, min_value)
     typer.echo(rec.summary())
     if len(rec.evidence):

@@ -61,10 +61,11 @@ def run_sweep_with_progress(
     table."""
     console = Console(stderr=True)
     cells = expand_cells(spec)
+    total = None if spec.search else len(cells)  # auto: as many cells as the search asks
     if quiet or console.is_terminal:
-        view: Any = _Bars(console, len(cells), disable=quiet)
+        view: Any = _Bars(console, total, disable=quiet)
     else:
-        view = LogLines(len(cells), _finished(out, cells), _primary_of(out), _echo_err)
+        view = LogLines(total, _finished(out, cells), _primary_of(out), _echo_err)
     with view:
         contexts = ContextCache(None, on_step=view.on_dense_step, where=where)
         executor = make_executor(executor_name, workers, address=address, contexts=contexts)
@@ -79,8 +80,8 @@ def run_sweep_with_progress(
 class _Bars:
     """Rich progress bars: cells done, and the phase now running (a terminal)."""
 
-    def __init__(self, console: Console, total: int, disable: bool) -> None:
-        self.total = total
+    def __init__(self, console: Console, total: int | None, disable: bool) -> None:
+        self.total, self.done = total, 0
         self.bars = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -98,7 +99,8 @@ class _Bars:
 
     def __exit__(self, *exc: object) -> None:
         if exc[0] is None:
-            self.bars.update(self.overall, completed=self.total)
+            self.bars.update(self.overall, completed=self.total or self.done, total=self.total
+                             or self.done)  # fmt: skip
         self.bars.__exit__(*exc)
 
     def on_dense_step(self, done: int, steps: int) -> None:
@@ -110,6 +112,7 @@ class _Bars:
         self.bars.update(self.current, description=phase, completed=done, total=steps)
 
     def on_cell(self, label: str, duration_s: float, row: dict[str, Any]) -> None:
+        self.done += 1
         self.bars.advance(self.overall)
         self.bars.update(self.current, description=f"done: {label}", completed=0)
 

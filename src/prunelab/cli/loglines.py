@@ -40,14 +40,15 @@ def remaining(since_start: float, ran: int, left: int) -> float | None:
 class LogLines:
     """The sweep's progress as plain lines through ``echo`` (one call per line).
 
-    ``total`` cells of which ``finished`` were done before this run (resumed); ``primary()``
+    ``total`` cells (None: not known ahead, as in a level search) of which ``finished`` were
+    done before this run (resumed); ``primary()``
     names the metric to show once the run knows its task (None until then). Used as a context
     manager, a background thread calls :meth:`tick` so that quiet phases are named too.
     """
 
     def __init__(
         self,
-        total: int,
+        total: int | None,
         finished: int,
         primary: Callable[[], str | None],
         echo: Callable[[str], None],
@@ -63,7 +64,8 @@ class LogLines:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
-        self._line(f"sweep: {total} cells, {finished} finished earlier (skipped); {self.phase}")
+        count = f"{total} cells" if total is not None else "cells as the level search asks"
+        self._line(f"sweep: {count}, {finished} finished earlier (skipped); {self.phase}")
 
     def __enter__(self) -> LogLines:
         self._beat = threading.Thread(target=self._beating, name="prunelab-log", daemon=True)
@@ -109,13 +111,14 @@ class LogLines:
         if self.cells_start is None:
             self.cells_start = now - duration_s
         self.done, self.ran = self.done + 1, self.ran + 1
-        left = remaining(now - self.cells_start, self.ran, self.total - self.done)
+        todo = None if self.total is None else self.total - self.done
+        left = None if todo is None else remaining(now - self.cells_start, self.ran, todo)
         eta = f"~{clock(left)} left" if left is not None else ""
         metric = self.primary()
         value = row.get(metric) if metric else None
         shown = f" | {metric} {value:.4f}" if isinstance(value, int | float) else ""
         self._line(
-            f"[{self.done}/{self.total}] {clock(now - self.start)} elapsed, {eta} | "
+            f"[{self.done}/{self.total or '?'}] {clock(now - self.start)} elapsed, {eta} | "
             f"{label} ({duration_s:.1f} s){shown}"
         )
-        self.phase = f"running the cells: {self.done}/{self.total} done"
+        self.phase = f"running the cells: {self.done}/{self.total or '?'} done"

@@ -111,3 +111,15 @@ class Units:
 
 
 _OLD_FRACTIONS = frozenset({"accuracy", "macro_f1", "agreement"})  # runs before units
+
+
+def tolerance_of(units: Units, metric: str, max_drop: float | None) -> float:
+    """A tolerance as given (points for a fraction, else the metric's units) in metric units;
+    without one, the task's default for its primary metric (0.5 points for other fractions)."""
+    if max_drop is not None:
+        return units.max_drop(max_drop, metric)  # type: ignore[return-value]
+    if metric == units.primary and units.tolerance is not None:
+        return units.tolerance
+    if units.unit(metric).fraction:
+        return 0.005
+    raise PrunelabError(f"'{metric}' has no default tolerance: give --max-drop in its units")

@@ -131,6 +131,7 @@ def build_report(
         title=extras.title or "prunelab summary",
         original=extras.original,
         units=extras.units or default_units(),
+        search=extras.search,
     )
     html = run_dir / "report.html"
     html.write_text(render_html(df, plots, extras), encoding="utf-8")

@@ -31,6 +31,7 @@ class ReportExtras:
       pruned curve at one level); ``samples_title`` says which level.
     - ``spec``: the sweep spec (JSON-able mapping) shown at the top; ``title``: page title.
     - ``units``: the run's metric directions and units (:class:`~prunelab.decide.units.Units`).
+    - ``search``: the record of a ``levels = "auto"`` search (:mod:`prunelab.sweep.auto`).
     """
 
     knees: Mapping[str, float] | None = None
@@ -54,6 +55,7 @@ class ReportExtras:
     samples: pd.DataFrame | None = None  # the task's sample outputs, dense vs pruned, by column
     samples_title: str = ""
     units: Units | None = None
+    search: Mapping[str, object] | None = None  # what levels = "auto" tried, why, where it stopped
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,12 @@ import pandas as pd
 from prunelab.report.extras import ReportExtras
 from prunelab.report.frame import DENSE, metric_columns
 from prunelab.report.plots import format_level
+from prunelab.report.search import outcome_lines, probe_table
 from prunelab.report.tables import efficiency_table, results_table, summary_table
 
 SECTIONS = {
     "recommendation": "Recommendation",
+    "search": "Level search (levels = auto)",
     "curves": "Metrics vs sparsity",
     "summary": "Results by level",
     "retained": "Retained intelligence (vs the dense controls)",
@@ -179,6 +181,15 @@ def _recommendation(rec: object | None) -> str:
     return section("recommendation", body + _evidence(evidence), cls=cls)
 
 
+def _search(record: Mapping[str, object] | None) -> str:
+    """Which levels the search tried and why, and where each configuration stopped."""
+    if not record:
+        return ""  # a ladder sweep
+    items = "".join(f"<li>{escape(line)}</li>" for line in outcome_lines(record))
+    table = probe_table(record)
+    return section("search", f"<ul>{items}</ul><div class='scroll'>{html_table(table)}</div>")
+
+
 def _curves(df: pd.DataFrame, plots: Mapping[str, Path], extras: ReportExtras) -> str:
     figs = [
         img(plots[f"curve_{m}"], f"{m} vs sparsity")
@@ -269,6 +280,7 @@ def render_html(df: pd.DataFrame, plots: Mapping[str, Path], extras: ReportExtra
     parts = [
         _header(df, extras),
         _recommendation(extras.recommendation),
+        _search(extras.search),
         _curves(df, plots, extras),
         _summary(df),
         _retained(extras.retained),

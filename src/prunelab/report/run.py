@@ -17,7 +17,7 @@ import pandas as pd
 from prunelab.decide.analysis import CONFIG_COLUMNS, Recommendation, recommend, tipping_points
 from prunelab.decide.levels import credit
 from prunelab.decide.preservation import summarize_results
-from prunelab.decide.units import Units
+from prunelab.decide.units import Units, tolerance_of
 from prunelab.decide.weightstats import WeightHistogram
 from prunelab.errors import PrunelabError
 from prunelab.report import build_report
@@ -25,6 +25,7 @@ from prunelab.report.detections import stored_detections
 from prunelab.report.extras import ReportExtras, ReportPaths
 from prunelab.report.frame import curve_labels
 from prunelab.sources import resolve
+from prunelab.sweep.auto import SEARCH_KEY
 from prunelab.sweep.spec import DataSpec
 from prunelab.sweep.store import Store, load_results
 
@@ -58,18 +59,6 @@ def default_units_task() -> dict[str, Any]:
     return {"kind": "classification", "primary": "accuracy", "metrics": {}}
 
 
-def tolerance_of(units: Units, metric: str, max_drop: float | None) -> float:
-    """A tolerance as given (points for a fraction, else the metric's units) in metric units;
-    without one, the task's default for its primary metric (0.5 points for other fractions)."""
-    if max_drop is not None:
-        return units.max_drop(max_drop, metric)  # type: ignore[return-value]
-    if metric == units.primary and units.tolerance is not None:
-        return units.tolerance
-    if units.unit(metric).fraction:
-        return 0.005
-    raise PrunelabError(f"'{metric}' has no default tolerance: give --max-drop in its units")
-
-
 def run_recommendation(
     df: pd.DataFrame,
     units: Units,
@@ -83,6 +72,19 @@ def run_recommendation(
     metric = metric or units.primary
     drop = None if min_value is not None else tolerance_of(units, metric, max_drop)
     return recommend(df, metric, max_drop=drop, min_value=min_value, units=units)
+
+
+def search_max_drop(
+    run_dir: Path, metric: str, units: Units, max_drop: float | None
+) -> float | None:
+    """The tolerance as given; without one, that of the run's level search (``levels = "auto"``
+    with ``max_drop``) when it searched on ``metric``, else None (the task's default)."""
+    if max_drop is not None:
+        return max_drop
+    with Store(run_dir, create=False) as store:
+        spec = store.get_meta("spec") or {}
+    given = (spec.get("search") or {}).get("max_drop")
+    return given if given is not None and metric == units.primary else None
 
 
 def sensitivity_frame(store: Store) -> pd.DataFrame | None:
@@ -349,10 +351,12 @@ def run_extras(
     run_dir = Path(run_dir)
     units = run_units(run_dir)
     metric = metric or units.primary
+    max_drop = search_max_drop(run_dir, metric, units, max_drop)
     tolerance = tolerance_of(units, metric, max_drop)
     df = load_results(run_dir)
     with Store(run_dir, create=False) as store:
         spec = json.loads(json.dumps(store.get_meta("spec")))
+        search = store.get_meta(SEARCH_KEY)
         sens = sensitivity_frame(store)
         original = store.get_meta("dense_metrics")
         retained, pies = None, None
@@ -398,5 +402,6 @@ def run_extras(
         class_names=grid["classes"] if grid else None,
         samples_title=samples[1] if samples else "",
         units=units,
+        search=search,
     )
     return credit(df), extras, rec  # curves at achieved levels, too

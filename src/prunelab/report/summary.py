@@ -14,6 +14,7 @@ import pandas as pd
 from prunelab.decide.units import Units
 from prunelab.measure.cloze import divergent_levels
 from prunelab.report.frame import DENSE, dense_value
+from prunelab.report.search import outcome_lines, probe_table
 from prunelab.report.tables import best_per_level, summary_table
 
 
@@ -123,11 +124,27 @@ def _cloze_lines(df: pd.DataFrame) -> list[str]:
     return ["", "## Zero-shot cloze beside perplexity", "", note, ""] + _md_table(header, rows)
 
 
+def _search_lines(search: Mapping[str, Any] | None) -> list[str]:
+    """What a ``levels = "auto"`` search tried and why, and where it stopped (none: [])."""
+    if not search:
+        return []
+    lines = ["", "## Level search (levels = auto)", ""]
+    lines += [f"- {line}" for line in outcome_lines(search)]
+    table = probe_table(search)
+    if table.empty:
+        return lines
+    fmt = {"level": "{:g}".format, "drop": "{:+.4f}".format, "drop_hi": "{:+.4f}".format}
+    rows = [[fmt.get(k, str)(v) if v is not None else "" for k, v in r.items()]
+            for r in table.to_dict("records")]  # fmt: skip
+    return lines + [""] + _md_table(list(table.columns), rows)
+
+
 def render_summary(
     df: pd.DataFrame,
     units: Units,
     title: str = "prunelab sweep summary",
     original: Mapping[str, float] | None = None,
+    search: Mapping[str, Any] | None = None,
 ) -> str:
     """The Markdown text in the run's primary metric (``units.primary``): dense baseline,
     results by level (mean ± std over seeds), best method per level.
@@ -145,6 +162,7 @@ def render_summary(
     lines += ["", "## Results by level (mean ± std over seeds)", ""] + _level_lines(df, units)
     lines += ["", f"## Best method per level (by {metric})", ""] + _best_lines(df, metric, units)
     lines += _cloze_lines(df)
+    lines += _search_lines(search)
     return "\n".join(lines) + "\n"
 
 

@@ -18,9 +18,24 @@ from prunelab.sweep.cell import Cell
 from prunelab.sweep.spec import SweepSpec
 from prunelab.tasks import TASKS
 
+Config = tuple  # (structure, schedule, method, allocation): one curve of the sweep
 
-def expand_cells(spec: SweepSpec) -> list[Cell]:
-    """All cells of a sweep, dense controls first."""
+
+def configurations(spec: SweepSpec) -> list[Config]:
+    """Every (structure, schedule, method, allocation) the sweep prunes with, in plan order."""
+    out = []
+    schedules = list(dict.fromkeys(parse_schedule(s) for s in spec.schedules))
+    for st in (parse_structure(s) for s in spec.structures):
+        allocations = spec.allocations if st.uses_allocation else spec.allocations[:1]
+        for schedule in schedules:
+            for method in (st.own_method,) if st.own_method else spec.methods:
+                for allocation in allocations:
+                    out.append((st, schedule, method, allocation))
+    return out
+
+
+def cells_at(spec: SweepSpec, config: Config | None, level: float) -> list[Cell]:
+    """One configuration's cells at one level: every seed (and fold). None: the dense controls."""
     common = {
         "model": spec.model,
         "data": spec.data,
@@ -37,33 +52,32 @@ def expand_cells(spec: SweepSpec) -> list[Cell]:
         "task": spec.task,
         "source": source_hash(spec),
     }
-    dense = {"method": "dense", "allocation": "-", "structure": None, "schedule": None}
-    cells = [Cell(**dense, level=0.0, seed=seed, **common) for seed in spec.seeds]
-    schedules = list(dict.fromkeys(parse_schedule(s) for s in spec.schedules))
-    for st in (parse_structure(s) for s in spec.structures):
-        allocations = spec.allocations if st.uses_allocation else spec.allocations[:1]
-        for schedule in schedules:
-            for method in (st.own_method,) if st.own_method else spec.methods:
-                for allocation in allocations:
-                    for level in st.levels(spec.levels):
-                        for seed in spec.seeds:
-                            cells.append(
-                                Cell(
-                                    method=method,
-                                    allocation=allocation,
-                                    structure=st,
-                                    schedule=schedule,
-                                    level=level,
-                                    seed=seed,
-                                    **common,
-                                )
-                            )
+    if config is None:
+        how = {"method": "dense", "allocation": "-", "structure": None, "schedule": None}
+    else:
+        st, schedule, method, allocation = config
+        how = {"method": method, "allocation": allocation, "structure": st, "schedule": schedule}
+    cells = [Cell(**how, level=level, seed=seed, **common) for seed in spec.seeds]
     if spec.folds:  # every cell once per fold: replicates are folds x seeds
-        cells = [
-            dataclasses.replace(c, folds=spec.folds, fold=f)
-            for c in cells
-            for f in range(spec.folds)
-        ]
+        cells = [dataclasses.replace(c, folds=spec.folds, fold=f) for c in cells
+                 for f in range(spec.folds)]  # fmt: skip
+    return cells
+
+
+def expand_cells(spec: SweepSpec) -> list[Cell]:
+    """All cells of a sweep, dense controls first.
+
+    With ``levels = "auto"`` (``spec.search``) only the dense controls and the structures that
+    fix their level: the searched levels are asked for as the search goes
+    (:mod:`prunelab.sweep.auto`).
+    """
+    cells = cells_at(spec, None, 0.0)
+    for config in configurations(spec):
+        st = config[0]
+        if spec.search is not None and st.fixed_level is None:
+            continue
+        for level in st.levels(spec.levels):
+            cells += cells_at(spec, config, level)
     return cells
 
 

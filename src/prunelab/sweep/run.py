@@ -8,7 +8,7 @@ import platform
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -21,6 +21,7 @@ from prunelab.errors import PrunelabError
 from prunelab.measure import inference
 from prunelab.progress import Progress
 from prunelab.sources import resolve
+from prunelab.sweep.auto import search_levels
 from prunelab.sweep.cell import Cell, CellResult
 from prunelab.sweep.context import ContextCache
 from prunelab.sweep.executors import Executor, SequentialExecutor
@@ -136,8 +137,8 @@ def run_sweep(
             store.set_meta("task", ctx.task.describe(original.get(ctx.task.primary)))
             for name, arr in ctx.task.run_artifacts(ctx.data).items():
                 store.put_artifact(RUN_ID, name, arr)
-        elif pending:
-            ctx = contexts.get(pending[0])
+        elif pending or spec.search is not None:  # a resumed search may run new cells
+            ctx = contexts.get((pending or cells)[0])
             if ctx.data_hash != store.get_meta("data_hash"):
                 raise PrunelabError(
                     f"cannot resume {store.run_dir}: the data changed since the sweep started "
@@ -157,27 +158,36 @@ def run_sweep(
                 if len(scanned) == len(jobs):
                     store.set_meta(SCAN_KEY, [r for j in jobs for r in scanned[j.layer]])
                 continue
-            cell = item
-            store.put_cell(
-                cell.cell_id,
-                cell.to_json(),
-                result.row,
-                result.duration_s,
-                result.artifacts,
-            )
-            for key, value in result.records.items():
-                store.set_meta(key, value)
-            if tracker is not None:
-                tracker.log_cell(
-                    TrackedCell(cell.cell_id, cell.label, cell.to_json(), result.row,
-                                result.duration_s, time.time())
-                )  # fmt: skip
-            if on_cell is not None:
-                on_cell(cell, result)
+            _keep(store, item, result, on_cell, tracker)
+        total, ran = len(cells), len(pending)
+        if spec.search is not None:
+
+            def run_cells(cells: Sequence[Cell]) -> None:
+                for cell, result in executor.map(cells, progress):
+                    _keep(store, cell, result, on_cell, tracker)
+
+            searched = search_levels(spec, store, run_cells)
+            total, ran = total + searched.asked, ran + searched.ran
         if pending and isinstance(executor, SequentialExecutor):  # pruned models, this process
             ctx = executor.contexts.get(pending[0])
             _record_engine_failures(store, ctx.dense_copy())
-    return SweepOutcome(run_dir, len(cells), len(cells) - len(pending), len(pending))
+    return SweepOutcome(run_dir, total, total - ran, ran)
+
+
+def _keep(
+    store: Store, cell: Cell, result: CellResult, on_cell: OnCell | None, tracker: Tracker | None
+) -> None:
+    """Store one finished cell (and the run-level records it made); log it to the tracker."""
+    store.put_cell(cell.cell_id, cell.to_json(), result.row, result.duration_s, result.artifacts)
+    for key, value in result.records.items():
+        store.set_meta(key, value)
+    if tracker is not None:
+        tracker.log_cell(
+            TrackedCell(cell.cell_id, cell.label, cell.to_json(), result.row, result.duration_s,
+                        time.time())
+        )  # fmt: skip
+    if on_cell is not None:
+        on_cell(cell, result)
 
 
 def _start_tracking(store: Store, tracker: Tracker) -> None:

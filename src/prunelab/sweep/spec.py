@@ -55,6 +55,62 @@ def parse_levels(text: str) -> tuple[float, ...]:
     return tuple(round(start + i * step, 10) for i in range(max(n, 0)))
 
 
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class LevelSearch:
+    """``levels = "auto"``: search each configuration's highest holding level instead of a ladder.
+
+    The grid is ``low, low + resolution, ..., high``; ``max_drop`` is the tolerance the search
+    holds cells to (points for a fraction metric, else the metric's units; None: the task's
+    default), on the task's primary metric, validation split.
+    """
+
+    low: float = 0.05
+    high: float = 0.99
+    resolution: float = 0.005
+    max_drop: float | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.low < self.high < 1.0:
+            raise PrunelabError(
+                f"auto levels need 0 < low < high < 1, got low {self.low:g}, high {self.high:g}"
+            )
+        if not 0.0 < self.resolution <= self.high - self.low:
+            raise PrunelabError(
+                f"auto resolution must be in (0, high - low], got {self.resolution:g}"
+            )
+        if self.max_drop is not None and not (math.isfinite(self.max_drop) and self.max_drop >= 0):
+            raise PrunelabError(f"max_drop must be a number >= 0, got {self.max_drop}")
+
+    def grid(self) -> tuple[float, ...]:
+        """The levels the search may ask for, ``high`` included."""
+        n = int(math.floor((self.high - self.low) / self.resolution + 1e-9)) + 1
+        grid = [round(self.low + i * self.resolution, 10) for i in range(n)]
+        return tuple(grid if grid[-1] >= self.high - 1e-9 else [*grid, self.high])
+
+
+def parse_auto(text: str, max_drop: float | None = None) -> LevelSearch | None:
+    """``"auto"`` or ``"auto:low:high[:resolution]"`` -> a :class:`LevelSearch`; None otherwise.
+
+    >>> parse_auto("auto:0.3:0.99:0.01").grid()[:2], parse_auto("0.5,0.9") is None
+    ((0.3, 0.31), True)
+    """
+    head, _, rest = text.strip().partition(":")
+    if head.strip().lower() != AUTO:
+        return None
+    try:
+        parts = [float(p) for p in rest.split(":")] if rest.strip() else []
+    except ValueError:
+        raise PrunelabError(
+            f"cannot parse levels '{text}': use 'auto' or 'auto:low:high[:resolution]'"
+        ) from None
+    if len(parts) not in (0, 2, 3):
+        raise PrunelabError(f"levels '{text}': use 'auto' or 'auto:low:high[:resolution]'")
+    return LevelSearch(*parts, max_drop=max_drop)  # type: ignore[arg-type]
+
+
 def check_levels(levels: tuple[float, ...]) -> tuple[float, ...]:
     if not levels:
         raise PrunelabError("at least one sparsity level is needed")
@@ -175,6 +231,7 @@ class SweepSpec:
     search_trials: int = 20
     sensitivity_scan: bool = True  # one-layer-at-a-time scan of the dense model, for the report
     folds: int = 0  # k-fold cross-validation over train+val for the recommendation (0: off)
+    search: LevelSearch | None = None  # levels = "auto": searched per configuration, not laddered
 
     def __post_init__(self) -> None:
         check_levels(self.levels)
@@ -262,7 +319,10 @@ class SweepSpec:
                 raise PrunelabError(f"weights file {weights} not found")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        raw = dataclasses.asdict(self)
+        if self.search is None:  # ladder sweeps keep the spec (and resume) they had before
+            del raw["search"]
+        return raw
 
 
 _LIST_FIELDS = {
@@ -282,6 +342,15 @@ def spec_from_dict(raw: dict[str, Any]) -> SweepSpec:
     ``latency = true`` adds the measured-latency metrics (batch 1, batch 256, threads).
     """
     raw = dict(raw)
+    max_drop = raw.pop("max_drop", None)
+    if max_drop is not None:
+        if not isinstance(raw.get("levels"), str) or parse_auto(raw["levels"]) is None:
+            raise PrunelabError(
+                "max_drop in a sweep is the tolerance of levels = 'auto'; without it, give the "
+                "report's tolerance to `prunelab report --max-drop`"
+            )
+        if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)):
+            raise PrunelabError(f"max_drop must be a number, got {max_drop!r}")
     latency = raw.pop("latency", False)  # opt-in measured latency: three more metrics
     if not isinstance(latency, bool):
         raise PrunelabError(f"latency must be true or false, got {latency!r}")
@@ -303,9 +372,15 @@ def spec_from_dict(raw: dict[str, Any]) -> SweepSpec:
             elif key in ("dense", "finetune"):
                 kw[key] = table(TrainConfig, key, value)
             elif key == "levels":
-                kw[key] = (
-                    parse_levels(value) if isinstance(value, str) else tuple(map(float, value))
-                )
+                search = parse_auto(value, max_drop) if isinstance(value, str) else None
+                if search is not None:
+                    kw["search"] = search
+                else:
+                    kw[key] = (
+                        parse_levels(value) if isinstance(value, str) else tuple(map(float, value))
+                    )
+            elif key == "search":
+                kw[key] = value if isinstance(value, LevelSearch) else LevelSearch(**value)
             elif key == "seeds":
                 kw[key] = tuple(int(s) for s in value)
             elif key in _LIST_FIELDS:
