@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from prunelab.decide.analysis import Recommendation
 from prunelab.decide.units import Units
 from prunelab.errors import PrunelabError
-from prunelab.report.run import report_run, run_recommendation, run_units
+from prunelab.report.run import report_run, run_recommendation, run_records, run_units
 from prunelab.ship.export import Exported
 from prunelab.ship.from_run import export_cell
 from prunelab.sources import memory
@@ -58,10 +58,14 @@ class SweepResult:
         max_drop: float | None = None,
         min_value: float | None = None,
         metric: str | None = None,
+        confidence: float = 0.95,
     ) -> Recommendation:
         """Highest sparsity within ``max_drop`` (points for fractions such as accuracy, else the
-        metric's units; None: the task's default tolerance)."""
-        return run_recommendation(self.results(), self.units, metric, max_drop, min_value)
+        metric's units; None: the task's default tolerance), by a one-sided non-inferiority
+        test at ``confidence`` (paired bootstrap over validation rows and seeds)."""
+        df = self.results()
+        records = run_records(self.run_dir, df)
+        return run_recommendation(df, self.units, metric, max_drop, min_value, confidence, records)
 
     def report(self, max_drop: float | None = None) -> Path:
         """Write plots, summary.md and report.html; returns the HTML page's path."""

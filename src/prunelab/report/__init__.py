@@ -9,6 +9,7 @@ Reads the results table only (``prunelab.sweep.store.load_results(run_dir)``), n
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -103,6 +104,13 @@ def make_plots(df: pd.DataFrame, plot_dir: Path, extras: ReportExtras) -> dict[s
     return out
 
 
+def _summary_of(recommendation: object) -> str:
+    """The recommendation's paragraph, when the report was given one as a mapping."""
+    if isinstance(recommendation, Mapping):
+        return str(recommendation.get("summary", ""))
+    return ""
+
+
 def build_report(
     run_dir: Path | str, df: pd.DataFrame, extras: ReportExtras | None = None
 ) -> ReportPaths:
@@ -127,6 +135,7 @@ def build_report(
         title=extras.title or "prunelab summary",
         original=extras.original,
         units=extras.units or default_units(),
+        recommendation=_summary_of(extras.recommendation),
     )
     html = run_dir / "report.html"
     html.write_text(render_html(df, plots, extras), encoding="utf-8")

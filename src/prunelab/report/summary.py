@@ -93,9 +93,11 @@ def render_summary(
     units: Units,
     title: str = "prunelab sweep summary",
     original: Mapping[str, float] | None = None,
+    recommendation: str = "",
 ) -> str:
     """The Markdown text in the run's primary metric (``units.primary``): dense baseline,
-    results by level (mean ± std over seeds), best method per level.
+    results by level (mean ± std over seeds), best method per level, and the recommendation
+    (its paragraph: rule, reference, interval) when given.
 
     >>> from prunelab.decide.analysis import default_units
     >>> df = pd.DataFrame({"method": ["dense", "magnitude"], "level": [0.0, 0.5],
@@ -109,6 +111,8 @@ def render_summary(
     lines += ["## Dense baseline", ""] + _dense_lines(df, units, original)
     lines += ["", "## Results by level (mean ± std over seeds)", ""] + _level_lines(df, units)
     lines += ["", f"## Best method per level (by {metric})", ""] + _best_lines(df, metric, units)
+    if recommendation:
+        lines += ["", "## Recommendation", "", recommendation]
     return "\n".join(lines) + "\n"
 
 

@@ -29,21 +29,30 @@ from prunelab.training import StepCallback
 class Context:
     """What all cells of a sweep share: data, the task, the dense model and its outputs."""
 
-    data: Any  # the task kind's bundle (train/val/test splits)
+    data: Any  # the task kind's bundle (train/val/test splits; val: the rows the decision reads)
     dense: nn.Module  # the dense model every cell starts from (copied, never changed)
     task: Task
     refs: dict[str, Any]  # the task's references: the dense model's outputs per split, ...
     example: Any  # one input row of the task's dtype (tracing, MAC counts)
-    dense_metrics: dict[str, float] = field(default_factory=dict)  # the model as given, on test
+    dense_metrics: dict[str, float] = field(default_factory=dict)  # the model as given: test, val_*
     memo: dict[tuple, Any] = field(default_factory=dict)  # per-process: scores, scans
     data_hash: str = ""  # fingerprint of the data as given (checked when a sweep resumes)
+    original_records: dict[str, Any] = field(default_factory=dict)  # the model as given, on val
+    tuning: Any = None  # the bundle whose val is the tuning slice (None: nothing tunes)
 
     @classmethod
     def build(
         cls, cell: Cell, cache_dir: Path | None = None, on_step: StepCallback | None = None
     ) -> Context:
         """Data, task and dense model of ``cell``'s sweep; ``on_step(step, total)`` follows a
-        dense training when one is needed (not cached)."""
+        dense training when one is needed (not cached).
+
+        Cross-validation: a dense model prunelab trains is trained once per fold, on that
+        fold's training rows (train and validation pooled, the fold held out); a pretrained one
+        keeps its training rows, and the folds cut the validation rows only. A tuning slice
+        (``cell.tune_fraction``) is then cut from the validation rows: allocations and schedules
+        tune on it, every cell is measured on the rest.
+        """
         d = cell.data
         data = resolve.load_bundle(d.name, d.loader, d.reader, d.path, **d.loader_kwargs())
         task = task_of(cell, data)
@@ -51,10 +60,15 @@ class Context:
             cell.model, cell.weights, data, cell.train_dense, d.seed,
             lambda m: task.check_model(m, data),
         )  # fmt: skip
+        data_hash = data.fingerprint()  # of the data as given (before any fold split)
+        if cell.fold >= 0:  # prunelab's dense model trains on the fold's rows: pooled folds
+            data = task.fold(data, cell.folds, cell.fold, d.seed, pooled=src.cache is not None)
         dense = src.module
         if src.cache is not None:
             name, key = src.cache
             key = {**key, "cfg": cell.dense.identity(), "seed": d.seed}
+            if cell.fold >= 0:
+                key["fold"] = f"{cell.fold}/{cell.folds}"
             dense = trained(dense, name, key, data, cell.dense, cache_dir, d.seed, task, on_step)
         dense = dense.eval()
         targets = select_targets(dense, cell.include or None, cell.exclude or None, cell.prune_last)
@@ -64,14 +78,30 @@ class Context:
                 "(check include/exclude)"
             )
         task = task.with_dense(dense)
-        data_hash = data.fingerprint()  # of the data as given (before any fold split)
-        if cell.fold >= 0:  # the dense model is the same for every fold; the splits are not
-            data = task.fold(data, cell.folds, cell.fold, d.seed)
+        tuning = None
+        if cell.tune_fraction > 0:
+            tuning, data = task.split_val(data, cell.tune_fraction, d.seed)
         refs = task.references(dense, data)
         example = task.example_input(data.test)
         metrics = task.evaluate(dense, data.test, refs["test"], refs["test"])
+        val, original = task.scored(dense, data.val, refs["val"])
+        metrics.update({f"val_{k}": v for k, v in val.items()})
         metrics.update(footprint(dense, dense, None, targets.values(), example, dense))
-        return cls(data, dense, task, refs, example, metrics, data_hash=data_hash)
+        return cls(data, dense, task, refs, example, metrics, data_hash=data_hash,
+                   original_records=original, tuning=tuning)  # fmt: skip
+
+    def tuning_data(self) -> Any:
+        """The bundle allocations and schedules tune on: its val is the tuning slice when the
+        sweep cut one, else the validation split itself."""
+        return self.data if self.tuning is None else self.tuning
+
+    def tuning_refs(self) -> Any:
+        """The dense model's outputs on :meth:`tuning_data`'s validation rows (memoised)."""
+        if self.tuning is None:
+            return self.refs["val"]
+        if ("tuning_refs",) not in self.memo:
+            self.memo[("tuning_refs",)] = self.task.predict(self.dense, self.tuning.val)
+        return self.memo[("tuning_refs",)]
 
     def dense_copy(self) -> nn.Module:
         """A fresh copy of the dense model (each cell prunes its own)."""

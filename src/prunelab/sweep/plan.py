@@ -14,6 +14,7 @@ from prunelab.recover.schedules import parse_schedule
 from prunelab.sources import resolve
 from prunelab.sources.hashing import content_key
 from prunelab.sweep.cell import Cell
+from prunelab.sweep.model_aware import MODEL_AWARE
 from prunelab.sweep.spec import SweepSpec
 from prunelab.tasks import TASKS
 
@@ -35,6 +36,7 @@ def expand_cells(spec: SweepSpec) -> list[Cell]:
         "train_dense": spec.train_dense,
         "task": spec.task,
         "source": source_hash(spec),
+        "tune_fraction": spec.tune_fraction if tunes_on_validation(spec) else 0.0,
     }
     dense = {"method": "dense", "allocation": "-", "structure": None, "schedule": None}
     cells = [Cell(**dense, level=0.0, seed=seed, **common) for seed in spec.seeds]
@@ -64,6 +66,15 @@ def expand_cells(spec: SweepSpec) -> list[Cell]:
             for f in range(spec.folds)
         ]
     return cells
+
+
+def tunes_on_validation(spec: SweepSpec) -> bool:
+    """True when an allocation (sensitivity, searched) or a schedule (adaptive) of the sweep
+    tunes on validation rows: then they get a tuning slice and the decision the rest."""
+    schedules = (parse_schedule(s) for s in spec.schedules)
+    return any(a in MODEL_AWARE for a in spec.allocations) or any(
+        getattr(s, "tunes_on_validation", False) for s in schedules
+    )
 
 
 def source_hash(spec: SweepSpec) -> str:

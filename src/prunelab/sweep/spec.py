@@ -147,7 +147,8 @@ class SweepSpec:
     exclude: tuple[str, ...] = ()
     search_trials: int = 20
     sensitivity_scan: bool = True  # one-layer-at-a-time scan of the dense model, for the report
-    folds: int = 0  # k-fold cross-validation over train+val for the recommendation (0: off)
+    folds: int = 0  # k-fold cross-validation for the recommendation (0: off)
+    tune_fraction: float = 0.5  # validation share sensitivity/searched/adaptive tune on
 
     def __post_init__(self) -> None:
         check_levels(self.levels)
@@ -156,6 +157,11 @@ class SweepSpec:
                 raise PrunelabError(f"sweep needs at least one of '{name}'")
         if self.folds == 1 or self.folds < 0:
             raise PrunelabError(f"folds must be 0 (off) or >= 2, got {self.folds}")
+        if not 0 < self.tune_fraction < 1:
+            raise PrunelabError(
+                f"tune_fraction is the validation share that tunes, in (0, 1); got "
+                f"{self.tune_fraction}"
+            )
         if self.calibration_batches < 1:
             raise PrunelabError("calibration_batches must be >= 1")
         self.validate_names()
@@ -209,7 +215,10 @@ class SweepSpec:
             METRICS.get(m)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if self.tune_fraction == 0.5:  # runs stored before tuning slices resume unchanged
+            del out["tune_fraction"]
+        return out
 
 
 _LIST_FIELDS = {
