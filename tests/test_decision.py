@@ -112,3 +112,25 @@ def test_a_sweep_that_tunes_nothing_decides_on_every_validation_row():
     cell = expand_cells(_spec())[0]
     assert cell.tune_fraction == 0.0
     assert len(Context.build(cell).data.val) == len(load_dataset("digits").val)
+
+
+def test_pretrained_weights_recover_with_warmup_and_decay_unless_the_table_says_otherwise():
+    """examples/pytorch as shipped (weights, a [finetune] table with epochs only): warmup and
+    cosine decay. A table that sets lr, schedule or warmup is used as written, and its cells
+    keep the ids they had; a model prunelab trains keeps the constant default."""
+    from pathlib import Path
+
+    from prunelab.sweep import load_spec
+    from prunelab.training import TrainConfig
+
+    toml = Path(__file__).resolve().parents[1] / "examples" / "pytorch" / "sweep.toml"
+    raw = load_spec(toml)
+    spec = spec_from_dict(raw)
+    assert (spec.finetune.schedule, spec.finetune.warmup, spec.finetune.lr) == ("cosine", 0.1, 1e-3)
+    explicit = {"epochs": 1, "lr": 1e-3}
+    own = spec_from_dict({**raw, "finetune": explicit})
+    assert own.finetune == TrainConfig(**explicit)  # as before: same cell ids
+    assert _spec().finetune == TrainConfig(epochs=0)  # mlp-tiny: trained by prunelab
+    assert spec_from_dict({"model": "mlp-tiny"}).finetune == TrainConfig(epochs=1)
+    cells = {c.finetune for s in (spec, own) for c in expand_cells(s) if c.method == "dense"}
+    assert cells == {spec.finetune, own.finetune}

@@ -25,7 +25,14 @@ from prunelab.sources import memory
 from prunelab.sources.user import bundle_from
 from prunelab.sweep.executors import make_executor
 from prunelab.sweep.run import SweepOutcome, run_sweep
-from prunelab.sweep.spec import CustomMetricSpec, DataSpec, SweepSpec, TaskSpec
+from prunelab.sweep.spec import (
+    CustomMetricSpec,
+    DataSpec,
+    SweepSpec,
+    TaskSpec,
+    is_pretrained,
+    recovery_config,
+)
 from prunelab.sweep.store import load_results
 from prunelab.training import TrainConfig
 
@@ -164,7 +171,7 @@ def sweep(
         schedules=tuple(schedules),
         levels=tuple(float(v) for v in levels),
         seeds=tuple(seeds),
-        finetune=finetune or TrainConfig(epochs=1),
+        finetune=finetune or recovery_config(None, is_pretrained(model_name, weights)),
         sensitivity_scan=sensitivity_scan,
     )
     run_dir = Path(out)

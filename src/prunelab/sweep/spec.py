@@ -18,7 +18,7 @@ from prunelab.prune.structures import parse_structure
 from prunelab.recover.schedules import parse_schedule
 from prunelab.sources.data import DATASETS
 from prunelab.sources.memory import MEMORY_PREFIX
-from prunelab.sources.models.zoo import check_model_name
+from prunelab.sources.models.zoo import PRETRAINED, check_model_name
 from prunelab.sources.readers import READERS
 from prunelab.sources.resolve import is_model_file
 from prunelab.sources.user import is_import_path, load_object
@@ -221,6 +221,42 @@ class SweepSpec:
         return out
 
 
+#: Recovery of a pretrained dense model unless the [finetune] table sets ``lr``, ``schedule`` or
+#: ``warmup``: warmed up over 10 % of the steps, then decayed to 0 (cosine), so the dense control
+#: ends at a small lr instead of drifting from converged weights at a constant one. On the
+#: examples/pytorch CNN (1 epoch) the dense control then scores 94.6 % test vs 93.6 % as given,
+#: and magnitude at 0.7 keeps 94.6 %; a lower peak (3e-4 / 1e-4) left 0.7 at 91.3 % / 89.2 %
+PRETRAINED_RECOVERY: dict[str, Any] = {"schedule": "cosine", "warmup": 0.1}
+EXPLICIT_RECOVERY = ("lr", "schedule", "warmup")  # keys that make a [finetune] table explicit
+
+
+def is_pretrained(model: str, weights: str | None) -> bool:
+    """True when the dense model comes with its weights (a weights file, a shipped pretrained
+    model, an in-memory module, a model file): prunelab does not train it."""
+    return (
+        weights is not None
+        or model in PRETRAINED
+        or model.startswith(MEMORY_PREFIX)
+        or is_model_file(model)
+    )
+
+
+def recovery_config(raw: dict[str, Any] | None, pretrained: bool) -> TrainConfig:
+    """The [finetune] table as a config: for a pretrained model whose table sets none of
+    :data:`EXPLICIT_RECOVERY`, :data:`PRETRAINED_RECOVERY` fills them (explicit tables keep
+    their values, and their cells keep their ids).
+
+    >>> recovery_config({"epochs": 2}, pretrained=True).schedule
+    'cosine'
+    >>> recovery_config({"lr": 1e-3}, pretrained=True).schedule
+    'constant'
+    """
+    raw = {"epochs": 1, **(raw or {})}
+    if pretrained and not set(EXPLICIT_RECOVERY) & set(raw):
+        raw = {**raw, **PRETRAINED_RECOVERY}
+    return TrainConfig(**raw)
+
+
 _LIST_FIELDS = {
     "methods",
     "allocations",
@@ -256,7 +292,7 @@ def spec_from_dict(raw: dict[str, Any]) -> SweepSpec:
                 kw[key] = DataSpec(**value)
             elif key == "task":
                 kw[key] = TaskSpec.from_dict(value)
-            elif key in ("dense", "finetune"):
+            elif key == "dense":
                 kw[key] = TrainConfig(**value)
             elif key == "levels":
                 kw[key] = (
@@ -266,8 +302,11 @@ def spec_from_dict(raw: dict[str, Any]) -> SweepSpec:
                 kw[key] = tuple(int(s) for s in value)
             elif key in _LIST_FIELDS:
                 kw[key] = (value,) if isinstance(value, str) else tuple(value)
-            else:
+            elif key != "finetune":
                 kw[key] = value
+        model = str(raw.get("model", SweepSpec.model))
+        pretrained = is_pretrained(model, raw.get("weights"))
+        kw["finetune"] = recovery_config(raw.get("finetune"), pretrained)
     except TypeError as e:
         raise PrunelabError(f"bad sweep option: {e}") from None
     return SweepSpec(**kw)
