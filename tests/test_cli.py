@@ -285,6 +285,13 @@ def test_one_seed_interval_has_width_and_names_its_reference(run_dir):
     assert re.search(r"95% bounds \[[-+]0\.\d{4}, [-+]0\.\d{4}\]", first), first
     assert f"Reference: the {rec.reference}" in first and "non-inferiority" in first
     assert "the interval is a point" not in first
+    narrower = run_recommendation(df, run_units(run_dir), max_drop=tol, confidence=0.8,
+                                  records=records)  # fmt: skip
+    assert narrower.interval[1] - narrower.interval[0] < hi - lo
+    at80 = invoke("recommend", str(run_dir), "--max-drop", f"{tol:.10f}", "--confidence", "0.8")
+    assert "80% bounds" in at80.output and "at 80% confidence" in at80.output
+    bad = invoke("recommend", str(run_dir), "--confidence", "1.5")
+    assert bad.exit_code == 2 and "confidence must be in [0.5, 1)" in bad.output
 
 
 def test_recommend_reports_when_no_level_holds(run_dir):

@@ -94,7 +94,7 @@ def test_tuning_allocations_never_read_the_rows_the_decision_uses(allocation, mo
 
     monkeypatch.setattr(model_aware, "sensitivity_analysis", scan)
     monkeypatch.setattr(model_aware, "search_allocation", search)
-    spec = _spec(allocations=[allocation], search_trials=2)
+    spec = _spec(allocations=[allocation], search_trials=2, tune_fraction=0.4)  # TOML key
     cells = expand_cells(spec)
     assert {c.tune_fraction for c in cells} == {spec.tune_fraction}
     cell = next(c for c in cells if c.allocation == allocation)
@@ -105,7 +105,7 @@ def test_tuning_allocations_never_read_the_rows_the_decision_uses(allocation, mo
     assert read and all(r and not r & decided for r in read)
     assert all(r <= _rows(digits.val.x) for r in read)  # a slice of the validation split
     assert res.row["tune_rows"] + len(ctx.data.val) == len(digits.val)
-    assert res.row["tune_rows"] == len(ctx.tuning.val) == round(spec.tune_fraction * 200)
+    assert res.row["tune_rows"] == len(ctx.tuning.val) == 80  # 0.4 of digits' 200
 
 
 def test_a_sweep_that_tunes_nothing_decides_on_every_validation_row():
