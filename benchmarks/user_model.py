@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from prunelab.decide.analysis import points
-from prunelab.report.run import run_recommendation
+from prunelab.report.run import run_recommendation, run_records, run_units
 from prunelab.sweep.store import load_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +44,8 @@ def main() -> None:
         check=True,
     )
     df = load_results(args.out)
-    rec = run_recommendation(df, "accuracy", 0.5)
+    records = run_records(args.out, df)
+    rec = run_recommendation(df, run_units(args.out), "accuracy", 0.5, records=records)
     dense = df[df.method == "dense"].accuracy.mean()
     print("\n## Test accuracy by level (mean over seeds), drop vs the dense control\n")
     print("| method | level | test accuracy | drop (pt) | val drop (pt) |")
@@ -60,7 +61,7 @@ def main() -> None:
         if drop > points(0.5) and method not in crossing:
             crossing[method] = level
     print(f"\ndense control test accuracy {dense:.4f}")
-    print(f"\nrecommendation (validation, 0.5 pt, 95 % bootstrap over seeds): {rec.summary()}")
+    print(f"\nrecommendation (validation, 0.5 pt, paired bootstrap over rows and seeds): {rec.summary()}")
     for method, level in sorted(crossing.items()):
         print(f"- {method}: test drop first exceeds 0.5 pt at level {level:g}")
 

@@ -98,3 +98,78 @@ def test_task_contract(kind):
     row, arrays = task.measure(model, data, refs)
     assert task.primary in row and f"val_{task.primary}" in row
     assert all(hasattr(a, "dtype") for a in arrays.values())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_records_recompute_the_validation_metrics(kind):
+    """Per-example validation records are stored with every cell, and each statistic the kind
+    offers gives back the validation metric it measured (every weight 1), whatever the scale of
+    the weights; the primary metric always has one (the decision resamples it)."""
+    import numpy as np
+
+    from prunelab.tasks.base import RECORDS
+
+    task, model, data = _case(kind)
+    refs = task.references(model, data)
+    row, arrays = task.measure(model, data, refs)
+    records = {k.removeprefix(RECORDS): v for k, v in arrays.items() if k.startswith(RECORDS)}
+    assert records and task.statistic(task.primary) is not None
+    n = {len(v) for k, v in records.items() if not k.startswith("det_")}
+    assert len(n) == 1  # one row per validation example (detections: per image)
+    ones = np.ones((2, n.pop()))
+    for metric, stat in task.statistics.items():
+        if f"val_{metric}" not in row:
+            continue
+        got = stat(records, ones * np.array([[1.0], [3.0]]))  # (2,): weights 1 and 3
+        assert got == pytest.approx([row[f"val_{metric}"]] * 2, rel=1e-6, abs=1e-6), metric
+
+
+def test_weighted_statistics_equal_the_metrics_of_a_resampled_split():
+    """Weights are multiplicities: an example drawn twice counts as if it were there twice
+    (classification on logits; detection mAP against pycocotools on the repeated scenes)."""
+
+    from prunelab.measure.detection import coco_map
+    from prunelab.tasks.detection import truth_of
+
+    g = torch.Generator().manual_seed(0)
+    task, model, data = _case("classification")
+    logits, ref = torch.randn(24, 10, generator=g), torch.randn(24, 10, generator=g)
+    records = task.records(data.val, logits, ref)
+    counts = torch.randint(0, 3, (24,), generator=g)
+    idx = torch.repeat_interleave(torch.arange(24), counts)
+    split = Split(data.val.x[idx], data.val.y[idx])
+    want = task.evaluate(model, split, ref[idx], logits[idx])
+    w = counts.double().numpy()[None, :]  # (1, 24)
+    for metric in ("accuracy", "macro_f1", "loss", "agreement", "kl"):
+        assert task.statistic(metric)(records, w)[0] == pytest.approx(want[metric]), metric
+
+    task, _, scenes = _case("detection")
+    truth = truth_of(scenes.val)
+    preds = [_noisy_detections(t, task.num_classes, i) for i, t in enumerate(truth)]
+    records = task.records(scenes.val, preds, None)
+    assert 0 < records["det_tp"][:, 0].sum() < len(records["det_score"])  # hits and misses
+    for seed in range(3):
+        c = torch.randint(0, 3, (len(truth),), generator=torch.Generator().manual_seed(seed))
+        rep = [i for i in range(len(truth)) for _ in range(int(c[i]))]
+        coco = coco_map([preds[i] for i in rep], [truth[i] for i in rep], task.num_classes)
+        w = c.double().numpy()[None, :]
+        for metric in ("map50", "map"):
+            assert task.statistic(metric)(records, w)[0] == pytest.approx(coco[metric], abs=1e-9)
+
+
+def _noisy_detections(t, num_classes: int, seed: int):
+    """A detector's output near the truth: each box jittered (some far off, some relabelled),
+    plus spurious boxes; seeded scores with ties."""
+    from prunelab.sources.models.boxes import Detections
+
+    g = torch.Generator().manual_seed(seed)
+    n = len(t.boxes)
+    boxes = t.boxes + 4 * torch.randn(n, 4, generator=g)
+    extra = torch.rand(3, 2, generator=g) * 40
+    boxes = torch.cat([boxes, torch.cat([extra, extra + 8], 1)])  # (n + 3, 4)
+    boxes[:, 2:] = torch.maximum(boxes[:, 2:], boxes[:, :2] + 1)
+    labels = torch.cat([t.labels, torch.randint(0, num_classes, (3,), generator=g)])
+    flip = torch.rand(n + 3, generator=g) < 0.2
+    labels[flip] = torch.randint(0, num_classes, (int(flip.sum()),), generator=g)
+    scores = (torch.rand(n + 3, generator=g) * 10).round() / 10  # ties across images
+    return Detections(boxes, scores, labels)

@@ -305,8 +305,10 @@ def test_detection_sweep_scan_recommend_report(tmp_path, monkeypatch):
         scan = store.get_meta(SCAN_KEY)
     assert scan and {r["metric_name"] for r in scan} == {"map50"}
     assert all(r["drop"] == 0.0 for r in scan if r["level"] == 0.0)
-    res = runner.invoke(app, ["recommend", str(out), "--max-drop", "0.05"])
+    # 40 validation scenes: the upper bound sits ~0.6 pt above the point drop; 1 point holds
+    res = runner.invoke(app, ["recommend", str(out), "--max-drop", "1"])
     assert res.exit_code == 0 and "map50" in res.output, res.output
+    assert "paired bootstrap over the 40 val rows" in res.output, res.output
     res = runner.invoke(app, ["report", str(out)])
     assert res.exit_code == 0, res.output
     assert (out / "plots" / "curve_map50.png").is_file()

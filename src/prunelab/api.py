@@ -19,7 +19,13 @@ from prunelab.decide.analysis import Recommendation
 from prunelab.decide.units import Units
 from prunelab.device import Placement
 from prunelab.errors import PrunelabError
-from prunelab.report.run import report_run, run_recommendation, run_units, search_max_drop
+from prunelab.report.run import (
+    report_run,
+    run_recommendation,
+    run_records,
+    run_units,
+    search_max_drop,
+)
 from prunelab.ship.export import Exported
 from prunelab.ship.from_run import export_cell
 from prunelab.sources import memory
@@ -31,8 +37,10 @@ from prunelab.sweep.spec import (
     DataSpec,
     SweepSpec,
     TaskSpec,
+    is_pretrained,
     parse_auto,
     parse_levels,
+    recovery_config,
 )
 from prunelab.sweep.store import Store, load_results
 from prunelab.training import TrainConfig
@@ -86,14 +94,18 @@ class SweepResult:
         max_drop: float | None = None,
         min_value: float | None = None,
         metric: str | None = None,
+        confidence: float = 0.95,
     ) -> Recommendation:
         """Highest sparsity within ``max_drop`` (points for fractions such as accuracy, else the
         metric's units; None: the tolerance of a ``levels="auto"`` search, else the task's
-        default)."""
+        default), by a one-sided non-inferiority test at ``confidence`` (paired bootstrap over
+        validation rows and seeds)."""
         if min_value is None:
             max_drop = search_max_drop(self.run_dir, metric or self.units.primary, self.units,
                                        max_drop)  # fmt: skip
-        return run_recommendation(self.results(), self.units, metric, max_drop, min_value)
+        df = self.results()
+        records = run_records(self.run_dir, df)
+        return run_recommendation(df, self.units, metric, max_drop, min_value, confidence, records)
 
     def report(self, max_drop: float | None = None) -> Path:
         """Write plots, summary.md and report.html; returns the HTML page's path."""
@@ -244,7 +256,7 @@ def sweep(
         schedules=tuple(schedules),
         **_levels(levels, max_drop),
         seeds=tuple(seeds),
-        finetune=finetune or TrainConfig(epochs=1),
+        finetune=finetune or recovery_config(None, is_pretrained(model_name, weights)),
         sensitivity_scan=sensitivity_scan,
     )
     run_dir = Path(out)

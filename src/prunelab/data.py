@@ -39,6 +39,10 @@ class Split:
         """The first ``n`` examples (all when ``n`` is None)."""
         return self if n is None or n >= len(self) else Split(self.x[:n], self.y[:n])
 
+    def take(self, idx: Tensor) -> Split:
+        """The rows ``idx`` (in that order)."""
+        return Split(self.x[idx], self.y[idx])
+
     def batches(
         self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
     ) -> Iterator[tuple[Tensor, Tensor]]:
@@ -95,31 +99,40 @@ def split_train_val(x: Tensor, y: Tensor, val_size: int, seed: int) -> tuple[Spl
     return Split(x[train_idx], y[train_idx]), Split(x[val_idx], y[val_idx])
 
 
-def kfold_bundle(bundle: DataBundle, k: int, fold: int, seed: int) -> DataBundle:
-    """Fold ``fold`` of ``k``: train and val pooled, one seeded fold held out as validation.
+def kfold_bundle(
+    bundle: DataBundle, k: int, fold: int, seed: int, pooled: bool = True
+) -> DataBundle:
+    """Fold ``fold`` of ``k``: one seeded fold held out as validation, the test split untouched.
 
-    The test split is untouched. Folds partition the pooled rows (sizes differ by at most one).
+    ``pooled`` (a dense model prunelab trains per fold): train and validation rows are pooled,
+    the fold validates and the rest trains. Not pooled (a pretrained dense model, which may have
+    seen every training row): the folds cut the validation rows only and every fold trains on
+    the training rows. Folds partition the rows they cut (sizes differ by at most one).
 
     >>> from prunelab.sources.data import load_dataset
     >>> d = load_dataset("digits")
     >>> folds = [kfold_bundle(d, 3, f, seed=0) for f in range(3)]
     >>> sum(len(f.val) for f in folds) == len(d.train) + len(d.val)
     True
-    >>> len(folds[0].test) == len(d.test)
-    True
+    >>> held = [kfold_bundle(d, 3, f, seed=0, pooled=False) for f in range(3)]
+    >>> sum(len(f.val) for f in held) == len(d.val), held[0].train is d.train
+    (True, True)
     """
     if not 0 <= fold < k:
         raise PrunelabError(f"fold must be in [0, {k}), got {fold}")
-    x = torch.cat([bundle.train.x, bundle.val.x])  # (N_train + N_val, ...)
-    y = torch.cat([bundle.train.y, bundle.val.y])
+    if pooled:
+        x = torch.cat([bundle.train.x, bundle.val.x])  # (N_train + N_val, ...)
+        y = torch.cat([bundle.train.y, bundle.val.y])
+    else:
+        x, y = bundle.val.x, bundle.val.y
+    if x.shape[0] < k:
+        raise PrunelabError(f"{k} folds need at least {k} rows to cut, got {x.shape[0]}")
     order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
     held = torch.zeros(x.shape[0], dtype=torch.bool)
     held[order[fold::k]] = True
+    train = Split(x[~held], y[~held]) if pooled else bundle.train
     return DataBundle(
-        f"{bundle.name} fold {fold}/{k}",
-        Split(x[~held], y[~held]),
-        Split(x[held], y[held]),
-        bundle.test,
+        f"{bundle.name} fold {fold}/{k}", train, Split(x[held], y[held]), bundle.test,
         bundle.num_classes,
         bundle.pad_id,
-    )
+    )  # fmt: skip

@@ -16,7 +16,13 @@ from prunelab.device import placement_options
 from prunelab.errors import PrunelabError
 from prunelab.measure import inference
 from prunelab.report.extras import ReportPaths
-from prunelab.report.run import report_run, run_recommendation, run_units, search_max_drop
+from prunelab.report.run import (
+    report_run,
+    run_recommendation,
+    run_records,
+    run_units,
+    search_max_drop,
+)
 from prunelab.ship.from_run import export_cell
 from prunelab.sources.data.fetch import fetch_text_data as fetch
 from prunelab.sources.models import default_cache_dir
@@ -98,7 +104,7 @@ def sweep(
     dense_epochs: Annotated[float | None, typer.Option(help="dense training epochs")] = None,
     metrics: Annotated[str | None, typer.Option(help="extra metrics, comma-separated")] = None,
     folds: Annotated[
-        int | None, typer.Option(help="k-fold cross-validation over train+val (k >= 2)")
+        int | None, typer.Option(help="k-fold cross-validation for the decision (k >= 2)")
     ] = None,
     workers: Annotated[int, typer.Option(help="parallel worker processes")] = 1,
     executor: Annotated[str, typer.Option(help="local or ray")] = "local",
@@ -228,6 +234,9 @@ def recommend(
     metric: Annotated[
         str | None, typer.Option(help="accuracy, agreement, ... (default: the task's primary)")
     ] = None,
+    confidence: Annotated[
+        float, typer.Option(help="confidence of the one-sided non-inferiority test, in [0.5, 1)")
+    ] = 0.95,
 ) -> None:
     """The highest sparsity whose validation metric holds with confidence, and the evidence."""
 
@@ -238,7 +247,9 @@ def recommend(
     units = run_units(run_dir)
     if min_value is None:  # a levels = "auto" run: the tolerance it searched with
         max_drop = search_max_drop(run_dir, metric or units.primary, units, max_drop)
-    rec = run_recommendation(load_results(run_dir), units, metric, max_drop, min_value)
+    df = load_results(run_dir)
+    records = run_records(run_dir, df)
+    rec = run_recommendation(df, units, metric, max_drop, min_value, confidence, records)
     typer.echo(rec.summary())
     if len(rec.evidence):
         ev = rec.evidence

@@ -33,10 +33,19 @@ import numpy as np
 import pandas as pd
 import torch
 
+from prunelab.decide.interval import N_BOOT
 from prunelab.decide.levels import credit as _credit
+from prunelab.decide.recommendation import Recommendation
+from prunelab.decide.reference import (
+    ORIGINAL,
+    Referenced,
+    RunRecords,
+    choose_reference,
+    resampled_evidence,
+)
 from prunelab.decide.units import Units
 from prunelab.errors import PrunelabError
-from prunelab.tasks import make_task
+from prunelab.tasks import TASKS, make_task
 
 log = logging.getLogger(__name__)
 CONFIG_COLUMNS = ("method", "allocation", "structure", "schedule", "ft_epochs")
@@ -201,62 +210,6 @@ def bootstrap_ci(
     return float(lo), float(hi)
 
 
-@dataclass(frozen=True)
-class Recommendation:
-    """The sparsity to ship, or ``level=None`` when no level meets the tolerance.
-
-    ``interval`` is the ``confidence`` bootstrap interval (over seeds) of the drop vs dense on
-    the selection split (metric units; with ``min_value`` it is the interval of the metric);
-    ``test_*`` are evidence on the test split, never used to choose.
-    """
-
-    level: float | None
-    config: dict[str, object] | None
-    metric: str
-    split: str
-    tolerance: str
-    confidence: float
-    interval: tuple[float, float] | None
-    value: float | None
-    test_value: float | None
-    test_interval: tuple[float, float] | None
-    n_seeds: int
-    evidence: pd.DataFrame
-    reason: str
-    requested: float | None = None  # the cells' requested level (differs when they stopped short)
-    folds: int = 0  # k of k-fold cross-validation (0: one fixed validation split)
-
-    @property
-    def method(self) -> str | None:
-        return None if self.config is None else str(self.config.get("method"))
-
-    def _replicates(self) -> str:
-        if not self.folds:
-            return f"{self.n_seeds} seed(s)"
-        return (
-            f"{self.n_seeds} replicates: {self.folds}-fold cross-validation x "
-            f"{self.n_seeds // self.folds} seed(s), fine-tuned on {self.folds - 1} folds and "
-            "validated on the held-out one"
-        )
-
-    def summary(self) -> str:
-        """One paragraph for the CLI and the report."""
-        if self.level is None:
-            return f"No level meets the tolerance ({self.tolerance}): {self.reason}"
-        cfg = ", ".join(f"{k}={v}" for k, v in (self.config or {}).items())
-        lo, hi = self.interval or (math.nan, math.nan)
-        text = (
-            f"Ship sparsity {self.level:g} ({cfg}): {self.split} {self.metric} "
-            f"{self.value:.4f}, {self.confidence:.0%} interval [{lo:.4f}, {hi:.4f}] "
-            f"({self.tolerance}; {self._replicates()})."
-        )
-        if self.requested is not None and abs(self.requested - self.level) > 1e-9:
-            text += f" The cells asked for {self.requested:g} and stopped at {self.level:g}."
-        if self.test_value is not None:
-            text += f" Test {self.metric}: {self.test_value:.4f}."
-        return text + (f" {self.reason}" if self.reason else "")
-
-
 def _paired(df: pd.DataFrame, column: str, sign: float) -> pd.Series:
     """Per row: drop vs the dense control of the same seed and fold (and fine-tune budget).
 
@@ -353,25 +306,47 @@ def recommend(
     split: str = "val",
     seed: int = 0,
     units: Units | None = None,
+    records: RunRecords | None = None,
+    n_boot: int = N_BOOT,
 ) -> Recommendation:
     """Highest sparsity whose metric holds with confidence, and the configuration reaching it.
 
     Tolerances are in metric units (``max_drop=0.005`` = 0.5 accuracy points; see
-    :func:`points`). A level *holds* when the whole ``confidence`` bootstrap interval over seeds
-    of its drop vs dense (paired by seed) is <= ``max_drop`` -- or of its metric is >=
-    ``min_value`` -- on ``split`` ('val' chooses without looking at test; test numbers are
-    reported as evidence). A configuration's usable levels are those holding at every lower
-    level too (a contiguous run from dense). Ties between configurations at the same level go
-    to the better mean metric. Levels are those the cells achieved (:func:`credited_levels`).
+    :func:`points`). The rule is a one-sided non-inferiority test: a level *holds* when the
+    upper ``confidence`` bound of its drop vs the reference is <= ``max_drop`` (or the lower
+    bound of its metric is >= ``min_value``) on ``split`` ('val' chooses without looking at
+    test; test numbers are reported as evidence). With per-example ``records`` (every sweep
+    stores them) the bound comes from a paired bootstrap over the validation examples and the
+    seeds (:mod:`prunelab.decide.interval`), and the reference is the better of the original
+    model and the dense control (:mod:`prunelab.decide.reference`); without them (runs before
+    records, a metric without a statistic, the test split) from a bootstrap over seeds alone
+    against the dense control (its two-sided interval's upper end, as before). A
+    configuration's usable levels are those holding at every lower level too (a contiguous run
+    from dense). Ties between configurations at the same level go to the better mean metric.
+    Levels are those the cells achieved (:func:`credited_levels`).
     """
     units = units or default_units()
     sign = units.sign(metric)
+    if not 0.5 <= confidence < 1.0:
+        raise PrunelabError(f"confidence must be in [0.5, 1), got {confidence}")
     folds = int(df["folds"].max()) if "folds" in df.columns and df["folds"].notna().any() else 0
     column = _column(metric, split)
     config = _check_results(df, column)
     dense_value = float(df.loc[df["method"] == "dense", column].mean())
     tolerance = _check_tolerance(units, metric, max_drop, min_value, dense_value)
-    ev = _evidence(_credit(df), config, metric, column, confidence, seed, sign)
+    df = _credit(df)
+    stat = _statistic(units, metric)
+    keys = config + ["level", "requested"]
+    resampled = split == "val" and stat is not None and records is not None
+    resampled = resampled and records.complete(df)  # type: ignore[union-attr]
+    ref = None
+    if resampled:
+        ref = choose_reference(df, stat, records, sign, confidence, n_boot, seed)
+        ev = resampled_evidence(df, keys, stat, records, ref, sign, confidence, n_boot, seed)
+        ev = ev.merge(_test_evidence(df, keys, metric, column, ref, records, sign, confidence,
+                                     seed), on=keys, how="left")  # fmt: skip
+    else:
+        ev = _evidence(df, config, metric, column, confidence, seed, sign)
     if ev.empty:
         raise PrunelabError("results have no pruned rows (only dense controls)")
     ev["holds"] = (
@@ -379,32 +354,110 @@ def recommend(
         if max_drop is not None
         else ev["value_lo"] >= min_value - 1e-12
     )
-    ev = ev.sort_values(config + ["level", "requested"]).reset_index(drop=True)
+    ev = ev.sort_values(keys).reset_index(drop=True)
     ev["usable"] = ev.groupby(config, dropna=False)["holds"].cummin()
+    context = _context(df, ev, ref, metric, split, confidence, resampled, max_drop is not None)
+    return _chosen(ev, config, metric, split, tolerance, confidence, sign, max_drop, folds, context)
+
+
+def _statistic(units: Units, metric: str):
+    """The task kind's statistic for ``metric`` (None: not recomputable from records)."""
+    if units.kind not in TASKS:
+        return None
+    return TASKS.get(units.kind).statistic(metric)
+
+
+def _context(
+    df: pd.DataFrame,
+    ev: pd.DataFrame,
+    ref: Referenced | None,
+    metric: str,
+    split: str,
+    confidence: float,
+    resampled: bool,
+    by_drop: bool,
+) -> dict[str, object]:
+    """The recommendation's reference, rule sentence, rows and warning."""
+    tune = df["tune_rows"].dropna() if "tune_rows" in df.columns else pd.Series(dtype=float)
+    out: dict[str, object] = {"tune_rows": int(tune.iloc[0]) if len(tune) else None}
+    what = "its drop vs the reference" if by_drop else f"its {metric}"
+    bound = "upper" if by_drop else "lower"
+    if resampled and ref is not None:
+        rows = int(ev["rows"].max())
+        out.update(reference=ref.name, references=ref.values, rows=rows,
+                   warning=ref.warning(metric, confidence))  # fmt: skip
+        tuned = (
+            f"; {out['tune_rows']} further validation rows tuned the allocation/schedule and "
+            "are never read by the decision"
+            if out["tune_rows"]
+            else ""
+        )
+        out["rule"] = (
+            f"Rule: a one-sided non-inferiority test at {confidence:.0%} confidence: a level "
+            f"holds when the {bound} {confidence:.0%} bound of {what} (paired bootstrap over "
+            f"the {rows} {split} rows and the seeds) is within the tolerance, every lower level "
+            f"holding too{tuned}."
+        )
+    else:
+        out["rule"] = (
+            f"Rule: a level holds when the {confidence:.0%} bootstrap interval over seeds of "
+            f"{what} (the dense control; {split} rows not resampled: no per-example records) "
+            "is within the tolerance, every lower level holding too."
+        )
+    return out
+
+
+def _test_evidence(
+    df: pd.DataFrame,
+    keys: list[str],
+    metric: str,
+    column: str,
+    ref: Referenced,
+    records: RunRecords,
+    sign: float,
+    confidence: float,
+    seed: int,
+) -> pd.DataFrame:
+    """Test value and drop (vs the same reference; a seed interval) per group, as evidence."""
+    if metric not in df.columns or column == metric:
+        return pd.DataFrame(columns=keys)
+    if ref.name == ORIGINAL and metric in records.original:
+        test_drop = sign * (records.original[metric] - df[metric])
+    else:
+        test_drop = _paired(df, metric, sign)
+    df = df.assign(_test_drop=test_drop)
+    rows = []
+    for key, g in df[df["method"] != "dense"].groupby(keys, dropna=False):
+        tlo, thi = bootstrap_ci(g["_test_drop"], confidence, seed=seed)
+        rows.append(dict(zip(keys, key), test_value=g[metric].mean(),
+                         test_drop=g["_test_drop"].mean(), test_drop_lo=tlo, test_drop_hi=thi))
+    return pd.DataFrame(rows)  # fmt: skip
+
+
+def _chosen(
+    ev: pd.DataFrame,
+    config: list[str],
+    metric: str,
+    split: str,
+    tolerance: str,
+    confidence: float,
+    sign: float,
+    max_drop: float | None,
+    folds: int,
+    context: dict,
+) -> Recommendation:
+    """The recommendation from the evidence table (or why there is none)."""
     ok = ev[ev["usable"]]
     note = "" if split == "val" else "Chosen on the test split: the estimate is optimistic."
     if ok.empty:
-        best = ev.loc[(ev["drop"] * 1.0).idxmin()]
+        best = ev.loc[ev["drop"].idxmin()]
         reason = (
             f"even the best pruned cell (level {best['level']:g}) drops "
-            f"{best['drop']:.4g} (interval up to {best['drop_hi']:.4g})"
+            f"{best['drop']:.4g} (bound {best['drop_hi']:.4g})."
         )
-        return Recommendation(
-            None,
-            None,
-            metric,
-            split,
-            tolerance,
-            confidence,
-            None,
-            None,
-            None,
-            None,
-            int(ev["n_seeds"].max()),
-            ev,
-            reason,
-            folds=folds,
-        )
+        return Recommendation(None, None, metric, split, tolerance, confidence, None, None, None,
+                              None, int(ev["n_seeds"].max()), ev, reason, folds=folds,
+                              **context)  # fmt: skip
     top = ok[ok["level"] == ok["level"].max()]
     best = top.loc[(sign * top["value"]).idxmax()]
     interval = (
@@ -412,8 +465,9 @@ def recommend(
         if max_drop is not None
         else (best["value_lo"], best["value_hi"])
     )
-    test_iv = (best["test_drop_lo"], best["test_drop_hi"]) if "test_value" in best else None
-    if int(best["n_seeds"]) < 2:
+    has_test = "test_value" in best and pd.notna(best["test_value"])
+    test_iv = (best["test_drop_lo"], best["test_drop_hi"]) if has_test else None
+    if int(best["n_seeds"]) < 2 and "rows" not in ev.columns:
         note = (note + " Single seed: the interval is a point, not a confidence statement.").strip()
     return Recommendation(
         float(best["level"]),
@@ -424,11 +478,13 @@ def recommend(
         confidence,
         (float(interval[0]), float(interval[1])),
         float(best["value"]),
-        float(best["test_value"]) if "test_value" in best else None,
+        float(best["test_value"]) if has_test else None,
         tuple(float(x) for x in test_iv) if test_iv else None,  # type: ignore[arg-type]
         int(best["n_seeds"]),
         ev,
         note,
         float(best["requested"]),
         folds=folds,
+        drop=float(best["drop"]) if max_drop is not None else None,
+        **context,
     )

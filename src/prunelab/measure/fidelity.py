@@ -45,10 +45,15 @@ def neighbour_overlap(emb: Tensor, ref: Tensor, k: int = 10) -> float:
     >>> neighbour_overlap(r, r, k=1), neighbour_overlap(r[[0, 2, 1, 3]], r, k=1)
     (1.0, 0.0)
     """
+    return float(neighbour_kept(emb, ref, k).double().mean())
+
+
+def neighbour_kept(emb: Tensor, ref: Tensor, k: int = 10) -> Tensor:
+    """(N,) fraction of each row's top-k reference neighbours that ``emb`` keeps."""
     _check(emb, ref)
     a, b = neighbours(emb, k), neighbours(ref, k)
     hits = (a.unsqueeze(2) == b.unsqueeze(1)).any(2).sum(1)  # (N, k, 1)==(N, 1, k) -> (N,)
-    return float(hits.double().mean() / k)
+    return hits.double() / k
 
 
 def fidelity(emb: Tensor, ref: Tensor, k: int = 10) -> dict[str, float]:

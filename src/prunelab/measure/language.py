@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -34,6 +35,7 @@ class LMScore:
     seq_len: int
     agreement: float | None = None  # fraction of positions with the dense model's argmax
     kl: float | None = None  # mean KL(dense || model) per token, dense top-k + rest
+    windows: dict[str, np.ndarray] = field(default_factory=dict)  # per-window sums (records)
 
     def as_dict(self) -> dict[str, float]:
         out = {"perplexity": self.perplexity, "nll": self.nll, "tokens": float(self.tokens)}
@@ -110,21 +112,27 @@ def evaluate_lm(
     """Perplexity on ``windows`` (and agreement/KL to ``reference``) in one pass."""
     was = model.training
     model.eval()
-    nll = kl = agree = 0.0
+    sums: dict[str, list[Tensor]] = {"nll": [], "agree": [], "kl": []}
     try:
         for i in range(0, len(windows), batch_size):
             ids = windows[i : i + batch_size]
             lp = _logprobs(model, ids)  # (B, T-1, V)
-            nll -= float(lp.gather(-1, ids[:, 1:, None]).sum())  # (B, T-1, 1)
+            sums["nll"].append(-lp.gather(-1, ids[:, 1:, None]).double().sum((1, 2)))  # (B,)
             if reference is not None:
                 sl = slice(i, i + len(ids))
-                agree += float((lp.argmax(-1) == reference.argmax[sl]).sum())
-                kl += float(coarse_kl(reference.top_logp[sl], reference.top_ids[sl], lp).sum())
+                sums["agree"].append((lp.argmax(-1) == reference.argmax[sl]).sum(1))
+                kl = coarse_kl(reference.top_logp[sl], reference.top_ids[sl], lp)  # (B, T-1)
+                sums["kl"].append(kl.sum(1))
     finally:
         model.train(was)
+    per = {k: torch.cat(v).numpy() for k, v in sums.items() if v}  # (windows,) each
+    per["tokens"] = np.full(len(windows), windows.shape[1] - 1, dtype=np.int32)
     n = windows.shape[0] * (windows.shape[1] - 1)
-    fid = (agree / n, kl / n) if reference is not None else (None, None)
-    return LMScore(math.exp(nll / n), nll / n, n, int(windows.shape[1]), *fid)
+    nll = float(per["nll"].sum())
+    fid = (None, None)
+    if reference is not None:
+        fid = (float(per["agree"].sum()) / n, float(per["kl"].sum()) / n)
+    return LMScore(math.exp(nll / n), nll / n, n, int(windows.shape[1]), *fid, windows=per)
 
 
 @torch.no_grad()

@@ -9,7 +9,7 @@ Reads the results table only (``prunelab.sweep.store.load_results(run_dir)``), n
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -107,6 +107,13 @@ def make_plots(df: pd.DataFrame, plot_dir: Path, extras: ReportExtras) -> dict[s
     return out
 
 
+def _summary_of(recommendation: object) -> str:
+    """The recommendation's paragraph, when the report was given one as a mapping."""
+    if isinstance(recommendation, Mapping):
+        return str(recommendation.get("summary", ""))
+    return ""
+
+
 def build_report(
     run_dir: Path | str, df: pd.DataFrame, extras: ReportExtras | None = None
 ) -> ReportPaths:
@@ -132,6 +139,7 @@ def build_report(
         original=extras.original,
         units=extras.units or default_units(),
         search=extras.search,
+        recommendation=_summary_of(extras.recommendation),
     )
     html = run_dir / "report.html"
     html.write_text(render_html(df, plots, extras), encoding="utf-8")

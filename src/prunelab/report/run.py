@@ -17,6 +17,7 @@ import pandas as pd
 from prunelab.decide.analysis import CONFIG_COLUMNS, Recommendation, recommend, tipping_points
 from prunelab.decide.levels import credit
 from prunelab.decide.preservation import summarize_results
+from prunelab.decide.reference import RunRecords
 from prunelab.decide.units import Units, tolerance_of
 from prunelab.decide.weightstats import WeightHistogram
 from prunelab.errors import PrunelabError
@@ -28,6 +29,7 @@ from prunelab.sources import resolve
 from prunelab.sweep.auto import SEARCH_KEY
 from prunelab.sweep.spec import DataSpec
 from prunelab.sweep.store import Store, load_results
+from prunelab.tasks.base import ORIGINAL_RECORDS, RECORDS
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +67,34 @@ def run_recommendation(
     metric: str | None = None,
     max_drop: float | None = None,
     min_value: float | None = None,
+    confidence: float = 0.95,
+    records: RunRecords | None = None,
 ) -> Recommendation:
     """:func:`prunelab.decide.analysis.recommend` with the CLI's units: ``max_drop`` is in
     percentage points for fractions (accuracy, mAP, cosine) and in the metric's own units
-    otherwise; None is the task's default tolerance."""
+    otherwise; None is the task's default tolerance. ``records``: the run's per-example
+    validation records (:func:`run_records`)."""
     metric = metric or units.primary
     drop = None if min_value is not None else tolerance_of(units, metric, max_drop)
-    return recommend(df, metric, max_drop=drop, min_value=min_value, units=units)
+    return recommend(
+        df, metric, max_drop=drop, min_value=min_value, confidence=confidence, units=units,
+        records=records,
+    )  # fmt: skip
+
+
+def run_records(run_dir: Path | str, df: pd.DataFrame | None = None) -> RunRecords:
+    """The per-example validation records of every finished cell (and the original model's,
+    stored by each dense control), with the original model's stored metrics."""
+    with Store(Path(run_dir), create=False) as store:
+        ids = list(df["cell_id"]) if df is not None else [r["cell_id"] for r in store.rows()]
+        cells, originals = {}, {}
+        for cid in ids:
+            for prefix, into in ((RECORDS, cells), (ORIGINAL_RECORDS, originals)):
+                names = store.artifact_names(cid, prefix)
+                if names:
+                    into[cid] = {n.removeprefix(prefix): store.artifact(cid, n) for n in names}
+        original = store.get_meta("dense_metrics") or {}
+    return RunRecords(cells, originals, original)
 
 
 def search_max_drop(
@@ -325,9 +348,13 @@ def recommendation_view(rec: Recommendation, knee_note: str = "") -> dict[str, o
     if rec.interval is not None:
         lo, hi = rec.interval
         view["drop interval"] = (
-            f"[{lo:+.4f}, {hi:+.4f}] {rec.metric} ({rec.confidence:.0%} bootstrap over seeds)"
+            f"[{lo:+.4f}, {hi:+.4f}] {rec.metric} (one-sided {rec.confidence:.0%} bounds)"
         )
-    return view
+    view["rule"] = rec.rule or view["rule"]
+    view["references"] = rec.reference_line()
+    view["summary"] = rec.summary()
+    empty = [k for k, v in view.items() if isinstance(v, dict) or (isinstance(v, str) and not v)]
+    return {k: v for k, v in view.items() if k not in empty}  # no blank warning, no raw dicts
 
 
 def report_run(
@@ -370,7 +397,7 @@ def run_extras(
     rec, knees, knee_note = None, {}, ""
     try:
         knees = knees_by_label(df, metric, units)
-        rec = recommend(df, metric, max_drop=tolerance, units=units)
+        rec = recommend(df, metric, max_drop=tolerance, units=units, records=run_records(run_dir))
         if rec.level is not None:
             knee_note = knee_sentence(rec.level, _curve_knee(df, rec, units))
     except PrunelabError as e:  # e.g. a partial run without dense rows yet

@@ -145,9 +145,11 @@ def render_summary(
     title: str = "prunelab sweep summary",
     original: Mapping[str, float] | None = None,
     search: Mapping[str, Any] | None = None,
+    recommendation: str = "",
 ) -> str:
     """The Markdown text in the run's primary metric (``units.primary``): dense baseline,
-    results by level (mean ± std over seeds), best method per level.
+    results by level (mean ± std over seeds), best method per level, and the recommendation
+    (its paragraph: rule, reference, interval) when given.
 
     >>> from prunelab.decide.analysis import default_units
     >>> df = pd.DataFrame({"method": ["dense", "magnitude"], "level": [0.0, 0.5],
@@ -163,6 +165,8 @@ def render_summary(
     lines += ["", f"## Best method per level (by {metric})", ""] + _best_lines(df, metric, units)
     lines += _cloze_lines(df)
     lines += _search_lines(search)
+    if recommendation:
+        lines += ["", "## Recommendation", "", recommendation]
     return "\n".join(lines) + "\n"
 
 

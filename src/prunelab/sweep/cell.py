@@ -41,6 +41,7 @@ from prunelab.sweep.ladder import cached_scores
 from prunelab.sweep.model_aware import MODEL_AWARE, resolve_allocation
 from prunelab.sweep.snapshot import MODEL, snapshot
 from prunelab.sweep.spec import LATENCY, DataSpec, TaskSpec
+from prunelab.tasks.base import ORIGINAL_RECORDS, prefixed
 from prunelab.training import TrainConfig
 
 if TYPE_CHECKING:
@@ -76,8 +77,9 @@ class Cell:
     train_dense: bool | None = None
     task: TaskSpec = TaskSpec()
     source: str = ""  # content hash of the user's code, weights and data files
-    folds: int = 0  # k-fold cross-validation over train+val (0: the fixed validation split)
+    folds: int = 0  # k-fold cross-validation (0: the fixed validation split)
     fold: int = -1  # which fold is held out as validation (-1: none)
+    tune_fraction: float = 0.0  # validation share that allocations/schedules tune on (0: none)
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON (structure and schedule by their spellings): what the store keeps."""
@@ -110,6 +112,8 @@ class Cell:
     def cell_id(self) -> str:
         ident = self.to_json()  # identity(): ids made before lr schedules existed stay valid
         ident.update(dense=self.dense.identity(), finetune=self.finetune.identity())
+        if not self.tune_fraction:  # ids made before tuning slices existed stay valid
+            del ident["tune_fraction"]
         return content_key(ident, 20)
 
     @property
@@ -123,7 +127,7 @@ class Cell:
 
     def context_key(self) -> tuple:
         return (self.model, self.data, self.dense, self.weights, self.train_dense, self.task,
-                self.source, self.folds, self.fold)  # fmt: skip
+                self.source, self.folds, self.fold, self.tune_fraction)  # fmt: skip
 
     def targets(self, model: nn.Module) -> dict[str, nn.Module]:
         """The layers this cell prunes (its structure may keep the output layer)."""
@@ -184,6 +188,10 @@ def _measure(cell: Cell, ctx: Context, model: nn.Module, row: dict[str, Any]) ->
     """The task's columns, the footprint, latency when asked; per-cell arrays for the report."""
     task_row, artifacts = ctx.task.measure(model, ctx.data, ctx.refs, cell.metrics)
     row.update(task_row)
+    if cell.structure is None:  # the model as given, on the same validation rows: a reference
+        artifacts.update(prefixed(ctx.original_records, ORIGINAL_RECORDS))
+    if ctx.tuning is not None:
+        row["tune_rows"] = len(ctx.tuning.val)  # the validation rows the decision never reads
     st, ex = cell.structure, ctx.example
     shipped = st.shipped(model, ex) if st is not None else folded_copy(model)
     row.update(footprint(model, ctx.dense, st, cell.targets(model).values(), ex, shipped))
@@ -244,9 +252,10 @@ def _scheduled(
         targets = cell.targets(model)
         calib, scores = cached_scores(cell, ctx.memo, model, targets, ctx.data.train, gen, ctx.task)
         allocation, records = resolve_allocation(cell, ctx, model, targets, scores, calib, gen)
-    res = run_schedule(
-        cell.schedule, model, ctx.data, cell.level, method=cell.method, allocation=allocation,
-        train_cfg=cell.finetune, generator=gen, reference_logits=ctx.refs["val"], structure=st,
+    res = run_schedule(  # an adaptive schedule tunes on the tuning slice, never the decision's
+        cell.schedule, model, ctx.tuning_data(), cell.level, method=cell.method,
+        allocation=allocation, train_cfg=cell.finetune, generator=gen,
+        reference_logits=ctx.tuning_refs(), structure=st,
         include=cell.include or None, exclude=cell.exclude or None,
         prune_last=cell.prune_last and st.prunes_last,
         calibration_batches=cell.calibration_batches, on_step=on_step,

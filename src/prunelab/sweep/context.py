@@ -31,7 +31,7 @@ from prunelab.training import StepCallback
 class Context:
     """What all cells of a sweep share: data, the task, the dense model and its outputs."""
 
-    data: Any  # the task kind's bundle (train/val/test splits)
+    data: Any  # the task kind's bundle (train/val/test splits; val: the rows the decision reads)
     dense: nn.Module  # the dense model every cell starts from (copied, never changed)
     task: Task
     refs: dict[str, Any]  # the task's references: the dense model's outputs per split, ...
@@ -40,6 +40,8 @@ class Context:
     memo: dict[tuple, Any] = field(default_factory=dict)  # per-process: scores, scans
     data_hash: str = ""  # fingerprint of the data as given (checked when a sweep resumes)
     device: torch.device = torch.device("cpu")  # where the model, data and references live
+    original_records: dict[str, Any] = field(default_factory=dict)  # the model as given, on val
+    tuning: Any = None  # the bundle whose val is the tuning slice (None: nothing tunes)
 
     @classmethod
     def build(
@@ -51,7 +53,12 @@ class Context:
     ) -> Context:
         """Data, task and dense model of ``cell``'s sweep, on ``where``'s device and in its
         dtype (the CPU and the model's own by default); ``on_step(step, total)`` follows a
-        dense training when one is needed (not cached)."""
+        dense training when one is needed (not cached).
+
+        Cross-validation: see :func:`load_dense`. A tuning slice (``cell.tune_fraction``) is
+        then cut from the validation rows: allocations and schedules tune on it, every cell is
+        measured on the rest.
+        """
         where = where or Placement()
         device = where.device
         base = load_dense(cell, cache_dir, on_step, device)
@@ -65,10 +72,26 @@ class Context:
                 f"model '{cell.model}' has nothing to prune: no Linear or Conv weights "
                 "(check include/exclude)"
             )
-        if cell.fold >= 0:  # the dense model is the same for every fold; the splits are not
-            data = task.fold(data, cell.folds, cell.fold, cell.data.seed)
+        tuning = None
+        if cell.tune_fraction > 0:
+            tuning, data = task.split_val(data, cell.tune_fraction, cell.data.seed)
         refs = task.references(dense, data)
-        return cls(data, dense, task, refs, example, data_hash=data_hash, device=device)
+        _, original = task.scored(dense, data.val, refs["val"])  # the model as given, per row
+        return cls(data, dense, task, refs, example, data_hash=data_hash, device=device,
+                   original_records=original, tuning=tuning)  # fmt: skip
+
+    def tuning_data(self) -> Any:
+        """The bundle allocations and schedules tune on: its val is the tuning slice when the
+        sweep cut one, else the validation split itself."""
+        return self.data if self.tuning is None else self.tuning
+
+    def tuning_refs(self) -> Any:
+        """The dense model's outputs on :meth:`tuning_data`'s validation rows (memoised)."""
+        if self.tuning is None:
+            return self.refs["val"]
+        if ("tuning_refs",) not in self.memo:
+            self.memo[("tuning_refs",)] = self.task.predict(self.dense, self.tuning.val)
+        return self.memo[("tuning_refs",)]
 
     def dense_copy(self) -> nn.Module:
         """A fresh copy of the dense model (each cell prunes its own)."""
@@ -124,19 +147,27 @@ def load_dense(
     device: torch.device | None = None,
 ) -> Dense:
     """The data, task and dense model of ``cell``'s sweep on ``device`` (the CPU by default;
-    the dense model trained there, or read from its cache, when prunelab trains it)."""
+    the dense model trained there, or read from its cache, when prunelab trains it).
+
+    Cross-validation: a dense model prunelab trains is trained once per fold, on that fold's
+    training rows (train and validation pooled, the fold held out); a pretrained one keeps its
+    training rows, and the folds cut the validation rows only."""
     d = cell.data
     data = resolve.load_bundle(d.name, d.loader, d.reader, d.path, d.loader_kwargs(),
                                cell.model)  # fmt: skip
     task = task_of(cell, data)
     src = resolve.dense_source(cell.model, cell.weights, data, cell.train_dense, task, d.seed)
     data_hash = data.fingerprint()  # of the data as given, on the CPU (before any fold split)
+    if cell.fold >= 0:  # prunelab's dense model trains on the fold's rows: pooled folds
+        data = task.fold(data, cell.folds, cell.fold, d.seed, pooled=src.cache is not None)
     device = device or torch.device("cpu")
     data = to_device(data, device)  # every batch is then sliced on the device
     dense = src.module.to(device)
     if src.cache is not None:
         name, key = src.cache
         key = {**key, "cfg": cell.dense.identity(), "seed": d.seed}
+        if cell.fold >= 0:
+            key["fold"] = f"{cell.fold}/{cell.folds}"
         dense = trained(dense, name, key, data, cell.dense, cache_dir, d.seed, task, on_step)
     dense = dense.eval()
     return Dense(data, task.with_dense(dense), dense, data_hash)

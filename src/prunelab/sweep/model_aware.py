@@ -50,8 +50,9 @@ def sensitivity_table(ctx: Any, dense: nn.Module, scores: dict[str, Tensor], key
 
 
 def layer_sensitivity(ctx: Any, dense: nn.Module, scores: dict[str, Tensor]):
-    """The sensitivity scan on the first validation rows, in the task's primary metric."""
-    val = ctx.task.subset(ctx.data.val, SENSITIVITY_VAL_ROWS)
+    """The sensitivity scan on the first rows of the tuning slice (never the rows the decision
+    reads; the validation split when nothing tunes), in the task's primary metric."""
+    val = ctx.task.subset(ctx.tuning_data().val, SENSITIVITY_VAL_ROWS)
     return sensitivity_analysis(dense, scores, val, metric=ctx.task.primary, task=ctx.task)
 
 
@@ -83,9 +84,9 @@ def resolve_allocation(
             val_subset=2000,
             seed=cell.seed,
         )
-        res = search_allocation(
+        res = search_allocation(  # scored on the tuning slice, never the decision's rows
             dense,
-            ctx.data,
+            ctx.tuning_data(),
             targets,
             cell.method,
             cell.level,

@@ -15,6 +15,7 @@ from prunelab.recover.schedules import parse_schedule
 from prunelab.sources import resolve
 from prunelab.sources.hashing import content_key
 from prunelab.sweep.cell import Cell
+from prunelab.sweep.model_aware import MODEL_AWARE
 from prunelab.sweep.spec import SweepSpec
 from prunelab.tasks import TASKS
 
@@ -51,6 +52,7 @@ def cells_at(spec: SweepSpec, config: Config | None, level: float) -> list[Cell]
         "train_dense": spec.train_dense,
         "task": spec.task,
         "source": source_hash(spec),
+        "tune_fraction": spec.tune_fraction if tunes_on_validation(spec) else 0.0,
     }
     if config is None:
         how = {"method": "dense", "allocation": "-", "structure": None, "schedule": None}
@@ -79,6 +81,15 @@ def expand_cells(spec: SweepSpec) -> list[Cell]:
         for level in st.levels(spec.levels):
             cells += cells_at(spec, config, level)
     return cells
+
+
+def tunes_on_validation(spec: SweepSpec) -> bool:
+    """True when an allocation (sensitivity, searched) or a schedule (adaptive) of the sweep
+    tunes on validation rows: then they get a tuning slice and the decision the rest."""
+    schedules = (parse_schedule(s) for s in spec.schedules)
+    return any(a in MODEL_AWARE for a in spec.allocations) or any(
+        getattr(s, "tunes_on_validation", False) for s in schedules
+    )
 
 
 def source_hash(spec: SweepSpec) -> str:

@@ -14,8 +14,9 @@ Adding a task kind: one file here with a registered :class:`Task` subclass, one 
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -24,6 +25,10 @@ import torch
 from torch import Tensor, nn
 
 from prunelab.errors import PrunelabError
+from prunelab.measure.resampled import Statistic
+
+RECORDS = "records/"  # a cell's per-example validation records (artifact name prefix)
+ORIGINAL_RECORDS = "original_records/"  # the model as given, on the same rows (dense controls)
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,9 @@ class Task(ABC):
     # calibrated criteria (Wanda) prune layer after layer on inputs through the pruned layers,
     # compared per output row, as SparseGPT does (Wanda's reference driver for LLMs)
     sequential_calibration: ClassVar[bool] = False
+    #: metrics recomputable from per-example records under example weights (the decision's
+    #: paired bootstrap); a metric missing here is resampled over seeds only
+    statistics: ClassVar[Mapping[str, Statistic]] = {}
 
     def default_tolerance(self, dense_value: float) -> float:
         """The default max drop of the primary metric, in its own units: ``tolerance_points``
@@ -85,9 +93,30 @@ class Task(ABC):
         maps token ids to logits); the model itself by default."""
         return model
 
-    def fold(self, data: Any, k: int, fold: int, seed: int) -> Any:
-        """Fold ``fold`` of ``k`` for cross-validation; kinds without (x, y) data refuse."""
+    def fold(self, data: Any, k: int, fold: int, seed: int, pooled: bool = True) -> Any:
+        """Fold ``fold`` of ``k`` for cross-validation (``pooled``: train and validation rows
+        pooled, else the validation rows only; :func:`prunelab.data.kfold_bundle`); kinds
+        without (x, y) data refuse."""
         raise PrunelabError(f"folds need (x, y) data; a {self.kind} task has none")
+
+    def take(self, split: Any, idx: Tensor) -> Any:
+        """The examples ``idx`` of ``split`` (in that order)."""
+        return split.take(idx)
+
+    def split_val(self, data: Any, fraction: float, seed: int) -> tuple[Any, Any]:
+        """(tuning bundle, deciding bundle): a seeded ``fraction`` of the validation examples
+        for what tunes on validation (allocations, adaptive schedules), the rest for the
+        decision; both keep the training and test splits."""
+        n = len(data.val)
+        k = min(max(round(fraction * n), 1), n - 1)
+        if n < 2:
+            raise PrunelabError(f"a tuning slice needs at least 2 validation examples, got {n}")
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        tune, decide = order[:k].sort().values, order[k:].sort().values
+        return (
+            dataclasses.replace(data, val=self.take(data.val, tune)),
+            dataclasses.replace(data, val=self.take(data.val, decide)),
+        )
 
     def references(self, dense: nn.Module, data: Any) -> dict[str, Any]:
         """The dense model's outputs every cell is compared with, per split ('test', 'val')."""
@@ -100,8 +129,29 @@ class Task(ABC):
         ``extra`` names further metrics a sweep asked for (kinds that have them compute them)."""
         outputs = self.predict(model, data.test)
         row = self.evaluate(model, data.test, refs["test"], outputs)
-        row.update({f"val_{k}": v for k, v in self.evaluate(model, data.val, refs["val"]).items()})
-        return row, self.artifacts(model, data.test, outputs)
+        val, records = self.scored(model, data.val, refs["val"])
+        row.update({f"val_{k}": v for k, v in val.items()})
+        return row, {**self.artifacts(model, data.test, outputs), **prefixed(records)}
+
+    def scored(
+        self, model: nn.Module, split: Any, reference: Any | None
+    ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """Metrics of ``model`` on ``split`` and its per-example records: what the decision
+        resamples (:meth:`statistic` recomputes a metric from them under example weights)."""
+        outputs = self.predict(model, split)
+        metrics = self.evaluate(model, split, reference, outputs)
+        return metrics, self.records(split, outputs, reference)
+
+    def records(self, split: Any, outputs: Any, reference: Any | None) -> dict[str, np.ndarray]:
+        """Compact per-example arrays (first axis: the examples of ``split``) from which
+        :attr:`statistics` recompute metrics; none by default."""
+        return {}
+
+    @classmethod
+    def statistic(cls, metric: str) -> Statistic | None:
+        """``stat(records, weights (B, N)) -> (B,)`` for ``metric``, or None when the metric
+        cannot be recomputed from per-example records (then only seeds are resampled)."""
+        return cls.statistics.get(metric)
 
     def quick(self, model: nn.Module, data: Any, refs: dict[str, Any]) -> dict[str, float]:
         """The cheap test metrics of a one-shot model, before recovery (``oneshot_*``)."""
@@ -200,6 +250,11 @@ class Task(ABC):
                 for n, m in infos.items()
             },
         }
+
+
+def prefixed(records: Mapping[str, np.ndarray], prefix: str = RECORDS) -> dict[str, np.ndarray]:
+    """Records as cell artefacts: ``{prefix + name: array}``."""
+    return {f"{prefix}{k}": v for k, v in records.items()}
 
 
 #: The columns every cell has whatever its kind (:mod:`prunelab.measure.footprint`).

@@ -20,10 +20,11 @@ from prunelab.errors import PrunelabError
 from prunelab.measure.metrics import METRICS, evaluate, predict
 from prunelab.measure.metrics.base import DEFAULT_METRICS
 from prunelab.measure.metrics.robustness import RobustnessSuite, reference_context
+from prunelab.measure.resampled import weighted_macro_f1, weighted_mean
 from prunelab.sources.data.text import length_batches, token_lengths
 from prunelab.sources.hfdir import as_classifier, load_sequence_classifier
 from prunelab.sources.user import load_object
-from prunelab.tasks.base import FOOTPRINT, MetricInfo, Task
+from prunelab.tasks.base import FOOTPRINT, MetricInfo, Task, prefixed
 
 TRAIN_EVAL_SIZE = 5000  # training rows evaluated for the overfitting gap
 VAL_METRICS = ("accuracy", "loss", "agreement", "kl")
@@ -77,6 +78,32 @@ def logit_kl(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
     return t * t * kl
 
 
+def row_records(logits: Tensor, labels: Tensor, reference: Tensor | None) -> dict[str, np.ndarray]:
+    """Per-row records of logits (N, K): label, prediction, NLL, and against the dense logits
+    agreement and KL(dense ‖ model) (what :data:`ROW_STATISTICS` resample)."""
+    lp = nn.functional.log_softmax(logits.double(), dim=1)  # (N, K)
+    pred = lp.argmax(1)
+    out = {
+        "label": labels.numpy().astype(np.int16),
+        "pred": pred.numpy().astype(np.int16),
+        "nll": (-lp.gather(1, labels[:, None])[:, 0]).numpy(),  # (N,) float64
+    }
+    if reference is not None:
+        ref = nn.functional.log_softmax(reference.double(), dim=1)
+        out["agree"] = (pred == ref.argmax(1)).numpy()
+        out["kl"] = (ref.exp() * (ref - lp)).sum(1).numpy()  # (N,)
+    return out
+
+
+ROW_STATISTICS = {
+    "accuracy": lambda r, w: weighted_mean(r["pred"] == r["label"], w),
+    "macro_f1": lambda r, w: weighted_macro_f1(r["pred"].astype(np.int64), r["label"], w),
+    "loss": lambda r, w: weighted_mean(r["nll"], w),
+    "agreement": lambda r, w: weighted_mean(r["agree"], w),
+    "kl": lambda r, w: np.maximum(weighted_mean(r["kl"], w), 0.0),
+}
+
+
 def _custom_from_path(name: str, path: str, higher_is_better: bool) -> CustomMetric:
     return CustomMetric(name, load_object(path), higher_is_better, path)
 
@@ -93,6 +120,7 @@ class ClassificationTask(Task):
     kind: ClassVar[str] = "classification"
     fidelity: ClassVar[str] = "agreement"
     supports_schedules: ClassVar[bool] = True
+    statistics: ClassVar[Mapping[str, Any]] = ROW_STATISTICS
     latency_batches: ClassVar[tuple[int, ...]] = (1, 256)
     primary: str = "accuracy"
     metrics: tuple[str, ...] = DEFAULT_METRICS
@@ -147,8 +175,10 @@ class ClassificationTask(Task):
         head = data.test.subset(32)
         self.check_outputs(self.predict(model, head), head, data.num_classes)
 
-    def fold(self, data: DataBundle, k: int, fold: int, seed: int) -> DataBundle:
-        return kfold_bundle(data, k, fold, seed)
+    def fold(
+        self, data: DataBundle, k: int, fold: int, seed: int, pooled: bool = True
+    ) -> DataBundle:
+        return kfold_bundle(data, k, fold, seed, pooled)
 
     def references(self, dense: nn.Module, data: DataBundle) -> dict[str, Any]:
         """Dense logits on test, validation and the first training rows (the overfitting gap),
@@ -178,12 +208,28 @@ class ClassificationTask(Task):
         names = tuple(n for n in dict.fromkeys(wanted) if n not in skip)
         logits = self.predict(model, data.test)  # (N, K), shared by the metrics and the preds
         row = self.evaluate(model, data.test, refs["test"], logits, names, refs["robustness"])
-        val_names = tuple(dict.fromkeys(VAL_METRICS + (self.primary,)))
-        val = self.evaluate(model, data.val, refs["val"], names=val_names)
+        val, records = self.scored(model, data.val, refs["val"])
         row.update({f"val_{k}": v for k, v in val.items()})
         train = self.evaluate(model, refs["train_split"], refs["train"], names=TRAIN_METRICS)
         row.update({f"train_{k}": v for k, v in train.items()})
-        return row, {"test_preds": logits.argmax(1).to(torch.int16).cpu().numpy()}
+        preds = logits.argmax(1).to(torch.int16).cpu().numpy()
+        return row, {"test_preds": preds, **prefixed(records)}
+
+    def scored(
+        self, model: nn.Module, split: Split, reference: Tensor | None
+    ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """The validation metrics (accuracy, loss, agreement, KL and the primary) and per-row
+        records."""
+        logits = self.predict(model, split)
+        names = tuple(dict.fromkeys(VAL_METRICS + (self.primary,)))
+        return self.evaluate(model, split, reference, logits, names), self.records(
+            split, logits, reference
+        )
+
+    def records(
+        self, split: Split, outputs: Tensor, reference: Tensor | None
+    ) -> dict[str, np.ndarray]:
+        return row_records(outputs, split.y, reference)
 
     def quick(self, model: nn.Module, data: DataBundle, refs: dict[str, Any]) -> dict[str, float]:
         names = tuple(n for n in DEFAULT_METRICS if n not in {m.name for m in FOOTPRINT})

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import ClassVar
 
 import numpy as np
@@ -31,6 +31,7 @@ from prunelab.measure.detection import (
     fidelity_map50,
     precision_recall,
 )
+from prunelab.measure.detection_records import DETECTION_STATISTICS, detection_records
 from prunelab.sources.data.scenes import SceneBundle, SceneSet
 from prunelab.sources.models import detector as _detector
 from prunelab.sources.models.boxes import Detections
@@ -67,6 +68,7 @@ class DetectionTask(Task):
     kind: ClassVar[str] = "detection"
     fidelity: ClassVar[str] = "fidelity_map50"
     tolerance_points: ClassVar[float] = 1.0  # one point of mAP
+    statistics: ClassVar[Mapping] = DETECTION_STATISTICS  # from matched detections per image
 
     def __init__(
         self,
@@ -158,6 +160,13 @@ class DetectionTask(Task):
         )
         res["loss"] = self.mean_loss(model, split)
         return res
+
+    def records(
+        self, split: SceneSet, outputs: list[Detections], reference: list[Detections] | None
+    ) -> dict[str, np.ndarray]:
+        """Detections matched as COCO matches them, boxes per image and class, and the
+        counts behind precision and recall (:mod:`prunelab.measure.detection_records`)."""
+        return detection_records(outputs, truth_of(split), self.num_classes, self.score_threshold)
 
     def example_input(self, split: SceneSet, n: int = 1) -> Tensor:
         return split.images[:n]

@@ -10,18 +10,20 @@ similarities). Recovery distils: the loss is ``1 - cos(model(x), dense(x))``.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from scipy.stats import spearmanr
 from torch import Tensor, nn
 
 from prunelab.data import Split
 from prunelab.errors import PrunelabError
-from prunelab.measure.fidelity import cosine_to_reference, neighbour_overlap
+from prunelab.measure.fidelity import cosine_to_reference, neighbour_kept, neighbour_overlap
 from prunelab.measure.metrics import predict
+from prunelab.measure.resampled import weighted_mean, weighted_min
 from prunelab.sources.hfdir import load_sentence_encoder
 from prunelab.tasks.base import MetricInfo, Task
 
@@ -36,6 +38,13 @@ METRICS = (
     MetricInfo("similarity_spearman", True, "rank correlation of pairwise similarities", True, 0.0),
 )
 PAIRS = 200_000  # pairwise similarities sampled for the rank correlation
+#: per sentence: its cosine to the dense embedding and the share of its dense neighbours kept
+#: (neighbours among the whole split; the rank correlation of all pairs is not resampled)
+ROW_STATISTICS = {
+    "cosine_to_dense": lambda r, w: weighted_mean(r["cosine"], w),
+    "cosine_min": lambda r, w: weighted_min(r["cosine"], w),
+    "neighbour_overlap": lambda r, w: weighted_mean(r["neighbours"], w),
+}
 
 
 def pairwise_spearman(emb: Tensor, ref: Tensor) -> float:
@@ -70,6 +79,7 @@ class SentenceEmbeddingTask(Task):
     fidelity: ClassVar[str] = "neighbour_overlap"
     tolerance_points: ClassVar[float] = 1.0  # one point of mean cosine
     default_include: ClassVar[tuple[str, ...]] = ("*encoder.layer.*",)
+    statistics: ClassVar[Mapping[str, Any]] = ROW_STATISTICS
     primary: str = "cosine_to_dense"
     teacher: nn.Module | None = None  # the dense encoder, frozen (set by with_dense)
 
@@ -124,6 +134,18 @@ class SentenceEmbeddingTask(Task):
             "cosine_min": float(cos.min()),
             "neighbour_overlap": neighbour_overlap(emb, reference, min(10, len(emb) - 1)),
             "similarity_spearman": pairwise_spearman(emb, reference),
+        }
+
+    def records(
+        self, split: Split, outputs: Tensor, reference: Tensor | None
+    ) -> dict[str, np.ndarray]:
+        """Per sentence: cosine to the dense embedding, share of dense neighbours kept."""
+        if reference is None:
+            return {}
+        k = min(10, len(outputs) - 1)
+        return {
+            "cosine": cosine_to_reference(outputs, reference).double().numpy(),
+            "neighbours": neighbour_kept(outputs, reference, k).numpy(),
         }
 
     def example_input(self, split: Split, n: int = 1) -> Tensor:

@@ -17,7 +17,7 @@ words, or no item with 48 tokens of context) or an unknown tokenizer gives no cl
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from prunelab.errors import PrunelabError
 from prunelab.measure.cloze import ClozeItem, cloze_items, score_cloze
 from prunelab.measure.language import DenseReference, coarse_kl, dense_reference, evaluate_lm
+from prunelab.measure.resampled import weighted_ratio
 from prunelab.sources.data.corpora import tokenizer_for
 from prunelab.sources.hf import DECODER_PATTERNS, load_causal_lm
 from prunelab.tasks.base import MetricInfo, Task
@@ -54,6 +55,14 @@ CLOZE_METRICS = (
     MetricInfo("cloze_items", True, "held-out cloze items scored"),
 )
 
+#: token-weighted over windows: sums per window divided by the tokens in the windows drawn
+WINDOW_STATISTICS = {
+    "perplexity": lambda r, w: np.exp(weighted_ratio(r["nll"], r["tokens"], w)),
+    "nll": lambda r, w: weighted_ratio(r["nll"], r["tokens"], w),
+    "next_token_agreement": lambda r, w: weighted_ratio(r["agree"], r["tokens"], w),
+    "kl_to_dense": lambda r, w: weighted_ratio(r["kl"], r["tokens"], w),
+}
+
 
 def _logits(model: nn.Module, ids: Tensor) -> Tensor:
     out = model(input_ids=ids, use_cache=False)
@@ -72,6 +81,7 @@ class CausalLMTask(Task):
     kind: ClassVar[str] = "causal-lm"
     sequence_axis: ClassVar[int | None] = 1  # (N, T) token ids: T varies
     fidelity: ClassVar[str] = "next_token_agreement"
+    statistics: ClassVar[Mapping[str, Any]] = WINDOW_STATISTICS
     default_include: ClassVar[tuple[str, ...]] = DECODER_PATTERNS
     sequential_calibration: ClassVar[bool] = True  # Wanda as its paper runs it on LLMs
     primary: str = "perplexity"
@@ -175,14 +185,25 @@ class CausalLMTask(Task):
         ``outputs`` (this model's :meth:`predict`) cannot give the KL, which needs this model's
         probabilities at the dense top-k tokens, so the pass is always run.
         """
-        score = evaluate_lm(model, split, reference, self.eval_batch_size).as_dict()
-        return {m.name: score[m.name] for m in LM_METRICS if m.name in score}
+        return self.scored(model, split, reference)[0]
+
+    def scored(
+        self, model: nn.Module, split: Tensor, reference: Any | None
+    ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """Metrics and per-window records (NLL, agreeing positions and KL summed per window,
+        predicted tokens) from one pass."""
+        score = evaluate_lm(model, split, reference, self.eval_batch_size)
+        metrics = score.as_dict()
+        return {m.name: metrics[m.name] for m in LM_METRICS if m.name in metrics}, score.windows
 
     def example_input(self, split: Tensor, n: int = 1) -> Tensor:
         return split[:n]
 
     def subset(self, split: Tensor, n: int) -> Tensor:
         return split[:n]
+
+    def take(self, split: Tensor, idx: Tensor) -> Tensor:
+        return split[idx]  # (len(idx), seq_len)
 
     @torch.no_grad()
     def artifacts(self, model: nn.Module, split: Tensor, outputs: Any) -> dict[str, np.ndarray]:

@@ -72,6 +72,7 @@ class Adaptive:
     min_step: float = 0.05
     max_trials: int = 10
     name: ClassVar[str] = "adaptive"
+    tunes_on_validation: ClassVar[bool] = True  # its trials are judged on validation rows
     positional: ClassVar[tuple[str, ...]] = ("metric",)
     aliases: ClassVar[dict[str, str]] = {}
 
