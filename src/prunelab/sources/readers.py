@@ -8,16 +8,19 @@
 * ``npz``: arrays ``x_train/y_train`` (+ optional ``x_val/y_val``, ``x_test/y_test``) or ``x/y``;
   values as stored (cast to float32).
 * ``csv``: one row per example, a label column (strings or integers) and numeric features.
+* ``coco``: a COCO detection JSON and its image folder, or a folder of images unlabelled
+  (:mod:`prunelab.sources.data.coco`; a detection bundle).
 
 Where the files do not define val/test splits they are carved from the rest with a seeded
 permutation (``val_fraction``, ``test_fraction``). Bad input fails with one PrunelabError line.
 
 >>> sorted(READERS.names())
-['csv', 'folder', 'idx', 'npz']
+['coco', 'csv', 'folder', 'idx', 'npz']
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 from collections.abc import Callable
@@ -41,8 +44,21 @@ READERS: Registry[Reader] = Registry("data reader")
 
 
 def read_data(reader: str, path: PathLike, **options: object) -> DataBundle:
-    """Read ``path`` with the built-in reader named ``reader`` (see :data:`READERS`)."""
-    return READERS.get(reader)(path, **options)
+    """Read ``path`` with the built-in reader named ``reader`` (see :data:`READERS`); an
+    option the reader does not take fails with the valid ones.
+
+    >>> read_data("npz", "x.npz", colour=True)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    prunelab.errors.PrunelabError: data reader 'npz' has no option 'colour'; valid: ...
+    """
+    fn = READERS.get(reader)
+    valid = [p for p in inspect.signature(fn).parameters if p != "path"]
+    for key in options:
+        if key not in valid:
+            raise PrunelabError(
+                f"data reader '{reader}' has no option '{key}'; valid: {', '.join(valid)}"
+            )
+    return fn(path, **options)
 
 
 def split_seeded(x: Tensor, y: Tensor, fractions: dict[str, float], seed: int) -> dict[str, Split]:
@@ -290,3 +306,6 @@ def read_csv(
     x = torch.from_numpy(features.to_numpy(dtype=np.float32).copy())  # (N, features)
     given = {"train": (x, torch.from_numpy(y.astype(np.int64)))}
     return bundle(p.stem, given, len(classes), seed, val_fraction, test_fraction)
+
+
+from prunelab.sources.data import coco as _coco  # noqa: E402,F401  (registers "coco")

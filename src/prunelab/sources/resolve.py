@@ -39,7 +39,7 @@ def load_bundle(
     if reader is not None:
         if path is None:
             raise PrunelabError(f"data reader '{reader}' needs a path")
-        return read_data(reader, path, seed=kwargs.get("seed", 0))
+        return read_data(reader, path, **kwargs)  # the seed and the reader's own options
     if loader is None:
         return load_dataset(name, **kwargs)
     if loader.startswith(memory.MEMORY_PREFIX):
