@@ -21,6 +21,8 @@ from prunelab.sources.data.coco import read_coco
 from prunelab.sources.data.scenes import load_scenes
 from prunelab.sources.models.detector import TinyDetector
 from prunelab.sources.readers import read_data
+from prunelab.sources.user import load_object
+from prunelab.sweep.store import load_results
 from prunelab.tasks import make_task
 from prunelab.tasks.detection import DetectionTask
 from prunelab.tasks.detector_contract import as_detections, loss_mode
@@ -158,8 +160,6 @@ def test_user_loss_by_import_path_trains(tmp_path, scenes):
         "    return detection_losses(outputs, targets)\n"
     )
     task = make_task("detection", data=scenes, loss=f"{tmp_path / 'rawdet.py'}:loss")
-    from prunelab.sources.user import load_object
-
     torch.manual_seed(0)
     model = load_object(f"{tmp_path / 'rawdet.py'}:Raw")(1, 10, 4)
     before = task.mean_loss(model, scenes.train)
@@ -352,3 +352,65 @@ def test_untraceable_detector_still_sweeps_unstructured(tmp_path, scenes):
     # the pruned cell was measured against the dense detector (fidelity below 1)
     row = re.search(r"0\.5\s*│\s*magnitude\s*│\s*([\d.]+)\s*│\s*([\d.]+)", res.output)
     assert row and 0.0 < float(row.group(2)) < 1.0, res.output
+
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "detection"
+
+
+def test_detection_example_sweep_recommend_export(tmp_path):
+    """examples/detection as a user runs it (tiny stand-in data): their detector + their COCO
+    file -> sweep -> recommend -> export, and the export loads back into their architecture."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    work = tmp_path / "detection"
+    skip = shutil.ignore_patterns("data", "runs", "*.safetensors", "photos", "__pycache__")
+    shutil.copytree(EXAMPLE, work, ignore=skip)
+    # one thread per process: the CI machine is shared; no sensitivity scan (a CI budget)
+    env = {**os.environ, "PYTHONPATH": str(EXAMPLE.parents[1] / "src"), "OMP_NUM_THREADS": "1",
+           "PRUNELAB_CACHE": str(tmp_path / "cache")}  # fmt: skip
+    toml = (work / "sweep.toml").read_text()
+    no_scan = "seeds = [0]\nsensitivity_scan = false\n"
+    (work / "sweep.toml").write_text(toml.replace("seeds = [0]\n", no_scan))
+
+    def run(*cmd: str) -> str:
+        done = subprocess.run([sys.executable, *cmd], env=env, cwd=work, capture_output=True,
+                              text=True, timeout=900)  # fmt: skip
+        assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+        return done.stdout
+
+    run("make_data.py", "160")
+    run("make_weights.py", "12")
+    out = run("-m", "prunelab", "sweep", "--config", "sweep.toml", "--out", "runs/det", "--quiet",
+              "--levels", "0.6", "--methods", "magnitude", "--ft-epochs", "0.5")  # fmt: skip
+    assert "original (as given)" in out and "report:" in out, out
+    df = load_results(work / "runs" / "det").set_index(["method", "structure", "level"])
+    dense = df.loc[("dense", "-", 0.0)]
+    assert dense["map50"] > 0.1, dense  # their (briefly) trained detector finds digits
+    assert dense["fidelity_map50"] == pytest.approx(1.0)
+    chan = df.loc[("magnitude", "channels", 0.6)]
+    assert chan["removed"] == pytest.approx(0.6, abs=0.05) and chan["map50"] < dense["map50"]
+    out = run("-m", "prunelab", "recommend", "runs/det", "--max-drop", "10")
+    assert "map50" in out, out  # a recommendation, or the plain word that no level holds
+    # the unstructured cell: a state dict of their own architecture, zeros where pruned
+    cell = df.loc[("magnitude", "unstructured", 0.6), "cell_id"]
+    out = run("-m", "prunelab", "export", "runs/det", "--cell", cell, "--out", "sparse.safetensors")
+    model = load_object(f"{work / 'my_detector.py'}:build")()
+    model.load_state_dict(load_file(str(work / "sparse.safetensors")))
+    from prunelab.prune.targets import select_targets
+
+    weights = [m.weight for m in select_targets(model).values()]
+    zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+    assert zeros == pytest.approx(0.6, abs=0.01)
+    found = model.eval()(torch.zeros(2, 1, 48, 48))
+    assert len(found) == 2 and set(found[0]) == {"boxes", "labels", "scores"}
+    # the channel cell ships physically smaller
+    cell = df.loc[("magnitude", "channels", 0.6), "cell_id"]
+    out = run("-m", "prunelab", "export", "runs/det", "--cell", cell, "--format", "slim",
+              "--out", "slim.safetensors")  # fmt: skip
+    slim = int(re.search(r"params ([\d,]+)", out).group(1).replace(",", ""))
+    assert slim < 0.7 * sum(p.numel() for p in model.parameters()), out
