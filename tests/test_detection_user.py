@@ -365,7 +365,7 @@ def test_detection_example_sweep_recommend_export(tmp_path):
     import subprocess
     import sys
 
-    from safetensors.torch import load_file
+    from prunelab.ship.export import load_sparse
 
     work = tmp_path / "detection"
     skip = shutil.ignore_patterns("data", "runs", "*.safetensors", "photos", "__pycache__")
@@ -377,10 +377,11 @@ def test_detection_example_sweep_recommend_export(tmp_path):
     no_scan = "seeds = [0]\nsensitivity_scan = false\n"
     (work / "sweep.toml").write_text(toml.replace("seeds = [0]\n", no_scan))
 
-    def run(*cmd: str) -> str:
+    def run(*cmd: str, ok: tuple[int, ...] = (0,)) -> str:
         done = subprocess.run([sys.executable, *cmd], env=env, cwd=work, capture_output=True,
                               text=True, timeout=900)  # fmt: skip
-        assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+        assert done.returncode in ok, (done.stdout + done.stderr)[-3000:]
+        assert "Traceback" not in done.stderr, done.stderr[-3000:]
         return done.stdout
 
     run("make_data.py", "160")
@@ -389,18 +390,20 @@ def test_detection_example_sweep_recommend_export(tmp_path):
               "--levels", "0.6", "--methods", "magnitude", "--ft-epochs", "0.5")  # fmt: skip
     assert "original (as given)" in out and "report:" in out, out
     df = load_results(work / "runs" / "det").set_index(["method", "structure", "level"])
-    dense = df.loc[("dense", "-", 0.0)]
+    dense = df.loc[("dense", "-", 0.0)]  # the dense control, fine-tuned as every cell is
     assert dense["map50"] > 0.1, dense  # their (briefly) trained detector finds digits
-    assert dense["fidelity_map50"] == pytest.approx(1.0)
+    assert 0.0 < dense["fidelity_map50"] <= 1.0
     chan = df.loc[("magnitude", "channels", 0.6)]
     assert chan["removed"] == pytest.approx(0.6, abs=0.05) and chan["map50"] < dense["map50"]
-    out = run("-m", "prunelab", "recommend", "runs/det", "--max-drop", "10")
-    assert "map50" in out, out  # a recommendation, or the plain word that no level holds
-    # the unstructured cell: a state dict of their own architecture, zeros where pruned
+    # a recommendation (exit 0), or the plain word that no level holds (exit 1): the tiny
+    # stand-in, briefly trained, may lose more than 2 points at 0.6
+    out = run("-m", "prunelab", "recommend", "runs/det", "--max-drop", "2", ok=(0, 1))
+    assert "map50" in out and "magnitude" in out, out
+    # the unstructured cell: a compact file that loads into their own architecture
     cell = df.loc[("magnitude", "unstructured", 0.6), "cell_id"]
     out = run("-m", "prunelab", "export", "runs/det", "--cell", cell, "--out", "sparse.safetensors")
-    model = load_object(f"{work / 'my_detector.py'}:build")()
-    model.load_state_dict(load_file(str(work / "sparse.safetensors")))
+    model = load_sparse(load_object(f"{work / 'my_detector.py'}:build")(),
+                        work / "sparse.safetensors")  # fmt: skip
     from prunelab.prune.targets import select_targets
 
     weights = [m.weight for m in select_targets(model).values()]
