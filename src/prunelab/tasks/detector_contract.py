@@ -17,7 +17,7 @@ Anything else fails with one line saying what came back.
 1
 >>> as_detections(torch.zeros(1, 5), 1)  # doctest: +ELLIPSIS
 Traceback (most recent call last):
-prunelab.errors.PrunelabError: detector output does not follow the contract ...: got a Tensor (1, 5) for 1 images
+prunelab.errors.PrunelabError: detector output ...: got a Tensor (1, 5) for 1 images
 """
 
 from __future__ import annotations
