@@ -22,6 +22,7 @@ from prunelab.sources.data.scenes import load_scenes
 from prunelab.sources.models.detector import TinyDetector
 from prunelab.sources.readers import read_data
 from prunelab.sources.user import load_object
+from prunelab.sweep.spec import load_spec, spec_from_dict
 from prunelab.sweep.store import load_results
 from prunelab.tasks import make_task
 from prunelab.tasks.detection import DetectionTask
@@ -373,9 +374,9 @@ def test_detection_example_sweep_recommend_export(tmp_path):
     # one thread per process: the CI machine is shared; no sensitivity scan (a CI budget)
     env = {**os.environ, "PYTHONPATH": str(EXAMPLE.parents[1] / "src"), "OMP_NUM_THREADS": "1",
            "PRUNELAB_CACHE": str(tmp_path / "cache")}  # fmt: skip
-    toml = (work / "sweep.toml").read_text()
-    no_scan = "seeds = [0]\nsensitivity_scan = false\n"
-    (work / "sweep.toml").write_text(toml.replace("seeds = [0]\n", no_scan))
+    for name in ("sweep.toml", "own_loss.toml", "unlabelled.toml"):
+        toml = work / name
+        toml.write_text("sensitivity_scan = false\n" + toml.read_text())
 
     def run(*cmd: str, ok: tuple[int, ...] = (0,)) -> str:
         done = subprocess.run([sys.executable, *cmd], env=env, cwd=work, capture_output=True,
@@ -417,3 +418,16 @@ def test_detection_example_sweep_recommend_export(tmp_path):
               "--out", "slim.safetensors")  # fmt: skip
     slim = int(re.search(r"params ([\d,]+)", out).group(1).replace(",", ""))
     assert slim < 0.7 * sum(p.numel() for p in model.parameters()), out
+    # the other two routes, as written (one level): the user's loss function with distillation
+    # (a quarter epoch), and the frames without labels, one-shot (fidelity to the dense
+    # detector; this weak stand-in loses its detections when fine-tuned on its own ones)
+    for name, primary, ft in (("own_loss.toml", "map50", "0.25"),
+                              ("unlabelled.toml", "fidelity_map50", "0")):  # fmt: skip
+        run("-m", "prunelab", "sweep", "--config", name, "--out", f"runs/{name}", "--quiet",
+            "--levels", "0.5", "--structures", "unstructured", "--ft-epochs", ft)  # fmt: skip
+        got = load_results(work / "runs" / name).set_index(["method", "level"])
+        assert 0.0 <= got.loc[("magnitude", 0.5), primary] <= 1.0, got
+    assert "map50" not in got.columns  # no labels: nothing to score mAP against
+    # the MTCNN route parses and names what it needs (running it needs the facenet weights)
+    spec = spec_from_dict(load_spec(work / "faces.toml"))
+    assert spec.task.kind == "detection" and spec.data.reader == "coco"
