@@ -428,6 +428,13 @@ def test_detection_example_sweep_recommend_export(tmp_path):
         got = load_results(work / "runs" / name).set_index(["method", "level"])
         assert 0.0 <= got.loc[("magnitude", 0.5), primary] <= 1.0, got
     assert "map50" not in got.columns  # no labels: nothing to score mAP against
-    # the MTCNN route parses and names what it needs (running it needs the facenet weights)
+    # the MTCNN route parses (running it needs the facenet weights; untrained ones stand in)
+    from safetensors.torch import save_file
+
+    from prunelab.sources.models.mtcnn import MTCNN
+
+    save_file(MTCNN().state_dict(), str(work / "mtcnn.safetensors"))
+    (work / "photos").mkdir()
+    shutil.copy(work / "data" / "images" / "0000.png", work / "photos")
     spec = spec_from_dict(load_spec(work / "faces.toml"))
     assert spec.task.kind == "detection" and spec.data.reader == "coco"
