@@ -52,9 +52,9 @@ from prunelab.prune.surgery import prune_channels
 from prunelab.prune.targets import select_targets
 from prunelab.recover.dense import load_or_train
 from prunelab.recover.finetune import train
-from prunelab.sources.data.scenes import SceneSet, load_scenes
+from prunelab.sources.data.detection import DetectionSet
+from prunelab.sources.data.scenes import load_scenes
 from prunelab.sources.models.boxes import Detections
-from prunelab.sources.models.detector import detection_loss
 from prunelab.sources.models.mtcnn import (
     Cascade,
     crop_patches,
@@ -76,14 +76,11 @@ HEADER = (
 )
 
 
-def taylor_scores(model: nn.Module, calib: SceneSet, task: DetectionTask) -> dict:
+def taylor_scores(model: nn.Module, calib: DetectionSet, task: DetectionTask) -> dict:
     """|w * dL/dw| with the detector's own loss, through prunelab's calibration collector."""
     targets = select_targets(model)
-    batches = [(b.images, b) for b in task.batches(calib, 64, None)]
-    stats = collect(
-        model, targets, batches, frozenset({"grad"}),
-        loss_fn=lambda out, b: detection_loss(out, b.boxes, b.labels),
-    )  # fmt: skip
+    batches = list(task.batches(calib, 64, None))
+    stats = collect(model, targets, batches, frozenset({"grad"}), task=task)
     fn = CRITERIA.get("taylor").fn
     g = torch.Generator().manual_seed(0)
     return {

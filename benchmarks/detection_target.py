@@ -58,8 +58,10 @@ from prunelab.prune.targets import select_targets
 from prunelab.recover.dense import load_or_train
 from prunelab.recover.finetune import train
 from prunelab.report.detections import plot_detection_grid
-from prunelab.sources.data.scenes import SceneBundle, SceneSet, load_scenes
-from prunelab.sources.models.detector import detection_loss, distillation_loss
+from prunelab.sources.data.detection import DetectionBundle as SceneBundle
+from prunelab.sources.data.detection import DetectionSet as SceneSet
+from prunelab.sources.data.scenes import load_scenes
+from prunelab.sources.models.detector import detection_losses, distillation_loss
 from prunelab.tasks.detection import DetectionTask, truth_of
 from prunelab.training import TrainConfig
 
@@ -96,7 +98,7 @@ class DistilledDetection:
     def __init__(self, teacher: nn.Module, split: SceneSet, weight: float = 1.0) -> None:
         teacher.eval()
         with torch.no_grad():
-            outs = [teacher(split.images[i : i + 256]) for i in range(0, len(split), 256)]
+            outs = [teacher.raw(split.images[i : i + 256]) for i in range(0, len(split), 256)]
         self.cls = torch.cat([o[0] for o in outs])  # (N, K, H, W)
         self.reg = torch.cat([o[1] for o in outs])  # (N, 4, H, W)
         self.split, self.weight = split, weight
@@ -110,8 +112,8 @@ class DistilledDetection:
             yield TeacherBatch(split.take(idx), self.cls[idx], self.reg[idx])
 
     def loss(self, model: nn.Module, batch: TeacherBatch) -> Tensor:
-        out = model(batch.scenes.images)
-        det = detection_loss(out, batch.scenes.boxes, batch.scenes.labels)
+        out = model.raw(batch.scenes.images)
+        det = sum(detection_losses(out, batch.scenes.targets()).values())
         return det + self.weight * distillation_loss(out, (batch.cls, batch.reg))
 
 
@@ -134,7 +136,7 @@ def recalibrate_bn(model: nn.Module, split: SceneSet, n: int = 512) -> nn.Module
             m.momentum = None  # cumulative average
     model.train()
     for i in range(0, n, 64):
-        model(split.images[i : min(i + 64, n)])
+        model.raw(split.images[i : min(i + 64, n)])
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.momentum = 0.1

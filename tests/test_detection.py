@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import Tensor, nn
 
-from prunelab.measure.detection import coco_map, fidelity_map50, precision_recall
+from prunelab.measure.detection import coco_map, fidelity, precision_recall
 from prunelab.prune.apply import apply_masks
 from prunelab.prune.criteria import compute_scores
 from prunelab.prune.structures import select_masks
 from prunelab.prune.surgery import ChannelPlan, prune_channels
 from prunelab.prune.targets import select_targets
 from prunelab.recover.finetune import train
-from prunelab.sources.data.scenes import SceneSet, load_scenes, make_scenes, tight_box
+from prunelab.sources.data.detection import DetectionSet
+from prunelab.sources.data.scenes import load_scenes, make_scenes, tight_box
 from prunelab.sources.models.boxes import Detections, batched_nms, box_iou, nms
 from prunelab.sources.models.detector import (
     TinyDetector,
     assign,
     cell_centers,
-    decode,
     decode_boxes,
+    detections,
     distillation_loss,
 )
 from prunelab.sources.models.mtcnn import RNet, _whc_to_chw
@@ -92,9 +95,13 @@ def test_nms_hand_case() -> None:
 def test_fidelity_needs_no_labels() -> None:
     dense = [dets([[0, 0, 10, 10], [20, 20, 30, 30]], [0, 1], [0.9, 0.2])]
     # the 0.2 box is below the reference threshold: the dense detector's answer is one box
-    assert fidelity_map50(dense, dense, 2, score_threshold=0.3) == 1.0
-    assert fidelity_map50([dets([[2, 0, 12, 10]], [0], [0.5])], dense, 2) == 1.0
-    assert fidelity_map50([dets([[20, 20, 30, 30]], [0], [0.5])], dense, 2) == 0.0
+    assert fidelity(dense, dense, score_threshold=0.3)["fidelity_map50"] == 1.0
+    shifted = fidelity([dets([[2, 0, 12, 10]], [0], [0.5])], dense)
+    assert shifted["fidelity_map50"] == 1.0 and shifted["fidelity_map"] == 0.4  # IoU 2/3
+    assert shifted["fidelity_precision"] == shifted["fidelity_recall"] == 1.0
+    wrong = fidelity([dets([[20, 20, 30, 30]], [0], [0.5])], dense)
+    assert wrong["fidelity_map50"] == 0.0 and wrong["fidelity_recall"] == 0.0
+    assert math.isnan(fidelity(dense, [dets([], [])])["fidelity_map50"])  # nothing to match
 
 
 def test_scenes_deterministic_for_a_seed() -> None:
@@ -172,7 +179,7 @@ def _masked_outputs(model: nn.Module, plan: ChannelPlan, x: Tensor) -> tuple[Ten
         handles.append(modules[exit_name].register_forward_hook(hook))
     try:
         with torch.no_grad():
-            return model(x)
+            return model.raw(x)
     finally:
         for h in handles:
             h.remove()
@@ -185,7 +192,7 @@ def test_detector_slimmed_through_neck_and_head_equals_masked() -> None:
     small, plan = prune_channels(model, x[:1], sparsity=0.5)
     small.eval()
     with torch.no_grad():
-        dense, slim_out = model(x), small(x)
+        dense, slim_out = model.raw(x), small.raw(x)
     masked = _masked_outputs(model, plan, x)
     assert not torch.allclose(dense[0], masked[0], atol=1e-3)  # removal changes the function
     for got, want in zip(slim_out, masked):  # class logits and box regression
@@ -222,7 +229,7 @@ def test_task_trains_and_scores_itself(digit_scenes) -> None:
     assert res["fidelity_map50"] in (0.0, 1.0)  # itself: 1, or nothing above threshold: 0
     assert task.example_input(digit_scenes.val).shape == (1, 1, 32, 32)
     batches = list(task.batches(digit_scenes.val, 5, None))
-    assert [len(b) for b in batches] == [5, 5, 5, 1] and isinstance(batches[0], SceneSet)
+    assert [len(b) for b in batches] == [5, 5, 5, 1] and isinstance(batches[0], DetectionSet)
     assert len(truth_of(digit_scenes.val)) == 16
 
 
@@ -232,9 +239,9 @@ def test_decode_recovers_planted_box() -> None:
     reg = torch.full((1, 4, 4, 4), -10.0)
     d = torch.tensor([2.0, 1.0, 3.0, 2.0]) * 4  # l, t, r, b in pixels
     reg[0, :, 1, 2] = torch.log(torch.expm1(d / 4))  # inverse of softplus(x) * stride
-    (out,) = decode((cls, reg), score_threshold=0.5)
-    assert out.labels.tolist() == [1]
-    torch.testing.assert_close(out.boxes, torch.tensor([[2.0, 2.0, 22.0, 14.0]]))
+    (out,) = detections(cls, reg, score_threshold=0.5)
+    assert out["labels"].tolist() == [1]
+    torch.testing.assert_close(out["boxes"], torch.tensor([[2.0, 2.0, 22.0, 14.0]]))
 
 
 def test_mtcnn_flatten_order_matches_facenet_layout() -> None:

@@ -17,7 +17,7 @@ from prunelab.decide.units import Units
 from prunelab.sources.data.corpora import TokenBundle
 from prunelab.sources.data.scenes import load_scenes
 from prunelab.sources.models.zoo import build_model
-from prunelab.tasks import TASKS, make_task
+from prunelab.tasks import TASKS, Task, make_task
 
 KINDS = TASKS.names()
 
@@ -88,8 +88,14 @@ def test_task_contract(kind):
     model.eval()
     with torch.no_grad():
         out = task.forward(model, batch)
-        assert float(task.loss_of(out, batch)) == pytest.approx(float(task.loss(model, batch)))
-        assert float(task.soft_loss(out, out, 2.0)) == pytest.approx(0.0, abs=1e-3)
+        plain = float(task.loss(model, batch))
+        assert float(task.loss_of(out, batch)) == pytest.approx(plain)
+        # distillation at weight 0 is the task's own loss; at weight 1 a finite loss; a kind
+        # that distils through soft_loss finds a teacher identical to the student matched
+        assert float(task.distill_loss(model, model, batch, 0.0, 2.0)) == pytest.approx(plain)
+        assert math.isfinite(float(task.distill_loss(model, model, batch, 1.0, 2.0)))
+        if type(task).distill_loss is Task.distill_loss:
+            assert float(task.soft_loss(out, out, 2.0)) == pytest.approx(0.0, abs=1e-3)
     # example inputs of the data's own dtype, as many as asked
     ex = task.example_input(data.test, 3)
     assert len(ex) == 3 and ex.dtype == task.inputs(batch).dtype

@@ -44,6 +44,12 @@ def _coco_gt(truth: Sequence[Detections], num_classes: int) -> dict:
     return {"images": images, "annotations": anns, "categories": cats}
 
 
+def _categories(num_classes: int, *sets: Sequence[Detections]) -> int:
+    """Enough categories for ``num_classes`` and every label any of ``sets`` uses."""
+    top = max((int(d.labels.max()) + 1 for s in sets for d in s if len(d)), default=0)
+    return max(num_classes, top)
+
+
 def _coco_dets(preds: Sequence[Detections]) -> np.ndarray:
     rows = []
     for i, p in enumerate(preds):
@@ -61,7 +67,8 @@ def coco_map(
     """COCO mAP@0.5 (``map50``) and mAP@0.5:0.95 (``map``) by ``pycocotools``' COCOeval.
 
     Up to 100 detections per image count (COCO's default). Categories without ground truth
-    are left out of the mean, as in COCO; with no ground truth at all both are 0.
+    are left out of the mean, as in COCO; with no ground truth at all both are 0. Labels past
+    ``num_classes`` are categories too (a detector may know more classes than the data).
     """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -73,7 +80,7 @@ def coco_map(
         return {"map50": 0.0, "map": 0.0}
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         gt = COCO()
-        gt.dataset = _coco_gt(truth, num_classes)
+        gt.dataset = _coco_gt(truth, _categories(num_classes, preds, truth))
         gt.createIndex()
         ev = COCOeval(gt, gt.loadRes(dets), iouType="bbox")
         ev.evaluate()
@@ -121,21 +128,29 @@ def precision_recall(
     }
 
 
-def fidelity_map50(
-    preds: Sequence[Detections],
-    reference: Sequence[Detections],
-    num_classes: int,
-    score_threshold: float = 0.3,
-) -> float:
-    """mAP@0.5 of ``preds`` scored against ``reference`` (the dense detector's own detections
-    at ``score_threshold``, taken as ground truth): 1.0 when the pruned detector finds what the
-    dense one found. Needs no labels.
+def fidelity(
+    preds: Sequence[Detections], reference: Sequence[Detections], score_threshold: float = 0.3
+) -> dict[str, float]:
+    """``preds`` scored against ``reference`` (the dense detector's own detections scoring
+    ``>= score_threshold``, taken as ground truth): ``fidelity_map50`` (1.0 when the pruned
+    detector finds what the dense one found), ``fidelity_map`` (IoU 0.50:0.95) and
+    ``fidelity_precision``/``fidelity_recall`` at the same score threshold. Needs no labels;
+    all NaN when the dense detector found nothing to be faithful to.
+
+    >>> t = Detections(torch.tensor([[0., 0., 10., 10.]]), torch.ones(1), torch.zeros(1).long())
+    >>> fidelity([t], [t])["fidelity_map50"]
+    1.0
     """
     truth = [r.above(score_threshold) for r in reference]
-    if not any(len(t.scores) for t in truth):
-        return math.nan  # the dense detector found nothing to be faithful to
+    if not any(len(t) for t in truth):
+        return dict.fromkeys(FIDELITY, math.nan)
     truth = [Detections(t.boxes, torch.ones_like(t.scores), t.labels) for t in truth]
-    return coco_map(preds, truth, num_classes)["map50"]
+    m = coco_map(preds, truth, 0)
+    pr = precision_recall(preds, truth, score_threshold)
+    return dict(zip(FIDELITY, (m["map50"], m["map"], pr["precision"], pr["recall"])))
+
+
+FIDELITY = ("fidelity_map50", "fidelity_map", "fidelity_precision", "fidelity_recall")
 
 
 def detection_artifacts(

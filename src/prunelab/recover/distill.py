@@ -1,11 +1,12 @@
 """Distillation from the dense model: one recovery objective for every task kind.
 
-:class:`Distilled` wraps a task: on each of the task's own batches the loss is
+:class:`Distilled` wraps a task: on each of the task's own batches the loss is the task's
+:meth:`~prunelab.tasks.base.Task.distill_loss`, by default
 ``(1 - weight) · task.loss + weight · task.soft_loss(student, teacher, T)``, the teacher being the
 dense model, frozen, in eval mode. What "close to the teacher" means belongs to the task:
 ``T²·KL`` of logits for classification (Hinton et al. 2015) and of next-token distributions for
-language models, ``1 - cos`` of embeddings for encoders, the teacher's class probabilities and
-boxes for the built-in detector. A sweep selects it with ``[finetune] distill = 0.5``
+language models, ``1 - cos`` of embeddings for encoders, and for detectors the detector's own
+loss on the teacher's detections as boxes. A sweep selects it with ``[finetune] distill = 0.5``
 (``temperature = 2``); the dense control then gets the same objective, so the comparison stays
 fair.
 """
@@ -53,13 +54,7 @@ class Distilled:
         return self.task.inputs(batch)
 
     def loss(self, model: nn.Module, batch: Any) -> Tensor:
-        out = self.task.forward(model, batch)
-        with torch.no_grad():
-            target = self.task.forward(self.teacher, batch)
-        soft = self.task.soft_loss(out, target, self.temperature)
-        if self.weight == 1.0:
-            return soft
-        return (1 - self.weight) * self.task.loss_of(out, batch) + self.weight * soft
+        return self.task.distill_loss(model, self.teacher, batch, self.weight, self.temperature)
 
 
 def recovery_objective(task: Any, dense: nn.Module, cfg: TrainConfig) -> Objective:

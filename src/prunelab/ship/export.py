@@ -270,9 +270,16 @@ def onnx_max_diff(model: nn.Module, path: Path | str, x: Tensor, scaled: bool = 
 
 
 def _outputs(out: Tensor | tuple | list) -> list[Tensor]:
-    """A model's output as a flat list of tensors (detectors return several)."""
+    """A model's output as a flat list of tensors (a model may return several); one line for
+    outputs ONNX cannot hold (a detector's dicts of detections, whose sizes vary by image)."""
     if isinstance(out, Tensor):
         return [out]
+    if not isinstance(out, tuple | list) or not out:
+        raise PrunelabError(
+            f"ONNX export needs a model that returns tensors; this one returns "
+            f"{type(out).__name__}s (e.g. a detector's detections): export --format sparse, or "
+            "slim for a channel cell"
+        )
     return [t for o in out for t in _outputs(o)]
 
 

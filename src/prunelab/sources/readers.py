@@ -10,12 +10,14 @@
 * ``csv``: one row per example, a label column (strings or integers) and numeric features.
 * ``text``: labelled text in CSV/TSV/JSONL/Parquet (a ``text`` and a ``label`` column, names
   configurable), tokenized with the model's own tokenizer (:mod:`prunelab.sources.textfiles`).
+* ``coco``: a COCO detection JSON and its image folder, or a folder of images unlabelled
+  (:mod:`prunelab.sources.data.coco`; a detection bundle).
 
 Where the files do not define val/test splits they are carved from the rest with a seeded
 permutation (``val_fraction``, ``test_fraction``). Bad input fails with one PrunelabError line.
 
 >>> sorted(READERS.names())
-['csv', 'folder', 'idx', 'npz', 'text']
+['coco', 'csv', 'folder', 'idx', 'npz', 'text']
 """
 
 from __future__ import annotations
@@ -324,3 +326,6 @@ def read_text(
     return dataclasses.replace(
         bundle(name, given, k, seed, val_fraction, test_fraction), pad_id=pad
     )
+
+
+from prunelab.sources.data import coco as _coco  # noqa: E402,F401  (registers "coco")

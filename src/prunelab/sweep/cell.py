@@ -87,7 +87,10 @@ class Cell:
         pruned = self.structure is not None
         raw["structure"] = str(self.structure) if pruned else "-"
         raw["schedule"] = format_schedule(self.schedule) if pruned else "-"
-        return json.loads(json.dumps(raw, default=lambda o: o.__dict__))
+        out = json.loads(json.dumps(raw, default=lambda o: o.__dict__))
+        if out["task"].get("loss") is None:  # ids made before a task took a loss stay valid
+            out["task"].pop("loss", None)
+        return out
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Cell:

@@ -95,6 +95,6 @@ def tunes_on_validation(spec: SweepSpec) -> bool:
 def source_hash(spec: SweepSpec) -> str:
     """One hash of the user's code, weights and data-loader files ('' for built-ins only)."""
     prints = resolve.fingerprint(
-        spec.model, spec.weights, spec.data.loader, tuple(c.path for c in spec.task.custom)
+        spec.model, spec.weights, spec.data.loader, spec.task.code_paths()
     )
     return content_key(prints) if prints else ""

@@ -76,7 +76,7 @@ def _claim_run_dir(store: Store, spec: SweepSpec) -> None:
     """Record the spec in a new run dir, or check it matches when resuming (never overwrite)."""
     spec_json = json.loads(json.dumps(spec.to_dict()))
     prints = resolve.fingerprint(
-        spec.model, spec.weights, spec.data.loader, tuple(c.path for c in spec.task.custom)
+        spec.model, spec.weights, spec.data.loader, spec.task.code_paths()
     )
     previous = store.get_meta("spec")
     if previous is None:

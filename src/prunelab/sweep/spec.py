@@ -25,7 +25,7 @@ from prunelab.sources.readers import READERS
 from prunelab.sources.resolve import FACTORY, is_model_file
 from prunelab.sources.user import is_import_path, load_object
 from prunelab.sweep.model_aware import check_allocation
-from prunelab.tasks import TASKS
+from prunelab.tasks import TASKS, check_loss
 from prunelab.training import TrainConfig
 
 LATENCY = LATENCY_METRICS[0]  # in a spec's metrics: time every cell (``latency = true``)
@@ -171,11 +171,17 @@ class CustomMetricSpec:
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """What the model is for: the task kind, its primary metric and any custom metrics."""
+    """What the model is for: the task kind, its primary metric and any custom metrics;
+    ``loss``: a training loss ``fn(outputs, targets)`` by import path (detection)."""
 
     kind: str = "classification"
     primary: str | None = None  # None: the kind's own (accuracy, perplexity, map50, ...)
     custom: tuple[CustomMetricSpec, ...] = ()
+    loss: str | None = None
+
+    def code_paths(self) -> tuple[str, ...]:
+        """The user's code this task imports (hashed so a resumed sweep notices changes)."""
+        return tuple(c.path for c in self.custom) + ((self.loss,) if self.loss else ())
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> TaskSpec:
@@ -273,8 +279,10 @@ class SweepSpec:
             check_options(f"dataset '{self.data.name}'", DATASETS.get(self.data.name),
                           self.data.loader_kwargs())  # fmt: skip
         TASKS.get(self.task.kind)
-        for c in self.task.custom:
-            load_object(c.path)
+        if self.task.loss is not None:
+            check_loss(self.task.kind)
+        for path in self.task.code_paths():
+            load_object(path)
         for m in self.methods:
             if m not in RECONSTRUCTORS:
                 CRITERIA.get(m)
@@ -493,7 +501,7 @@ def absolute_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         if isinstance(data.get(key), str):
             data[key] = _absolute(data[key], base) if key == "loader" else str(base / data[key])
     options = dict(data.get("options", {}))
-    for key in ("path", "data_dir"):  # a dataset's own file options are relative too
+    for key in ("path", "data_dir", "images"):  # a dataset's own file options are relative too
         if isinstance(options.get(key), str):
             options[key] = str(base / options[key])
     tokenizer = options.get("tokenizer")  # a model directory's tokenizer, or a short name
@@ -507,4 +515,6 @@ def absolute_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     if task.get("custom"):
         task["custom"] = [{**c, "path": _absolute(c["path"], base)} for c in task["custom"]]
         raw["task"] = task
+    if isinstance(task.get("loss"), str):
+        raw["task"] = {**task, "loss": _absolute(task["loss"], base)}
     return raw

@@ -5,6 +5,7 @@
 ['causal-lm', 'classification', 'detection', 'sentence-embedding', 'text-classification']
 """
 
+import inspect
 from typing import Any
 
 from prunelab.errors import PrunelabError
@@ -37,6 +38,7 @@ __all__ = [
     "SentenceEmbeddingTask",
     "Task",
     "TextClassificationTask",
+    "check_loss",
     "make_task",
 ]
 
@@ -46,9 +48,11 @@ def make_task(
     primary: str | None = None,
     custom: tuple[tuple[str, str, bool], ...] = (),
     data: Any = None,
+    loss: str | None = None,
 ) -> Task:
     """A task from plain values: ``custom`` holds (name, import path, higher_is_better);
-    ``primary`` None is the kind's own; ``data`` configures kinds that read it (detection).
+    ``primary`` None is the kind's own; ``data`` configures kinds that read it (detection);
+    ``loss`` names a training loss by import path, for kinds that take one (detection).
 
     >>> make_task(primary="loss").info("loss").higher_is_better
     False
@@ -64,7 +68,21 @@ def make_task(
         CustomMetric(n, load_object(p), hib, None if p.startswith(memory.MEMORY_PREFIX) else p)
         for n, p, hib in custom
     )
-    kw = {} if primary is None else {"primary": primary}
+    kw: dict[str, Any] = {} if primary is None else {"primary": primary}
     if metrics:
         kw["custom"] = metrics
+    if loss is not None:
+        check_loss(kind)
+        kw["loss"] = loss
     return cls.for_data(data, **kw)
+
+
+def check_loss(kind: str) -> None:
+    """One clear line when a loss function by import path is given to a kind that takes none.
+
+    >>> check_loss("causal-lm")
+    Traceback (most recent call last):
+    prunelab.errors.PrunelabError: a 'causal-lm' task takes no loss function; drop [task] loss
+    """
+    if "loss" not in inspect.signature(TASKS.get(kind).__init__).parameters:
+        raise PrunelabError(f"a '{kind}' task takes no loss function; drop [task] loss")

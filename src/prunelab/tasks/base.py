@@ -202,6 +202,21 @@ class Task(ABC):
         """How far a student's outputs are from the dense teacher's (distillation)."""
         raise PrunelabError(f"a {self.kind} task has no distillation loss; set distill = 0")
 
+    def distill_loss(
+        self, model: nn.Module, teacher: nn.Module, batch: Any, weight: float, temperature: float
+    ) -> Tensor:
+        """Recovery's loss when distilling from ``teacher`` (frozen, eval mode):
+        ``(1 - weight) · loss + weight · soft_loss(student, teacher, temperature)`` on the
+        outputs of :meth:`forward`. A kind whose outputs cannot be compared so (a detector's
+        losses) says here what distilling means for it."""
+        out = self.forward(model, batch)
+        with torch.no_grad():
+            target = self.forward(teacher, batch)
+        soft = self.soft_loss(out, target, temperature)
+        if weight == 1.0:
+            return soft
+        return (1 - weight) * self.loss_of(out, batch) + weight * soft
+
     @abstractmethod
     def inputs(self, batch: Any) -> Any:
         """The model-input part of a batch (calibration forwards)."""

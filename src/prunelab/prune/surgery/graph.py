@@ -6,9 +6,10 @@ Every feature along dim 1 of every intermediate tensor is labelled with a *key*
 label ``H*W`` times (the Linear after it sees ``C*H*W`` features); ``cat`` on dim 1
 concatenates labels; an elementwise ``add``/``mul`` of two tensors *unions* the labels at
 each position (a residual add couples channel ``i`` of both branches). A union-find over keys
-yields the coupled groups. Keys that reach the model's output, come from its input, feed an
-op this module does not understand, or belong to a non-target layer are *fixed* (never
-removed), so an unknown op makes pruning more conservative, never wrong.
+yields the coupled groups. Keys that reach the model's output (or a call that returns no
+tensor, such as a detector's decoding), come from its input, feed an op this module does not
+understand, or belong to a non-target layer are *fixed* (never removed), so an unknown op makes
+pruning more conservative, never wrong.
 """
 
 from __future__ import annotations
@@ -136,15 +137,18 @@ class _Tracer:
         return [a for a in found if _meta_shape(a) is not None]
 
     def opaque(self, node: fx.Node) -> Labels | None:
-        """An op we do not understand: nothing flowing in or out of it may change."""
+        """An op we do not understand: nothing flowing in or out of it may change. A call
+        that returns no tensor (a detector's decoding into boxes, wrapped with
+        ``torch.fx.wrap``) is an output: what feeds it is kept, as the model's output is."""
         what = (
             f"{type(self.modules[node.target]).__name__} '{node.target}'"
             if node.op == "call_module"
             else f"{getattr(node.target, '__name__', node.target)} ('{node.name}')"
         )
+        sink = node.op == "call_function" and _meta_shape(node) is None
         for a in self.tensor_args(node):
             labels = self.labels.get(a.name) or []
-            for layer in {k[0] for k in labels if k[0] in self.cg.producers}:
+            for layer in {k[0] for k in labels if k[0] in self.cg.producers and not sink}:
                 self.cg.blockers.setdefault(layer, what)
             self.cg.fix(self.labels.get(a.name))
         shape = _meta_shape(node)
@@ -280,19 +284,24 @@ def trace_channels(
     """Trace ``model`` on ``example_input`` and return its channel dependency graph.
 
     ``eligible`` names the Conv/Linear modules whose output channels may be removed.
-    The model is run once in eval mode without gradients; its state is not changed.
+    The model is traced and run once in eval mode (a forward that branches on
+    ``self.training`` is traced as it predicts) without gradients; its state is not changed.
     """
-    try:
-        gm = fx.symbolic_trace(model)
-    except Exception as e:  # noqa: BLE001  (fx raises many kinds)
-        raise PrunelabError(
-            f"structured pruning needs a model torch.fx can trace: {str(e).splitlines()[0]}"
-        ) from None
     was_training = model.training
     model.eval()
     try:
+        try:
+            gm = fx.symbolic_trace(model)
+        except Exception as e:  # noqa: BLE001  (fx raises many kinds)
+            raise PrunelabError(
+                f"channel pruning needs a model torch.fx can trace, and {type(model).__name__}'s "
+                f"forward is not traceable ({str(e).splitlines()[0]}); use unstructured or N:M "
+                "structures, or mark data-dependent post-processing with torch.fx.wrap"
+            ) from None
         with torch.no_grad():
             ShapeProp(gm).propagate(example_input)
+    except PrunelabError:
+        raise
     except Exception as e:  # noqa: BLE001
         raise PrunelabError(
             f"model cannot run on example input of shape {tuple(example_input.shape)}: "

@@ -13,10 +13,8 @@ pixels as pasted, in pixel-edge xyxy coordinates (a pixel at column ``c`` spans
 
 from __future__ import annotations
 
-import hashlib
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,72 +25,8 @@ from torch.nn import functional as F
 
 from prunelab.errors import PrunelabError
 from prunelab.sources.data.base import DATASETS
+from prunelab.sources.data.detection import DetectionBundle, DetectionSet
 from prunelab.sources.data.fashion_mnist import CLASSES, DEFAULT_DIR, FILES, _find, read_idx
-
-
-@dataclass(frozen=True)
-class SceneSet:
-    """Images (N, C, H, W) in [0, 1] with per-image boxes (K_i, 4) xyxy and labels (K_i,)."""
-
-    images: Tensor
-    boxes: tuple[Tensor, ...]
-    labels: tuple[Tensor, ...]
-
-    def __post_init__(self) -> None:
-        n = self.images.shape[0]
-        if self.images.dim() != 4 or len(self.boxes) != n or len(self.labels) != n:
-            raise PrunelabError(
-                f"scene set needs images (N, C, H, W) and N box/label tensors; got "
-                f"{tuple(self.images.shape)}, {len(self.boxes)} boxes, {len(self.labels)} labels"
-            )
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    def take(self, idx: Sequence[int] | Tensor) -> SceneSet:
-        """The scenes at positions ``idx``, in that order."""
-        idx = torch.as_tensor(idx, dtype=torch.long)
-        return SceneSet(
-            self.images[idx],
-            tuple(self.boxes[i] for i in idx.tolist()),
-            tuple(self.labels[i] for i in idx.tolist()),
-        )
-
-    def subset(self, n: int | None) -> SceneSet:
-        """The first ``n`` scenes (all when ``n`` is None)."""
-        return self if n is None or n >= len(self) else self.take(range(n))
-
-    def fingerprint(self) -> str:
-        """A short content hash (images, boxes, labels) for caches and run records."""
-        h = hashlib.sha256(self.images.contiguous().numpy().tobytes())
-        for b, y in zip(self.boxes, self.labels):
-            h.update(b.contiguous().numpy().tobytes())
-            h.update(y.contiguous().numpy().tobytes())
-        return h.hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class SceneBundle:
-    """Train, validation and test scene sets with their class names."""
-
-    name: str
-    train: SceneSet
-    val: SceneSet
-    test: SceneSet
-    classes: tuple[str, ...]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.train.images.shape[1:])
-
-    def fingerprint(self) -> str:
-        return hashlib.sha256(
-            "".join(s.fingerprint() for s in (self.train, self.val, self.test)).encode()
-        ).hexdigest()[:16]
 
 
 def tight_box(obj: Tensor) -> Tensor:
@@ -151,7 +85,7 @@ def make_scenes(
     scales: tuple[float, float] = (0.6, 1.3),
     max_iou: float = 0.3,
     generator: torch.Generator | None = None,
-) -> SceneSet:
+) -> DetectionSet:
     """``n`` scenes of ``canvas`` x ``canvas`` pixels from ``objects`` (M, h, w) in [0, 1].
 
     Each scene gets between ``per_image[0]`` and ``per_image[1]`` objects, each scaled by a
@@ -178,10 +112,10 @@ def make_scenes(
             cls.append(int(labels[j]))
         all_boxes.append(torch.stack(boxes) if boxes else torch.zeros(0, 4))
         all_labels.append(torch.tensor(cls, dtype=torch.long))
-    return SceneSet(images, tuple(all_boxes), tuple(all_labels))
+    return DetectionSet(images, tuple(all_boxes), tuple(all_labels))
 
 
-SceneLoader = Callable[..., SceneBundle]
+SceneLoader = Callable[..., DetectionBundle]
 
 
 def _bundle(
@@ -193,13 +127,13 @@ def _bundle(
     classes: tuple[str, ...],
     seed: int,
     **kw: object,
-) -> SceneBundle:
+) -> DetectionBundle:
     g = torch.Generator().manual_seed(seed)
     n_train, n_val, n_test = sizes
     train = make_scenes(*train_objects, n_train, canvas, generator=g, **kw)
     val = make_scenes(*train_objects, n_val, canvas, generator=g, **kw)
     test = make_scenes(*test_objects, n_test, canvas, generator=g, **kw)
-    return SceneBundle(name, train, val, test, classes)
+    return DetectionBundle(name, train, val, test, classes)
 
 
 @DATASETS.register("fashion-scenes")
@@ -210,7 +144,7 @@ def load_fashion_scenes(
     canvas: int = 64,
     seed: int = 0,
     data_dir: str | os.PathLike[str] | None = None,
-) -> SceneBundle:
+) -> DetectionBundle:
     """Fashion-MNIST items on ``canvas``-sized scenes; test scenes use only test-set items.
 
     Needs the Debian package ``dataset-fashion-mnist`` (or ``data_dir`` with its IDX files).
@@ -229,7 +163,7 @@ def load_fashion_scenes(
 @DATASETS.register("digit-scenes")
 def load_digit_scenes(
     n_train: int = 400, n_val: int = 50, n_test: int = 100, canvas: int = 32, seed: int = 0
-) -> SceneBundle:
+) -> DetectionBundle:
     """scikit-learn's 8x8 digits (upsampled to 16x16) on small scenes: for tests, no files."""
     raw = load_digits()
     x = torch.tensor(raw.images, dtype=torch.float32)[:, None] / 16.0  # (M, 1, 8, 8)
@@ -244,13 +178,13 @@ def load_digit_scenes(
     )  # fmt: skip
 
 
-def load_scenes(name: str, **kwargs: object) -> SceneBundle:
+def load_scenes(name: str, **kwargs: object) -> DetectionBundle:
     """Build a registered scene set by name.
 
     >>> load_scenes("digit-scenes", n_train=4, n_val=2, n_test=2).num_classes
     10
     """
     bundle = DATASETS.get(name)(**kwargs)
-    if not isinstance(bundle, SceneBundle):
+    if not isinstance(bundle, DetectionBundle):
         raise PrunelabError(f"dataset '{name}' is not a scene set (boxes per image)")
     return bundle

@@ -2,14 +2,22 @@
 
 Backbone: four conv-BN-ReLU stages (strides 1, 2, 2, 2). Neck: the stride-8 map is upsampled
 and concatenated with the stride-4 map (a two-scale fusion), then mixed. Head: separate class
-and box branches reading the same neck output. ``forward`` returns raw maps only and has no
-data-dependent control flow, so ``torch.fx`` traces it; targets, loss and decoding live in
-plain functions outside the module.
+and box branches reading the same neck output.
 
->>> m = TinyDetector(1, 10, width=8)
->>> cls, reg = m(torch.zeros(2, 1, 32, 32))
+It follows torchvision's detector convention, the contract every detector in prunelab follows
+(:mod:`prunelab.tasks.detection`): in eval mode ``model(images)`` returns one dict per image
+with ``boxes`` (K, 4) xyxy pixels, ``labels`` (K,) and ``scores`` (K,); in train mode
+``model(images, targets)`` returns a dict of losses. The decoding (:func:`detections`) is
+marked with ``torch.fx.wrap``, so ``torch.fx`` traces the forward with decoding as one opaque
+call and channel surgery cuts through backbone, neck and head. :meth:`TinyDetector.raw` gives
+the raw maps.
+
+>>> m = TinyDetector(1, 10, width=8).eval()
+>>> cls, reg = m.raw(torch.zeros(2, 1, 32, 32))
 >>> cls.shape, reg.shape
 (torch.Size([2, 10, 8, 8]), torch.Size([2, 4, 8, 8]))
+>>> sorted(m(torch.zeros(2, 1, 32, 32))[0])
+['boxes', 'labels', 'scores']
 """
 
 from __future__ import annotations
@@ -17,10 +25,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.fx
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from prunelab.sources.models.boxes import Detections, batched_nms
+from prunelab.errors import PrunelabError
+from prunelab.sources.models.boxes import batched_nms
 from prunelab.sources.models.zoo import MODELS
 
 STRIDE = 4  # output grid cell size in input pixels
@@ -51,13 +61,26 @@ class TinyDetector(nn.Module):
         self.box_out = nn.Conv2d(4 * w, 4, 1)
         nn.init.constant_(self.cls_out.bias, -4.6)  # prior 1 % foreground (focal-loss init)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def raw(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Class logits (B, K, H/4, W/4) and raw box distances (B, 4, H/4, W/4)."""
         c2 = self.stage2(self.stage1(self.stem(x)))  # (B, 4w, H/4, W/4)
         c3 = self.stage3(c2)  # (B, 8w, H/8, W/8)
         p = self.fuse(torch.cat([self.up(c3), c2], dim=1))  # (B, 12w -> 4w, H/4, W/4)
         cls = self.cls_out(self.cls_branch(p))  # (B, K, H/4, W/4) class logits
         reg = self.box_out(self.box_branch(p))  # (B, 4, H/4, W/4) raw l, t, r, b distances
         return cls, reg
+
+    def forward(
+        self, images: Tensor, targets: list[dict[str, Tensor]] | None = None
+    ) -> list[dict[str, Tensor]] | dict[str, Tensor]:
+        """Eval: detections per image; train: the losses against ``targets`` (torchvision's
+        convention: a dict per image with ``boxes`` (K, 4) xyxy and ``labels`` (K,))."""
+        cls, reg = self.raw(images)
+        if self.training:
+            if targets is None:
+                raise PrunelabError("in train mode the detector needs targets (boxes, labels)")
+            return detection_losses((cls, reg), targets)
+        return detections(cls, reg)
 
 
 @MODELS.register("detector-tiny")
@@ -114,10 +137,12 @@ def giou_loss(pred: Tensor, target: Tensor) -> Tensor:
     return 1 - giou
 
 
-def detection_loss(
-    outputs: tuple[Tensor, Tensor], boxes: Sequence[Tensor], labels: Sequence[Tensor]
-) -> Tensor:
-    """Sigmoid focal loss on classes plus GIoU loss on the positives' boxes, per positive."""
+def detection_losses(
+    outputs: tuple[Tensor, Tensor], targets: Sequence[dict[str, Tensor]]
+) -> dict[str, Tensor]:
+    """Sigmoid focal loss on classes (``classification``) and twice the GIoU loss on the
+    positives' boxes (``box``), each per positive cell."""
+    boxes, labels = [t["boxes"] for t in targets], [t["labels"] for t in targets]
     cls, reg = outputs
     b, k, h, w = cls.shape
     centers = cell_centers(h, w)
@@ -131,7 +156,7 @@ def detection_loss(
     focal = focal_loss(cls_p, cls_t).sum() / n_pos
     pred_boxes = decode_boxes(reg_p[pos], centers.expand(b, -1, -1)[pos])  # (n_pos, 4)
     box = giou_loss(pred_boxes, box_t[pos]).sum() / n_pos
-    return focal + 2.0 * box
+    return {"classification": focal, "box": 2.0 * box}
 
 
 def focal_loss(logits: Tensor, target: Tensor, alpha: float = 0.25) -> Tensor:
@@ -144,14 +169,15 @@ def focal_loss(logits: Tensor, target: Tensor, alpha: float = 0.25) -> Tensor:
 
 
 @torch.no_grad()
-def decode(
-    outputs: tuple[Tensor, Tensor],
+def detections(
+    cls: Tensor,
+    reg: Tensor,
     score_threshold: float = 0.05,
     iou_threshold: float = 0.5,
     max_det: int = 100,
-) -> list[Detections]:
-    """Per-image detections: class scores above ``score_threshold``, class-wise NMS."""
-    cls, reg = outputs
+) -> list[dict[str, Tensor]]:
+    """Per-image detections (torchvision's form) from the raw maps: class scores above
+    ``score_threshold``, class-wise NMS, at most ``max_det``."""
     b, k, h, w = cls.shape
     centers = cell_centers(h, w)
     scores = cls.sigmoid().flatten(2).transpose(1, 2)  # (B, P, K)
@@ -163,8 +189,11 @@ def decode(
         top = s.topk(min(len(s), 10 * max_det)).indices
         cell, label, s = cell[top], label[top], s[top]
         keep = batched_nms(boxes[i, cell], s, label, iou_threshold)[:max_det]
-        out.append(Detections(boxes[i, cell[keep]], s[keep], label[keep]))
+        out.append({"boxes": boxes[i, cell[keep]], "labels": label[keep], "scores": s[keep]})
     return out
+
+
+torch.fx.wrap("detections")  # traced as one call: data-dependent decoding stays opaque
 
 
 def distillation_loss(

@@ -9,6 +9,12 @@ the first Linear's input columns to match when loading, so the function is ident
 :func:`detect_faces`). The cascade (image pyramid, P-Net proposals, R-Net and O-Net
 refinement, NMS) follows facenet's ``detect_face`` with prunelab's pure-torch NMS; the last
 NMS uses IoU (facenet: intersection over the smaller box).
+
+:class:`MTCNN` is the whole cascade as one detector following torchvision's convention (the
+contract of :mod:`prunelab.tasks.detector_contract`): ``model(images)`` with images
+(B, 3, H, W) in [0, 1] returns one dict of faces (label 0) per image. It has no training loss,
+so a sweep measures it one-shot (``[finetune] epochs = 0``); its forward loops over an image
+pyramid, so ``torch.fx`` cannot trace it and channel pruning refuses it.
 """
 
 from __future__ import annotations
@@ -105,6 +111,26 @@ class Cascade:
     onet: nn.Module
 
 
+class MTCNN(nn.Module):
+    """P-, R- and O-Net as one face detector: eval mode returns faces per image.
+
+    >>> out = MTCNN().eval()(torch.zeros(2, 3, 24, 24))  # random weights
+    >>> len(out), sorted(out[0])
+    (2, ['boxes', 'labels', 'scores'])
+    """
+
+    def __init__(self, cascade: Cascade | None = None, min_size: float = 20.0) -> None:
+        super().__init__()
+        nets = cascade if cascade is not None else Cascade(PNet(), RNet(), ONet())
+        self.pnet, self.rnet, self.onet = nets.pnet, nets.rnet, nets.onet
+        self.min_size = min_size
+
+    def forward(self, images: Tensor, targets: object = None) -> list[dict[str, Tensor]]:
+        """Faces in each image of ``images`` (B, 3, H, W), values in [0, 1]."""
+        found = [detect_faces(img * 255.0, self, self.min_size) for img in images]
+        return [{"boxes": d.boxes, "labels": d.labels, "scores": d.scores} for d in found]
+
+
 def _whc_to_chw(weight: Tensor, c: int, h: int, w: int) -> Tensor:
     """Linear weight columns from facenet's (W, H, C) flatten order to (C, H, W)."""
     out = weight.shape[0]
@@ -196,7 +222,7 @@ def propose(
 @torch.no_grad()
 def detect_faces(
     img: Tensor,
-    nets: Cascade,
+    nets: Cascade | MTCNN,
     min_size: float = 20.0,
     factor: float = 0.709,
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
