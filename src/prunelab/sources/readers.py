@@ -23,7 +23,6 @@ permutation (``val_fraction``, ``test_fraction``). Bad input fails with one Prun
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -36,11 +35,11 @@ from torch import Tensor
 from prunelab.data import DataBundle, Split
 from prunelab.errors import PrunelabError
 from prunelab.registry import Registry, check_options
+from prunelab.sources.data.base import IMAGE_SUFFIXES, PathLike
+from prunelab.sources.data.coco import read_coco
 from prunelab.sources.data.fashion_mnist import read_idx
 from prunelab.sources.textfiles import read_text_splits
 
-PathLike = str | os.PathLike[str]
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 SPLITS = ("train", "val", "test")
 Reader = Callable[..., DataBundle]
 READERS: Registry[Reader] = Registry("data reader")
@@ -328,4 +327,4 @@ def read_text(
     )
 
 
-from prunelab.sources.data import coco as _coco  # noqa: E402,F401  (registers "coco")
+READERS.add("coco", read_coco)

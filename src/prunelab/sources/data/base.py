@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from prunelab.data import DataBundle
 from prunelab.registry import Registry, check_options
 
+PathLike = str | os.PathLike[str]
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 Loader = Callable[..., DataBundle]
 DATASETS: Registry[Loader] = Registry("dataset")
 

@@ -26,8 +26,8 @@ import torch
 from torch import Tensor
 
 from prunelab.errors import PrunelabError
+from prunelab.sources.data.base import IMAGE_SUFFIXES, PathLike
 from prunelab.sources.data.detection import DetectionBundle, DetectionSet
-from prunelab.sources.readers import IMAGE_SUFFIXES, READERS, PathLike
 
 MAX_BYTES = 4 * 2**30  # images held in memory; beyond this, ask for max_side
 
@@ -124,7 +124,6 @@ def _split(n: int, fractions: dict[str, float], seed: int, where: str) -> dict[s
     return parts
 
 
-@READERS.register("coco")
 def read_coco(
     path: PathLike,
     images: PathLike | None = None,
