@@ -1,14 +1,8 @@
-"""One sweep cell: (method, allocation, structure, schedule, level, seed) -> a result row.
-
-:func:`run_cell` reads as the pipeline: prune (the structure, one shot, or the schedule) →
-recover (fine-tune; the dense control gets the same budget) → measure (the task's metrics, the
-footprint every kind shares, latency when asked) → keep (the model itself, compactly: what its
-structure kept and the weights recovery changed, :mod:`prunelab.sweep.snapshot`, so an export
-needs no re-run). It is pure given its inputs (a :class:`Cell`
-and the shared :class:`~prunelab.sweep.context.Context`), so any executor — sequential,
-process pool, Ray — can run cells in any order. Nothing here asks what kind a task or a
-structure is: each kind answers for itself.
-"""
+"""One sweep cell -> a result row. :func:`run_cell` reads as the pipeline: prune (structure,
+one shot or schedule) → recover (the dense control gets the same budget) → measure (the task's
+metrics, the shared footprint, latency when asked) → keep (the model, compactly:
+:mod:`prunelab.sweep.snapshot`). Pure given a :class:`Cell` and the shared context, so any
+executor runs cells in any order; nothing here asks what kind a task or a structure is."""
 
 from __future__ import annotations
 
@@ -52,10 +46,8 @@ IDENTITY = ("model", "method", "allocation", "structure", "schedule", "level", "
 
 @dataclass(frozen=True)
 class Cell:
-    """Everything needed to reproduce one result row: a typed description of how to prune.
-
-    ``structure`` and ``schedule`` are parsed objects (None for the dense control, which gets
-    the same recovery budget and no pruning)."""
+    """Everything needed to reproduce one result row: a typed description of how to prune
+    (``structure``/``schedule`` None: the dense control, same recovery budget, no pruning)."""
 
     model: str
     data: DataSpec
@@ -107,9 +99,7 @@ class Cell:
             kw["schedule"] = parse_schedule(kw["schedule"]) if pruned else None
             return cls(**kw)
         except (KeyError, TypeError) as e:
-            raise PrunelabError(
-                f"stored cell is unreadable by this prunelab version: {e}"
-            ) from None
+            raise PrunelabError(f"stored cell unreadable by this prunelab version: {e}") from None
 
     @property
     def cell_id(self) -> str:
@@ -123,10 +113,8 @@ class Cell:
     def label(self) -> str:
         if self.structure is None:
             return f"dense seed={self.seed}"
-        return (
-            f"{self.method}/{self.allocation}/{self.structure}/{format_schedule(self.schedule)} "
-            f"@{self.level:g} seed={self.seed}"
-        )
+        how = f"{self.method}/{self.allocation}/{self.structure}/{format_schedule(self.schedule)}"
+        return f"{how} @{self.level:g} seed={self.seed}"
 
     def context_key(self) -> tuple:
         return (self.model, self.data, self.dense, self.weights, self.train_dense, self.task,
@@ -162,8 +150,7 @@ def run_cell(
     model = ctx.dense_copy()
     row: dict[str, Any] = {k: v for k, v in cell.to_json().items() if k in IDENTITY}
     row.update(dataset=cell.data.name, ft_epochs=cell.finetune.epochs)
-    if cell.fold >= 0:
-        row.update(fold=cell.fold, folds=cell.folds)
+    row.update({"fold": cell.fold, "folds": cell.folds} if cell.fold >= 0 else {})
     on_step = (lambda s, t: progress("fine-tune", s, t)) if progress else None
     records: dict[str, Any] = {}
     if cell.structure is not None and cell.schedule.name != "oneshot":
@@ -182,9 +169,8 @@ def run_cell(
             train(model, ctx.data.train, cell.finetune, gen, on_step=on_step, task=objective)
     artifacts = _measure(cell, ctx, model, row)
     artifacts[MODEL] = snapshot(model, ctx.dense, cell.structure, ctx.example)
-    return CellResult(
-        row, artifacts, time.perf_counter() - start, records, model if keep_model else None
-    )
+    kept = model if keep_model else None
+    return CellResult(row, artifacts, time.perf_counter() - start, records, kept)
 
 
 def _measure(cell: Cell, ctx: Context, model: nn.Module, row: dict[str, Any]) -> dict:
@@ -193,8 +179,8 @@ def _measure(cell: Cell, ctx: Context, model: nn.Module, row: dict[str, Any]) ->
     row.update(task_row)
     if cell.structure is None:  # the model as given, on the same validation rows: a reference
         artifacts.update(prefixed(ctx.original_records, ORIGINAL_RECORDS))
-    if ctx.tuning is not None:
-        row["tune_rows"] = len(ctx.tuning.val)  # the validation rows the decision never reads
+    if ctx.tuning is not None:  # the validation rows the decision never reads
+        row["tune_rows"] = len(ctx.tuning.val)
     st, ex = cell.structure, ctx.example
     shipped = st.shipped(model, ex) if st is not None else folded_copy(model)
     row.update(footprint(model, ctx.dense, st, cell.targets(model).values(), ex, shipped))
@@ -203,8 +189,7 @@ def _measure(cell: Cell, ctx: Context, model: nn.Module, row: dict[str, Any]) ->
         examples = ctx.task.example_input(ctx.data.test, max(batches))
         row.update(timing(shipped, ctx.dense, examples, batches))
     row["layer_sparsity"] = json.dumps(layer_sparsity(model))
-    # peak resident memory of this process so far (Linux reports KiB): the bound a run needs
-    row["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    row["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB: peak
     hists = {f"weight_hist/{n}": h.to_array() for n, h in nonzero_histograms(model).items()}
     return {**artifacts, **hists}
 
@@ -245,10 +230,8 @@ def _scheduled(
     if cell.method in RECONSTRUCTORS or not st.schedulable:
         raise PrunelabError(f"{cell.method}/{st} runs one-shot only (schedule oneshot)")
     if not ctx.task.supports_schedules:
-        raise PrunelabError(
-            f"schedule '{format_schedule(cell.schedule)}' supports classification tasks only; "
-            f"use oneshot for a {ctx.task.kind} task"
-        )
+        raise PrunelabError(f"schedule '{format_schedule(cell.schedule)}' supports "
+                            f"classification tasks only; use oneshot for a {ctx.task.kind} task")
     allocation: Any = cell.allocation
     records: dict[str, Any] = {}
     if cell.allocation in MODEL_AWARE:  # resolved once, from the dense model's scores
