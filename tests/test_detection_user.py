@@ -401,8 +401,8 @@ def test_detection_example_sweep_recommend_export(tmp_path):
     out = run("-m", "prunelab", "recommend", "runs/det", "--max-drop", "2", ok=(0, 1))
     assert "map50" in out and "magnitude" in out, out
     # the unstructured cell: a compact file that loads into their own architecture
-    cell = df.loc[("magnitude", "unstructured", 0.6), "cell_id"]
-    out = run("-m", "prunelab", "export", "runs/det", "--cell", cell, "--out", "sparse.safetensors")
+    out = run("-m", "prunelab", "export", "runs/det", "--level", "0.6", "--method", "magnitude",
+              "--structure", "unstructured", "--out", "sparse.safetensors")  # as the README
     model = load_sparse(load_object(f"{work / 'my_detector.py'}:build")(),
                         work / "sparse.safetensors")  # fmt: skip
     from prunelab.prune.targets import select_targets
@@ -413,9 +413,8 @@ def test_detection_example_sweep_recommend_export(tmp_path):
     found = model.eval()(torch.zeros(2, 1, 48, 48))
     assert len(found) == 2 and set(found[0]) == {"boxes", "labels", "scores"}
     # the channel cell ships physically smaller
-    cell = df.loc[("magnitude", "channels", 0.6), "cell_id"]
-    out = run("-m", "prunelab", "export", "runs/det", "--cell", cell, "--format", "slim",
-              "--out", "slim.safetensors")  # fmt: skip
+    out = run("-m", "prunelab", "export", "runs/det", "--level", "0.6", "--method", "magnitude",
+              "--structure", "channels", "--format", "slim", "--out", "slim.safetensors")
     slim = int(re.search(r"params ([\d,]+)", out).group(1).replace(",", ""))
     assert slim < 0.7 * sum(p.numel() for p in model.parameters()), out
     # the other two routes, as written (one level): the user's loss function with distillation

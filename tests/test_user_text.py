@@ -123,7 +123,9 @@ def test_heads_ffn_cell_exports_a_directory_from_pretrained_loads(textcls):
     folder, run = textcls
     cid, cell = _cell(run, "heads+ffn", 0.6)
     out = folder / "slim-classifier"
-    res = export_hf(run, cid, out)
+    res = runner.invoke(app, ["export", str(run), "--structure", "heads+ffn", "--level", "0.6",
+                              "--method", "wanda", "--format", "hf", "--out", str(out)])  # README
+    assert res.exit_code == 0, res.output
     assert "trust_remote_code=True" in res.output
     auto = transformers.AutoModelForSequenceClassification
     loaded = auto.from_pretrained(str(out), trust_remote_code=True).eval()
