@@ -114,7 +114,9 @@ def test_a_sweep_that_tunes_nothing_decides_on_every_validation_row():
     assert len(Context.build(cell).data.val) == len(load_dataset("digits").val)
 
 
-def test_pretrained_weights_recover_with_warmup_and_decay_unless_the_table_says_otherwise():
+def test_pretrained_weights_recover_with_warmup_and_decay_unless_the_table_says_otherwise(
+    tmp_path,
+):
     """examples/pytorch as shipped (weights, a [finetune] table with epochs only): warmup and
     cosine decay. A table that sets lr, schedule or warmup is used as written, and its cells
     keep the ids they had; a model prunelab trains keeps the constant default."""
@@ -124,7 +126,9 @@ def test_pretrained_weights_recover_with_warmup_and_decay_unless_the_table_says_
     from prunelab.training import TrainConfig
 
     toml = Path(__file__).resolve().parents[1] / "examples" / "pytorch" / "sweep.toml"
-    raw = load_spec(toml)
+    weights = tmp_path / "model.safetensors"  # make_weights.py's file: only its existence counts
+    weights.write_bytes(b"")
+    raw = {**load_spec(toml), "weights": str(weights)}
     spec = spec_from_dict(raw)
     assert (spec.finetune.schedule, spec.finetune.warmup, spec.finetune.lr) == ("cosine", 0.1, 1e-3)
     explicit = {"epochs": 1, "lr": 1e-3}

@@ -19,7 +19,9 @@ from typing import Literal
 
 import pandas as pd
 
-from prunelab.decide.analysis import _paired, bootstrap_ci
+from prunelab.decide.analysis import _paired, _statistic, bootstrap_ci
+from prunelab.decide.interval import N_BOOT
+from prunelab.decide.reference import RunRecords, choose_reference, resampled_evidence
 from prunelab.decide.units import Units
 from prunelab.errors import PrunelabError
 
@@ -69,5 +71,37 @@ def bootstrap_rule(
         drops = _paired(df, column, sign)[df["method"] != "dense"]
         low, high = bootstrap_ci(drops.to_numpy(), confidence, seed=seed)
         return Evidence(judge(low, high, max_drop), float(drops.mean()), low, high, len(drops))
+
+    return predicate
+
+
+def records_rule(
+    load: Callable[[pd.DataFrame], RunRecords],
+    metric: str,
+    max_drop: float,
+    units: Units,
+    confidence: float = 0.95,
+    seed: int = 0,
+    n_boot: int = N_BOOT,
+) -> Predicate:
+    """The recommendation's rule (:func:`prunelab.decide.analysis.recommend`) as a predicate:
+    the one-sided ``confidence`` bounds of the paired drop vs the better of the original model
+    and the dense control, bootstrapped over validation examples and seeds. ``load(rows)``
+    gives the rows' per-example records; without them (or for a metric without a statistic)
+    it falls back to :func:`bootstrap_rule`. Holds when the upper bound is within
+    ``max_drop``, breaks when the lower bound is beyond it."""
+    stat, sign = _statistic(units, metric), units.sign(metric)
+    fallback = bootstrap_rule(metric, max_drop, units, confidence, seed)
+
+    def predicate(dense: pd.DataFrame, cells: pd.DataFrame) -> Evidence:
+        df = pd.concat([dense, cells], ignore_index=True)
+        records = load(df) if stat is not None else None
+        if records is None or not records.complete(df):
+            return fallback(dense, cells)
+        ref = choose_reference(df, stat, records, sign, confidence, n_boot, seed)
+        ev = resampled_evidence(df, ["method"], stat, records, ref, sign, confidence, n_boot,
+                                seed).iloc[0]  # fmt: skip
+        lo, hi = float(ev["drop_lo"]), float(ev["drop_hi"])
+        return Evidence(judge(lo, hi, max_drop), float(ev["drop"]), lo, hi, int(ev["n_seeds"]))
 
     return predicate

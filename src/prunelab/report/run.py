@@ -29,7 +29,6 @@ from prunelab.sources import resolve
 from prunelab.sweep.auto import SEARCH_KEY
 from prunelab.sweep.spec import DataSpec
 from prunelab.sweep.store import Store, load_results
-from prunelab.tasks.base import ORIGINAL_RECORDS, RECORDS
 
 log = logging.getLogger(__name__)
 
@@ -86,15 +85,7 @@ def run_records(run_dir: Path | str, df: pd.DataFrame | None = None) -> RunRecor
     """The per-example validation records of every finished cell (and the original model's,
     stored by each dense control), with the original model's stored metrics."""
     with Store(Path(run_dir), create=False) as store:
-        ids = list(df["cell_id"]) if df is not None else [r["cell_id"] for r in store.rows()]
-        cells, originals = {}, {}
-        for cid in ids:
-            for prefix, into in ((RECORDS, cells), (ORIGINAL_RECORDS, originals)):
-                names = store.artifact_names(cid, prefix)
-                if names:
-                    into[cid] = {n.removeprefix(prefix): store.artifact(cid, n) for n in names}
-        original = store.get_meta("dense_metrics") or {}
-    return RunRecords(cells, originals, original)
+        return store.run_records(df)
 
 
 def search_max_drop(

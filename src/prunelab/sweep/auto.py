@@ -3,7 +3,7 @@
 Each round, every configuration still in the race names one level
 (:func:`prunelab.decide.tipping.plan_round`); their cells (every seed and fold) run together
 through the executor, are stored like any cell, and the predicate
-(:func:`prunelab.decide.verdict.bootstrap_rule`) judges each against the dense controls. The
+(:func:`prunelab.decide.verdict.records_rule`: the recommendation's own rule) judges each. The
 search is deterministic given the stored rows, so a resumed sweep asks for the same levels and
 finds them stored. What the search did is kept in the store (meta ``level_search``) and in
 ``search.json`` in the run directory.
@@ -21,7 +21,7 @@ import pandas as pd
 
 from prunelab.decide.tipping import Climb, plan_round, record
 from prunelab.decide.units import Units, tolerance_of
-from prunelab.decide.verdict import Predicate, bootstrap_rule
+from prunelab.decide.verdict import Predicate, records_rule
 from prunelab.errors import PrunelabError
 from prunelab.recover.schedules import format_schedule
 from prunelab.sweep.cell import Cell
@@ -58,7 +58,7 @@ def search_levels(
     units = Units.from_task(store.get_meta("task") or {})
     metric = units.primary
     max_drop = tolerance_of(units, metric, search.max_drop)
-    predicate = predicate or bootstrap_rule(metric, max_drop, units)
+    predicate = predicate or records_rule(store.run_records, metric, max_drop, units)
     dense_ids = [c.cell_id for c in cells_at(spec, None, 0.0)]
     configs = [c for c in configurations(spec) if c[0].fixed_level is None]
     climbs: dict[Any, Climb] = {i: Climb(search.grid()) for i in range(len(configs))}

@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from prunelab.decide.reference import RunRecords
 from prunelab.errors import PrunelabError
+from prunelab.tasks.base import ORIGINAL_RECORDS, RECORDS
 
 DB_NAME = "results.sqlite"
 RUN_ID = "__run__"  # artefacts that belong to the whole run (e.g. test labels)
@@ -146,6 +148,22 @@ class Store:
             (cell_id, len(prefix), prefix),
         )
         return [r[0] for r in rows]
+
+    def run_records(self, df: pd.DataFrame | None = None) -> RunRecords:
+        """The per-example validation records of the cells of ``df`` (every finished cell by
+        default) and the original model's, stored by each dense control, with its metrics."""
+        ids = list(df["cell_id"]) if df is not None else [r["cell_id"] for r in self.rows()]
+
+        def by_cell(prefix: str) -> dict[str, dict[str, np.ndarray]]:
+            out = {}
+            for cid in ids:
+                names = self.artifact_names(cid, prefix)
+                if names:
+                    out[cid] = {n.removeprefix(prefix): self.artifact(cid, n) for n in names}
+            return out
+
+        return RunRecords(by_cell(RECORDS), by_cell(ORIGINAL_RECORDS),
+                          self.get_meta("dense_metrics") or {})  # fmt: skip
 
     # --- plumbing ---------------------------------------------------------------------------
     def _read(self, sql: str, args: tuple = ()) -> list[tuple]:
