@@ -11,6 +11,7 @@ import dataclasses
 
 import pytest
 import torch
+from tinymodels import TINY_LM
 from typer.testing import CliRunner
 
 import prunelab
@@ -222,19 +223,6 @@ def test_ray_cells_ask_for_a_gpu_when_the_device_is_one():
     assert (gpu.gpus_per_cell, make_executor("ray", 2).gpus_per_cell) == (1.0, 0.0)
 
 
-TINY_LM = """
-import torch
-import transformers
-
-
-def build():
-    cfg = transformers.LlamaConfig(
-        vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(cfg)
-"""
 
 
 def test_a_language_model_sweeps_in_bfloat16(tmp_path, monkeypatch):

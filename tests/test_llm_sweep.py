@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from tinymodels import TINY_LM
 from typer.testing import CliRunner
 
 from prunelab.cli import app
@@ -39,19 +40,6 @@ from prunelab.sweep.store import Store, load_results
 pytest.importorskip("transformers")
 runner = CliRunner()
 
-TINY_LM = """
-import torch
-import transformers
-
-
-def build():
-    cfg = transformers.LlamaConfig(
-        vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(cfg)
-"""
 
 TOML = """
 model = "tiny_lm.py:build"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import save_file
+from tinymodels import TINY_LM
 from torch import nn
 from typer.testing import CliRunner
 
@@ -34,19 +35,6 @@ from prunelab.sweep.store import Store, load_results
 pytest.importorskip("transformers")
 runner = CliRunner()
 
-TINY_LM = """
-import torch
-import transformers
-
-
-def build():
-    cfg = transformers.LlamaConfig(
-        vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(cfg)
-"""
 
 LM_TOML = """
 model = "tiny_lm.py:build"

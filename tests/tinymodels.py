@@ -25,3 +25,20 @@ def tiny_llama(vocab: int = 64, initializer_range: float = 0.2, tied: bool = Fal
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         return transformers.LlamaForCausalLM(cfg).eval()
+
+
+# The source of a user file building a tiny Llama (4 query / 2 KV heads), for the sweeps
+# that read a model factory by path: ``(tmp_path / "tiny_lm.py").write_text(TINY_LM)``.
+TINY_LM = """
+import torch
+import transformers
+
+
+def build():
+    cfg = transformers.LlamaConfig(
+        vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(cfg)
+"""
