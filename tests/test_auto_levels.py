@@ -79,11 +79,15 @@ def test_verdicts_and_auto_forms():
             parse_auto(bad)
     with pytest.raises(PrunelabError, match="tolerance of levels = 'auto'"):
         spec_from_dict({"levels": [0.5, 0.9], "max_drop": 1.0})
+    assert spec_from_dict({"levels": "auto"}).search.early_stop  # on by default
+    assert not spec_from_dict({"levels": "auto", "early_stop": False}).search.early_stop
+    with pytest.raises(PrunelabError, match="early_stop = false applies to levels = 'auto'"):
+        spec_from_dict({"levels": [0.5], "early_stop": False})
 
 
 def test_toml_form_as_the_readme_writes_it(tmp_path):
     (tmp_path / "auto.toml").write_text(
-        'model = "mlp-tiny"\nlevels = "auto:0.3:0.99:0.005"\nmax_drop = 1.0\n'
+        'model = "mlp-tiny"\nlevels = "auto:0.3:0.99:0.005"\nmax_drop = 1.0\nearly_stop = true\n'
         '[data]\nname = "digits"\n'
     )
     spec = spec_from_dict(load_spec(tmp_path / "auto.toml"))
@@ -142,6 +146,23 @@ def test_auto_recommends_the_grids_level_with_at_most_half_its_cells(runs):
     record = json.loads((auto.run_dir / SEARCH_FILE).read_text())
     best = max(c["best"] or 0 for c in record["configs"])
     assert best == a.level  # the search's floor is what the recommendation reads
+
+
+def test_searched_cells_stop_early_only_where_a_slice_shows_they_break(runs):
+    """Random pruning at 0.5 is far past a 10-point tolerance on this model: its cell stops on a
+    quarter of the 200 validation rows; the search and the stated rule read it as broken; every
+    other searched cell measured all rows, and the grid's cells never stop early."""
+    grid, auto, _ = runs
+    df = load_results(auto.run_dir)
+    pruned = df[df["method"] != "dense"]
+    stopped = pruned[pruned["val_stop"] == "breaks"]
+    assert len(stopped) >= 1 and (stopped["val_rows"] == 50).all(), stopped[["method", "level"]]
+    assert (pruned.loc[pruned["val_stop"] == "", "val_rows"] == 200).all()
+    record = json.loads((auto.run_dir / SEARCH_FILE).read_text())
+    verdicts = {(c["method"], p["level"]): p["verdict"]
+                for c in record["configs"] for p in c["probes"]}  # fmt: skip
+    assert all(verdicts[(r.method, r.level)] == "breaks" for r in stopped.itertuples())
+    assert "val_stop" not in load_results(grid.run_dir).columns
 
 
 def test_resumed_auto_sweep_asks_the_same_levels_and_finds_them_stored(runs):

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from prunelab.errors import PrunelabError
-from prunelab.measure.resampled import Records, Statistic
+from prunelab.measure.resampled import Records, Statistic, size_of
 
 N_BOOT = 2000
 CHUNK = 500  # bootstrap draws scored at once (bounds memory: CHUNK x examples weights)
@@ -75,10 +75,10 @@ class Draws:
 def _size(records: Records) -> int:
     """The number of examples: the common length of the per-example arrays (arrays named
     ``det_*`` hold one entry per detection instead)."""
-    sizes = {len(v) for k, v in records.items() if not k.startswith("det_")}
-    if len(sizes) != 1:
-        raise PrunelabError(f"records {sorted(records)} disagree on the number of examples")
-    return sizes.pop()
+    try:
+        return size_of(records)
+    except ValueError as e:
+        raise PrunelabError(str(e)) from None
 
 
 def example_weights(n: int, n_boot: int, gen: torch.Generator) -> np.ndarray:
@@ -99,26 +99,29 @@ def paired_draws(
 
     ``groups`` maps a configuration (and level) to its replicates, at most one per (seed,
     fold); every replicate of a fold must hold the same examples. ``sign`` is +1 for a
-    higher-is-better metric. The same example weights serve every group (paired across
-    configurations too), so draws are comparable between levels.
+    higher-is-better metric. The same example weights serve every group measured on all rows
+    (paired across configurations too), so draws are comparable between levels; a group
+    measured on a slice of the rows (a cell stopped early, :mod:`prunelab.decide.sequential`)
+    draws its own.
     """
     gen = torch.Generator().manual_seed(seed)
     sizes = _fold_sizes(groups)
-    weights = {f: example_weights(n, n_boot, gen) for f, n in sorted(sizes.items())}
-    ones = {f: np.ones((1, n)) for f, n in sizes.items()}
+    weights = _weights(sizes, n_boot, gen, seed)
     out = {}
     for key, pairs in groups.items():
         seeds = sorted({p.seed for p in pairs})
         drops = np.zeros((len(seeds), n_boot))  # (S, B) per seed, folds pooled
         values = np.zeros((len(seeds), n_boot))
         point_d = point_v = 0.0
-        total = sum(sizes[f] for f in {p.fold for p in pairs})
+        mine = sizes[key]  # this group's rows per fold
+        total = sum(mine.values())
         for p in pairs:
-            s, share = seeds.index(p.seed), sizes[p.fold] / total  # a fold's share of rows
-            d, v = _scored(stat, p, weights[p.fold], sign)
+            s, n = seeds.index(p.seed), mine[p.fold]
+            share = n / total  # a fold's share of rows
+            d, v = _scored(stat, p, weights[(p.fold, n)], sign)
             drops[s] += share * d
             values[s] += share * v
-            d1, v1 = _scored(stat, p, ones[p.fold], sign)
+            d1, v1 = _scored(stat, p, np.ones((1, n)), sign)
             point_d += share * float(d1[0]) / len(seeds)
             point_v += share * float(v1[0]) / len(seeds)
         pick = torch.randint(0, len(seeds), (n_boot, len(seeds)), generator=gen).numpy()  # (B, S)
@@ -130,9 +133,12 @@ def paired_draws(
     return out
 
 
-def _fold_sizes(groups: Mapping[Hashable, Sequence[Pair]]) -> dict[int, int]:
-    sizes: dict[int, int] = {}
-    for pairs in groups.values():
+def _fold_sizes(groups: Mapping[Hashable, Sequence[Pair]]) -> dict[Hashable, dict[int, int]]:
+    """Rows per fold of each group. Within a group every replicate of a fold holds the same
+    examples, its reference's too; groups may differ (a cell stopped early on a slice)."""
+    out: dict[Hashable, dict[int, int]] = {}
+    for key, pairs in groups.items():
+        sizes = out.setdefault(key, {})
         for p in pairs:
             for rec in (p.cell, p.reference):
                 n = _size(rec)
@@ -141,7 +147,24 @@ def _fold_sizes(groups: Mapping[Hashable, Sequence[Pair]]) -> dict[int, int]:
                         f"records of fold {p.fold} hold {n} and {sizes[p.fold]} examples: "
                         "cells compared must be measured on the same validation rows"
                     )
-    return sizes
+    return out
+
+
+def _weights(
+    sizes: Mapping[Hashable, Mapping[int, int]], n_boot: int, gen: torch.Generator, seed: int
+) -> dict[tuple[int, int], np.ndarray]:
+    """Example weights per (fold, rows): the full size of each fold draws from ``gen`` (so
+    groups measured on all rows share their draws); a slice's size from its own seeded
+    generator."""
+    pairs = {(f, n) for per in sizes.values() for f, n in per.items()}
+    full = {}
+    for f, n in pairs:
+        full[f] = max(full.get(f, 0), n)
+    weights = {(f, n): example_weights(n, n_boot, gen) for f, n in sorted(full.items())}
+    for f, n in sorted(pairs - set(full.items())):
+        own = torch.Generator().manual_seed(seed * 1_000_003 + 7919 * (f + 1) + n)
+        weights[(f, n)] = example_weights(n, n_boot, own)
+    return weights
 
 
 def _scored(

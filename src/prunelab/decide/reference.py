@@ -18,7 +18,7 @@ import pandas as pd
 
 from prunelab.decide.interval import N_BOOT, Pair, paired_draws
 from prunelab.errors import PrunelabError
-from prunelab.measure.resampled import Records, Statistic
+from prunelab.measure.resampled import Records, Statistic, on_slice, size_of
 
 ORIGINAL = "original model (as given)"
 CONTROL = "dense control"
@@ -129,10 +129,12 @@ def resampled_evidence(
     """Per configuration and level: point drop vs the reference, its one-sided bounds
     (``drop_lo``/``drop_hi``), the metric and its bounds, seeds and validation rows."""
     groups = {
-        key: [
-            Pair(*_replicate(row)[:2], records.cells[row["cell_id"]], _reference_of(ref, row))
-            for _, row in g.iterrows()
-        ]
+        key: _on_common_slice(
+            [
+                Pair(*_replicate(row)[:2], records.cells[row["cell_id"]], _reference_of(ref, row))
+                for _, row in g.iterrows()
+            ]
+        )
         for key, g in df[df["method"] != "dense"].groupby(keys, dropna=False)
     }
     draws = paired_draws(stat, groups, sign, n_boot, seed)
@@ -145,6 +147,23 @@ def resampled_evidence(
                  drop_lo=lo, drop_hi=hi, value_lo=vlo, value_hi=vhi)
         )  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def _on_common_slice(pairs: list[Pair]) -> list[Pair]:
+    """A group's replicates cut to the rows all of them were measured on: a cell stopped early
+    (:mod:`prunelab.decide.sequential`) holds a slice of the validation rows, so its reference's
+    records are cut to that slice (and so are the other seeds' of the same fold)."""
+    smallest: dict[int, int] = {}
+    for p in pairs:
+        smallest[p.fold] = min(smallest.get(p.fold, 1 << 62), size_of(p.cell))
+    out = []
+    for p in pairs:
+        n, m = size_of(p.reference), smallest[p.fold]
+        if size_of(p.cell) == n == m:
+            out.append(p)
+        else:
+            out.append(Pair(p.seed, p.fold, on_slice(p.cell, n, m), on_slice(p.reference, n, m)))
+    return out
 
 
 def _reference_of(ref: Referenced, row: pd.Series) -> Records:

@@ -107,3 +107,56 @@ def _ap(tps: np.ndarray, fps: np.ndarray, n_gt: np.ndarray) -> np.ndarray:
     reached = np.searchsorted(RECALL_POINTS, recall, side="right")  # (B, D) thresholds <= recall
     gained = np.diff(reached, axis=1, prepend=0)
     return (envelope * gained).sum(1) / len(RECALL_POINTS)
+
+
+# --- growing validation slices (a cell measured on part of the validation rows) ------------
+def slice_rows(n: int, m: int) -> np.ndarray:
+    """The validation rows (sorted indices) a cell measured on the first ``m`` of ``n`` rows
+    uses: the first ``m`` of one fixed permutation of ``n``, so slices grow by nesting, are
+    spread over a split that may be sorted by class, and every reader can rebuild them.
+
+    >>> slice_rows(8, 3), bool(np.isin(slice_rows(8, 3), slice_rows(8, 5)).all())
+    (array([2, 3, 4]), True)
+    """
+    if not 0 < m <= n:
+        raise ValueError(f"a slice of {m} rows out of {n}")
+    if m == n:
+        return np.arange(n)
+    perm = np.random.default_rng(0).permutation(n)
+    return np.sort(perm[:m])
+
+
+def size_of(records: Records) -> int:
+    """The number of examples: the common length of the per-example arrays (arrays named
+    ``det_*`` hold one entry per detection, indexed by ``det_image``)."""
+    sizes = {len(v) for k, v in records.items() if not k.startswith("det_")}
+    if len(sizes) != 1:
+        raise ValueError(f"records {sorted(records)} disagree on the number of examples")
+    return sizes.pop()
+
+
+def take_records(records: Records, idx: np.ndarray) -> dict[str, np.ndarray]:
+    """The records of examples ``idx`` (sorted) renumbered ``0..len(idx)-1``; detections
+    (``det_*``) follow their image."""
+    idx = np.asarray(idx)
+    out = {k: np.asarray(v)[idx] for k, v in records.items() if not k.startswith("det_")}
+    if "det_image" in records:
+        images = np.asarray(records["det_image"])
+        keep = np.isin(images, idx)
+        for k, v in records.items():
+            if k.startswith("det_"):
+                out[k] = np.asarray(v)[keep]
+        out["det_image"] = np.searchsorted(idx, images[keep]).astype(images.dtype)
+    return out
+
+
+def on_slice(records: Records, n: int, m: int) -> dict[str, np.ndarray] | Records:
+    """``records`` of a split of ``n`` rows (or of one of its slices) cut to the slice of
+    ``m`` rows (:func:`slice_rows`); unchanged when they already hold ``m`` rows."""
+    size = size_of(records)
+    if size == m:
+        return records
+    if size < m:
+        raise ValueError(f"records of {size} rows cannot be cut to {m}")
+    have, want = slice_rows(n, size), slice_rows(n, m)
+    return take_records(records, np.searchsorted(have, want))

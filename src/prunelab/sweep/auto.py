@@ -5,8 +5,9 @@ Each round, every configuration still in the race names one level
 through the executor, are stored like any cell, and the predicate
 (:func:`prunelab.decide.verdict.records_rule`: the recommendation's own rule) judges each. The
 search is deterministic given the stored rows, so a resumed sweep asks for the same levels and
-finds them stored. What the search did is kept in the store (meta ``level_search``) and in
-``search.json`` in the run directory.
+finds them stored. Each searched cell may stop on a slice of its validation rows once the
+slice shows it clearly breaks (:mod:`prunelab.decide.sequential`). What the search did is
+kept in the store (meta ``level_search``) and in ``search.json`` in the run directory.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 import pandas as pd
 
+from prunelab.decide.sequential import EarlyStop
 from prunelab.decide.tipping import Climb, plan_round, record
 from prunelab.decide.units import Units, tolerance_of
 from prunelab.decide.verdict import Predicate, records_rule
@@ -59,6 +61,7 @@ def search_levels(
     metric = units.primary
     max_drop = tolerance_of(units, metric, search.max_drop)
     predicate = predicate or records_rule(store.run_records, metric, max_drop, units)
+    early = EarlyStop(metric, max_drop) if search.early_stop else None  # futility stops
     dense_ids = [c.cell_id for c in cells_at(spec, None, 0.0)]
     configs = [c for c in configurations(spec) if c[0].fixed_level is None]
     climbs: dict[Any, Climb] = {i: Climb(search.grid()) for i in range(len(configs))}
@@ -67,7 +70,7 @@ def search_levels(
         climbs, asks = plan_round(climbs)
         if not asks:
             break
-        cells = {i: cells_at(spec, configs[i], level) for i, (level, _) in asks.items()}
+        cells = {i: cells_at(spec, configs[i], level, early) for i, (level, _) in asks.items()}
         done = store.finished_ids()
         pending = [c for cs in cells.values() for c in cs if c.cell_id not in done]
         asked, ran = asked + sum(map(len, cells.values())), ran + len(pending)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import resource
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from itertools import islice
 from typing import TYPE_CHECKING, Any
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from prunelab.decide.sequential import EarlyStop
 from prunelab.decide.weightstats import nonzero_histograms
 from prunelab.errors import PrunelabError
 from prunelab.measure.footprint import footprint, timing
@@ -72,12 +72,12 @@ class Cell:
     folds: int = 0  # k-fold cross-validation (0: the fixed validation split)
     fold: int = -1  # which fold is held out as validation (-1: none)
     tune_fraction: float = 0.0  # validation share that allocations/schedules tune on (0: none)
+    early_stop: EarlyStop | None = None  # a searched cell may stop on a slice of validation
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON (structure and schedule by their spellings): what the store keeps."""
-        raw = {f.name: getattr(self, f.name) for f in fields(self)}
-        pruned = self.structure is not None
-        raw["structure"] = str(self.structure) if pruned else "-"
+        raw, pruned = {f.name: getattr(self, f.name) for f in fields(self)}, self.structure
+        raw["structure"] = str(pruned) if pruned else "-"
         raw["schedule"] = format_schedule(self.schedule) if pruned else "-"
         out = json.loads(json.dumps(raw, default=lambda o: o.__dict__))
         if out["task"].get("loss") is None:  # ids made before a task took a loss stay valid
@@ -92,6 +92,7 @@ class Cell:
             kw["data"] = DataSpec(**kw["data"])
             kw["dense"], kw["finetune"] = TrainConfig(**kw["dense"]), TrainConfig(**kw["finetune"])
             kw["task"] = TaskSpec.from_dict(kw.get("task", {}))
+            kw["early_stop"] = EarlyStop.from_dict(kw.get("early_stop"))
             for name in ("metrics", "include", "exclude"):
                 kw[name] = tuple(kw.get(name, ()))
             pruned = kw["structure"] != "-"
@@ -105,8 +106,9 @@ class Cell:
     def cell_id(self) -> str:
         ident = self.to_json()  # identity(): ids made before lr schedules existed stay valid
         ident.update(dense=self.dense.identity(), finetune=self.finetune.identity())
-        if not self.tune_fraction:  # ids made before tuning slices existed stay valid
-            del ident["tune_fraction"]
+        for name in ("tune_fraction", "early_stop"):  # ids made before these stay valid
+            if not getattr(self, name):
+                del ident[name]
         return content_key(ident, 20)
 
     @property
@@ -140,9 +142,8 @@ def run_cell(
 ) -> CellResult:
     """Prune (per the cell's schedule), recover, and measure one cell.
 
-    ``keep_model=True`` also returns the model (for export). Scores of the dense model are
-    memoised per (method, seed) in ``ctx.memo`` (see :mod:`prunelab.sweep.ladder`), which
-    changes no result.
+    ``keep_model=True`` also returns the model (for export). Dense scores are memoised per
+    (method, seed) in ``ctx.memo`` (:mod:`prunelab.sweep.ladder`), which changes no result.
     """
     start = time.perf_counter()
     torch.manual_seed(cell.seed)
@@ -175,8 +176,10 @@ def run_cell(
 
 def _measure(cell: Cell, ctx: Context, model: nn.Module, row: dict[str, Any]) -> dict:
     """The task's columns, the footprint, latency when asked; per-cell arrays for the report."""
-    task_row, artifacts = ctx.task.measure(model, ctx.data, ctx.refs, cell.metrics)
-    row.update(task_row)
+    early: dict[str, Any] = {}  # rows scored, and why it stopped (cells that may stop early)
+    task_row, artifacts = ctx.task.measure(model, ctx.data, ctx.refs, cell.metrics,
+                                           ctx.val_scorer(cell, early))  # fmt: skip
+    row.update(task_row, **early)
     if cell.structure is None:  # the model as given, on the same validation rows: a reference
         artifacts.update(prefixed(ctx.original_records, ORIGINAL_RECORDS))
     if ctx.tuning is not None:  # the validation rows the decision never reads
@@ -186,12 +189,12 @@ def _measure(cell: Cell, ctx: Context, model: nn.Module, row: dict[str, Any]) ->
     row.update(footprint(model, ctx.dense, st, cell.targets(model).values(), ex, shipped))
     if LATENCY in cell.metrics:
         batches = ctx.task.latency_batches
-        examples = ctx.task.example_input(ctx.data.test, max(batches))
-        row.update(timing(shipped, ctx.dense, examples, batches))
+        row.update(timing(shipped, ctx.dense, ctx.task.example_input(ctx.data.test, max(batches)),
+                          batches))  # fmt: skip
     row["layer_sparsity"] = json.dumps(layer_sparsity(model))
     row["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB: peak
-    hists = {f"weight_hist/{n}": h.to_array() for n, h in nonzero_histograms(model).items()}
-    return {**artifacts, **hists}
+    return {**artifacts, **{f"weight_hist/{n}": h.to_array()
+                            for n, h in nonzero_histograms(model).items()}}  # fmt: skip
 
 
 def _prune(
@@ -211,8 +214,7 @@ def _prune(
         return alloc
 
     def batches(size: int) -> list[Any]:
-        it: Iterator = ctx.task.batches(ctx.data.train, size, gen)
-        return list(islice(it, cell.calibration_batches))
+        return list(islice(ctx.task.batches(ctx.data.train, size, gen), cell.calibration_batches))
 
     on_layer = (lambda done, total, _: progress("prune layers", done, total)) if progress else None
     job = Pruning(cell.level, cell.method, targets, scores, allocation, cell.allocation, batches,
@@ -232,8 +234,7 @@ def _scheduled(
     if not ctx.task.supports_schedules:
         raise PrunelabError(f"schedule '{format_schedule(cell.schedule)}' supports "
                             f"classification tasks only; use oneshot for a {ctx.task.kind} task")
-    allocation: Any = cell.allocation
-    records: dict[str, Any] = {}
+    allocation, records = cell.allocation, {}
     if cell.allocation in MODEL_AWARE:  # resolved once, from the dense model's scores
         targets = cell.targets(model)
         calib, scores = cached_scores(cell, ctx.memo, model, targets, ctx.data.train, gen, ctx.task)
@@ -241,9 +242,8 @@ def _scheduled(
     res = run_schedule(  # an adaptive schedule tunes on the tuning slice, never the decision's
         cell.schedule, model, ctx.tuning_data(), cell.level, method=cell.method,
         allocation=allocation, train_cfg=cell.finetune, generator=gen,
-        reference_logits=ctx.tuning_refs(), structure=st,
-        include=cell.include or None, exclude=cell.exclude or None,
-        prune_last=cell.prune_last and st.prunes_last,
+        reference_logits=ctx.tuning_refs(), structure=st, include=cell.include or None,
+        exclude=cell.exclude or None, prune_last=cell.prune_last and st.prunes_last,
         calibration_batches=cell.calibration_batches, on_step=on_step,
     )  # fmt: skip
     st.finish(model, ctx.example)  # schedules re-mask along the way: silence what is gone

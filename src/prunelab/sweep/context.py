@@ -19,11 +19,13 @@ from torch import nn
 from prunelab.device import Placement, to_device
 from prunelab.errors import PrunelabError
 from prunelab.measure.footprint import footprint
+from prunelab.measure.resampled import slice_rows, take_records
 from prunelab.prune.targets import select_targets
 from prunelab.recover.dense import trained
 from prunelab.sources import resolve
 from prunelab.sweep.cell import Cell
 from prunelab.tasks import Task, make_task
+from prunelab.tasks.base import Scorer
 from prunelab.training import StepCallback
 
 
@@ -92,6 +94,37 @@ class Context:
         if ("tuning_refs",) not in self.memo:
             self.memo[("tuning_refs",)] = self.task.predict(self.dense, self.tuning.val)
         return self.memo[("tuning_refs",)]
+
+    def val_scorer(self, cell: Cell, info: dict[str, Any]) -> Scorer | None:
+        """How ``cell`` scores the validation split when it may stop early
+        (``cell.early_stop``, :mod:`prunelab.decide.sequential`): on growing slices of its rows,
+        judged against the original model's records on the same rows, until a look decides;
+        ``info`` gets ``val_rows`` (rows scored) and ``val_stop`` (the verdict that stopped
+        it, "" when every row was scored). None: the task's own scoring of every row."""
+        stop = cell.early_stop
+        stat = self.task.statistic(stop.metric) if stop is not None else None
+        if stop is None or stat is None or not self.original_records:
+            return None
+        sign, task = self.task.info(stop.metric).sign, self.task
+
+        def scored(model: nn.Module, split: Any, reference: Any) -> tuple[dict, dict]:
+            n = len(split)
+            for m in stop.sizes(n)[:-1]:
+                rows = slice_rows(n, m)
+                part = task.take(split, torch.as_tensor(rows))
+                key = ("slice_reference", n, m)  # the dense model's outputs on the slice
+                if key not in self.memo:
+                    self.memo[key] = task.predict(self.dense, part)
+                metrics, records = task.scored(model, part, self.memo[key])
+                original = take_records(self.original_records, rows)
+                verdict = stop.verdict(stat, sign, records, original)
+                if verdict != "undecided":
+                    info.update(val_rows=m, val_stop=verdict)
+                    return metrics, records
+            info.update(val_rows=n, val_stop="")
+            return task.scored(model, split, reference)
+
+        return scored
 
     def dense_copy(self) -> nn.Module:
         """A fresh copy of the dense model (each cell prunes its own)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from prunelab.decide.sequential import EarlyStop
 from prunelab.prune.structures import parse_structure
 from prunelab.recover.schedules import parse_schedule
 from prunelab.sources import resolve
@@ -35,8 +36,11 @@ def configurations(spec: SweepSpec) -> list[Config]:
     return out
 
 
-def cells_at(spec: SweepSpec, config: Config | None, level: float) -> list[Cell]:
-    """One configuration's cells at one level: every seed (and fold). None: the dense controls."""
+def cells_at(
+    spec: SweepSpec, config: Config | None, level: float, early_stop: EarlyStop | None = None
+) -> list[Cell]:
+    """One configuration's cells at one level: every seed (and fold). None: the dense controls.
+    ``early_stop``: the cells may stop on a slice of validation (searched levels)."""
     common = {
         "model": spec.model,
         "data": spec.data,
@@ -59,7 +63,8 @@ def cells_at(spec: SweepSpec, config: Config | None, level: float) -> list[Cell]
     else:
         st, schedule, method, allocation = config
         how = {"method": method, "allocation": allocation, "structure": st, "schedule": schedule}
-    cells = [Cell(**how, level=level, seed=seed, **common) for seed in spec.seeds]
+    cells = [Cell(**how, level=level, seed=seed, early_stop=early_stop, **common)
+             for seed in spec.seeds]  # fmt: skip
     if spec.folds:  # every cell once per fold: replicates are folds x seeds
         cells = [dataclasses.replace(c, folds=spec.folds, fold=f) for c in cells
                  for f in range(spec.folds)]  # fmt: skip

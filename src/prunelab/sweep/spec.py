@@ -64,13 +64,16 @@ class LevelSearch:
 
     The grid is ``low, low + resolution, ..., high``; ``max_drop`` is the tolerance the search
     holds cells to (points for a fraction metric, else the metric's units; None: the task's
-    default), on the task's primary metric, validation split.
+    default), on the task's primary metric, validation split. ``early_stop``: each searched
+    cell is measured on growing slices of validation and stops once a slice shows it clearly
+    breaks the tolerance (:mod:`prunelab.decide.sequential`).
     """
 
     low: float = 0.05
     high: float = 0.99
     resolution: float = 0.005
     max_drop: float | None = None
+    early_stop: bool = True  # cells may stop on a slice of validation (decide/sequential.py)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.low < self.high < 1.0:
@@ -91,7 +94,9 @@ class LevelSearch:
         return tuple(grid if grid[-1] >= self.high - 1e-9 else [*grid, self.high])
 
 
-def parse_auto(text: str, max_drop: float | None = None) -> LevelSearch | None:
+def parse_auto(
+    text: str, max_drop: float | None = None, early_stop: bool = True
+) -> LevelSearch | None:
     """``"auto"`` or ``"auto:low:high[:resolution]"`` -> a :class:`LevelSearch`; None otherwise.
 
     >>> parse_auto("auto:0.3:0.99:0.01").grid()[:2], parse_auto("0.5,0.9") is None
@@ -108,7 +113,7 @@ def parse_auto(text: str, max_drop: float | None = None) -> LevelSearch | None:
         ) from None
     if len(parts) not in (0, 2, 3):
         raise PrunelabError(f"levels '{text}': use 'auto' or 'auto:low:high[:resolution]'")
-    return LevelSearch(*parts, max_drop=max_drop)  # type: ignore[arg-type]
+    return LevelSearch(*parts, max_drop=max_drop, early_stop=early_stop)  # type: ignore[arg-type]
 
 
 def check_levels(levels: tuple[float, ...]) -> tuple[float, ...]:
@@ -404,6 +409,11 @@ def spec_from_dict(raw: dict[str, Any]) -> SweepSpec:
             )
         if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)):
             raise PrunelabError(f"max_drop must be a number, got {max_drop!r}")
+    early_stop = raw.pop("early_stop", True)
+    if not isinstance(early_stop, bool):
+        raise PrunelabError(f"early_stop must be true or false, got {early_stop!r}")
+    if not early_stop and not (isinstance(raw.get("levels"), str) and parse_auto(raw["levels"])):
+        raise PrunelabError("early_stop = false applies to levels = 'auto' only")
     latency = raw.pop("latency", False)  # opt-in measured latency: three more metrics
     if not isinstance(latency, bool):
         raise PrunelabError(f"latency must be true or false, got {latency!r}")
@@ -427,7 +437,7 @@ def spec_from_dict(raw: dict[str, Any]) -> SweepSpec:
             elif key == "finetune":
                 table(TrainConfig, key, value)  # unknown keys fail with the valid ones
             elif key == "levels":
-                search = parse_auto(value, max_drop) if isinstance(value, str) else None
+                search = parse_auto(value, max_drop, early_stop) if isinstance(value, str) else None
                 if search is not None:
                     kw["search"] = search
                 else:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -29,6 +29,7 @@ from prunelab.measure.resampled import Statistic
 
 RECORDS = "records/"  # a cell's per-example validation records (artifact name prefix)
 ORIGINAL_RECORDS = "original_records/"  # the model as given, on the same rows (dense controls)
+Scorer = Callable[[nn.Module, Any, Any], tuple[dict[str, float], dict[str, np.ndarray]]]
 
 
 @dataclass(frozen=True)
@@ -123,13 +124,20 @@ class Task(ABC):
         return {s: self.predict(dense, getattr(data, s)) for s in ("test", "val")}
 
     def measure(
-        self, model: nn.Module, data: Any, refs: dict[str, Any], extra: tuple[str, ...] = ()
+        self,
+        model: nn.Module,
+        data: Any,
+        refs: dict[str, Any],
+        extra: tuple[str, ...] = (),
+        scored: Scorer | None = None,
     ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         """A cell's task columns — test metrics, ``val_*`` metrics — and its stored arrays.
-        ``extra`` names further metrics a sweep asked for (kinds that have them compute them)."""
+        ``extra`` names further metrics a sweep asked for (kinds that have them compute them);
+        ``scored`` replaces :meth:`scored` on the validation split (a cell that may stop early
+        on a slice of it, :mod:`prunelab.decide.sequential`)."""
         outputs = self.predict(model, data.test)
         row = self.evaluate(model, data.test, refs["test"], outputs)
-        val, records = self.scored(model, data.val, refs["val"])
+        val, records = (scored or self.scored)(model, data.val, refs["val"])
         row.update({f"val_{k}": v for k, v in val.items()})
         return row, {**self.artifacts(model, data.test, outputs), **prefixed(records)}
 

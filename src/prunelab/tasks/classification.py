@@ -24,7 +24,7 @@ from prunelab.measure.resampled import weighted_macro_f1, weighted_mean
 from prunelab.sources.data.text import length_batches, token_lengths
 from prunelab.sources.hfdir import as_classifier, load_sequence_classifier
 from prunelab.sources.user import load_object
-from prunelab.tasks.base import FOOTPRINT, MetricInfo, Task, prefixed
+from prunelab.tasks.base import FOOTPRINT, MetricInfo, Scorer, Task, prefixed
 
 TRAIN_EVAL_SIZE = 5000  # training rows evaluated for the overfitting gap
 VAL_METRICS = ("accuracy", "loss", "agreement", "kl")
@@ -198,7 +198,12 @@ class ClassificationTask(Task):
         return refs
 
     def measure(
-        self, model: nn.Module, data: DataBundle, refs: dict[str, Any], extra: tuple[str, ...] = ()
+        self,
+        model: nn.Module,
+        data: DataBundle,
+        refs: dict[str, Any],
+        extra: tuple[str, ...] = (),
+        scored: Scorer | None = None,
     ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         """Test metrics (quality, calibration, class damage, robustness; sizes come from the
         footprint), validation and train metrics, and the test predictions (for PIEs)."""
@@ -208,7 +213,7 @@ class ClassificationTask(Task):
         names = tuple(n for n in dict.fromkeys(wanted) if n not in skip)
         logits = self.predict(model, data.test)  # (N, K), shared by the metrics and the preds
         row = self.evaluate(model, data.test, refs["test"], logits, names, refs["robustness"])
-        val, records = self.scored(model, data.val, refs["val"])
+        val, records = (scored or self.scored)(model, data.val, refs["val"])
         row.update({f"val_{k}": v for k, v in val.items()})
         train = self.evaluate(model, refs["train_split"], refs["train"], names=TRAIN_METRICS)
         row.update({f"train_{k}": v for k, v in train.items()})

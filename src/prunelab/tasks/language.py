@@ -31,7 +31,7 @@ from prunelab.measure.language import DenseReference, coarse_kl, dense_reference
 from prunelab.measure.resampled import weighted_ratio
 from prunelab.sources.data.corpora import tokenizer_for
 from prunelab.sources.hf import DECODER_PATTERNS, load_causal_lm
-from prunelab.tasks.base import MetricInfo, Task
+from prunelab.tasks.base import MetricInfo, Scorer, Task
 
 LM_METRICS = (
     MetricInfo("perplexity", False, "exp(mean NLL per predicted token)"),
@@ -127,10 +127,15 @@ class CausalLMTask(Task):
         return [it for it in items if max(max(c) for c in (it.context, *it.choices)) < vocab]
 
     def measure(
-        self, model: nn.Module, data: Any, refs: dict[str, Any], extra: tuple[str, ...] = ()
+        self,
+        model: nn.Module,
+        data: Any,
+        refs: dict[str, Any],
+        extra: tuple[str, ...] = (),
+        scored: Scorer | None = None,
     ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         """The metrics of :meth:`evaluate` on test and validation, and the cloze columns."""
-        row, arrays = super().measure(model, data, refs, extra)
+        row, arrays = super().measure(model, data, refs, extra, scored)
         items = refs.get("cloze") or []
         if items:
             row.update(score_cloze(model, items, self.eval_batch_size * 8).as_dict())
