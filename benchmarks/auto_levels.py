@@ -5,7 +5,10 @@ global allocation, one seed: the grid's 20 levels (0.05 to 0.98, as the engine p
 per repetition and are read at every tolerance; ``auto`` (0.05 to 0.98 at 0.005) runs once per
 tolerance and repetition. Cell-seconds are the summed ``duration_s`` of the pruned cells (the
 dense controls are the same for both); medians over ``--runs`` fresh run directories. Both
-recommend on validation; the test drop (vs the dense control) is evidence only. Target: the
+recommend on validation by the recommendation's own rule (paired bootstrap over validation rows,
+with the stored per-example records); the test drop (vs the dense control) is evidence only.
+``auto`` cells stop early on a slice of validation when it shows they break
+(:mod:`prunelab.decide.sequential`); the table counts them. Target: the
 same configuration, a level within one grid step, at <= 25 % of the grid's cell-seconds.
 """
 
@@ -18,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from prunelab.report.run import run_recommendation, run_units
+from prunelab.report.run import run_recommendation, run_records, run_units
 from prunelab.sweep import SweepSpec, load_spec, run_sweep, spec_from_dict
 from prunelab.sweep.spec import DataSpec, LevelSearch
 from prunelab.sweep.store import load_results
@@ -81,11 +84,12 @@ def one_run(spec: SweepSpec, out: Path, tolerances: tuple[float, ...]) -> dict:
     dense_test = df.loc[df["method"] == "dense", units.primary].mean()
     recs = {}
     for tol in tolerances:
-        rec = run_recommendation(df, units, max_drop=tol)
+        rec = run_recommendation(df, units, max_drop=tol, records=run_records(out, df))
         test_drop = None if rec.test_value is None else 100 * (dense_test - rec.test_value)
         recs[tol] = (rec.level, rec.method, test_drop)
+    stopped = int((pruned["val_stop"] == "breaks").sum()) if "val_stop" in pruned else 0
     return {"cells": len(pruned), "cell_s": float(pruned["duration_s"].sum()), "wall": wall,
-            "recs": recs}  # fmt: skip
+            "recs": recs, "stopped": stopped}  # fmt: skip
 
 
 def run_auto_part(names: list[str], runs: int) -> None:
@@ -93,7 +97,8 @@ def run_auto_part(names: list[str], runs: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="prunelab-auto-"))
     available = pairs()
     print(
-        "| pair | tol (pt) | grid cells | auto cells | grid cell-s | auto cell-s | auto/grid "
+        "| pair | tol (pt) | grid cells | auto cells (stopped early) | grid cell-s | auto cell-s "
+        "| auto/grid "
         "| grid rec | auto rec | grid test drop | auto test drop | verdict |"
     )
     print("|" + "---|" * 12)
@@ -119,7 +124,8 @@ def _row(name: str, tol: float, grid: list[dict], auto: list[dict]) -> None:
     same = gm == am and gl is not None and al is not None and abs(gl - al) <= STEP + 1e-9
     hit = same and a_s <= 0.25 * g_s
     verdict = "hit" if hit else ("miss: " + ("rec" if not same else "time"))
-    print(f"| {name} | {tol:g} | {grid[0]['cells']} | {auto[0]['cells']} | {g_s:.1f} | "
+    print(f"| {name} | {tol:g} | {grid[0]['cells']} | {auto[0]['cells']} "
+          f"({auto[0]['stopped']}) | {g_s:.1f} | "
           f"{a_s:.1f} | {a_s / g_s:.0%} | {_rec(gl, gm)} | {_rec(al, am)} | {_pt(gt)} | "
           f"{_pt(at)} | {verdict} |", flush=True)  # fmt: skip
 

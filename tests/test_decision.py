@@ -138,3 +138,41 @@ def test_pretrained_weights_recover_with_warmup_and_decay_unless_the_table_says_
     assert spec_from_dict({"model": "mlp-tiny"}).finetune == TrainConfig(epochs=1)
     cells = {c.finetune for s in (spec, own) for c in expand_cells(s) if c.method == "dense"}
     assert cells == {spec.finetune, own.finetune}
+
+
+def test_refit_reruns_the_recommended_configuration_on_all_training_rows(tmp_path, monkeypatch):
+    """The README's route after cross-validation: `prunelab refit RUN --out REFIT`, then the
+    export command it prints. The refit holds the dense control and the recommended
+    configuration at its level, once per seed, trained on every training row (no folds)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from prunelab.cli import app
+    from prunelab.sweep.store import Store, load_results
+
+    monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path / "cache"))
+    cli = CliRunner()
+    run, refit = tmp_path / "cv", tmp_path / "refit"
+    args = ["sweep", "--model", "mlp-tiny", "--dataset", "digits", "--methods", "magnitude,random",
+            "--levels", "0.3,0.6", "--folds", "2", "--dense-epochs", "3", "--ft-epochs", "0",
+            "--no-report", "--quiet", "--out", str(run)]  # fmt: skip
+    assert cli.invoke(app, args).exit_code == 0
+    res = cli.invoke(app, ["refit", str(run), "--out", str(refit), "--max-drop", "10", "--quiet"])
+    assert res.exit_code == 0, res.output
+    rec_line = res.output.splitlines()[0]
+    assert rec_line.startswith("Ship sparsity")
+    assert "Refit magnitude/global/unstructured" in res.output
+    df = load_results(refit)
+    assert sorted(df["method"]) == ["dense", "magnitude"] and "fold" not in df.columns
+    level = float(df.loc[df["method"] == "magnitude", "level"].iloc[0])
+    assert f"Ship sparsity {level:g}" in rec_line
+    with Store(refit, create=False) as store:
+        cells = [json.loads(c) for (c,) in store._read("SELECT cell FROM cells")]
+    assert all(c["folds"] == 0 and c["fold"] == -1 for c in cells)
+    export = res.output.strip().splitlines()[-1].split("Export: ", 1)[1].split()
+    out = tmp_path / "model.safetensors"
+    res = cli.invoke(app, [*export[1:-2], "--out", str(out)])
+    assert res.exit_code == 0 and out.exists(), res.output
+    bad = cli.invoke(app, ["refit", str(run), "--out", str(tmp_path / "x"), "--min-value", "0.999"])
+    assert bad.exit_code == 1 and "No level meets the tolerance" in bad.output

@@ -12,6 +12,7 @@ import typer
 
 from prunelab.cli import messages
 from prunelab.cli.console import registries, run_sweep_with_progress
+from prunelab.decide.recommendation import Recommendation
 from prunelab.device import placement_options
 from prunelab.errors import PrunelabError
 from prunelab.measure import inference
@@ -27,6 +28,7 @@ from prunelab.ship.from_run import export_cell
 from prunelab.sources.data.fetch import fetch_text_data as fetch
 from prunelab.sources.models import default_cache_dir
 from prunelab.sweep import load_spec, spec_from_dict
+from prunelab.sweep.refit import refit_spec, run_spec
 from prunelab.sweep.spec import absolute_paths, parse_auto, parse_levels
 from prunelab.sweep.store import load_results
 from prunelab.track import track_options, tracking
@@ -240,6 +242,24 @@ def recommend(
 ) -> None:
     """The highest sparsity whose validation metric holds with confidence, and the evidence."""
 
+    rec = _recommendation(run_dir, max_drop, min_value, metric, confidence)
+    typer.echo(rec.summary())
+    if len(rec.evidence):
+        ev = rec.evidence
+        cols = [c for c in ev.columns if c not in ("schedule",) or ev[c].nunique() > 1]
+        typer.echo(ev[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if rec.level is None:
+        raise typer.Exit(1)
+
+
+def _recommendation(
+    run_dir: Path,
+    max_drop: float | None,
+    min_value: float | None,
+    metric: str | None,
+    confidence: float,
+) -> Recommendation:
+    """What ``prunelab recommend`` decides on a run directory."""
     if not run_dir.is_dir():
         raise PrunelabError(f"run directory {run_dir} does not exist")
     if max_drop is not None and min_value is not None:
@@ -249,14 +269,45 @@ def recommend(
         max_drop = search_max_drop(run_dir, metric or units.primary, units, max_drop)
     df = load_results(run_dir)
     records = run_records(run_dir, df)
-    rec = run_recommendation(df, units, metric, max_drop, min_value, confidence, records)
+    return run_recommendation(df, units, metric, max_drop, min_value, confidence, records)
+
+
+@app.command()
+@user_errors
+def refit(
+    run_dir: Annotated[Path, typer.Argument(help="a sweep's run directory")],
+    out: Annotated[Path, typer.Option(help="run directory for the refit cells")],
+    max_drop: Annotated[
+        float | None,
+        typer.Option(help="tolerated drop vs dense: points for fractions, else metric units"),
+    ] = None,
+    min_value: Annotated[float | None, typer.Option(help="or: minimum metric value (0-1)")] = None,
+    metric: Annotated[str | None, typer.Option(help="default: the task's primary")] = None,
+    confidence: Annotated[float, typer.Option(help="as for recommend")] = 0.95,
+    quiet: Annotated[bool, typer.Option("--quiet", help="no progress output")] = False,
+    device: Annotated[str | None, typer.Option(help="as for sweep (default cpu)")] = None,
+    dtype: Annotated[str | None, typer.Option(help="as for sweep")] = None,
+) -> None:
+    """Rerun the recommended configuration on all training rows (no folds), to export it."""
+    rec = _recommendation(run_dir, max_drop, min_value, metric, confidence)
     typer.echo(rec.summary())
-    if len(rec.evidence):
-        ev = rec.evidence
-        cols = [c for c in ev.columns if c not in ("schedule",) or ev[c].nunique() > 1]
-        typer.echo(ev[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if rec.level is None:
         raise typer.Exit(1)
+    spec = refit_spec(run_spec(run_dir), rec)
+    run_sweep_with_progress(spec, out, "local", 1, None, quiet, None,
+                            placement_options({}, device, dtype)[1])  # fmt: skip
+    df = load_results(out)
+    cell = df[df["method"] != "dense"].iloc[0]
+    units = run_units(out)
+    dense = df.loc[df["method"] == "dense", units.primary].mean()
+    typer.echo(
+        f"Refit {cell['method']}/{cell['allocation']}/{cell['structure']} at "
+        f"{float(cell['level']):g} on all training rows: test {units.primary} "
+        f"{df.loc[df['method'] != 'dense', units.primary].mean():.4f} (dense {dense:.4f}). "
+        f"Export: prunelab export {out} --level {float(cell['level']):g} --method "
+        f"{cell['method']} --allocation {cell['allocation']} --structure {cell['structure']} "
+        "--out model.safetensors"
+    )
 
 
 @app.command("list")
