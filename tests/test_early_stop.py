@@ -148,3 +148,45 @@ def test_interim_holds_would_raise_the_error_rate():
     that shows the test above can fail)."""
     wrong_seq, wrong_one = boundary_rates(EarlyStop("accuracy", 0.05, holds=True))
     assert wrong_seq - wrong_one >= 3, (wrong_seq, wrong_one)
+
+
+def test_a_cell_scored_in_slices_equals_one_scored_at_once(tmp_path, monkeypatch):
+    """A searched cell that never stops scores every validation row once, in slices, and its
+    row and records are the ones it gets scored at once; a broken one stops on the first slice."""
+    import dataclasses
+
+    from prunelab.sweep.cell import run_cell
+    from prunelab.sweep.context import Context
+    from prunelab.sweep.plan import expand_cells
+    from prunelab.sweep.spec import spec_from_dict
+    from prunelab.tasks.base import RECORDS
+
+    monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path))
+    spec = spec_from_dict({"model": "mlp-tiny", "data": {"name": "digits"}, "levels": [0.6],
+                           "methods": ["magnitude"], "dense": {"epochs": 2},
+                           "finetune": {"epochs": 0}, "sensitivity_scan": False})  # fmt: skip
+    cell = next(c for c in expand_cells(spec) if c.method != "dense")
+    ctx = Context.build(cell)
+    n = len(ctx.data.val)
+    plain = run_cell(cell, ctx)
+    patient = run_cell(dataclasses.replace(cell, early_stop=EarlyStop("accuracy", 1.0)), ctx)
+    assert patient.row["val_rows"] == n and patient.row["val_stop"] == ""
+    val = [k for k in plain.row if k.startswith("val_")]
+    assert val and all(patient.row[k] == pytest.approx(plain.row[k], rel=1e-6) for k in val)
+    recs = [k for k in plain.artifacts if k.startswith(RECORDS)]  # batches differ: float noise
+    assert recs and all(np.allclose(patient.artifacts[k], plain.artifacts[k]) for k in recs)
+    assert patient.row["val_accuracy"] == plain.row["val_accuracy"]  # counts: exact
+    stop = EarlyStop("accuracy", 0.0)
+    broken = run_cell(dataclasses.replace(cell, level=0.98, early_stop=stop), ctx)
+    assert broken.row["val_stop"] == "breaks" and broken.row["val_rows"] == stop.sizes(n)[0]
+    assert len(broken.artifacts[recs[0]]) == stop.sizes(n)[0]
+
+
+def test_outputs_of_parts_join_in_row_order():
+    task = ClassificationTask()
+    idx = np.array([4, 0, 2, 1, 3])
+    parts = [torch.tensor([[4.0], [0.0]]), torch.tensor([[2.0], [1.0], [3.0]])]
+    assert task.join_outputs(parts, idx).flatten().tolist() == [0, 1, 2, 3, 4]
+    assert task.join_outputs([["e", "a"], ["c", "b", "d"]], idx) == list("abcde")
+    with pytest.raises(PrunelabError, match="cannot join"):
+        task.join_outputs([{"a": 1}], np.array([0]))

@@ -77,8 +77,8 @@ class Cell:
     def to_json(self) -> dict[str, Any]:
         """Plain JSON (structure and schedule by their spellings): what the store keeps."""
         raw, pruned = {f.name: getattr(self, f.name) for f in fields(self)}, self.structure
-        raw["structure"] = str(pruned) if pruned else "-"
-        raw["schedule"] = format_schedule(self.schedule) if pruned else "-"
+        raw["structure"] = str(pruned) if pruned is not None else "-"
+        raw["schedule"] = format_schedule(self.schedule) if pruned is not None else "-"
         out = json.loads(json.dumps(raw, default=lambda o: o.__dict__))
         if out["task"].get("loss") is None:  # ids made before a task took a loss stay valid
             out["task"].pop("loss", None)

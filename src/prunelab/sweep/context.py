@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -97,10 +98,12 @@ class Context:
 
     def val_scorer(self, cell: Cell, info: dict[str, Any]) -> Scorer | None:
         """How ``cell`` scores the validation split when it may stop early
-        (``cell.early_stop``, :mod:`prunelab.decide.sequential`): on growing slices of its rows,
-        judged against the original model's records on the same rows, until a look decides;
-        ``info`` gets ``val_rows`` (rows scored) and ``val_stop`` (the verdict that stopped
-        it, "" when every row was scored). None: the task's own scoring of every row."""
+        (``cell.early_stop``, :mod:`prunelab.decide.sequential`): in growing slices of its rows,
+        each slice judged against the original model's records on the same rows, until one
+        decides. Each row is predicted once (a slice adds the rows it lacks; kinds that score
+        in one pass of their own rescore each slice). ``info`` gets ``val_rows`` (rows scored)
+        and ``val_stop`` (the verdict that stopped it; "" when every row was scored). None:
+        the task's own scoring of every row."""
         stop = cell.early_stop
         stat = self.task.statistic(stop.metric) if stop is not None else None
         if stop is None or stat is None or not self.original_records:
@@ -108,23 +111,38 @@ class Context:
         sign, task = self.task.info(stop.metric).sign, self.task
 
         def scored(model: nn.Module, split: Any, reference: Any) -> tuple[dict, dict]:
-            n = len(split)
-            for m in stop.sizes(n)[:-1]:
+            n, parts, seen = len(split), [], np.zeros(0, dtype=np.int64)
+            for m in stop.sizes(n):
                 rows = slice_rows(n, m)
-                part = task.take(split, torch.as_tensor(rows))
-                key = ("slice_reference", n, m)  # the dense model's outputs on the slice
-                if key not in self.memo:
-                    self.memo[key] = task.predict(self.dense, part)
-                metrics, records = task.scored(model, part, self.memo[key])
-                original = take_records(self.original_records, rows)
-                verdict = stop.verdict(stat, sign, records, original)
-                if verdict != "undecided":
+                part = split if m == n else task.take(split, torch.as_tensor(rows))
+                ref = reference if m == n else self._slice_reference(reference, part, rows)
+                if task.sliceable_outputs:  # predict the rows this slice adds, join the rest
+                    new = np.setdiff1d(rows, seen)
+                    parts.append(task.predict(model, task.take(split, torch.as_tensor(new))))
+                    seen = np.concatenate([seen, new])
+                    done = task.scored_from(model, part, ref, task.join_outputs(parts, seen))
+                else:
+                    done = task.scored(model, part, ref)
+                verdict = stop.verdict(stat, sign, done[1], take_records(self.original_records,
+                                       rows)) if m < n else ""  # fmt: skip
+                if m == n or verdict != "undecided":
                     info.update(val_rows=m, val_stop=verdict)
-                    return metrics, records
-            info.update(val_rows=n, val_stop="")
-            return task.scored(model, split, reference)
+                    return done
+            raise AssertionError("the last look scores every row")
 
         return scored
+
+    def _slice_reference(self, reference: Any, part: Any, rows: np.ndarray) -> Any:
+        """The dense model's outputs on validation ``rows``: taken from ``reference`` when they
+        are per-row (a tensor or a list), else predicted once per process."""
+        if isinstance(reference, torch.Tensor):
+            return reference[torch.as_tensor(rows, device=reference.device)]
+        if isinstance(reference, list):
+            return [reference[i] for i in rows]
+        key = ("slice_reference", id(reference), len(rows))
+        if key not in self.memo:
+            self.memo[key] = self.task.predict(self.dense, part)
+        return self.memo[key]
 
     def dense_copy(self) -> nn.Module:
         """A fresh copy of the dense model (each cell prunes its own)."""

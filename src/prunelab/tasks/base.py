@@ -146,9 +146,30 @@ class Task(ABC):
     ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         """Metrics of ``model`` on ``split`` and its per-example records: what the decision
         resamples (:meth:`statistic` recomputes a metric from them under example weights)."""
-        outputs = self.predict(model, split)
+        return self.scored_from(model, split, reference, self.predict(model, split))
+
+    #: :meth:`scored` is :meth:`predict` then :meth:`scored_from`, and outputs of parts of a
+    #: split join (:meth:`join_outputs`): a split can be scored in growing slices without
+    #: predicting a row twice. A kind whose scoring is one pass of its own says False.
+    sliceable_outputs: ClassVar[bool] = True
+
+    def scored_from(
+        self, model: nn.Module, split: Any, reference: Any | None, outputs: Any
+    ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """:meth:`scored` given this model's :meth:`predict` outputs on ``split``."""
         metrics = self.evaluate(model, split, reference, outputs)
         return metrics, self.records(split, outputs, reference)
+
+    def join_outputs(self, parts: list[Any], idx: np.ndarray) -> Any:
+        """Outputs of several parts of a split (their rows ``idx``, concatenated) joined in the
+        order of ``idx`` sorted; outputs of a split taken at rows ``idx`` with one part."""
+        order = torch.as_tensor(np.argsort(idx, kind="stable"))
+        if all(isinstance(p, Tensor) for p in parts):
+            return torch.cat(parts)[order.to(parts[0].device)]
+        if all(isinstance(p, list) for p in parts):
+            flat = [o for p in parts for o in p]
+            return [flat[i] for i in order.tolist()]
+        raise PrunelabError(f"a {self.kind} task cannot join outputs of type {type(parts[0])}")
 
     def records(self, split: Any, outputs: Any, reference: Any | None) -> dict[str, np.ndarray]:
         """Compact per-example arrays (first axis: the examples of ``split``) from which

@@ -225,10 +225,14 @@ class ClassificationTask(Task):
     ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         """The validation metrics (accuracy, loss, agreement, KL and the primary) and per-row
         records."""
-        logits = self.predict(model, split)
+        return self.scored_from(model, split, reference, self.predict(model, split))
+
+    def scored_from(
+        self, model: nn.Module, split: Split, reference: Tensor | None, outputs: Tensor
+    ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         names = tuple(dict.fromkeys(VAL_METRICS + (self.primary,)))
-        return self.evaluate(model, split, reference, logits, names), self.records(
-            split, logits, reference
+        return self.evaluate(model, split, reference, outputs, names), self.records(
+            split, outputs, reference
         )
 
     def records(

@@ -192,6 +192,8 @@ class CausalLMTask(Task):
         """
         return self.scored(model, split, reference)[0]
 
+    sliceable_outputs: ClassVar[bool] = False  # one pass scores a split (the KL needs it)
+
     def scored(
         self, model: nn.Module, split: Tensor, reference: Any | None
     ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
