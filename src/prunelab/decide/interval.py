@@ -118,10 +118,10 @@ def paired_draws(
         for p in pairs:
             s, n = seeds.index(p.seed), mine[p.fold]
             share = n / total  # a fold's share of rows
-            d, v = _scored(stat, p, weights[(p.fold, n)], sign)
+            d, v = scored_draws(stat, p, weights[(p.fold, n)], sign)
             drops[s] += share * d
             values[s] += share * v
-            d1, v1 = _scored(stat, p, np.ones((1, n)), sign)
+            d1, v1 = scored_draws(stat, p, np.ones((1, n)), sign)
             point_d += share * float(d1[0]) / len(seeds)
             point_v += share * float(v1[0]) / len(seeds)
         pick = torch.randint(0, len(seeds), (n_boot, len(seeds)), generator=gen).numpy()  # (B, S)
@@ -167,7 +167,7 @@ def _weights(
     return weights
 
 
-def _scored(
+def scored_draws(
     stat: Statistic, pair: Pair, weights: np.ndarray, sign: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """(drop, value) under each row of ``weights`` (B, N), in chunks of :data:`CHUNK`."""

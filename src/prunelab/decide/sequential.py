@@ -29,14 +29,18 @@ against the dense control whenever the control is the better reference.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
 
-from prunelab.decide.interval import N_BOOT, Pair, paired_draws
+import numpy as np
+import torch
+
+from prunelab.decide.interval import N_BOOT, Pair, example_weights, scored_draws
 from prunelab.decide.verdict import Verdict, judge
 from prunelab.errors import PrunelabError
-from prunelab.measure.resampled import Records, Statistic
+from prunelab.measure.resampled import Records, Statistic, size_of
 
 INTERIM_CONFIDENCE = 0.999  # Haybittle–Peto: each interim look is judged this strictly
 LOOKS = (0.25, 0.5)  # interim slices, as shares of the validation rows (the last look: all)
@@ -74,12 +78,19 @@ class EarlyStop:
         sizes = sorted({round(s * n) for s in self.looks if round(s * n) >= MIN_ROWS} - {n})
         return [*sizes, n]
 
-    def verdict(
-        self, stat: Statistic, sign: float, cell: Records, reference: Records, seed: int = 0
-    ) -> Verdict:
+    def verdict(self, stat: Statistic, sign: float, cell: Records, reference: Records) -> Verdict:
         """The interim verdict of ``cell``'s records against ``reference``'s on the same rows
-        ("undecided" unless the interim interval clears or breaks the tolerance)."""
-        draws = paired_draws(stat, {0: [Pair(seed, -1, cell, reference)]}, sign, N_BOOT)[0]
-        low, high = draws.bounds(self.confidence)
-        verdict = judge(low, high, self.max_drop)
+        ("undecided" unless the interim interval breaks — or, with ``holds``, clears — the
+        tolerance): the paired bootstrap of :func:`prunelab.decide.interval.paired_draws`, one
+        replicate, its example weights drawn once per slice size and process."""
+        weights = _slice_weights(size_of(cell))
+        drops, _ = scored_draws(stat, Pair(0, -1, cell, reference), weights, sign)
+        low, high = np.quantile(drops, [1 - self.confidence, self.confidence])
+        verdict = judge(float(low), float(high), self.max_drop)
         return "undecided" if verdict == "holds" and not self.holds else verdict
+
+
+@functools.lru_cache(maxsize=8)
+def _slice_weights(n: int) -> np.ndarray:
+    """The bootstrap's example weights for ``n`` rows (seeded: the same for every cell)."""
+    return example_weights(n, N_BOOT, torch.Generator().manual_seed(0))

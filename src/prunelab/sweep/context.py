@@ -102,8 +102,8 @@ class Context:
         each slice judged against the original model's records on the same rows, until one
         decides. Each row is predicted once (a slice adds the rows it lacks; kinds that score
         in one pass of their own rescore each slice). ``info`` gets ``val_rows`` (rows scored)
-        and ``val_stop`` (the verdict that stopped it; "" when every row was scored). None:
-        the task's own scoring of every row."""
+        and ``val_stop`` (the verdict that stopped it; "" when every row was scored). None: the
+        task's own scoring of every row."""
         stop = cell.early_stop
         stat = self.task.statistic(stop.metric) if stop is not None else None
         if stop is None or stat is None or not self.original_records:
@@ -123,8 +123,10 @@ class Context:
                     done = task.scored_from(model, part, ref, task.join_outputs(parts, seen))
                 else:
                     done = task.scored(model, part, ref)
-                verdict = stop.verdict(stat, sign, done[1], take_records(self.original_records,
-                                       rows)) if m < n else ""  # fmt: skip
+                verdict = ""
+                if m < n:
+                    verdict = stop.verdict(stat, sign, done[1],
+                                           take_records(self.original_records, rows))  # fmt: skip
                 if m == n or verdict != "undecided":
                     info.update(val_rows=m, val_stop=verdict)
                     return done
