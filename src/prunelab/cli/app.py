@@ -224,21 +224,28 @@ def report(
     _write_report(run_dir, metric, max_drop)
 
 
+# the decision's options (recommend, refit)
+MaxDrop = Annotated[
+    float | None,
+    typer.Option(help="tolerated drop vs dense: points for fractions, else metric units"),
+]
+MinValue = Annotated[float | None, typer.Option(help="or: minimum metric value (0-1)")]
+Metric = Annotated[
+    str | None, typer.Option(help="accuracy, agreement, ... (default: the task's primary)")
+]
+Confidence = Annotated[
+    float, typer.Option(help="confidence of the one-sided non-inferiority test, in [0.5, 1)")
+]
+
+
 @app.command()
 @user_errors
 def recommend(
     run_dir: Annotated[Path, typer.Argument(help="a sweep's run directory")],
-    max_drop: Annotated[
-        float | None,
-        typer.Option(help="tolerated drop vs dense: points for fractions, else metric units"),
-    ] = None,
-    min_value: Annotated[float | None, typer.Option(help="or: minimum metric value (0-1)")] = None,
-    metric: Annotated[
-        str | None, typer.Option(help="accuracy, agreement, ... (default: the task's primary)")
-    ] = None,
-    confidence: Annotated[
-        float, typer.Option(help="confidence of the one-sided non-inferiority test, in [0.5, 1)")
-    ] = 0.95,
+    max_drop: MaxDrop = None,
+    min_value: MinValue = None,
+    metric: Metric = None,
+    confidence: Confidence = 0.95,
 ) -> None:
     """The highest sparsity whose validation metric holds with confidence, and the evidence."""
 
@@ -277,13 +284,10 @@ def _recommendation(
 def refit(
     run_dir: Annotated[Path, typer.Argument(help="a sweep's run directory")],
     out: Annotated[Path, typer.Option(help="run directory for the refit cells")],
-    max_drop: Annotated[
-        float | None,
-        typer.Option(help="tolerated drop vs dense: points for fractions, else metric units"),
-    ] = None,
-    min_value: Annotated[float | None, typer.Option(help="or: minimum metric value (0-1)")] = None,
-    metric: Annotated[str | None, typer.Option(help="default: the task's primary")] = None,
-    confidence: Annotated[float, typer.Option(help="as for recommend")] = 0.95,
+    max_drop: MaxDrop = None,
+    min_value: MinValue = None,
+    metric: Metric = None,
+    confidence: Confidence = 0.95,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress output")] = False,
     device: Annotated[str | None, typer.Option(help="as for sweep (default cpu)")] = None,
     dtype: Annotated[str | None, typer.Option(help="as for sweep")] = None,
