@@ -2,7 +2,8 @@
 
 For each model/data pair, one-shot (0 fine-tune epochs), methods magnitude and wanda with a
 global allocation, one seed: the grid's 20 levels (0.05 to 0.98, as the engine part) run once
-per repetition and are read at every tolerance; ``auto`` (0.05 to 0.98 at 0.005) runs once per
+per repetition and are read at every tolerance; ``auto`` (0.05 to 0.98 at 0.005, or
+``--resolution``) runs once per
 tolerance and repetition. Cell-seconds are the summed ``duration_s`` of the pruned cells (the
 dense controls are the same for both); medians over ``--runs`` fresh run directories. Both
 recommend on validation by the recommendation's own rule (paired bootstrap over validation rows,
@@ -92,7 +93,7 @@ def one_run(spec: SweepSpec, out: Path, tolerances: tuple[float, ...]) -> dict:
             "recs": recs, "stopped": stopped}  # fmt: skip
 
 
-def run_auto_part(names: list[str], runs: int) -> None:
+def run_auto_part(names: list[str], runs: int, resolution: float = 0.005) -> None:
     """Print one table row per (pair, tolerance): grid vs auto."""
     tmp = Path(tempfile.mkdtemp(prefix="prunelab-auto-"))
     available = pairs()
@@ -110,7 +111,7 @@ def run_auto_part(names: list[str], runs: int) -> None:
             out = tmp / f"{name}-grid-{r}".replace("/", "_")
             grid.append(one_run(make_spec(pair, levels=LADDER), out, TOLERANCES))
             for tol in TOLERANCES:
-                search = LevelSearch(LOW, HIGH, 0.005, tol)
+                search = LevelSearch(LOW, HIGH, resolution, tol)
                 out = tmp / f"{name}-auto{tol}-{r}".replace("/", "_")
                 auto[tol].append(one_run(make_spec(pair, search=search), out, (tol,)))
         for tol in TOLERANCES:

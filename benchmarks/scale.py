@@ -293,6 +293,12 @@ def parse_args() -> argparse.Namespace:
         default="user-cnn/digits (pretrained),mlp-tiny/digits,lenet300/fashion-mnist",
         help="--part auto: model/data pairs, comma-separated (also cnn/fashion-mnist)",
     )
+    ap.add_argument(
+        "--resolution",
+        type=float,
+        default=0.005,
+        help="--part auto: the search's grid step (0.005: the default of levels = auto)",
+    )
     ap.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # internal
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)  # internal
     args = ap.parse_args()
@@ -308,7 +314,7 @@ def main() -> None:
         from auto_levels import run_auto_part  # a sibling module of this script
 
         torch.set_num_threads(args.threads)
-        run_auto_part(args.pairs.split(","), args.runs)
+        run_auto_part(args.pairs.split(","), args.runs, args.resolution)
         return
     if args.variant:  # a child: time one variant, print one JSON line
         print("RESULT " + json.dumps(run_variant(args, args.out)))
