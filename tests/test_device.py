@@ -217,6 +217,7 @@ def test_python_api_takes_a_device(tmp_path, monkeypatch):
     assert not (tmp_path / "x").exists()  # refused before any work
 
 
+@pytest.mark.xdist_group("ray")  # one local Ray at a time (pytest-xdist)
 def test_ray_cells_ask_for_a_gpu_when_the_device_is_one():
     pytest.importorskip("ray")
     gpu = make_executor("ray", 2, where=Placement(torch.device("cuda")))  # no GPU is touched

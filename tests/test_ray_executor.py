@@ -18,6 +18,9 @@ from prunelab.sweep.ray_executor import check_reachable, import_ray
 from prunelab.sweep.store import Store, drop_measured, load_artifact, load_results
 from prunelab.training import TrainConfig
 
+# one local Ray at a time: under pytest-xdist every Ray test runs in the same worker
+pytestmark = pytest.mark.xdist_group("ray")
+
 SPEC = SweepSpec(
     model="mlp-tiny",
     data=DataSpec(name="digits"),

@@ -233,6 +233,7 @@ def test_custom_metric_as_primary_and_lower_is_better(user_dir, tmp_path, monkey
     assert "0.5" in res.output.splitlines()[0] and "0.95" not in res.output.splitlines()[0]
 
 
+@pytest.mark.xdist_group("ray")  # one local Ray at a time (pytest-xdist)
 def test_process_pool_and_ray_import_user_code(run_dir, user_dir, tmp_path, monkeypatch):
     """Workers import the user's files by path: the rows equal the sequential run's."""
     monkeypatch.setenv("PRUNELAB_CACHE", str(tmp_path / "cache"))
