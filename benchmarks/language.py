@@ -262,17 +262,9 @@ def parse_variant(variant: str, args) -> tuple[str, SequentialConfig]:
 
 
 def _walk_note(config: SequentialConfig) -> str:
-    """What the calibration column says about the walk: staged, dense targets, block fit."""
-    note = " staged" if config.staged else ""
-    if config.refine is not None:
-        r = config.refine
-        note += f", {r.method} {r.iters} it" + (f" + CG {r.cg_iters}" if r.cg_iters else "")
-    if config.target == "dense":
-        note += ", dense targets"
-    if config.block_fit is not None:
-        b = config.block_fit
-        note += f", block fit {b.steps} steps lr {b.lr:g} ({b.target})"
-    return note
+    """What the calibration column says about the walk: staged, refinement, targets, block fit."""
+    note = config.describe()
+    return f" {note}" if note.startswith("staged") else (f", {note}" if note else "")
 
 
 def _lm_row(model, windows, ref, secs: float, peak: float) -> dict:

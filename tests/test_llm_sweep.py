@@ -8,6 +8,7 @@ A tiny seeded Llama (4 query / 2 KV heads) trained briefly on Hamlet (MiniLM tok
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Iterator
@@ -35,6 +36,7 @@ from prunelab.ship.hf_decoder import load_decoder
 from prunelab.sources.data.corpora import tokenizer_for
 from prunelab.sweep.cell import Cell, run_cell
 from prunelab.sweep.context import Context
+from prunelab.sweep.spec import Reconstruction
 from prunelab.sweep.store import Store, load_results
 
 pytest.importorskip("transformers")
@@ -222,6 +224,12 @@ def test_export_a_structured_decoder_cell_reloads_in_transformers(run, contexts,
     res = runner.invoke(app, ["export", str(run), *args])  # the README's route
     assert res.exit_code == 0, res.output
     assert "hf-decoder" in res.output and "max |diff|" in res.output
+    assert "tokenizer saved" in res.output
+    from transformers import AutoTokenizer
+
+    text = "To be, or not to be: that is the question."
+    saved = AutoTokenizer.from_pretrained(str(out), local_files_only=True)
+    assert saved(text)["input_ids"] == tokenizer_for("minilm")(text)["input_ids"]
     ctx = _context(contexts, cell)
     pruned = run_cell(cell, ctx, keep_model=True).model
     reloaded = load_decoder(out)
@@ -236,3 +244,63 @@ def test_export_a_structured_decoder_cell_reloads_in_transformers(run, contexts,
         p.numel() for p in ctx.dense.parameters()
     )
     assert not math.isnan(float(b.abs().max()))
+
+
+def readme_block(marker: str) -> str:
+    """The README's ```toml block holding ``marker``, as written."""
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    blocks = [b.split("```")[0] for b in text.split("```toml\n")[1:]]
+    (block,) = [b for b in blocks if marker in b]
+    return block
+
+
+def test_reconstruction_table_refits_the_kept_weights_in_a_sweep(run, contexts):
+    """The README's [reconstruction] and [task.options] route: the sweep's ADMM/dense-target/
+    block-fit walk is prune_sequential's with the same config, and it predicts closer to the
+    dense model on validation than the same cell without it."""
+    toml = TOML.replace('methods = ["wanda", "sparsegpt"]', 'methods = ["magnitude", "sparsegpt"]')
+    toml = toml.replace('allocations = ["uniform", "owl"]', 'allocations = ["uniform"]')
+    toml = toml.replace(', "decoder-heads+ffn", "decoder-blocks"]', "]")
+    toml += readme_block("[reconstruction]")  # the README's tables, as written
+    (run.parent / "refit.toml").write_text(toml)
+    out = run.parent / "refit-run"
+    with pytest.MonkeyPatch.context() as mp:  # the same dense model as the module's sweep
+        mp.setenv("PRUNELAB_CACHE", str(run.parent / "cache"))
+        args = ["sweep", "--config", str(run.parent / "refit.toml"), "--out", str(out), "--quiet"]
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0, res.output
+        df = load_results(out).set_index("method")
+        want = "staged, admm 10 it + CG 10, dense targets, block fit 4 steps lr 0.0001 (dense)"
+        assert df.loc["sparsegpt", "reconstruction"] == want
+        assert df.loc["magnitude", "reconstruction"] == want  # magnitude walks when it re-fits
+        assert (df["cloze_items"] == 12).all()  # [task.options] sets the cloze task's size
+        cell = _cell(out, "sparsegpt", "unstructured")
+        ctx = _context(contexts, cell)
+        assert {len(it.context) for it in ctx.refs["cloze"]} == {16}  # ... and its context
+        model = run_cell(cell, ctx, keep_model=True).model
+        ref = ctx.dense_copy()
+        gen = torch.Generator().manual_seed(cell.seed)
+        calib = list(islice(ctx.task.batches(ctx.data.train, 128, gen), cell.calibration_batches))
+        config = cell.reconstruction.config()
+        prune_sequential(ref, cell.targets(ref), calib, "sparsegpt", 0.5, Unstructured(), config,
+                         generator=gen)  # fmt: skip
+        for (name, a), b in zip(model.named_parameters(), ref.parameters()):
+            assert torch.allclose(a, b, atol=1e-6), name
+        for method in ("magnitude", "sparsegpt"):  # the same cell without the table
+            refit = _cell(out, method, "unstructured")
+            plain = run_cell(dataclasses.replace(refit, reconstruction=None), ctx, keep_model=True)
+            kl = df.loc[method, "val_kl_to_dense"]  # closer to the dense model's predictions
+            assert kl < plain.row["val_kl_to_dense"], (method, kl, plain.row["val_kl_to_dense"])
+            if method == "magnitude":  # ADMM alone keeps magnitude's mask, re-fits its weights
+                admm = dataclasses.replace(refit, reconstruction=Reconstruction(refine="admm"))
+                got = get_masks(run_cell(admm, ctx, keep_model=True).model)
+                want = get_masks(plain.model)
+                assert set(got) == set(want) and all(torch.equal(got[n], want[n]) for n in want)
+        bad = run.parent / "bad.toml"
+        bad.write_text(toml.replace('"admm"', '"lbfgs"'))
+        res = runner.invoke(app, ["sweep", "--config", str(bad), "--out", str(run.parent / "x")])
+        assert res.exit_code != 0
+        assert "[reconstruction] refine must be one of none, admm, cg; got 'lbfgs'" in res.output
+        bad.write_text(toml.replace("cloze = 12", "clozes = 12"))
+        res = runner.invoke(app, ["sweep", "--config", str(bad), "--out", str(run.parent / "x")])
+        assert res.exit_code != 0 and "task 'causal-lm' has no option 'clozes'" in res.output

@@ -10,36 +10,47 @@ scores compared within each output row, as Wanda's reference driver does.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from torch import Tensor, nn
 
 from prunelab.errors import PrunelabError
 from prunelab.prune.criteria import CRITERIA, compute_scores
 from prunelab.prune.masks import resolve
 from prunelab.prune.reconstruct import RECONSTRUCTORS
-from prunelab.prune.sequential import prune_sequential
+from prunelab.prune.sequential import SequentialConfig, prune_sequential
 from prunelab.prune.structures import Pruning, Structure
 
 LAYER_LEVELS = ("uniform", "row")  # allocations that give every layer the cell's level
 
 
-def walks_layers(method: str, structure: Structure, sequential: bool) -> bool:
+def walks_layers(
+    method: str, structure: Structure, sequential: bool, walk: SequentialConfig | None = None
+) -> bool:
     """Whether ``method`` prunes ``structure`` layer after layer (reconstructions always;
-    calibrated criteria when ``sequential``).
+    calibrated criteria when ``sequential``; magnitude and Wanda when ``walk`` re-fits the
+    kept weights, e.g. ADMM after each mask).
 
     >>> from prunelab.prune.structures import Unstructured
     >>> walks_layers("wanda", Unstructured(), True), walks_layers("wanda", Unstructured(), False)
     (True, False)
+    >>> from prunelab.prune.refine import RefineConfig
+    >>> walks_layers("magnitude", Unstructured(), False, SequentialConfig(refine=RefineConfig()))
+    True
     """
     if method in RECONSTRUCTORS:
         return True
-    if not (sequential and structure.reconstructable):
+    if not structure.reconstructable:
         return False
-    return CRITERIA.get(method).needs == frozenset({"input_norm"})
+    needs = CRITERIA.get(method).needs
+    if walk is not None and walk.refits:
+        return needs <= frozenset({"input_norm"})
+    return sequential and needs == frozenset({"input_norm"})
 
 
 def prune_once(model: nn.Module, structure: Structure, job: Pruning) -> None:
     """Prune ``model`` in place to ``job.level`` with ``job.method`` and ``structure``."""
-    if not walks_layers(job.method, structure, job.sequential):
+    if not walks_layers(job.method, structure, job.sequential, job.walk):
         structure.prune(model, job)
         return
     if not structure.reconstructable:
@@ -55,9 +66,17 @@ def prune_once(model: nn.Module, structure: Structure, job: Pruning) -> None:
         job.method,
         sparsity,
         structure,
+        config=replace(job.walk or SequentialConfig(), comparison=_comparison(job, structure)),
         generator=job.generator,
         progress=job.progress,
     )
+
+
+def _comparison(job: Pruning, structure: Structure) -> str:
+    """Where a criterion's scores compete in the walk: within output rows when the criterion
+    walks without re-fitting too (Wanda on LLMs, as its paper does), else within the layer, so
+    a re-fitting walk keeps the mask the criterion chooses without it."""
+    return "row" if walks_layers(job.method, structure, job.sequential) else "layer"
 
 
 def _layer_levels(model: nn.Module, job: Pruning) -> dict[str, float]:

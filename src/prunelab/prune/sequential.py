@@ -65,6 +65,29 @@ class SequentialConfig:
     target: str = "local"
     block_fit: BlockFitConfig | None = None
 
+    def describe(self) -> str:
+        """A short spelling of what the walk adds to the method, "" for the plain walk.
+
+        >>> SequentialConfig(staged=True, refine=RefineConfig(iters=20)).describe()
+        'staged, admm 20 it + CG 10'
+        """
+        parts = ["staged"] if self.staged else []
+        if self.refine is not None:
+            r = self.refine
+            cg = f" + CG {r.cg_iters}" if r.method == "admm" and r.cg_iters else ""
+            parts.append(f"{r.method} {r.iters} it{cg}")
+        if self.target == "dense":
+            parts.append("dense targets")
+        if self.block_fit is not None:
+            b = self.block_fit
+            parts.append(f"block fit {b.steps} steps lr {b.lr:g} ({b.target})")
+        return ", ".join(parts)
+
+    @property
+    def refits(self) -> bool:
+        """Whether the walk changes kept weights beyond what the method itself does."""
+        return self.refine is not None or self.target == "dense" or self.block_fit is not None
+
     def __post_init__(self) -> None:
         if self.comparison not in ("row", "layer"):
             raise PrunelabError(f"comparison must be 'row' or 'layer', got '{self.comparison}'")

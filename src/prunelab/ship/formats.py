@@ -45,6 +45,7 @@ class ExportJob:
     num_classes: int | None = None
     sequence_axis: int | None = None  # the input axis of variable length (token ids), if any
     dense: nn.Module | None = None  # the dense model (sizes of what was removed), when known
+    tokenizer: str | None = None  # token data's tokenizer (a short name or a path), if any
 
 
 Format = Callable[[ExportJob, Path], Exported]

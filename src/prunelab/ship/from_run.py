@@ -188,6 +188,7 @@ def export_cell(
         getattr(base.data, "num_classes", None),
         base.task.sequence_axis,
         base.model,
+        getattr(base.data, "tokenizer", None),
     )
     done = write(job, out)
     if _numel(model) != _numel(base.model):  # physically smaller: scale by the model as given

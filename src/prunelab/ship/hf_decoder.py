@@ -10,7 +10,8 @@
   ``trust_remote_code=True`` (transformers 5 has no ``pruned_heads``).
 
 Weights are ``model.safetensors`` only (the tied ``lm_head`` stored once). The tokenizer is
-saved beside them when given.
+saved beside them when given (``prunelab export``: the run's token data's tokenizer), so
+``AutoTokenizer.from_pretrained(path)`` loads it too.
 
 Export format ``hf-decoder`` (``prunelab export RUN --format hf-decoder``) writes a sweep's cell
 this way — a ``decoder-*`` cell, or any Llama-style cell with its masks folded — reloads the
@@ -33,6 +34,7 @@ from prunelab.prune.surgery.decoder import decoder_layers, layer_shape
 from prunelab.ship import pruned_llama
 from prunelab.ship.export import dense_bytes
 from prunelab.ship.formats import FORMATS, Exported, ExportJob
+from prunelab.sources.data.corpora import tokenizer_for
 
 CHECK_ATOL = 1e-4  # max |logit difference| between the reloaded and the pruned model
 
@@ -144,7 +146,8 @@ def _hf_decoder(job: ExportJob, out: Path) -> Exported:
     model = job.model if job.structure is None else job.structure.shipped(job.model, job.examples)
     if hasattr(model, "config") and not hasattr(model.config, "num_key_value_heads"):
         raise PrunelabError("format hf-decoder needs a Llama-style decoder (a causal-lm cell)")
-    export_decoder(model, out)
+    tokenizer = tokenizer_for(job.tokenizer) if job.tokenizer else None
+    export_decoder(model, out, tokenizer)
     ids = job.examples[:2]  # (2, T) token ids
     with torch.no_grad():
         want = model(input_ids=ids, use_cache=False).logits
@@ -155,4 +158,5 @@ def _hf_decoder(job: ExportJob, out: Path) -> Exported:
         raise PrunelabError(f"the reloaded decoder differs by {diff:.2e}; nothing written")
     size = (out / "model.safetensors").stat().st_size
     dense = job.dense if job.dense is not None else model
-    return Exported(out, size, dense_bytes(plain_state(dense)), f"max |diff| {diff:.2e}")
+    note = f"max |diff| {diff:.2e}" + ("; tokenizer saved" if tokenizer is not None else "")
+    return Exported(out, size, dense_bytes(plain_state(dense)), note)

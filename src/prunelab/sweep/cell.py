@@ -34,7 +34,7 @@ from prunelab.sources.hashing import content_key
 from prunelab.sweep.ladder import cached_scores
 from prunelab.sweep.model_aware import MODEL_AWARE, resolve_allocation
 from prunelab.sweep.snapshot import MODEL, snapshot
-from prunelab.sweep.spec import LATENCY, DataSpec, TaskSpec
+from prunelab.sweep.spec import LATENCY, DataSpec, Reconstruction, TaskSpec
 from prunelab.tasks.base import ORIGINAL_RECORDS, prefixed
 from prunelab.training import TrainConfig
 
@@ -73,6 +73,7 @@ class Cell:
     fold: int = -1  # which fold is held out as validation (-1: none)
     tune_fraction: float = 0.0  # validation share that allocations/schedules tune on (0: none)
     early_stop: EarlyStop | None = None  # a searched cell may stop on a slice of validation
+    reconstruction: Reconstruction | None = None  # cells that walk the layers: how they re-fit
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON (structure and schedule by their spellings): what the store keeps."""
@@ -82,6 +83,8 @@ class Cell:
         out = json.loads(json.dumps(raw, default=lambda o: o.__dict__))
         if out["task"].get("loss") is None:  # ids made before a task took a loss stay valid
             out["task"].pop("loss", None)
+        if not out["task"].get("options"):  # ... or options
+            out["task"].pop("options", None)
         return out
 
     @classmethod
@@ -93,6 +96,7 @@ class Cell:
             kw["dense"], kw["finetune"] = TrainConfig(**kw["dense"]), TrainConfig(**kw["finetune"])
             kw["task"] = TaskSpec.from_dict(kw.get("task", {}))
             kw["early_stop"] = EarlyStop.from_dict(kw.get("early_stop"))
+            kw["reconstruction"] = Reconstruction.from_dict(kw.get("reconstruction"))
             for name in ("metrics", "include", "exclude"):
                 kw[name] = tuple(kw.get(name, ()))
             pruned = kw["structure"] != "-"
@@ -106,7 +110,7 @@ class Cell:
     def cell_id(self) -> str:
         ident = self.to_json()  # identity(): ids made before lr schedules existed stay valid
         ident.update(dense=self.dense.identity(), finetune=self.finetune.identity())
-        for name in ("tune_fraction", "early_stop"):  # ids made before these stay valid
+        for name in ("tune_fraction", "early_stop", "reconstruction"):  # ids before these stay
             if not getattr(self, name):
                 del ident[name]
         return content_key(ident, 20)
@@ -152,6 +156,8 @@ def run_cell(
     row: dict[str, Any] = {k: v for k, v in cell.to_json().items() if k in IDENTITY}
     row.update(dataset=cell.data.name, ft_epochs=cell.finetune.epochs)
     row.update({"fold": cell.fold, "folds": cell.folds} if cell.fold >= 0 else {})
+    if cell.reconstruction is not None:  # what the layer walk added (the [reconstruction] table)
+        row["reconstruction"] = cell.reconstruction.config().describe()
     on_step = (lambda s, t: progress("fine-tune", s, t)) if progress else None
     records: dict[str, Any] = {}
     if cell.structure is not None and cell.schedule.name != "oneshot":
@@ -219,7 +225,8 @@ def _prune(
     on_layer = (lambda done, total, _: progress("prune layers", done, total)) if progress else None
     job = Pruning(cell.level, cell.method, targets, scores, allocation, cell.allocation, batches,
                   ctx.task.inputs, ctx.example, gen, on_layer,
-                  sequential=ctx.task.sequential_calibration)  # fmt: skip
+                  sequential=ctx.task.sequential_calibration,
+                  walk=cell.reconstruction.config() if cell.reconstruction else None)  # fmt: skip
     prune_once(model, cell.structure, job)
     return records
 

@@ -230,7 +230,7 @@ def task_of(cell: Cell, data: Any = None) -> Task:
     """The cell's task object (custom metrics loaded from their import paths)."""
     t = cell.task
     custom = tuple((c.name, c.path, c.higher_is_better) for c in t.custom)
-    return make_task(t.kind, t.primary, custom, data, t.loss)
+    return make_task(t.kind, t.primary, custom, data, t.loss, dict(t.options))
 
 
 class ContextCache:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import dataclasses
 
 from prunelab.decide.sequential import EarlyStop
+from prunelab.prune.oneshot import walks_layers
 from prunelab.prune.structures import parse_structure
 from prunelab.recover.schedules import parse_schedule
 from prunelab.sources import resolve
 from prunelab.sources.hashing import content_key
 from prunelab.sweep.cell import Cell
 from prunelab.sweep.model_aware import MODEL_AWARE
-from prunelab.sweep.spec import SweepSpec
+from prunelab.sweep.spec import Reconstruction, SweepSpec
 from prunelab.tasks import TASKS
 
 Config = tuple  # (structure, schedule, method, allocation): one curve of the sweep
@@ -62,13 +63,25 @@ def cells_at(
         how = {"method": "dense", "allocation": "-", "structure": None, "schedule": None}
     else:
         st, schedule, method, allocation = config
-        how = {"method": method, "allocation": allocation, "structure": st, "schedule": schedule}
+        how = {"method": method, "allocation": allocation, "structure": st, "schedule": schedule,
+               "reconstruction": reconstruction_of(spec, config)}  # fmt: skip
     cells = [Cell(**how, level=level, seed=seed, early_stop=early_stop, **common)
              for seed in spec.seeds]  # fmt: skip
     if spec.folds:  # every cell once per fold: replicates are folds x seeds
         cells = [dataclasses.replace(c, folds=spec.folds, fold=f) for c in cells
                  for f in range(spec.folds)]  # fmt: skip
     return cells
+
+
+def reconstruction_of(spec: SweepSpec, config: Config) -> Reconstruction | None:
+    """The sweep's [reconstruction] for a configuration whose one-shot cells walk the layers
+    with it; None for every other one (their ids stay what they were)."""
+    st, schedule, method, _ = config
+    if spec.reconstruction is None or schedule.name != "oneshot":
+        return None
+    sequential = TASKS.get(spec.task.kind).sequential_calibration
+    walk = spec.reconstruction.config()
+    return spec.reconstruction if walks_layers(method, st, sequential, walk) else None
 
 
 def expand_cells(spec: SweepSpec) -> list[Cell]:
@@ -99,7 +112,5 @@ def tunes_on_validation(spec: SweepSpec) -> bool:
 
 def source_hash(spec: SweepSpec) -> str:
     """One hash of the user's code, weights and data-loader files ('' for built-ins only)."""
-    prints = resolve.fingerprint(
-        spec.model, spec.weights, spec.data.loader, spec.task.code_paths()
-    )
+    prints = resolve.fingerprint(spec.model, spec.weights, spec.data.loader, spec.task.code_paths())
     return content_key(prints) if prints else ""

@@ -12,8 +12,12 @@ from typing import Any
 from prunelab.errors import PrunelabError
 from prunelab.measure.metrics import METRICS
 from prunelab.measure.metrics.latency import LATENCY_METRICS
+from prunelab.prune.blockfit import BlockFitConfig
 from prunelab.prune.criteria import CRITERIA
+from prunelab.prune.oneshot import walks_layers
 from prunelab.prune.reconstruct import RECONSTRUCTORS
+from prunelab.prune.refine import REFINERS, RefineConfig
+from prunelab.prune.sequential import SequentialConfig
 from prunelab.prune.structures import parse_structure
 from prunelab.recover.schedules import parse_schedule
 from prunelab.registry import check_options
@@ -25,7 +29,7 @@ from prunelab.sources.readers import READERS
 from prunelab.sources.resolve import FACTORY, is_model_file
 from prunelab.sources.user import is_import_path, load_object
 from prunelab.sweep.model_aware import check_allocation
-from prunelab.tasks import TASKS, check_loss
+from prunelab.tasks import TASKS, check_loss, check_task_options
 from prunelab.training import TrainConfig
 
 LATENCY = LATENCY_METRICS[0]  # in a spec's metrics: time every cell (``latency = true``)
@@ -183,6 +187,13 @@ class TaskSpec:
     primary: str | None = None  # None: the kind's own (accuracy, perplexity, map50, ...)
     custom: tuple[CustomMetricSpec, ...] = ()
     loss: str | None = None
+    options: tuple[tuple[str, Any], ...] = ()  # [task.options]: the kind's own settings
+
+    def __post_init__(self) -> None:
+        if isinstance(self.options, dict):  # from TOML: stored sorted, hashable
+            object.__setattr__(self, "options", tuple(sorted(self.options.items())))
+        else:
+            object.__setattr__(self, "options", tuple(tuple(kv) for kv in self.options))
 
     def code_paths(self) -> tuple[str, ...]:
         """The user's code this task imports (hashed so a resumed sweep notices changes)."""
@@ -194,6 +205,61 @@ class TaskSpec:
         raw = dict(table(dict, "task", raw))
         custom = tuple(table(CustomMetricSpec, "task.custom", c) for c in raw.pop("custom", ()))
         return table(cls, "task", {**raw, "custom": custom})
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    """The ``[reconstruction]`` table: how cells that prune layer after layer on calibration
+    inputs (SparseGPT; Wanda on a causal LM; magnitude/Wanda whenever this table re-fits)
+    treat the kept weights. ``refine`` = "none", "admm" (Boža 2024) or "cg" (ALPS's
+    back-solve) for ``iters`` iterations after each layer's mask; ``target`` = "local" (each
+    layer imitates its own dense weights) or "dense" (the dense model's layer outputs, from
+    the pruned inputs); ``block_fit_steps`` Adam steps per block at ``block_fit_lr`` against
+    the dense block outputs (0: off); ``staged``: prune a block's layers in stages (true
+    sequential). ``target = "dense"`` and block fitting need a model of repeated blocks.
+
+    >>> Reconstruction(refine="admm").config().refine.method
+    'admm'
+    >>> Reconstruction(refine="lbfgs")
+    Traceback (most recent call last):
+    ...
+    prunelab.errors.PrunelabError: [reconstruction] refine must be one of none, admm, cg; \
+got 'lbfgs'
+    """
+
+    refine: str = "none"
+    iters: int = 20
+    target: str = "local"
+    block_fit_steps: int = 0
+    block_fit_lr: float = 1e-4
+    staged: bool = False
+
+    def __post_init__(self) -> None:
+        names = ("none", *REFINERS.names())
+        if self.refine not in names:
+            raise PrunelabError(
+                f"[reconstruction] refine must be one of {', '.join(names)}; got '{self.refine}'"
+            )
+        if not isinstance(self.staged, bool):
+            raise PrunelabError(
+                f"[reconstruction] staged must be true or false, got {self.staged!r}"
+            )
+        self.config()  # the walk's own checks, now
+
+    def config(self) -> SequentialConfig:
+        """The walk this table asks for."""
+        return SequentialConfig(
+            staged=self.staged or self.target == "dense",  # dense targets need each stage's inputs
+            refine=RefineConfig(self.refine, iters=self.iters) if self.refine != "none" else None,
+            target=self.target,
+            block_fit=BlockFitConfig(self.block_fit_steps, self.block_fit_lr, "dense")
+            if self.block_fit_steps > 0
+            else None,
+        )
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None) -> Reconstruction | None:
+        return None if not raw else table(cls, "reconstruction", raw)
 
 
 def table(cls: Any, name: str, raw: Any) -> Any:
@@ -244,6 +310,7 @@ class SweepSpec:
     folds: int = 0  # k-fold cross-validation over train+val for the recommendation (0: off)
     search: LevelSearch | None = None  # levels = "auto": searched per configuration, not laddered
     tune_fraction: float = 0.5  # validation share sensitivity/searched/adaptive tune on
+    reconstruction: Reconstruction | None = None  # [reconstruction]: how layer walks re-fit
 
     def __post_init__(self) -> None:
         check_levels(self.levels)
@@ -284,6 +351,7 @@ class SweepSpec:
             check_options(f"dataset '{self.data.name}'", DATASETS.get(self.data.name),
                           self.data.loader_kwargs())  # fmt: skip
         TASKS.get(self.task.kind)
+        check_task_options(self.task.kind, dict(self.task.options))
         if self.task.loss is not None:
             check_loss(self.task.kind)
         for path in self.task.code_paths():
@@ -303,8 +371,21 @@ class SweepSpec:
                     )
         for s in self.schedules:
             parse_schedule(s)
+        if self.reconstruction is not None:
+            self.check_reconstruction(structures)
         for m in self.metrics:
             METRICS.get(m)
+
+    def check_reconstruction(self, structures: list[Any]) -> None:
+        """A [reconstruction] table needs a cell that walks the layers with it."""
+        walk = self.reconstruction.config()  # type: ignore[union-attr]
+        sequential = TASKS.get(self.task.kind).sequential_calibration
+        walked = (walks_layers(m, st, sequential, walk) for m in self.methods for st in structures)
+        if not any(walked):
+            raise PrunelabError(
+                "[reconstruction] applies to cells that prune layer after layer (sparsegpt on "
+                "unstructured or N:M; magnitude/wanda when it re-fits); none of this sweep's do"
+            )
 
     def validate_model(self) -> None:
         """The model and its weights: a factory (with weights, a file or ``"factory"``, or
@@ -343,6 +424,10 @@ class SweepSpec:
             del raw["search"]
         if self.tune_fraction == 0.5:  # runs stored before tuning slices resume unchanged
             del raw["tune_fraction"]
+        if self.reconstruction is None:  # ... and before the [reconstruction] table
+            del raw["reconstruction"]
+        if not self.task.options:  # ... and [task.options]
+            del raw["task"]["options"]
         return raw
 
 
@@ -444,6 +529,10 @@ def spec_from_dict(raw: dict[str, Any]) -> SweepSpec:
                     kw[key] = (
                         parse_levels(value) if isinstance(value, str) else tuple(map(float, value))
                     )
+            elif key == "reconstruction":
+                kw[key] = (
+                    value if isinstance(value, Reconstruction) else Reconstruction.from_dict(value)
+                )
             elif key == "search":
                 kw[key] = value if isinstance(value, LevelSearch) else LevelSearch(**value)
             elif key == "seeds":

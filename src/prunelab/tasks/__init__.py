@@ -49,10 +49,12 @@ def make_task(
     custom: tuple[tuple[str, str, bool], ...] = (),
     data: Any = None,
     loss: str | None = None,
+    options: dict[str, Any] | None = None,
 ) -> Task:
     """A task from plain values: ``custom`` holds (name, import path, higher_is_better);
     ``primary`` None is the kind's own; ``data`` configures kinds that read it (detection);
-    ``loss`` names a training loss by import path, for kinds that take one (detection).
+    ``loss`` names a training loss by import path, for kinds that take one (detection);
+    ``options``: the kind's own settings (:attr:`Task.options`, e.g. a causal LM's cloze size).
 
     >>> make_task(primary="loss").info("loss").higher_is_better
     False
@@ -74,7 +76,25 @@ def make_task(
     if loss is not None:
         check_loss(kind)
         kw["loss"] = loss
-    return cls.for_data(data, **kw)
+    check_task_options(kind, options or {})
+    return cls.for_data(data, **kw, **(options or {}))
+
+
+def check_task_options(kind: str, options: dict[str, Any]) -> None:
+    """Fail in one line on a [task.options] key the kind does not take.
+
+    >>> check_task_options("causal-lm", {"clozes": 10})
+    Traceback (most recent call last):
+    ...
+    prunelab.errors.PrunelabError: task 'causal-lm' has no option 'clozes'; valid: cloze, \
+cloze_context, samples, top_k
+    """
+    valid = TASKS.get(kind).options
+    for key in options:
+        if key not in valid:
+            raise PrunelabError(
+                f"task '{kind}' has no option '{key}'; valid: {', '.join(valid) or 'none'}"
+            )
 
 
 def check_loss(kind: str) -> None:

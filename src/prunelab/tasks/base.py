@@ -69,6 +69,7 @@ class Task(ABC):
     # calibrated criteria (Wanda) prune layer after layer on inputs through the pruned layers,
     # compared per output row, as SparseGPT does (Wanda's reference driver for LLMs)
     sequential_calibration: ClassVar[bool] = False
+    options: ClassVar[tuple[str, ...]] = ()  # fields a sweep may set in [task.options]
     #: metrics recomputable from per-example records under example weights (the decision's
     #: paired bootstrap); a metric missing here is resampled over seeds only
     statistics: ClassVar[Mapping[str, Statistic]] = {}

@@ -84,6 +84,7 @@ class CausalLMTask(Task):
     statistics: ClassVar[Mapping[str, Any]] = WINDOW_STATISTICS
     default_include: ClassVar[tuple[str, ...]] = DECODER_PATTERNS
     sequential_calibration: ClassVar[bool] = True  # Wanda as its paper runs it on LLMs
+    options: ClassVar[tuple[str, ...]] = ("cloze", "cloze_context", "samples", "top_k")
     primary: str = "perplexity"
     top_k: int = 64  # dense log-probs kept per position for the KL
     eval_batch_size: int = 2

@@ -27,7 +27,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +38,9 @@ from prunelab.prune.allocation import Allocation
 from prunelab.prune.apply import apply_masks, folded_copy, get_masks
 from prunelab.prune.masks import Masks, mask_sparsity
 from prunelab.registry import Registry
+
+if TYPE_CHECKING:
+    from prunelab.prune.sequential import SequentialConfig
 
 
 @dataclass
@@ -66,6 +69,7 @@ class Pruning:
     progress: LayerProgress | None = None
     records: dict[str, Any] | None = None  # run-level records the allocation produced
     sequential: bool = False  # calibrated criteria walk the layers in order (the task's choice)
+    walk: SequentialConfig | None = None  # how a layer walk re-fits kept weights (None: as is)
 
 
 class Structure(ABC):
