@@ -464,8 +464,9 @@ def quality_markdown(parts: list[dict]) -> list[str]:
         "Adam on its kept weights against the dense model's block outputs. Targets (issue 24) "
         "for the refined variants: 50 % ≤ 1.45× dense perplexity (stretch 1.35×), 2:4 ≤ 2.3×, "
         "at most 15 min of pruning on 2 cores (wall clock on this machine; nothing else "
-        "running unless the part says so). Magnitude, Wanda and SparseGPT are the references. One run per row "
-        "(pruning is deterministic given the calibration; no seeds).",
+        "running unless the part says so). Magnitude, Wanda and SparseGPT are the references "
+        "(their 2:4 rows, same evaluation and calibration source: the first table above). One "
+        "run per row (pruning is deterministic given the calibration; no seeds).",
         "",
         "| variant | structure | calibration | perplexity | × dense | target | agreement | KL "
         "| prune s | prune CPU s | peak RSS MiB | part |",
