@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 
 from prunelab.decide.sequential import EarlyStop
-from prunelab.prune.oneshot import walks_layers
 from prunelab.prune.structures import parse_structure
 from prunelab.recover.schedules import parse_schedule
 from prunelab.sources import resolve
@@ -77,11 +76,8 @@ def reconstruction_of(spec: SweepSpec, config: Config) -> Reconstruction | None:
     """The sweep's [reconstruction] for a configuration whose one-shot cells walk the layers
     with it; None for every other one (their ids stay what they were)."""
     st, schedule, method, _ = config
-    if spec.reconstruction is None or schedule.name != "oneshot":
-        return None
-    sequential = TASKS.get(spec.task.kind).sequential_calibration
-    walk = spec.reconstruction.config()
-    return spec.reconstruction if walks_layers(method, st, sequential, walk) else None
+    one_shot = schedule.name == "oneshot"
+    return spec.reconstruction if one_shot and spec.reconstructs(method, st) else None
 
 
 def expand_cells(spec: SweepSpec) -> list[Cell]:

@@ -131,6 +131,17 @@ def check_levels(levels: tuple[float, ...]) -> tuple[float, ...]:
     return levels
 
 
+def option_pairs(options: Any) -> tuple[tuple[str, Any], ...]:
+    """An options table (a TOML dict, or stored pairs) as sorted, hashable pairs.
+
+    >>> option_pairs({"b": 1, "a": 2}), option_pairs([["a", 2]])
+    ((('a', 2), ('b', 1)), (('a', 2),))
+    """
+    if isinstance(options, dict):
+        return tuple(sorted(options.items()))
+    return tuple(tuple(kv) for kv in options)
+
+
 @dataclass(frozen=True)
 class DataSpec:
     """Which dataset, where from, and how much of it.
@@ -150,10 +161,7 @@ class DataSpec:
     options: tuple[tuple[str, Any], ...] = ()  # a registered dataset's own options (TOML table)
 
     def __post_init__(self) -> None:
-        if isinstance(self.options, dict):  # from TOML/CLI: stored sorted, hashable
-            object.__setattr__(self, "options", tuple(sorted(self.options.items())))
-        else:
-            object.__setattr__(self, "options", tuple(tuple(kv) for kv in self.options))
+        object.__setattr__(self, "options", option_pairs(self.options))
 
     def loader_kwargs(self) -> dict[str, Any]:
         """The keywords the dataset or reader is called with: ``seed``, ``data_dir`` and the
@@ -190,10 +198,7 @@ class TaskSpec:
     options: tuple[tuple[str, Any], ...] = ()  # [task.options]: the kind's own settings
 
     def __post_init__(self) -> None:
-        if isinstance(self.options, dict):  # from TOML: stored sorted, hashable
-            object.__setattr__(self, "options", tuple(sorted(self.options.items())))
-        else:
-            object.__setattr__(self, "options", tuple(tuple(kv) for kv in self.options))
+        object.__setattr__(self, "options", option_pairs(self.options))
 
     def code_paths(self) -> tuple[str, ...]:
         """The user's code this task imports (hashed so a resumed sweep notices changes)."""
@@ -376,12 +381,17 @@ class SweepSpec:
         for m in self.metrics:
             METRICS.get(m)
 
+    def reconstructs(self, method: str, structure: Any) -> bool:
+        """Whether one-shot cells of ``method`` × ``structure`` walk the layers with this
+        sweep's [reconstruction] table (False without one)."""
+        if self.reconstruction is None:
+            return False
+        sequential = TASKS.get(self.task.kind).sequential_calibration
+        return walks_layers(method, structure, sequential, self.reconstruction.config())
+
     def check_reconstruction(self, structures: list[Any]) -> None:
         """A [reconstruction] table needs a cell that walks the layers with it."""
-        walk = self.reconstruction.config()  # type: ignore[union-attr]
-        sequential = TASKS.get(self.task.kind).sequential_calibration
-        walked = (walks_layers(m, st, sequential, walk) for m in self.methods for st in structures)
-        if not any(walked):
+        if not any(self.reconstructs(m, st) for m in self.methods for st in structures):
             raise PrunelabError(
                 "[reconstruction] applies to cells that prune layer after layer (sparsegpt on "
                 "unstructured or N:M; magnitude/wanda when it re-fits); none of this sweep's do"
