@@ -6,16 +6,18 @@ import torch
 from torch import nn
 
 
-def tiny_llama(vocab: int = 64, initializer_range: float = 0.2, tied: bool = False) -> nn.Module:
-    """A 2-layer Llama from a config (needs transformers), seeded, in eval mode; ``tied``: the
-    output head shares the embedding matrix (as SmolLM2's)."""
+def tiny_llama(
+    vocab: int = 64, initializer_range: float = 0.2, tied: bool = False, layers: int = 2
+) -> nn.Module:
+    """A Llama of ``layers`` blocks from a config (needs transformers), seeded, in eval mode;
+    ``tied``: the output head shares the embedding matrix (as SmolLM2's)."""
     import transformers
 
     cfg = transformers.LlamaConfig(
         vocab_size=vocab,
         hidden_size=32,
         intermediate_size=64,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=64,

@@ -92,19 +92,40 @@ class InputStats:
         self.sqsum: Tensor | None = None
         self.xdx: Tensor | None = None
 
-    def add(self, x: Tensor, dense_x: Tensor | None = None) -> None:
+    def add(self, x: Tensor, dense_x: Tensor | None = None, memo: dict | None = None) -> None:
+        """Add one batch of inputs ``x`` (and the dense model's ``dense_x`` for the same rows).
+
+        ``memo``: products already computed in this forward pass, keyed by the input tensors'
+        identity, so Linear layers fed the very same tensor (a block's q/k/v, gate/up)
+        multiply ``X^T X`` once; the caller empties it between passes."""
+        key = (id(x), id(dense_x), self.full) if isinstance(self.module, nn.Linear) else None
+        if memo is not None and key is not None and key in memo:
+            n, xtx, xdx, sq = memo[key][1]
+        else:
+            n, xtx, xdx, sq = self._products(x, dense_x)
+            if memo is not None and key is not None:
+                memo[key] = ((x, dense_x), (n, xtx, xdx, sq))  # holding x keeps its id unique
+        if xtx is not None:
+            self.count += n
+            self.xtx = xtx if self.xtx is None else self.xtx + xtx
+        if xdx is not None:
+            self.xdx = xdx if self.xdx is None else self.xdx + xdx
+        self.sqsum = sq if self.sqsum is None else self.sqsum + sq
+
+    def _products(
+        self, x: Tensor, dense_x: Tensor | None
+    ) -> tuple[int, Tensor | None, Tensor | None, Tensor]:
+        """This batch's row count, ``X^T X``, ``X_dense^T X`` (None when not kept) and sum
+        of squares."""
         x = x.detach().float()
+        n, xtx, xdx = 0, None, None
         if self.full:
             rows = layer_input_rows(self.module, x)  # (n, cols)
-            self.count += rows.shape[0]
-            xtx = rows.T @ rows  # (cols, cols)
-            self.xtx = xtx if self.xtx is None else self.xtx + xtx
+            n, xtx = rows.shape[0], rows.T @ rows  # (cols, cols)
             if dense_x is not None:
                 dense_rows = layer_input_rows(self.module, dense_x.detach().float())  # (n, cols)
                 xdx = dense_rows.T @ rows  # (cols, cols)
-                self.xdx = xdx if self.xdx is None else self.xdx + xdx
-        sq = _input_sqsum(self.module, x)  # (in,) / (C,)
-        self.sqsum = sq if self.sqsum is None else self.sqsum + sq
+        return n, xtx, xdx, _input_sqsum(self.module, x)  # sq: (in,) / (C,)
 
     def hessian(self) -> Tensor:
         """``2/n · X^T X`` (cols, cols), n = rows seen."""

@@ -4,10 +4,12 @@
   until that layer has seen its input (a hook stops the pass); one layer's statistics exist at
   a time.
 - :func:`walk_blocks` (targets inside the children of one ``nn.ModuleList``, e.g. transformer
-  blocks): one dense pass records every block's call arguments, then block ``i`` runs alone on
-  the hidden states produced by the already-pruned blocks ``< i``; its targets are calibrated
-  together (or stage by stage: :func:`block_stages`), handed to ``prune_one``, and the pruned
-  block's outputs feed block ``i + 1``.
+  blocks): one pass records every block's call arguments (computing the first block only:
+  :func:`record_block_calls`), then block ``i`` runs alone on the hidden states produced by
+  the already-pruned blocks ``< i``; its targets are calibrated together (or stage by stage:
+  :func:`block_stages`, each stage reusing what the earlier stages finished: ``_Reuse``),
+  handed to ``prune_one``, and the pruned block's outputs feed block ``i + 1``. Layers fed
+  the same tensor share its ``XᵀX`` (:meth:`InputStats.add`'s ``memo``).
 
 Both call ``prune_one(layer name, InputStats)`` in order; pruning itself lives in
 :mod:`prunelab.prune.sequential`.
@@ -15,9 +17,11 @@ Both call ``prune_one(layer name, InputStats)`` in order; pruning itself lives i
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from prunelab.errors import PrunelabError
@@ -163,14 +167,17 @@ def walk_blocks(
             if inside and after_block is not None and fit_to == "local"
             else []
         )
+        reuse = None
         if inside:
-            _prune_block(block, inside, run, full, prune_one, staged, dense_in)
+            reuse = _Reuse(block, inside, run[0]) if staged else None
+            _prune_block(block, inside, run, full, prune_one, staged, dense_in, reuse)
             del dense_in  # the dense inputs are only needed while the block is calibrated
             if after_block is not None:
                 after_block(i, block, run, dense_out if fit_to == "dense" else local_out)
+                reuse = None  # the fit moved kept weights: no recorded output still holds
         if i + 1 < len(blocks):
             dense_hidden = dense_out
-            hidden = [call_block(block, *c) for c in run]
+            hidden = _block_outputs(block, run, reuse)
 
 
 def _dense_pass(
@@ -206,13 +213,33 @@ def _prune_block(
     prune_one: PruneOne,
     staged: bool,
     dense_in: dict[str, list[Tensor]],
+    reuse: _Reuse | None = None,
 ) -> None:
-    """Calibrate and prune one block's targets, all at once or stage by stage."""
-    groups = block_stages(block, inside, run[0]) if staged else [list(inside)]
+    """Calibrate and prune one block's targets, all at once or stage by stage; ``reuse``
+    (staged only) hands later stages the outputs of the block's finished children."""
+    groups = reuse.stages if reuse is not None else (
+        block_stages(block, inside, run[0]) if staged else [list(inside)]
+    )  # fmt: skip
     for group in groups:
-        stats = _block_stats(block, {t: inside[t] for t in group}, run, full, dense_in)
+        with reuse if reuse is not None else contextlib.nullcontext():
+            stats = _block_stats(block, {t: inside[t] for t in group}, run, full, dense_in, reuse)
         for t in group:
             prune_one(t, stats.pop(t))  # each statistic is freed once its layer is pruned
+            if reuse is not None:
+                reuse.done.add(t)
+
+
+def _block_outputs(block: nn.Module, run: list[tuple], reuse: _Reuse | None) -> list[Tensor]:
+    """The (pruned) block's outputs on every call, reusing its finished children's outputs."""
+    if reuse is None:
+        return [call_block(block, *c) for c in run]
+    reuse.recording = False  # the last pass: nothing is run again after it
+    with reuse:
+        outputs = []
+        for j, call in enumerate(run):
+            reuse.call = j
+            outputs.append(call_block(block, *call))
+    return outputs
 
 
 def _block_stats(
@@ -221,6 +248,7 @@ def _block_stats(
     run: list[tuple],
     full: bool,
     dense_in: dict[str, list[Tensor]] | None = None,
+    reuse: _Reuse | None = None,
 ) -> dict[str, InputStats]:
     """Input statistics of ``layers`` over the block's calibration calls; each pass stops
     once every one of them has seen its input. ``dense_in[layer][call]``: the dense model's
@@ -228,11 +256,12 @@ def _block_stats(
     stats = {t: InputStats(m, full) for t, m in layers.items()}
     seen: set[str] = set()
     current = [0]  # the call being run
+    memo: dict = {}  # products of this call's inputs, shared by layers fed the same tensor
 
     def hook(t: str) -> Callable[..., None]:
         def fn(_m: nn.Module, inp: tuple[Tensor, ...], _o: Any) -> None:
             paired = dense_in[t][current[0]] if dense_in and t in dense_in else None
-            stats[t].add(inp[0], paired)
+            stats[t].add(inp[0], paired, memo)
             seen.add(t)
             if len(seen) == len(stats):
                 raise _Stop
@@ -243,7 +272,10 @@ def _block_stats(
     try:
         for j, call in enumerate(run):
             seen.clear()
+            memo.clear()
             current[0] = j
+            if reuse is not None:
+                reuse.call = j
             _run_until_stop(block, call)
     finally:
         for handle in handles:
@@ -268,15 +300,39 @@ def block_stages(
     Layers called one after another on the same input tensor form one stage; a later stage
     is calibrated on inputs that have passed through the already-pruned earlier stages.
     """
+    return _probe(block, layers, call)[0]
+
+
+def _probe(
+    block: nn.Module, layers: dict[str, nn.Module], call: tuple[Tensor, tuple, dict]
+) -> tuple[list[list[str]], dict[nn.Module, set[str]]]:
+    """One call of ``block``: its stages (:func:`block_stages`) and, for every module inside
+    the block that holds one of ``layers`` (the layers themselves included) and runs once per
+    call, the layers that have run when it returns (the ones that must be pruned before its
+    output is final)."""
     first_input: dict[str, Tensor] = {}  # in call order
+    ran: list[str] = []
+    inside = {id(m) for m in layers.values()}
+    children = [
+        c for c in block.modules() if c is not block and any(id(m) in inside for m in c.modules())
+    ]
+    ends: dict[nn.Module, list[set[str]]] = {c: [] for c in children}
 
     def hook(t: str) -> Callable[..., None]:
         def fn(_m: nn.Module, inp: tuple[Tensor, ...], _o: Any) -> None:
             first_input.setdefault(t, inp[0])  # a hook must return None (not replace outputs)
+            ran.append(t)
+
+        return fn
+
+    def end(c: nn.Module) -> Callable[..., None]:
+        def fn(_m: nn.Module, _i: Any, _o: Any) -> None:
+            ends[c].append(set(ran))
 
         return fn
 
     handles = [m.register_forward_hook(hook(t)) for t, m in layers.items()]
+    handles += [c.register_forward_hook(end(c)) for c in children]
     try:
         call_block(block, *call)
     finally:
@@ -293,19 +349,106 @@ def block_stages(
         else:
             stages.append([t])
         last = x
-    return stages
+    return stages, {c: e[0] for c, e in ends.items() if len(e) == 1}
+
+
+class _Reuse:
+    """The outputs of a block's finished parts, kept per calibration call and handed back by
+    later passes over the same calls instead of being recomputed.
+
+    A part (a Llama block's ``self_attn``, its ``q_proj``, ``mlp.gate_proj``: any module in
+    the block holding a target) is finished once every target that runs before it returns
+    has been pruned: on the same inputs its output can no longer change. The staged walk
+    re-runs the block from its input for every stage; with this, a stage re-runs only what
+    the previous stage's pruning changed (the q/k/v projections are replayed for the
+    attention output's stage, the whole attention for the MLP's stages, gate and up for the
+    final pass). Used as a context manager around each pass (the parts' ``forward`` is
+    wrapped meanwhile); ``call`` is the index of the call being run, ``done`` the targets
+    pruned so far. Once a part's output is kept, its parts' outputs for that call are
+    dropped (the part replays as a whole)."""
+
+    def __init__(self, block: nn.Module, layers: dict[str, nn.Module], call: tuple) -> None:
+        self.stages, self.waits = _probe(block, layers, call)
+        self.done: set[str] = set()
+        self.call = 0
+        self.recording = True
+        self.outputs: dict[nn.Module, dict[int, Any]] = {c: {} for c in self.waits}
+        self.below = {
+            c: [d for d in c.modules() if d is not c and d in self.waits] for c in self.waits
+        }
+        self._saved: dict[nn.Module, Any] = {}
+
+    def __enter__(self) -> _Reuse:
+        for child in self.waits:
+            self._saved[child] = child.__dict__.get("forward")
+            child.forward = self._wrap(child, child.forward)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for child, own in self._saved.items():
+            if own is None:
+                del child.forward
+            else:
+                child.forward = own
+        self._saved.clear()
+
+    def _wrap(self, child: nn.Module, forward: Callable[..., Any]) -> Callable[..., Any]:
+        kept = self.outputs[child]
+
+        def fn(*args: Any, **kwargs: Any) -> Any:
+            if self.call in kept:
+                return _copy(kept[self.call])
+            out = forward(*args, **kwargs)
+            if self.recording and self.waits[child] <= self.done:
+                copied = _copy(out)
+                if copied is not None:
+                    kept[self.call] = copied
+                    for part in self.below[child]:
+                        self.outputs[part].pop(self.call, None)
+            return out
+
+        return fn
+
+
+def _copy(out: Any) -> Any:
+    """A copy of a module's output (tensors cloned), safe from in-place changes downstream;
+    None for outputs that are not a tensor or a plain tuple/list of tensors and Nones."""
+    if isinstance(out, Tensor):
+        return out.clone()
+    if type(out) in (tuple, list) and all(o is None or isinstance(o, Tensor) for o in out):
+        return type(out)(None if o is None else o.clone() for o in out)
+    return None
 
 
 def record_block_calls(
     model: nn.Module, blocks: nn.ModuleList, calibration: Sequence[Any]
 ) -> list[list[tuple[tuple, dict]]]:
-    """Each block's call arguments for each calibration item, from one dense pass.
+    """Each block's call arguments for each calibration item.
 
     Only the first block keeps its hidden states (the others are replaced during the walk);
     caches are dropped so re-running a block never appends to a KV cache. The pass stops at
     the last block, so no output head (e.g. an LM's vocabulary projection) is computed.
+    Only the first block is computed: the others pass their input on (their arguments —
+    masks, position embeddings — do not depend on it in the models we know). One full pass
+    on the first item checks that; if a block's arguments differ, every item is passed in full.
     """
+    calls = _record(model, blocks, calibration, skip=True)
+    if len(blocks) > 2:
+        full = _record(model, blocks, calibration[:1], skip=False)
+        if not all(_same(c[0], f[0]) for c, f in zip(calls[1:], full[1:])):
+            calls = _record(model, blocks, calibration, skip=False)
+    if any(len(c) != len(calibration) for c in calls):
+        raise PrunelabError("every block must run exactly once per calibration item")
+    return calls
+
+
+def _record(
+    model: nn.Module, blocks: nn.ModuleList, calibration: Sequence[Any], skip: bool
+) -> list[list[tuple[tuple, dict]]]:
+    """:func:`record_block_calls`' passes; ``skip``: blocks after the first return their
+    input in the first block's output structure instead of running."""
     calls: list[list[tuple[tuple, dict]]] = [[] for _ in blocks]
+    first: list[Any] = [None]  # the first block's last output: the structure to hand on
 
     def pre_hook(i: int) -> Callable[..., None]:
         def hook(_m: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -318,13 +461,47 @@ def record_block_calls(
 
         return hook
 
+    def keep_first(_m: nn.Module, _a: Any, out: Any) -> None:
+        first[0] = out
+
+    def passthrough(*args: Any, **kwargs: Any) -> Any:
+        hidden, out = _hidden(args, kwargs), first[0]
+        return type(out)((hidden, *out[1:])) if type(out) in (tuple, list) else hidden
+
     handles = [
         b.register_forward_pre_hook(pre_hook(i), with_kwargs=True) for i, b in enumerate(blocks)
     ]
-    _feed_until_hooks(model, calibration, handles)
-    if any(len(c) != len(calibration) for c in calls):
-        raise PrunelabError("every block must run exactly once per calibration item")
+    skipped = list(blocks)[1:-1] if skip else []
+    handles.append(blocks[0].register_forward_hook(keep_first))
+    own = {b: b.__dict__.get("forward") for b in skipped}
+    for b in skipped:
+        b.forward = passthrough
+    try:
+        _feed_until_hooks(model, calibration, handles)
+    finally:
+        for b, forward in own.items():
+            if forward is None:
+                del b.forward
+            else:
+                b.forward = forward
     return calls
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Recorded call arguments equal: tensors exactly, containers item by item."""
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return (
+            isinstance(a, Tensor) and isinstance(b, Tensor)
+            and a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+        )  # fmt: skip
+    if isinstance(a, tuple | list):
+        return type(a) is type(b) and len(a) == len(b) and all(map(_same, a, b))
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    try:
+        return a is b or bool(a == b)
+    except Exception:  # an object without a usable ==: not provably the same
+        return False
 
 
 def _no_cache(key: str, value: Any) -> Any:
