@@ -458,7 +458,7 @@ def quality_markdown(parts: list[dict]) -> list[str]:
         "driver (staged: a block's layers in stages; Lee calibration windows of 512 tokens, "
         "count in the calibration column), then perplexity on the evaluation tokens of its "
         "part. *+admm*: ADMM re-fit of each layer's kept weights with its mask fixed (Boža "
-        "2024; 20 iterations, ρ = 1, then 10 CG steps); *+cg*: the masked conjugate-gradient "
+        "2024; ρ = 1, iterations in the calibration column, then 10 CG steps); *+cg*: the masked conjugate-gradient "
         "back-solve alone (ALPS); *+dense*: each layer fits the dense model's layer outputs "
         "from the pruned inputs instead of its own dense weights; *+block*: after each block, "
         "Adam on its kept weights against the dense model's block outputs. Targets (issue 24) "

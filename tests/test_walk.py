@@ -56,20 +56,23 @@ class _GatedBlock(nn.Module):
         return self.linear(x) * gate
 
 
-class _GatedModel(nn.Module):
-    def __init__(self) -> None:
+class _Stack(nn.Module):
+    """``n`` blocks in an ``nn.ModuleList``; ``gated``: each block is also handed a gate
+    computed from its input (an argument that depends on the blocks before it)."""
+
+    def __init__(self, block: type[nn.Module], n: int, gated: bool = False) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.layers = nn.ModuleList(_GatedBlock() for _ in range(4))
+        self.layers, self.gated = nn.ModuleList(block() for _ in range(n)), gated
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
-            x = layer(x, gate=torch.sigmoid(x.mean()))
+            x = layer(x, gate=torch.sigmoid(x.mean())) if self.gated else layer(x)
         return x
 
 
 def test_arguments_that_depend_on_earlier_blocks_fall_back_to_full_passes():
-    model = _GatedModel()
+    model = _Stack(_GatedBlock, 4, gated=True)
     xs = [torch.randn(3, 4, generator=torch.Generator().manual_seed(i)) for i in range(3)]
     middle = _count_calls(model.layers[1].linear)
     with torch.no_grad():
@@ -185,22 +188,10 @@ class _GluBlock(nn.Module):
         return x + self.down(nn.functional.silu(self.gate(h)) * self.up(h))
 
 
-class _GluModel(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.layers = nn.ModuleList(_GluBlock() for _ in range(3))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            x = layer(x)
-        return x
-
-
 def test_a_child_is_reused_only_once_every_layer_before_it_is_pruned(monkeypatch):
     """``gate`` returns before ``up`` (same stage) is even seen: its output in that pass
     is the dense one and must not be replayed once the stage is pruned."""
-    dense = _GluModel()
+    dense = _Stack(_GluBlock, 3)
     xs = [torch.randn(4, 5, 8, generator=torch.Generator().manual_seed(i)) for i in range(3)]
     config = SequentialConfig(staged=True, refine=RefineConfig(iters=5, cg_iters=2))
     made = _spy(monkeypatch)
