@@ -436,12 +436,20 @@ def write_markdown(path: Path, header: str, lm: list[dict], meta: dict, minilm: 
         f"| {r['method']} | {r['structure']} | {r.get('calib', '256 Lee news sentences')} | {r['cos_mean']:.3f} | {r['cos_min']:.3f} | {r['knn@10']:.3f} | {r['secs']:.1f} | {_rss(r)} |"
         for r in minilm
     ]
-    if STRUCTURED_JSON.is_file():  # the structured part's section, from its own JSON
-        state = json.loads(STRUCTURED_JSON.read_text())
-        command = "PRUNELAB_CACHE=.cache/prunelab PYTHONPATH=src python benchmarks/language.py "
-        lines += ["", *structured_markdown(state, command + " ".join(state.get("argv", [])))]
-    quality = [json.loads(q.read_text()) for q in sorted(path.parent.glob("language.quality*"))]
-    quality.sort(key=lambda q: all("+" in r["method"] for r in q["lm"] if r["method"] != "dense"))
+    # the structured parts' sections, each from its own JSON (the untagged first)
+    command = "PRUNELAB_CACHE=.cache/prunelab PYTHONPATH=src python benchmarks/language.py "
+    parts = STRUCTURED_JSON.parent.glob(STRUCTURED_JSON.stem + "*.json")
+    for i, part in enumerate(sorted(parts, key=lambda p: (p.name != STRUCTURED_JSON.name, p.name))):
+        state = json.loads(part.read_text())
+        argv = " ".join(state.get("argv", []))
+        lines += ["", *structured_markdown(state, command + argv, export=i == 0)]
+    # part numbers: references first, then refined-only parts, then one-process comparisons
+    # (``onerun`` in the tag) — so adding a part never renumbers the ones the notes cite
+    named = [
+        (q.name, json.loads(q.read_text())) for q in sorted(path.parent.glob("language.quality*"))
+    ]
+    named.sort(key=lambda nq: ("onerun" in nq[0], all("+" in r["method"] for r in nq[1]["lm"] if r["method"] != "dense")))  # fmt: skip
+    quality = [q for _, q in named]
     if quality:
         lines += ["", *quality_markdown(quality)]
     path.write_text("\n".join(lines) + "\n")

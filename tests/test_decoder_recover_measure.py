@@ -19,7 +19,7 @@ from prunelab.measure.cloze import (
 from prunelab.measure.generation import compare_generation, paired_speedup
 from prunelab.measure.language import dense_reference, evaluate_lm
 from prunelab.prune.surgery.decoder_plan import prune_decoder
-from prunelab.recover.distill import Distilled
+from prunelab.recover.distill import Distilled, ReplayedTeacher
 from prunelab.recover.finetune import train
 from prunelab.tasks import CausalLMTask
 from prunelab.training import TrainConfig
@@ -167,3 +167,24 @@ def test_distillation_pulls_the_pruned_model_back_towards_dense():
     obj = Distilled(task, dense.eval(), weight=1.0, temperature=1.0)
     train(student, windows, cfg, torch.Generator().manual_seed(0), task=obj)
     assert evaluate_lm(student, windows, ref).kl < 0.7 * before
+
+
+def test_replayed_teacher_trains_the_same_student_with_one_teacher_pass_per_window():
+    """Distilling from ReplayedTeacher (top-k log-probs kept once per window) gives the same
+    student, step for step, as distilling from the dense model itself, at top_k < vocabulary
+    (the rest bin is replayed too), and runs the dense model once per distinct window."""
+    dense = tiny_decoder()
+    windows = torch.randint(0, 96, (6, 24), generator=torch.Generator().manual_seed(4))
+    task, cfg = CausalLMTask(top_k=16), TrainConfig(epochs=3, lr=3e-3, batch_size=2)
+    start = copy.deepcopy(dense)
+    prune_decoder(start, [windows], "heads+ffn", 0.5)
+    students, replayed = [], ReplayedTeacher(dense.eval(), k=16)
+    for teacher in (dense.eval(), replayed):
+        student = copy.deepcopy(start)
+        obj = Distilled(task, teacher, weight=1.0, temperature=1.0)
+        train(student, windows, cfg, torch.Generator().manual_seed(0), task=obj)
+        students.append(dict(student.named_parameters()))
+    a, b, s0 = *students, dict(start.named_parameters())
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
+    assert max(float((a[k] - s0[k]).abs().max()) for k in a) > 1e-2  # it did train
+    assert replayed.computed == len(windows)  # 3 epochs, one teacher pass per window

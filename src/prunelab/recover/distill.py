@@ -63,3 +63,54 @@ def recovery_objective(task: Any, dense: nn.Module, cfg: TrainConfig) -> Objecti
     if cfg.distill == 0:
         return task
     return Distilled(task, dense.eval(), cfg.distill, cfg.temperature)
+
+
+class ReplayedTeacher(nn.Module):
+    """A causal LM teacher computed once per token window, then replayed from its top ``k``.
+
+    Distilling for several epochs over the same windows runs the frozen teacher again on every
+    step; this wrapper runs it once per distinct window and keeps only each position's top-``k``
+    log-probabilities and their token ids (a few hundred kB per window instead of ``T·V``
+    logits). Its forward returns logits whose softmax gives exactly those log-probabilities at
+    those tokens and spreads the remaining mass evenly over the others: the causal-LM task's
+    soft loss (KL over the dense top-k tokens plus one bin for the rest, temperature 1) is then
+    the same as with the teacher itself. At another temperature the replay is not exact.
+
+    >>> from prunelab.tasks import CausalLMTask
+    >>> lm = nn.Sequential(nn.Embedding(50, 8), nn.Linear(8, 50))
+    >>> class Wrap(nn.Module):
+    ...     def __init__(self): super().__init__(); self.m = lm
+    ...     def forward(self, input_ids, **kw): return self.m(input_ids)
+    >>> teacher, ids, task = Wrap(), torch.randint(0, 50, (2, 6)), CausalLMTask(top_k=8)
+    >>> student = torch.randn(2, 6, 50)
+    >>> a = task.soft_loss(student, teacher(ids), 1.0)
+    >>> b = task.soft_loss(student, ReplayedTeacher(teacher, k=8)(input_ids=ids), 1.0)
+    >>> bool(torch.allclose(a, b, atol=1e-6))
+    True
+    """
+
+    def __init__(self, teacher: nn.Module, k: int = 64) -> None:
+        super().__init__()
+        self.teacher, self.k = teacher, k
+        self.memo: dict[bytes, tuple[Tensor, Tensor]] = {}
+        self.computed, self.vocab = 0, 0  # windows the teacher really ran on; its vocabulary
+
+    @torch.no_grad()
+    def forward(self, input_ids: Tensor, **_: Any) -> Tensor:
+        keys = [row.numpy().tobytes() for row in input_ids]  # (T,) ids -> bytes
+        new = [i for i, key in enumerate(keys) if key not in self.memo]
+        if new:
+            out = self.teacher(input_ids=input_ids[new], use_cache=False)
+            logits = out.logits if hasattr(out, "logits") else out  # (b, T, V)
+            self.vocab = logits.shape[-1]
+            top = torch.log_softmax(logits.float(), dim=-1).topk(min(self.k, self.vocab), dim=-1)
+            for j, i in enumerate(new):
+                self.memo[keys[i]] = (top.values[j].clone(), top.indices[j].clone())  # (T, k)
+            self.computed += len(new)
+        vocab = self.vocab
+        top_logp = torch.stack([self.memo[key][0] for key in keys])  # (B, T, k)
+        top_ids = torch.stack([self.memo[key][1] for key in keys])
+        rest = (1 - top_logp.double().exp().sum(-1)).clamp(min=1e-30)  # (B, T)
+        fill = (rest / max(vocab - top_ids.shape[-1], 1)).log().float()  # each other token
+        out = fill.unsqueeze(-1).expand(*fill.shape, vocab).clone()  # (B, T, V)
+        return out.scatter_(-1, top_ids, top_logp)
