@@ -70,7 +70,7 @@ def add_args(ap) -> None:
         "--struct-recover-windows",
         type=int,
         default=0,
-        help="256-token recovery windows of documents 0-149 (0: all of them, 146)",
+        help="256-token recovery windows of documents 0-149 (0: all of them, 147)",
     )
     ap.add_argument("--struct-lr", type=float, default=2e-4)
     ap.add_argument(
@@ -267,7 +267,7 @@ def distill_decoder(
 
 
 def _schedule(cfg: TrainConfig, rec: Recovery, windows: int) -> str:
-    """The recovery's data and learning-rate plan in words ('' for the old default)."""
+    """The recovery's windows, learning-rate plan and teacher, in words."""
     lr = f"lr {cfg.lr:g}"
     if cfg.schedule != "constant":
         lr += f" {cfg.schedule} to 0 over {rec.planned_steps} planned steps"
