@@ -18,7 +18,7 @@ Both call ``prune_one(layer name, InputStats)`` in order; pruning itself lives i
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -376,21 +376,14 @@ class _Reuse:
         self.below = {
             c: [d for d in c.modules() if d is not c and d in self.waits] for c in self.waits
         }
-        self._saved: dict[nn.Module, Any] = {}
 
     def __enter__(self) -> _Reuse:
-        for child in self.waits:
-            self._saved[child] = child.__dict__.get("forward")
-            child.forward = self._wrap(child, child.forward)
+        self._swap = _forwards({c: self._wrap(c, c.forward) for c in self.waits})
+        self._swap.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        for child, own in self._saved.items():
-            if own is None:
-                del child.forward
-            else:
-                child.forward = own
-        self._saved.clear()
+        self._swap.__exit__(*exc)
 
     def _wrap(self, child: nn.Module, forward: Callable[..., Any]) -> Callable[..., Any]:
         kept = self.outputs[child]
@@ -473,18 +466,25 @@ def _record(
     ]
     skipped = list(blocks)[1:-1] if skip else []
     handles.append(blocks[0].register_forward_hook(keep_first))
-    own = {b: b.__dict__.get("forward") for b in skipped}
-    for b in skipped:
-        b.forward = passthrough
-    try:
+    with _forwards(dict.fromkeys(skipped, passthrough)):
         _feed_until_hooks(model, calibration, handles)
-    finally:
-        for b, forward in own.items():
-            if forward is None:
-                del b.forward
-            else:
-                b.forward = forward
     return calls
+
+
+@contextlib.contextmanager
+def _forwards(replacements: Mapping[nn.Module, Callable[..., Any]]) -> Iterator[None]:
+    """Run with each module's ``forward`` replaced, then give every module its own back."""
+    own = {m: m.__dict__.get("forward") for m in replacements}
+    for m, forward in replacements.items():
+        m.forward = forward
+    try:
+        yield
+    finally:
+        for m, forward in own.items():
+            if forward is None:
+                del m.forward
+            else:
+                m.forward = forward
 
 
 def _same(a: Any, b: Any) -> bool:
