@@ -188,3 +188,40 @@ def test_replayed_teacher_trains_the_same_student_with_one_teacher_pass_per_wind
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
     assert max(float((a[k] - s0[k]).abs().max()) for k in a) > 1e-2  # it did train
     assert replayed.computed == len(windows)  # 3 epochs, one teacher pass per window
+
+
+class Recorded(torch.nn.Module):
+    """``model``, noting the dtype of every output it gives."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model, self.dtypes = model, []
+
+    def forward(self, input_ids: torch.Tensor, **kw):
+        out = self.model(input_ids=input_ids, **kw)
+        self.dtypes.append(out.logits.dtype)
+        return out
+
+
+def test_bf16_distillation_runs_the_student_in_bf16_and_the_teacher_in_float32():
+    """``precision = "bf16"``: the student's forward runs under bfloat16 autocast, the teacher
+    stays the float32 reference, the weights stay float32, and the KL still falls."""
+    dense = tiny_decoder()
+    windows = torch.randint(0, 96, (8, 24), generator=torch.Generator().manual_seed(3))
+    ref = dense_reference(dense, windows, k=96)
+    student = copy.deepcopy(dense)
+    prune_decoder(student, [windows], "heads+ffn", 0.5)
+    before = evaluate_lm(student, windows, ref).kl
+    seen = []
+    hook = student.model.layers[0].mlp.down_proj.register_forward_hook(
+        lambda _m, _i, o: seen.append(o.dtype)
+    )
+    teacher = Recorded(dense.eval())
+    cfg = TrainConfig(epochs=15, lr=3e-3, batch_size=4, precision="bf16")
+    obj = Distilled(CausalLMTask(top_k=96), teacher, weight=1.0, temperature=1.0)
+    train(student, windows, cfg, torch.Generator().manual_seed(0), task=obj)
+    hook.remove()
+    assert set(seen) == {torch.bfloat16}
+    assert set(teacher.dtypes) == {torch.float32}
+    assert all(p.dtype == torch.float32 for p in student.parameters())
+    assert evaluate_lm(student, windows, ref).kl < 0.7 * before

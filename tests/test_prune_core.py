@@ -182,6 +182,7 @@ def test_lr_schedule_warms_up_and_decays_the_actual_steps(trained_tiny, digits):
     [
         ({"schedule": "step"}, r"unknown lr schedule 'step'; valid: constant, linear, cosine"),
         ({"warmup": 1.0}, r"warmup is a fraction of the steps in \[0, 1\), got 1.0"),
+        ({"precision": "fp16"}, r"unknown precision 'fp16'; valid: fp32, bf16"),
     ],
 )
 def test_bad_lr_schedule_is_refused(kw, message):
@@ -199,3 +200,4 @@ def test_default_schedule_keeps_cache_keys_made_before_schedules_existed():
         "schedule": "linear",
         "warmup": 0.0,
     }
+    assert TrainConfig(epochs=5, precision="bf16").identity() == {**old, "precision": "bf16"}

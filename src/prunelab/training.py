@@ -6,8 +6,9 @@ On the ground floor, so no stage imports another for a type.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -17,6 +18,7 @@ from torch import nn
 from prunelab.errors import PrunelabError
 
 LR_SCHEDULES = ("constant", "linear", "cosine")
+PRECISIONS = ("fp32", "bf16")
 StepCallback = Callable[[int, int], None]  # (step, total_steps) -> None, called after each step
 
 
@@ -36,7 +38,10 @@ class TrainConfig:
     0) after a linear ``warmup`` over that fraction of the steps (the usual transformer
     fine-tuning recipe is ``schedule = "linear", warmup = 0.1``). ``distill`` > 0 mixes in
     distillation from the dense model in recovery: ``(1 - distill) · task loss + distill ·
-    soft loss`` at ``temperature`` (:class:`prunelab.recover.distill.Distilled`)."""
+    soft loss`` at ``temperature`` (:class:`prunelab.recover.distill.Distilled`).
+    ``precision = "bf16"`` runs the forward passes under bfloat16 autocast (weights, gradients
+    and the optimizer stay float32; a distillation teacher runs in float32): about 1.5× faster
+    steps on CPUs with native bfloat16 (AVX512-BF16, AMX), slower on those without."""
 
     epochs: float = 1.0
     lr: float = 1e-3
@@ -48,6 +53,7 @@ class TrainConfig:
     warmup: float = 0.0
     distill: float = 0.0
     temperature: float = 2.0
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.epochs) or self.epochs < 0:
@@ -68,11 +74,18 @@ class TrainConfig:
             raise PrunelabError(f"distill is a weight in [0, 1], got {self.distill}")
         if not self.temperature > 0:
             raise PrunelabError(f"distillation temperature must be > 0, got {self.temperature}")
+        if self.precision not in PRECISIONS:
+            raise PrunelabError(
+                f"unknown precision '{self.precision}'; valid: {', '.join(PRECISIONS)}"
+            )
 
     def identity(self) -> dict[str, Any]:
         """The fields that identify a training run (cache keys, cell ids). The schedule and
-        distillation fields appear only when set, so keys made before they existed stay valid."""
+        distillation and precision fields appear only when set, so keys made before they
+        existed stay valid."""
         out = dict(self.__dict__)
+        if self.precision == "fp32":
+            del out["precision"]
         if self.schedule == "constant" and self.warmup == 0:
             del out["schedule"], out["warmup"]
         if self.distill == 0 and self.temperature == 2.0:
@@ -96,3 +109,29 @@ class TrainConfig:
 
     def total_steps(self, n_examples: int) -> int:
         return math.ceil(self.epochs * math.ceil(n_examples / self.batch_size))
+
+
+def mixed_precision(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """Where forward passes run at ``precision`` ("bf16": autocast to bfloat16 on ``device``'s
+    type; "fp32": as they are)."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def full_precision() -> Iterator[None]:
+    """Autocast off inside (a distillation teacher is the float32 reference).
+
+    >>> with torch.autocast("cpu", dtype=torch.bfloat16):
+    ...     with full_precision():
+    ...         inside = (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
+    ...     outside = (torch.ones(2, 2) @ torch.ones(2, 2)).dtype
+    >>> inside, outside
+    (torch.float32, torch.bfloat16)
+    """
+    with contextlib.ExitStack() as stack:
+        for device in ("cpu", "cuda"):
+            if torch.is_autocast_enabled(device):
+                stack.enter_context(torch.autocast(device, enabled=False))
+        yield

@@ -11,7 +11,7 @@ from torch import nn
 
 from prunelab.data import Split
 from prunelab.errors import PrunelabError
-from prunelab.training import Objective, StepCallback, TrainConfig
+from prunelab.training import Objective, StepCallback, TrainConfig, mixed_precision
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +48,19 @@ def train(
         return float("nan")
     loss_fn = loss_fn or nn.functional.cross_entropy
     opt = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
+    device = next(model.parameters()).device
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cfg.lr_factor(s, total))
     model.train()
     step, running, count = 0, 0.0, 0
     while step < total:
         for batch in _batches(data, cfg, generator, task):
             opt.zero_grad(set_to_none=True)
-            loss = (
-                task.loss(model, batch) if task is not None else loss_fn(model(batch[0]), batch[1])
-            )
+            with mixed_precision(cfg.precision, device):
+                loss = (
+                    task.loss(model, batch)
+                    if task is not None
+                    else loss_fn(model(batch[0]), batch[1])
+                )
             if not torch.isfinite(loss):
                 raise PrunelabError(f"training diverged: loss is {loss.item()} at step {step}")
             loss.backward()

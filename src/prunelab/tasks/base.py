@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from prunelab.errors import PrunelabError
 from prunelab.measure.resampled import Statistic
+from prunelab.training import full_precision
 
 RECORDS = "records/"  # a cell's per-example validation records (artifact name prefix)
 ORIGINAL_RECORDS = "original_records/"  # the model as given, on the same rows (dense controls)
@@ -240,7 +241,7 @@ class Task(ABC):
         outputs of :meth:`forward`. A kind whose outputs cannot be compared so (a detector's
         losses) says here what distilling means for it."""
         out = self.forward(model, batch)
-        with torch.no_grad():
+        with torch.no_grad(), full_precision():  # the teacher is the float32 reference
             target = self.forward(teacher, batch)
         soft = self.soft_loss(out, target, temperature)
         if weight == 1.0:

@@ -50,6 +50,7 @@ from prunelab.tasks.detector_contract import (
     run,
     total_loss,
 )
+from prunelab.training import full_precision
 
 log = logging.getLogger(__name__)
 GRID_IMAGES = 6  # test images whose detections every cell stores for the report
@@ -201,7 +202,8 @@ class DetectionTask(Task):
         was_training = teacher.training
         teacher.eval()
         try:
-            found = as_detections(run(teacher, images), len(images))
+            with full_precision():  # the teacher is the float32 reference
+                found = as_detections(run(teacher, images), len(images))
         finally:
             teacher.train(was_training)
         kept = [d.above(self.score_threshold) for d in found]
