@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -65,6 +68,30 @@ def test_final_words_and_items():
         assert len(set(it.choices)) == 3  # distractors differ from the answer
     again = cloze_items(CharTokenizer(), DOCS, n_items=4, choices=3, context_tokens=10)
     assert items == again  # seeded
+
+
+ITEMS_SCRIPT = """
+from prunelab.measure.cloze import cloze_items
+class CharTokenizer:
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [min(95, max(1, ord(c) - 31)) for c in text]}
+docs = [f"Word {w} ends here in {w}. The town saw {w.lower()}. Then came {w.upper()}." for w in
+        ("Rain", "Fire", "Snow", "Wind", "Hail", "Heat", "Cold", "Dust")]
+print(cloze_items(CharTokenizer(), docs, n_items=12, choices=4, context_tokens=8))
+"""
+
+
+def test_cloze_items_do_not_depend_on_the_hash_seed():
+    """Final words that differ only in case ("Rain", "rain", "RAIN") get one order, whatever
+    the process's string hashing: the same items in every run (a set's order leaked into the
+    distractors once)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(["src", os.environ.get("PYTHONPATH", "")])}
+    outs = {
+        subprocess.run([sys.executable, "-c", ITEMS_SCRIPT], env={**env, "PYTHONHASHSEED": seed},
+                       capture_output=True, text=True, check=True).stdout
+        for seed in ("1", "2", "3")
+    }  # fmt: skip
+    assert len(outs) == 1 and "ClozeItem" in next(iter(outs))
 
 
 def test_choice_logprobs_match_a_direct_forward():

@@ -86,7 +86,7 @@ def cloze_items(
     ``context_tokens`` tokens before the answer) with ``choices - 1`` distractors each,
     tokenised without special tokens."""
     pairs = final_words(documents)
-    pool = sorted({w for _, w in pairs}, key=str.lower)
+    pool = sorted({w for _, w in pairs}, key=lambda w: (w.lower(), w))  # not set order
     if len(pool) < choices:
         raise PrunelabError(f"need at least {choices} distinct final words, found {len(pool)}")
     g = generator if generator is not None else torch.Generator().manual_seed(0)
