@@ -23,6 +23,7 @@ from torch.nn.utils import parametrize
 
 from prunelab.errors import PrunelabError
 from prunelab.prune.walk import call_block
+from prunelab.training import PRECISIONS, mixed_precision
 
 
 @dataclass(frozen=True)
@@ -30,17 +31,35 @@ class BlockFitConfig:
     """``steps`` Adam steps per block, one calibration call each (visited in a shuffled
     order, repeated as needed), learning rate ``lr`` decayed linearly to 0; outputs wanted:
     ``target`` = "dense" (the dense model's) or "local" (the dense block's on the pruned
-    inputs)."""
+    inputs). ``loss``: "mse" (mean squared error) or "relative" (each token's squared error
+    over its wanted squared norm, averaged: a few tokens with huge hidden states, such as a
+    decoder's first position, do not drown the rest); ``precision``: "bf16" runs the block
+    under bfloat16 autocast (the weights stay float32)."""
 
     steps: int = 32
     lr: float = 1e-4
     target: str = "dense"
+    loss: str = "mse"
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.lr <= 0:
             raise PrunelabError(f"invalid block fit config {self}")
         if self.target not in ("dense", "local"):
             raise PrunelabError(f"target must be 'dense' or 'local', got '{self.target}'")
+        if self.loss not in _LOSSES:
+            raise PrunelabError(f"loss must be one of {', '.join(_LOSSES)}, got '{self.loss}'")
+        if self.precision not in PRECISIONS:
+            raise PrunelabError(f"precision must be one of {', '.join(PRECISIONS)}")
+
+
+def _relative(out: Tensor, wanted: Tensor) -> Tensor:
+    """Mean over tokens of ``‖out − wanted‖² / ‖wanted‖²`` (last dimension = features)."""
+    err = (out - wanted).pow(2).sum(-1)
+    return (err / wanted.pow(2).sum(-1).clamp_min(1e-12)).mean()
+
+
+_LOSSES = {"mse": nn.functional.mse_loss, "relative": _relative}
 
 
 def fit_block(
@@ -54,8 +73,7 @@ def fit_block(
     """Adam on the weights of ``layers`` (inside ``block``) so that ``block(h, *args, **kw)``
     approaches ``wanted[j]`` for each calibration call ``run[j] = (h, args, kw)`` (as the walk
     records them: ``h`` replaces ``args[0]``, or ``kw["hidden_states"]`` when ``args`` is
-    empty); returns the mean squared error of each step (before its update). Masks stay as
-    they are.
+    empty); returns each step's loss (before its update). Masks stay as they are.
 
     >>> from prunelab.prune.apply import apply_masks
     >>> _ = torch.manual_seed(0); block = nn.Sequential(nn.Linear(4, 4), nn.Tanh())
@@ -82,8 +100,9 @@ def fit_block(
             if not order:
                 order = torch.randperm(len(run), generator=generator).tolist()
             j = order.pop()
-            out = call_block(block, *run[j])
-            loss = nn.functional.mse_loss(out, wanted[j])
+            with mixed_precision(config.precision, wanted[j].device):
+                out = call_block(block, *run[j])
+            loss = _LOSSES[config.loss](out.float(), wanted[j])
             grads = torch.autograd.grad(loss, params)  # only these tensors; no stray .grad
             for p, g in zip(params, grads):
                 p.grad = g

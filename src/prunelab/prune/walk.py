@@ -153,7 +153,7 @@ def walk_blocks(
         outside = [t for t, i in owner.items() if i is None]
         raise PrunelabError(f"layers {outside[:5]} lie outside the blocks '{blocks_name}'")
     calls = record_block_calls(model, blocks, calibration)  # [block][batch] -> (args, kwargs)
-    hidden = [_hidden(args, kwargs) for args, kwargs in calls[0]]
+    hidden = [block_hidden(args, kwargs) for args, kwargs in calls[0]]
     keep_dense = paired or (after_block is not None and fit_to == "dense")
     dense_hidden = list(hidden) if keep_dense else []
     for i, block in enumerate(blocks):
@@ -458,7 +458,7 @@ def _record(
         first[0] = out
 
     def passthrough(*args: Any, **kwargs: Any) -> Any:
-        hidden, out = _hidden(args, kwargs), first[0]
+        hidden, out = block_hidden(args, kwargs), first[0]
         return type(out)((hidden, *out[1:])) if type(out) in (tuple, list) else hidden
 
     handles = [
@@ -510,7 +510,8 @@ def _no_cache(key: str, value: Any) -> Any:
     return False if key == "use_cache" else value
 
 
-def _hidden(args: tuple, kwargs: dict) -> Tensor:
+def block_hidden(args: tuple, kwargs: dict) -> Tensor:
+    """The hidden states in a block call's recorded arguments."""
     return args[0] if args else kwargs["hidden_states"]
 
 

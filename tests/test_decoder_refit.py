@@ -1,0 +1,71 @@
+"""Re-fitting a decoder's kept blocks to the dense hidden states after blocks were removed."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from prunelab import PrunelabError
+from prunelab.measure.language import dense_reference, evaluate_lm
+from prunelab.prune.blockfit import BlockFitConfig
+from prunelab.prune.surgery.decoder import DecoderPlan, apply_plan, decoder_layers
+from prunelab.prune.surgery.decoder_plan import _full
+from prunelab.prune.surgery.decoder_refit import refit_kept_blocks
+
+pytest.importorskip("transformers")
+from tinymodels import tiny_llama  # noqa: E402
+
+
+def cut(dense: torch.nn.Module, keep: list[int]) -> torch.nn.Module:
+    """``dense`` with only blocks ``keep`` left."""
+    m = copy.deepcopy(dense)
+    layers = decoder_layers(m)
+    plan = DecoderPlan(tuple(_full(b) if i in keep else None for i, b in enumerate(layers)))
+    apply_plan(m, plan, {})
+    return m
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_refit_brings_the_cut_decoder_back_towards_dense(precision):
+    """After block 2 of 4 is removed, block 1 is fitted to the dense output of block 2 and the
+    others to their own dense outputs: the KL to the dense model falls on the calibration
+    windows and on windows the fit never saw; embeddings and head do not move."""
+    dense = tiny_llama(layers=4)
+    g = torch.Generator().manual_seed(1)
+    calib, held = (torch.randint(0, 64, (n, 24), generator=g) for n in (32, 8))
+    refs = {n: dense_reference(dense, w, k=64) for n, w in (("calib", calib), ("held", held))}
+    keep = [0, 1, 3]
+    model = cut(dense, keep)
+    before = {n: evaluate_lm(model, w, refs[n]).kl for n, w in (("calib", calib), ("held", held))}
+    emb = model.get_input_embeddings().weight.clone()
+    seen = []
+    hook = decoder_layers(model)[1].mlp.down_proj.register_forward_hook(
+        lambda _m, _i, o: seen.append(o.dtype)
+    )
+    cfg = BlockFitConfig(steps=60, lr=3e-3, loss="relative", precision=precision)
+    res = refit_kept_blocks(model, dense, keep, list(calib.split(2)), cfg)
+    hook.remove()
+    assert [b[:2] for b in res.blocks] == [(0, 0), (1, 2), (3, 3)]
+    exact = 1e-10 if precision == "fp32" else 1e-3  # bf16: the block's own rounding
+    assert res.blocks[0][2] < exact  # nothing removed before block 0: already matches
+    assert res.blocks[1][3] < 0.7 * res.blocks[1][2]
+    assert (torch.bfloat16 in seen) == (precision == "bf16")  # the fit ran under autocast
+    after = {n: evaluate_lm(model, w, refs[n]).kl for n, w in (("calib", calib), ("held", held))}
+    assert after["calib"] < 0.5 * before["calib"]
+    assert after["held"] < 0.8 * before["held"]
+    assert torch.equal(model.get_input_embeddings().weight, emb)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert not any(p.requires_grad is False for p in model.parameters())  # flags restored
+
+
+def test_refit_checks_the_kept_blocks_describe_the_model():
+    dense = tiny_llama(layers=4)
+    model = cut(dense, [0, 1, 3])
+    ids = [torch.randint(0, 64, (2, 8))]
+    for kept in ([0, 1], [0, 3, 1], [0, 1, 4]):
+        with pytest.raises(PrunelabError, match="kept blocks"):
+            refit_kept_blocks(model, dense, kept, ids)
+    with pytest.raises(PrunelabError, match="calibration"):
+        refit_kept_blocks(model, dense, [0, 1, 3], [])
