@@ -4,7 +4,9 @@ all-MiniLM-L6-v2 (slow)."""
 
 from __future__ import annotations
 
+import bz2
 import copy
+import html
 import io
 import tarfile
 import zipfile
@@ -260,6 +262,9 @@ def test_extractors_read_nested_archives(tmp_path):
         z.writestr("gensim/test/test_data/lee.cor", "Doc one.\nDoc two.\n")
         z.writestr("gensim/test/test_data/similarities0-1.txt", "1\t0.4\n0\t1\n")
         z.writestr("gensim/test/test_data/lee_background.cor", "One two three four. Five.\n")
+        page = "''Andorra'' is a [[Microstate|small state]] in [[Europe]] between France and Spain."
+        xml = f"<page><text xml:space='preserve'>{html.escape(page)}</text></page>"
+        z.writestr(f"gensim/test/test_data/{fetch.WIKI_FILE}", bz2.compress(xml.encode()))
     out = fetch.text_dir(tmp_path)
     out.mkdir()
     fetch.extract_vader(sdist, out)
@@ -269,6 +274,8 @@ def test_extractors_read_nested_archives(tmp_path):
     assert s.sentences == ("Great.", "Bad.") and s.labels.tolist() == [1, 0]
     sim = textdata.load_similarity(tmp_path)
     assert sim.documents == ("Doc one.", "Doc two.") and sim.human[0, 1] == 0.4
+    wiki = textdata.load_wikipedia(tmp_path)
+    assert wiki == ("Andorra is a small state in Europe between France and Spain.",)
 
 
 CACHE = default_cache_dir()

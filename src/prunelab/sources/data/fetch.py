@@ -6,6 +6,9 @@
 - Similarity: Lee et al. (2005) from gensim's test data: ``lee.cor`` (50 news documents, one per
   line), ``similarities0-1.txt`` (50×50 upper-triangular matrix of mean human similarity) and
   ``lee_background.cor`` (300 more documents, used as unlabeled text).
+- Encyclopedic prose: gensim's shortened English Wikipedia dump (206 pages, 103 articles,
+  ``WIKI_FILE``, kept as the bz2 XML; :func:`prunelab.sources.data.textdata.load_wikipedia`
+  strips the markup: ~2.5 MB of paragraphs).
 
 Only ``pip download`` is used (no install); the extracted files are cached in ``<cache>/text/``.
 """
@@ -29,7 +32,8 @@ VADER_SPEC = "vaderSentiment==3.3.2"
 GENSIM_SPEC = "gensim==4.3.3"  # has cp311 manylinux wheels; only its test data is read
 VADER_INNER = "additional_resources/hutto_ICWSM_2014.tar.gz"
 MOVIE_FILE = "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
-GENSIM_FILES = ("lee.cor", "similarities0-1.txt", "lee_background.cor")
+WIKI_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+GENSIM_FILES = ("lee.cor", "similarities0-1.txt", "lee_background.cor", WIKI_FILE)
 TEXT_FILES = ("movieReviewSnippets_GroundTruth.txt",) + GENSIM_FILES
 
 
@@ -72,7 +76,8 @@ def extract_vader(sdist: Path, out_dir: Path) -> Path:
 
 
 def extract_gensim(wheel: Path, out_dir: Path) -> list[Path]:
-    """Read the Lee corpus and human similarity matrix out of the gensim wheel."""
+    """Read the Lee corpus, the human similarity matrix and the Wikipedia sample out of the
+    gensim wheel."""
     out = []
     with zipfile.ZipFile(wheel) as z:
         for name in GENSIM_FILES:

@@ -6,8 +6,11 @@ absent; nothing here touches the network.
 
 from __future__ import annotations
 
+import bz2
+import html
 import io
 import itertools
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +18,7 @@ import numpy as np
 import torch
 
 from prunelab.errors import PrunelabError
-from prunelab.sources.data.fetch import missing_files, text_dir
+from prunelab.sources.data.fetch import WIKI_FILE, missing_files, text_dir
 
 FETCH_HINT = (
     "run prunelab.sources.data.fetch.fetch_text_data(cache_dir) (CLI: the setup / fetch-text-data "
@@ -109,3 +112,58 @@ def split_indices(n: int, sizes: tuple[int, ...], generator: torch.Generator) ->
     order = torch.randperm(n, generator=generator).numpy()
     cuts = np.cumsum((0,) + sizes)
     return [order[a:b] for a, b in itertools.pairwise(cuts)] + [order[cuts[-1] :]]
+
+
+def load_wikipedia(cache_dir: str | Path) -> tuple[str, ...]:
+    """The articles of gensim's Wikipedia sample as plain prose (one string per article,
+    paragraphs on their own lines; redirects and markup-only pages dropped)."""
+    d = _require(cache_dir, (WIKI_FILE,))
+    with bz2.open(d / WIKI_FILE, "rt", encoding="utf-8") as f:
+        pages = re.findall(r"<text[^>]*>(.*?)</text>", f.read(), flags=re.S)
+    docs = (wiki_prose(html.unescape(p)) for p in pages)  # the XML escapes the markup once
+    return tuple(doc for doc in docs if doc)
+
+
+def wiki_prose(markup: str, min_words: int = 8) -> str:
+    """The prose paragraphs of one article's wiki markup: templates, tables, references,
+    comments, files, categories, headings, lists and HTML tags removed; links become their
+    text; paragraphs shorter than ``min_words`` words dropped.
+
+    >>> wiki_prose("{{Infobox|a={{b}}}}''Andorra'' is a [[Microstate|small state]] in "
+    ...            "[[Europe]]<ref>{{cite web|url=x}}</ref> between France and Spain.\\n"
+    ...            "== History ==\\n* a list item that is long enough to count here")
+    'Andorra is a small state in Europe between France and Spain.'
+    >>> wiki_prose("#REDIRECT [[Somewhere else entirely in the encyclopedia today]]")
+    ''
+    """
+    t = re.sub(r"<!--.*?-->", "", markup, flags=re.S)
+    t = re.sub(r"<ref[^>/]*/>", "", t)
+    t = re.sub(r"<ref[^>]*>.*?</ref>", "", t, flags=re.S)
+    t = _drop_nested(_drop_nested(t, "{{", "}}"), "{|", "|}")
+    t = re.sub(r"\[\[(?:File|Image|Category):[^\[\]]*(?:\[\[[^\]]*\]\][^\[\]]*)*\]\]", "", t)
+    t = re.sub(r"\[\[(?:[^|\]]*\|)?([^\]]*)\]\]", r"\1", t)  # [[target|text]] -> text
+    t = re.sub(r"\[https?://\S+ ([^\]]*)\]", r"\1", t)
+    t = re.sub(r"\[https?://[^\]]*\]", "", t)
+    t = html.unescape(re.sub(r"<[^>]+>", "", t))
+    t = re.sub(r"'{2,}", "", t)  # bold, italics
+    paragraphs = []
+    for line in t.splitlines():
+        line = re.sub(r"\s+", " ", line).strip()
+        if line and line[0] not in "=*#:;|!{}[" and len(line.split()) >= min_words:
+            paragraphs.append(line.replace(" ,", ",").replace(" ()", ""))
+    return "\n".join(paragraphs)
+
+
+def _drop_nested(text: str, open_: str, close: str) -> str:
+    """``text`` without its (possibly nested) ``open_ … close`` spans."""
+    out, depth, i = [], 0, 0
+    while i < len(text):
+        if text.startswith(open_, i):
+            depth, i = depth + 1, i + len(open_)
+        elif depth and text.startswith(close, i):
+            depth, i = depth - 1, i + len(close)
+        else:
+            if not depth:
+                out.append(text[i])
+            i += 1
+    return "".join(out)
