@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from torch import Tensor, nn
 from prunelab.measure.cloze import cloze_items, divergent_levels, score_cloze
 from prunelab.measure.generation import compare_generation, paired_speedup
 from prunelab.measure.language import dense_reference, evaluate_lm, token_windows
+from prunelab.prune.blockfit import BlockFitConfig
 from prunelab.prune.surgery.decoder import (
     DecoderPlan,
     LayerPlan,
@@ -38,8 +40,10 @@ from prunelab.prune.surgery.decoder import (
     layer_shape,
 )
 from prunelab.prune.surgery.decoder_plan import calibrate, prune_decoder
+from prunelab.prune.surgery.decoder_refit import refit_kept_blocks
 from prunelab.recover.distill import Distilled, ReplayedTeacher
 from prunelab.recover.finetune import train
+from prunelab.sources.data.textdata import load_wikipedia
 from prunelab.sources.hf import load_causal_lm, load_tokenizer, smollm2_gguf
 from prunelab.sources.models.cache import default_cache_dir
 from prunelab.tasks import CausalLMTask
@@ -72,12 +76,37 @@ def add_args(ap) -> None:
         default=0,
         help="256-token recovery windows of documents 0-149 (0: all of them, 147)",
     )
+    ap.add_argument(
+        "--struct-recover-text",
+        choices=("lee", "lee+wiki"),
+        default="lee",
+        help="distillation text: Lee documents 0-149, or those and every full 256-token window "
+        "of gensim's Wikipedia sample (prunelab.sources.data.textdata.load_wikipedia)",
+    )
+    ap.add_argument(
+        "--struct-steps", type=int, default=0, help="planned distillation steps (0: from epochs)"
+    )
     ap.add_argument("--struct-lr", type=float, default=2e-4)
     ap.add_argument(
         "--struct-schedule", choices=("constant", "linear", "cosine"), default="constant"
     )
     ap.add_argument("--struct-warmup", type=float, default=0.0, help="fraction of planned steps")
     ap.add_argument("--struct-epochs", type=float, default=50, help="planned epochs (lr schedule)")
+    ap.add_argument(
+        "--struct-refit",
+        type=int,
+        default=0,
+        help="before distillation, re-fit each kept block to the dense hidden states "
+        "(prunelab.prune.surgery.decoder_refit): Adam steps per block, times 1 + the removed "
+        "blocks it stands in for (0: no re-fit; block rows only); counted in the budget",
+    )
+    ap.add_argument("--struct-refit-lr", type=float, default=2e-4)
+    ap.add_argument(
+        "--struct-precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="forward passes of re-fit and distillation (bf16: autocast, float32 weights)",
+    )
     ap.add_argument("--cloze-items", type=int, default=120)
     ap.add_argument("--speed-rounds", type=int, default=3)
     ap.add_argument(
@@ -94,6 +123,12 @@ def documents(cache: Path) -> tuple[list[str], list[str], list[str]]:
     bg = [d for d in bg if d]
     lee = [d.strip() for d in (text / "lee.cor").read_text("latin-1").splitlines() if d.strip()]
     return bg[:150], bg[150:], lee
+
+
+def all_windows(tok, text: str, n: int = 0) -> Tensor:
+    """The first ``n`` 256-token windows of ``text`` (0: every full window), (n, 256)."""
+    n = n or len(tok(text, add_special_tokens=False)["input_ids"]) // 256
+    return token_windows(tok, text, 256, n * 256)
 
 
 def _rows(spec: str) -> list[tuple[str, float]]:
@@ -122,10 +157,12 @@ class Bench:
         self.evalw = token_windows(self.tok, "\n".join(eval_docs), 512, n_eval * 512)
         calw = token_windows(self.tok, "\n".join(calib_docs), 512, args.struct_calib * 512)
         self.calib = list(calw.split(2))  # (2, 512) each
-        rec_text = "\n".join(calib_docs)
         n_rec = 8 if args.quick else args.struct_recover_windows
-        n_rec = n_rec or len(self.tok(rec_text, add_special_tokens=False)["input_ids"]) // 256
-        self.recw = token_windows(self.tok, rec_text, 256, n_rec * 256)
+        self.lee_recw = all_windows(self.tok, "\n".join(calib_docs), n_rec)
+        self.recw = self.lee_recw  # distillation's windows; the re-fit uses the Lee ones
+        if args.struct_recover_text == "lee+wiki":
+            wiki = "\n".join(load_wikipedia(cache))
+            self.recw = torch.cat([self.lee_recw, all_windows(self.tok, wiki, 8 * args.quick)])
         self.teacher = ReplayedTeacher(self.dense, k=64)  # the dense model once per window
         n_items = 40 if args.quick else args.cloze_items
         g = torch.Generator().manual_seed(0)
@@ -133,6 +170,24 @@ class Bench:
         self.ref = dense_reference(self.dense, self.evalw, k=64)
         self.state: dict = {"rows": [], "speed": {}, "argv": args.argv, "load": []}
         self.models: dict[str, torch.nn.Module] = {}
+        self.plans: dict[str, DecoderPlan] = {}
+
+    def monitor(self, model, every: int = 100):
+        """A step callback printing the perplexity on 2 evaluation windows every ``every``
+        steps (to stop a diverging run early; no decision uses it)."""
+        t0 = time.perf_counter()
+
+        def on_step(done: int, total: int) -> None:
+            if done % every == 0:
+                ppl = evaluate_lm(model, self.evalw[:2], None).perplexity
+                print(f"step {done}/{total} {time.perf_counter() - t0:.0f} s ppl {ppl:.2f}", flush=True)
+
+        return on_step
+
+    def windows_note(self) -> str:
+        """The distillation windows in words."""
+        wiki = len(self.recw) - len(self.lee_recw)
+        return f"{len(self.lee_recw)} Lee" + (f" + {wiki} Wikipedia" if wiki else "") + " windows"
 
     def score(self, model) -> dict:
         t = time.perf_counter()
@@ -206,6 +261,7 @@ def prune_row(b: Bench, stats, structure: str, level: float) -> None:
         res = prune_decoder(model, b.calib, structure, level, stats=stats)
         secs = time.perf_counter() - t
     b.models[f"{structure}:{level:g}"] = model
+    b.plans[f"{structure}:{level:g}"] = res.plan
     b.add(
         {
             "structure": structure,
@@ -266,13 +322,14 @@ def distill_decoder(
     return Recovery(steps[0], steps[1], time.perf_counter() - t0, loss)
 
 
-def _schedule(cfg: TrainConfig, rec: Recovery, windows: int) -> str:
+def _schedule(cfg: TrainConfig, rec: Recovery, windows: str) -> str:
     """The recovery's windows, learning-rate plan and teacher, in words."""
     lr = f"lr {cfg.lr:g}"
     if cfg.schedule != "constant":
         lr += f" {cfg.schedule} to 0 over {rec.planned_steps} planned steps"
         lr += f", warmup {cfg.warmup:g}" if cfg.warmup else ""
-    return f", {windows} windows, {lr}, dense teacher replayed from its top-64"
+    bf16 = ", bf16 autocast" if cfg.precision == "bf16" else ""
+    return f", {windows}, {lr}{bf16}, dense teacher replayed from its top-64"
 
 
 class _OutOfTime(Exception):
@@ -292,33 +349,50 @@ class Recovery:
 
 def recover_row(b: Bench, structure: str, level: float, minutes: float) -> None:
     """Distil the row's model in place for at most ``minutes`` and score it again."""
-    model = b.models[f"{structure}:{level:g}"]
-    a = b.args
+    key = f"{structure}:{level:g}"
+    model, a = b.models[key], b.args
+    per_epoch = math.ceil(len(b.recw) / 2)
     cfg = TrainConfig(
-        epochs=a.struct_epochs,
+        epochs=a.struct_steps / per_epoch if a.struct_steps else a.struct_epochs,
         lr=a.struct_lr,
         optimizer="adamw",
         batch_size=2,
         schedule=a.struct_schedule,
         warmup=a.struct_warmup,
+        precision=a.struct_precision,
     )
+    refit, refit_s, budget = "", 0.0, minutes * 60
     with b.PeakRSS() as mem:
+        if a.struct_refit and structure == "blocks":
+            kept = [i for i, p in enumerate(b.plans[key].layers) if p is not None]
+            rc = BlockFitConfig(
+                a.struct_refit, a.struct_refit_lr, loss="relative", precision=a.struct_precision
+            )
+            done = refit_kept_blocks(model, b.dense, kept, list(b.lee_recw.split(2)), rc)
+            refit_s = done.seconds
+            print(json.dumps({"refit": done.blocks, "seconds": refit_s}), flush=True)
+            refit = (
+                f"re-fit of every kept block to the dense hidden states ({a.struct_refit} Adam "
+                f"steps × (1 + blocks it stands in for), lr {rc.lr:g}, relative loss, "
+                f"{refit_s:.0f} s), then "
+            )
         rec = distill_decoder(
             model,
             b.recw,
             b.teacher,
             cfg,
             torch.Generator().manual_seed(0),
-            max_seconds=minutes * 60,
+            on_step=b.monitor(model),
+            max_seconds=budget - refit_s,
         )
     first = next(r for r in b.state["rows"] if (r["structure"], r["level"]) == (structure, level))
     keep = ("structure", "level", "achieved", "layout", "prune_s", "params_removed")
     b.add(
         {
             **{k: first[k] for k in keep},
-            "recovery": f"KD {rec.steps} steps × 2 × 256 tokens ({minutes:g} min budget)"
-            + _schedule(cfg, rec, len(b.recw)),
-            "recover_s": rec.seconds,
+            "recovery": f"{refit}KD {rec.steps} steps × 2 × 256 tokens ({minutes:g} min budget)"
+            + _schedule(cfg, rec, b.windows_note()),
+            "recover_s": refit_s + rec.seconds,
             "rss": mem.peak,
             **b.score(model),
         }
@@ -449,7 +523,8 @@ def markdown(state: dict, command: str, export: bool = True) -> list[str]:
         f"({dense['eval_tokens']:,} tokens of documents 150–299). Cloze: {dense['cloze_items']} held-out items "
         "(final word of a sentence from lee.cor or documents 150–299, 48 tokens of context, 4 choices, "
         "chance 0.25), scored by summed log-likelihood. Recovery: distillation from the dense model "
-        "(KL over the dense top-64 + rest, 256-token windows of documents 0–149, AdamW, "
+        "(KL over the dense top-64 + rest, 256-token windows of documents 0–149 and, where the "
+        "row says so, of gensim's Wikipedia sample; AdamW, "
         "embeddings frozen, batch 2; windows, learning rate and budget as stated in the row). Speed: one interleaved loop of "
         "rounds (dense and the pruned models; order rotated each round; 1 warm-up round), batch 1, "
         "2 threads, sdpa attention: *decode* = 64 greedy tokens after a 64-token prompt with a KV cache, "

@@ -36,12 +36,13 @@ from pathlib import Path
 import torch
 from decoder_structured import JSON as STRUCTURED_JSON
 from decoder_structured import add_args as add_structured_args
+from decoder_structured import documents, run_speed_only, run_structured
 from decoder_structured import markdown as structured_markdown
-from decoder_structured import run_speed_only, run_structured
 from sentiment import add_args as add_sentiment_args
 from sentiment import header as sentiment_header
 from sentiment import run_sentiment
 
+from prunelab.measure.cloze import cloze_items, score_cloze
 from prunelab.measure.fidelity import fidelity
 from prunelab.measure.language import (
     dense_reference,
@@ -136,6 +137,9 @@ def run_smollm2(args, on_row) -> tuple[list[dict], dict]:
     calw = token_windows(tok, calib_text, 512, n_cal * 512)  # (n_cal, 512)
     calib = list(calw.split(args.calib_batch))  # n_cal / batch × (batch, 512)
     ref = dense_reference(dense, evalw, k=64)
+    _, eval_docs, lee = documents(default_cache_dir())  # the structured part's cloze items
+    n_items = 40 if args.quick else args.cloze_items
+    items = cloze_items(tok, lee + eval_docs, n_items, generator=torch.Generator().manual_seed(0))
     meta = {
         "load_s": load_s,
         "eval_tokens": evalw.numel() - len(evalw),
@@ -149,7 +153,7 @@ def run_smollm2(args, on_row) -> tuple[list[dict], dict]:
             "structure": "-",
             "alloc": "-",
             "calib": "-",
-            **_lm_row(dense, evalw, ref, 0.0, 0.0),
+            **_lm_row(dense, evalw, ref, items, 0.0, 0.0),
         }
     ]
     print(_lm_fmt(rows[-1], rows[0]["ppl"]), flush=True)
@@ -197,7 +201,7 @@ def run_smollm2(args, on_row) -> tuple[list[dict], dict]:
                 "calib": f"{n_cal}×512 {args.calib_source}{_walk_note(config)}"
                 if label != "magnitude"
                 else "-",
-                **_lm_row(model, evalw, ref, secs, mem.peak),
+                **_lm_row(model, evalw, ref, items, secs, mem.peak),
                 "cpu": cpu,
             }
         )
@@ -269,12 +273,14 @@ def _walk_note(config: SequentialConfig) -> str:
     return f" {note}" if note.startswith("staged") else (f", {note}" if note else "")
 
 
-def _lm_row(model, windows, ref, secs: float, peak: float) -> dict:
-    score = evaluate_lm(model, windows, ref)
+def _lm_row(model, windows, ref, items, secs: float, peak: float) -> dict:
+    score, cloze = evaluate_lm(model, windows, ref), score_cloze(model, items)
     return {
         "ppl": score.perplexity,
         "agree": score.agreement,
         "kl": score.kl,
+        "cloze": cloze.accuracy,
+        "cloze_items": cloze.items,
         "secs": secs,
         "rss": peak,
     }
@@ -295,6 +301,17 @@ def _eval(r: dict) -> str:
 def _calib(r: dict) -> str:
     """Calibration windows × 512 and source; rows of the previous run (no field) used 4 × 512."""
     return r.get("calib", "-" if r["method"] in ("dense", "magnitude") else "4×512 lee")
+
+
+def _dense_cloze(dense: dict) -> str:
+    if "cloze" not in dense:
+        return ". "
+    return f", dense cloze {dense['cloze']:.3f} on {dense['cloze_items']} items. "
+
+
+def _cloze(r: dict) -> str:
+    """Cloze accuracy over its items (rows of runs before the cloze was scored: –)."""
+    return f"{r['cloze']:.3f}" if "cloze" in r else "–"
 
 
 def _rss(r: dict) -> str:
@@ -477,8 +494,8 @@ def quality_markdown(parts: list[dict]) -> list[str]:
         "run per row (pruning is deterministic given the calibration; no seeds).",
         "",
         "| variant | structure | calibration | perplexity | × dense | target | agreement | KL "
-        "| prune s | prune CPU s | peak RSS MiB | part |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| cloze acc | prune s | prune CPU s | peak RSS MiB | part |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = {"magnitude": 0, "wanda": 1, "sparsegpt": 2}
     rows = []
@@ -499,7 +516,8 @@ def quality_markdown(parts: list[dict]) -> list[str]:
             verdict += "; ≤ 15 min" if r["secs"] <= 15 * 60 else "; **over 15 min**"
         lines.append(
             f"| {r['method']} | {r['structure']} | {_calib(r)} | {r['ppl']:.2f} | {ratio:.2f}× "
-            f"| {verdict} | {r['agree']:.3f} | {r['kl']:.3f} | {r['secs']:.0f} | {_cpu(r)} "
+            f"| {verdict} | {r['agree']:.3f} | {r['kl']:.3f} | {_cloze(r)} | {r['secs']:.0f} "
+            f"| {_cpu(r)} "
             f"| {_rss(r)} | {i} |"
         )
     lines.append("")
@@ -508,8 +526,9 @@ def quality_markdown(parts: list[dict]) -> list[str]:
         lines.append(
             f"{i}. `PRUNELAB_CACHE=.cache/prunelab PYTHONPATH=src:tests python "
             f"benchmarks/language.py {' '.join(part.get('argv', []))}` — dense perplexity "
-            f"{dense['ppl']:.2f} on {part['meta'].get('eval_tokens', 0):,} tokens. "
-            f"{part.get('note', '')}"
+            f"{dense['ppl']:.2f} on {part['meta'].get('eval_tokens', 0):,} tokens"
+            + _dense_cloze(dense)
+            + part.get("note", "")
         )
     return lines
 
