@@ -103,15 +103,7 @@ def calibrate(model: nn.Module, calibration: Sequence[Tensor]) -> DecoderStats:
         handles.append(layer.self_attn.o_proj.register_forward_pre_hook(moments(attn[i])))
         handles.append(layer.mlp.down_proj.register_forward_pre_hook(moments(mlp[i])))
         handles.append(layer.register_forward_hook(influence(i), with_kwargs=True))
-    was = model.training
-    model.eval()
-    try:
-        for ids in calibration:
-            model(input_ids=ids, use_cache=False)
-    finally:
-        model.train(was)
-        for h in handles:
-            h.remove()
+    feed_windows(model, calibration, handles)
     if not calibration or not cos_n[0]:
         raise PrunelabError("calibration never reached the decoder layers")
     a, f = [m.mean_var() for m in attn], [m.mean_var() for m in mlp]
@@ -122,6 +114,20 @@ def calibrate(model: nn.Module, calibration: Sequence[Tensor]) -> DecoderStats:
         tuple(x[1] for x in f),
         1 - cos_sum / torch.tensor(cos_n, dtype=torch.float64),
     )
+
+
+def feed_windows(model: nn.Module, calibration: Sequence[Tensor], handles: list) -> None:
+    """Run ``model`` in eval mode on each (B, T) token-id window (no KV cache), then restore
+    its mode and remove ``handles`` (the hooks that recorded what the caller wanted)."""
+    was = model.training
+    model.eval()
+    try:
+        for ids in calibration:
+            model(input_ids=ids, use_cache=False)
+    finally:
+        model.train(was)
+        for h in handles:
+            h.remove()
 
 
 def fluctuation_scores(model: nn.Module, stats: DecoderStats) -> list[dict[str, Tensor]]:

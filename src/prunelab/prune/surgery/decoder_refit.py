@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from prunelab.errors import PrunelabError
 from prunelab.prune.blockfit import BlockFitConfig, fit_block
 from prunelab.prune.surgery.decoder import decoder_layers
+from prunelab.prune.surgery.decoder_plan import feed_windows
 from prunelab.prune.walk import block_hidden, call_block, record_block_calls
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ def refit_kept_blocks(
     ascending dense indices) to the dense hidden states on ``calibration`` ((B, T) token ids).
 
     Every Linear and norm weight of a block trains; embeddings and the output head do not.
+    The dense hidden states wanted are held for every window at once (windows × distinct
+    target blocks × T × hidden floats: ~1.7 GB for SmolLM2's 147 × 256 tokens and 19 blocks).
 
     >>> import copy, transformers
     >>> from prunelab.prune.surgery.decoder import DecoderPlan, apply_plan
@@ -135,14 +138,5 @@ def _dense_outputs(
 
         return hook
 
-    handles = [blocks[i].register_forward_hook(keep(i)) for i in wanted]
-    was = dense.training
-    dense.eval()
-    try:
-        for ids in calibration:
-            dense(input_ids=ids, use_cache=False)
-    finally:
-        dense.train(was)
-        for h in handles:
-            h.remove()
+    feed_windows(dense, calibration, [blocks[i].register_forward_hook(keep(i)) for i in wanted])
     return out
