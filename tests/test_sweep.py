@@ -256,7 +256,7 @@ def test_finetune_distill_from_toml_recovers_closer_to_the_dense_model(tmp_path,
 def test_finetune_precision_bf16_from_toml_trains_in_bfloat16(tmp_path, cache_dir):
     """``[finetune] precision = "bf16"`` (the README's TOML key) recovers every cell under
     bfloat16 autocast: a different cell id and a different (not identical) result than
-    float32, the same accuracy within two points."""
+    float32 (the dense control's too), the same accuracy within two points."""
     raw = {"model": "mlp-tiny", "data": {"name": "digits"}, "dense": {"epochs": 3},
            "methods": ["magnitude"], "allocations": ["global"], "levels": [0.8],
            "sensitivity_scan": False}  # fmt: skip
@@ -268,8 +268,6 @@ def test_finetune_precision_bf16_from_toml_trains_in_bfloat16(tmp_path, cache_di
     run_sweep(bf16, tmp_path / "bf16")
     a, b = (load_results(tmp_path / r).set_index("method") for r in ("fp32", "bf16"))
     assert a.loc["magnitude", "cell_id"] != b.loc["magnitude", "cell_id"]
-    assert a.loc["magnitude", "accuracy"] != b.loc["magnitude", "accuracy"] or (
-        a.loc["magnitude", "kl"] != b.loc["magnitude", "kl"]
-    )
-    assert abs(a.loc["magnitude", "accuracy"] - b.loc["magnitude", "accuracy"]) < 0.02
-    assert b.loc["magnitude", "accuracy"] > 0.8
+    for method in ("magnitude", "dense"):  # the dense control recovers in bf16 too
+        assert abs(a.loc[method, "accuracy"] - b.loc[method, "accuracy"]) < 0.02
+        assert a.loc[method, "kl"] != b.loc[method, "kl"]
