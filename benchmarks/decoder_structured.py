@@ -125,6 +125,13 @@ def documents(cache: Path) -> tuple[list[str], list[str], list[str]]:
     return bg[:150], bg[150:], lee
 
 
+def heldout_cloze_items(tok, lee: list[str], eval_docs: list[str], args) -> list:
+    """The benchmark's cloze items (lee.cor and documents 150–299; 40 with ``--quick``)."""
+    n_items = 40 if args.quick else args.cloze_items
+    g = torch.Generator().manual_seed(0)
+    return cloze_items(tok, lee + eval_docs, n_items, generator=g)
+
+
 def all_windows(tok, text: str, n: int = 0) -> Tensor:
     """The first ``n`` 256-token windows of ``text`` (0: every full window), (n, 256)."""
     n = n or len(tok(text, add_special_tokens=False)["input_ids"]) // 256
@@ -164,9 +171,7 @@ class Bench:
             wiki = "\n".join(load_wikipedia(cache))
             self.recw = torch.cat([self.lee_recw, all_windows(self.tok, wiki, 8 * args.quick)])
         self.teacher = ReplayedTeacher(self.dense, k=64)  # the dense model once per window
-        n_items = 40 if args.quick else args.cloze_items
-        g = torch.Generator().manual_seed(0)
-        self.items = cloze_items(self.tok, lee + eval_docs, n_items, generator=g)
+        self.items = heldout_cloze_items(self.tok, lee, eval_docs, args)
         self.ref = dense_reference(self.dense, self.evalw, k=64)
         self.state: dict = {"rows": [], "speed": {}, "argv": args.argv, "load": []}
         self.models: dict[str, torch.nn.Module] = {}
@@ -364,7 +369,7 @@ def recover_row(b: Bench, structure: str, level: float, minutes: float) -> None:
     refit, refit_s, budget = "", 0.0, minutes * 60
     with b.PeakRSS() as mem:
         if a.struct_refit and structure == "blocks":
-            kept = [i for i, p in enumerate(b.plans[key].layers) if p is not None]
+            kept = b.plans[key].kept_blocks
             rc = BlockFitConfig(
                 a.struct_refit, a.struct_refit_lr, loss="relative", precision=a.struct_precision
             )

@@ -36,13 +36,13 @@ from pathlib import Path
 import torch
 from decoder_structured import JSON as STRUCTURED_JSON
 from decoder_structured import add_args as add_structured_args
-from decoder_structured import documents, run_speed_only, run_structured
+from decoder_structured import documents, heldout_cloze_items, run_speed_only, run_structured
 from decoder_structured import markdown as structured_markdown
 from sentiment import add_args as add_sentiment_args
 from sentiment import header as sentiment_header
 from sentiment import run_sentiment
 
-from prunelab.measure.cloze import cloze_items, score_cloze
+from prunelab.measure.cloze import score_cloze
 from prunelab.measure.fidelity import fidelity
 from prunelab.measure.language import (
     dense_reference,
@@ -137,9 +137,8 @@ def run_smollm2(args, on_row) -> tuple[list[dict], dict]:
     calw = token_windows(tok, calib_text, 512, n_cal * 512)  # (n_cal, 512)
     calib = list(calw.split(args.calib_batch))  # n_cal / batch × (batch, 512)
     ref = dense_reference(dense, evalw, k=64)
-    _, eval_docs, lee = documents(default_cache_dir())  # the structured part's cloze items
-    n_items = 40 if args.quick else args.cloze_items
-    items = cloze_items(tok, lee + eval_docs, n_items, generator=torch.Generator().manual_seed(0))
+    _, eval_docs, lee = documents(default_cache_dir())
+    items = heldout_cloze_items(tok, lee, eval_docs, args)  # the structured part's items
     meta = {
         "load_s": load_s,
         "eval_tokens": evalw.numel() - len(evalw),
