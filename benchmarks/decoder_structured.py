@@ -2,7 +2,8 @@
 
 Run through ``benchmarks/language.py --part structured`` (flags below). For every
 (structure, level) row: FLAP fluctuation scores and ShortGPT block influence from one dense
-calibration pass (documents 0–149), physical removal with FLAP's bias compensation, then
+calibration pass (documents 0–149) — or, for ``blocks-loss``, a greedy search that removes the
+block whose skipping raises the calibration loss least, round by round — physical removal with FLAP's bias compensation, then
 perplexity / agreement / KL on the usual evaluation tokens (16 × 512 of documents 150–299)
 and a zero-shot cloze (:mod:`prunelab.measure.cloze`; items from ``lee.cor`` and documents
 150–299, never seen in calibration or recovery). Rows named in ``--struct-recover`` are then
@@ -47,7 +48,7 @@ from prunelab.sources.data.textdata import load_wikipedia
 from prunelab.sources.hf import load_causal_lm, load_tokenizer, smollm2_gguf
 from prunelab.sources.models.cache import default_cache_dir
 from prunelab.tasks import CausalLMTask
-from prunelab.training import StepCallback, TrainConfig
+from prunelab.training import StepCallback, TrainConfig, mixed_precision
 
 RESULTS = Path(__file__).parent / "results"
 JSON = RESULTS / "decoder-structured.json"  # a run's file; with --tag: decoder-structured<tag>.json
@@ -84,6 +85,12 @@ def add_args(ap) -> None:
         "of gensim's Wikipedia sample (prunelab.sources.data.textdata.load_wikipedia)",
     )
     ap.add_argument(
+        "--struct-lee-repeat",
+        type=int,
+        default=1,
+        help="lee+wiki: the Lee windows this many times in the mix (more in-domain text per step)",
+    )
+    ap.add_argument(
         "--struct-steps", type=int, default=0, help="planned distillation steps (0: from epochs)"
     )
     ap.add_argument("--struct-lr", type=float, default=2e-4)
@@ -105,7 +112,20 @@ def add_args(ap) -> None:
         "--struct-precision",
         choices=("fp32", "bf16"),
         default="fp32",
-        help="forward passes of re-fit and distillation (bf16: autocast, float32 weights)",
+        help="forward passes of the blocks-loss search, re-fit and distillation (bf16: "
+        "autocast, float32 weights)",
+    )
+    ap.add_argument(
+        "--struct-teacher-precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="the dense teacher's forward passes during distillation (ReplayedTeacher)",
+    )
+    ap.add_argument(
+        "--struct-loss-calib",
+        type=int,
+        default=4,
+        help="blocks-loss: 512-token calibration windows its greedy search scores on",
     )
     ap.add_argument("--cloze-items", type=int, default=120)
     ap.add_argument("--speed-rounds", type=int, default=3)
@@ -169,8 +189,10 @@ class Bench:
         self.recw = self.lee_recw  # distillation's windows; the re-fit uses the Lee ones
         if args.struct_recover_text == "lee+wiki":
             wiki = "\n".join(load_wikipedia(cache))
-            self.recw = torch.cat([self.lee_recw, all_windows(self.tok, wiki, 8 * args.quick)])
-        self.teacher = ReplayedTeacher(self.dense, k=64)  # the dense model once per window
+            lee_part = [self.lee_recw] * args.struct_lee_repeat
+            self.recw = torch.cat([*lee_part, all_windows(self.tok, wiki, 8 * args.quick)])
+        # the dense model once per window
+        self.teacher = ReplayedTeacher(self.dense, k=64, precision=args.struct_teacher_precision)
         self.items = heldout_cloze_items(self.tok, lee, eval_docs, args)
         self.ref = dense_reference(self.dense, self.evalw, k=64)
         self.state: dict = {"rows": [], "speed": {}, "argv": args.argv, "load": []}
@@ -191,8 +213,10 @@ class Bench:
 
     def windows_note(self) -> str:
         """The distillation windows in words."""
-        wiki = len(self.recw) - len(self.lee_recw)
-        return f"{len(self.lee_recw)} Lee" + (f" + {wiki} Wikipedia" if wiki else "") + " windows"
+        rep = self.args.struct_lee_repeat if len(self.recw) > len(self.lee_recw) else 1
+        wiki = len(self.recw) - rep * len(self.lee_recw)
+        times = f" (each {rep} times)" if rep > 1 else ""
+        return f"{len(self.lee_recw)} Lee{times}" + (f" + {wiki} Wikipedia" if wiki else "") + " windows"
 
     def score(self, model) -> dict:
         t = time.perf_counter()
@@ -243,6 +267,7 @@ def run_structured(args, peak_rss) -> dict:
         "tokens": sum(c.numel() for c in b.calib),
         "rss": mem.peak,
     }
+    b.state["loss_calib"] = 2 * len(b.calib[: max(1, args.struct_loss_calib // 2)])
     target = _rows(args.struct_target)[0]
     prune_row(b, stats, *target)
     recover_row(b, *target, minutes=0.2 if args.quick else args.target_minutes)
@@ -263,7 +288,12 @@ def prune_row(b: Bench, stats, structure: str, level: float) -> None:
     model = copy.deepcopy(b.dense)
     with b.PeakRSS() as mem:
         t = time.perf_counter()
-        res = prune_decoder(model, b.calib, structure, level, stats=stats)
+        if structure == "blocks-loss":  # its greedy search runs a forward per candidate
+            with mixed_precision(b.args.struct_precision, torch.device("cpu")):
+                calib = b.calib[: max(1, b.args.struct_loss_calib // 2)]
+                res = prune_decoder(model, calib, structure, level, stats=stats)
+        else:
+            res = prune_decoder(model, b.calib, structure, level, stats=stats)
         secs = time.perf_counter() - t
     b.models[f"{structure}:{level:g}"] = model
     b.plans[f"{structure}:{level:g}"] = res.plan
@@ -327,14 +357,15 @@ def distill_decoder(
     return Recovery(steps[0], steps[1], time.perf_counter() - t0, loss)
 
 
-def _schedule(cfg: TrainConfig, rec: Recovery, windows: str) -> str:
+def _schedule(cfg: TrainConfig, rec: Recovery, windows: str, teacher: str = "fp32") -> str:
     """The recovery's windows, learning-rate plan and teacher, in words."""
     lr = f"lr {cfg.lr:g}"
     if cfg.schedule != "constant":
         lr += f" {cfg.schedule} to 0 over {rec.planned_steps} planned steps"
         lr += f", warmup {cfg.warmup:g}" if cfg.warmup else ""
     bf16 = ", bf16 autocast" if cfg.precision == "bf16" else ""
-    return f", {windows}, {lr}{bf16}, dense teacher replayed from its top-64"
+    half = " (its forwards in bf16 autocast)" if teacher == "bf16" else ""
+    return f", {windows}, {lr}{bf16}, dense teacher replayed from its top-64{half}"
 
 
 class _OutOfTime(Exception):
@@ -368,7 +399,7 @@ def recover_row(b: Bench, structure: str, level: float, minutes: float) -> None:
     )
     refit, refit_s, budget = "", 0.0, minutes * 60
     with b.PeakRSS() as mem:
-        if a.struct_refit and structure == "blocks":
+        if a.struct_refit and structure.startswith("blocks"):
             kept = b.plans[key].kept_blocks
             rc = BlockFitConfig(
                 a.struct_refit, a.struct_refit_lr, loss="relative", precision=a.struct_precision
@@ -396,7 +427,7 @@ def recover_row(b: Bench, structure: str, level: float, minutes: float) -> None:
         {
             **{k: first[k] for k in keep},
             "recovery": f"{refit}KD {rec.steps} steps × 2 × 256 tokens ({minutes:g} min budget)"
-            + _schedule(cfg, rec, b.windows_note()),
+            + _schedule(cfg, rec, b.windows_note(), a.struct_teacher_precision),
             "recover_s": refit_s + rec.seconds,
             "rss": mem.peak,
             **b.score(model),
@@ -523,7 +554,9 @@ def markdown(state: dict, command: str, export: bool = True) -> list[str]:
         "query heads in every group; layout = blocks, query heads / KV heads / FFN neurons per block). "
         "Scores: FLAP fluctuation (Var(x)·‖W col‖²) on "
         f"{cal.get('tokens', 0):,} calibration tokens of documents 0–149 with FLAP's bias compensation; "
-        "blocks by ShortGPT block influence. *prune s* includes the one calibration pass "
+        "blocks by ShortGPT block influence (*blocks*) or removed greedily by calibration loss "
+        f"(*blocks-loss*: {state.get('loss_calib', 4) * 512:,} tokens, its own forwards; "
+        "Shortened LLaMA's criterion, iterated). *prune s* includes the one calibration pass "
         f"({cal.get('seconds', 0):.0f} s, shared by all rows). Perplexity, agreement and KL as in the table above "
         f"({dense['eval_tokens']:,} tokens of documents 150–299). Cloze: {dense['cloze_items']} held-out items "
         "(final word of a sentence from lee.cor or documents 150–299, 48 tokens of context, 4 choices, "

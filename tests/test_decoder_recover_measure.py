@@ -25,7 +25,7 @@ from prunelab.prune.surgery.decoder_plan import prune_decoder
 from prunelab.recover.distill import Distilled, ReplayedTeacher
 from prunelab.recover.finetune import train
 from prunelab.tasks import CausalLMTask
-from prunelab.training import TrainConfig
+from prunelab.training import TrainConfig, full_precision
 
 transformers = pytest.importorskip("transformers")
 
@@ -252,3 +252,25 @@ def test_bf16_distillation_runs_the_student_in_bf16_and_the_teacher_in_float32()
     assert set(teacher.dtypes) == {torch.float32}
     assert all(p.dtype == torch.float32 for p in student.parameters())
     assert evaluate_lm(student, windows, ref).kl < 0.7 * before
+
+
+def test_replayed_teacher_in_bf16_runs_the_dense_model_in_bfloat16_and_keeps_float32_targets():
+    """``ReplayedTeacher(precision="bf16")``: the dense model's forward runs under bfloat16
+    autocast even inside the float32 teacher context of ``distill_loss``; the replayed
+    log-probabilities are float32 and close to (not equal to) the float32 teacher's."""
+    dense = tiny_decoder()
+    x = torch.randint(0, 96, (2, 24), generator=torch.Generator().manual_seed(5))
+    seen = []
+    hook = dense.model.layers[0].mlp.down_proj.register_forward_hook(
+        lambda _m, _i, o: seen.append(o.dtype)
+    )
+    exact = ReplayedTeacher(dense.eval(), k=16)(input_ids=x)
+    with full_precision():
+        half = ReplayedTeacher(dense.eval(), k=16, precision="bf16")(input_ids=x)
+    hook.remove()
+    assert seen == [torch.float32, torch.bfloat16]
+    assert exact.dtype == half.dtype == torch.float32
+    gap = float((exact.log_softmax(-1) - half.log_softmax(-1)).abs().max())
+    assert 0 < gap < 0.2
+    with pytest.raises(PrunelabError, match="precision"):
+        ReplayedTeacher(dense, precision="fp16")

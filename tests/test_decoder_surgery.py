@@ -22,6 +22,7 @@ from prunelab.prune.surgery.decoder_plan import (
     DECODER_STRUCTURES,
     calibrate,
     fluctuation_scores,
+    loss_removal_order,
     prune_decoder,
 )
 from prunelab.ship.hf_decoder import export_decoder, is_standard, load_decoder
@@ -84,7 +85,7 @@ def test_uneven_query_heads_per_group_refused():
         prune_layer(layer, LayerPlan((0,), (0, 2), tuple(range(64))))
 
 
-@pytest.mark.parametrize("structure", ["heads", "ffn", "heads+ffn", "blocks"])
+@pytest.mark.parametrize("structure", ["heads", "ffn", "heads+ffn", "blocks", "blocks-loss"])
 def test_levels_are_reported_exactly_and_models_generate(structure):
     model, x = tiny_decoder(layers=4), ids()
     before = decoder_linear_params(model)
@@ -95,12 +96,12 @@ def test_levels_are_reported_exactly_and_models_generate(structure):
     assert 0.05 < r.level < 0.4
     out = model.generate(x[:1], max_new_tokens=4, do_sample=False)  # with a KV cache
     assert out.shape == (1, x.shape[1] + 4)
-    if structure == "blocks":
+    if structure.startswith("blocks"):
         assert model.config.num_hidden_layers == 3 and len(r.plan.kept_blocks) == 3
 
 
 def test_structures_registry_lists_choices():
-    assert DECODER_STRUCTURES.names() == ["blocks", "ffn", "heads", "heads+ffn"]
+    assert DECODER_STRUCTURES.names() == ["blocks", "blocks-loss", "ffn", "heads", "heads+ffn"]
     with pytest.raises(PrunelabError, match="valid: blocks"):
         prune_decoder(tiny_decoder(), [ids()], "chanels", 0.3)
 
@@ -149,6 +150,47 @@ def test_least_influential_block_goes_first():
     assert float(stats.influence[1]) == pytest.approx(0.0, abs=1e-9)
     r = prune_decoder(model, [x], "blocks", 0.3, stats=stats)
     assert r.plan.layers[1] is None and r.plan.kept_blocks == (0, 2)
+
+
+def _nll_without(model, removed, calibration) -> float:
+    """Mean next-token loss of a copy of ``model`` with blocks ``removed`` cut out (full
+    forward passes: the reference for the criterion's cached, block-by-block search)."""
+    m = copy.deepcopy(model)
+    layers = decoder_layers(m)
+    full = LayerPlan((0, 1), (0, 1, 2, 3), tuple(range(64)))
+    apply_plan(m, DecoderPlan(tuple(None if i in removed else full for i in range(len(layers)))))
+    tot, n = 0.0, 0
+    for x in calibration:
+        out = logits(m, x)[:, :-1]
+        tot += float(
+            torch.nn.functional.cross_entropy(
+                out.flatten(0, 1), x[:, 1:].flatten(), reduction="sum"
+            )
+        )
+        n += x[:, 1:].numel()
+    return tot / n
+
+
+def test_loss_criterion_removes_greedily_what_hurts_the_calibration_loss_least():
+    """Each round removes the block whose removal, given the ones already gone, leaves the
+    lowest calibration loss — checked against full forward passes of models with those blocks
+    cut out (the criterion itself reuses the blocks before each candidate)."""
+    model, calib = tiny_decoder(layers=5), [ids(), ids(seed=2)]
+    with torch.no_grad():
+        for p in model.parameters():  # larger weights: blocks that matter, and differ
+            p.mul_(4.0)
+    order = loss_removal_order(model, calib, 0.6)
+    assert len(order) == 3
+    for r in range(3):
+        losses = {
+            c: _nll_without(model, order[:r] + [c], calib) for c in range(5) if c not in order[:r]
+        }
+        assert order[r] == min(losses, key=losses.__getitem__), (r, losses)
+        assert sorted(losses.values())[0] < sorted(losses.values())[1] - 1e-4  # not a tie
+    r = prune_decoder(model, calib, "blocks-loss", 0.6)
+    assert r.plan.kept_blocks == tuple(sorted(set(range(5)) - set(order)))
+    with pytest.raises(PrunelabError, match="calibration"):
+        loss_removal_order(model, [], 0.4)
 
 
 def test_fluctuation_score_literal():

@@ -48,7 +48,7 @@ model = "tiny_lm.py:build"
 train_dense = true
 methods = ["wanda", "sparsegpt"]
 allocations = ["uniform", "owl"]
-structures = ["unstructured", "decoder-heads+ffn", "decoder-blocks"]
+structures = ["unstructured", "decoder-heads+ffn", "decoder-blocks", "decoder-blocks-loss"]
 levels = [0.5]
 calibration_batches = 1
 sensitivity_scan = false
@@ -123,13 +123,15 @@ def test_decoder_structures_run_once_under_their_own_method(run):
     df = load_results(run)
     got = sorted(zip(df["structure"], df["method"]))
     assert ("decoder-blocks", "block-influence") in got and ("decoder-heads+ffn", "flap") in got
-    assert len(df[df["structure"].str.startswith("decoder-")]) == 2  # not once per method
+    assert ("decoder-blocks-loss", "block-loss") in got
+    assert len(df[df["structure"].str.startswith("decoder-")]) == 3  # not once per method
 
 
 def test_decoder_cells_are_credited_with_what_they_removed(run, contexts):
     df = credit(load_results(run)).set_index("structure")
-    for structure in ("decoder-heads+ffn", "decoder-blocks"):
-        cell = _cell(run, "block-influence" if "blocks" in structure else "flap", structure)
+    own = {"decoder-blocks": "block-influence", "decoder-blocks-loss": "block-loss"}
+    for structure in ("decoder-heads+ffn", "decoder-blocks", "decoder-blocks-loss"):
+        cell = _cell(run, own.get(structure, "flap"), structure)
         ctx = _context(contexts, cell)
         model = run_cell(cell, ctx, keep_model=True).model
         removed = 1 - decoder_linear_params(model) / decoder_linear_params(ctx.dense)
@@ -260,7 +262,7 @@ def test_reconstruction_table_refits_the_kept_weights_in_a_sweep(run, contexts):
     dense model on validation than the same cell without it."""
     toml = TOML.replace('methods = ["wanda", "sparsegpt"]', 'methods = ["magnitude", "sparsegpt"]')
     toml = toml.replace('allocations = ["uniform", "owl"]', 'allocations = ["uniform"]')
-    toml = toml.replace(', "decoder-heads+ffn", "decoder-blocks"]', "]")
+    toml = toml.replace(', "decoder-heads+ffn", "decoder-blocks", "decoder-blocks-loss"]', "]")
     toml += readme_block("[reconstruction]")  # the README's tables, as written
     (run.parent / "refit.toml").write_text(toml)
     out = run.parent / "refit-run"

@@ -1,8 +1,9 @@
 """Attention heads, FFN neurons or whole blocks of Llama-style decoders, removed physically.
 
-``decoder-heads``, ``decoder-ffn``, ``decoder-heads+ffn`` and ``decoder-blocks`` prune through
-:func:`prunelab.prune.surgery.decoder_plan.prune_decoder`: FLAP's fluctuation scores (blocks:
-ShortGPT's block influence) from one calibration pass over the task's training windows, FLAP's
+``decoder-heads``, ``decoder-ffn``, ``decoder-heads+ffn``, ``decoder-blocks`` and
+``decoder-blocks-loss`` prune through :func:`prunelab.prune.surgery.decoder_plan.prune_decoder`:
+FLAP's fluctuation scores (blocks: ShortGPT's block influence; blocks-loss: blocks removed
+greedily by calibration loss) from the task's training windows, FLAP's
 bias compensation, and the grouped-query-attention rule (whole KV groups, or the same number of
 query heads in every group), so the result still loads in transformers
 (:mod:`prunelab.ship.hf_decoder`, export format ``hf-decoder``).
@@ -10,7 +11,8 @@ query heads in every group), so the result still loads in transformers
 A *level* is the fraction of the decoder blocks' Linear parameters removed — the unit every
 structure shares — and :meth:`DecoderStructure.achieved` counts it from the blocks that remain.
 The structure scores by itself, so a sweep runs it once per level under its
-:attr:`~DecoderStructure.own_method` (``flap``, or ``block-influence`` for blocks) whatever the
+:attr:`~DecoderStructure.own_method` (``flap``, ``block-influence`` for blocks, ``block-loss``
+for blocks-loss) whatever the
 sweep's ``methods`` list.
 """
 
@@ -36,7 +38,7 @@ from prunelab.prune.surgery.decoder import (
 from prunelab.prune.surgery.decoder_plan import prune_decoder
 
 CALIBRATION_BATCH = 8  # token windows per calibration batch (× calibration_batches)
-KINDS = ("heads", "ffn", "heads+ffn", "blocks")
+KINDS = ("heads", "ffn", "heads+ffn", "blocks", "blocks-loss")
 KEPT = "_prunelab_decoder_kept"  # the plan a pruned model carries (an attribute, not state)
 
 
@@ -64,7 +66,7 @@ class DecoderStructure(Structure):
 
     @property
     def own_method(self) -> str:
-        return "block-influence" if self.kind == "blocks" else "flap"
+        return {"blocks": "block-influence", "blocks-loss": "block-loss"}.get(self.kind, "flap")
 
     def masks(self, scores: dict[str, Tensor], level: float,
               allocation: str | Allocation) -> Masks:  # fmt: skip

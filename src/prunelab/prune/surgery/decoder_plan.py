@@ -16,13 +16,20 @@ influence. From them:
   zeros except the compensation: that is transformers' own ``attention_bias``/``mlp_bias``
   layout, so the pruned model still reloads as a plain ``LlamaConfig``.
 - **Block influence** (ShortGPT, Men et al. 2024): ``1 − mean_t cos(h_in_t, h_out_t)`` per
-  block; the least influential blocks are removed whole.
+  block; the least influential blocks are removed whole (structure ``blocks``).
+- **Calibration loss, greedily** (Shortened LLaMA's perplexity criterion, Kim et al. 2024, made
+  iterative): remove, one block at a time, the block whose skipping raises the calibration
+  next-token loss least *given the blocks already removed* (structure ``blocks-loss``). It
+  costs one forward of the remaining blocks per candidate and round (blocks before the
+  candidate are reused) instead of one pass; on SmolLM2-135M, 11 of 30 blocks chosen on
+  2,048 tokens gave a one-shot perplexity of 145 against influence's 182.
 
 A *level* is the fraction of the decoder blocks' Linear parameters removed (weights and biases;
 embeddings, norms and ``lm_head`` excluded); :func:`achieved_level` reports what was really
 removed (whole heads, groups, neurons and blocks cannot hit every level exactly). Structures
 (:data:`DECODER_STRUCTURES`): ``heads``, ``ffn``, ``heads+ffn`` (the same fraction of every
-block; attention in whole-GQA steps, the FFN makes up the rest) and ``blocks``.
+block; attention in whole-GQA steps, the FFN makes up the rest), ``blocks`` and
+``blocks-loss``.
 """
 
 from __future__ import annotations
@@ -214,7 +221,7 @@ def _levels(level: float | Sequence[float], n: int) -> list[float]:
 
 
 def _width(kind: str) -> Callable[..., DecoderPlan]:
-    def plan(model: nn.Module, scores, stats: DecoderStats, level) -> DecoderPlan:
+    def plan(model: nn.Module, scores, stats: DecoderStats, level, calibration=()) -> DecoderPlan:
         layers = decoder_layers(model)
         out = []
         for layer, s, lv in zip(layers, scores, _levels(level, len(layers))):
@@ -227,20 +234,121 @@ def _width(kind: str) -> Callable[..., DecoderPlan]:
     return plan
 
 
-def plan_blocks(model: nn.Module, scores, stats: DecoderStats, level) -> DecoderPlan:
-    """Remove the least influential blocks whose parameters come closest to ``level``."""
+def _check_level(level) -> float:
     if not isinstance(level, int | float) or not 0.0 <= level < 1.0:
         raise PrunelabError(f"block removal needs one level in [0, 1), got {level}")
+    return float(level)
+
+
+def _drop_blocks(model: nn.Module, order: Sequence[int], level: float) -> DecoderPlan:
+    """Remove the prefix of ``order`` whose parameters come closest to ``level``."""
     layers = decoder_layers(model)
     sizes = [linear_params(layer) for layer in layers]
     target, cum, best, drop = level * sum(sizes), 0, (level * sum(sizes), 0), []
-    for i in torch.argsort(stats.influence).tolist()[: len(layers) - 1]:
+    for i in list(order)[: len(layers) - 1]:
         cum += sizes[i]
         drop.append(i)
         if abs(cum - target) < best[0]:
             best = (abs(cum - target), len(drop))
     gone = set(drop[: best[1]])
     return DecoderPlan(tuple(None if i in gone else _full(layer) for i, layer in enumerate(layers)))
+
+
+def plan_blocks(
+    model: nn.Module, scores, stats: DecoderStats, level, calibration=()
+) -> DecoderPlan:
+    """Remove the least influential blocks whose parameters come closest to ``level``."""
+    level = _check_level(level)
+    return _drop_blocks(model, torch.argsort(stats.influence).tolist(), level)
+
+
+def plan_blocks_by_loss(
+    model: nn.Module, scores, stats: DecoderStats, level, calibration: Sequence[Tensor] = ()
+) -> DecoderPlan:
+    """Remove blocks greedily by calibration loss (:func:`loss_removal_order`) up to ``level``."""
+    level = _check_level(level)
+    return _drop_blocks(model, loss_removal_order(model, calibration, level), level)
+
+
+@torch.no_grad()
+def loss_removal_order(model: nn.Module, calibration: Sequence[Tensor], level: float) -> list[int]:
+    """Blocks in the order a greedy search removes them, until their parameters come closest
+    to ``level`` of the blocks' Linear parameters: each round skips every remaining block in
+    turn and removes the one with the lowest mean next-token loss on ``calibration`` ((B, T)
+    token ids). Needs a Llama-style ``model.model.norm`` and an output head.
+
+    >>> import transformers
+    >>> cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+    ...     num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2)
+    >>> order = loss_removal_order(transformers.LlamaForCausalLM(cfg),
+    ...                            [torch.randint(0, 64, (2, 8))], 0.5)
+    >>> len(order), len(set(order)) == 2 and all(0 <= i < 4 for i in order)
+    (2, True)
+    """
+    from prunelab.prune.walk import record_block_calls  # walk → reconstruct → structures → here
+
+    layers = decoder_layers(model)
+    norm = getattr(getattr(model, "model", model), "norm", None)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if norm is None or head is None:
+        raise PrunelabError("the loss criterion needs model.model.norm and an output head")
+    if not calibration:
+        raise PrunelabError("the loss criterion needs calibration windows")
+    sizes = [linear_params(layer) for layer in layers]
+    target, cum, removed = level * sum(sizes), 0, []
+    was = model.training
+    model.eval()
+    try:
+        calls = record_block_calls(model, layers, calibration)
+        while len(removed) < len(layers) - 1:
+            inputs = _block_inputs(layers, calls, removed)  # [block][item] hidden states in
+            losses = {
+                c: _skip_loss(layers, calls, inputs, removed, c, norm, head, calibration)
+                for c in range(len(layers))
+                if c not in removed
+            }
+            c = min(losses, key=losses.__getitem__)
+            if abs(cum + sizes[c] - target) >= abs(cum - target):
+                break
+            removed.append(c)
+            cum += sizes[c]
+            log.info("blocks-loss: removed block %d (loss %.4f)", c, losses[c])
+    finally:
+        model.train(was)
+    return removed
+
+
+def _block_inputs(layers: nn.ModuleList, calls: list, removed: list[int]) -> list[list[Tensor]]:
+    """Each block's input hidden states per calibration item, ``removed`` skipped."""
+    from prunelab.prune.walk import block_hidden, call_block
+
+    out: list[list[Tensor]] = [[] for _ in layers]
+    for k in range(len(calls[0])):
+        h = block_hidden(*calls[0][k])  # the embeddings
+        for i, layer in enumerate(layers):
+            out[i].append(h)
+            if i not in removed:
+                h = call_block(layer, h, *calls[i][k])
+    return out
+
+
+def _skip_loss(layers, calls, inputs, removed, skip, norm, head, calibration) -> float:
+    """Mean next-token cross-entropy with ``removed`` and ``skip`` skipped."""
+    from prunelab.prune.walk import call_block
+
+    total, n = 0.0, 0
+    for k, ids in enumerate(calibration):
+        h = inputs[skip][k]
+        for j in range(skip + 1, len(layers)):
+            if j not in removed:
+                h = call_block(layers[j], h, *calls[j][k])
+        logits = head(norm(h)).float()[:, :-1]  # (B, T-1, V)
+        y = ids[:, 1:]
+        total += float(
+            nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum")
+        )
+        n += y.numel()
+    return total / n
 
 
 def _full(layer: nn.Module) -> LayerPlan:
@@ -252,6 +360,7 @@ DECODER_STRUCTURES = Registry[Callable[..., DecoderPlan]]("decoder structure")
 for _kind in ("heads", "ffn", "heads+ffn"):
     DECODER_STRUCTURES.add(_kind, _width(_kind))
 DECODER_STRUCTURES.add("blocks", plan_blocks)
+DECODER_STRUCTURES.add("blocks-loss", plan_blocks_by_loss)
 
 
 def compensation(model: nn.Module, plan: DecoderPlan, stats: DecoderStats) -> dict[int, tuple]:
@@ -313,8 +422,10 @@ def prune_decoder(
     """
     stats = stats if stats is not None else calibrate(model, calibration)
     before = decoder_linear_params(model)
-    plan = DECODER_STRUCTURES.get(structure)(model, fluctuation_scores(model, stats), stats, level)
-    shifts = compensation(model, plan, stats) if compensate and structure != "blocks" else {}
+    scores = fluctuation_scores(model, stats)
+    plan = DECODER_STRUCTURES.get(structure)(model, scores, stats, level, calibration)
+    blocks = structure.startswith("blocks")
+    shifts = compensation(model, plan, stats) if compensate and not blocks else {}
     apply_plan(model, plan, shifts)
     after = decoder_linear_params(model)
     log.info("decoder %s at %s: kept %d of %d Linear params", structure, level, after, before)
