@@ -159,7 +159,8 @@ def run_smollm2(args, on_row) -> tuple[list[dict], dict]:
     gens = meta["gens"]
     if args.part in ("all", "llm50"):
         gens["dense"] = greedy_generations(dense, tok, PROMPTS)
-    needs_scores = args.one_pass or args.part in ("all", "llm70")  # one dense Wanda pass
+    owl_variants = args.part == "quality" and "@owl" in args.variants
+    needs_scores = args.one_pass or owl_variants or args.part in ("all", "llm70")  # one Wanda pass
     wanda_scores = (
         compute_scores(dense, decoder_targets(dense), "wanda", calibration=[(c, c) for c in calib])
         if needs_scores
@@ -242,8 +243,25 @@ def _plans(args, wanda_scores) -> list[tuple]:
             structures = [NM(2, 4)]
         for structure in structures:
             for variant in args.variants.split(","):
-                method, config = parse_variant(variant, args)
-                plans.append((variant, method, structure, "-", 0.5, config))
+                owl = variant.endswith("@owl")  # OWL's layer levels from Wanda's scores
+                if owl and isinstance(structure, NM):
+                    continue  # 2:4 fixes every layer's level
+                method, config = parse_variant(variant.removesuffix("@owl"), args)
+                levels = (
+                    owl_sparsities(wanda_scores, 0.5, lam=args.owl_lambda, m=args.owl_m)
+                    if owl
+                    else 0.5
+                )
+                plans.append(
+                    (
+                        variant,
+                        method,
+                        structure,
+                        "OWL" if owl else "-",
+                        levels,
+                        config,
+                    )
+                )
     return plans
 
 
@@ -566,7 +584,8 @@ def main() -> None:
     ap.add_argument(
         "--variants",
         default=QUALITY_VARIANTS,
-        help="--part quality: comma-separated method[+admm|+cg][+dense][+block]",
+        help="--part quality: comma-separated method[+admm|+cg][+dense][+block][@owl] "
+        "(@owl: OWL's layer levels from the dense Wanda scores; skipped at 2:4)",
     )
     ap.add_argument("--refine-iters", type=int, default=20, help="ADMM / CG iterations")
     ap.add_argument("--block-steps", type=int, default=32, help="Adam steps per block")

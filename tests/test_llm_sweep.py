@@ -36,7 +36,8 @@ from prunelab.ship.hf_decoder import load_decoder
 from prunelab.sources.data.corpora import tokenizer_for
 from prunelab.sweep.cell import Cell, run_cell
 from prunelab.sweep.context import Context
-from prunelab.sweep.spec import Reconstruction
+from prunelab.sweep.plan import cells_at, configurations
+from prunelab.sweep.spec import Reconstruction, load_spec, spec_from_dict
 from prunelab.sweep.store import Store, load_results
 
 pytest.importorskip("transformers")
@@ -263,7 +264,7 @@ def test_reconstruction_table_refits_the_kept_weights_in_a_sweep(run, contexts):
     toml = TOML.replace('methods = ["wanda", "sparsegpt"]', 'methods = ["magnitude", "sparsegpt"]')
     toml = toml.replace('allocations = ["uniform", "owl"]', 'allocations = ["uniform"]')
     toml = toml.replace(', "decoder-heads+ffn", "decoder-blocks", "decoder-blocks-loss"]', "]")
-    toml += readme_block("[reconstruction]")  # the README's tables, as written
+    toml += readme_block('refine = "admm"')  # the README's tables, as written
     (run.parent / "refit.toml").write_text(toml)
     out = run.parent / "refit-run"
     with pytest.MonkeyPatch.context() as mp:  # the same dense model as the module's sweep
@@ -306,3 +307,29 @@ def test_reconstruction_table_refits_the_kept_weights_in_a_sweep(run, contexts):
         bad.write_text(toml.replace("cloze = 12", "clozes = 12"))
         res = runner.invoke(app, ["sweep", "--config", str(bad), "--out", str(run.parent / "x")])
         assert res.exit_code != 0 and "task 'causal-lm' has no option 'clozes'" in res.output
+
+
+def test_block_fit_in_reconstruction_refits_the_kept_decoder_blocks_in_a_sweep(run, contexts):
+    """The README's ``[reconstruction]`` for ``decoder-blocks``, as written: the sweep gives
+    the block cells the table (nothing else walks here, and the check accepts it), and a cell
+    with it ends closer to the dense model than the same cell without — the kept blocks
+    re-fitted to the dense hidden states after the removal."""
+    toml = TOML.replace('methods = ["wanda", "sparsegpt"]', 'methods = ["magnitude"]')
+    toml = toml.replace(', "decoder-heads+ffn", "decoder-blocks", "decoder-blocks-loss"]', "]")
+    toml = toml.replace('structures = ["unstructured"]', 'structures = ["decoder-blocks"]')
+    toml += readme_block("re-fit each kept block")
+    (run.parent / "blockfit.toml").write_text(toml)
+    spec = spec_from_dict(load_spec(run.parent / "blockfit.toml"))
+    spec.validate_names()  # the [reconstruction] check among them
+    (config,) = configurations(spec)
+    (cell,) = cells_at(spec, config, 0.5)
+    assert cell.reconstruction == Reconstruction(block_fit_steps=64, block_fit_lr=2e-4)
+    plain = _cell(run, "block-influence", "decoder-blocks")  # the module sweep's, without it
+    assert cell.cell_id != plain.cell_id
+    ctx = _context(contexts, plain)
+    fitted = run_cell(dataclasses.replace(plain, reconstruction=cell.reconstruction), ctx)
+    base = run_cell(plain, ctx)
+    assert fitted.row["params"] == base.row["params"]  # the same blocks removed
+    kl, kl0 = fitted.row["val_kl_to_dense"], base.row["val_kl_to_dense"]
+    assert kl < 0.9 * kl0, (kl, kl0)
+    assert "block fit 64 steps" in fitted.row["reconstruction"]

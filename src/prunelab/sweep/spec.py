@@ -386,15 +386,19 @@ class SweepSpec:
         sweep's [reconstruction] table (False without one)."""
         if self.reconstruction is None:
             return False
+        walk = self.reconstruction.config()
+        if structure.fits_blocks and walk.block_fit is not None:
+            return True  # re-fits the kept blocks after it pruned (decoder block removal)
         sequential = TASKS.get(self.task.kind).sequential_calibration
-        return walks_layers(method, structure, sequential, self.reconstruction.config())
+        return walks_layers(method, structure, sequential, walk)
 
     def check_reconstruction(self, structures: list[Any]) -> None:
         """A [reconstruction] table needs a cell that walks the layers with it."""
         if not any(self.reconstructs(m, st) for m in self.methods for st in structures):
             raise PrunelabError(
                 "[reconstruction] applies to cells that prune layer after layer (sparsegpt on "
-                "unstructured or N:M; magnitude/wanda when it re-fits); none of this sweep's do"
+                "unstructured or N:M; magnitude/wanda when it re-fits) or, with block_fit_steps, "
+                "remove decoder blocks; none of this sweep's do"
             )
 
     def validate_model(self) -> None:

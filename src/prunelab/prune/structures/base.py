@@ -90,6 +90,12 @@ class Structure(ABC):
         return None
 
     @property
+    def fits_blocks(self) -> bool:
+        """Whether one-shot cells re-fit what the structure kept with the [reconstruction]
+        table's block fitting (``block_fit_steps``) after pruning, without a layer walk."""
+        return False
+
+    @property
     def fixed_level(self) -> float | None:
         """The one level this structure can reach (N:M), or None for a ladder of levels."""
         return None

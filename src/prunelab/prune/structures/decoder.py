@@ -8,6 +8,11 @@ bias compensation, and the grouped-query-attention rule (whole KV groups, or the
 query heads in every group), so the result still loads in transformers
 (:mod:`prunelab.ship.hf_decoder`, export format ``hf-decoder``).
 
+With a ``[reconstruction]`` table whose ``block_fit_steps`` > 0, the block structures then
+re-fit every kept block to the dense hidden states where the next kept block starts
+(:mod:`prunelab.prune.surgery.decoder_refit`; ``block_fit_lr``, relative loss); the table's
+other keys concern layer walks and do not apply here.
+
 A *level* is the fraction of the decoder blocks' Linear parameters removed — the unit every
 structure shares — and :meth:`DecoderStructure.achieved` counts it from the blocks that remain.
 The structure scores by itself, so a sweep runs it once per level under its
@@ -18,6 +23,8 @@ sweep's ``methods`` list.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -68,6 +75,12 @@ class DecoderStructure(Structure):
     def own_method(self) -> str:
         return {"blocks": "block-influence", "blocks-loss": "block-loss"}.get(self.kind, "flap")
 
+    @property
+    def fits_blocks(self) -> bool:
+        """Block removal: ``[reconstruction] block_fit_steps`` re-fits the kept blocks
+        (:func:`prunelab.prune.surgery.decoder_refit.refit_kept_blocks`)."""
+        return self.kind.startswith("blocks")
+
     def masks(self, scores: dict[str, Tensor], level: float,
               allocation: str | Allocation) -> Masks:  # fmt: skip
         raise PrunelabError(f"structure '{self}' removes parts physically; it has no masks")
@@ -76,7 +89,14 @@ class DecoderStructure(Structure):
         calib = [job.inputs(b) for b in job.batches(CALIBRATION_BATCH)]  # (B, T) token ids
         if not calib:
             raise PrunelabError(f"structure '{self}' needs calibration windows")
+        fit = job.walk.block_fit if job.walk is not None and self.fits_blocks else None
+        dense = copy.deepcopy(model) if fit is not None else None
         r = prune_decoder(model, calib, self.kind, job.level)
+        if fit is not None:  # walk → reconstruct → structures: imported here, not at the top
+            from prunelab.prune.surgery.decoder_refit import REFIT, refit_kept_blocks
+
+            config = dataclasses.replace(REFIT, steps=fit.steps, lr=fit.lr)
+            refit_kept_blocks(model, dense, r.plan.kept_blocks, calib, config, job.generator)
         model.__dict__[KEPT] = _encode(r.plan, r.shifts)  # what kept() returns
 
     def kept(self, model: nn.Module) -> dict[str, Tensor]:
