@@ -207,7 +207,10 @@ class Bench:
         def on_step(done: int, total: int) -> None:
             if done % every == 0:
                 ppl = evaluate_lm(model, self.evalw[:2], None).perplexity
-                print(f"step {done}/{total} {time.perf_counter() - t0:.0f} s ppl {ppl:.2f}", flush=True)
+                print(
+                    f"step {done}/{total} {time.perf_counter() - t0:.0f} s ppl {ppl:.2f}",
+                    flush=True,
+                )
 
         return on_step
 
@@ -216,7 +219,11 @@ class Bench:
         rep = self.args.struct_lee_repeat if len(self.recw) > len(self.lee_recw) else 1
         wiki = len(self.recw) - rep * len(self.lee_recw)
         times = f" (each {rep} times)" if rep > 1 else ""
-        return f"{len(self.lee_recw)} Lee{times}" + (f" + {wiki} Wikipedia" if wiki else "") + " windows"
+        return (
+            f"{len(self.lee_recw)} Lee{times}"
+            + (f" + {wiki} Wikipedia" if wiki else "")
+            + " windows"
+        )
 
     def score(self, model) -> dict:
         t = time.perf_counter()
@@ -366,6 +373,18 @@ def _schedule(cfg: TrainConfig, rec: Recovery, windows: str, teacher: str = "fp3
     bf16 = ", bf16 autocast" if cfg.precision == "bf16" else ""
     half = " (its forwards in bf16 autocast)" if teacher == "bf16" else ""
     return f", {windows}, {lr}{bf16}, dense teacher replayed from its top-64{half}"
+
+
+def _loss_note(state: dict) -> str:
+    """How ``blocks-loss`` rows chose their blocks, when the part has one."""
+    if not any(r["structure"] == "blocks-loss" for r in state["rows"]):
+        return ""
+    tokens = state.get("loss_calib", 4) * 512
+    return (
+        " (*blocks*) or removed one at a time by calibration loss (*blocks-loss*: "
+        f"{tokens:,} tokens of documents 0–149, bf16 autocast where the row's recovery is; "
+        "Shortened LLaMA's criterion, iterated; its time is the row's *prune s*)"
+    )
 
 
 class _OutOfTime(Exception):
@@ -554,9 +573,8 @@ def markdown(state: dict, command: str, export: bool = True) -> list[str]:
         "query heads in every group; layout = blocks, query heads / KV heads / FFN neurons per block). "
         "Scores: FLAP fluctuation (Var(x)·‖W col‖²) on "
         f"{cal.get('tokens', 0):,} calibration tokens of documents 0–149 with FLAP's bias compensation; "
-        "blocks by ShortGPT block influence (*blocks*) or removed greedily by calibration loss "
-        f"(*blocks-loss*: {state.get('loss_calib', 4) * 512:,} tokens, its own forwards; "
-        "Shortened LLaMA's criterion, iterated). *prune s* includes the one calibration pass "
+        f"blocks by ShortGPT block influence{_loss_note(state)}. *prune s* includes the one "
+        "calibration pass "
         f"({cal.get('seconds', 0):.0f} s, shared by all rows). Perplexity, agreement and KL as in the table above "
         f"({dense['eval_tokens']:,} tokens of documents 150–299). Cloze: {dense['cloze_items']} held-out items "
         "(final word of a sentence from lee.cor or documents 150–299, 48 tokens of context, 4 choices, "
