@@ -11,7 +11,7 @@ import torch
 from tinymodels import tiny_llama
 from torch import nn
 
-from prunelab.prune import walk
+from prunelab.prune import blockcalls, walk
 from prunelab.prune.blockfit import BlockFitConfig
 from prunelab.prune.reconstruct import InputStats
 from prunelab.prune.refine import RefineConfig
@@ -38,9 +38,9 @@ def test_block_arguments_are_recorded_as_a_full_pass_would_without_running_middl
     with torch.no_grad():
         calls = walk.record_block_calls(model, blocks, ids)
         assert middle[0] == 1  # only the one full pass that checks the shortcut
-        full = walk._record(model, blocks, ids, skip=False)
+        full = blockcalls._record(model, blocks, ids, skip=False)
     assert middle[0] == 1 + len(ids)
-    assert walk._same(calls, full)
+    assert blockcalls._same(calls, full)
     # the recorded rotary embeddings are real tensors, not placeholders
     cos, _sin = calls[3][2][1]["position_embeddings"]
     assert cos.shape[-2:] == (16, 8) and not torch.equal(cos, torch.zeros_like(cos))
@@ -77,9 +77,9 @@ def test_arguments_that_depend_on_earlier_blocks_fall_back_to_full_passes():
     middle = _count_calls(model.layers[1].linear)
     with torch.no_grad():
         calls = walk.record_block_calls(model, model.layers, xs)
-        full = walk._record(model, model.layers, xs, skip=False)
-        quick = walk._record(model, model.layers, xs, skip=True)
-    assert walk._same(calls, full) and not walk._same(quick, full)
+        full = blockcalls._record(model, model.layers, xs, skip=False)
+        quick = blockcalls._record(model, model.layers, xs, skip=True)
+    assert blockcalls._same(calls, full) and not blockcalls._same(quick, full)
     # the shortcut runs no middle block, its check 1 item, the fallback and `full` 3 each
     assert middle[0] == 1 + 2 * len(xs)
     # the walk on these blocks equals pruning each block on the real gates
@@ -211,4 +211,4 @@ def test_a_child_is_reused_only_once_every_layer_before_it_is_pruned(monkeypatch
     assert kept == {"gate": len(xs), "up": len(xs), "down": 0}
     with torch.no_grad():
         h = block.norm(runs["reuse"].layers[0](xs[0]))  # block 1's input, normalised
-        assert walk._same(made[1].outputs[block.gate][0], block.gate(h))  # the pruned gate's
+        assert blockcalls._same(made[1].outputs[block.gate][0], block.gate(h))  # the pruned gate's

@@ -20,7 +20,8 @@ from torch import Tensor
 
 from prunelab.errors import PrunelabError
 from prunelab.prune.refine import RefineConfig, _normalised, _shifted_solver, masked_cg
-from prunelab.prune.structures import NM, Structure, Unstructured
+from prunelab.prune.structures.base import Structure  # not the package: it imports us back
+from prunelab.prune.structures.masked import NM, Unstructured
 
 
 @dataclass(frozen=True)

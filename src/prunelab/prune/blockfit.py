@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from prunelab.errors import PrunelabError
-from prunelab.prune.walk import call_block
+from prunelab.prune.blockcalls import call_block
 from prunelab.training import PRECISIONS, mixed_precision
 
 

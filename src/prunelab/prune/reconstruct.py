@@ -24,7 +24,8 @@ from torch import Tensor, nn
 from prunelab.errors import PrunelabError
 from prunelab.prune.admm import AdmmConfig, admm_prune
 from prunelab.prune.calibration import _input_sqsum
-from prunelab.prune.structures import NM, Structure, Unstructured
+from prunelab.prune.structures.base import Structure  # not the package: it imports us back
+from prunelab.prune.structures.masked import NM, Unstructured
 from prunelab.registry import Registry
 
 

@@ -1,8 +1,8 @@
 """Structures: the granularity of pruning, one registry (see :mod:`.base` for the contract).
 
 >>> sorted(STRUCTURES.names())  # doctest: +NORMALIZE_WHITESPACE
-['channels', 'decoder-blocks', 'decoder-ffn', 'decoder-heads', 'decoder-heads+ffn', 'heads',
- 'heads+ffn', 'n:m', 'unstructured']
+['channels', 'decoder-blocks', 'decoder-blocks-loss', 'decoder-ffn', 'decoder-heads',
+ 'decoder-heads+ffn', 'heads', 'heads+ffn', 'n:m', 'unstructured']
 """
 
 import torch

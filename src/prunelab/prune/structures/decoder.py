@@ -43,6 +43,7 @@ from prunelab.prune.surgery.decoder import (
     decoder_linear_params,
 )
 from prunelab.prune.surgery.decoder_plan import prune_decoder
+from prunelab.prune.surgery.decoder_refit import REFIT, refit_kept_blocks
 
 CALIBRATION_BATCH = 8  # token windows per calibration batch (× calibration_batches)
 KINDS = ("heads", "ffn", "heads+ffn", "blocks", "blocks-loss")
@@ -92,9 +93,7 @@ class DecoderStructure(Structure):
         fit = job.walk.block_fit if job.walk is not None and self.fits_blocks else None
         dense = copy.deepcopy(model) if fit is not None else None
         r = prune_decoder(model, calib, self.kind, job.level)
-        if fit is not None:  # walk → reconstruct → structures: imported here, not at the top
-            from prunelab.prune.surgery.decoder_refit import REFIT, refit_kept_blocks
-
+        if fit is not None:
             config = dataclasses.replace(REFIT, steps=fit.steps, lr=fit.lr)
             refit_kept_blocks(model, dense, r.plan.kept_blocks, calib, config, job.generator)
         model.__dict__[KEPT] = _encode(r.plan, r.shifts)  # what kept() returns

@@ -42,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from prunelab.errors import PrunelabError
+from prunelab.prune.blockcalls import block_hidden, call_block, record_block_calls
 from prunelab.prune.surgery.decoder import (
     DecoderPlan,
     LayerPlan,
@@ -285,8 +286,6 @@ def loss_removal_order(model: nn.Module, calibration: Sequence[Tensor], level: f
     >>> len(order), len(set(order)) == 2 and all(0 <= i < 4 for i in order)
     (2, True)
     """
-    from prunelab.prune.walk import record_block_calls  # walk → reconstruct → structures → here
-
     layers = decoder_layers(model)
     norm = getattr(getattr(model, "model", model), "norm", None)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -320,8 +319,6 @@ def loss_removal_order(model: nn.Module, calibration: Sequence[Tensor], level: f
 
 def _block_inputs(layers: nn.ModuleList, calls: list, removed: list[int]) -> list[list[Tensor]]:
     """Each block's input hidden states per calibration item, ``removed`` skipped."""
-    from prunelab.prune.walk import block_hidden, call_block
-
     out: list[list[Tensor]] = [[] for _ in layers]
     for k in range(len(calls[0])):
         h = block_hidden(*calls[0][k])  # the embeddings
@@ -334,8 +331,6 @@ def _block_inputs(layers: nn.ModuleList, calls: list, removed: list[int]) -> lis
 
 def _skip_loss(layers, calls, inputs, removed, skip, norm, head, calibration) -> float:
     """Mean next-token cross-entropy with ``removed`` and ``skip`` skipped."""
-    from prunelab.prune.walk import call_block
-
     total, n = 0.0, 0
     for k, ids in enumerate(calibration):
         h = inputs[skip][k]

@@ -27,10 +27,10 @@ import torch
 from torch import Tensor, nn
 
 from prunelab.errors import PrunelabError
+from prunelab.prune.blockcalls import block_hidden, call_block, record_block_calls
 from prunelab.prune.blockfit import BlockFitConfig, fit_block
 from prunelab.prune.surgery.decoder import decoder_layers
 from prunelab.prune.surgery.decoder_plan import feed_windows
-from prunelab.prune.walk import block_hidden, call_block, record_block_calls
 
 log = logging.getLogger(__name__)
 
