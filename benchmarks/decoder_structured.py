@@ -3,7 +3,9 @@
 Run through ``benchmarks/language.py --part structured`` (flags below). For every
 (structure, level) row: FLAP fluctuation scores and ShortGPT block influence from one dense
 calibration pass (documents 0–149) — or, for ``blocks-loss``, a greedy search that removes the
-block whose skipping raises the calibration loss least, round by round — physical removal with FLAP's bias compensation, then
+block whose skipping raises the calibration loss least, round by round (``sublayers-loss``: the
+attention or MLP sub-layer with the least loss rise per parameter) — physical removal with
+FLAP's bias compensation, then
 perplexity / agreement / KL on the usual evaluation tokens (16 × 512 of documents 150–299)
 and a zero-shot cloze (:mod:`prunelab.measure.cloze`; items from ``lee.cor`` and documents
 150–299, never seen in calibration or recovery). Rows named in ``--struct-recover`` are then
@@ -112,7 +114,7 @@ def add_args(ap) -> None:
         "--struct-precision",
         choices=("fp32", "bf16"),
         default="fp32",
-        help="forward passes of the blocks-loss search, re-fit and distillation (bf16: "
+        help="forward passes of the loss searches, re-fit and distillation (bf16: "
         "autocast, float32 weights)",
     )
     ap.add_argument(
@@ -125,7 +127,8 @@ def add_args(ap) -> None:
         "--struct-loss-calib",
         type=int,
         default=4,
-        help="blocks-loss: 512-token calibration windows its greedy search scores on",
+        help="blocks-loss, sublayers-loss: 512-token calibration windows their greedy "
+        "searches score on",
     )
     ap.add_argument("--cloze-items", type=int, default=120)
     ap.add_argument("--speed-rounds", type=int, default=3)
@@ -164,11 +167,13 @@ def _rows(spec: str) -> list[tuple[str, float]]:
 
 def layout(model) -> str:
     """Kept blocks and the (heads/KV heads/FFN) counts, e.g. '24 blocks, 9/3/1536'."""
-    shapes = {
-        f"{s['heads']}/{s['kv_heads']}/{s['ffn']}"
-        for s in (layer_shape(layer) for layer in decoder_layers(model))
-    }
-    return f"{len(decoder_layers(model))} blocks, " + " · ".join(sorted(shapes))
+    counts = [layer_shape(layer) for layer in decoder_layers(model)]
+    shapes = {f"{s['heads']}/{s['kv_heads']}/{s['ffn']}" for s in counts}
+    out = f"{len(counts)} blocks, " + " · ".join(sorted(shapes))
+    no_attn, no_mlp = sum(not s["heads"] for s in counts), sum(not s["ffn"] for s in counts)
+    if no_attn or no_mlp:
+        out += f" ({no_attn} without attention, {no_mlp} without MLP)"
+    return out
 
 
 class Bench:
@@ -295,7 +300,7 @@ def prune_row(b: Bench, stats, structure: str, level: float) -> None:
     model = copy.deepcopy(b.dense)
     with b.PeakRSS() as mem:
         t = time.perf_counter()
-        if structure == "blocks-loss":  # its greedy search runs a forward per candidate
+        if loss := structure.endswith("-loss"):  # a greedy search: a forward per candidate
             with mixed_precision(b.args.struct_precision, torch.device("cpu")):
                 calib = b.calib[: max(1, b.args.struct_loss_calib // 2)]
                 res = prune_decoder(model, calib, structure, level, stats=stats)
@@ -311,7 +316,7 @@ def prune_row(b: Bench, stats, structure: str, level: float) -> None:
             "achieved": res.level,
             "layout": layout(model),
             "recovery": "none",
-            "prune_s": secs + b.state["calibration"]["seconds"],
+            "prune_s": secs + (0 if loss else b.state["calibration"]["seconds"]),
             "rss": mem.peak,
             "params_removed": res.params_before - res.params_after,
             **b.score(model),
@@ -376,14 +381,24 @@ def _schedule(cfg: TrainConfig, rec: Recovery, windows: str, teacher: str = "fp3
 
 
 def _loss_note(state: dict) -> str:
-    """How ``blocks-loss`` rows chose their blocks, when the part has one."""
-    if not any(r["structure"] == "blocks-loss" for r in state["rows"]):
+    """How ``blocks-loss`` / ``sublayers-loss`` rows chose what to remove, when the part has
+    one."""
+    kinds = {r["structure"] for r in state["rows"]} & {"blocks-loss", "sublayers-loss"}
+    if not kinds:
         return ""
     tokens = state.get("loss_calib", 4) * 512
+    what = " or ".join(
+        {
+            "blocks-loss": "*blocks-loss*: blocks removed one at a time by calibration loss, "
+            "Shortened LLaMA's criterion, iterated",
+            "sublayers-loss": "*sublayers-loss*: attention or MLP sub-layers removed one at a "
+            "time by calibration-loss rise per parameter",
+        }[k]
+        for k in sorted(kinds)
+    )
     return (
-        " (*blocks*) or removed one at a time by calibration loss (*blocks-loss*: "
-        f"{tokens:,} tokens of documents 0–149, bf16 autocast where the row's recovery is; "
-        "Shortened LLaMA's criterion, iterated; its time is the row's *prune s*)"
+        f" (*blocks*) or searched ({what}; {tokens:,} tokens of documents 0–149, bf16 autocast "
+        "where the row's recovery is; the search's time is the row's *prune s*)"
     )
 
 
@@ -418,7 +433,7 @@ def recover_row(b: Bench, structure: str, level: float, minutes: float) -> None:
     )
     refit, refit_s, budget = "", 0.0, minutes * 60
     with b.PeakRSS() as mem:
-        if a.struct_refit and structure.startswith("blocks"):
+        if a.struct_refit and structure.startswith(("blocks", "sublayers")):
             kept = b.plans[key].kept_blocks
             rc = BlockFitConfig(
                 a.struct_refit, a.struct_refit_lr, loss="relative", precision=a.struct_precision
@@ -574,7 +589,7 @@ def markdown(state: dict, command: str, export: bool = True) -> list[str]:
         "Scores: FLAP fluctuation (Var(x)·‖W col‖²) on "
         f"{cal.get('tokens', 0):,} calibration tokens of documents 0–149 with FLAP's bias compensation; "
         f"blocks by ShortGPT block influence{_loss_note(state)}. *prune s* includes the one "
-        "calibration pass "
+        "calibration pass (the loss searches need none) "
         f"({cal.get('seconds', 0):.0f} s, shared by all rows). Perplexity, agreement and KL as in the table above "
         f"({dense['eval_tokens']:,} tokens of documents 150–299). Cloze: {dense['cloze_items']} held-out items "
         "(final word of a sentence from lee.cor or documents 150–299, 48 tokens of context, 4 choices, "

@@ -24,6 +24,7 @@ from prunelab.prune.surgery.decoder_plan import (
     fluctuation_scores,
     loss_removal_order,
     prune_decoder,
+    sublayer_removal_order,
 )
 from prunelab.ship.hf_decoder import export_decoder, is_standard, load_decoder
 
@@ -85,7 +86,9 @@ def test_uneven_query_heads_per_group_refused():
         prune_layer(layer, LayerPlan((0,), (0, 2), tuple(range(64))))
 
 
-@pytest.mark.parametrize("structure", ["heads", "ffn", "heads+ffn", "blocks", "blocks-loss"])
+@pytest.mark.parametrize(
+    "structure", ["heads", "ffn", "heads+ffn", "blocks", "blocks-loss", "sublayers-loss"]
+)
 def test_levels_are_reported_exactly_and_models_generate(structure):
     model, x = tiny_decoder(layers=4), ids()
     before = decoder_linear_params(model)
@@ -101,7 +104,14 @@ def test_levels_are_reported_exactly_and_models_generate(structure):
 
 
 def test_structures_registry_lists_choices():
-    assert DECODER_STRUCTURES.names() == ["blocks", "blocks-loss", "ffn", "heads", "heads+ffn"]
+    assert DECODER_STRUCTURES.names() == [
+        "blocks",
+        "blocks-loss",
+        "ffn",
+        "heads",
+        "heads+ffn",
+        "sublayers-loss",
+    ]
     with pytest.raises(PrunelabError, match="valid: blocks"):
         prune_decoder(tiny_decoder(), [ids()], "chanels", 0.3)
 
@@ -191,6 +201,110 @@ def test_loss_criterion_removes_greedily_what_hurts_the_calibration_loss_least()
     assert r.plan.kept_blocks == tuple(sorted(set(range(5)) - set(order)))
     with pytest.raises(PrunelabError, match="calibration"):
         loss_removal_order(model, [], 0.4)
+
+
+def _sublayer_plan(model, removed) -> DecoderPlan:
+    """The plan that removes ``removed`` sub-layers ``("attn" | "mlp", block)``."""
+    plans = []
+    for i, layer in enumerate(decoder_layers(model)):
+        s = layer_shape(layer)
+        attn, mlp = ("attn", i) in removed, ("mlp", i) in removed
+        heads = ((), ()) if attn else (tuple(range(s["kv_heads"])), tuple(range(s["heads"])))
+        plans.append(None if attn and mlp else LayerPlan(*heads, () if mlp else tuple(range(64))))
+    return DecoderPlan(tuple(plans))
+
+
+def _nll_of(model, calibration) -> float:
+    tot, n = 0.0, 0
+    for x in calibration:
+        out = logits(model, x)[:, :-1]
+        tot += float(
+            torch.nn.functional.cross_entropy(
+                out.flatten(0, 1), x[:, 1:].flatten(), reduction="sum"
+            )
+        )
+        n += x[:, 1:].numel()
+    return tot / n
+
+
+def test_sublayer_criterion_removes_the_least_loss_per_parameter_greedily():
+    """Each round removes the attention or MLP sub-layer whose removal, given those already
+    gone, raises the calibration loss least per parameter — checked against full forwards of
+    models with those sub-layers cut out by the surgery; a block whose two sub-layers went is
+    removed whole."""
+    model, calib = tiny_decoder(layers=4), [ids(), ids(seed=2)]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(4.0)
+    layer = decoder_layers(model)[0]
+    size = {
+        "attn": sum(p.numel() for p in layer.self_attn.parameters()),
+        "mlp": sum(p.numel() for p in layer.mlp.parameters()),
+    }
+    order = sublayer_removal_order(model, calib, 0.55, shortlist=8)  # every unit, every round
+    assert len(order) >= 3
+    target = 0.55 * decoder_linear_params(model)
+    for r in range(len(order)):
+        cum = sum(size[k] for k, _ in order[:r])
+        units = [  # those that bring the level closer
+            (k, i)
+            for i in range(4)
+            for k in ("attn", "mlp")
+            if (k, i) not in order[:r] and abs(cum + size[k] - target) < abs(cum - target)
+        ]
+        m0 = copy.deepcopy(model)
+        apply_plan(m0, _sublayer_plan(m0, order[:r]))
+        now = _nll_of(m0, calib)
+        rise = {}
+        for u in units:
+            m = copy.deepcopy(model)
+            apply_plan(m, _sublayer_plan(m, order[:r] + [u]))
+            rise[u] = (_nll_of(m, calib) - now) / size[u[0]]
+        best = sorted(rise.values())
+        assert order[r] == min(rise, key=rise.__getitem__), (r, rise)
+        assert len(best) == 1 or best[0] < best[1] - 1e-7  # not a tie
+    cum = sum(size[k] for k, _ in order)
+    assert all(abs(cum + size[k] - target) >= abs(cum - target) for k in size)  # none closer
+    want = _sublayer_plan(model, order)
+    r = prune_decoder(model, calib, "sublayers-loss", 0.55)
+    assert r.plan == want
+    with pytest.raises(PrunelabError, match="calibration"):
+        sublayer_removal_order(model, [], 0.4)
+
+
+def test_layers_without_attention_or_mlp_generate_with_a_cache_and_reload(tmp_path):
+    """Block 0 loses its attention (the KV cache's slot 0 is then block 1's), block 2 its MLP:
+    generation with a KV cache equals greedy decoding without one, the parameters and shapes
+    say what went, and the export (shipped modeling file) reloads to the same outputs."""
+    model, x = tiny_decoder(layers=3), ids()
+    before = decoder_linear_params(model)
+    plan = _sublayer_plan(model, [("attn", 0), ("mlp", 2)])
+    apply_plan(model, plan)
+    shapes = [layer_shape(layer) for layer in decoder_layers(model)]
+    assert [(s["heads"], s["kv_heads"], s["ffn"]) for s in shapes] == [
+        (0, 0, 64),
+        (4, 2, 64),
+        (4, 2, 0),
+    ]
+    gone = (32 * 32 * 2 + 32 * 16 * 2) + 3 * 32 * 64  # q, o, k, v of block 0; MLP of block 2
+    assert before - decoder_linear_params(model) == gone
+    prompt = x[:1, :5]
+    with torch.no_grad():
+        gen = model.generate(prompt, max_new_tokens=6, do_sample=False)
+        seq = prompt
+        for _ in range(6):
+            seq = torch.cat([seq, logits(model, seq)[:, -1:].argmax(-1)], 1)
+    assert torch.equal(gen, seq)
+    assert not is_standard(model)
+    path = export_decoder(model, tmp_path / "pruned")
+    assert (path / "modeling_pruned_llama.py").is_file()
+    back = load_decoder(path)
+    assert (logits(back, x) - logits(model, x)).abs().max() <= 1e-5
+    assert torch.equal(back.generate(prompt, max_new_tokens=6, do_sample=False), gen)
+    with pytest.raises(PrunelabError, match="keeps nothing"):
+        prune_layer(decoder_layers(model)[0], LayerPlan((), (), ()))
+    with pytest.raises(PrunelabError, match="attention sub-layer was removed"):
+        prune_layer(decoder_layers(model)[0], LayerPlan((0,), (0,), tuple(range(64))))
 
 
 def test_fluctuation_score_literal():

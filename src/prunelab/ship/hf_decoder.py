@@ -5,8 +5,9 @@
   ``num_key_value_heads``, ``intermediate_size``, ``num_hidden_layers`` and an explicit
   ``head_dim`` rewritten; ``attention_bias``/``mlp_bias`` set when compensation added biases.
   ``AutoModelForCausalLM.from_pretrained(path)`` loads it.
-- Counts that differ per layer: the same weights plus ``modeling_pruned_llama.py`` (a copy of
-  :mod:`prunelab.ship.pruned_llama`) and an ``auto_map`` in ``config.json``; load with
+- Counts that differ per layer, or layers without their attention or MLP sub-layer: the same
+  weights plus ``modeling_pruned_llama.py`` (a copy of
+  :mod:`prunelab.prune.surgery.pruned_llama`) and an ``auto_map`` in ``config.json``; load with
   ``trust_remote_code=True`` (transformers 5 has no ``pruned_heads``).
 
 Weights are ``model.safetensors`` only (the tied ``lm_head`` stored once). The tokenizer is
@@ -30,8 +31,8 @@ from torch import nn
 
 from prunelab.errors import PrunelabError
 from prunelab.prune.apply import plain_state
+from prunelab.prune.surgery import pruned_llama
 from prunelab.prune.surgery.decoder import decoder_layers, layer_shape
-from prunelab.ship import pruned_llama
 from prunelab.ship.export import dense_bytes
 from prunelab.ship.formats import FORMATS, Exported, ExportJob
 from prunelab.sources.data.corpora import tokenizer_for
@@ -46,8 +47,10 @@ def layer_counts(model: nn.Module) -> list[dict[str, int]]:
     out = []
     for layer in decoder_layers(model):
         s = layer_shape(layer)
-        s["attention_bias"] = int(layer.self_attn.o_proj.bias is not None)
-        s["mlp_bias"] = int(layer.mlp.down_proj.bias is not None)
+        o_proj = getattr(layer.self_attn, "o_proj", None)  # None: the sub-layer was removed
+        down = getattr(layer.mlp, "down_proj", None)
+        s["attention_bias"] = int(o_proj is not None and o_proj.bias is not None)
+        s["mlp_bias"] = int(down is not None and down.bias is not None)
         out.append(s)
     return out
 
@@ -56,7 +59,10 @@ def is_standard(model: nn.Module) -> bool:
     """True when a plain ``LlamaConfig`` describes every layer (uniform, valid head count)."""
     counts = layer_counts(model)
     hidden = model.config.hidden_size
-    return all(c == counts[0] for c in counts) and hidden % counts[0]["heads"] == 0
+    first = counts[0]
+    if not (first["heads"] and first["ffn"]):  # a removed sub-layer: no LlamaConfig says so
+        return False
+    return all(c == first for c in counts) and hidden % first["heads"] == 0
 
 
 def decoder_config(model: nn.Module) -> dict:

@@ -1,14 +1,17 @@
 """Attention heads, FFN neurons or whole blocks of Llama-style decoders, removed physically.
 
-``decoder-heads``, ``decoder-ffn``, ``decoder-heads+ffn``, ``decoder-blocks`` and
-``decoder-blocks-loss`` prune through :func:`prunelab.prune.surgery.decoder_plan.prune_decoder`:
-FLAP's fluctuation scores (blocks: ShortGPT's block influence; blocks-loss: blocks removed
-greedily by calibration loss) from the task's training windows, FLAP's
+``decoder-heads``, ``decoder-ffn``, ``decoder-heads+ffn``, ``decoder-blocks``,
+``decoder-blocks-loss`` and ``decoder-sublayers-loss`` prune through
+:func:`prunelab.prune.surgery.decoder_plan.prune_decoder`: FLAP's fluctuation scores (blocks:
+ShortGPT's block influence; blocks-loss: blocks removed greedily by calibration loss;
+sublayers-loss: attention and MLP sub-layers removed greedily by calibration loss per
+parameter) from the task's training windows, FLAP's
 bias compensation, and the grouped-query-attention rule (whole KV groups, or the same number of
 query heads in every group), so the result still loads in transformers
 (:mod:`prunelab.ship.hf_decoder`, export format ``hf-decoder``).
 
-With a ``[reconstruction]`` table whose ``block_fit_steps`` > 0, the block structures then
+With a ``[reconstruction]`` table whose ``block_fit_steps`` > 0, the block and sub-layer
+structures then
 re-fit every kept block to the dense hidden states where the next kept block starts
 (:mod:`prunelab.prune.surgery.decoder_refit`; ``block_fit_lr``, relative loss); the table's
 other keys concern layer walks and do not apply here.
@@ -17,7 +20,7 @@ A *level* is the fraction of the decoder blocks' Linear parameters removed — t
 structure shares — and :meth:`DecoderStructure.achieved` counts it from the blocks that remain.
 The structure scores by itself, so a sweep runs it once per level under its
 :attr:`~DecoderStructure.own_method` (``flap``, ``block-influence`` for blocks, ``block-loss``
-for blocks-loss) whatever the
+for blocks-loss, ``sublayer-loss`` for sublayers-loss) whatever the
 sweep's ``methods`` list.
 """
 
@@ -46,7 +49,7 @@ from prunelab.prune.surgery.decoder_plan import prune_decoder
 from prunelab.prune.surgery.decoder_refit import REFIT, refit_kept_blocks
 
 CALIBRATION_BATCH = 8  # token windows per calibration batch (× calibration_batches)
-KINDS = ("heads", "ffn", "heads+ffn", "blocks", "blocks-loss")
+KINDS = ("heads", "ffn", "heads+ffn", "blocks", "blocks-loss", "sublayers-loss")
 KEPT = "_prunelab_decoder_kept"  # the plan a pruned model carries (an attribute, not state)
 
 
@@ -74,13 +77,14 @@ class DecoderStructure(Structure):
 
     @property
     def own_method(self) -> str:
-        return {"blocks": "block-influence", "blocks-loss": "block-loss"}.get(self.kind, "flap")
+        own = {"blocks": "block-influence", "blocks-loss": "block-loss"}
+        return own.get(self.kind, "sublayer-loss" if self.kind == "sublayers-loss" else "flap")
 
     @property
     def fits_blocks(self) -> bool:
-        """Block removal: ``[reconstruction] block_fit_steps`` re-fits the kept blocks
-        (:func:`prunelab.prune.surgery.decoder_refit.refit_kept_blocks`)."""
-        return self.kind.startswith("blocks")
+        """Block and sub-layer removal: ``[reconstruction] block_fit_steps`` re-fits the kept
+        blocks (:func:`prunelab.prune.surgery.decoder_refit.refit_kept_blocks`)."""
+        return self.kind.startswith(("blocks", "sublayers"))
 
     def masks(self, scores: dict[str, Tensor], level: float,
               allocation: str | Allocation) -> Masks:  # fmt: skip

@@ -17,6 +17,12 @@ head, and a uniform plan is an ordinary ``LlamaConfig`` that reloads (Torch-Prun
 Removing is exact: the slimmed layer computes what the full layer computes with the removed
 heads' ``o_proj`` columns and neurons' ``down_proj`` columns set to zero (tested), plus an
 optional bias on ``o_proj``/``down_proj`` (FLAP's compensation, see :func:`prune_layer`).
+
+**Sub-layers.** A plan that keeps no heads removes the layer's attention sub-layer (with its
+``input_layernorm``), one that keeps no FFN neurons its MLP (with ``post_attention_layernorm``):
+the modules of :mod:`prunelab.prune.surgery.pruned_llama` stand in for them and add nothing to
+the residual stream, and only layers that keep attention hold KV-cache slots. Removing both is
+removing the block (a plan says so with ``None``).
 """
 
 from __future__ import annotations
@@ -28,6 +34,13 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from prunelab.errors import PrunelabError
+from prunelab.prune.surgery.pruned_llama import (
+    NoAttention,
+    NoMLP,
+    number_attention,
+    remove_attention,
+    remove_mlp,
+)
 
 ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
@@ -35,7 +48,8 @@ MLP = ("gate_proj", "up_proj", "down_proj")
 
 @dataclass(frozen=True)
 class LayerPlan:
-    """Indices one decoder layer keeps (sorted, in the layer's current numbering)."""
+    """Indices one decoder layer keeps (sorted, in the layer's current numbering); no heads:
+    its attention sub-layer goes, no neurons: its MLP sub-layer goes."""
 
     kv_heads: tuple[int, ...]
     q_heads: tuple[int, ...]
@@ -66,22 +80,30 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 
 def layer_shape(layer: nn.Module) -> dict[str, int]:
-    """Current query heads, KV heads, head size and FFN neurons of one decoder layer."""
+    """Current query heads, KV heads, head size and FFN neurons of one decoder layer (0 heads:
+    its attention sub-layer was removed; 0 neurons: its MLP)."""
     attn, d = layer.self_attn, layer.self_attn.head_dim
+    gone = isinstance(attn, NoAttention)
     return {
-        "heads": attn.q_proj.out_features // d,
-        "kv_heads": attn.k_proj.out_features // d,
+        "heads": 0 if gone else attn.q_proj.out_features // d,
+        "kv_heads": 0 if gone else attn.k_proj.out_features // d,
         "head_dim": d,
-        "ffn": layer.mlp.gate_proj.out_features,
+        "ffn": 0 if isinstance(layer.mlp, NoMLP) else layer.mlp.gate_proj.out_features,
     }
 
 
-def linear_params(layer: nn.Module) -> int:
-    """Weights and biases of one decoder layer's seven Linear layers."""
-    mods = [layer.self_attn.get_submodule(n) for n in ATTN] + [
-        layer.mlp.get_submodule(n) for n in MLP
+def projections(layer: nn.Module) -> list[nn.Module]:
+    """The Linear layers one decoder layer still has (seven, fewer without a sub-layer)."""
+    attn = [] if isinstance(layer.self_attn, NoAttention) else ATTN
+    mlp = [] if isinstance(layer.mlp, NoMLP) else MLP
+    return [layer.self_attn.get_submodule(n) for n in attn] + [
+        layer.mlp.get_submodule(n) for n in mlp
     ]
-    return sum(p.numel() for m in mods for p in m.parameters())
+
+
+def linear_params(layer: nn.Module) -> int:
+    """Weights and biases of one decoder layer's Linear layers."""
+    return sum(p.numel() for m in projections(layer) for p in m.parameters())
 
 
 def decoder_linear_params(model: nn.Module) -> int:
@@ -149,17 +171,18 @@ def prune_layer(
     builds with ``attention_bias=True`` / ``mlp_bias=True``.
     """
     attn, mlp, shape = layer.self_attn, layer.mlp, layer_shape(layer)
-    n_rep, d = shape["heads"] // shape["kv_heads"], shape["head_dim"]
-    check_gqa(plan.q_heads, plan.kv_heads, n_rep)
-    q, kv = torch.tensor(plan.q_heads), torch.tensor(plan.kv_heads)
-    if max(plan.q_heads) >= shape["heads"] or not plan.ffn or max(plan.ffn) >= shape["ffn"]:
+    if not (plan.q_heads or plan.kv_heads or plan.ffn):
+        raise PrunelabError("a plan that keeps nothing of a layer removes the block: use None")
+    if plan.ffn and (not shape["ffn"] or max(plan.ffn) >= shape["ffn"]):
         raise PrunelabError(f"plan indices out of range for a layer of shape {shape}")
-    abias = attn_shift is not None or attn.o_proj.bias is not None
-    attn.q_proj = _slice(attn.q_proj, head_rows(q, d), 0, abias)
-    attn.k_proj = _slice(attn.k_proj, head_rows(kv, d), 0, abias)
-    attn.v_proj = _slice(attn.v_proj, head_rows(kv, d), 0, abias)
-    attn.o_proj = _slice(attn.o_proj, head_rows(q, d), 1, abias)
-    attn.num_key_value_groups = len(plan.q_heads) // len(plan.kv_heads)
+    if plan.q_heads or plan.kv_heads:
+        _prune_attention(layer, plan, shape, attn_shift)
+    elif not isinstance(attn, NoAttention):
+        remove_attention(layer, shape["head_dim"])
+    if not plan.ffn:
+        if not isinstance(mlp, NoMLP):
+            remove_mlp(layer)
+        return
     keep = torch.tensor(plan.ffn)
     mbias = mlp_shift is not None or mlp.down_proj.bias is not None
     mlp.gate_proj = _slice(mlp.gate_proj, keep, 0, mbias)
@@ -167,11 +190,32 @@ def prune_layer(
     mlp.down_proj = _slice(mlp.down_proj, keep, 1, mbias)
     if hasattr(mlp, "intermediate_size"):
         mlp.intermediate_size = len(plan.ffn)
-    with torch.no_grad():
-        if attn_shift is not None:
-            attn.o_proj.bias += attn_shift.to(attn.o_proj.bias.dtype)
-        if mlp_shift is not None:
+    if mlp_shift is not None:
+        with torch.no_grad():
             mlp.down_proj.bias += mlp_shift.to(mlp.down_proj.bias.dtype)
+
+
+def _prune_attention(
+    layer: nn.Module, plan: LayerPlan, shape: dict[str, int], attn_shift: Tensor | None
+) -> None:
+    """Keep ``plan``'s KV groups and query heads of a layer's attention (GQA rule checked)."""
+    attn = layer.self_attn
+    if not shape["heads"]:
+        raise PrunelabError("the layer's attention sub-layer was removed; no heads to keep")
+    n_rep, d = shape["heads"] // shape["kv_heads"], shape["head_dim"]
+    check_gqa(plan.q_heads, plan.kv_heads, n_rep)
+    q, kv = torch.tensor(plan.q_heads), torch.tensor(plan.kv_heads)
+    if max(plan.q_heads) >= shape["heads"]:
+        raise PrunelabError(f"plan indices out of range for a layer of shape {shape}")
+    abias = attn_shift is not None or attn.o_proj.bias is not None
+    attn.q_proj = _slice(attn.q_proj, head_rows(q, d), 0, abias)
+    attn.k_proj = _slice(attn.k_proj, head_rows(kv, d), 0, abias)
+    attn.v_proj = _slice(attn.v_proj, head_rows(kv, d), 0, abias)
+    attn.o_proj = _slice(attn.o_proj, head_rows(q, d), 1, abias)
+    attn.num_key_value_groups = len(plan.q_heads) // len(plan.kv_heads)
+    if attn_shift is not None:
+        with torch.no_grad():
+            attn.o_proj.bias += attn_shift.to(attn.o_proj.bias.dtype)
 
 
 def remove_blocks(model: nn.Module, keep: tuple[int, ...]) -> None:
@@ -183,10 +227,7 @@ def remove_blocks(model: nn.Module, keep: tuple[int, ...]) -> None:
     kept = [layers[i] for i in sorted(set(keep))]
     base = getattr(model, "model", model)
     base.layers = nn.ModuleList(kept)
-    for new_idx, layer in enumerate(kept):
-        layer.self_attn.layer_idx = new_idx
-        if hasattr(layer, "layer_idx"):
-            layer.layer_idx = new_idx
+    number_attention(kept)
     cfg = getattr(model, "config", None)
     if cfg is not None:
         types = getattr(cfg, "layer_types", None)
@@ -218,8 +259,8 @@ def sync_config(model: nn.Module) -> bool:
     """Write the layers' counts into ``model.config`` when they are uniform; True if so."""
     shapes = [layer_shape(layer) for layer in decoder_layers(model)]
     cfg = getattr(model, "config", None)
-    if cfg is None or any(s != shapes[0] for s in shapes):
-        return False
+    if cfg is None or any(s != shapes[0] for s in shapes) or not all(shapes[0].values()):
+        return False  # per-layer counts, or sub-layers removed: not a plain LlamaConfig
     cfg.num_attention_heads, cfg.num_key_value_heads = shapes[0]["heads"], shapes[0]["kv_heads"]
     cfg.head_dim, cfg.intermediate_size = shapes[0]["head_dim"], shapes[0]["ffn"]
     layer = decoder_layers(model)[0]
