@@ -265,9 +265,13 @@ def test_sublayer_criterion_removes_the_least_loss_per_parameter_greedily():
         assert len(best) == 1 or best[0] < best[1] - 1e-7  # not a tie
     cum = sum(size[k] for k, _ in order)
     assert all(abs(cum + size[k] - target) >= abs(cum - target) for k in size)  # none closer
-    want = _sublayer_plan(model, order)
-    r = prune_decoder(model, calib, "sublayers-loss", 0.55)
+    want, seen = _sublayer_plan(model, order), []
+    r = prune_decoder(model, calib, "sublayers-loss", 0.55, progress=lambda *a: seen.append(a))
     assert r.plan == want
+    assert [name for *_, name in seen] == [f"{k} {i}" for k, i in order]  # one report a round
+    done = [d for d, total, _ in seen]
+    assert done == sorted(done) and done[-1] == min(100, round(100 * cum / target))
+    assert seen[0][1] == 100
     with pytest.raises(PrunelabError, match="calibration"):
         sublayer_removal_order(model, [], 0.4)
 

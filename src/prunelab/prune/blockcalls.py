@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from prunelab.errors import PrunelabError
 
 
-class _Stop(Exception):
+class StopForward(Exception):
     """Raised by a hook to end a forward pass early."""
 
 
@@ -32,13 +32,13 @@ def call_model(model: nn.Module, batch: Any) -> Any:
     return model(batch)
 
 
-def _feed_until_hooks(model: nn.Module, calibration: Sequence[Any], handles: list) -> None:
-    """Run every calibration batch until a hook stops it (``_Stop``), then remove the hooks."""
+def feed_until_hooks(model: nn.Module, calibration: Sequence[Any], handles: list) -> None:
+    """Run every calibration batch until a hook stops it (``StopForward``); remove the hooks."""
     try:
         for batch in calibration:
             try:
                 call_model(model, batch)
-            except _Stop:
+            except StopForward:
                 pass
     finally:
         for h in handles:
@@ -82,7 +82,7 @@ def _record(
                 args, kwargs = _replace_hidden(args, kwargs, None)
             calls[i].append((args, kwargs))
             if i == len(blocks) - 1:
-                raise _Stop
+                raise StopForward
 
         return hook
 
@@ -98,13 +98,13 @@ def _record(
     ]
     skipped = list(blocks)[1:-1] if skip else []
     handles.append(blocks[0].register_forward_hook(keep_first))
-    with _forwards(dict.fromkeys(skipped, passthrough)):
-        _feed_until_hooks(model, calibration, handles)
+    with swapped_forwards(dict.fromkeys(skipped, passthrough)):
+        feed_until_hooks(model, calibration, handles)
     return calls
 
 
 @contextlib.contextmanager
-def _forwards(replacements: Mapping[nn.Module, Callable[..., Any]]) -> Iterator[None]:
+def swapped_forwards(replacements: Mapping[nn.Module, Callable[..., Any]]) -> Iterator[None]:
     """Run with each module's ``forward`` replaced, then give every module its own back."""
     own = {m: m.__dict__.get("forward") for m in replacements}
     for m, forward in replacements.items():

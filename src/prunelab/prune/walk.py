@@ -25,13 +25,13 @@ from torch import Tensor, nn
 
 from prunelab.errors import PrunelabError
 from prunelab.prune.blockcalls import (  # re-exported: callers import them from here too
-    _feed_until_hooks,
-    _forwards,
-    _Stop,
+    StopForward,
     block_hidden,
     call_block,
     call_model,
+    feed_until_hooks,
     record_block_calls,
+    swapped_forwards,
 )
 from prunelab.prune.reconstruct import InputStats
 
@@ -74,9 +74,9 @@ def walk_layers(
 
         def hook(_m: nn.Module, inputs: tuple[Tensor, ...], _o: Any, s: InputStats = stats):
             s.add(inputs[0])
-            raise _Stop
+            raise StopForward
 
-        _feed_until_hooks(model, calibration, [targets[name].register_forward_hook(hook)])
+        feed_until_hooks(model, calibration, [targets[name].register_forward_hook(hook)])
         prune_one(name, stats)
 
 
@@ -246,7 +246,7 @@ def _block_stats(
             stats[t].add(inp[0], paired, memo)
             seen.add(t)
             if len(seen) == len(stats):
-                raise _Stop
+                raise StopForward
 
         return fn
 
@@ -269,7 +269,7 @@ def _run_until_stop(block: nn.Module, call: tuple[Tensor, tuple, dict]) -> None:
     """Run ``block`` on one call until the hooks have seen every layer they wait for."""
     try:
         call_block(block, *call)
-    except _Stop:
+    except StopForward:
         pass
 
 
@@ -360,7 +360,7 @@ class _Reuse:
         }
 
     def __enter__(self) -> _Reuse:
-        self._swap = _forwards({c: self._wrap(c, c.forward) for c in self.waits})
+        self._swap = swapped_forwards({c: self._wrap(c, c.forward) for c in self.waits})
         self._swap.__enter__()
         return self
 

@@ -96,7 +96,7 @@ class DecoderStructure(Structure):
             raise PrunelabError(f"structure '{self}' needs calibration windows")
         fit = job.walk.block_fit if job.walk is not None and self.fits_blocks else None
         dense = copy.deepcopy(model) if fit is not None else None
-        r = prune_decoder(model, calib, self.kind, job.level)
+        r = prune_decoder(model, calib, self.kind, job.level, progress=job.progress)
         if fit is not None:
             config = dataclasses.replace(REFIT, steps=fit.steps, lr=fit.lr)
             refit_kept_blocks(model, dense, r.plan.kept_blocks, calib, config, job.generator)

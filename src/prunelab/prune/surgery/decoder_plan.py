@@ -51,6 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from prunelab.errors import PrunelabError
+from prunelab.progress import LayerProgress
 from prunelab.prune.blockcalls import block_hidden, call_block, record_block_calls
 from prunelab.prune.surgery.decoder import (
     ATTN,
@@ -234,7 +235,9 @@ def _levels(level: float | Sequence[float], n: int) -> list[float]:
 
 
 def _width(kind: str) -> Callable[..., DecoderPlan]:
-    def plan(model: nn.Module, scores, stats: DecoderStats, level, calibration=()) -> DecoderPlan:
+    def plan(
+        model: nn.Module, scores, stats: DecoderStats, level, calibration=(), progress=None
+    ) -> DecoderPlan:
         layers = decoder_layers(model)
         out = []
         for layer, s, lv in zip(layers, scores, _levels(level, len(layers))):
@@ -268,7 +271,7 @@ def _drop_blocks(model: nn.Module, order: Sequence[int], level: float) -> Decode
 
 
 def plan_blocks(
-    model: nn.Module, scores, stats: DecoderStats, level, calibration=()
+    model: nn.Module, scores, stats: DecoderStats, level, calibration=(), progress=None
 ) -> DecoderPlan:
     """Remove the least influential blocks whose parameters come closest to ``level``."""
     level = _check_level(level)
@@ -276,20 +279,30 @@ def plan_blocks(
 
 
 def plan_blocks_by_loss(
-    model: nn.Module, scores, stats: DecoderStats, level, calibration: Sequence[Tensor] = ()
+    model: nn.Module,
+    scores,
+    stats: DecoderStats,
+    level,
+    calibration: Sequence[Tensor] = (),
+    progress: LayerProgress | None = None,
 ) -> DecoderPlan:
     """Remove blocks greedily by calibration loss (:func:`loss_removal_order`) up to ``level``."""
     level = _check_level(level)
-    return _drop_blocks(model, loss_removal_order(model, calibration, level), level)
+    return _drop_blocks(model, loss_removal_order(model, calibration, level, progress), level)
 
 
 def plan_sublayers_by_loss(
-    model: nn.Module, scores, stats: DecoderStats, level, calibration: Sequence[Tensor] = ()
+    model: nn.Module,
+    scores,
+    stats: DecoderStats,
+    level,
+    calibration: Sequence[Tensor] = (),
+    progress: LayerProgress | None = None,
 ) -> DecoderPlan:
     """Remove attention and MLP sub-layers greedily by calibration loss
     (:func:`sublayer_removal_order`) up to ``level``; a block with neither goes whole."""
     level = _check_level(level)
-    gone = set(sublayer_removal_order(model, calibration, level))
+    gone = set(sublayer_removal_order(model, calibration, level, progress=progress))
     plans = []
     for i, layer in enumerate(decoder_layers(model)):
         full = _full(layer)
@@ -338,7 +351,12 @@ def _without(layers: nn.ModuleList, units: Sequence[tuple[str, int]]) -> Iterato
 
 @torch.no_grad()
 def sublayer_removal_order(
-    model: nn.Module, calibration: Sequence[Tensor], level: float, shortlist: int = SHORTLIST
+    model: nn.Module,
+    calibration: Sequence[Tensor],
+    level: float,
+    shortlist: int = SHORTLIST,
+    kinds: tuple[str, ...] = ("attn", "mlp"),
+    progress: LayerProgress | None = None,
 ) -> list[tuple[str, int]]:
     """Sub-layers ``("attn" | "mlp", block)`` in the order a greedy search removes them, until
     their parameters come closest to ``level`` of the blocks' Linear parameters. Each round
@@ -346,6 +364,8 @@ def sublayer_removal_order(
     mean next-token loss on ``calibration`` when it goes too, divided by its parameters, and
     removes the lowest; the first round tries every sub-layer, later ones the ``shortlist``
     best of the last scores (one forward of the blocks from the candidate's on per try).
+    ``kinds``: the sub-layers it may remove (``("attn",)``: attention only); ``progress``:
+    called after each removal (:func:`_report`).
 
     >>> import transformers
     >>> cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
@@ -359,12 +379,10 @@ def sublayer_removal_order(
     norm, head = _norm_head(model, calibration)
     if shortlist < 1:
         raise PrunelabError(f"the sub-layer search needs a shortlist >= 1, got {shortlist}")
-    sizes = {
-        (k, i): _sublayer_params(layer, k)
-        for i, layer in enumerate(layers)
-        for k in ("attn", "mlp")
-    }
-    target, cum, removed = level * sum(sizes.values()), 0, []
+    if not kinds or set(kinds) - {"attn", "mlp"}:
+        raise PrunelabError(f"sub-layer kinds are 'attn' and 'mlp', got {kinds}")
+    sizes = {(k, i): _sublayer_params(layer, k) for i, layer in enumerate(layers) for k in kinds}
+    target, cum, removed = level * decoder_linear_params(model), 0, []
     last: dict[tuple[str, int], float] = dict.fromkeys(sizes, 0.0)
     was = model.training
     model.eval()
@@ -390,9 +408,17 @@ def sublayer_removal_order(
             removed.append(u)
             cum += sizes[u]
             log.info("sublayers-loss: removed %s %d (loss rise %.3g/param)", *u, last[u])
+            _report(progress, cum, target, f"{u[0]} {u[1]}")
     finally:
         model.train(was)
     return removed
+
+
+def _report(progress: LayerProgress | None, cum: float, target: float, name: str) -> None:
+    """A loss search's progress: percent of the level's parameters removed so far, of 100
+    (the search's rounds are not known in advance), and what went last."""
+    if progress is not None:
+        progress(min(100, round(100 * cum / target)) if target else 100, 100, name)
 
 
 def _norm_head(model: nn.Module, calibration: Sequence[Tensor]) -> tuple[nn.Module, nn.Module]:
@@ -407,7 +433,12 @@ def _norm_head(model: nn.Module, calibration: Sequence[Tensor]) -> tuple[nn.Modu
 
 
 @torch.no_grad()
-def loss_removal_order(model: nn.Module, calibration: Sequence[Tensor], level: float) -> list[int]:
+def loss_removal_order(
+    model: nn.Module,
+    calibration: Sequence[Tensor],
+    level: float,
+    progress: LayerProgress | None = None,
+) -> list[int]:
     """Blocks in the order a greedy search removes them, until their parameters come closest
     to ``level`` of the blocks' Linear parameters: each round skips every remaining block in
     turn and removes the one with the lowest mean next-token loss on ``calibration`` ((B, T)
@@ -442,6 +473,7 @@ def loss_removal_order(model: nn.Module, calibration: Sequence[Tensor], level: f
             removed.append(c)
             cum += sizes[c]
             log.info("blocks-loss: removed block %d (loss %.4f)", c, losses[c])
+            _report(progress, cum, target, f"block {c}")
     finally:
         model.train(was)
     return removed
@@ -536,13 +568,15 @@ def prune_decoder(
     level: float | Sequence[float],
     compensate: bool = True,
     stats: DecoderStats | None = None,
+    progress: LayerProgress | None = None,
 ) -> DecoderPruneResult:
     """Remove ``level`` of the decoder blocks' Linear parameters as ``structure``, in place.
 
     ``calibration``: (B, T) token-id tensors (documents disjoint from the evaluation text);
     ``level``: one fraction, or one per block (width structures only: non-uniform layers);
     ``compensate``: FLAP's bias compensation (width structures); ``stats``: reuse a
-    :func:`calibrate` result of this same model (one pass serves every structure and level).
+    :func:`calibrate` result of this same model (one pass serves every structure and level);
+    ``progress``: the loss searches report after each removal (percent of the level reached).
 
     >>> import transformers
     >>> cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
@@ -558,7 +592,7 @@ def prune_decoder(
         stats = calibrate(model, calibration)
     before = decoder_linear_params(model)
     scores = None if by_loss else fluctuation_scores(model, stats)
-    plan = planner(model, scores, stats, level, calibration)
+    plan = planner(model, scores, stats, level, calibration, progress)
     whole = structure.startswith(("blocks", "sublayers"))  # whole parts go: nothing to shift
     shifts = compensation(model, plan, stats) if compensate and not whole else {}
     apply_plan(model, plan, shifts)
