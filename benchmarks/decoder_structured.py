@@ -433,7 +433,7 @@ def recover_row(b: Bench, structure: str, level: float, minutes: float) -> None:
     )
     refit, refit_s, budget = "", 0.0, minutes * 60
     with b.PeakRSS() as mem:
-        if a.struct_refit and structure.startswith(("blocks", "sublayers")):
+        if a.struct_refit and structure.startswith("blocks"):
             kept = b.plans[key].kept_blocks
             rc = BlockFitConfig(
                 a.struct_refit, a.struct_refit_lr, loss="relative", precision=a.struct_precision
