@@ -259,6 +259,28 @@ def test_export_a_structured_decoder_cell_reloads_in_transformers(run, contexts,
     assert not math.isnan(float(b.abs().max()))
 
 
+def test_export_a_sublayer_cell_ships_its_modeling_file_and_reloads(run, contexts, tmp_path):
+    """A ``decoder-sublayers-loss`` cell restored from the store (layers without attention or
+    MLP) exports with the modeling file and reloads, with remote code, to the cell's logits."""
+    cell = _cell(run, "sublayer-loss", "decoder-sublayers-loss")
+    out = tmp_path / "sublayers"
+    args = ["--level", "0.5", "--method", "sublayer-loss", "--format", "hf-decoder"]
+    res = runner.invoke(app, ["export", str(run), *args, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert (out / "modeling_pruned_llama.py").is_file()
+    ctx = _context(contexts, cell)
+    pruned = run_cell(cell, ctx, keep_model=True).model
+    heads = [layer.self_attn.q_proj.out_features if hasattr(layer.self_attn, "q_proj") else 0
+             for layer in pruned.model.layers]  # fmt: skip
+    assert 0 in heads or len(heads) < len(ctx.dense.model.layers)  # sub-layers did go
+    reloaded = load_decoder(out)
+    ids = ctx.data.test[:2]
+    with torch.no_grad():
+        a = pruned(input_ids=ids, use_cache=False).logits
+        b = reloaded(input_ids=ids, use_cache=False).logits
+    assert torch.allclose(a, b, atol=1e-5)
+
+
 def readme_block(marker: str) -> str:
     """The README's ```toml block holding ``marker``, as written."""
     text = (Path(__file__).parents[1] / "README.md").read_text()
