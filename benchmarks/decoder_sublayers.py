@@ -30,16 +30,10 @@ from decoder_structured import documents, heldout_cloze_items, layout
 from prunelab.measure.cloze import score_cloze
 from prunelab.measure.generation import compare_generation, paired_speedup
 from prunelab.measure.language import dense_reference, evaluate_lm, token_windows
-from prunelab.prune.surgery.decoder import (
-    DecoderPlan,
-    LayerPlan,
-    apply_plan,
-    decoder_layers,
-    decoder_linear_params,
-    layer_shape,
-)
+from prunelab.prune.surgery.decoder import apply_plan, decoder_linear_params
 from prunelab.prune.surgery.decoder_plan import (
     loss_removal_order,
+    sublayer_plan,
     sublayer_removal_order,
 )
 from prunelab.sources.hf import load_causal_lm, load_tokenizer, smollm2_gguf
@@ -49,17 +43,10 @@ from prunelab.training import mixed_precision
 RESULTS = Path(__file__).parent / "results"
 
 
-def without(dense: torch.nn.Module, units: set[tuple[str, int]]) -> torch.nn.Module:
+def without(dense: torch.nn.Module, units) -> torch.nn.Module:
     """A copy of ``dense`` without the sub-layers ``units`` (a block without both goes)."""
     model = copy.deepcopy(dense)
-    plans = []
-    for i, layer in enumerate(decoder_layers(model)):
-        s = layer_shape(layer)
-        attn, mlp = ("attn", i) in units, ("mlp", i) in units
-        heads = ((), ()) if attn else (tuple(range(s["kv_heads"])), tuple(range(s["heads"])))
-        ffn = () if mlp else tuple(range(s["ffn"]))
-        plans.append(None if attn and mlp else LayerPlan(*heads, ffn))
-    return apply_plan(model, DecoderPlan(tuple(plans)))
+    return apply_plan(model, sublayer_plan(model, units))
 
 
 def main() -> None:
@@ -119,7 +106,7 @@ def main() -> None:
     for k in (int(c) for c in args.cuts.split(",")):
         units = orders["sublayers"][:k]
         n_attn = sum(kind == "attn" for kind, _ in units)
-        models[f"sublayers:{k}"] = without(dense, set(map(tuple, units)))
+        models[f"sublayers:{k}"] = without(dense, units)
         what = f"first {k} of the order: {n_attn} attention, {k - n_attn} MLP sub-layers"
         score(f"sublayers:{k}", models[f"sublayers:{k}"], "sublayers-loss", what)
     blocks = {(kind, i) for i in orders["blocks"] for kind in ("attn", "mlp")}

@@ -169,16 +169,7 @@ def _nll_without(model, removed, calibration) -> float:
     layers = decoder_layers(m)
     full = LayerPlan((0, 1), (0, 1, 2, 3), tuple(range(64)))
     apply_plan(m, DecoderPlan(tuple(None if i in removed else full for i in range(len(layers)))))
-    tot, n = 0.0, 0
-    for x in calibration:
-        out = logits(m, x)[:, :-1]
-        tot += float(
-            torch.nn.functional.cross_entropy(
-                out.flatten(0, 1), x[:, 1:].flatten(), reduction="sum"
-            )
-        )
-        n += x[:, 1:].numel()
-    return tot / n
+    return _nll_of(m, calibration)
 
 
 def test_loss_criterion_removes_greedily_what_hurts_the_calibration_loss_least():
@@ -215,6 +206,7 @@ def _sublayer_plan(model, removed) -> DecoderPlan:
 
 
 def _nll_of(model, calibration) -> float:
+    """Mean next-token cross-entropy of ``model`` over the (B, T) token-id windows."""
     tot, n = 0.0, 0
     for x in calibration:
         out = logits(model, x)[:, :-1]

@@ -304,18 +304,20 @@ def plan_sublayers_by_loss(
     """Remove attention and MLP sub-layers greedily by calibration loss
     (:func:`sublayer_removal_order`) up to ``level``; a block with neither goes whole."""
     level = _check_level(level)
-    gone = set(sublayer_removal_order(model, calibration, level, progress=progress))
-    plans = []
+    return sublayer_plan(
+        model, sublayer_removal_order(model, calibration, level, progress=progress)
+    )
+
+
+def sublayer_plan(model: nn.Module, removed: Sequence[tuple[str, int]]) -> DecoderPlan:
+    """The plan that removes the sub-layers ``removed`` (``("attn" | "mlp", block)``) and keeps
+    everything else; a block that loses both is removed whole (``None``)."""
+    gone, plans = set(map(tuple, removed)), []
     for i, layer in enumerate(decoder_layers(model)):
         full = _full(layer)
         attn, mlp = ("attn", i) in gone, ("mlp", i) in gone
-        plans.append(
-            None
-            if attn and mlp
-            else LayerPlan(
-                () if attn else full.kv_heads, () if attn else full.q_heads, () if mlp else full.ffn
-            )
-        )
+        heads = ((), ()) if attn else (full.kv_heads, full.q_heads)
+        plans.append(None if attn and mlp else LayerPlan(*heads, () if mlp else full.ffn))
     return DecoderPlan(tuple(plans))
 
 
