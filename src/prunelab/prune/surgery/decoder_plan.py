@@ -280,35 +280,6 @@ def plan_blocks(
     return _drop_blocks(model, torch.argsort(stats.influence).tolist(), level)
 
 
-def plan_blocks_by_loss(
-    model: nn.Module,
-    scores,
-    stats: DecoderStats,
-    level,
-    calibration: Sequence[Tensor] = (),
-    progress: LayerProgress | None = None,
-) -> DecoderPlan:
-    """Remove blocks greedily by calibration loss (:func:`loss_removal_order`) up to ``level``."""
-    level = _check_level(level)
-    return _drop_blocks(model, loss_removal_order(model, calibration, level, progress), level)
-
-
-def plan_sublayers_by_loss(
-    model: nn.Module,
-    scores,
-    stats: DecoderStats,
-    level,
-    calibration: Sequence[Tensor] = (),
-    progress: LayerProgress | None = None,
-) -> DecoderPlan:
-    """Remove attention and MLP sub-layers greedily by calibration loss
-    (:func:`sublayer_removal_order`) up to ``level``; a block with neither goes whole."""
-    level = _check_level(level)
-    return sublayer_plan(
-        model, sublayer_removal_order(model, calibration, level, progress=progress)
-    )
-
-
 def sublayer_plan(model: nn.Module, removed: Sequence[tuple[str, int]]) -> DecoderPlan:
     """The plan that removes the sub-layers ``removed`` (``("attn" | "mlp", block)``) and keeps
     everything else; a block that loses both is removed whole (``None``)."""
@@ -527,8 +498,25 @@ DECODER_STRUCTURES = Registry[Callable[..., DecoderPlan]]("decoder structure")
 for _kind in ("heads", "ffn", "heads+ffn"):
     DECODER_STRUCTURES.add(_kind, _width(_kind))
 DECODER_STRUCTURES.add("blocks", plan_blocks)
-DECODER_STRUCTURES.add("blocks-loss", plan_blocks_by_loss)
-DECODER_STRUCTURES.add("sublayers-loss", plan_sublayers_by_loss)
+
+
+def _by_loss(search: Callable[..., list], to_plan: Callable[..., DecoderPlan]) -> Callable:
+    """A planner that removes, up to the level, what ``search`` (a greedy calibration-loss
+    search: :func:`loss_removal_order`, :func:`sublayer_removal_order`) orders."""
+
+    def plan(
+        model: nn.Module, scores, stats, level, calibration: Sequence[Tensor] = (), progress=None
+    ) -> DecoderPlan:
+        level = _check_level(level)
+        return to_plan(model, search(model, calibration, level, progress=progress), level)
+
+    return plan
+
+
+DECODER_STRUCTURES.add("blocks-loss", _by_loss(loss_removal_order, _drop_blocks))
+DECODER_STRUCTURES.add(
+    "sublayers-loss", _by_loss(sublayer_removal_order, lambda m, order, _: sublayer_plan(m, order))
+)
 
 
 def compensation(model: nn.Module, plan: DecoderPlan, stats: DecoderStats) -> dict[int, tuple]:
