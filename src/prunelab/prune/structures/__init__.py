@@ -2,7 +2,7 @@
 
 >>> sorted(STRUCTURES.names())  # doctest: +NORMALIZE_WHITESPACE
 ['channels', 'decoder-blocks', 'decoder-blocks-loss', 'decoder-ffn', 'decoder-heads',
- 'decoder-heads+ffn', 'heads', 'heads+ffn', 'n:m', 'unstructured']
+ 'decoder-heads+ffn', 'decoder-sublayers-loss', 'heads', 'heads+ffn', 'n:m', 'unstructured']
 """
 
 import torch
