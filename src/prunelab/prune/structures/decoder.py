@@ -76,8 +76,12 @@ class DecoderStructure(Structure):
 
     @property
     def own_method(self) -> str:
-        own = {"blocks": "block-influence", "blocks-loss": "block-loss"}
-        return own.get(self.kind, "sublayer-loss" if self.kind == "sublayers-loss" else "flap")
+        own = {
+            "blocks": "block-influence",
+            "blocks-loss": "block-loss",
+            "sublayers-loss": "sublayer-loss",
+        }
+        return own.get(self.kind, "flap")
 
     @property
     def fits_blocks(self) -> bool:
