@@ -291,6 +291,12 @@ def test_layers_without_attention_or_mlp_generate_with_a_cache_and_reload(tmp_pa
         for _ in range(6):
             seq = torch.cat([seq, logits(model, seq)[:, -1:].argmax(-1)], 1)
     assert torch.equal(gen, seq)
+    # a manual step with the cache and no positions: the model reads the cache's length
+    # from slot 0, so the slots must be numbered over the layers that keep attention
+    with torch.no_grad():
+        first = model(input_ids=prompt, use_cache=True)
+        step = model(input_ids=seq[:, 5:6], past_key_values=first.past_key_values)
+    assert (step.logits[:, -1] - logits(model, seq[:, :6])[:, -1]).abs().max() <= 1e-5
     assert not is_standard(model)
     path = export_decoder(model, tmp_path / "pruned")
     assert (path / "modeling_pruned_llama.py").is_file()
