@@ -10,15 +10,17 @@ folded into the target). The idea is LLM-Streamline's (Chen et al. 2024, which t
 light layer per removed span against the same target) without a new layer type, so the model
 keeps its standard architecture and reloads as it is.
 
-Blocks that stand in for ``g`` removed ones get ``(1 + g) · steps`` Adam steps; the loss is
-the relative one by default (a decoder's first position carries hidden states ~100× larger
-than the others, which would otherwise set the whole fit).
+Blocks before the first removed one are left as they are (they already compute the dense
+hidden states); blocks that stand in for ``g`` removed ones get ``(1 + g) · steps`` Adam
+steps; the loss is the relative one by default (a decoder's first position carries hidden
+states ~100× larger than the others, which would otherwise set the whole fit).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,7 +42,8 @@ REFIT = BlockFitConfig(steps=64, lr=2e-4, target="dense", loss="relative")
 @dataclass(frozen=True)
 class RefitResult:
     """Per kept block (in order): its dense index, the dense block whose output it was fitted
-    to, the first and last-8-mean loss; and the seconds it all took."""
+    to, the first and last-8-mean loss (NaN: not fitted, nothing was removed before it); and
+    the seconds it all took."""
 
     blocks: tuple[tuple[int, int, float, float], ...]
     seconds: float
@@ -102,6 +105,11 @@ def refit_kept_blocks(
     try:
         for k, (block, start, end) in enumerate(zip(blocks, kept, ends)):
             run = [(h, *c) for h, c in zip(hidden, calls[k])]
+            if start == k == end:  # nothing removed up to here: already the dense block
+                with torch.no_grad():
+                    hidden = [call_block(block, *r) for r in run]
+                out.append((start, end, math.nan, math.nan))
+                continue
             steps = config.steps * (1 + end - start)
             layers = [m for m in block.modules() if _fits(m)]
             cfg = dataclasses.replace(config, steps=steps)
