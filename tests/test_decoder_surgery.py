@@ -24,6 +24,7 @@ from prunelab.prune.surgery.decoder_plan import (
     fluctuation_scores,
     loss_removal_order,
     prune_decoder,
+    sublayer_plan,
     sublayer_removal_order,
 )
 from prunelab.ship.hf_decoder import export_decoder, is_standard, load_decoder
@@ -194,17 +195,6 @@ def test_loss_criterion_removes_greedily_what_hurts_the_calibration_loss_least()
         loss_removal_order(model, [], 0.4)
 
 
-def _sublayer_plan(model, removed) -> DecoderPlan:
-    """The plan that removes ``removed`` sub-layers ``("attn" | "mlp", block)``."""
-    plans = []
-    for i, layer in enumerate(decoder_layers(model)):
-        s = layer_shape(layer)
-        attn, mlp = ("attn", i) in removed, ("mlp", i) in removed
-        heads = ((), ()) if attn else (tuple(range(s["kv_heads"])), tuple(range(s["heads"])))
-        plans.append(None if attn and mlp else LayerPlan(*heads, () if mlp else tuple(range(64))))
-    return DecoderPlan(tuple(plans))
-
-
 def _nll_of(model, calibration) -> float:
     """Mean next-token cross-entropy of ``model`` over the (B, T) token-id windows."""
     tot, n = 0.0, 0
@@ -245,19 +235,19 @@ def test_sublayer_criterion_removes_the_least_loss_per_parameter_greedily():
             if (k, i) not in order[:r] and abs(cum + size[k] - target) < abs(cum - target)
         ]
         m0 = copy.deepcopy(model)
-        apply_plan(m0, _sublayer_plan(m0, order[:r]))
+        apply_plan(m0, sublayer_plan(m0, order[:r]))
         now = _nll_of(m0, calib)
         rise = {}
         for u in units:
             m = copy.deepcopy(model)
-            apply_plan(m, _sublayer_plan(m, order[:r] + [u]))
+            apply_plan(m, sublayer_plan(m, order[:r] + [u]))
             rise[u] = (_nll_of(m, calib) - now) / size[u[0]]
         best = sorted(rise.values())
         assert order[r] == min(rise, key=rise.__getitem__), (r, rise)
         assert len(best) == 1 or best[0] < best[1] - 1e-7  # not a tie
     cum = sum(size[k] for k, _ in order)
     assert all(abs(cum + size[k] - target) >= abs(cum - target) for k in size)  # none closer
-    want, seen = _sublayer_plan(model, order), []
+    want, seen = sublayer_plan(model, order), []
     r = prune_decoder(model, calib, "sublayers-loss", 0.55, progress=lambda *a: seen.append(a))
     assert r.plan == want
     assert [name for *_, name in seen] == [f"{k} {i}" for k, i in order]  # one report a round
@@ -274,7 +264,7 @@ def test_layers_without_attention_or_mlp_generate_with_a_cache_and_reload(tmp_pa
     say what went, and the export (shipped modeling file) reloads to the same outputs."""
     model, x = tiny_decoder(layers=3), ids()
     before = decoder_linear_params(model)
-    plan = _sublayer_plan(model, [("attn", 0), ("mlp", 2)])
+    plan = sublayer_plan(model, [("attn", 0), ("mlp", 2)])
     apply_plan(model, plan)
     shapes = [layer_shape(layer) for layer in decoder_layers(model)]
     assert [(s["heads"], s["kv_heads"], s["ffn"]) for s in shapes] == [

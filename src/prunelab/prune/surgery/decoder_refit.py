@@ -92,7 +92,10 @@ def refit_kept_blocks(
         raise PrunelabError("re-fitting kept blocks needs calibration windows")
     t0 = time.perf_counter()
     ends = [nxt - 1 for nxt in kept[1:]] + [len(dense_blocks) - 1]  # dense block to match
-    wanted = _dense_outputs(dense, dense_blocks, sorted(set(ends)), calibration)
+    # nothing removed up to block k (kept[k] == k == its end): already the dense block
+    exact = [start == k == end for k, (start, end) in enumerate(zip(kept, ends))]
+    targets = sorted({end for end, same in zip(ends, exact) if not same})
+    wanted = _dense_outputs(dense, dense_blocks, targets, calibration)
     calls = record_block_calls(model, blocks, calibration)
     hidden = [block_hidden(*c) for c in calls[0]]
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
@@ -105,7 +108,7 @@ def refit_kept_blocks(
     try:
         for k, (block, start, end) in enumerate(zip(blocks, kept, ends)):
             run = [(h, *c) for h, c in zip(hidden, calls[k])]
-            if start == k == end:  # nothing removed up to here: already the dense block
+            if exact[k]:
                 with torch.no_grad():
                     hidden = [call_block(block, *r) for r in run]
                 out.append((start, end, math.nan, math.nan))
