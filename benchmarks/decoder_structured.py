@@ -42,7 +42,14 @@ from prunelab.prune.surgery.decoder import (
     decoder_layers,
     layer_shape,
 )
-from prunelab.prune.surgery.decoder_plan import calibrate, prune_decoder
+from prunelab.prune.surgery.decoder_plan import (
+    COMPOSITE,
+    DEPTH_SHARE,
+    FFN_MULTIPLE,
+    calibrate,
+    prune_blocks_then_ffn,
+    prune_decoder,
+)
 from prunelab.prune.surgery.decoder_refit import refit_kept_blocks
 from prunelab.recover.distill import Distilled, ReplayedTeacher
 from prunelab.recover.finetune import train
@@ -300,10 +307,18 @@ def prune_row(b: Bench, stats, structure: str, level: float) -> None:
     model = copy.deepcopy(b.dense)
     with b.PeakRSS() as mem:
         t = time.perf_counter()
+        search = b.calib[: max(1, b.args.struct_loss_calib // 2)]
         if loss := structure.endswith("-loss"):  # a greedy search: a forward per candidate
             with mixed_precision(b.args.struct_precision, torch.device("cpu")):
-                calib = b.calib[: max(1, b.args.struct_loss_calib // 2)]
-                res = prune_decoder(model, calib, structure, level, stats=stats)
+                res = prune_decoder(model, search, structure, level, stats=stats)
+        elif loss := structure == COMPOSITE:  # the search, then FLAP on the cut model
+            res = prune_blocks_then_ffn(
+                model,
+                b.calib,
+                level,
+                search_calibration=search,
+                search_precision=b.args.struct_precision,
+            )
         else:
             res = prune_decoder(model, b.calib, structure, level, stats=stats)
         secs = time.perf_counter() - t
@@ -383,7 +398,7 @@ def _schedule(cfg: TrainConfig, rec: Recovery, windows: str, teacher: str = "fp3
 def _loss_note(state: dict) -> str:
     """How ``blocks-loss`` / ``sublayers-loss`` rows chose what to remove, when the part has
     one."""
-    kinds = {r["structure"] for r in state["rows"]} & {"blocks-loss", "sublayers-loss"}
+    kinds = {r["structure"] for r in state["rows"]} & {"blocks-loss", "sublayers-loss", COMPOSITE}
     if not kinds:
         return ""
     tokens = state.get("loss_calib", 4) * 512
@@ -393,6 +408,10 @@ def _loss_note(state: dict) -> str:
             "Shortened LLaMA's criterion, iterated",
             "sublayers-loss": "*sublayers-loss*: attention or MLP sub-layers removed one at a "
             "time by calibration-loss rise per parameter",
+            COMPOSITE: f"*{COMPOSITE}*: blocks by calibration loss for {DEPTH_SHARE:g} of the "
+            "level, then one FFN width (a multiple of "
+            f"{FFN_MULTIPLE}) in every kept block, FLAP-scored with compensation from a "
+            "calibration pass over the cut model (its time in *prune s*)",
         }[k]
         for k in sorted(kinds)
     )

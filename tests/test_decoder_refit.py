@@ -11,7 +11,7 @@ import torch
 from prunelab import PrunelabError
 from prunelab.measure.language import dense_reference, evaluate_lm
 from prunelab.prune.blockfit import BlockFitConfig
-from prunelab.prune.surgery.decoder import DecoderPlan, apply_plan, decoder_layers
+from prunelab.prune.surgery.decoder import DecoderPlan, LayerPlan, apply_plan, decoder_layers
 from prunelab.prune.surgery.decoder_plan import _full
 from prunelab.prune.surgery.decoder_refit import refit_kept_blocks
 
@@ -61,6 +61,27 @@ def test_refit_brings_the_cut_decoder_back_towards_dense(precision):
     assert torch.equal(model.get_input_embeddings().weight, emb)
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert not any(p.requires_grad is False for p in model.parameters())  # flags restored
+
+
+def test_a_narrowed_block_before_the_first_gap_is_fitted_too():
+    """Blocks 0 and 1 come before the removed block 2 but lost FFN neurons (``blocks-loss+ffn``
+    cuts the width of every kept block): they no longer compute the dense hidden states, so the
+    re-fit fits them instead of leaving them as they are."""
+    dense = tiny_llama(layers=4)
+    keep = [0, 1, 3]
+    model = copy.deepcopy(dense)
+    narrow = [LayerPlan(full.kv_heads, full.q_heads, full.ffn[:40]) for full in
+              (_full(b) for b in decoder_layers(model))]  # fmt: skip
+    apply_plan(model, DecoderPlan(tuple(p if i in keep else None for i, p in enumerate(narrow))))
+    first = copy.deepcopy(decoder_layers(model)[0].state_dict())
+    calib = torch.randint(0, 64, (8, 24), generator=torch.Generator().manual_seed(1))
+    cfg = BlockFitConfig(steps=20, lr=3e-3, loss="relative")
+    res = refit_kept_blocks(model, dense, keep, list(calib.split(2)), cfg)
+    assert [b[:2] for b in res.blocks] == [(0, 0), (1, 2), (3, 3)]
+    assert all(not math.isnan(b[2]) for b in res.blocks)
+    assert res.blocks[0][3] < res.blocks[0][2]
+    kept0 = decoder_layers(model)[0].state_dict()
+    assert not torch.equal(kept0["mlp.down_proj.weight"], first["mlp.down_proj.weight"])
 
 
 def test_refit_checks_the_kept_blocks_describe_the_model():

@@ -20,6 +20,9 @@ from prunelab.prune.surgery.decoder import (
 )
 from prunelab.prune.surgery.decoder_plan import (
     DECODER_STRUCTURES,
+    DEPTH_SHARE,
+    FFN_MULTIPLE,
+    _full,
     calibrate,
     fluctuation_scores,
     loss_removal_order,
@@ -88,7 +91,8 @@ def test_uneven_query_heads_per_group_refused():
 
 
 @pytest.mark.parametrize(
-    "structure", ["heads", "ffn", "heads+ffn", "blocks", "blocks-loss", "sublayers-loss"]
+    "structure",
+    ["heads", "ffn", "heads+ffn", "blocks", "blocks-loss", "sublayers-loss", "blocks-loss+ffn"],
 )
 def test_levels_are_reported_exactly_and_models_generate(structure):
     model, x = tiny_decoder(layers=4), ids()
@@ -102,6 +106,51 @@ def test_levels_are_reported_exactly_and_models_generate(structure):
     assert out.shape == (1, x.shape[1] + 4)
     if structure.startswith("blocks"):
         assert model.config.num_hidden_layers == 3 and len(r.plan.kept_blocks) == 3
+
+
+def test_blocks_then_ffn_cuts_depth_by_loss_then_one_rounded_width_scored_on_the_cut_model(
+    tmp_path,
+):
+    """``blocks-loss+ffn`` at 0.5 of a 6-block decoder with 256 FFN neurons: 0.55 of the level
+    as whole blocks (2 blocks, the greedy loss order's first two), then one FFN width for the
+    4 blocks left that brings the level closest to 0.5 in multiples of 64 (192 kept), the
+    neurons FLAP ranks best on the *cut* model's calibration pass, with its compensation. The
+    plan and shifts returned rebuild the model from the dense one; the export is a standard
+    Llama directory that reloads with the same outputs."""
+    cfg = transformers.LlamaConfig(
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=256,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    dense = transformers.LlamaForCausalLM(cfg).eval()
+    calib = [ids(seed) for seed in (1, 2)]
+    model = copy.deepcopy(dense)
+    r = prune_decoder(model, calib, "blocks-loss+ffn", 0.5)
+    order = loss_removal_order(copy.deepcopy(dense), calib, DEPTH_SHARE * 0.5)
+    assert len(order) == 2 and sorted(set(range(6)) - set(r.plan.kept_blocks)) == sorted(order)
+    assert [layer_shape(b)["ffn"] for b in decoder_layers(model)] == [192] * 4
+    assert model.config.intermediate_size == 192 and 192 % FFN_MULTIPLE == 0
+    assert r.level == pytest.approx(1 - r.params_after / r.params_before, abs=0)
+    assert r.params_after == decoder_linear_params(model)
+    # the neurons kept: FLAP's best on the cut model, not on the dense one
+    cut = copy.deepcopy(dense)
+    apply_plan(cut, DecoderPlan(tuple(_full(b) if i in r.plan.kept_blocks else None
+                                      for i, b in enumerate(decoder_layers(cut)))))  # fmt: skip
+    scores = fluctuation_scores(cut, calibrate(cut, calib))
+    for i, s in zip(r.plan.kept_blocks, scores):
+        assert set(r.plan.layers[i].ffn) == set(torch.topk(s["ffn"], 192).indices.tolist())
+    assert all(r.shifts[i][1] is not None for i in r.plan.kept_blocks)  # compensated
+    again = apply_plan(copy.deepcopy(dense), r.plan, r.shifts)
+    x = ids(5)
+    assert torch.equal(logits(again, x), logits(model, x))
+    assert is_standard(model)
+    back = load_decoder(export_decoder(model, tmp_path / "mix"))
+    assert (logits(back, x) - logits(model, x)).abs().max() <= 1e-5
 
 
 def test_structures_registry_lists_choices():

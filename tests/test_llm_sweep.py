@@ -50,7 +50,7 @@ train_dense = true
 methods = ["wanda", "sparsegpt"]
 allocations = ["uniform", "owl"]
 structures = ["unstructured", "decoder-heads+ffn", "decoder-blocks", "decoder-blocks-loss",
-              "decoder-sublayers-loss"]
+              "decoder-sublayers-loss", "decoder-blocks-loss+ffn"]
 levels = [0.5]
 calibration_batches = 1
 sensitivity_scan = false
@@ -127,7 +127,8 @@ def test_decoder_structures_run_once_under_their_own_method(run):
     assert ("decoder-blocks", "block-influence") in got and ("decoder-heads+ffn", "flap") in got
     assert ("decoder-blocks-loss", "block-loss") in got
     assert ("decoder-sublayers-loss", "sublayer-loss") in got
-    assert len(df[df["structure"].str.startswith("decoder-")]) == 4  # not once per method
+    assert ("decoder-blocks-loss+ffn", "block-loss+flap") in got
+    assert len(df[df["structure"].str.startswith("decoder-")]) == 5  # not once per method
 
 
 def test_decoder_cells_are_credited_with_what_they_removed(run, contexts):
@@ -136,9 +137,10 @@ def test_decoder_cells_are_credited_with_what_they_removed(run, contexts):
         "decoder-blocks": "block-influence",
         "decoder-blocks-loss": "block-loss",
         "decoder-sublayers-loss": "sublayer-loss",
+        "decoder-blocks-loss+ffn": "block-loss+flap",
     }
     for structure in ("decoder-heads+ffn", "decoder-blocks", "decoder-blocks-loss",
-                      "decoder-sublayers-loss"):  # fmt: skip
+                      "decoder-sublayers-loss", "decoder-blocks-loss+ffn"):  # fmt: skip
         cell = _cell(run, own.get(structure, "flap"), structure)
         ctx = _context(contexts, cell)
         model = run_cell(cell, ctx, keep_model=True).model
@@ -296,7 +298,7 @@ def test_reconstruction_table_refits_the_kept_weights_in_a_sweep(run, contexts):
     toml = TOML.replace('methods = ["wanda", "sparsegpt"]', 'methods = ["magnitude", "sparsegpt"]')
     toml = toml.replace('allocations = ["uniform", "owl"]', 'allocations = ["uniform"]')
     toml = toml.replace(', "decoder-heads+ffn", "decoder-blocks", "decoder-blocks-loss",\n'
-        '              "decoder-sublayers-loss"]', "]")
+        '              "decoder-sublayers-loss", "decoder-blocks-loss+ffn"]', "]")
     toml += readme_block('refine = "admm"')  # the README's tables, as written
     (run.parent / "refit.toml").write_text(toml)
     out = run.parent / "refit-run"
@@ -349,7 +351,7 @@ def test_block_fit_in_reconstruction_refits_the_kept_decoder_blocks_in_a_sweep(r
     re-fitted to the dense hidden states after the removal."""
     toml = TOML.replace('methods = ["wanda", "sparsegpt"]', 'methods = ["magnitude"]')
     toml = toml.replace(', "decoder-heads+ffn", "decoder-blocks", "decoder-blocks-loss",\n'
-        '              "decoder-sublayers-loss"]', "]")
+        '              "decoder-sublayers-loss", "decoder-blocks-loss+ffn"]', "]")
     toml = toml.replace('structures = ["unstructured"]', 'structures = ["decoder-blocks"]')
     toml += readme_block("re-fit each kept block")
     (run.parent / "blockfit.toml").write_text(toml)

@@ -24,7 +24,8 @@ SPELLINGS = {"unstructured": "unstructured", "n:m": "2:4", "channels": "channels
              "decoder-ffn": "decoder-ffn", "decoder-heads+ffn": "decoder-heads+ffn",
              "decoder-blocks": "decoder-blocks",
              "decoder-blocks-loss": "decoder-blocks-loss",
-             "decoder-sublayers-loss": "decoder-sublayers-loss"}  # fmt: skip
+             "decoder-sublayers-loss": "decoder-sublayers-loss",
+             "decoder-blocks-loss+ffn": "decoder-blocks-loss+ffn"}  # fmt: skip
 # heads alone reach at most the attention's share of a block: ask for what they can give
 LEVELS = {"heads": 0.3, "decoder-heads": 0.2}
 

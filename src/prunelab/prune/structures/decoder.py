@@ -1,11 +1,12 @@
 """Attention heads, FFN neurons or whole blocks of Llama-style decoders, removed physically.
 
 ``decoder-heads``, ``decoder-ffn``, ``decoder-heads+ffn``, ``decoder-blocks``,
-``decoder-blocks-loss`` and ``decoder-sublayers-loss`` prune through
+``decoder-blocks-loss``, ``decoder-sublayers-loss`` and ``decoder-blocks-loss+ffn`` prune through
 :func:`prunelab.prune.surgery.decoder_plan.prune_decoder`: FLAP's fluctuation scores (blocks:
 ShortGPT's block influence; blocks-loss: blocks removed greedily by calibration loss;
 sublayers-loss: attention and MLP sub-layers removed greedily by calibration loss per
-parameter) from the task's training windows, FLAP's
+parameter; blocks-loss+ffn: blocks by loss for part of the level, then one FFN width for every
+kept block, FLAP-scored on the cut model) from the task's training windows, FLAP's
 bias compensation, and the grouped-query-attention rule (whole KV groups, or the same number of
 query heads in every group), so the result still loads in transformers
 (:mod:`prunelab.ship.hf_decoder`, export format ``hf-decoder``).
@@ -19,7 +20,8 @@ A *level* is the fraction of the decoder blocks' Linear parameters removed — t
 structure shares — and :meth:`DecoderStructure.achieved` counts it from the blocks that remain.
 The structure scores by itself, so a sweep runs it once per level under its
 :attr:`~DecoderStructure.own_method` (``flap``, ``block-influence`` for blocks, ``block-loss``
-for blocks-loss, ``sublayer-loss`` for sublayers-loss) whatever the
+for blocks-loss, ``sublayer-loss`` for sublayers-loss, ``block-loss+flap`` for
+blocks-loss+ffn) whatever the
 sweep's ``methods`` list.
 """
 
@@ -48,7 +50,15 @@ from prunelab.prune.surgery.decoder_plan import prune_decoder
 from prunelab.prune.surgery.decoder_refit import REFIT, refit_kept_blocks
 
 CALIBRATION_BATCH = 8  # token windows per calibration batch (× calibration_batches)
-KINDS = ("heads", "ffn", "heads+ffn", "blocks", "blocks-loss", "sublayers-loss")
+KINDS = (
+    "heads",
+    "ffn",
+    "heads+ffn",
+    "blocks",
+    "blocks-loss",
+    "sublayers-loss",
+    "blocks-loss+ffn",
+)
 KEPT = "_prunelab_decoder_kept"  # the plan a pruned model carries (an attribute, not state)
 
 
@@ -80,6 +90,7 @@ class DecoderStructure(Structure):
             "blocks": "block-influence",
             "blocks-loss": "block-loss",
             "sublayers-loss": "sublayer-loss",
+            "blocks-loss+ffn": "block-loss+flap",
         }
         return own.get(self.kind, "flap")
 

@@ -10,10 +10,11 @@ folded into the target). The idea is LLM-Streamline's (Chen et al. 2024, which t
 light layer per removed span against the same target) without a new layer type, so the model
 keeps its standard architecture and reloads as it is.
 
-Blocks before the first removed one are left as they are (they already compute the dense
-hidden states); blocks that stand in for ``g`` removed ones get ``(1 + g) · steps`` Adam
-steps; the loss is the relative one by default (a decoder's first position carries hidden
-states ~100× larger than the others, which would otherwise set the whole fit).
+Blocks before the first removed one are left as they are when they keep their full width
+(they already compute the dense hidden states); blocks that stand in for ``g`` removed ones
+get ``(1 + g) · steps`` Adam steps; the loss is the relative one by default (a decoder's first
+position carries hidden states ~100× larger than the others, which would otherwise set the
+whole fit).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from torch import Tensor, nn
 from prunelab.errors import PrunelabError
 from prunelab.prune.blockcalls import block_hidden, call_block, record_block_calls
 from prunelab.prune.blockfit import BlockFitConfig, fit_block
-from prunelab.prune.surgery.decoder import decoder_layers
+from prunelab.prune.surgery.decoder import decoder_layers, linear_params
 from prunelab.prune.surgery.decoder_plan import feed_windows
 
 log = logging.getLogger(__name__)
@@ -92,8 +93,11 @@ def refit_kept_blocks(
         raise PrunelabError("re-fitting kept blocks needs calibration windows")
     t0 = time.perf_counter()
     ends = [nxt - 1 for nxt in kept[1:]] + [len(dense_blocks) - 1]  # dense block to match
-    # nothing removed up to block k (kept[k] == k == its end): already the dense block
-    exact = [start == k == end for k, (start, end) in enumerate(zip(kept, ends))]
+    # nothing removed up to block k (kept[k] == k == its end, all its width): the dense block
+    exact = [
+        start == k == end and linear_params(blocks[k]) == linear_params(dense_blocks[k])
+        for k, (start, end) in enumerate(zip(kept, ends))
+    ]
     targets = sorted({end for end, same in zip(ends, exact) if not same})
     wanted = _dense_outputs(dense, dense_blocks, targets, calibration)
     calls = record_block_calls(model, blocks, calibration)
