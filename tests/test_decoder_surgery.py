@@ -35,12 +35,12 @@ from prunelab.ship.hf_decoder import export_decoder, is_standard, load_decoder
 transformers = pytest.importorskip("transformers")
 
 
-def tiny_decoder(layers: int = 2, seed: int = 0) -> torch.nn.Module:
+def tiny_decoder(layers: int = 2, seed: int = 0, ffn: int = 64) -> torch.nn.Module:
     """The tests' GQA decoder: hidden 32, 4 query heads, 2 KV heads (as test_task_kinds)."""
     cfg = transformers.LlamaConfig(
         vocab_size=96,
         hidden_size=32,
-        intermediate_size=64,
+        intermediate_size=ffn,
         num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
@@ -117,17 +117,7 @@ def test_blocks_then_ffn_cuts_depth_by_loss_then_one_rounded_width_scored_on_the
     neurons FLAP ranks best on the *cut* model's calibration pass, with its compensation. The
     plan and shifts returned rebuild the model from the dense one; the export is a standard
     Llama directory that reloads with the same outputs."""
-    cfg = transformers.LlamaConfig(
-        vocab_size=96,
-        hidden_size=32,
-        intermediate_size=256,
-        num_hidden_layers=6,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    dense = transformers.LlamaForCausalLM(cfg).eval()
+    dense = tiny_decoder(layers=6, ffn=256)
     calib = [ids(seed) for seed in (1, 2)]
     model = copy.deepcopy(dense)
     r = prune_decoder(model, calib, "blocks-loss+ffn", 0.5)
