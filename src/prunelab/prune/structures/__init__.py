@@ -1,8 +1,9 @@
 """Structures: the granularity of pruning, one registry (see :mod:`.base` for the contract).
 
 >>> sorted(STRUCTURES.names())  # doctest: +NORMALIZE_WHITESPACE
-['channels', 'decoder-blocks', 'decoder-blocks-loss', 'decoder-ffn', 'decoder-heads',
- 'decoder-heads+ffn', 'decoder-sublayers-loss', 'heads', 'heads+ffn', 'n:m', 'unstructured']
+['channels', 'decoder-blocks', 'decoder-blocks-loss', 'decoder-blocks-loss+ffn', 'decoder-ffn',
+ 'decoder-heads', 'decoder-heads+ffn', 'decoder-sublayers-loss', 'heads', 'heads+ffn', 'n:m',
+ 'unstructured']
 """
 
 import torch
