@@ -526,7 +526,6 @@ def _by_loss(search: Callable[..., list], to_plan: Callable[..., DecoderPlan]) -
 
 
 DECODER_STRUCTURES.add("blocks-loss", _by_loss(loss_removal_order, _drop_blocks))
-COMPOSITE = "blocks-loss+ffn"  # two planners in turn (prune_blocks_then_ffn), not a registry entry
 DECODER_STRUCTURES.add(
     "sublayers-loss", _by_loss(sublayer_removal_order, lambda m, order, _: sublayer_plan(m, order))
 )
@@ -550,6 +549,7 @@ def compensation(model: nn.Module, plan: DecoderPlan, stats: DecoderStats) -> di
     return out
 
 
+COMPOSITE = "blocks-loss+ffn"  # two planners in turn (prune_blocks_then_ffn), not a registry entry
 DEPTH_SHARE = 0.55  # of a blocks-loss+ffn level, the part whole blocks take
 FFN_MULTIPLE = 64  # blocks-loss+ffn: kept FFN widths (of layers with >= 4 multiples)
 
@@ -590,7 +590,6 @@ def prune_blocks_then_ffn(
     (3, 32, 0.492)
     """
     level = _check_level(level)
-    layers = decoder_layers(model)
     before = decoder_linear_params(model)
     search = list(search_calibration) if search_calibration is not None else calibration
     with mixed_precision(search_precision, torch.device("cpu")):
@@ -603,12 +602,8 @@ def prune_blocks_then_ffn(
     rest = level * before - (before - decoder_linear_params(model))
     u, ffn = _unit_params(layers[0])["ffn"], layer_shape(layers[0])["ffn"]
     keep = _round_width(ffn - rest / (len(layers) * u), ffn, FFN_MULTIPLE)
-    width = []
-    for layer, s in zip(layers, scores):
-        full = _full(layer)
-        top = torch.topk(s["ffn"], keep).indices.sort().values
-        width.append(LayerPlan(full.kv_heads, full.q_heads, tuple(int(j) for j in top)))
-    plan = DecoderPlan(tuple(width))
+    drop = (ffn - keep) * u  # every head stays (attention target 0), the FFN loses the rest
+    plan = DecoderPlan(tuple(_layer_plan(lay, s, 0.0, drop) for lay, s in zip(layers, scores)))
     shifts = compensation(model, plan, stats) if compensate else {}
     apply_plan(model, plan, shifts)
     kept = depth.kept_blocks
