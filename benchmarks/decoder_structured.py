@@ -53,7 +53,11 @@ from prunelab.prune.surgery.decoder_plan import (
 from prunelab.prune.surgery.decoder_refit import refit_kept_blocks
 from prunelab.recover.distill import Distilled, ReplayedTeacher
 from prunelab.recover.finetune import train
-from prunelab.sources.data.textdata import load_wikipedia
+from prunelab.sources.data.textdata import (
+    load_background_documents,
+    load_similarity,
+    load_wikipedia,
+)
 from prunelab.sources.hf import load_causal_lm, load_tokenizer, smollm2_gguf
 from prunelab.sources.models.cache import default_cache_dir
 from prunelab.tasks import CausalLMTask
@@ -147,12 +151,10 @@ def add_args(ap) -> None:
 
 
 def documents(cache: Path) -> tuple[list[str], list[str], list[str]]:
-    """(lee_background 0–149, lee_background 150–299, lee.cor) documents."""
-    text = cache / "text"
-    bg = [d.strip() for d in (text / "lee_background.cor").read_text("latin-1").splitlines()]
-    bg = [d for d in bg if d]
-    lee = [d.strip() for d in (text / "lee.cor").read_text("latin-1").splitlines() if d.strip()]
-    return bg[:150], bg[150:], lee
+    """(lee_background 0–149, lee_background 150–299, lee.cor) documents; one clear error
+    when the text data is not in ``cache``."""
+    bg = list(load_background_documents(cache))
+    return bg[:150], bg[150:], list(load_similarity(cache).documents)
 
 
 def heldout_cloze_items(tok, lee: list[str], eval_docs: list[str], args) -> list:
@@ -634,7 +636,7 @@ def markdown(state: dict, command: str, export: bool = True) -> list[str]:
         pre = f"{sp['prefill_s']:.2f}" if sp else "–"
         prx = f"{sp['prefill']:.2f}×" if sp else "–"
         lines.append(
-            f"| {r['structure']} | {r['level']:.2f} → {r['achieved']:.4f} | {r['layout']} | "
+            f"| {r['structure']} | {r['level']:g} → {r['achieved']:.4f} | {r['layout']} | "
             f"{r.get('params_removed', 0):,} | {r.get('recovery', 'none')} | {r['ppl']:.2f} | "
             f"{r['ppl'] / dense['ppl']:.2f}× | {r['agree']:.3f} | {r['kl']:.3f} | {r['cloze']:.3f} | "
             f"{tok} | {dec} | {pre} | {prx} | {r.get('prune_s', 0):.0f} | {r.get('recover_s', 0):.0f} | "

@@ -276,6 +276,9 @@ def test_extractors_read_nested_archives(tmp_path):
     assert sim.documents == ("Doc one.", "Doc two.") and sim.human[0, 1] == 0.4
     wiki = textdata.load_wikipedia(tmp_path)
     assert wiki == ("Andorra is a small state in Europe between France and Spain.",)
+    assert textdata.load_background_documents(tmp_path) == ("One two three four. Five.",)
+    with pytest.raises(PrunelabError, match="lee_background.cor"):
+        textdata.load_background_documents(tmp_path / "elsewhere")
 
 
 CACHE = default_cache_dir()

@@ -92,6 +92,13 @@ def load_similarity(cache_dir: str | Path) -> SimilarityData:
     return SimilarityData(docs, human)
 
 
+def load_background_documents(cache_dir: str | Path) -> tuple[str, ...]:
+    """The 300 Lee background documents (news prose, one string each, in file order)."""
+    d = _require(cache_dir, ("lee_background.cor",))
+    lines = (d / "lee_background.cor").read_text("latin-1").splitlines()
+    return tuple(doc.strip() for doc in lines if doc.strip())
+
+
 def load_background(cache_dir: str | Path) -> tuple[str, ...]:
     """Sentences of the 300 Lee background documents (unlabeled text)."""
     d = _require(cache_dir, ("lee_background.cor",))
