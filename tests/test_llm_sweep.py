@@ -143,7 +143,12 @@ def test_decoder_cells_are_credited_with_what_they_removed(run, contexts):
                       "decoder-sublayers-loss", "decoder-blocks-loss+ffn"):  # fmt: skip
         cell = _cell(run, own.get(structure, "flap"), structure)
         ctx = _context(contexts, cell)
-        model = run_cell(cell, ctx, keep_model=True).model
+        phases: set[str] = set()
+        model = run_cell(cell, ctx, lambda phase, *_: phases.add(phase), keep_model=True).model
+        # a loss search shows as its own phase (percent of the level), not as layers pruned
+        searched = "loss" in structure
+        assert ("search removals" in phases) == searched, phases
+        assert not (searched and "prune layers" in phases), phases
         removed = 1 - decoder_linear_params(model) / decoder_linear_params(ctx.dense)
         assert df.loc[structure, "level"] == pytest.approx(removed, abs=1e-3)  # credited, 3 d.p.
         # close to what was asked; sub-layers of this 2-block model: an MLP is 1/3 of the

@@ -222,7 +222,8 @@ def _prune(
     def batches(size: int) -> list[Any]:
         return list(islice(ctx.task.batches(ctx.data.train, size, gen), cell.calibration_batches))
 
-    on_layer = (lambda done, total, _: progress("prune layers", done, total)) if progress else None
+    phase = cell.structure.progress_phase
+    on_layer = (lambda done, total, _: progress(phase, done, total)) if progress else None
     job = Pruning(cell.level, cell.method, targets, scores, allocation, cell.allocation, batches,
                   ctx.task.inputs, ctx.example, gen, on_layer,
                   sequential=ctx.task.sequential_calibration,

@@ -90,6 +90,12 @@ class Structure(ABC):
         return None
 
     @property
+    def progress_phase(self) -> str:
+        """The name a sweep shows for this structure's one-shot pruning progress (its
+        :attr:`Pruning.progress` reports)."""
+        return "prune layers"
+
+    @property
     def fits_blocks(self) -> bool:
         """Whether one-shot cells re-fit what the structure kept with the [reconstruction]
         table's block fitting (``block_fit_steps``) after pruning, without a layer walk."""

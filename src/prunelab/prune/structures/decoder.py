@@ -95,6 +95,11 @@ class DecoderStructure(Structure):
         return own.get(self.kind, "flap")
 
     @property
+    def progress_phase(self) -> str:
+        """Loss searches report the percent of the level removed so far, not layers."""
+        return "search removals" if "loss" in self.kind else "prune layers"
+
+    @property
     def fits_blocks(self) -> bool:
         """Block removal: ``[reconstruction] block_fit_steps`` re-fits the kept blocks
         (:func:`prunelab.prune.surgery.decoder_refit.refit_kept_blocks`). Not sub-layer removal:
