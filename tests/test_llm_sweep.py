@@ -144,7 +144,8 @@ def test_decoder_cells_are_credited_with_what_they_removed(run, contexts):
         cell = _cell(run, own.get(structure, "flap"), structure)
         ctx = _context(contexts, cell)
         phases: set[str] = set()
-        model = run_cell(cell, ctx, lambda phase, *_: phases.add(phase), keep_model=True).model
+        model = run_cell(cell, ctx, lambda phase, *_, seen=phases: seen.add(phase),
+                         keep_model=True).model  # fmt: skip
         # a loss search shows as its own phase (percent of the level), not as layers pruned
         searched = "loss" in structure
         assert ("search removals" in phases) == searched, phases
