@@ -141,6 +141,12 @@ def add_args(ap) -> None:
         help="blocks-loss, sublayers-loss: 512-token calibration windows their greedy "
         "searches score on",
     )
+    ap.add_argument(
+        "--struct-seed",
+        type=int,
+        default=0,
+        help="the re-fit's and distillation's batch order (pruning and scoring are deterministic)",
+    )
     ap.add_argument("--cloze-items", type=int, default=120)
     ap.add_argument("--speed-rounds", type=int, default=3)
     ap.add_argument(
@@ -209,7 +215,13 @@ class Bench:
         self.teacher = ReplayedTeacher(self.dense, k=64, precision=args.struct_teacher_precision)
         self.items = heldout_cloze_items(self.tok, lee, eval_docs, args)
         self.ref = dense_reference(self.dense, self.evalw, k=64)
-        self.state: dict = {"rows": [], "speed": {}, "argv": args.argv, "load": []}
+        self.state: dict = {
+            "rows": [],
+            "speed": {},
+            "argv": args.argv,
+            "load": [],
+            "seed": args.struct_seed,
+        }
         self.models: dict[str, torch.nn.Module] = {}
         self.plans: dict[str, DecoderPlan] = {}
 
@@ -459,7 +471,8 @@ def recover_row(b: Bench, structure: str, level: float, minutes: float) -> None:
             rc = BlockFitConfig(
                 a.struct_refit, a.struct_refit_lr, loss="relative", precision=a.struct_precision
             )
-            done = refit_kept_blocks(model, b.dense, kept, list(b.lee_recw.split(2)), rc)
+            order = torch.Generator().manual_seed(a.struct_seed)
+            done = refit_kept_blocks(model, b.dense, kept, list(b.lee_recw.split(2)), rc, order)
             refit_s = done.seconds
             print(json.dumps({"refit": done.blocks, "seconds": refit_s}), flush=True)
             refit = (
@@ -472,7 +485,7 @@ def recover_row(b: Bench, structure: str, level: float, minutes: float) -> None:
             b.recw,
             b.teacher,
             cfg,
-            torch.Generator().manual_seed(0),
+            torch.Generator().manual_seed(a.struct_seed),
             on_step=b.monitor(model),
             max_seconds=budget - refit_s,
         )
@@ -601,8 +614,8 @@ def markdown(state: dict, command: str, export: bool = True) -> list[str]:
         "## SmolLM2-135M structured: heads, FFN neurons, whole blocks physically removed"
         + (f" ({state['title']})" if state.get("title") else ""),
         "",
-        f"Command: `{command}`. Single seed (0); every verdict below is from this one run."
-        + (f" {state['note']}" if state.get("note") else ""),
+        f"Command: `{command}`. Single seed ({state.get('seed', 0)}); every verdict below is from "
+        "this one run." + (f" {state['note']}" if state.get("note") else ""),
         "",
         "Level = fraction of the 30 decoder blocks' Linear parameters removed (weights + biases; "
         "asked → achieved, exact). Heads follow the GQA rule (whole KV groups, or the same number of "
