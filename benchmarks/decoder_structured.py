@@ -410,8 +410,8 @@ def _schedule(cfg: TrainConfig, rec: Recovery, windows: str, teacher: str = "fp3
 
 
 def _loss_note(state: dict) -> str:
-    """How ``blocks-loss`` / ``sublayers-loss`` rows chose what to remove, when the part has
-    one."""
+    """How ``blocks-loss`` / ``sublayers-loss`` / ``blocks-loss+ffn`` rows chose what to
+    remove, when the part has one."""
     kinds = {r["structure"] for r in state["rows"]} & {"blocks-loss", "sublayers-loss", COMPOSITE}
     if not kinds:
         return ""
