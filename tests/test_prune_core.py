@@ -201,3 +201,34 @@ def test_default_schedule_keeps_cache_keys_made_before_schedules_existed():
         "warmup": 0.0,
     }
     assert TrainConfig(epochs=5, precision="bf16").identity() == {**old, "precision": "bf16"}
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_recovery_adam_runs_fused_with_the_per_tensor_loops_numbers(
+    trained_tiny, digits, monkeypatch, optimizer
+):
+    """Recovery's Adam/AdamW take torch's fused kernel on CPU; a masked model trained so ends
+    where the per-tensor loop takes it, its pruned weights still exactly zero."""
+    import prunelab.recover.finetune as finetune
+
+    cfg = TrainConfig(epochs=1, lr=1e-2, batch_size=64, optimizer=optimizer, weight_decay=0.01)
+    assert finetune.make_optimizer(list(trained_tiny.parameters()), cfg).defaults["fused"]
+
+    def pruned_and_trained() -> tuple[nn.Module, dict]:
+        model = copy.deepcopy(trained_tiny)
+        masks = prune(model, "magnitude", 0.8)
+        train(model, digits.train, cfg, torch.Generator().manual_seed(0))
+        make_permanent(model)
+        return model, masks
+
+    fused, masks = pruned_and_trained()
+    loop = torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam
+    monkeypatch.setattr(finetune, "adam", lambda ps, decoupled, **kw: loop(ps, fused=False, **kw))
+    looped, _ = pruned_and_trained()
+    modules = dict(fused.named_modules())
+    for name, keep in masks.items():
+        assert (modules[name].weight.detach()[~keep] == 0).all(), name
+    fused_sd, loop_sd = fused.state_dict(), looped.state_dict()
+    assert not torch.equal(fused_sd[name + ".weight"], trained_tiny.state_dict()[name + ".weight"])
+    for key, value in fused_sd.items():
+        torch.testing.assert_close(value, loop_sd[key], rtol=1e-5, atol=1e-6, msg=key)

@@ -23,7 +23,7 @@ from torch.nn.utils import parametrize
 
 from prunelab.errors import PrunelabError
 from prunelab.prune.blockcalls import call_block
-from prunelab.training import PRECISIONS, mixed_precision
+from prunelab.training import PRECISIONS, adam, mixed_precision
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ def fit_block(
     for p in frozen:
         p.requires_grad_(True)
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
-    opt = torch.optim.Adam(params, lr=config.lr)
+    opt = adam(params, decoupled=False, lr=config.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / max(config.steps, 1))
     order: list[int] = []
     losses: list[float] = []

@@ -11,7 +11,7 @@ from torch import nn
 
 from prunelab.data import Split
 from prunelab.errors import PrunelabError
-from prunelab.training import Objective, StepCallback, TrainConfig, mixed_precision
+from prunelab.training import Objective, StepCallback, TrainConfig, adam, mixed_precision
 
 log = logging.getLogger(__name__)
 
@@ -21,9 +21,7 @@ def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.
         return torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return adam(params, cfg.optimizer == "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def train(
