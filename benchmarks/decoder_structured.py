@@ -135,6 +135,13 @@ def add_args(ap) -> None:
         help="the dense teacher's forward passes during distillation (ReplayedTeacher)",
     )
     ap.add_argument(
+        "--struct-hard",
+        type=float,
+        default=0.0,
+        help="share of cross-entropy on the text's own next tokens in the distillation loss "
+        "((1 - share) · KL to the dense teacher + share · CE; 0: distillation alone)",
+    )
+    ap.add_argument(
         "--struct-loss-calib",
         type=int,
         default=4,
@@ -362,9 +369,11 @@ def distill_decoder(
     train_embeddings: bool = False,
     on_step: StepCallback | None = None,
     max_seconds: float | None = None,
+    hard: float = 0.0,
 ) -> Recovery:
     """Distil ``student`` towards ``dense`` on ``windows`` in place (prunelab's one distillation:
-    the causal-LM task's KL over the dense top-64 tokens plus a rest bin, temperature 1).
+    the causal-LM task's KL over the dense top-64 tokens plus a rest bin, temperature 1, mixed
+    with ``hard`` × the cross-entropy on the windows' own next tokens).
 
     At most ``cfg.epochs`` × ``len(windows)`` / ``cfg.batch_size`` optimizer steps, and no
     new step once ``max_seconds`` have passed (a wall-clock budget; the learning-rate
@@ -386,7 +395,7 @@ def distill_decoder(
         if max_seconds is not None and time.perf_counter() - t0 > max_seconds and done < total:
             raise _OutOfTime
 
-    objective = Distilled(CausalLMTask(), dense.eval(), weight=1.0, temperature=1.0)
+    objective = Distilled(CausalLMTask(), dense.eval(), weight=1.0 - hard, temperature=1.0)
     try:
         loss = train(student, windows, cfg, generator, step, task=objective)
     except _OutOfTime:
@@ -488,6 +497,7 @@ def recover_row(b: Bench, structure: str, level: float, minutes: float) -> None:
             torch.Generator().manual_seed(a.struct_seed),
             on_step=b.monitor(model),
             max_seconds=budget - refit_s,
+            hard=a.struct_hard,
         )
     first = next(r for r in b.state["rows"] if (r["structure"], r["level"]) == (structure, level))
     keep = ("structure", "level", "achieved", "layout", "prune_s", "params_removed")
@@ -495,6 +505,11 @@ def recover_row(b: Bench, structure: str, level: float, minutes: float) -> None:
         {
             **{k: first[k] for k in keep},
             "recovery": f"{refit}KD {rec.steps} steps × 2 × 256 tokens ({minutes:g} min budget)"
+            + (
+                f", {a.struct_hard:g} × cross-entropy on the text's next tokens"
+                if a.struct_hard
+                else ""
+            )
             + _schedule(cfg, rec, b.windows_note(), a.struct_teacher_precision),
             "recover_s": refit_s + rec.seconds,
             "rss": mem.peak,
